@@ -1,0 +1,195 @@
+"""Talking to one Docker Engine: bytes in, log lines and a result out.
+
+This module knows no Django models. Each interaction is one `EngineSession`
+(a context manager) that closes its connection whatever happens; SDK and
+transport errors leave it as the project's own exceptions, which say whether
+trying again could help.
+
+Both the build and the push endpoints report failure inside an HTTP 200 stream,
+so every decoded chunk is checked for an `error`.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import docker
+import requests
+import urllib3
+from docker.errors import APIError, DockerException
+
+LineSink = Callable[[str], None]
+
+
+class EngineError(Exception):
+    """A build or push did not complete. `transient` errors may succeed on retry."""
+
+    transient = False
+
+
+class DaemonUnavailable(EngineError):
+    transient = True
+
+
+class BuildFailed(EngineError):
+    """The build itself failed: the Dockerfile or the context is at fault."""
+
+
+class PushFailed(EngineError):
+    pass
+
+
+@dataclass(frozen=True)
+class PushResult:
+    digest: str
+    size: int | None
+
+
+def dockerfile_context(dockerfile: str) -> bytes:
+    """A build context (tar) holding one file, the Dockerfile."""
+    data = dockerfile.encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class LineAssembler:
+    """Joins stream fragments into whole lines.
+
+    The daemon's chunks are not lines: `Step 1/3 : FROM busybox` can arrive apart
+    from its newline, and one chunk can carry two lines.
+    """
+
+    def __init__(self) -> None:
+        self._partial = ""
+
+    def feed(self, text: str) -> Iterator[str]:
+        text = self._partial + text
+        *lines, self._partial = text.split("\n")
+        for line in lines:
+            yield line.rstrip("\r")
+
+    def flush(self) -> Iterator[str]:
+        if self._partial:
+            line, self._partial = self._partial.rstrip("\r"), ""
+            yield line
+
+
+def progress_lines(chunks: Iterable[dict], on_line: LineSink) -> Iterator[dict]:
+    """Turns `status` chunks (pulls, pushes) into log lines, as the docker CLI
+    prints them without a terminal: one line per layer state, no progress bars.
+    Yields every chunk on for the caller to read results and errors from."""
+    last_status: dict[str, str] = {}
+    for chunk in chunks:
+        status = chunk.get("status")
+        if status and not chunk.get("progressDetail"):
+            layer = chunk.get("id")
+            if layer is None:
+                on_line(status)
+            elif last_status.get(layer) != status:
+                last_status[layer] = status
+                on_line(f"{layer}: {status}")
+        yield chunk
+
+
+def _error_message(chunk: dict) -> str | None:
+    if "error" not in chunk and "errorDetail" not in chunk:
+        return None
+    detail = chunk.get("errorDetail") or {}
+    return (detail.get("message") or chunk.get("error") or "unknown error").strip()
+
+
+class EngineSession:
+    """One connection to a Docker Engine, for one job's build and push."""
+
+    def __init__(self, url: str, *, api_version: str, timeout: int) -> None:
+        self.url = url
+        try:
+            self._api = docker.APIClient(base_url=url, version=api_version, timeout=timeout)
+        except DockerException as exc:
+            raise DaemonUnavailable(f"cannot use the Docker daemon at {url}: {exc}") from exc
+
+    def __enter__(self) -> EngineSession:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closing the connection also stops a build still running in the daemon."""
+        self._api.close()
+
+    def build(self, context: bytes, *, tag: str, labels: dict[str, str], on_line: LineSink) -> str:
+        """Builds the context, tags the image, and answers its id (sha256:...)."""
+        assembler = LineAssembler()
+        image_id = None
+        with self._translated_errors(BuildFailed, "build"):
+            chunks = self._api.build(
+                fileobj=io.BytesIO(context),
+                custom_context=True,
+                tag=tag,
+                labels=labels,
+                rm=True,
+                forcerm=True,
+                decode=True,
+            )
+            for chunk in progress_lines(chunks, on_line):
+                for line in assembler.feed(chunk.get("stream", "")):
+                    on_line(line)
+                if message := _error_message(chunk):
+                    for line in assembler.flush():
+                        on_line(line)
+                    raise BuildFailed(message)
+                image_id = (chunk.get("aux") or {}).get("ID", image_id)
+        for line in assembler.flush():
+            on_line(line)
+        if not image_id:
+            raise BuildFailed("the daemon ended the build without producing an image")
+        return image_id
+
+    def push(self, repository: str, tag: str, *, on_line: LineSink) -> PushResult:
+        """Pushes repository:tag and answers the digest the registry stored."""
+        result = None
+        with self._translated_errors(PushFailed, "push"):
+            chunks = self._api.push(repository, tag=tag, stream=True, decode=True)
+            for chunk in progress_lines(chunks, on_line):
+                if message := _error_message(chunk):
+                    raise PushFailed(f"pushing {repository}:{tag} failed: {message}")
+                aux = chunk.get("aux") or {}
+                if aux.get("Digest"):
+                    result = PushResult(digest=aux["Digest"], size=aux.get("Size"))
+        if result is None:
+            raise PushFailed(f"pushing {repository}:{tag} ended without a digest from the registry")
+        return result
+
+    def _translated_errors(self, failure: type[EngineError], action: str):
+        return _translated_errors(self.url, failure, action)
+
+
+@contextmanager
+def _translated_errors(url: str, failure: type[EngineError], action: str) -> Iterator[None]:
+    """Turns SDK and transport exceptions into EngineError subclasses."""
+    try:
+        yield
+    except EngineError:
+        raise
+    except APIError as exc:
+        message = exc.explanation or str(exc)
+        if isinstance(message, bytes):
+            message = message.decode(errors="replace")
+        message = str(message).strip()
+        if exc.is_server_error() and failure is PushFailed:
+            raise DaemonUnavailable(f"the Docker daemon at {url} failed the {action}: {message}") from exc
+        raise failure(message) from exc
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise DaemonUnavailable(f"lost the Docker daemon at {url} during the {action}: {exc}") from exc
+    except DockerException as exc:
+        raise DaemonUnavailable(f"the Docker daemon at {url} failed the {action}: {exc}") from exc

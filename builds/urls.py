@@ -1,0 +1,8 @@
+from django.urls import path
+
+from . import seed_api
+
+urlpatterns = [
+    path("b1/build", seed_api.build, name="b1-build"),
+    path("b1/build/log/http/<str:job_id>", seed_api.build_log_line, name="b1-build-log-line"),
+]

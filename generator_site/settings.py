@@ -1,0 +1,176 @@
+"""Django settings for Generator.
+
+Everything is configured through environment variables, read by the small typed
+helpers in `generator_site.env`. The embedded defaults run a single-machine farm
+(SQLite, local Redis, local registry). The seed's `conf/runtime.conf` is read too,
+where its keys still mean something; an environment variable always wins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from .env import env_bool, env_int, env_list, env_str
+from .runtime_conf import load_runtime_conf
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("GENERATOR_VAR_DIR", str(BASE_DIR / "var")))
+
+RUNTIME = load_runtime_conf(env_str("GENERATOR_RUNTIME_CONF", str(BASE_DIR / "conf" / "runtime.conf")))
+
+DEBUG = env_bool("GENERATOR_DEBUG", RUNTIME.debug)
+
+SECRET_KEY = env_str("GENERATOR_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("GENERATOR_SECRET_KEY must be set when GENERATOR_DEBUG is off")
+    SECRET_KEY = "insecure-development-key-never-use-in-production"
+
+ALLOWED_HOSTS = env_list("GENERATOR_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("GENERATOR_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "channels",
+    "pool",
+    "builds",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "generator_site.urls"
+ASGI_APPLICATION = "generator_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite by default. Daphne, several Celery workers and beat write to it at once:
+# WAL lets readers run beside a writer, IMMEDIATE takes the write lock at BEGIN (so
+# two writers queue instead of failing half-way with "database is locked"), and the
+# timeout says how long a writer waits for its turn.
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'generator.sqlite3'}"),
+        conn_max_age=env_int("GENERATOR_DB_CONN_MAX_AGE", 0),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# Redis carries Celery's messages and the channel layer. The seed's [db] section
+# named this Redis (uri, passwd, db).
+REDIS_URL = env_str("REDIS_URL", RUNTIME.redis_url or "redis://127.0.0.1:6379/0")
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+# A build holds a worker slot for minutes: take one message at a time, and
+# acknowledge it only when the build is over.
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Submitting must not hang when Redis is down: a few quick tries, then an error
+# that the submit path records on the job.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 5, "socket_timeout": 10}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 60},
+    }
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+# --- Generator's own settings ---------------------------------------------
+
+# Anonymous writes are off unless an operator opens them: this restores the seed's
+# open `/b1/build` for users who relied on it.
+GENERATOR_ANONYMOUS_BUILDS = env_bool("GENERATOR_ANONYMOUS_BUILDS", False)
+# Build logs need a login unless an operator makes them public.
+GENERATOR_PUBLIC_LOGS = env_bool("GENERATOR_PUBLIC_LOGS", False)
+
+GENERATOR_MAX_DOCKERFILE_BYTES = env_int("GENERATOR_MAX_DOCKERFILE_BYTES", 1024 * 1024)
+# Base64 of the largest Dockerfile, with room for the other fields.
+DATA_UPLOAD_MAX_MEMORY_SIZE = GENERATOR_MAX_DOCKERFILE_BYTES * 4 // 3 + 64 * 1024
+
+# Docker Engine 20.10 serves API 1.41; pinning it keeps an SDK upgrade from
+# asking for a version the pool's daemons refuse.
+GENERATOR_DOCKER_API_VERSION = env_str("GENERATOR_DOCKER_API_VERSION", "1.41")
+GENERATOR_DOCKER_TIMEOUT = env_int("GENERATOR_DOCKER_TIMEOUT", 300)
+GENERATOR_BUILD_TIMEOUT = env_int("GENERATOR_BUILD_TIMEOUT", 3600)
+
+# Log lines are stored and published in batches: each channel-layer message costs
+# about 1.8 ms whatever its size (docs/architecture.md).
+GENERATOR_LOG_BATCH_LINES = env_int("GENERATOR_LOG_BATCH_LINES", 500)
+GENERATOR_LOG_FLUSH_SECONDS = env_int("GENERATOR_LOG_FLUSH_MS", 100) / 1000
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("GENERATOR_LOG_LEVEL", "INFO")},
+}

@@ -1,0 +1,36 @@
+"""`manage.py loadpool conf/pool.json`: create or update the daemons the file names."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from pool.models import DockerDaemon
+from pool.seed_pool import PoolFileError, read_pool_file
+
+
+class Command(BaseCommand):
+    help = "Load the Docker daemon pool from a seed-format pool.json (idempotent)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("path", help="pool.json in the seed's format")
+
+    def handle(self, *args, path: str, **options):
+        try:
+            entries = read_pool_file(path)
+        except PoolFileError as exc:
+            raise CommandError(str(exc)) from None
+        # All or nothing: one bad entry leaves the pool as it was.
+        with transaction.atomic():
+            for entry in entries:
+                daemon = DockerDaemon.objects.filter(name=entry.name).first() or DockerDaemon(name=entry.name)
+                created = daemon.pk is None
+                daemon.url, daemon.capacity = entry.url, entry.capacity
+                try:
+                    daemon.full_clean()
+                except ValidationError as exc:
+                    raise CommandError(f"{path}: {entry.name}: {'; '.join(exc.messages)}") from None
+                daemon.save()
+                verb = "added" if created else "updated"
+                self.stdout.write(f"{verb} {daemon.name} ({daemon.url}, capacity {daemon.capacity}, queue {daemon.queue})")

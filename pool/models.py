@@ -1,0 +1,62 @@
+"""The pool of Docker daemons that builds run on. This layer knows nothing of jobs."""
+
+from __future__ import annotations
+
+import re
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+
+_TCP_URL = re.compile(r"^tcp://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>[0-9]{1,5})$")
+_UNIX_URL = re.compile(r"^unix:///\S+$")
+
+
+def validate_engine_url(url: str) -> None:
+    match = _TCP_URL.match(url)
+    if match and 0 < int(match["port"]) < 65536:
+        return
+    if _UNIX_URL.match(url):
+        return
+    raise ValidationError(
+        "%(url)s is not a Docker Engine address: use tcp://HOST:PORT or unix:///PATH",
+        params={"url": url},
+    )
+
+
+class DockerDaemon(models.Model):
+    """One Docker Engine that the farm builds on, served by its own Celery queue."""
+
+    name = models.CharField(
+        max_length=100,
+        unique=True,
+        validators=[
+            RegexValidator(
+                r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$",
+                "Use letters, digits and . _ : - (it also names the daemon's Celery queue).",
+            )
+        ],
+    )
+    url = models.CharField("engine URL", max_length=255, validators=[validate_engine_url])
+    capacity = models.PositiveSmallIntegerField(
+        default=2, validators=[MinValueValidator(1)], help_text="How many builds may run on it at once."
+    )
+    enabled = models.BooleanField(default=True, help_text="A disabled daemon takes no new builds.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "Docker daemon"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue whose worker builds on this daemon."""
+        return queue_for(self.name)
+
+
+def queue_for(daemon_name: str) -> str:
+    return f"build.{daemon_name}"
