@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import io
 import tarfile
-from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import docker
@@ -127,7 +127,7 @@ class EngineSession:
         """Closing the connection also stops a build still running in the daemon."""
         self._api.close()
 
-    def build(self, context: bytes, *, tag: str, labels: dict[str, str], on_line: LineSink) -> str:
+    def build(self, context: bytes, *, tag: str, on_line: LineSink) -> str:
         """Builds the context, tags the image, and answers its id (sha256:...)."""
         assembler = LineAssembler()
         image_id = None
@@ -136,7 +136,6 @@ class EngineSession:
                 fileobj=io.BytesIO(context),
                 custom_context=True,
                 tag=tag,
-                labels=labels,
                 rm=True,
                 forcerm=True,
                 decode=True,

@@ -65,9 +65,7 @@ def _build_and_push(job: BuildJob, log: LogWriter) -> PushResult:
     with session:
         log.write(f"[generator] Building {target} on {daemon.name} (attempt {job.attempt})")
         image_id = log.pump(
-            lambda emit: session.build(
-                dockerfile_context(job.dockerfile), tag=str(target), labels={"generator.job": job.id}, on_line=emit
-            )
+            lambda emit: session.build(dockerfile_context(job.dockerfile), tag=str(target), on_line=emit)
         )
         log.write(f"[generator] Built {image_id}")
         log.flush()

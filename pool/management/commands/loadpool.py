@@ -33,4 +33,6 @@ class Command(BaseCommand):
                     raise CommandError(f"{path}: {entry.name}: {'; '.join(exc.messages)}") from None
                 daemon.save()
                 verb = "added" if created else "updated"
-                self.stdout.write(f"{verb} {daemon.name} ({daemon.url}, capacity {daemon.capacity}, queue {daemon.queue})")
+                self.stdout.write(
+                    f"{verb} {daemon.name} ({daemon.url}, capacity {daemon.capacity}, queue {daemon.queue})"
+                )

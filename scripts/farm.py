@@ -1,0 +1,197 @@
+"""`make up`, `make down`, `make status`: the whole farm on this machine.
+
+    python scripts/farm.py up | down | status
+
+Everything lives under var/ (pid files and logs in var/run/). Running `up` twice
+is harmless: what runs is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts import localfarm as lf  # noqa: E402
+
+ROOT = lf.ROOT
+VAR = Path(os.environ.get("GENERATOR_VAR_DIR", ROOT / "var"))
+RUN = VAR / "run"
+POOL_FILE = Path(os.environ.get("GENERATOR_POOL_FILE", ROOT / "conf" / "pool.json"))
+WEB_PORT = int(os.environ.get("GENERATOR_WEB_PORT", "8080"))
+REGISTRY_PORT = int(os.environ.get("GENERATOR_REGISTRY_PORT", "5000"))
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def pool_entries():
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "generator_site.settings")
+    from pool.seed_pool import read_pool_file
+
+    return read_pool_file(POOL_FILE)
+
+
+def child_env() -> dict[str, str]:
+    """Settings every farm process shares: the secret key is made once and kept in var/."""
+    key_file = VAR / "secret_key"
+    if not key_file.exists():
+        VAR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(50))
+    return {"GENERATOR_SECRET_KEY": key_file.read_text().strip(), "GENERATOR_VAR_DIR": str(VAR)}
+
+
+def manage(*args: str, env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise lf.StartError(f"manage.py {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def redis_url(env: dict[str, str]) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", "from django.conf import settings; print(settings.REDIS_URL)"],
+        env={**os.environ, **env, "DJANGO_SETTINGS_MODULE": "generator_site.settings"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def up() -> None:
+    sup = lf.Supervisor(RUN)
+    env = child_env()
+
+    url = urlparse(redis_url(env))
+    if url.hostname in LOCAL_HOSTS and not lf.redis_answers(url.port or 6379):
+        step(f"starting Redis on port {url.port or 6379}")
+        lf.start_redis(sup, url.port or 6379, VAR / "redis")
+    else:
+        step(f"Redis answers at {url.hostname}:{url.port or 6379}")
+
+    if not lf.http_ok(f"http://127.0.0.1:{REGISTRY_PORT}/v2/"):
+        step(f"starting the registry on localhost:{REGISTRY_PORT}")
+        lf.start_registry(sup, REGISTRY_PORT, VAR / "registry")
+    else:
+        step(f"the registry answers on localhost:{REGISTRY_PORT}")
+
+    entries = pool_entries()
+    local = [e for e in entries if e.host in LOCAL_HOSTS]
+    for entry in local:
+        lf.start_dockerd(sup, entry.port, VAR / "docker" / str(entry.port), exec_root(entry.port), dockerd_name(entry))
+    rootfs = lf.busybox_rootfs()
+
+    def ready(entry) -> None:
+        lf.wait_for_dockerd(sup, entry.port, dockerd_name(entry))
+        lf.ensure_busybox_image(entry.url, rootfs)
+
+    with ThreadPoolExecutor() as pool:
+        list(pool.map(ready, local))
+    step(f"Docker daemons ready with busybox:latest: {', '.join(e.url for e in local) or 'none local'}")
+
+    manage("migrate", "--noinput", env=env)
+    manage("collectstatic", "--noinput", env=env)
+    step("database migrated")
+    print(indent(manage("loadpool", str(POOL_FILE), env=env)))
+    admin = manage("ensureadmin", "--password-file", str(VAR / "admin-password"), env=env)
+    print(indent(admin))
+
+    lf.start_web(sup, WEB_PORT, env)
+    step(f"daphne serves http://localhost:{WEB_PORT}")
+    for entry in entries:
+        lf.start_worker(sup, worker_name(entry), entry.name, f"build.{entry.name}", entry.capacity, env)
+    step(f"a Celery worker per daemon: {', '.join(worker_name(e) for e in entries)}")
+
+    token = admin.rsplit(":", 1)[-1].strip()
+    print(
+        f"""
+Generator is up.
+  Admin:      http://localhost:{WEB_PORT}/admin/  (user admin; password in {VAR / "admin-password"})
+  Seed API:   http://localhost:{WEB_PORT}/b1/build?imagename=...&dockerfile=...
+  Live log:   ws://localhost:{WEB_PORT}/b1/build/log/ws/<job id>
+  Registry:   http://localhost:{REGISTRY_PORT}/v2/_catalog
+  API token:  {token}
+  Logs:       {RUN}/*.log
+Try it (README, "First build"):
+  export TOKEN={token}"""
+    )
+
+
+def down() -> None:
+    sup = lf.Supervisor(RUN)
+    workers = [n for n in sup.names() if n.startswith("worker-")]
+    # Workers first, so none starts a build on a daemon that is going away.
+    sup.stop_all(first=[*workers, "web"])
+    step("stopped everything make up started")
+
+
+def status() -> int:
+    sup = lf.Supervisor(RUN)
+    names = sup.names()
+    if not names:
+        print("nothing started by make up is running")
+        return 1
+    for name in names:
+        print(f"  {name:28} running, pid {sup.pid(name)}")
+    down_names = [n for n in expected_names() if sup.pid(n) is None]
+    for name in down_names:
+        print(f"  {name:28} NOT running (log: {sup.log_path(name)})")
+    return 1 if down_names else 0
+
+
+def expected_names() -> list[str]:
+    entries = pool_entries()
+    names = ["web", "registry"]
+    names += [dockerd_name(e) for e in entries if e.host in LOCAL_HOSTS]
+    names += [worker_name(e) for e in entries]
+    return names
+
+
+def dockerd_name(entry) -> str:
+    return f"dockerd-{entry.port}"
+
+
+def worker_name(entry) -> str:
+    return "worker-" + "".join(c if c.isalnum() else "-" for c in entry.name)
+
+
+def exec_root(port: int) -> Path:
+    # dockerd's exec root holds containerd's socket: keep its path short, well
+    # under the 108-byte limit of a unix socket, wherever the clone lives.
+    return Path("/run/generator") / str(port)
+
+
+def step(text: str) -> None:
+    print(f"==> {text}", flush=True)
+
+
+def indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.strip().splitlines())
+
+
+def main(argv: list[str]) -> int:
+    commands = {"up": up, "down": down, "status": status}
+    if len(argv) != 2 or argv[1] not in commands:
+        print(__doc__, file=sys.stderr)
+        return 2
+    try:
+        return commands[argv[1]]() or 0
+    except lf.StartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,324 @@
+"""The farm's processes on one machine: Redis, a registry, Docker daemons, daphne
+and Celery workers, started in the background with a pid file and a log each.
+
+`make up` (scripts/farm.py) and the end-to-end test fixtures both use this, so
+the processes the tests run are the ones a developer runs. No Django here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER_API_VERSION = "1.41"
+
+
+class StartError(RuntimeError):
+    pass
+
+
+class Supervisor:
+    """Background processes named by pid files in `run_dir`; each logs to NAME.log."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def log_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.log"
+
+    def pid(self, name: str) -> int | None:
+        """The process's pid if it is alive, else None (and a stale pid file goes)."""
+        pid_file = self.run_dir / f"{name}.pid"
+        try:
+            pid = int(pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if _alive(pid):
+            return pid
+        pid_file.unlink(missing_ok=True)
+        return None
+
+    def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None) -> int:
+        if (pid := self.pid(name)) is not None:
+            return pid
+        log_path = self.log_path(name)
+        if log_path.exists():  # keep one previous run's log, start this one clean
+            log_path.replace(log_path.with_suffix(".log.1"))
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                cwd=ROOT,
+                start_new_session=True,  # outlives `make up`; not killed by the terminal's Ctrl-C
+            )
+        (self.run_dir / f"{name}.pid").write_text(str(process.pid))
+        return process.pid
+
+    def stop(self, name: str, timeout: float = 20) -> bool:
+        pid = self.pid(name)
+        if pid is None:
+            return False
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+        (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
+        return True
+
+    def kill(self, name: str) -> None:
+        """SIGKILL, as a crash would: for fault tests."""
+        if (pid := self.pid(name)) is not None:
+            _signal_group(pid, signal.SIGKILL)
+
+    def names(self) -> list[str]:
+        return sorted(p.stem for p in self.run_dir.glob("*.pid"))
+
+    def stop_all(self, first: list[str] | None = None) -> None:
+        for name in [*(first or []), *self.names()]:
+            self.stop(name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    if state == "Z":
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return False
+    return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], *, timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    tail = ""
+    if log and log.exists():
+        tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+    raise StartError(f"{what} did not become ready within {timeout:.0f} s{tail}")
+
+
+def http_ok(url: str, expect: bytes | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            body = response.read()
+    except (urllib.error.URLError, OSError):
+        return False
+    return expect is None or body.strip() == expect
+
+
+# --- Redis ------------------------------------------------------------------
+
+
+def redis_answers(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+def start_redis(sup: Supervisor, port: int, data_dir: Path, name: str = "redis") -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    sup.start(name, [*argv, "--dir", str(data_dir)])
+    wait_until(lambda: redis_answers(port), timeout=15, what=f"Redis on port {port}", log=sup.log_path(name))
+
+
+# --- Registry ---------------------------------------------------------------
+
+
+def start_registry(sup: Supervisor, port: int, storage: Path, name: str = "registry") -> None:
+    storage.mkdir(parents=True, exist_ok=True)
+    env = {
+        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(storage),
+        "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",
+    }
+    sup.start(name, ["docker-registry", "serve", str(ROOT / "conf" / "registry.yml")], env=env)
+    wait_until(
+        lambda: http_ok(f"http://127.0.0.1:{port}/v2/"),
+        timeout=20,
+        what=f"the registry on port {port}",
+        log=sup.log_path(name),
+    )
+
+
+# --- Docker daemons -----------------------------------------------------------
+
+
+def dockerd_argv(port: int, data_dir: Path, exec_dir: Path) -> list[str]:
+    return [
+        "dockerd",
+        "--host",
+        f"tcp://127.0.0.1:{port}",
+        "--host",
+        f"unix://{data_dir}/docker.sock",
+        "--data-root",
+        str(data_dir / "data"),
+        "--exec-root",
+        str(exec_dir),
+        "--pidfile",
+        str(data_dir / "docker.pid"),
+        "--iptables=false",
+        "--bridge=none",
+        "--log-level=warn",
+    ]
+
+
+def start_dockerd(sup: Supervisor, port: int, data_dir: Path, exec_dir: Path, name: str) -> str:
+    """Starts a daemon listening on loopback only; answers its engine URL."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    exec_dir.mkdir(parents=True, exist_ok=True)
+    sup.start(name, dockerd_argv(port, data_dir, exec_dir))
+    return f"tcp://127.0.0.1:{port}"
+
+
+def wait_for_dockerd(sup: Supervisor, port: int, name: str) -> None:
+    wait_until(
+        lambda: http_ok(f"http://127.0.0.1:{port}/_ping", b"OK"),
+        timeout=60,
+        what=f"dockerd {name} on port {port}",
+        log=sup.log_path(name),
+    )
+
+
+def busybox_rootfs() -> bytes:
+    """A root file system of Debian's static busybox and its applet links.
+
+    Docker Hub is out of reach here; `docker import` of this gives `FROM busybox`.
+    """
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise StartError("busybox is not installed (Debian package busybox-static)")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for directory, mode in [("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("root", 0o700)]:
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, mode
+            tar.addfile(info)
+        tar.add(busybox, arcname="bin/busybox")
+        for applet in applets:
+            if applet == "busybox":
+                continue
+            info = tarfile.TarInfo(f"bin/{applet}")
+            info.type, info.linkname, info.mode = tarfile.SYMTYPE, "busybox", 0o777
+            tar.addfile(info)
+        passwd = b"root:x:0:0:root:/root:/bin/sh\n"
+        info = tarfile.TarInfo("etc/passwd")
+        info.size, info.mode = len(passwd), 0o644
+        tar.addfile(info, io.BytesIO(passwd))
+    return buffer.getvalue()
+
+
+def ensure_busybox_image(engine_url: str, rootfs: bytes | None = None) -> None:
+    api = docker.APIClient(base_url=engine_url, version=DOCKER_API_VERSION, timeout=60)
+    try:
+        if api.images(name="busybox:latest"):
+            return
+        api.import_image_from_data(
+            rootfs or busybox_rootfs(), repository="busybox", tag="latest", changes=['CMD ["sh"]']
+        )
+    finally:
+        api.close()
+
+
+# --- Generator's own processes -------------------------------------------------
+
+
+def venv_bin(tool: str) -> str:
+    candidate = ROOT / ".venv" / "bin" / tool
+    return str(candidate) if candidate.exists() else tool
+
+
+def start_web(sup: Supervisor, port: int, env: dict[str, str], name: str = "web") -> None:
+    argv = [venv_bin("daphne"), "-b", "127.0.0.1", "-p", str(port), "generator_site.asgi:application"]
+    sup.start(name, argv, env=env)
+    wait_until(
+        lambda: http_ok(f"http://127.0.0.1:{port}/admin/login/"),
+        timeout=60,
+        what=f"daphne on port {port}",
+        log=sup.log_path(name),
+    )
+
+
+def worker_argv(daemon_name: str, queue: str, concurrency: int) -> list[str]:
+    node = "worker-" + "".join(c if c.isalnum() else "-" for c in daemon_name)
+    return [
+        venv_bin("celery"),
+        "-A",
+        "generator_site",
+        "worker",
+        "--queues",
+        queue,
+        "--hostname",
+        f"{node}@%h",
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def start_worker(sup: Supervisor, name: str, daemon_name: str, queue: str, concurrency: int, env: dict) -> None:
+    sup.start(name, worker_argv(daemon_name, queue, concurrency), env=env)
+    wait_until(
+        lambda: "ready." in sup.log_path(name).read_text(errors="replace"),
+        timeout=60,
+        what=f"the Celery worker for {daemon_name}",
+        log=sup.log_path(name),
+    )
