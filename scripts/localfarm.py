@@ -7,6 +7,7 @@ the processes the tests run are the ones a developer runs. No Django here.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -110,10 +111,8 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     if state == "Z":
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         return False
     return True
 
@@ -122,10 +121,8 @@ def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def free_port() -> int:
