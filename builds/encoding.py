@@ -23,8 +23,9 @@ def decode_base64_text(value: str, field: str) -> str:
     if not compact:
         raise SubmissionError(f"{field} is empty: it must hold the Dockerfile, base64-encoded")
     limit = settings.GENERATOR_MAX_DOCKERFILE_BYTES
-    if len(compact) * 3 // 4 > limit + 2:
-        raise TooLarge(f"{field} decodes to more than the {limit}-byte limit for a Dockerfile")
+    approximate_size = len(compact) * 3 // 4
+    if approximate_size > limit + 2:
+        raise TooLarge(f"the Dockerfile is about {approximate_size} bytes; the limit is {limit} bytes")
     if not _BASE64.fullmatch(compact):
         raise SubmissionError(f"{field} is not valid base64: it holds characters outside the base64 alphabet")
     padded = compact.rstrip("=") + "=" * (-len(compact.rstrip("=")) % 4)

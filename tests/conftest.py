@@ -1,0 +1,89 @@
+"""Fixtures shared by every test.
+
+The suite runs against real services it starts itself: its own Redis on a free
+port (never the machine's), and for the end-to-end tests (tests/farm/) the whole
+farm. The test database is a file, so that daphne and the Celery workers, in
+other processes, share it with the tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from rest_framework.authtoken.models import Token
+
+from scripts import localfarm as lf
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("GENERATOR_SHARED_DIR", ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"the shared test data folder {SHARED} is missing (set GENERATOR_SHARED_DIR)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def services_dir(tmp_path_factory) -> Path:
+    # Short: dockerd exec roots under it hold unix sockets (108-byte path limit).
+    return Path(tmp_path_factory.mktemp("svc"))
+
+
+@pytest.fixture(scope="session")
+def supervisor(services_dir):
+    sup = lf.Supervisor(services_dir / "run")
+    yield sup
+    workers = [n for n in sup.names() if n.startswith("worker")]
+    sup.stop_all(first=[*workers, "web"])
+
+
+@pytest.fixture(scope="session")
+def redis_url(supervisor, services_dir) -> str:
+    port = lf.free_port()
+    lf.start_redis(supervisor, port, services_dir / "redis")
+    return f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_redis(redis_url):
+    """Points Celery and the channel layer of this process at the test Redis."""
+    from generator_site.celery import app
+
+    settings.REDIS_URL = redis_url
+    settings.CELERY_BROKER_URL = redis_url
+    app.conf.broker_url = redis_url
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory):
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        db.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
+
+
+@pytest.fixture
+def daemon(db):
+    from pool.models import DockerDaemon
+
+    # Nothing listens here: enough for tests that stop before a build runs.
+    return DockerDaemon.objects.create(name="unit-daemon", url="tcp://127.0.0.1:9", capacity=2)
+
+
+@pytest.fixture
+def operator(django_user_model):
+    user = django_user_model.objects.create_superuser("operator", password=None)
+    user.api_token = Token.objects.create(user=user).key
+    return user
+
+
+@pytest.fixture
+def reader(django_user_model):
+    user = django_user_model.objects.create_user("reader", password=None)
+    user.api_token = Token.objects.create(user=user).key
+    return user

@@ -1,0 +1,168 @@
+"""The whole farm, for real: a registry, two dockerd, daphne and a Celery worker per
+daemon, all started by the same code as `make up` (scripts/localfarm.py), on free
+ports, sharing the test database file and the test Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import docker
+import pytest
+from django.conf import settings
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from pool.models import DockerDaemon, queue_for
+from scripts import localfarm as lf
+
+pytestmark = pytest.mark.farm
+
+
+@dataclass
+class Farm:
+    web: str  # host:port of daphne
+    registry: str  # host:port to push to
+    daemons: list[tuple[str, str]]  # (name, engine URL)
+    supervisor: lf.Supervisor
+
+
+@pytest.fixture(scope="session")
+def farm(supervisor, services_dir, redis_url, django_db_setup) -> Farm:
+    registry_port = lf.free_port()
+    lf.start_registry(supervisor, registry_port, services_dir / "registry")
+
+    daemons = []
+    for index in range(2):
+        port = lf.free_port()
+        name = f"farm-{index}"
+        url = lf.start_dockerd(
+            supervisor, port, services_dir / f"d{index}", services_dir / f"x{index}", f"dockerd-{index}"
+        )
+        daemons.append((name, url, port))
+    rootfs = lf.busybox_rootfs()
+
+    def ready(daemon) -> None:
+        name, url, port = daemon
+        lf.wait_for_dockerd(supervisor, port, f"dockerd-{name[-1]}")
+        lf.ensure_busybox_image(url, rootfs)
+
+    with ThreadPoolExecutor() as pool:
+        list(pool.map(ready, daemons))
+
+    env = {
+        "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}",
+        "REDIS_URL": redis_url,
+        "GENERATOR_SECRET_KEY": "end-to-end-tests-only",
+        "GENERATOR_DEBUG": "false",
+    }
+    web_port = lf.free_port()
+    lf.start_web(supervisor, web_port, env)
+    for index, (name, _, _) in enumerate(daemons):
+        lf.start_worker(supervisor, f"worker-{index}", name, queue_for(name), 2, env)
+    return Farm(
+        web=f"127.0.0.1:{web_port}",
+        registry=f"localhost:{registry_port}",
+        daemons=[(name, url) for name, url, _ in daemons],
+        supervisor=supervisor,
+    )
+
+
+@pytest.fixture
+def farm_pool(farm, transactional_db):
+    """The farm's daemons as rows; transactional tests empty the tables after each test."""
+    return [DockerDaemon.objects.create(name=name, url=url, capacity=2) for name, url in farm.daemons]
+
+
+@pytest.fixture
+def token(farm_pool, operator) -> str:
+    return operator.api_token
+
+
+# --- a client, as a user of the farm would write it ------------------------------
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def http_get(url: str, token: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Token {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def submit(farm: Farm, token: str, image: str, dockerfile: str, *, seed_mode: bool = False) -> str:
+    fields = {"imagename": image}
+    if seed_mode:
+        fields.update(mode="dockerfile", context=b64(dockerfile))
+    else:
+        fields["dockerfile"] = b64(dockerfile)
+    status, body = http_get(f"http://{farm.web}/b1/build?{urllib.parse.urlencode(fields)}", token)
+    assert status == 200, body
+    return body
+
+
+@dataclass
+class Followed:
+    lines: list[tuple[int, str]]
+    statuses: list[str]
+    end: dict | None
+    close_code: int | None
+
+
+def follow(farm: Farm, job_id: str, token: str | None, *, after: int = 0, headers: dict | None = None) -> Followed:
+    """Reads the WebSocket log until the server closes it."""
+    lines, statuses, end = [], [], None
+    all_headers = {"Authorization": f"Token {token}"} if token else {}
+    all_headers.update(headers or {})
+    url = f"ws://{farm.web}/b1/build/log/ws/{job_id}" + (f"?after={after}" if after else "")
+    with connect(url, additional_headers=all_headers, open_timeout=10, close_timeout=5) as ws:
+        for message in _messages(ws):
+            frame = json.loads(message)
+            if frame["type"] == "log":
+                lines += [(line["seq"], line["text"]) for line in frame["lines"]]
+            elif frame["type"] == "status":
+                statuses.append(frame["status"])
+            else:
+                end = frame
+    return Followed(lines, statuses, end, ws.close_code)
+
+
+def _messages(ws, limit: float = 120):
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            yield ws.recv(timeout=max(deadline - time.monotonic(), 0.01))
+        except ConnectionClosed:
+            return
+        except TimeoutError:
+            raise AssertionError(f"the log stream did not end within {limit} s") from None
+
+
+def engine(url: str) -> docker.DockerClient:
+    return docker.DockerClient(base_url=url, version="1.41", timeout=60)
+
+
+def registry_digest(farm: Farm, repository: str, tag: str) -> str | None:
+    request = urllib.request.Request(
+        f"http://{farm.registry}/v2/{repository}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.headers["Docker-Content-Digest"]
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
