@@ -1,0 +1,68 @@
+"""LogWriter: lines stored in order and in batches, and flushed when the build goes quiet."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from builds.logs import LogWriter
+from builds.models import BuildJob, BuildLogLine
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def job(daemon):
+    return BuildJob.objects.create(image="a/b:latest", dockerfile="FROM busybox\n", daemon=daemon, status="building")
+
+
+def stored(job):
+    return list(BuildLogLine.objects.filter(job=job).order_by("seq").values_list("seq", "text"))
+
+
+def test_lines_are_stored_in_batches_with_gapless_numbers(job):
+    writer = LogWriter(job.id, last_seq=0, batch_lines=3, flush_seconds=60)
+    for i in range(7):
+        writer.write(f"line {i}")
+    assert len(stored(job)) == 6  # two full batches; the seventh waits
+    writer.flush()
+    assert stored(job) == [(i + 1, f"line {i}") for i in range(7)]
+    assert BuildJob.objects.get(pk=job.pk).log_line_count == 7
+
+
+def test_a_later_attempt_continues_the_numbering(job):
+    LogWriter(job.id, last_seq=0, batch_lines=10, flush_seconds=60).pump(lambda emit: [emit("first attempt")])
+    LogWriter(job.id, last_seq=1, batch_lines=10, flush_seconds=60).pump(lambda emit: [emit("second attempt")])
+    assert stored(job) == [(1, "first attempt"), (2, "second attempt")]
+
+
+def test_pump_flushes_a_half_batch_when_the_build_goes_quiet(job):
+    seen_during_the_quiet = []
+
+    def produce(emit):
+        emit("RUN sleep 60")
+        time.sleep(0.5)  # the step is silent; the viewer must already see its first line
+        seen_during_the_quiet.append(BuildLogLine.objects.filter(job_id=job.id).count())
+        connection.close()
+        emit("done")
+        return "image-id"
+
+    writer = LogWriter(job.id, last_seq=0, batch_lines=100, flush_seconds=0.05)
+    assert writer.pump(produce) == "image-id"
+    assert seen_during_the_quiet == [1]
+    assert stored(job) == [(1, "RUN sleep 60"), (2, "done")]
+
+
+def test_pump_stores_what_came_before_an_error_and_raises_it(job):
+    def produce(emit):
+        emit("Step 1/2 : FROM busybox")
+        raise RuntimeError("the daemon went away")
+
+    writer = LogWriter(job.id, last_seq=0, batch_lines=100, flush_seconds=60)
+    with pytest.raises(RuntimeError, match="went away"):
+        writer.pump(produce)
+    assert stored(job) == [(1, "Step 1/2 : FROM busybox")]
+    assert not [t for t in threading.enumerate() if t.name.startswith("log-pump-")]

@@ -1,0 +1,99 @@
+"""The pool: loading the seed's pool.json, validating daemons, choosing one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.management import CommandError, call_command
+
+from pool.models import DockerDaemon, validate_engine_url
+from pool.scheduler import least_loaded
+
+
+@pytest.fixture
+def pool_file(tmp_path):
+    def write(data) -> str:
+        path = tmp_path / "pool.json"
+        path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+        return str(path)
+
+    return write
+
+
+SEED_POOL = {"docker": [{"url": "127.0.0.1", "port": "19000"}, {"url": "127.0.0.1", "port": "19100"}]}
+
+
+def test_loadpool_reads_the_seed_format_and_is_idempotent(db, pool_file):
+    path = pool_file(SEED_POOL)
+    call_command("loadpool", path)
+    DockerDaemon.objects.filter(name="127.0.0.1:19100").update(enabled=False)  # an operator's choice
+    call_command("loadpool", path)
+    daemons = list(DockerDaemon.objects.values_list("name", "url", "capacity", "enabled"))
+    assert daemons == [
+        ("127.0.0.1:19000", "tcp://127.0.0.1:19000", 2, True),
+        ("127.0.0.1:19100", "tcp://127.0.0.1:19100", 2, False),
+    ]
+
+
+def test_loadpool_takes_numbers_names_and_capacities(db, pool_file):
+    call_command("loadpool", pool_file({"docker": [{"url": "10.0.0.5", "port": 2375, "name": "big", "capacity": 8}]}))
+    assert DockerDaemon.objects.get(name="big").capacity == 8
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ("{not json", "not valid JSON"),
+        ({"pool": []}, 'must hold {"docker"'),
+        ({"docker": ["127.0.0.1:19000"]}, "must be an object"),
+        ({"docker": [{"url": "127.0.0.1", "port": "http"}]}, "a port from 1 to 65535"),
+        ({"docker": [{"url": "127.0.0.1", "port": "70000"}]}, "a port from 1 to 65535"),
+        ({"docker": [{"url": "127.0.0.1", "port": "1", "capacity": 0}]}, "capacity must be"),
+        (
+            {"docker": [{"url": "127.0.0.1", "port": "1"}, {"url": "bad host!", "port": "2"}]},
+            "not a Docker Engine address",
+        ),
+    ],
+)
+def test_loadpool_refuses_a_bad_file_and_changes_nothing(db, pool_file, data, reason):
+    with pytest.raises(CommandError, match=reason):
+        call_command("loadpool", pool_file(data))
+    assert not DockerDaemon.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "valid"),
+    [
+        ("tcp://127.0.0.1:19000", True),
+        ("tcp://build-host-1.example:2376", True),
+        ("tcp://[::1]:2375", True),
+        ("unix:///var/run/docker.sock", True),
+        ("http://127.0.0.1:19000", False),
+        ("tcp://127.0.0.1", False),
+        ("tcp://127.0.0.1:0", False),
+        ("unix://relative.sock", False),
+    ],
+)
+def test_engine_urls_are_checked(url, valid):
+    if valid:
+        validate_engine_url(url)
+    else:
+        with pytest.raises(ValidationError):
+            validate_engine_url(url)
+
+
+def test_the_least_loaded_daemon_for_its_capacity_wins():
+    small = DockerDaemon(pk=1, name="small", capacity=1)
+    large = DockerDaemon(pk=2, name="large", capacity=4)
+    off = DockerDaemon(pk=3, name="off", capacity=9, enabled=False)
+    assert least_loaded([small, large, off], {}) == small  # ties: fewer running, then older
+    assert least_loaded([small, large, off], {1: 1, 2: 3}) == large  # 1/1 vs 3/4
+    assert least_loaded([small, large, off], {1: 0, 2: 1}) == small
+    assert least_loaded([off], {}) is None
+    assert least_loaded([], {}) is None
+
+
+def test_a_daemon_has_its_own_queue():
+    assert DockerDaemon(name="127.0.0.1:19000").queue == "build.127.0.0.1:19000"
