@@ -1,4 +1,8 @@
-"""Reading the seed's `conf/pool.json`: {"docker": [{"url": "127.0.0.1", "port": "19000"}, ...]}."""
+"""Reading the seed's `conf/pool.json`: {"docker": [{"url": "127.0.0.1", "port": "19000"}, ...]}.
+
+Beyond the seed's keys an entry may carry `name`, `capacity`, and, instead of
+url/port, `engine`: a full engine URL such as unix:///run/dind/docker.sock.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ class PoolFileError(ValueError):
 class PoolEntry:
     name: str
     url: str
-    host: str
+    host: str  # empty, with port 0, for an entry given by engine URL
     port: int
     capacity: int
 
@@ -37,14 +41,18 @@ def _entry(path: str | Path, index: int, member: object) -> PoolEntry:
     where = f"{path}: docker[{index}]"
     if not isinstance(member, dict):
         raise PoolFileError(f"{where} must be an object with url and port")
+    capacity = member.get("capacity", 2)
+    if not isinstance(capacity, int) or capacity < 1:
+        raise PoolFileError(f"{where}: capacity must be a whole number of at least 1")
+    if "engine" in member:
+        if not member.get("name"):
+            raise PoolFileError(f"{where}: an entry with engine needs a name")
+        return PoolEntry(name=str(member["name"]), url=str(member["engine"]), host="", port=0, capacity=capacity)
     host = str(member.get("url", "")).strip()
     # The seed wrote ports as strings; numbers are accepted too.
     port_text = str(member.get("port", "")).strip()
     if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise PoolFileError(f"{where} needs a host in url and a port from 1 to 65535")
     port = int(port_text)
-    capacity = member.get("capacity", 2)
-    if not isinstance(capacity, int) or capacity < 1:
-        raise PoolFileError(f"{where}: capacity must be a whole number of at least 1")
     name = str(member.get("name") or f"{host}:{port}")
     return PoolEntry(name=name, url=f"tcp://{host}:{port}", host=host, port=port, capacity=capacity)

@@ -1,0 +1,57 @@
+"""docker-compose.yml describes the farm: validated by Debian's docker-compose."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import yaml
+from django.core.management import call_command
+
+from pool.models import DockerDaemon
+from tests.conftest import ROOT
+
+
+def compose_config(**env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in {"POSTGRES_PASSWORD", "GENERATOR_SECRET_KEY"}}
+    return subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def test_compose_describes_every_service_of_the_farm():
+    result = compose_config(POSTGRES_PASSWORD="pw", GENERATOR_SECRET_KEY="key")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert set(services) == {"web", "beat", "redis", "postgres", "registry", "dind-0", "worker-0", "dind-1", "worker-1"}
+    assert services["web"]["environment"]["DATABASE_URL"].startswith("postgres://generator:pw@postgres")
+    # A worker shares only its own daemon's socket volume, and no daemon publishes a port.
+    for index in (0, 1):
+        assert services[f"worker-{index}"]["volumes"] == [f"dind-{index}-socket:/run/dind:rw"]
+        assert "ports" not in services[f"dind-{index}"]
+
+
+def test_compose_refuses_to_run_without_its_secrets():
+    result = compose_config()
+    assert result.returncode != 0
+    assert "set POSTGRES_PASSWORD" in result.stderr or "set GENERATOR_SECRET_KEY" in result.stderr
+
+
+def test_each_compose_worker_serves_its_daemons_queue(db):
+    call_command("loadpool", str(ROOT / "conf" / "pool.compose.json"))
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for daemon in DockerDaemon.objects.all():
+        worker = services[daemon.name.replace("dind", "worker")]
+        assert f"--queues {daemon.queue} " in worker["command"]
+        assert daemon.url == "unix:///run/dind/docker.sock"
+
+
+@pytest.mark.parametrize("pool_file", ["pool.json", "pool.compose.json"])
+def test_the_shipped_pool_files_load(db, pool_file):
+    call_command("loadpool", str(ROOT / "conf" / pool_file))
+    assert DockerDaemon.objects.count() == 2
