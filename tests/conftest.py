@@ -50,10 +50,13 @@ def redis_url(supervisor, services_dir) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _own_redis(redis_url):
-    """Points Celery and the channel layer of this process at the test Redis."""
+def _isolated_settings(redis_url, services_dir):
+    """Points Celery and the channel layer of this process at the test Redis, and
+    keeps files out of the checkout's var/."""
     from generator_site.celery import app
 
+    settings.STATIC_ROOT = services_dir / "static"
+    settings.STATIC_ROOT.mkdir()
     settings.REDIS_URL = redis_url
     settings.CELERY_BROKER_URL = redis_url
     app.conf.broker_url = redis_url

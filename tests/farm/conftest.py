@@ -61,6 +61,7 @@ def farm(supervisor, services_dir, redis_url, django_db_setup) -> Farm:
         "REDIS_URL": redis_url,
         "GENERATOR_SECRET_KEY": "end-to-end-tests-only",
         "GENERATOR_DEBUG": "false",
+        "GENERATOR_VAR_DIR": str(services_dir / "var"),
     }
     web_port = lf.free_port()
     lf.start_web(supervisor, web_port, env)
