@@ -1,16 +1,29 @@
-"""Choosing a daemon for a job and sending its task, by name, after commit."""
+"""The farm's own queue: which waiting job goes to which daemon, and when.
+
+A job waits in the database (queued, no daemon) until a daemon that takes
+builds has a free slot; only then is its task sent, by name, to that daemon's
+Celery queue. So a daemon's queue never holds more than its capacity, a full
+pool makes jobs wait in order (with a position), and nothing is piled onto a
+daemon that may be about to fail.
+
+`dispatch()` runs after every submit and every finished build, and every few
+seconds from beat (which also catches what a lost message or a sick daemon left
+behind: see `rescue_stranded`).
+"""
 
 from __future__ import annotations
 
 import logging
-from functools import partial
+from datetime import timedelta
 
 from celery import current_app
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count
+from django.utils import timezone
 
 from pool.models import DockerDaemon
-from pool.scheduler import least_loaded
+from pool.scheduler import choose_daemon
 
 from . import transitions
 from .models import BuildJob
@@ -18,10 +31,17 @@ from .models import BuildJob
 logger = logging.getLogger(__name__)
 
 RUN_BUILD_TASK = "builds.run_build"
+DISPATCH_BATCH = 200
 
 
 class NoDaemonAvailable(Exception):
     pass
+
+
+def ensure_pool_exists() -> None:
+    """A job nobody could ever build is refused at the door rather than queued forever."""
+    if not DockerDaemon.objects.filter(enabled=True).exists():
+        raise NoDaemonAvailable("no enabled Docker daemon in the pool: an operator must add or enable one")
 
 
 def active_builds_by_daemon() -> dict[int, int]:
@@ -33,25 +53,79 @@ def active_builds_by_daemon() -> dict[int, int]:
     return {row["daemon"]: row["active"] for row in rows}
 
 
-def dispatch(job: BuildJob) -> None:
-    """Assigns the job to the least loaded daemon and queues its build there.
+def active_builds_by_image() -> dict[str, int]:
+    rows = (
+        BuildJob.objects.filter(status__in=BuildJob.ACTIVE, daemon__isnull=False)
+        .values("image")
+        .annotate(active=Count("id"))
+    )
+    return {row["image"]: row["active"] for row in rows}
 
-    Call inside the transaction that saved the job: the message is sent only once
-    that transaction commits, so a worker never looks for a row it cannot see.
+
+def warm_daemon_for(job: BuildJob) -> int | None:
+    """The daemon that last built this image repository: its layer cache is warm."""
+    prefix = job.repository + ":"
+    last = (
+        BuildJob.objects.filter(image__startswith=prefix, daemon__isnull=False, started_at__isnull=False)
+        .exclude(pk=job.pk)
+        .order_by("-started_at")
+        .values_list("daemon", flat=True)
+        .first()
+    )
+    return last
+
+
+def dispatch() -> int:
+    """Gives waiting jobs, oldest first, to daemons with room. Answers how many.
+
+    One transaction: on SQLite it takes the write lock at BEGIN (IMMEDIATE), on
+    PostgreSQL the daemon rows are locked, so two dispatchers never fill the
+    same free slot twice.
     """
-    daemon = least_loaded(DockerDaemon.objects.filter(enabled=True), active_builds_by_daemon())
-    if daemon is None:
-        raise NoDaemonAvailable("no enabled Docker daemon in the pool: an operator must add or enable one")
-    job.daemon = daemon
-    job.save(update_fields=["daemon"])
-    transaction.on_commit(partial(send_build_task, job.id, job.attempt, daemon.queue))
+    sends = []
+    with transaction.atomic():
+        daemons = list(DockerDaemon.objects.select_for_update().filter(enabled=True, draining=False, healthy=True))
+        if not daemons:
+            return 0
+        load = active_builds_by_daemon()
+        per_image = active_builds_by_image()
+        limit = settings.GENERATOR_MAX_BUILDS_PER_IMAGE
+        waiting = BuildJob.objects.filter(status=BuildJob.Status.QUEUED, daemon__isnull=True).order_by("created_at")
+        for job in waiting[:DISPATCH_BATCH]:
+            if limit and per_image.get(job.image, 0) >= limit:
+                continue  # this image has its share of the pool; later jobs of others may go
+            daemon = choose_daemon(daemons, load, prefer=warm_daemon_for(job))
+            if daemon is None:
+                break  # the pool is full
+            if transitions.assign(job.id, daemon.pk):
+                load[daemon.pk] = load.get(daemon.pk, 0) + 1
+                per_image[job.image] = per_image.get(job.image, 0) + 1
+                sends.append((job.id, job.attempt, daemon.pk, daemon.queue))
+        for send in sends:
+            transaction.on_commit(lambda send=send: send_build_task(*send))
+    return len(sends)
 
 
-def send_build_task(job_id: str, attempt: int, queue: str) -> None:
+def send_build_task(job_id: str, attempt: int, daemon_id: int, queue: str) -> None:
     try:
-        current_app.send_task(RUN_BUILD_TASK, args=[job_id, attempt], queue=queue)
-    except Exception as exc:
-        # The row exists but nothing will run it: say so on the job rather than
-        # leave it queued forever.
-        logger.exception("could not queue build %s on %s", job_id, queue)
-        transitions.fail(job_id, attempt, f"could not queue the build: the message broker refused it ({exc})")
+        current_app.send_task(RUN_BUILD_TASK, args=[job_id, attempt, daemon_id], queue=queue)
+    except Exception:
+        # The job stays assigned with no message; rescue_stranded puts it back
+        # in the farm's queue once it is stale.
+        logger.warning("could not send build %s to %s; it will be dispatched again", job_id, queue, exc_info=True)
+
+
+def rescue_stranded() -> int:
+    """Puts back in the farm's queue the jobs given to a daemon but never claimed:
+    the daemon stopped taking builds (sick, draining, disabled), or the message
+    was lost (Redis restarted) or not sent, or its worker is down."""
+    stale = timezone.now() - timedelta(seconds=settings.GENERATOR_DISPATCH_STALE_SECONDS)
+    assigned = BuildJob.objects.filter(status=BuildJob.Status.QUEUED, daemon__isnull=False).select_related("daemon")
+    rescued = 0
+    for job in assigned:
+        gone = not job.daemon.takes_builds
+        stuck = job.dispatched_at is None or job.dispatched_at < stale
+        if (gone or stuck) and transitions.unassign(job.id, job.attempt, job.daemon_id):
+            logger.info("job %s went back to the farm queue from %s", job.id, job.daemon.name)
+            rescued += 1
+    return rescued

@@ -12,9 +12,10 @@ so every decoded chunk is checked for an `error`.
 from __future__ import annotations
 
 import io
+import socket
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import docker
@@ -30,6 +31,11 @@ class EngineError(Exception):
 
     transient = False
 
+    def __init__(self, message: str, *, transient: bool | None = None) -> None:
+        super().__init__(message)
+        if transient is not None:
+            self.transient = transient
+
 
 class DaemonUnavailable(EngineError):
     transient = True
@@ -40,7 +46,16 @@ class BuildFailed(EngineError):
 
 
 class PushFailed(EngineError):
-    pass
+    """The registry refused or could not take the push. Refusals (credentials,
+    permissions, a bad name) are final; anything else may pass on a retry."""
+
+
+_FINAL_PUSH_ERRORS = ("denied", "unauthorized", "authentication required", "forbidden", "name invalid")
+
+
+def push_failure(message: str) -> PushFailed:
+    final = any(word in message.lower() for word in _FINAL_PUSH_ERRORS)
+    return PushFailed(message, transient=not final)
 
 
 @dataclass(frozen=True)
@@ -113,7 +128,7 @@ class EngineSession:
     def __init__(self, url: str, *, api_version: str, timeout: int) -> None:
         self.url = url
         try:
-            self._api = docker.APIClient(base_url=url, version=api_version, timeout=timeout)
+            self._api = _StreamTrackingClient(base_url=url, version=api_version, timeout=timeout)
         except DockerException as exc:
             raise DaemonUnavailable(f"cannot use the Docker daemon at {url}: {exc}") from exc
 
@@ -126,6 +141,21 @@ class EngineSession:
     def close(self) -> None:
         """Closing the connection also stops a build still running in the daemon."""
         self._api.close()
+
+    def abort(self) -> None:
+        """Stops the build or push in progress, from another thread.
+
+        Shutting the socket of the streaming response wakes the thread blocked
+        reading it, and the daemon, seeing its client gone, stops the build and
+        (forcerm) removes its intermediate containers.
+        """
+        response = self._api.streaming
+        if response is None:
+            return
+        with suppress(Exception):
+            response.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
+        with suppress(Exception):
+            response.close()
 
     def build(self, context: bytes, *, tag: str, on_line: LineSink) -> str:
         """Builds the context, tags the image, and answers its id (sha256:...)."""
@@ -161,16 +191,26 @@ class EngineSession:
             chunks = self._api.push(repository, tag=tag, stream=True, decode=True)
             for chunk in progress_lines(chunks, on_line):
                 if message := _error_message(chunk):
-                    raise PushFailed(f"pushing {repository}:{tag} failed: {message}")
+                    raise push_failure(f"pushing {repository}:{tag} failed: {message}")
                 aux = chunk.get("aux") or {}
                 if aux.get("Digest"):
                     result = PushResult(digest=aux["Digest"], size=aux.get("Size"))
         if result is None:
-            raise PushFailed(f"pushing {repository}:{tag} ended without a digest from the registry")
+            raise PushFailed(f"pushing {repository}:{tag} ended without a digest from the registry", transient=True)
         return result
 
     def _translated_errors(self, failure: type[EngineError], action: str):
         return _translated_errors(self.url, failure, action)
+
+
+class _StreamTrackingClient(docker.APIClient):
+    """Remembers the streaming response in progress, so `abort` can cut it."""
+
+    streaming = None
+
+    def _stream_helper(self, response, decode=False):
+        self.streaming = response
+        return super()._stream_helper(response, decode)
 
 
 @contextmanager
@@ -187,7 +227,7 @@ def _translated_errors(url: str, failure: type[EngineError], action: str) -> Ite
         message = str(message).strip()
         if exc.is_server_error() and failure is PushFailed:
             raise DaemonUnavailable(f"the Docker daemon at {url} failed the {action}: {message}") from exc
-        raise failure(message) from exc
+        raise failure(message, transient=False) from exc
     except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         raise DaemonUnavailable(f"lost the Docker daemon at {url} during the {action}: {exc}") from exc
     except DockerException as exc:

@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 from asgiref.sync import async_to_sync
@@ -79,14 +80,22 @@ class LogWriter:
         with transaction.atomic():
             BuildLogLine.objects.bulk_create(BuildLogLine(job_id=self.job_id, seq=s, text=t) for s, t in batch)
             BuildJob.objects.filter(pk=self.job_id).update(log_line_count=batch[-1][0])
-        publish(self.job_id, {"type": "log.lines", "lines": batch})
+            transaction.on_commit(partial(publish, self.job_id, {"type": "log.lines", "lines": batch}))
 
-    def pump(self, produce: Callable[[LineSink], T]) -> T:
+    def pump(
+        self,
+        produce: Callable[[LineSink], T],
+        *,
+        tick: Callable[[], None] = lambda: None,
+        abort: Callable[[], None] = lambda: None,
+    ) -> T:
         """Runs `produce(emit)` in a thread and writes what it emits from this one.
 
         The docker stream blocks while a step is silent; reading it in a thread
-        lets this one flush a half-full batch after `flush_seconds` of quiet, so
-        a viewer sees `RUN sleep 60` before the minute is over.
+        lets this one flush a half-full batch after `flush_seconds` of quiet (so
+        a viewer sees `RUN sleep 60` before the minute is over) and call `tick`
+        (the heartbeat) at least that often. If `tick` raises, `abort` stops the
+        producer and the tick's exception is raised here.
         """
         lines: queue.SimpleQueue = queue.SimpleQueue()
         outcome: dict[str, object] = {}
@@ -102,9 +111,16 @@ class LogWriter:
 
         thread = threading.Thread(target=run, name=f"log-pump-{self.job_id}", daemon=True)
         thread.start()
-        while (item := self._next(lines)) is not done:
-            if item is not None:
-                self.write(item)
+        try:
+            while (item := self._next(lines)) is not done:
+                if item is not None:
+                    self.write(item)
+                tick()
+        except BaseException:
+            abort()
+            thread.join(timeout=30)
+            self._drain(lines, done)
+            raise
         self.flush()
         thread.join()
         if "error" in outcome:
@@ -117,3 +133,22 @@ class LogWriter:
         except queue.Empty:
             self.flush()
             return None
+
+    def _drain(self, lines: queue.SimpleQueue, done: object) -> None:
+        """Keeps what the producer said before it stopped."""
+        while True:
+            try:
+                item = lines.get_nowait()
+            except queue.Empty:
+                break
+            if item is not done:
+                self.write(item)
+        self.flush()
+
+
+def append_line(job_id: str, text: str) -> None:
+    """One line from outside the job's worker (the reaper, a cancel): only for a
+    job no worker is writing to, inside the transaction that made it so."""
+    last_seq = BuildJob.objects.filter(pk=job_id).values_list("log_line_count", flat=True).get()
+    writer = LogWriter(job_id, last_seq=last_seq, batch_lines=1, flush_seconds=0)
+    writer.write(text)

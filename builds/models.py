@@ -37,6 +37,14 @@ class BuildJob(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # When the build's task message was sent to its daemon's queue.
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    # The running attempt's worker renews this; past it, the reaper takes the worker for dead.
+    lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     image_id = models.CharField(max_length=80, blank=True)
@@ -54,6 +62,18 @@ class BuildJob(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+    @property
+    def repository(self) -> str:
+        """The image without its tag: builds of one repository share a layer cache."""
+        return self.image.rsplit(":", 1)[0] if ":" in self.image.rsplit("/", 1)[-1] else self.image
+
+    def queue_position(self) -> int | None:
+        """1 for the next job the farm will dispatch; None once it has a daemon."""
+        if self.status != self.Status.QUEUED or self.daemon_id is not None:
+            return None
+        waiting = BuildJob.objects.filter(status=self.Status.QUEUED, daemon__isnull=True)
+        return waiting.filter(created_at__lt=self.created_at).count() + 1
 
 
 class BuildLogLine(models.Model):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
+from typing import NoReturn
 
-from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
+from pool import health
+
 from . import transitions
-from .engine import EngineError, EngineSession, PushResult, dockerfile_context
+from .dispatch import dispatch
+from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
 from .logs import LogWriter
 from .models import BuildJob
 from .references import parse_build_target
@@ -16,21 +20,76 @@ from .references import parse_build_target
 logger = logging.getLogger(__name__)
 
 
-def run_build(job_id: str, attempt: int, worker: str) -> None:
+class Interrupted(Exception):
+    """The attempt must stop before it ends by itself."""
+
+
+class Cancelled(Interrupted):
+    pass
+
+
+class TimedOut(Interrupted):
+    pass
+
+
+class AttemptLost(Interrupted):
+    """Someone else decided this attempt's fate (the reaper took the worker for
+    dead): stop and write nothing more."""
+
+
+class Watch:
+    """The attempt's heartbeat and deadline, checked between log lines.
+
+    Renews the lease every `GENERATOR_HEARTBEAT_SECONDS`; a renewal that matches
+    no row means the attempt was cancelled or taken away.
+    """
+
+    def __init__(self, job: BuildJob) -> None:
+        self.job_id, self.attempt = job.id, job.attempt
+        self.deadline = time.monotonic() + settings.GENERATOR_BUILD_TIMEOUT
+        self.last_beat = time.monotonic()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now >= self.deadline:
+            raise TimedOut()
+        if now - self.last_beat < settings.GENERATOR_HEARTBEAT_SECONDS:
+            return
+        self.last_beat = now
+        if not transitions.renew_lease(self.job_id, self.attempt, settings.GENERATOR_LEASE_SECONDS):
+            self.stop()
+
+    def stop(self) -> NoReturn:
+        """Raises why this attempt may not go on: a cancel, or someone else took it."""
+        job = BuildJob.objects.only("status", "attempt", "cancel_requested_at").get(pk=self.job_id)
+        if job.attempt == self.attempt and job.status in transitions.RUNNING and job.cancel_requested_at:
+            raise Cancelled()
+        raise AttemptLost()
+
+    def sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(min(0.2, max(end - time.monotonic(), 0)))
+            self.tick()
+
+
+def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
     """Claims, builds, pushes and records one attempt.
 
-    1. Claim: queued -> building for this attempt (transitions.claim). A message
-       delivered twice finds the job no longer queued and does nothing, so one
-       attempt is never built twice at once.
-    2. Build on the job's daemon, then push, streaming every line into the log.
-       The push starts only after the build has produced its image.
-    3. Record the outcome: succeeded with image id and digest, or failed with the
-       reason. Step 3 runs whatever step 2 raised: no job is left building.
+    1. Claim: queued -> building for this attempt on this daemon
+       (transitions.claim). A message delivered twice, or one for a daemon the
+       job was since taken from, finds nothing to claim: one attempt is never
+       built twice at once.
+    2. Build, then push, streaming every line into the log; the heartbeat
+       renews the lease and notices a cancel or the timeout.
+    3. Record the outcome. Whatever step 2 raised, the job ends in a true state
+       (succeeded, failed with the reason, cancelled) or goes back to the farm's
+       queue as the next attempt when the daemon was lost.
     """
-    if not transitions.claim(job_id, attempt, worker):
-        logger.info("job %s attempt %s is not queued any more; nothing to do", job_id, attempt)
+    if not transitions.claim(job_id, attempt, daemon_id, worker, settings.GENERATOR_LEASE_SECONDS):
+        logger.info("job %s attempt %s is not queued for daemon %s any more; nothing to do", job_id, attempt, daemon_id)
         return
-    job = BuildJob.objects.select_related("daemon").get(pk=job_id)
+    job = BuildJob.objects.select_related("daemon", "cancelled_by").get(pk=job_id)
     log = LogWriter(
         job.id,
         last_seq=job.log_line_count,
@@ -38,21 +97,37 @@ def run_build(job_id: str, attempt: int, worker: str) -> None:
         flush_seconds=settings.GENERATOR_LOG_FLUSH_SECONDS,
     )
     try:
-        pushed = _build_and_push(job, log)
-    except EngineError as exc:
-        _fail(job, log, str(exc))
-    except SoftTimeLimitExceeded:
+        _record(job, log)
+    finally:
+        try:
+            dispatch()  # a slot is free: start the next waiting job now, not at the next beat
+        except Exception:
+            logger.warning("could not dispatch after job %s", job.id, exc_info=True)
+
+
+def _record(job: BuildJob, log: LogWriter) -> None:
+    try:
+        pushed = _build_and_push(job, log, Watch(job))
+    except AttemptLost:
+        logger.warning("job %s attempt %s was taken from this worker; stopping", job.id, job.attempt)
+    except Cancelled:
+        job.refresh_from_db(fields=["cancelled_by"])
+        _end(job, log, f"Cancelled by {job.cancelled_by or 'an operator'}", transitions.finish_cancelled)
+    except TimedOut:
         _fail(job, log, f"timed out after {settings.GENERATOR_BUILD_TIMEOUT} s")
+    except EngineError as exc:
+        if exc.transient:
+            _retry_elsewhere(job, log, exc)
+        else:
+            _fail(job, log, str(exc))
     except Exception as exc:
         logger.exception("job %s failed inside the worker", job.id)
         _fail(job, log, f"internal error in the build worker: {exc.__class__.__name__}: {exc}")
     else:
-        log.write(f"[generator] Pushed {job.image}@{pushed.digest}")
-        log.flush()
-        transitions.succeed(job.id, attempt, pushed.digest)
+        _end(job, log, f"Pushed {job.image}@{pushed.digest}", lambda i, a: transitions.succeed(i, a, pushed.digest))
 
 
-def _build_and_push(job: BuildJob, log: LogWriter) -> PushResult:
+def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
     daemon = job.daemon
     if daemon is None:
         raise EngineError("the Docker daemon this job was assigned to has been removed from the pool")
@@ -65,21 +140,66 @@ def _build_and_push(job: BuildJob, log: LogWriter) -> PushResult:
     with session:
         log.write(f"[generator] Building {target} on {daemon.name} (attempt {job.attempt})")
         image_id = log.pump(
-            lambda emit: session.build(dockerfile_context(job.dockerfile), tag=str(target), on_line=emit)
+            lambda emit: session.build(dockerfile_context(job.dockerfile), tag=str(target), on_line=emit),
+            tick=watch.tick,
+            abort=session.abort,
         )
         log.write(f"[generator] Built {image_id}")
         log.flush()
         if not transitions.start_push(job.id, job.attempt, image_id):
-            raise EngineError("the job stopped being active during the build")
-        log.write(f"[generator] Pushing {target}")
-        return log.pump(lambda emit: session.push(target.repository, target.tag, on_line=emit))
+            watch.stop()
+        return _push(session, target, log, watch)
+
+
+def _push(session: EngineSession, target, log: LogWriter, watch: Watch) -> PushResult:
+    tries = settings.GENERATOR_PUSH_TRIES
+    registry = target.domain or "docker.io"
+    for number in range(1, tries + 1):
+        log.write(f"[generator] Pushing {target}" + (f" (try {number} of {tries})" if number > 1 else ""))
+        try:
+            return log.pump(
+                lambda emit: session.push(target.repository, target.tag, on_line=emit),
+                tick=watch.tick,
+                abort=session.abort,
+            )
+        except PushFailed as exc:
+            if not exc.transient:
+                raise
+            if number == tries:
+                raise PushFailed(f"registry {registry} did not take the push after {tries} tries: {exc}") from exc
+            delay = settings.GENERATOR_PUSH_BACKOFF_SECONDS * 2 ** (number - 1)
+            log.write(f"[generator] {exc}; trying again in {delay:g} s")
+            log.flush()
+            watch.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _retry_elsewhere(job: BuildJob, log: LogWriter, exc: EngineError) -> None:
+    """The daemon (not the Dockerfile) failed: take the daemon out of service and
+    give the build to another as the next attempt, while attempts remain."""
+    if isinstance(exc, DaemonUnavailable) and job.daemon_id:
+        health.mark_unreachable(job.daemon_id, str(exc))
+    if job.attempt >= settings.GENERATOR_MAX_ATTEMPTS:
+        _fail(job, log, f"{exc} (gave up after {job.attempt} attempts)")
+        return
+    _end(
+        job,
+        log,
+        f"{exc}; trying again (attempt {job.attempt + 1} of {settings.GENERATOR_MAX_ATTEMPTS})",
+        lambda i, a: transitions.requeue(i, a, str(exc)),
+    )
 
 
 def _fail(job: BuildJob, log: LogWriter, reason: str) -> None:
+    _end(job, log, f"Build failed: {reason}", lambda i, a: transitions.fail(i, a, reason))
+
+
+def _end(job: BuildJob, log: LogWriter, last_line: str, transition) -> None:
+    """The attempt's last line, then its state: a viewer who sees the state has the line."""
     try:
-        log.write(f"[generator] Build failed: {reason}")
+        log.write(f"[generator] {last_line}")
         log.flush()
     except Exception:
-        # The status matters more than the last line: record it regardless.
+        # The state matters more than the line: record it regardless.
         logger.exception("could not store the last log lines of job %s", job.id)
-    transitions.fail(job.id, job.attempt, reason)
+    transition(job.id, job.attempt)

@@ -10,7 +10,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import transaction
 
-from .dispatch import NoDaemonAvailable, dispatch
+from . import transitions
+from .dispatch import NoDaemonAvailable, dispatch, ensure_pool_exists
+from .logs import append_line
 from .models import BuildJob
 from .references import InvalidReference, parse_build_target
 
@@ -33,12 +35,27 @@ def submit_build(*, image: str, dockerfile: str, submitted_by=None) -> BuildJob:
     target = _build_target(image)
     check_dockerfile(dockerfile)
     try:
-        with transaction.atomic():
-            job = BuildJob.objects.create(image=str(target), dockerfile=dockerfile, submitted_by=submitted_by)
-            dispatch(job)
+        ensure_pool_exists()
     except NoDaemonAvailable as exc:
         raise PoolUnavailable(str(exc)) from None
+    with transaction.atomic():
+        job = BuildJob.objects.create(image=str(target), dockerfile=dockerfile, submitted_by=submitted_by)
+        # The job waits in the farm's queue until a daemon has room.
+        transaction.on_commit(dispatch)
     return job
+
+
+def cancel_build(job: BuildJob, user) -> str:
+    """Cancels a waiting job at once, or asks the worker of a running one to stop
+    it (within a heartbeat). Answers what happened, for a person to read."""
+    with transaction.atomic():
+        if transitions.cancel_waiting(job.id, user):
+            append_line(job.id, f"[generator] Cancelled by {user} before it started")
+            return "cancelled"
+    if transitions.request_cancel(job.id, user):
+        return "stopping"
+    job.refresh_from_db(fields=["status"])
+    return f"already {job.status}"
 
 
 def _build_target(image: str):

@@ -1,19 +1,50 @@
-"""Celery tasks. Thin: they take primary keys and call the runner."""
+"""Celery tasks. Thin: they take primary keys and call domain functions.
+
+`builds.run_build` goes to the queue of the job's daemon (sent by name from
+dispatch.py); the `farm.*` tasks run from beat on the "farm" queue.
+"""
 
 from __future__ import annotations
 
 from celery import shared_task
 from django.conf import settings
 
-from . import runner
+from pool import health
+
+from . import dispatch, reaper, runner
 
 
 @shared_task(
     name="builds.run_build",
     acks_late=True,
     ignore_result=True,
-    soft_time_limit=settings.GENERATOR_BUILD_TIMEOUT,
-    time_limit=settings.GENERATOR_BUILD_TIMEOUT + 60,
+    # The runner keeps its own deadline (GENERATOR_BUILD_TIMEOUT) and stops the
+    # build cleanly; this hard limit only catches a worker stuck beyond it.
+    time_limit=int(settings.GENERATOR_BUILD_TIMEOUT * 1.5) + 300,
 )
-def run_build(job_id: str, attempt: int) -> None:
-    runner.run_build(job_id, attempt, worker=run_build.request.hostname or "")
+def run_build(job_id: str, attempt: int, daemon_id: int) -> None:
+    runner.run_build(job_id, attempt, daemon_id, worker=run_build.request.hostname or "")
+
+
+@shared_task(name="farm.dispatch", ignore_result=True)
+def dispatch_waiting() -> None:
+    dispatch.rescue_stranded()
+    dispatch.dispatch()
+
+
+@shared_task(name="farm.reap", ignore_result=True)
+def reap_lost_workers() -> None:
+    if reaper.reap():
+        dispatch.dispatch()
+
+
+@shared_task(name="farm.check_health", ignore_result=True)
+def check_health() -> None:
+    health.check_pool(
+        api_version=settings.GENERATOR_DOCKER_API_VERSION,
+        timeout=settings.GENERATOR_HEALTH_TIMEOUT,
+        unhealthy_after=settings.GENERATOR_UNHEALTHY_AFTER,
+    )
+    # Jobs given to a daemon that just fell sick go to another.
+    dispatch.rescue_stranded()
+    dispatch.dispatch()

@@ -1,45 +1,115 @@
-"""Every change of a job's status, each a compare-and-swap on (id, attempt, status).
+"""Every change of a job's state, each a compare-and-swap on what the caller expects.
 
-A status changes only from the state the caller expects, for the attempt the
-caller holds. So a redelivered task message, a late worker of an earlier attempt
-or an operator's cancel racing a build cannot move a job backwards or record a
-result for the wrong attempt: the update matches no row and the caller stops.
-Each successful change is published to the job's watchers.
+A change happens only from the state the caller saw, for the attempt (and daemon)
+the caller holds. So a redelivered task message, a worker of an earlier attempt
+that is still alive, the reaper and an operator's cancel can race freely: the
+loser's update matches no row and the loser stops. Status changes are published
+to the job's watchers once the transaction commits.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.db import transaction
 from django.utils import timezone
 
 from .logs import publish
 from .models import BuildJob
 
 Status = BuildJob.Status
+RUNNING = (Status.BUILDING, Status.PUSHING)
 
 
-def _swap(job_id: str, attempt: int, from_statuses, to_status: str, **fields) -> bool:
-    changed = BuildJob.objects.filter(pk=job_id, attempt=attempt, status__in=from_statuses).update(
-        status=to_status, **fields
-    )
-    if changed:
-        publish(job_id, {"type": "job.status", "status": to_status})
+def _swap(filters: dict, to_status: str | None = None, **fields) -> bool:
+    if to_status is not None:
+        fields["status"] = to_status
+    changed = BuildJob.objects.filter(**filters).update(**fields)
+    if changed and to_status is not None:
+        job_id = filters["pk"]
+        transaction.on_commit(lambda: publish(job_id, {"type": "job.status", "status": to_status}))
     return bool(changed)
 
 
-def claim(job_id: str, attempt: int, worker: str) -> bool:
-    """queued -> building, for the worker that will run this attempt."""
-    return _swap(job_id, attempt, [Status.QUEUED], Status.BUILDING, worker=worker, started_at=timezone.now())
+def _lease(seconds: float):
+    return timezone.now() + timedelta(seconds=seconds)
+
+
+def assign(job_id: str, daemon_id: int) -> bool:
+    """A waiting job gets a daemon; its task is sent after commit. A job that no
+    worker claims long after `dispatched_at` goes back to the farm's queue."""
+    filters = {"pk": job_id, "status": Status.QUEUED, "daemon__isnull": True}
+    return _swap(filters, daemon_id=daemon_id, dispatched_at=timezone.now())
+
+
+def unassign(job_id: str, attempt: int, daemon_id: int) -> bool:
+    """Back to the farm's queue, if no worker has claimed it yet."""
+    filters = {"pk": job_id, "attempt": attempt, "status": Status.QUEUED, "daemon_id": daemon_id}
+    return _swap(filters, daemon=None, dispatched_at=None)
+
+
+def claim(job_id: str, attempt: int, daemon_id: int, worker: str, lease_seconds: float) -> bool:
+    """queued -> building, for the worker of the daemon the job was given to."""
+    filters = {"pk": job_id, "attempt": attempt, "status": Status.QUEUED, "daemon_id": daemon_id}
+    return _swap(
+        filters, Status.BUILDING, worker=worker, started_at=timezone.now(), lease_expires_at=_lease(lease_seconds)
+    )
+
+
+def renew_lease(job_id: str, attempt: int, lease_seconds: float) -> bool:
+    """The heartbeat. False when the attempt is no longer this worker's to run:
+    cancelled, reaped, or finished by someone else."""
+    filters = {"pk": job_id, "attempt": attempt, "status__in": RUNNING, "cancel_requested_at__isnull": True}
+    return _swap(filters, lease_expires_at=_lease(lease_seconds))
 
 
 def start_push(job_id: str, attempt: int, image_id: str) -> bool:
     """building -> pushing, once the image exists on the daemon."""
-    return _swap(job_id, attempt, [Status.BUILDING], Status.PUSHING, image_id=image_id)
+    filters = {"pk": job_id, "attempt": attempt, "status": Status.BUILDING}
+    return _swap(filters, Status.PUSHING, image_id=image_id)
 
 
 def succeed(job_id: str, attempt: int, digest: str) -> bool:
-    return _swap(job_id, attempt, [Status.PUSHING], Status.SUCCEEDED, digest=digest, finished_at=timezone.now())
+    filters = {"pk": job_id, "attempt": attempt, "status": Status.PUSHING}
+    now = timezone.now()
+    return _swap(filters, Status.SUCCEEDED, digest=digest, error="", finished_at=now, lease_expires_at=None)
 
 
 def fail(job_id: str, attempt: int, reason: str) -> bool:
     """Any active status -> failed, with the reason a person reads."""
-    return _swap(job_id, attempt, BuildJob.ACTIVE, Status.FAILED, error=reason, finished_at=timezone.now())
+    filters = {"pk": job_id, "attempt": attempt, "status__in": BuildJob.ACTIVE}
+    return _swap(filters, Status.FAILED, error=reason, finished_at=timezone.now(), lease_expires_at=None)
+
+
+def requeue(job_id: str, attempt: int, reason: str) -> bool:
+    """A running attempt that cannot finish (its worker or daemon was lost) ->
+    queued again as the next attempt, with no daemon: the dispatcher chooses anew."""
+    filters = {"pk": job_id, "attempt": attempt, "status__in": RUNNING}
+    return _swap(
+        filters,
+        Status.QUEUED,
+        attempt=attempt + 1,
+        daemon=None,
+        worker="",
+        dispatched_at=None,
+        lease_expires_at=None,
+        error=reason,
+    )
+
+
+def cancel_waiting(job_id: str, user) -> bool:
+    """queued -> cancelled at once: no worker has it."""
+    now = timezone.now()
+    filters = {"pk": job_id, "status": Status.QUEUED}
+    return _swap(filters, Status.CANCELLED, cancel_requested_at=now, cancelled_by=user, finished_at=now)
+
+
+def request_cancel(job_id: str, user) -> bool:
+    """Asks the worker of a running job to stop; it sees this at its next heartbeat."""
+    filters = {"pk": job_id, "status__in": RUNNING, "cancel_requested_at__isnull": True}
+    return _swap(filters, cancel_requested_at=timezone.now(), cancelled_by=user)
+
+
+def finish_cancelled(job_id: str, attempt: int) -> bool:
+    filters = {"pk": job_id, "attempt": attempt, "status__in": RUNNING, "cancel_requested_at__isnull": False}
+    return _swap(filters, Status.CANCELLED, finished_at=timezone.now(), lease_expires_at=None)

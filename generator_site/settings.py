@@ -13,7 +13,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from .env import env_bool, env_int, env_list, env_str
+from .env import env_bool, env_float, env_int, env_list, env_str
 from .runtime_conf import load_runtime_conf
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -128,6 +128,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # that the submit path records on the job.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 5, "socket_timeout": 10}
+# A build goes on while Redis is away: its state lives in the database.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# The farm's own bookkeeping runs on the "farm" queue, served by the control
+# worker that also runs beat (`make up`: control; compose: beat).
+CELERY_TASK_ROUTES = {"farm.*": {"queue": "farm"}}
 
 CHANNEL_LAYERS = {
     "default": {
@@ -161,6 +166,31 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = GENERATOR_MAX_DOCKERFILE_BYTES * 4 // 3 + 64 * 102
 GENERATOR_DOCKER_API_VERSION = env_str("GENERATOR_DOCKER_API_VERSION", "1.41")
 GENERATOR_DOCKER_TIMEOUT = env_int("GENERATOR_DOCKER_TIMEOUT", 300)
 GENERATOR_BUILD_TIMEOUT = env_int("GENERATOR_BUILD_TIMEOUT", 3600)
+
+# The pool under load and failure (docs/architecture.md, "Failures").
+GENERATOR_MAX_ATTEMPTS = env_int("GENERATOR_MAX_ATTEMPTS", 3)
+GENERATOR_MAX_BUILDS_PER_IMAGE = env_int("GENERATOR_MAX_BUILDS_PER_IMAGE", 2)
+GENERATOR_LEASE_SECONDS = env_float("GENERATOR_LEASE_SECONDS", 60)
+GENERATOR_HEARTBEAT_SECONDS = env_float("GENERATOR_HEARTBEAT_SECONDS", 10)
+GENERATOR_DISPATCH_STALE_SECONDS = env_float("GENERATOR_DISPATCH_STALE_SECONDS", 60)
+GENERATOR_PUSH_TRIES = env_int("GENERATOR_PUSH_TRIES", 4)
+GENERATOR_PUSH_BACKOFF_SECONDS = env_float("GENERATOR_PUSH_BACKOFF_SECONDS", 2)
+GENERATOR_HEALTH_TIMEOUT = env_float("GENERATOR_HEALTH_TIMEOUT", 5)
+GENERATOR_UNHEALTHY_AFTER = env_int("GENERATOR_UNHEALTHY_AFTER", 2)
+
+CELERY_BEAT_SCHEDULE = {
+    "dispatch": {
+        "task": "farm.dispatch",
+        "schedule": env_float("GENERATOR_DISPATCH_INTERVAL", 2),
+        "options": {"expires": 30},
+    },
+    "reap": {"task": "farm.reap", "schedule": env_float("GENERATOR_REAP_INTERVAL", 10), "options": {"expires": 30}},
+    "check-health": {
+        "task": "farm.check_health",
+        "schedule": env_float("GENERATOR_HEALTH_INTERVAL", 10),
+        "options": {"expires": 30},
+    },
+}
 
 # Log lines are stored and published in batches: each channel-layer message costs
 # about 1.8 ms whatever its size (docs/architecture.md).

@@ -1,11 +1,63 @@
-from django.contrib import admin
+from django.conf import settings
+from django.contrib import admin, messages
 
+from . import health
 from .models import DockerDaemon
 
 
 @admin.register(DockerDaemon)
 class DockerDaemonAdmin(admin.ModelAdmin):
-    list_display = ["name", "url", "capacity", "enabled", "queue"]
-    list_filter = ["enabled"]
+    list_display = [
+        "name",
+        "url",
+        "capacity",
+        "enabled",
+        "draining",
+        "healthy",
+        "engine_version",
+        "latency_ms",
+        "last_seen_at",
+        "consecutive_failures",
+    ]
+    list_filter = ["enabled", "draining", "healthy"]
     search_fields = ["name", "url"]
-    readonly_fields = ["queue", "created_at", "updated_at"]
+    readonly_fields = [
+        "queue",
+        "healthy",
+        "consecutive_failures",
+        "last_checked_at",
+        "last_seen_at",
+        "latency_ms",
+        "engine_version",
+        "last_error",
+        "created_at",
+        "updated_at",
+    ]
+    actions = ["drain", "enable", "disable", "check_now"]
+
+    @admin.action(description="Drain: finish running builds, take no new ones")
+    def drain(self, request, queryset):
+        count = queryset.update(draining=True)
+        self.message_user(request, f"{count} daemon(s) draining; their waiting jobs move to other daemons.")
+
+    @admin.action(description="Enable: take builds again")
+    def enable(self, request, queryset):
+        count = queryset.update(enabled=True, draining=False)
+        self.message_user(request, f"{count} daemon(s) enabled.")
+
+    @admin.action(description="Disable: take no new builds")
+    def disable(self, request, queryset):
+        count = queryset.update(enabled=False)
+        self.message_user(request, f"{count} daemon(s) disabled.")
+
+    @admin.action(description="Check health now")
+    def check_now(self, request, queryset):
+        for daemon in queryset:
+            result = health.probe(
+                daemon.url, api_version=settings.GENERATOR_DOCKER_API_VERSION, timeout=settings.GENERATOR_HEALTH_TIMEOUT
+            )
+            health.record(daemon, result, unhealthy_after=settings.GENERATOR_UNHEALTHY_AFTER)
+            if result.ok:
+                self.message_user(request, f"{daemon}: Docker {result.version}, {result.latency_ms} ms")
+            else:
+                self.message_user(request, f"{daemon}: {result.error}", level=messages.WARNING)

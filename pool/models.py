@@ -42,6 +42,19 @@ class DockerDaemon(models.Model):
         default=2, validators=[MinValueValidator(1)], help_text="How many builds may run on it at once."
     )
     enabled = models.BooleanField(default=True, help_text="A disabled daemon takes no new builds.")
+    draining = models.BooleanField(
+        default=False, help_text="A draining daemon finishes the builds it runs and takes no new ones."
+    )
+
+    # Written by the periodic health check (pool/health.py) and by workers that lose the daemon.
+    healthy = models.BooleanField(default=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    engine_version = models.CharField(max_length=64, blank=True)
+    last_error = models.TextField(blank=True)
+
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -51,6 +64,10 @@ class DockerDaemon(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def takes_builds(self) -> bool:
+        return self.enabled and not self.draining and self.healthy
 
     @property
     def queue(self) -> str:

@@ -113,6 +113,8 @@ def up() -> None:
     for entry in entries:
         lf.start_worker(sup, worker_name(entry), entry.name, f"build.{entry.name}", entry.capacity, env)
     step(f"a Celery worker per daemon: {', '.join(worker_name(e) for e in entries)}")
+    lf.start_control(sup, env)
+    step("the control worker runs beat: dispatch, health checks, lost-worker reaper")
 
     token = admin.rsplit(":", 1)[-1].strip()
     print(
@@ -133,7 +135,7 @@ def down() -> None:
     sup = lf.Supervisor(RUN)
     workers = [n for n in sup.names() if n.startswith("worker-")]
     # Workers first, so none starts a build on a daemon that is going away.
-    sup.stop_all(first=[*workers, "web"])
+    sup.stop_all(first=["control", *workers, "web"])
     step("stopped everything make up started")
 
 
@@ -153,7 +155,7 @@ def status() -> int:
 
 def expected_names() -> list[str]:
     entries = pool_entries()
-    names = ["web", "registry"]
+    names = ["web", "registry", "control"]
     names += [dockerd_name(e) for e in entries if e.host in LOCAL_HOSTS]
     names += [worker_name(e) for e in entries]
     return names

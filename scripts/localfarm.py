@@ -313,9 +313,42 @@ def worker_argv(daemon_name: str, queue: str, concurrency: int) -> list[str]:
 
 def start_worker(sup: Supervisor, name: str, daemon_name: str, queue: str, concurrency: int, env: dict) -> None:
     sup.start(name, worker_argv(daemon_name, queue, concurrency), env=env)
+    _wait_for_worker(sup, name, f"the Celery worker for {daemon_name}")
+
+
+def control_argv(schedule_file: Path) -> list[str]:
+    """The farm's bookkeeping (dispatch, reaper, health checks): one worker on
+    the "farm" queue with beat inside it. There must be exactly one beat."""
+    return [
+        venv_bin("celery"),
+        "-A",
+        "generator_site",
+        "worker",
+        "--beat",
+        "--schedule",
+        str(schedule_file),
+        "--queues",
+        "farm",
+        "--hostname",
+        "control@%h",
+        "--concurrency",
+        "1",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def start_control(sup: Supervisor, env: dict, name: str = "control") -> None:
+    sup.start(name, control_argv(sup.run_dir / "celerybeat-schedule"), env=env)
+    _wait_for_worker(sup, name, "the control worker (beat)")
+
+
+def _wait_for_worker(sup: Supervisor, name: str, what: str) -> None:
     wait_until(
         lambda: "ready." in sup.log_path(name).read_text(errors="replace"),
         timeout=60,
-        what=f"the Celery worker for {daemon_name}",
+        what=what,
         log=sup.log_path(name),
     )

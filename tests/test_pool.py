@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
 from pool.models import DockerDaemon, validate_engine_url
-from pool.scheduler import least_loaded
+from pool.scheduler import choose_daemon
 
 
 @pytest.fixture
@@ -87,12 +87,27 @@ def test_engine_urls_are_checked(url, valid):
 def test_the_least_loaded_daemon_for_its_capacity_wins():
     small = DockerDaemon(pk=1, name="small", capacity=1)
     large = DockerDaemon(pk=2, name="large", capacity=4)
-    off = DockerDaemon(pk=3, name="off", capacity=9, enabled=False)
-    assert least_loaded([small, large, off], {}) == small  # ties: fewer running, then older
-    assert least_loaded([small, large, off], {1: 1, 2: 3}) == large  # 1/1 vs 3/4
-    assert least_loaded([small, large, off], {1: 0, 2: 1}) == small
-    assert least_loaded([off], {}) is None
-    assert least_loaded([], {}) is None
+    assert choose_daemon([small, large], {}) == small  # ties: fewer running, then older
+    assert choose_daemon([small, large], {2: 1}) == small  # 0/1 beats 1/4
+    assert choose_daemon([small, large], {1: 0, 2: 0}) == small
+    assert choose_daemon([large, small], {1: 1, 2: 3}) == large  # small is full
+
+
+def test_only_daemons_that_take_builds_and_have_room_are_chosen():
+    sick = DockerDaemon(pk=1, name="sick", capacity=4, healthy=False)
+    draining = DockerDaemon(pk=2, name="draining", capacity=4, draining=True)
+    off = DockerDaemon(pk=3, name="off", capacity=4, enabled=False)
+    full = DockerDaemon(pk=4, name="full", capacity=2)
+    assert choose_daemon([sick, draining, off, full], {4: 2}) is None
+    assert choose_daemon([sick, draining, off, full], {4: 1}) == full
+    assert choose_daemon([], {}) is None
+
+
+def test_the_daemon_with_a_warm_cache_wins_while_it_has_room():
+    cold = DockerDaemon(pk=1, name="cold", capacity=2)
+    warm = DockerDaemon(pk=2, name="warm", capacity=2)
+    assert choose_daemon([cold, warm], {2: 1}, prefer=2) == warm
+    assert choose_daemon([cold, warm], {2: 2}, prefer=2) == cold
 
 
 def test_a_daemon_has_its_own_queue():

@@ -38,7 +38,7 @@ def test_it_answers_a_job_id_as_plain_text(client, operator, pool):
     assert len(job_id) == 32 and int(job_id, 16) >= 0
     job = BuildJob.objects.get(pk=job_id)
     assert (job.status, job.image, job.dockerfile) == ("queued", "localhost:5000/cts/example:latest", DOCKERFILE)
-    assert job.daemon == pool and job.submitted_by == operator
+    assert job.submitted_by == operator
 
 
 def test_the_seed_dockerfile_mode_takes_the_dockerfile_as_context(client, operator, pool):
@@ -114,15 +114,16 @@ def test_an_empty_pool_is_503_and_stores_nothing(client, operator, db):
     assert not BuildJob.objects.exists()
 
 
-def test_the_least_loaded_enabled_daemon_gets_the_job(client, operator, db):
-    from pool.models import DockerDaemon
+def test_a_disabled_pool_is_503_too(client, operator, pool):
+    pool.enabled = False
+    pool.save()
+    assert submit(client, operator.api_token, imagename="a/b", dockerfile=b64(DOCKERFILE)).status_code == 503
 
-    busy = DockerDaemon.objects.create(name="busy", url="tcp://127.0.0.1:9", capacity=2)
-    idle = DockerDaemon.objects.create(name="idle", url="tcp://127.0.0.1:10", capacity=2)
-    DockerDaemon.objects.create(name="off", url="tcp://127.0.0.1:11", capacity=8, enabled=False)
-    BuildJob.objects.create(image="a/b:latest", dockerfile=DOCKERFILE, daemon=busy, status="building")
-    response = submit(client, operator.api_token, imagename="a/b", dockerfile=b64(DOCKERFILE))
-    assert BuildJob.objects.get(pk=response.content.decode()).daemon == idle
+
+def test_a_submitted_job_is_dispatched_after_commit(client, operator, pool, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = submit(client, operator.api_token, imagename="a/b", dockerfile=b64(DOCKERFILE))
+    assert BuildJob.objects.get(pk=response.content.decode()).daemon == pool
 
 
 # --- who may submit -------------------------------------------------------------

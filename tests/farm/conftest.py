@@ -12,6 +12,7 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import docker
 import pytest
@@ -29,8 +30,12 @@ pytestmark = pytest.mark.farm
 class Farm:
     web: str  # host:port of daphne
     registry: str  # host:port to push to
+    registry_port: int
     daemons: list[tuple[str, str]]  # (name, engine URL)
+    daemon_ports: list[int]
     supervisor: lf.Supervisor
+    services_dir: Path
+    env: dict[str, str]
 
 
 @pytest.fixture(scope="session")
@@ -62,16 +67,32 @@ def farm(supervisor, services_dir, redis_url, django_db_setup) -> Farm:
         "GENERATOR_SECRET_KEY": "end-to-end-tests-only",
         "GENERATOR_DEBUG": "false",
         "GENERATOR_VAR_DIR": str(services_dir / "var"),
+        # Seconds, not minutes, so that the fault tests see failures handled quickly.
+        "GENERATOR_LEASE_SECONDS": "6",
+        "GENERATOR_HEARTBEAT_SECONDS": "1",
+        "GENERATOR_DISPATCH_INTERVAL": "1",
+        "GENERATOR_REAP_INTERVAL": "1",
+        "GENERATOR_HEALTH_INTERVAL": "1",
+        "GENERATOR_HEALTH_TIMEOUT": "2",
+        "GENERATOR_UNHEALTHY_AFTER": "1",
+        "GENERATOR_DISPATCH_STALE_SECONDS": "8",
+        "GENERATOR_PUSH_TRIES": "3",
+        "GENERATOR_PUSH_BACKOFF_SECONDS": "0.5",
     }
     web_port = lf.free_port()
     lf.start_web(supervisor, web_port, env)
     for index, (name, _, _) in enumerate(daemons):
         lf.start_worker(supervisor, f"worker-{index}", name, queue_for(name), 2, env)
+    lf.start_control(supervisor, env)
     return Farm(
         web=f"127.0.0.1:{web_port}",
         registry=f"localhost:{registry_port}",
+        registry_port=registry_port,
         daemons=[(name, url) for name, url, _ in daemons],
+        daemon_ports=[port for _, _, port in daemons],
         supervisor=supervisor,
+        services_dir=services_dir,
+        env=env,
     )
 
 

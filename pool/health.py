@@ -1,0 +1,86 @@
+"""Is each daemon alive? Pings every daemon at once and records what it saw.
+
+A daemon that fails `unhealthy_after` checks in a row, or that a worker lost in
+the middle of a build, takes no new builds until it answers again. This module
+knows no jobs: moving the jobs of a sick daemon is the dispatcher's business.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import docker
+from django.db.models import F
+from django.utils import timezone
+
+from .models import DockerDaemon
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    latency_ms: float | None = None
+    version: str = ""
+    error: str = ""
+
+
+def probe(url: str, *, api_version: str, timeout: float) -> Probe:
+    started = time.monotonic()
+    try:
+        api = docker.APIClient(base_url=url, version=api_version, timeout=timeout)
+        try:
+            api.ping()
+            latency = (time.monotonic() - started) * 1000
+            version = api.version().get("Version", "")
+        finally:
+            api.close()
+    except Exception as exc:  # any failure to answer is the daemon's ill health
+        return Probe(ok=False, error=f"{exc.__class__.__name__}: {exc}"[:500])
+    return Probe(ok=True, latency_ms=round(latency, 2), version=version)
+
+
+def record(daemon: DockerDaemon, result: Probe, *, unhealthy_after: int) -> None:
+    now = timezone.now()
+    if result.ok:
+        DockerDaemon.objects.filter(pk=daemon.pk).update(
+            healthy=True,
+            consecutive_failures=0,
+            last_checked_at=now,
+            last_seen_at=now,
+            latency_ms=result.latency_ms,
+            engine_version=result.version,
+            last_error="",
+        )
+        return
+    failures = daemon.consecutive_failures + 1
+    DockerDaemon.objects.filter(pk=daemon.pk).update(
+        healthy=failures < unhealthy_after,
+        consecutive_failures=F("consecutive_failures") + 1,
+        last_checked_at=now,
+        latency_ms=None,
+        last_error=result.error,
+    )
+
+
+def check_pool(*, api_version: str, timeout: float, unhealthy_after: int) -> dict[str, Probe]:
+    """Probes every enabled daemon in parallel (one slow daemon delays no other)."""
+    daemons = list(DockerDaemon.objects.filter(enabled=True))
+    if not daemons:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(len(daemons), 16)) as pool:
+        results = list(pool.map(lambda d: probe(d.url, api_version=api_version, timeout=timeout), daemons))
+    for daemon, result in zip(daemons, results, strict=True):
+        record(daemon, result, unhealthy_after=unhealthy_after)
+    return {d.name: r for d, r in zip(daemons, results, strict=True)}
+
+
+def mark_unreachable(daemon_id: int, reason: str) -> None:
+    """A worker lost this daemon mid-build: stop sending it builds until a check sees it again."""
+    DockerDaemon.objects.filter(pk=daemon_id).update(
+        healthy=False,
+        consecutive_failures=F("consecutive_failures") + 1,
+        last_checked_at=timezone.now(),
+        last_error=reason[:500],
+    )
