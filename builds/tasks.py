@@ -38,13 +38,16 @@ def reap_lost_workers() -> None:
         dispatch.dispatch()
 
 
-@shared_task(name="farm.check_health", ignore_result=True)
-def check_health() -> None:
+@shared_task(name="farm.check_health", bind=True, ignore_result=True)
+def check_health(task) -> None:
     health.check_pool(
         api_version=settings.GENERATOR_DOCKER_API_VERSION,
         timeout=settings.GENERATOR_HEALTH_TIMEOUT,
         unhealthy_after=settings.GENERATOR_UNHEALTHY_AFTER,
     )
+    # Celery's own broadcast says which workers live and what they consume.
+    replies = task.app.control.inspect(timeout=1.0).active_queues() or {}
+    health.record_workers({queue["name"] for queues in replies.values() for queue in queues})
     # Jobs given to a daemon that just fell sick go to another.
     dispatch.rescue_stranded()
     dispatch.dispatch()

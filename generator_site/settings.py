@@ -137,7 +137,14 @@ CELERY_TASK_ROUTES = {"farm.*": {"queue": "farm"}}
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 60},
+        "CONFIG": {
+            # redis-py 8 reads with a 5 s socket timeout by default, the same 5 s
+            # that channels-redis blocks waiting for a message: a consumer of a
+            # quiet build would die of a read timeout. Give the socket room.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+            "capacity": 1000,
+            "expiry": 60,
+        },
     }
 }
 

@@ -1,7 +1,8 @@
 """Is each daemon alive? Pings every daemon at once and records what it saw.
 
 A daemon that fails `unhealthy_after` checks in a row, or that a worker lost in
-the middle of a build, takes no new builds until it answers again. This module
+the middle of a build, takes no new builds until it answers again; so does one
+whose queue no live worker consumes. This module
 knows no jobs: moving the jobs of a sick daemon is the dispatcher's business.
 """
 
@@ -74,6 +75,15 @@ def check_pool(*, api_version: str, timeout: float, unhealthy_after: int) -> dic
     for daemon, result in zip(daemons, results, strict=True):
         record(daemon, result, unhealthy_after=unhealthy_after)
     return {d.name: r for d, r in zip(daemons, results, strict=True)}
+
+
+def record_workers(served_queues: set[str]) -> None:
+    """Which daemons have a live worker on their queue: a daemon without one takes
+    no builds (they would wait for nobody)."""
+    for daemon in DockerDaemon.objects.all():
+        online = daemon.queue in served_queues
+        if online != daemon.worker_online:
+            DockerDaemon.objects.filter(pk=daemon.pk).update(worker_online=online)
 
 
 def mark_unreachable(daemon_id: int, reason: str) -> None:

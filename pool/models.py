@@ -54,6 +54,8 @@ class DockerDaemon(models.Model):
     latency_ms = models.FloatField(null=True, blank=True)
     engine_version = models.CharField(max_length=64, blank=True)
     last_error = models.TextField(blank=True)
+    # Whether a live Celery worker consumes this daemon's queue (seen by the health check).
+    worker_online = models.BooleanField(default=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -67,7 +69,7 @@ class DockerDaemon(models.Model):
 
     @property
     def takes_builds(self) -> bool:
-        return self.enabled and not self.draining and self.healthy
+        return self.enabled and not self.draining and self.healthy and self.worker_online
 
     @property
     def queue(self) -> str:

@@ -10,7 +10,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,31 +35,43 @@ class Farm:
     supervisor: lf.Supervisor
     services_dir: Path
     env: dict[str, str]
+    web_port: int
+    redis_port: int
+
+    def ensure_running(self) -> None:
+        """Starts whatever is not running (a fault test killed it); idempotent."""
+        sup, root = self.supervisor, self.services_dir
+        if not lf.redis_answers(self.redis_port):
+            lf.start_redis(sup, self.redis_port, root / "redis")
+        lf.start_registry(sup, self.registry_port, root / "registry")
+        for index, port in enumerate(self.daemon_ports):
+            lf.start_dockerd(sup, port, root / f"d{index}", root / f"x{index}", f"dockerd-{index}")
+        for index, port in enumerate(self.daemon_ports):
+            lf.wait_for_dockerd(sup, port, f"dockerd-{index}")
+            lf.ensure_busybox_image(self.daemons[index][1], BUSYBOX_ROOTFS())
+        lf.start_web(sup, self.web_port, self.env)
+        for index, (name, _) in enumerate(self.daemons):
+            lf.start_worker(sup, f"worker-{index}", name, queue_for(name), 2, self.env)
+        lf.start_control(sup, self.env)
+
+    def worker_of(self, daemon_name: str) -> str:
+        return f"worker-{[name for name, _ in self.daemons].index(daemon_name)}"
+
+    def dockerd_of(self, daemon_name: str) -> str:
+        return f"dockerd-{[name for name, _ in self.daemons].index(daemon_name)}"
+
+
+_rootfs: list[bytes] = []
+
+
+def BUSYBOX_ROOTFS() -> bytes:  # noqa: N802  (a constant, made once on first use)
+    if not _rootfs:
+        _rootfs.append(lf.busybox_rootfs())
+    return _rootfs[0]
 
 
 @pytest.fixture(scope="session")
 def farm(supervisor, services_dir, redis_url, django_db_setup) -> Farm:
-    registry_port = lf.free_port()
-    lf.start_registry(supervisor, registry_port, services_dir / "registry")
-
-    daemons = []
-    for index in range(2):
-        port = lf.free_port()
-        name = f"farm-{index}"
-        url = lf.start_dockerd(
-            supervisor, port, services_dir / f"d{index}", services_dir / f"x{index}", f"dockerd-{index}"
-        )
-        daemons.append((name, url, port))
-    rootfs = lf.busybox_rootfs()
-
-    def ready(daemon) -> None:
-        name, url, port = daemon
-        lf.wait_for_dockerd(supervisor, port, f"dockerd-{name[-1]}")
-        lf.ensure_busybox_image(url, rootfs)
-
-    with ThreadPoolExecutor() as pool:
-        list(pool.map(ready, daemons))
-
     env = {
         "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}",
         "REDIS_URL": redis_url,
@@ -68,6 +79,7 @@ def farm(supervisor, services_dir, redis_url, django_db_setup) -> Farm:
         "GENERATOR_DEBUG": "false",
         "GENERATOR_VAR_DIR": str(services_dir / "var"),
         # Seconds, not minutes, so that the fault tests see failures handled quickly.
+        "GENERATOR_BUILD_TIMEOUT": "20",
         "GENERATOR_LEASE_SECONDS": "6",
         "GENERATOR_HEARTBEAT_SECONDS": "1",
         "GENERATOR_DISPATCH_INTERVAL": "1",
@@ -76,24 +88,25 @@ def farm(supervisor, services_dir, redis_url, django_db_setup) -> Farm:
         "GENERATOR_HEALTH_TIMEOUT": "2",
         "GENERATOR_UNHEALTHY_AFTER": "1",
         "GENERATOR_DISPATCH_STALE_SECONDS": "8",
-        "GENERATOR_PUSH_TRIES": "3",
-        "GENERATOR_PUSH_BACKOFF_SECONDS": "0.5",
+        "GENERATOR_PUSH_TRIES": "4",
+        "GENERATOR_PUSH_BACKOFF_SECONDS": "1",
     }
-    web_port = lf.free_port()
-    lf.start_web(supervisor, web_port, env)
-    for index, (name, _, _) in enumerate(daemons):
-        lf.start_worker(supervisor, f"worker-{index}", name, queue_for(name), 2, env)
-    lf.start_control(supervisor, env)
-    return Farm(
-        web=f"127.0.0.1:{web_port}",
+    registry_port = lf.free_port()
+    ports = [lf.free_port() for _ in range(2)]
+    farm = Farm(
+        web=f"127.0.0.1:{(web_port := lf.free_port())}",
         registry=f"localhost:{registry_port}",
         registry_port=registry_port,
-        daemons=[(name, url) for name, url, _ in daemons],
-        daemon_ports=[port for _, _, port in daemons],
+        daemons=[(f"farm-{i}", f"tcp://127.0.0.1:{port}") for i, port in enumerate(ports)],
+        daemon_ports=ports,
         supervisor=supervisor,
         services_dir=services_dir,
         env=env,
+        web_port=web_port,
+        redis_port=int(redis_url.rsplit(":", 1)[1].split("/")[0]),
     )
+    farm.ensure_running()
+    return farm
 
 
 @pytest.fixture

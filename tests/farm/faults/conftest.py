@@ -1,0 +1,54 @@
+"""Fault injection: each test breaks a real process of the farm and checks that
+every job still ends in a true state. Whatever a test broke is started again
+after it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from builds.models import BuildJob, BuildLogLine
+
+
+@pytest.fixture
+def restore(farm):
+    yield farm
+    farm.ensure_running()
+
+
+def wait_for(predicate, *, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def job(job_id: str) -> BuildJob:
+    return BuildJob.objects.select_related("daemon", "cancelled_by").get(pk=job_id)
+
+
+def wait_until_status(job_id: str, statuses: set[str], timeout: float = 90) -> BuildJob:
+    return wait_for(
+        lambda: (j := job(job_id)).status in statuses and j, timeout=timeout, what=f"job {job_id} reaching {statuses}"
+    )
+
+
+def wait_until_logged(job_id: str, text: str, timeout: float = 60) -> None:
+    wait_for(
+        lambda: BuildLogLine.objects.filter(job_id=job_id, text__contains=text).exists(),
+        timeout=timeout,
+        what=f"{text!r} in the log of {job_id}",
+    )
+
+
+def log_texts(job_id: str) -> list[str]:
+    return list(BuildLogLine.objects.filter(job_id=job_id).order_by("seq").values_list("text", flat=True))
+
+
+def assert_gapless_log(job_id: str) -> None:
+    seqs = list(BuildLogLine.objects.filter(job_id=job_id).order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert job(job_id).log_line_count == len(seqs)
