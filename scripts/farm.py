@@ -136,6 +136,7 @@ def down() -> None:
     workers = [n for n in sup.names() if n.startswith("worker-")]
     # Workers first, so none starts a build on a daemon that is going away.
     sup.stop_all(first=["control", *workers, "web"])
+    lf.unmount_below(VAR / "docker")
     step("stopped everything make up started")
 
 

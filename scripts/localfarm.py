@@ -231,6 +231,15 @@ def wait_for_dockerd(sup: Supervisor, port: int, name: str) -> None:
     )
 
 
+def unmount_below(root: Path) -> None:
+    """Lazily unmounts what a killed dockerd left mounted under `root` (its
+    data root is a bind mount; overlay layers too), so the folder can go."""
+    prefix = str(Path(root).resolve()) + "/"
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount], capture_output=True)
+
+
 def busybox_rootfs() -> bytes:
     """A root file system of Debian's static busybox and its applet links.
 

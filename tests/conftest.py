@@ -39,7 +39,8 @@ def supervisor(services_dir):
     sup = lf.Supervisor(services_dir / "run")
     yield sup
     workers = [n for n in sup.names() if n.startswith("worker")]
-    sup.stop_all(first=[*workers, "web"])
+    sup.stop_all(first=["control", *workers, "web"])
+    lf.unmount_below(services_dir)
 
 
 @pytest.fixture(scope="session")
