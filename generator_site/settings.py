@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+import redis.exceptions
 from django.core.exceptions import ImproperlyConfigured
 
 from .env import env_bool, env_float, env_int, env_list, env_str
@@ -140,8 +141,17 @@ CHANNEL_LAYERS = {
         "CONFIG": {
             # redis-py 8 reads with a 5 s socket timeout by default, the same 5 s
             # that channels-redis blocks waiting for a message: a consumer of a
-            # quiet build would die of a read timeout. Give the socket room.
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+            # quiet build would die of a read timeout. Give the socket room; and
+            # after Redis restarts, reconnect once instead of failing the
+            # WebSocket on the pool's dead connection.
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": 30,
+                    "retry_on_error": [redis.exceptions.ConnectionError],
+                    "health_check_interval": 15,
+                }
+            ],
             "capacity": 1000,
             "expiry": 60,
         },

@@ -7,7 +7,7 @@ import pytest
 from builds.models import BuildJob
 from scripts import localfarm as lf
 
-from ..conftest import engine, registry_digest, submit
+from ..conftest import engine, follow, registry_digest, submit
 from .conftest import assert_gapless_log, job, log_texts, wait_for, wait_until_logged, wait_until_status
 
 pytestmark = pytest.mark.farm
@@ -47,6 +47,9 @@ def test_a_registry_that_stays_down_fails_the_job_naming_it_and_keeps_the_image(
 
 def test_jobs_queued_when_redis_restarts_are_not_lost(restore, token):
     farm = restore
+    # daphne's channel layer holds a connection to this Redis from here on.
+    warm_up = submit(farm, token, f"{farm.registry}/faults/redis-warm-up", SMALL.format(tag="warm"))
+    assert follow(farm, warm_up, token).end["status"] == "succeeded"
     # No worker takes messages for a moment: the messages sit in Redis.
     for index in range(len(farm.daemons)):
         farm.supervisor.stop(f"worker-{index}")
@@ -62,6 +65,8 @@ def test_jobs_queued_when_redis_restarts_are_not_lost(restore, token):
     lf.start_redis(farm.supervisor, farm.redis_port, farm.services_dir / "redis")
     farm.ensure_running()
 
+    # The live log works again too: daphne's channel layer reconnects.
+    assert follow(farm, job_ids[0], token).end["status"] == "succeeded"
     for job_id in job_ids:
         final = wait_until_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=120)
         assert final.status == "succeeded", final.error
