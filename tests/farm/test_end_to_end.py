@@ -157,3 +157,18 @@ def test_the_websocket_refuses_unknown_jobs_and_strangers(farm, token):
         follow(farm, job_id, token, headers={"Origin": "https://evil.example"})
     assert refused.value.response.status_code == 403
     follow(farm, job_id, token)  # let the build end inside this test
+
+
+def test_the_health_check_records_each_daemon(farm, farm_pool):
+    from pool.models import DockerDaemon
+
+    from .faults.conftest import wait_for
+
+    for daemon in farm_pool:
+        seen = wait_for(
+            lambda d=daemon: DockerDaemon.objects.filter(pk=d.pk, last_seen_at__isnull=False).first(),
+            timeout=20,
+            what=f"a health check of {daemon.name}",
+        )
+        assert seen.healthy and seen.worker_online and seen.consecutive_failures == 0
+        assert seen.engine_version.startswith("20.10") and seen.latency_ms > 0

@@ -1,0 +1,50 @@
+"""Operators' actions in Django admin: the pool's drain, enable, disable, check now."""
+
+from __future__ import annotations
+
+import pytest
+
+from pool.models import DockerDaemon
+
+
+@pytest.fixture
+def admin_client(client, operator):
+    client.force_login(operator)
+    return client
+
+
+def act(client, action: str, daemons) -> list[str]:
+    response = client.post(
+        "/admin/pool/dockerdaemon/", {"action": action, "_selected_action": [d.pk for d in daemons]}, follow=True
+    )
+    assert response.status_code == 200
+    return [str(m) for m in response.context["messages"]]
+
+
+def test_drain_then_enable(admin_client, daemon):
+    assert act(admin_client, "drain", [daemon]) == ["1 daemon(s) draining; their waiting jobs move to other daemons."]
+    daemon.refresh_from_db()
+    assert daemon.draining and not daemon.takes_builds
+    act(admin_client, "enable", [daemon])
+    daemon.refresh_from_db()
+    assert daemon.enabled and not daemon.draining and daemon.takes_builds
+
+
+def test_disable(admin_client, daemon):
+    act(admin_client, "disable", [daemon])
+    assert not DockerDaemon.objects.get(pk=daemon.pk).enabled
+
+
+def test_check_now_records_an_unreachable_daemon(admin_client, daemon, settings):
+    settings.GENERATOR_UNHEALTHY_AFTER = 1
+    settings.GENERATOR_HEALTH_TIMEOUT = 1
+    [message] = act(admin_client, "check_now", [daemon])
+    assert message.startswith("unit-daemon: ")
+    daemon.refresh_from_db()
+    assert not daemon.healthy and daemon.consecutive_failures == 1 and daemon.last_error
+    assert daemon.last_checked_at and daemon.last_seen_at is None
+
+
+def test_the_job_admin_is_read_only(admin_client, daemon):
+    response = admin_client.get("/admin/builds/buildjob/add/")
+    assert response.status_code == 403
