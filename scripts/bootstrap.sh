@@ -6,12 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 requirements="${1:-requirements/base.txt}"
+# busybox-static, not busybox: the base image needs a statically linked binary.
 packages=(docker.io docker-registry redis-server busybox-static docker-compose git)
-commands=(dockerd docker-registry redis-server busybox docker-compose git)
 
 missing=()
-for i in "${!packages[@]}"; do
-  command -v "${commands[$i]}" >/dev/null 2>&1 || missing+=("${packages[$i]}")
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]} (apt-get)"
