@@ -1,15 +1,17 @@
+from django import forms
+from django.conf import settings
 from django.contrib import admin
 from django.utils.html import format_html
 
-from .models import BuildJob
+from .models import BuildJob, BuildRule, Repository, WebhookDelivery
 from .services import cancel_build
 
 
 @admin.register(BuildJob)
 class BuildJobAdmin(admin.ModelAdmin):
-    list_display = ["id", "image", "status", "daemon", "attempt", "created_at", "finished_at", "position"]
-    list_filter = ["status", "daemon"]
-    search_fields = ["id", "image", "digest"]
+    list_display = ["id", "image", "status", "repository", "ref", "daemon", "attempt", "created_at", "position"]
+    list_filter = ["status", "daemon", "repository"]
+    search_fields = ["id", "image", "digest", "commit_sha"]
     # A job's history is what happened: the admin shows it, it does not rewrite it.
     readonly_fields = [f.name for f in BuildJob._meta.fields] + ["position", "log_text"]
     actions = ["cancel"]
@@ -30,3 +32,64 @@ class BuildJobAdmin(admin.ModelAdmin):
     def cancel(self, request, queryset):
         outcomes = [f"{job.id[:8]}: {cancel_build(job, request.user)}" for job in queryset]
         self.message_user(request, "; ".join(outcomes))
+
+
+class SecretInput(forms.PasswordInput):
+    """Write-only: the page never shows a stored secret; left empty, it is kept."""
+
+    def __init__(self):
+        super().__init__(render_value=False, attrs={"autocomplete": "new-password"})
+
+
+class RepositoryForm(forms.ModelForm):
+    class Meta:
+        model = Repository
+        fields = "__all__"
+        widgets = {"webhook_secret": SecretInput(), "access_token": SecretInput()}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            for name in ("webhook_secret", "access_token"):
+                self.fields[name].required = False
+                self.fields[name].help_text += " Leave empty to keep the stored value."
+
+    def clean(self):
+        data = super().clean()
+        if self.instance.pk:
+            for name in ("webhook_secret", "access_token"):
+                if not data.get(name):
+                    data[name] = getattr(Repository.objects.get(pk=self.instance.pk), name)
+        return data
+
+
+class BuildRuleInline(admin.TabularInline):
+    model = BuildRule
+    extra = 1
+
+
+@admin.register(Repository)
+class RepositoryAdmin(admin.ModelAdmin):
+    form = RepositoryForm
+    inlines = [BuildRuleInline]
+    list_display = ["full_name", "image", "hook_verified_at", "created_at"]
+    search_fields = ["full_name", "image"]
+    readonly_fields = ["hook_verified_at", "webhook_url"]
+
+    @admin.display(description="webhook URL (payload URL on GitHub, content type application/json)")
+    def webhook_url(self, repository) -> str:
+        return f"{settings.GENERATOR_SITE_URL}/webhooks/github/"
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    list_display = ["received_at", "event", "repository", "status_code", "result"]
+    list_filter = ["event", "status_code", "repository"]
+    search_fields = ["delivery_id", "result"]
+    readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -62,9 +62,27 @@ def active_builds_by_image() -> dict[str, int]:
     return {row["image"]: row["active"] for row in rows}
 
 
+def active_builds_by_repository() -> dict[int, int]:
+    rows = (
+        BuildJob.objects.filter(status__in=BuildJob.ACTIVE, daemon__isnull=False, repository__isnull=False)
+        .values("repository")
+        .annotate(active=Count("id"))
+    )
+    return {row["repository"]: row["active"] for row in rows}
+
+
+def _over_limit(job: BuildJob, per_image: dict[str, int], per_repository: dict[int, int]) -> bool:
+    """One busy image or repository may not take the whole pool."""
+    repository_limit = job.repository.max_concurrent_builds if job.repository else None
+    if repository_limit:
+        return per_repository.get(job.repository_id, 0) >= repository_limit
+    limit = settings.GENERATOR_MAX_BUILDS_PER_IMAGE
+    return bool(limit) and per_image.get(job.image, 0) >= limit
+
+
 def warm_daemon_for(job: BuildJob) -> int | None:
     """The daemon that last built this image repository: its layer cache is warm."""
-    prefix = job.repository + ":"
+    prefix = job.image_repository + ":"
     last = (
         BuildJob.objects.filter(image__startswith=prefix, daemon__isnull=False, started_at__isnull=False)
         .exclude(pk=job.pk)
@@ -89,17 +107,23 @@ def dispatch() -> int:
             return 0
         load = active_builds_by_daemon()
         per_image = active_builds_by_image()
-        limit = settings.GENERATOR_MAX_BUILDS_PER_IMAGE
-        waiting = BuildJob.objects.filter(status=BuildJob.Status.QUEUED, daemon__isnull=True).order_by("created_at")
+        per_repository = active_builds_by_repository()
+        waiting = (
+            BuildJob.objects.filter(status=BuildJob.Status.QUEUED, daemon__isnull=True)
+            .select_related("repository")
+            .order_by("created_at")
+        )
         for job in waiting[:DISPATCH_BATCH]:
-            if limit and per_image.get(job.image, 0) >= limit:
-                continue  # this image has its share of the pool; later jobs of others may go
+            if _over_limit(job, per_image, per_repository):
+                continue  # it has its share of the pool; later jobs of others may go
             daemon = choose_daemon(daemons, load, prefer=warm_daemon_for(job))
             if daemon is None:
                 break  # the pool is full
             if transitions.assign(job.id, daemon.pk):
                 load[daemon.pk] = load.get(daemon.pk, 0) + 1
                 per_image[job.image] = per_image.get(job.image, 0) + 1
+                if job.repository_id:
+                    per_repository[job.repository_id] = per_repository.get(job.repository_id, 0) + 1
                 sends.append((job.id, job.attempt, daemon.pk, daemon.queue))
         for send in sends:
             transaction.on_commit(lambda send=send: send_build_task(*send))

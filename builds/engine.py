@@ -157,7 +157,15 @@ class EngineSession:
         with suppress(Exception):
             response.close()
 
-    def build(self, context: bytes, *, tag: str, on_line: LineSink) -> str:
+    def build(
+        self,
+        context: bytes,
+        *,
+        tag: str,
+        on_line: LineSink,
+        dockerfile: str = "Dockerfile",
+        buildargs: dict[str, str] | None = None,
+    ) -> str:
         """Builds the context, tags the image, and answers its id (sha256:...)."""
         assembler = LineAssembler()
         image_id = None
@@ -166,6 +174,8 @@ class EngineSession:
                 fileobj=io.BytesIO(context),
                 custom_context=True,
                 tag=tag,
+                dockerfile=dockerfile,
+                buildargs=buildargs or None,
                 rm=True,
                 forcerm=True,
                 decode=True,
@@ -183,6 +193,10 @@ class EngineSession:
         if not image_id:
             raise BuildFailed("the daemon ended the build without producing an image")
         return image_id
+
+    def tag(self, image_id: str, repository: str, tag: str) -> None:
+        with self._translated_errors(BuildFailed, "tag"):
+            self._api.tag(image_id, repository, tag=tag)
 
     def push(self, repository: str, tag: str, *, on_line: LineSink) -> PushResult:
         """Pushes repository:tag and answers the digest the registry stored."""

@@ -1,11 +1,17 @@
-"""Build jobs and their logs."""
+"""Build jobs and their logs; the GitHub repositories that trigger builds, their
+rules, and the webhook deliveries received."""
 
 from __future__ import annotations
 
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
+
+from .references import InvalidReference, parse_reference
+from .rules import RuleError, check_pattern, check_template
 
 
 def new_job_id() -> str:
@@ -26,7 +32,14 @@ class BuildJob(models.Model):
 
     id = models.CharField(primary_key=True, max_length=32, default=new_job_id, editable=False)
     image = models.CharField(max_length=512, help_text="Where the image is pushed: repository:tag.")
-    dockerfile = models.TextField()
+    # More tags of the same repository, pushed with the same image.
+    extra_tags = models.JSONField(default=list, blank=True)
+    # A Dockerfile submitted as text, or empty when the source is a repository's commit.
+    dockerfile = models.TextField(blank=True)
+    repository = models.ForeignKey("Repository", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    ref = models.CharField(max_length=255, blank=True, help_text="The pushed git ref, e.g. refs/heads/main.")
+    commit_sha = models.CharField(max_length=40, blank=True)
+    superseded_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     daemon = models.ForeignKey(
         "pool.DockerDaemon", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
@@ -64,8 +77,8 @@ class BuildJob(models.Model):
         return self.status in self.TERMINAL
 
     @property
-    def repository(self) -> str:
-        """The image without its tag: builds of one repository share a layer cache."""
+    def image_repository(self) -> str:
+        """The image without its tag: builds of one image repository share a layer cache."""
         return self.image.rsplit(":", 1)[0] if ":" in self.image.rsplit("/", 1)[-1] else self.image
 
     def queue_position(self) -> int | None:
@@ -89,3 +102,122 @@ class BuildLogLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id}#{self.seq}"
+
+
+def validate_image_repository(value: str) -> None:
+    try:
+        reference = parse_reference(value)
+    except InvalidReference as exc:
+        raise ValidationError(str(exc)) from None
+    if reference.tag or reference.digest:
+        raise ValidationError("give the image repository without a tag; the build rules make the tags")
+
+
+def validate_clone_url(value: str) -> None:
+    allowed = ("https://", "http://", "ssh://", "git@")
+    if settings.GENERATOR_ALLOW_LOCAL_REPOSITORIES:
+        allowed += ("file://",)
+    if not value.startswith(allowed):
+        raise ValidationError(f"a clone URL must start with one of {', '.join(allowed)}")
+
+
+class Repository(models.Model):
+    """A GitHub repository whose pushes build an image."""
+
+    full_name = models.CharField(max_length=200, unique=True, help_text="owner/name, as GitHub spells it.")
+    # Registered by an operator and never taken from a payload: a webhook must not
+    # make the farm read file:///etc or an internal host.
+    clone_url = models.CharField(max_length=500, validators=[validate_clone_url])
+    webhook_secret = models.CharField(max_length=200, help_text="The secret set on the GitHub webhook.")
+    access_token = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="For private repositories and commit statuses: a GitHub token. Never shown or logged.",
+    )
+    image = models.CharField(
+        max_length=400, validators=[validate_image_repository], help_text="Image repository, e.g. registry/team/app."
+    )
+    context_dir = models.CharField(max_length=300, blank=True, help_text="Build context inside the repository.")
+    dockerfile_path = models.CharField(
+        max_length=300, default="Dockerfile", help_text="The Dockerfile, relative to the build context."
+    )
+    build_args = models.JSONField(default=dict, blank=True)
+    cancel_superseded_running = models.BooleanField(
+        default=False, help_text="A newer push to a ref also cancels its running build (queued ones always are)."
+    )
+    build_timeout = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds; empty for the farm's default."
+    )
+    max_concurrent_builds = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Empty for the farm's per-image limit."
+    )
+    hook_verified_at = models.DateTimeField(null=True, blank=True, help_text="When GitHub's ping arrived.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["full_name"]
+        verbose_name_plural = "repositories"
+
+    def __str__(self) -> str:
+        return self.full_name
+
+    def clean(self) -> None:
+        if not isinstance(self.build_args, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.build_args.items()
+        ):
+            raise ValidationError({"build_args": "build args are an object of strings to strings"})
+        for field in ("context_dir", "dockerfile_path"):
+            value = getattr(self, field)
+            if value.startswith("/") or ".." in value.split("/"):
+                raise ValidationError({field: "a path inside the repository: no leading / and no .."})
+
+
+class BuildRule(models.Model):
+    """When a push builds, and which tags it gets (like Docker Hub's build rules)."""
+
+    class Source(models.TextChoices):
+        BRANCH = "branch"
+        TAG = "tag"
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="rules")
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.BRANCH)
+    pattern = models.CharField(
+        max_length=200, help_text="A branch or tag name, or /a regular expression/ matched against the whole name."
+    )
+    tags = models.CharField(
+        max_length=400,
+        help_text="Comma-separated tag templates: {ref}, {sha}, {short_sha}, {1}... (regex groups).",
+    )
+
+    class Meta:
+        ordering = ["repository", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.pattern} -> {self.tags}"
+
+    def clean(self) -> None:
+        try:
+            check_pattern(self.pattern)
+            for template in self.tags.split(","):
+                check_template(template.strip())
+        except RuleError as exc:
+            raise ValidationError(str(exc)) from None
+
+
+class WebhookDelivery(models.Model):
+    """A webhook delivery that passed its signature check, and what came of it."""
+
+    delivery_id = models.CharField(max_length=100, unique=True)
+    event = models.CharField(max_length=50)
+    repository = models.ForeignKey(Repository, null=True, on_delete=models.SET_NULL, related_name="deliveries")
+    received_at = models.DateTimeField(auto_now_add=True)
+    status_code = models.PositiveSmallIntegerField()
+    result = models.TextField()
+    response = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-received_at"]
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.delivery_id}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import NoReturn
 
 from django.conf import settings
@@ -16,6 +17,7 @@ from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, P
 from .logs import LogWriter
 from .models import BuildJob
 from .references import parse_build_target
+from .sources import GitSource, SourceError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,8 @@ class Watch:
 
     def __init__(self, job: BuildJob) -> None:
         self.job_id, self.attempt = job.id, job.attempt
-        self.deadline = time.monotonic() + settings.GENERATOR_BUILD_TIMEOUT
+        self.timeout = (job.repository and job.repository.build_timeout) or settings.GENERATOR_BUILD_TIMEOUT
+        self.deadline = time.monotonic() + self.timeout
         self.last_beat = time.monotonic()
 
     def tick(self) -> None:
@@ -89,7 +92,7 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
     if not transitions.claim(job_id, attempt, daemon_id, worker, settings.GENERATOR_LEASE_SECONDS):
         logger.info("job %s attempt %s is not queued for daemon %s any more; nothing to do", job_id, attempt, daemon_id)
         return
-    job = BuildJob.objects.select_related("daemon", "cancelled_by").get(pk=job_id)
+    job = BuildJob.objects.select_related("daemon", "cancelled_by", "repository").get(pk=job_id)
     log = LogWriter(
         job.id,
         last_seq=job.log_line_count,
@@ -106,15 +109,19 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
 
 
 def _record(job: BuildJob, log: LogWriter) -> None:
+    watch = Watch(job)
     try:
-        pushed = _build_and_push(job, log, Watch(job))
+        pushed = _build_and_push(job, log, watch)
     except AttemptLost:
         logger.warning("job %s attempt %s was taken from this worker; stopping", job.id, job.attempt)
     except Cancelled:
-        job.refresh_from_db(fields=["cancelled_by"])
-        _end(job, log, f"Cancelled by {job.cancelled_by or 'an operator'}", transitions.finish_cancelled)
+        job.refresh_from_db(fields=["cancelled_by", "superseded_by"])
+        who = f"a newer push ({job.superseded_by_id})" if job.superseded_by_id else job.cancelled_by or "an operator"
+        _end(job, log, f"Cancelled by {who}", transitions.finish_cancelled)
     except TimedOut:
-        _fail(job, log, f"timed out after {settings.GENERATOR_BUILD_TIMEOUT} s")
+        _fail(job, log, f"timed out after {watch.timeout} s")
+    except SourceError as exc:
+        _fail(job, log, str(exc))
     except EngineError as exc:
         if exc.transient:
             _retry_elsewhere(job, log, exc)
@@ -139,16 +146,45 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
     )
     with session:
         log.write(f"[generator] Building {target} on {daemon.name} (attempt {job.attempt})")
+        context, dockerfile, buildargs = _source(job, log, watch)
         image_id = log.pump(
-            lambda emit: session.build(dockerfile_context(job.dockerfile), tag=str(target), on_line=emit),
+            lambda emit: session.build(
+                context, tag=str(target), dockerfile=dockerfile, buildargs=buildargs, on_line=emit
+            ),
             tick=watch.tick,
             abort=session.abort,
         )
         log.write(f"[generator] Built {image_id}")
+        for tag in job.extra_tags:
+            session.tag(image_id, target.repository, tag)
         log.flush()
         if not transitions.start_push(job.id, job.attempt, image_id):
             watch.stop()
-        return _push(session, target, log, watch)
+        # Every tag of the build; they share one manifest, so one digest.
+        pushed = [_push(session, replace(target, tag=tag), log, watch) for tag in [target.tag, *job.extra_tags]]
+        return pushed[0]
+
+
+def _source(job: BuildJob, log: LogWriter, watch: Watch) -> tuple[bytes, str, dict[str, str]]:
+    """The build context, the Dockerfile's path in it, and the build args."""
+    repository = job.repository
+    if not job.commit_sha:
+        return dockerfile_context(job.dockerfile), "Dockerfile", {}
+    if repository is None:
+        raise SourceError("the repository of this build was removed")
+    source = GitSource(
+        repository.clone_url,
+        token=repository.access_token,
+        cache_dir=settings.GENERATOR_GIT_CACHE_DIR,
+        allow_local=settings.GENERATOR_ALLOW_LOCAL_REPOSITORIES,
+    )
+    context = log.pump(
+        lambda emit: source.context(
+            job.commit_sha, repository.context_dir, max_bytes=settings.GENERATOR_MAX_CONTEXT_BYTES, on_line=emit
+        ),
+        tick=watch.tick,
+    )
+    return context, repository.dockerfile_path, dict(repository.build_args)
 
 
 def _push(session: EngineSession, target, log: LogWriter, watch: Watch) -> PushResult:

@@ -34,15 +34,51 @@ class PoolUnavailable(SubmissionError):
 def submit_build(*, image: str, dockerfile: str, submitted_by=None) -> BuildJob:
     target = _build_target(image)
     check_dockerfile(dockerfile)
-    try:
-        ensure_pool_exists()
-    except NoDaemonAvailable as exc:
-        raise PoolUnavailable(str(exc)) from None
+    ensure_pool_exists_or_raise()
     with transaction.atomic():
         job = BuildJob.objects.create(image=str(target), dockerfile=dockerfile, submitted_by=submitted_by)
         # The job waits in the farm's queue until a daemon has room.
         transaction.on_commit(dispatch)
     return job
+
+
+def submit_push_build(*, repository, ref: str, sha: str, tags: list[str]) -> BuildJob:
+    """A build of a pushed commit, tagged with every tag its rules gave.
+
+    Builds of the same ref still waiting are superseded by it (and running ones
+    too, if the repository says so): only the newest commit of a ref matters.
+    """
+    ensure_pool_exists_or_raise()
+    with transaction.atomic():
+        job = BuildJob.objects.create(
+            image=f"{repository.image}:{tags[0]}",
+            extra_tags=tags[1:],
+            repository=repository,
+            ref=ref,
+            commit_sha=sha,
+        )
+        _supersede(job)
+        transaction.on_commit(lambda: transitions.report_on_github(job.id))
+        transaction.on_commit(dispatch)
+    return job
+
+
+def _supersede(job: BuildJob) -> None:
+    older = BuildJob.objects.filter(
+        repository=job.repository, ref=job.ref, status__in=BuildJob.ACTIVE, created_at__lte=job.created_at
+    ).exclude(pk=job.pk)
+    for previous in older:
+        if transitions.cancel_waiting(previous.id, None, superseded_by=job.id):
+            append_line(previous.id, f"[generator] Superseded by {job.id} ({job.commit_sha[:12]}) before it started")
+        elif job.repository.cancel_superseded_running:
+            transitions.request_cancel(previous.id, None, superseded_by=job.id)
+
+
+def ensure_pool_exists_or_raise() -> None:
+    try:
+        ensure_pool_exists()
+    except NoDaemonAvailable as exc:
+        raise PoolUnavailable(str(exc)) from None
 
 
 def cancel_build(job: BuildJob, user) -> str:

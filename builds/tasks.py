@@ -11,7 +11,7 @@ from django.conf import settings
 
 from pool import health
 
-from . import dispatch, reaper, runner
+from . import dispatch, reaper, runner, statuses
 
 
 @shared_task(
@@ -51,3 +51,15 @@ def check_health(task) -> None:
     # Jobs given to a daemon that just fell sick go to another.
     dispatch.rescue_stranded()
     dispatch.dispatch()
+
+
+@shared_task(
+    name="farm.report_status",
+    ignore_result=True,
+    autoretry_for=(statuses.ReportFailed,),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    max_retries=8,
+)
+def report_status(job_id: str) -> None:
+    statuses.report(job_id)

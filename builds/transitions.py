@@ -9,16 +9,23 @@ to the job's watchers once the transaction commits.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
+from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
 from .logs import publish
 from .models import BuildJob
 
+logger = logging.getLogger(__name__)
+
 Status = BuildJob.Status
 RUNNING = (Status.BUILDING, Status.PUSHING)
+
+
+REPORT_STATUS_TASK = "farm.report_status"
 
 
 def _swap(filters: dict, to_status: str | None = None, **fields) -> bool:
@@ -28,7 +35,18 @@ def _swap(filters: dict, to_status: str | None = None, **fields) -> bool:
     if changed and to_status is not None:
         job_id = filters["pk"]
         transaction.on_commit(lambda: publish(job_id, {"type": "job.status", "status": to_status}))
+        if to_status in BuildJob.TERMINAL:
+            transaction.on_commit(lambda: report_on_github(job_id))
     return bool(changed)
+
+
+def report_on_github(job_id: str) -> None:
+    """Queues the commit status of a job built from a push (others have none)."""
+    if BuildJob.objects.filter(pk=job_id, repository__isnull=False).exclude(commit_sha="").exists():
+        try:
+            current_app.send_task(REPORT_STATUS_TASK, args=[job_id])
+        except Exception:
+            logger.warning("could not queue the GitHub status of job %s", job_id, exc_info=True)
 
 
 def _lease(seconds: float):
@@ -97,17 +115,24 @@ def requeue(job_id: str, attempt: int, reason: str) -> bool:
     )
 
 
-def cancel_waiting(job_id: str, user) -> bool:
+def cancel_waiting(job_id: str, user, superseded_by: str | None = None) -> bool:
     """queued -> cancelled at once: no worker has it."""
     now = timezone.now()
     filters = {"pk": job_id, "status": Status.QUEUED}
-    return _swap(filters, Status.CANCELLED, cancel_requested_at=now, cancelled_by=user, finished_at=now)
+    return _swap(
+        filters,
+        Status.CANCELLED,
+        cancel_requested_at=now,
+        cancelled_by=user,
+        superseded_by_id=superseded_by,
+        finished_at=now,
+    )
 
 
-def request_cancel(job_id: str, user) -> bool:
+def request_cancel(job_id: str, user, superseded_by: str | None = None) -> bool:
     """Asks the worker of a running job to stop; it sees this at its next heartbeat."""
     filters = {"pk": job_id, "status__in": RUNNING, "cancel_requested_at__isnull": True}
-    return _swap(filters, cancel_requested_at=timezone.now(), cancelled_by=user)
+    return _swap(filters, cancel_requested_at=timezone.now(), cancelled_by=user, superseded_by_id=superseded_by)
 
 
 def finish_cancelled(job_id: str, attempt: int) -> bool:

@@ -1,8 +1,9 @@
 from django.urls import path
 
-from . import seed_api
+from . import seed_api, webhooks
 
 urlpatterns = [
     path("b1/build", seed_api.build, name="b1-build"),
     path("b1/build/log/http/<str:job_id>", seed_api.build_log_line, name="b1-build-log-line"),
+    path("webhooks/github/", webhooks.github_webhook, name="github-webhook"),
 ]

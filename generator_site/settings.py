@@ -195,6 +195,15 @@ GENERATOR_PUSH_BACKOFF_SECONDS = env_float("GENERATOR_PUSH_BACKOFF_SECONDS", 2)
 GENERATOR_HEALTH_TIMEOUT = env_float("GENERATOR_HEALTH_TIMEOUT", 5)
 GENERATOR_UNHEALTHY_AFTER = env_int("GENERATOR_UNHEALTHY_AFTER", 2)
 
+# GitHub (issue 3): webhooks, the git sources of builds, commit statuses.
+GENERATOR_WEBHOOK_MAX_BYTES = env_int("GENERATOR_WEBHOOK_MAX_BYTES", 25 * 1024 * 1024)
+GENERATOR_GITHUB_API_URL = env_str("GENERATOR_GITHUB_API_URL", "https://api.github.com").rstrip("/")
+GENERATOR_SITE_URL = env_str("GENERATOR_SITE_URL", "http://localhost:8080").rstrip("/")
+GENERATOR_GIT_CACHE_DIR = Path(env_str("GENERATOR_GIT_CACHE_DIR", str(VAR_DIR / "git")))
+GENERATOR_MAX_CONTEXT_BYTES = env_int("GENERATOR_MAX_CONTEXT_BYTES", 512 * 1024 * 1024)
+# file:// clone URLs: for tests and single-machine setups only; off by default.
+GENERATOR_ALLOW_LOCAL_REPOSITORIES = env_bool("GENERATOR_ALLOW_LOCAL_REPOSITORIES", False)
+
 CELERY_BEAT_SCHEDULE = {
     "dispatch": {
         "task": "farm.dispatch",
