@@ -68,7 +68,11 @@ def github_webhook(request: HttpRequest) -> JsonResponse:
         (payload.get("repository") or {}).get("full_name") if isinstance(payload.get("repository"), dict) else None
     )
     if not full_name:
-        return answer(400, "the payload names no repository")
+        return answer(
+            202,
+            "ignored: the payload names no repository"
+            " (organization webhooks are not supported: add one per repository)",
+        )
     repository = Repository.objects.filter(full_name=full_name).first()
     if repository is None:
         logger.info("webhook for %s, which is not registered", full_name)
