@@ -21,6 +21,7 @@ from websockets.sync.client import connect
 
 from pool.models import DockerDaemon, queue_for
 from scripts import localfarm as lf
+from tests.fake_github import FakeGitHub
 
 pytestmark = pytest.mark.farm
 
@@ -71,8 +72,18 @@ def BUSYBOX_ROOTFS() -> bytes:  # noqa: N802  (a constant, made once on first us
 
 
 @pytest.fixture(scope="session")
-def farm(supervisor, services_dir, redis_url, django_db_setup) -> Farm:
+def fake_github():
+    github = FakeGitHub()
+    yield github
+    github.close()
+
+
+@pytest.fixture(scope="session")
+def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github) -> Farm:
     env = {
+        "GENERATOR_GITHUB_API_URL": fake_github.url,
+        "GENERATOR_SITE_URL": "http://generator.example.invalid",
+        "GENERATOR_ALLOW_LOCAL_REPOSITORIES": "true",
         "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}",
         "REDIS_URL": redis_url,
         "GENERATOR_SECRET_KEY": "end-to-end-tests-only",
