@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FakeGitHub:
     def __init__(self) -> None:
         self.statuses: list[dict] = []  # {"path", "body", "authorization"}
-        self.fail_next = 0  # answer 502 this many times first, as GitHub sometimes does
+        self.fail_next = 0  # answer fail_code this many times first, as GitHub sometimes does
+        self.fail_code = 502
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -20,7 +21,7 @@ class FakeGitHub:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if fake.fail_next:
                     fake.fail_next -= 1
-                    self.send_response(502)
+                    self.send_response(fake.fail_code)
                     self.end_headers()
                     return
                 fake.statuses.append(
@@ -36,7 +37,7 @@ class FakeGitHub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def states_for(self, full_name: str, sha: str) -> list[str]:
