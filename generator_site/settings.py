@@ -108,6 +108,8 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+LOGIN_URL = "/admin/login/"
+
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 
