@@ -8,7 +8,7 @@ import re
 
 from django.conf import settings
 
-from .services import SubmissionError, TooLarge
+from .errors import SubmissionError, TooLarge
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/\-_]*={0,2}")
 

@@ -165,6 +165,8 @@ class EngineSession:
         on_line: LineSink,
         dockerfile: str = "Dockerfile",
         buildargs: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        nocache: bool = False,
     ) -> str:
         """Builds the context, tags the image, and answers its id (sha256:...)."""
         assembler = LineAssembler()
@@ -176,6 +178,8 @@ class EngineSession:
                 tag=tag,
                 dockerfile=dockerfile,
                 buildargs=buildargs or None,
+                labels=labels or None,
+                nocache=nocache,
                 rm=True,
                 forcerm=True,
                 decode=True,

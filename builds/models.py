@@ -40,6 +40,12 @@ class BuildJob(models.Model):
     ref = models.CharField(max_length=255, blank=True, help_text="The pushed git ref, e.g. refs/heads/main.")
     commit_sha = models.CharField(max_length=40, blank=True)
     superseded_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
+    # For an uploaded context (BuildContext): the Dockerfile's path inside it.
+    dockerfile_path = models.CharField(max_length=300, default="Dockerfile")
+    build_args = models.JSONField(default=dict, blank=True)
+    labels = models.JSONField(default=dict, blank=True)
+    no_cache = models.BooleanField(default=False)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     daemon = models.ForeignKey(
         "pool.DockerDaemon", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
@@ -87,6 +93,14 @@ class BuildJob(models.Model):
             return None
         waiting = BuildJob.objects.filter(status=self.Status.QUEUED, daemon__isnull=True)
         return waiting.filter(created_at__lt=self.created_at).count() + 1
+
+
+class BuildContext(models.Model):
+    """An uploaded build context, checked and rewritten (builds/contexts.py). In the
+    database, so that a worker on any host can read it."""
+
+    job = models.OneToOneField(BuildJob, on_delete=models.CASCADE, primary_key=True, related_name="context")
+    data = models.BinaryField()
 
 
 class BuildLogLine(models.Model):

@@ -15,7 +15,7 @@ from . import transitions
 from .dispatch import dispatch
 from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
 from .logs import LogWriter
-from .models import BuildJob
+from .models import BuildContext, BuildJob
 from .references import parse_build_target
 from .sources import GitSource, SourceError
 
@@ -149,7 +149,13 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
         context, dockerfile, buildargs = _source(job, log, watch)
         image_id = log.pump(
             lambda emit: session.build(
-                context, tag=str(target), dockerfile=dockerfile, buildargs=buildargs, on_line=emit
+                context,
+                tag=str(target),
+                dockerfile=dockerfile,
+                buildargs=buildargs,
+                labels=job.labels,
+                nocache=job.no_cache,
+                on_line=emit,
             ),
             tick=watch.tick,
             abort=session.abort,
@@ -168,8 +174,10 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
 def _source(job: BuildJob, log: LogWriter, watch: Watch) -> tuple[bytes, str, dict[str, str]]:
     """The build context, the Dockerfile's path in it, and the build args."""
     repository = job.repository
-    if not job.commit_sha:
-        return dockerfile_context(job.dockerfile), "Dockerfile", {}
+    if BuildContext.objects.filter(job=job).exists():
+        return bytes(job.context.data), job.dockerfile_path, dict(job.build_args)
+    if not job.ref:
+        return dockerfile_context(job.dockerfile), "Dockerfile", dict(job.build_args)
     if repository is None:
         raise SourceError("the repository of this build was removed")
     source = GitSource(
@@ -178,13 +186,16 @@ def _source(job: BuildJob, log: LogWriter, watch: Watch) -> tuple[bytes, str, di
         cache_dir=settings.GENERATOR_GIT_CACHE_DIR,
         allow_local=settings.GENERATOR_ALLOW_LOCAL_REPOSITORIES,
     )
+    if not job.commit_sha:  # a build of a ref (REST API): the commit it points to now
+        job.commit_sha = log.pump(lambda emit: source.resolve(job.ref, on_line=emit), tick=watch.tick)
+        BuildJob.objects.filter(pk=job.pk).update(commit_sha=job.commit_sha)
     context = log.pump(
         lambda emit: source.context(
             job.commit_sha, repository.context_dir, max_bytes=settings.GENERATOR_MAX_CONTEXT_BYTES, on_line=emit
         ),
         tick=watch.tick,
     )
-    return context, repository.dockerfile_path, dict(repository.build_args)
+    return context, repository.dockerfile_path, {**repository.build_args, **job.build_args}
 
 
 def _push(session: EngineSession, target, log: LogWriter, watch: Watch) -> PushResult:

@@ -7,39 +7,109 @@ else creates jobs.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
+
 from django.conf import settings
 from django.db import transaction
 
 from . import transitions
+from .contexts import clean_context
 from .dispatch import NoDaemonAvailable, dispatch, ensure_pool_exists
+from .errors import Conflict, PoolUnavailable, SubmissionError, TooLarge
 from .logs import append_line
-from .models import BuildJob
+from .models import BuildContext, BuildJob, Repository
 from .references import InvalidReference, parse_build_target
 
-
-class SubmissionError(ValueError):
-    """A request the farm will not build; str() is the reason, `status` the HTTP code."""
-
-    status = 400
+__all__ = ["Conflict", "PoolUnavailable", "SubmissionError", "TooLarge", "submit", "submit_build"]
 
 
-class TooLarge(SubmissionError):
-    status = 413
-
-
-class PoolUnavailable(SubmissionError):
-    status = 503
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+# No leading '-': a ref reaches git's command line.
+_REF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}")
 
 
 def submit_build(*, image: str, dockerfile: str, submitted_by=None) -> BuildJob:
-    target = _build_target(image)
-    check_dockerfile(dockerfile)
+    return submit(BuildRequest(image=image, dockerfile=dockerfile), submitted_by=submitted_by)
+
+
+@dataclass
+class BuildRequest:
+    """What a build is made from: exactly one of a Dockerfile's text, an uploaded
+    context (tar or tar.gz), or a registered repository and a ref."""
+
+    image: str
+    dockerfile: str = ""
+    context: bytes | None = None
+    dockerfile_path: str = "Dockerfile"
+    repository: Repository | None = None
+    ref: str = ""
+    extra_tags: list[str] = field(default_factory=list)
+    build_args: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    no_cache: bool = False
+
+
+def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | None = None) -> BuildJob:
+    target = _build_target(request.image)
+    sources = [bool(request.dockerfile), request.context is not None, request.repository is not None]
+    if sum(sources) != 1:
+        raise SubmissionError("give exactly one source: a Dockerfile, an uploaded context, or a repository and a ref")
+    if request.dockerfile:
+        check_dockerfile(request.dockerfile)
+    context = None
+    if request.context is not None:
+        context = clean_context(
+            request.context, dockerfile=request.dockerfile_path, limit=settings.GENERATOR_MAX_CONTEXT_BYTES
+        )
+    if request.repository is not None and not _REF.fullmatch(request.ref):
+        raise SubmissionError(f"{request.ref!r} is not a branch, tag or commit name")
+    for tag in request.extra_tags:
+        if not _TAG.fullmatch(tag):
+            raise SubmissionError(f"{tag!r} is not a valid tag")
+    for name, mapping in (("build args", request.build_args), ("labels", request.labels)):
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+            raise SubmissionError(f"{name} must map strings to strings")
     ensure_pool_exists_or_raise()
     with transaction.atomic():
-        job = BuildJob.objects.create(image=str(target), dockerfile=dockerfile, submitted_by=submitted_by)
+        job = BuildJob.objects.create(
+            image=str(target),
+            extra_tags=[t for t in request.extra_tags if t != target.tag],
+            dockerfile=request.dockerfile,
+            dockerfile_path=request.dockerfile_path,
+            repository=request.repository,
+            ref=request.ref if request.repository else "",
+            build_args=request.build_args,
+            labels=request.labels,
+            no_cache=request.no_cache,
+            submitted_by=submitted_by,
+            retry_of=retry_of,
+        )
+        if context is not None:
+            BuildContext.objects.create(job=job, data=context)
         # The job waits in the farm's queue until a daemon has room.
         transaction.on_commit(dispatch)
     return job
+
+
+def retry_build(job: BuildJob, user) -> BuildJob:
+    """A new job from the same source and options, linked to the old one."""
+    if not job.is_terminal:
+        raise Conflict(f"the build is {job.status}: only a finished build can be retried")
+    context = BuildContext.objects.filter(job=job).first()
+    request = BuildRequest(
+        image=job.image,
+        dockerfile=job.dockerfile,
+        context=bytes(context.data) if context else None,
+        dockerfile_path=job.dockerfile_path,
+        repository=job.repository if job.ref else None,
+        ref=job.commit_sha or job.ref,
+        extra_tags=list(job.extra_tags),
+        build_args=dict(job.build_args),
+        labels=dict(job.labels),
+        no_cache=job.no_cache,
+    )
+    return submit(request, submitted_by=user, retry_of=job)
 
 
 def submit_push_build(*, repository, ref: str, sha: str, tags: list[str]) -> BuildJob:

@@ -56,6 +56,22 @@ class GitSource:
             raise SourceError(f"the build context is {len(data)} bytes; the limit is {max_bytes} bytes")
         return data
 
+    def resolve(self, ref: str, *, on_line: LineSink) -> str:
+        """The commit a ref (refs/heads/main, refs/tags/v1, main) points to now."""
+        self.mirror.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            if not self.mirror.exists():
+                on_line(f"[generator] Cloning {self.clone_url} (first build of it on this host)")
+                self._git("clone", "--mirror", "--quiet", self.clone_url, str(self.mirror))
+            else:
+                on_line(f"[generator] Fetching {self.clone_url}")
+                self._git("fetch", "--prune", "--quiet", "origin", cwd=self.mirror)
+            try:
+                sha = self._git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", cwd=self.mirror, capture=True)
+            except SourceError:
+                raise SourceError(f"{ref!r} is not a branch, tag or commit of {self.clone_url}") from None
+        return sha.decode().strip()
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
         # Two builds of one repository on one host must not fetch into the mirror at once.

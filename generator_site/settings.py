@@ -43,6 +43,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "pool",
     "builds",
@@ -166,6 +168,20 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Generator API",
+    "DESCRIPTION": "Build Docker images on a pool of daemons, push them, follow their logs.",
+    "VERSION": "1",
+    # Swagger UI's files come from the sidecar package: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
 }
 
 # --- Generator's own settings ---------------------------------------------
@@ -203,6 +219,8 @@ GENERATOR_GITHUB_API_URL = env_str("GENERATOR_GITHUB_API_URL", "https://api.gith
 GENERATOR_SITE_URL = env_str("GENERATOR_SITE_URL", "http://localhost:8080").rstrip("/")
 GENERATOR_GIT_CACHE_DIR = Path(env_str("GENERATOR_GIT_CACHE_DIR", str(VAR_DIR / "git")))
 GENERATOR_MAX_CONTEXT_BYTES = env_int("GENERATOR_MAX_CONTEXT_BYTES", 512 * 1024 * 1024)
+# An uploaded context (REST API) is stored in the database for the worker to read.
+GENERATOR_MAX_UPLOAD_BYTES = env_int("GENERATOR_MAX_UPLOAD_BYTES", 100 * 1024 * 1024)
 # file:// clone URLs: for tests and single-machine setups only; off by default.
 GENERATOR_ALLOW_LOCAL_REPOSITORIES = env_bool("GENERATOR_ALLOW_LOCAL_REPOSITORIES", False)
 

@@ -1,0 +1,147 @@
+"""REST API v1 for builds and repositories (DRF). Every build goes through
+services.submit, as from every other front door."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import HttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, permissions, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import APIException
+from rest_framework.parsers import FileUploadParser, FormParser, JSONParser, MultiPartParser
+from rest_framework.response import Response
+
+from .logs import lines_after
+from .models import BuildJob, Repository
+from .serializers import BuildCreateSerializer, BuildJobSerializer, RepositorySerializer
+from .services import BuildRequest, SubmissionError, TooLarge, cancel_build, retry_build, submit
+
+
+class Refused(APIException):
+    def __init__(self, error: SubmissionError) -> None:
+        self.status_code = error.status
+        super().__init__(detail=str(error))
+
+
+class MayBuild(permissions.BasePermission):
+    """Reading needs a login; submitting, retrying and cancelling need the right to build."""
+
+    message = "you may read builds but not start or stop them (permission builds.add_buildjob)"
+
+    def has_permission(self, request, view) -> bool:
+        if request.method in permissions.SAFE_METHODS:
+            return True
+        return request.user.has_perm("builds.add_buildjob")
+
+
+class TarUploadParser(FileUploadParser):
+    """A raw .tar request body as the build context (no Content-Disposition needed)."""
+
+    media_type = "application/x-tar"
+
+    def get_filename(self, stream, media_type, parser_context):
+        return super().get_filename(stream, media_type, parser_context) or "context.tar"
+
+
+class GzipUploadParser(TarUploadParser):
+    media_type = "application/gzip"
+
+
+class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = BuildJobSerializer
+    permission_classes = [permissions.IsAuthenticated, MayBuild]
+    parser_classes = [JSONParser, MultiPartParser, FormParser, TarUploadParser, GzipUploadParser]
+
+    def get_queryset(self):
+        jobs = BuildJob.objects.select_related("repository", "daemon", "cancelled_by")
+        params = self.request.query_params
+        if value := params.get("status"):
+            jobs = jobs.filter(status=value)
+        if value := params.get("repository"):
+            jobs = jobs.filter(repository__full_name=value)
+        if value := params.get("image"):
+            jobs = jobs.filter(image__startswith=value)
+        if value := params.get("daemon"):
+            jobs = jobs.filter(daemon__name=value)
+        return jobs.order_by("-created_at")
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, description="queued, building, pushing, succeeded, failed, cancelled"),
+            OpenApiParameter("repository", str, description="owner/name"),
+            OpenApiParameter("image", str, description="image reference prefix"),
+            OpenApiParameter("daemon", str, description="daemon name"),
+        ]
+    )
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=BuildCreateSerializer, responses={201: BuildJobSerializer})
+    def create(self, request):
+        declared = request.META.get("CONTENT_LENGTH") or "0"
+        limit = settings.GENERATOR_MAX_UPLOAD_BYTES
+        if declared.isdigit() and int(declared) > limit:
+            raise Refused(TooLarge(f"the upload is larger than the {limit}-byte limit"))
+        data = request.data.copy() if hasattr(request.data, "copy") else dict(request.data)
+        if "file" in data:  # a raw tar body; the other fields come in the query string
+            data = {**request.query_params.dict(), "context": data["file"]}
+        form = BuildCreateSerializer(data=data)
+        form.is_valid(raise_exception=True)
+        fields = dict(form.validated_data)
+        upload = fields.pop("context", None)
+        try:
+            context = upload.read() if upload else None
+            job = submit(
+                BuildRequest(context=context, dockerfile=fields.pop("dockerfile", ""), **fields),
+                submitted_by=request.user,
+            )
+        except SubmissionError as exc:
+            raise Refused(exc) from None
+        return Response(BuildJobSerializer(job).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: BuildJobSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        job = self.get_object()
+        if job.submitted_by_id != request.user.pk and not request.user.has_perm("builds.change_buildjob"):
+            return Response({"detail": "only its submitter or an operator may cancel this build"}, status=403)
+        outcome = cancel_build(job, request.user)
+        if outcome.startswith("already"):
+            return Response({"detail": f"the build is {outcome}"}, status=status.HTTP_409_CONFLICT)
+        job.refresh_from_db()
+        return Response(BuildJobSerializer(job).data)
+
+    @extend_schema(request=None, responses={201: BuildJobSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        try:
+            job = retry_build(self.get_object(), request.user)
+        except SubmissionError as exc:
+            raise Refused(exc) from None
+        return Response(BuildJobSerializer(job).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("offset", int, description="lines already read: the answer starts after them")],
+        responses={(200, "text/plain"): str},
+    )
+    @action(detail=True, methods=["get"])
+    def log(self, request, pk=None):
+        job = self.get_object()
+        offset = request.query_params.get("offset", "0")
+        if not offset.isdigit():
+            return Response({"detail": f"offset must be a whole number from 0, not {offset!r}"}, status=400)
+        lines = lines_after(job.id, int(offset), limit=100_000)
+        text = "".join(f"{line}\n" for _, line in lines)
+        response = HttpResponse(text, content_type="text/plain; charset=utf-8")
+        response["X-Log-Next-Offset"] = str(lines[-1][0] if lines else int(offset))
+        response["X-Build-Status"] = job.status
+        return response
+
+
+class RepositoryViewSet(viewsets.ModelViewSet):
+    """Registered GitHub repositories. Reading needs a login; writing, the model permissions."""
+
+    serializer_class = RepositorySerializer
+    permission_classes = [permissions.IsAuthenticated, permissions.DjangoModelPermissionsOrAnonReadOnly]
+    queryset = Repository.objects.prefetch_related("rules").order_by("full_name")

@@ -1,0 +1,140 @@
+"""REST API representations of jobs and repositories. Secrets are write-only."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from rest_framework import serializers
+
+from .models import BuildJob, BuildRule, Repository
+
+
+class BuildJobSerializer(serializers.ModelSerializer):
+    tags = serializers.SerializerMethodField()
+    repository = serializers.SlugRelatedField(slug_field="full_name", read_only=True)
+    daemon = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    cancelled_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    queue_position = serializers.SerializerMethodField()
+    links = serializers.SerializerMethodField()
+
+    class Meta:
+        model = BuildJob
+        fields = [
+            "id",
+            "status",
+            "image",
+            "tags",
+            "repository",
+            "ref",
+            "commit_sha",
+            "daemon",
+            "attempt",
+            "queue_position",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "image_id",
+            "digest",
+            "error",
+            "build_args",
+            "labels",
+            "no_cache",
+            "retry_of",
+            "superseded_by",
+            "cancelled_by",
+            "log_line_count",
+            "links",
+        ]
+
+    def get_tags(self, job: BuildJob) -> list[str]:
+        return [job.image.rsplit(":", 1)[1], *job.extra_tags]
+
+    def get_queue_position(self, job: BuildJob) -> int | None:
+        return job.queue_position()
+
+    def get_links(self, job: BuildJob) -> dict[str, str]:
+        site = settings.GENERATOR_SITE_URL
+        ws = site.replace("https://", "wss://").replace("http://", "ws://")
+        return {
+            "self": f"{site}/api/v1/builds/{job.id}/",
+            "log": f"{site}/api/v1/builds/{job.id}/log/",
+            "websocket": f"{ws}/b1/build/log/ws/{job.id}",
+            "page": f"{site}/builds/{job.id}/",
+        }
+
+
+class StringMap(serializers.DictField):
+    child = serializers.CharField(allow_blank=True)
+
+
+class BuildCreateSerializer(serializers.Serializer):
+    """A build from exactly one source: `dockerfile` text, an uploaded `context`
+    (.tar or .tar.gz, multipart), or a registered `repository` and a `ref`."""
+
+    image = serializers.CharField(help_text="repository:tag to push, e.g. localhost:5000/team/app:1.0")
+    dockerfile = serializers.CharField(required=False, allow_blank=False, trim_whitespace=False)
+    context = serializers.FileField(required=False, help_text="A .tar or .tar.gz build context.")
+    dockerfile_path = serializers.CharField(required=False, default="Dockerfile")
+    repository = serializers.SlugRelatedField(slug_field="full_name", queryset=Repository.objects.all(), required=False)
+    ref = serializers.CharField(required=False, default="", help_text="Branch, tag or commit of the repository.")
+    extra_tags = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    build_args = StringMap(required=False, default=dict)
+    labels = StringMap(required=False, default=dict)
+    no_cache = serializers.BooleanField(required=False, default=False)
+
+
+class BuildRuleSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = BuildRule
+        fields = ["source", "pattern", "tags"]
+
+    def validate(self, data):
+        BuildRule(**data).clean()
+        return data
+
+
+class RepositorySerializer(serializers.ModelSerializer):
+    rules = BuildRuleSerializer(many=True, required=False)
+
+    class Meta:
+        model = Repository
+        fields = [
+            "id",
+            "full_name",
+            "clone_url",
+            "webhook_secret",
+            "access_token",
+            "image",
+            "context_dir",
+            "dockerfile_path",
+            "build_args",
+            "cancel_superseded_running",
+            "build_timeout",
+            "max_concurrent_builds",
+            "hook_verified_at",
+            "rules",
+        ]
+        read_only_fields = ["hook_verified_at"]
+        extra_kwargs = {"webhook_secret": {"write_only": True}, "access_token": {"write_only": True}}
+
+    def validate(self, data):
+        candidate = Repository(**{k: v for k, v in data.items() if k != "rules"})
+        if self.instance:
+            for name in ("build_args", "context_dir", "dockerfile_path"):
+                if name not in data:
+                    setattr(candidate, name, getattr(self.instance, name))
+        candidate.clean()
+        return data
+
+    def create(self, data):
+        rules = data.pop("rules", [])
+        repository = Repository.objects.create(**data)
+        BuildRule.objects.bulk_create(BuildRule(repository=repository, **rule) for rule in rules)
+        return repository
+
+    def update(self, repository, data):
+        rules = data.pop("rules", None)
+        repository = super().update(repository, data)
+        if rules is not None:
+            repository.rules.all().delete()
+            BuildRule.objects.bulk_create(BuildRule(repository=repository, **rule) for rule in rules)
+        return repository

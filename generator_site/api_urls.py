@@ -1,0 +1,19 @@
+"""REST API v1 and its OpenAPI schema and docs, served from the farm itself."""
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from builds.api import BuildViewSet, RepositoryViewSet
+from pool.api import DaemonViewSet
+
+router = DefaultRouter()
+router.register("builds", BuildViewSet, basename="build")
+router.register("daemons", DaemonViewSet, basename="daemon")
+router.register("repositories", RepositoryViewSet, basename="repository")
+
+urlpatterns = [
+    path("api/v1/", include(router.urls)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+]

@@ -1,0 +1,91 @@
+"""REST API v1 for the daemon pool: anyone logged in reads it, staff change it."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema
+from rest_framework import permissions, serializers, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from . import health
+from .models import DockerDaemon
+
+
+class DaemonSerializer(serializers.ModelSerializer):
+    queue = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = DockerDaemon
+        fields = [
+            "id",
+            "name",
+            "url",
+            "capacity",
+            "enabled",
+            "draining",
+            "queue",
+            "healthy",
+            "worker_online",
+            "consecutive_failures",
+            "last_checked_at",
+            "last_seen_at",
+            "latency_ms",
+            "engine_version",
+            "last_error",
+        ]
+        read_only_fields = [
+            "healthy",
+            "worker_online",
+            "consecutive_failures",
+            "last_checked_at",
+            "last_seen_at",
+            "latency_ms",
+            "engine_version",
+            "last_error",
+        ]
+
+
+class StaffWrites(permissions.BasePermission):
+    message = "only staff may change the pool"
+
+    def has_permission(self, request, view) -> bool:
+        return request.method in permissions.SAFE_METHODS or bool(request.user.is_staff)
+
+
+class DaemonViewSet(viewsets.ModelViewSet):
+    serializer_class = DaemonSerializer
+    permission_classes = [permissions.IsAuthenticated, StaffWrites]
+    queryset = DockerDaemon.objects.order_by("name")
+
+    @extend_schema(request=None, responses={200: DaemonSerializer})
+    @action(detail=True, methods=["post"])
+    def drain(self, request, pk=None):
+        return self._set(draining=True)
+
+    @extend_schema(request=None, responses={200: DaemonSerializer})
+    @action(detail=True, methods=["post"])
+    def enable(self, request, pk=None):
+        return self._set(enabled=True, draining=False)
+
+    @extend_schema(request=None, responses={200: DaemonSerializer})
+    @action(detail=True, methods=["post"])
+    def disable(self, request, pk=None):
+        return self._set(enabled=False)
+
+    @extend_schema(request=None, responses={200: DaemonSerializer})
+    @action(detail=True, methods=["post"], url_path="check")
+    def check_now(self, request, pk=None):
+        daemon = self.get_object()
+        result = health.probe(
+            daemon.url, api_version=settings.GENERATOR_DOCKER_API_VERSION, timeout=settings.GENERATOR_HEALTH_TIMEOUT
+        )
+        health.record(daemon, result, unhealthy_after=settings.GENERATOR_UNHEALTHY_AFTER)
+        daemon.refresh_from_db()
+        return Response(DaemonSerializer(daemon).data)
+
+    def _set(self, **fields) -> Response:
+        daemon = self.get_object()
+        DockerDaemon.objects.filter(pk=daemon.pk).update(**fields)
+        daemon.refresh_from_db()
+        return Response(DaemonSerializer(daemon).data)
