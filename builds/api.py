@@ -83,7 +83,9 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         limit = settings.GENERATOR_MAX_UPLOAD_BYTES
         if declared.isdigit() and int(declared) > limit:
             raise Refused(TooLarge(f"the upload is larger than the {limit}-byte limit"))
-        data = request.data.copy() if hasattr(request.data, "copy") else dict(request.data)
+        if not isinstance(request.data, dict):
+            return Response({"detail": "the body must be a JSON object"}, status=status.HTTP_400_BAD_REQUEST)
+        data = request.data.copy()
         if "file" in data:  # a raw tar body; the other fields come in the query string
             data = {**request.query_params.dict(), "context": data["file"]}
         form = BuildCreateSerializer(data=data)
