@@ -3,8 +3,8 @@ from django.conf import settings
 from django.contrib import admin
 from django.utils.html import format_html
 
-from .models import BuildJob, BuildRule, Repository, WebhookDelivery
-from .services import cancel_build
+from .models import BuildJob, BuildRule, Registry, Repository, WebhookDelivery
+from .services import SubmissionError, cancel_build, retry_build
 
 
 @admin.register(BuildJob)
@@ -14,7 +14,7 @@ class BuildJobAdmin(admin.ModelAdmin):
     search_fields = ["id", "image", "digest", "commit_sha"]
     # A job's history is what happened: the admin shows it, it does not rewrite it.
     readonly_fields = [f.name for f in BuildJob._meta.fields] + ["position", "log_text"]
-    actions = ["cancel"]
+    actions = ["cancel", "retry"]
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -27,6 +27,16 @@ class BuildJobAdmin(admin.ModelAdmin):
     def log_text(self, job: BuildJob) -> str:
         lines = job.log_lines.values_list("text", flat=True)[:5000]
         return format_html("<pre>{}</pre>", "\n".join(lines))
+
+    @admin.action(description="Retry the selected builds (new jobs, linked to these)")
+    def retry(self, request, queryset):
+        outcomes = []
+        for job in queryset:
+            try:
+                outcomes.append(f"{job.id[:8]}: retried as {retry_build(job, request.user).id[:8]}")
+            except SubmissionError as exc:
+                outcomes.append(f"{job.id[:8]}: {exc}")
+        self.message_user(request, "; ".join(outcomes))
 
     @admin.action(description="Cancel the selected builds")
     def cancel(self, request, queryset):
@@ -55,12 +65,17 @@ class RepositoryForm(forms.ModelForm):
                 self.fields[name].help_text += " Leave empty to keep the stored value."
 
     def clean(self):
-        data = super().clean()
-        if self.instance.pk:
-            for name in ("webhook_secret", "access_token"):
-                if not data.get(name):
-                    data[name] = getattr(Repository.objects.get(pk=self.instance.pk), name)
-        return data
+        return keep_stored_secrets(self, super().clean(), ("webhook_secret", "access_token"))
+
+
+def keep_stored_secrets(form: forms.ModelForm, data: dict, names: tuple[str, ...]) -> dict:
+    """A secret left empty on an existing row keeps its stored value."""
+    if form.instance.pk:
+        stored = type(form.instance).objects.get(pk=form.instance.pk)
+        for name in names:
+            if not data.get(name):
+                data[name] = getattr(stored, name)
+    return data
 
 
 class BuildRuleInline(admin.TabularInline):
@@ -93,3 +108,25 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+class RegistryForm(forms.ModelForm):
+    class Meta:
+        model = Registry
+        fields = "__all__"
+        widgets = {"password": SecretInput()}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["password"].required = False
+            self.fields["password"].help_text = "Leave empty to keep the stored password."
+
+    def clean(self):
+        return keep_stored_secrets(self, super().clean(), ("password",))
+
+
+@admin.register(Registry)
+class RegistryAdmin(admin.ModelAdmin):
+    form = RegistryForm
+    list_display = ["host", "username", "created_at"]

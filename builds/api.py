@@ -13,8 +13,8 @@ from rest_framework.parsers import FileUploadParser, FormParser, JSONParser, Mul
 from rest_framework.response import Response
 
 from .logs import lines_after
-from .models import BuildJob, Repository
-from .serializers import BuildCreateSerializer, BuildJobSerializer, RepositorySerializer
+from .models import BuildJob, Registry, Repository
+from .serializers import BuildCreateSerializer, BuildJobSerializer, RegistrySerializer, RepositorySerializer
 from .services import BuildRequest, SubmissionError, TooLarge, cancel_build, retry_build, submit
 
 
@@ -147,3 +147,18 @@ class RepositoryViewSet(viewsets.ModelViewSet):
     serializer_class = RepositorySerializer
     permission_classes = [permissions.IsAuthenticated, permissions.DjangoModelPermissionsOrAnonReadOnly]
     queryset = Repository.objects.prefetch_related("rules").order_by("full_name")
+
+
+class StaffOnly(permissions.BasePermission):
+    message = "only staff may see or change registry credentials"
+
+    def has_permission(self, request, view) -> bool:
+        return bool(request.user.is_staff)
+
+
+class RegistryViewSet(viewsets.ModelViewSet):
+    """Push credentials per registry host. Staff only; passwords are write-only."""
+
+    serializer_class = RegistrySerializer
+    permission_classes = [permissions.IsAuthenticated, StaffOnly]
+    queryset = Registry.objects.order_by("host")

@@ -50,7 +50,14 @@ class PushFailed(EngineError):
     permissions, a bad name) are final; anything else may pass on a retry."""
 
 
-_FINAL_PUSH_ERRORS = ("denied", "unauthorized", "authentication required", "forbidden", "name invalid")
+_FINAL_PUSH_ERRORS = (
+    "denied",
+    "unauthorized",
+    "authentication required",
+    "no basic auth credentials",
+    "forbidden",
+    "name invalid",
+)
 
 
 def push_failure(message: str) -> PushFailed:
@@ -202,11 +209,13 @@ class EngineSession:
         with self._translated_errors(BuildFailed, "tag"):
             self._api.tag(image_id, repository, tag=tag)
 
-    def push(self, repository: str, tag: str, *, on_line: LineSink) -> PushResult:
+    def push(
+        self, repository: str, tag: str, *, on_line: LineSink, credentials: dict[str, str] | None = None
+    ) -> PushResult:
         """Pushes repository:tag and answers the digest the registry stored."""
         result = None
         with self._translated_errors(PushFailed, "push"):
-            chunks = self._api.push(repository, tag=tag, stream=True, decode=True)
+            chunks = self._api.push(repository, tag=tag, stream=True, decode=True, auth_config=credentials)
             for chunk in progress_lines(chunks, on_line):
                 if message := _error_message(chunk):
                     raise push_failure(f"pushing {repository}:{tag} failed: {message}")

@@ -235,3 +235,22 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} {self.delivery_id}"
+
+
+class Registry(models.Model):
+    """Push credentials for a registry host. The password is write-only: admin and
+    the API accept it and never show it; it goes to the daemon with each push."""
+
+    host = models.CharField(
+        max_length=255, unique=True, help_text="As in image references: registry.example.com:5000, or docker.io."
+    )
+    username = models.CharField(max_length=200)
+    password = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["host"]
+        verbose_name_plural = "registries"
+
+    def __str__(self) -> str:
+        return self.host

@@ -15,7 +15,7 @@ from . import transitions
 from .dispatch import dispatch
 from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
 from .logs import LogWriter
-from .models import BuildContext, BuildJob
+from .models import BuildContext, BuildJob, Registry
 from .references import parse_build_target
 from .sources import GitSource, SourceError
 
@@ -201,11 +201,13 @@ def _source(job: BuildJob, log: LogWriter, watch: Watch) -> tuple[bytes, str, di
 def _push(session: EngineSession, target, log: LogWriter, watch: Watch) -> PushResult:
     tries = settings.GENERATOR_PUSH_TRIES
     registry = target.domain or "docker.io"
+    account = Registry.objects.filter(host=registry).first()
+    credentials = {"username": account.username, "password": account.password} if account else None
     for number in range(1, tries + 1):
         log.write(f"[generator] Pushing {target}" + (f" (try {number} of {tries})" if number > 1 else ""))
         try:
             return log.pump(
-                lambda emit: session.push(target.repository, target.tag, on_line=emit),
+                lambda emit: session.push(target.repository, target.tag, on_line=emit, credentials=credentials),
                 tick=watch.tick,
                 abort=session.abort,
             )

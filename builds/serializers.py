@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
-from .models import BuildJob, BuildRule, Repository
+from .models import BuildJob, BuildRule, Registry, Repository
 
 
 class BuildJobSerializer(serializers.ModelSerializer):
@@ -138,3 +138,11 @@ class RepositorySerializer(serializers.ModelSerializer):
             repository.rules.all().delete()
             BuildRule.objects.bulk_create(BuildRule(repository=repository, **rule) for rule in rules)
         return repository
+
+
+class RegistrySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Registry
+        fields = ["id", "host", "username", "password", "created_at"]
+        read_only_fields = ["created_at"]
+        extra_kwargs = {"password": {"write_only": True}}

@@ -4,13 +4,14 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from builds.api import BuildViewSet, RepositoryViewSet
+from builds.api import BuildViewSet, RegistryViewSet, RepositoryViewSet
 from pool.api import DaemonViewSet
 
 router = DefaultRouter()
 router.register("builds", BuildViewSet, basename="build")
 router.register("daemons", DaemonViewSet, basename="daemon")
 router.register("repositories", RepositoryViewSet, basename="repository")
+router.register("registries", RegistryViewSet, basename="registry")
 
 urlpatterns = [
     path("api/v1/", include(router.urls)),

@@ -146,6 +146,16 @@ def wait_until(check: Callable[[], bool], *, timeout: float, what: str, log: Pat
     raise StartError(f"{what} did not become ready within {timeout:.0f} s{tail}")
 
 
+def http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
 def http_ok(url: str, expect: bytes | None = None) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -177,15 +187,24 @@ def start_redis(sup: Supervisor, port: int, data_dir: Path, name: str = "redis")
 # --- Registry ---------------------------------------------------------------
 
 
-def start_registry(sup: Supervisor, port: int, storage: Path, name: str = "registry") -> None:
+def start_registry(
+    sup: Supervisor, port: int, storage: Path, name: str = "registry", htpasswd: Path | None = None
+) -> None:
+    """A registry on loopback; with `htpasswd` (bcrypt entries) it asks for basic auth."""
     storage.mkdir(parents=True, exist_ok=True)
     env = {
         "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(storage),
         "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",
     }
+    if htpasswd:
+        env.update(
+            REGISTRY_AUTH="htpasswd",
+            REGISTRY_AUTH_HTPASSWD_REALM="generator-tests",
+            REGISTRY_AUTH_HTPASSWD_PATH=str(htpasswd),
+        )
     sup.start(name, ["docker-registry", "serve", str(ROOT / "conf" / "registry.yml")], env=env)
     wait_until(
-        lambda: http_ok(f"http://127.0.0.1:{port}/v2/"),
+        lambda: http_status(f"http://127.0.0.1:{port}/v2/") in (200, 401),
         timeout=20,
         what=f"the registry on port {port}",
         log=sup.log_path(name),

@@ -48,3 +48,30 @@ def test_check_now_records_an_unreachable_daemon(admin_client, daemon, settings)
 def test_the_job_admin_is_read_only(admin_client, daemon):
     response = admin_client.get("/admin/builds/buildjob/add/")
     assert response.status_code == 403
+
+
+def test_retry_from_the_job_admin(admin_client, daemon):
+    from builds.models import BuildJob
+
+    done = BuildJob.objects.create(image="a/b:latest", dockerfile="FROM busybox\n", status="failed")
+    running = BuildJob.objects.create(image="a/b:latest", dockerfile="FROM busybox\n", status="building")
+    response = admin_client.post(
+        "/admin/builds/buildjob/", {"action": "retry", "_selected_action": [done.pk, running.pk]}, follow=True
+    )
+    [message] = [str(m) for m in response.context["messages"]]
+    retry = BuildJob.objects.get(retry_of=done)
+    assert f"{done.id[:8]}: retried as {retry.id[:8]}" in message
+    assert f"{running.id[:8]}: the build is building: only a finished build can be retried" in message
+
+
+def test_a_registry_password_is_never_shown_and_kept_when_left_empty(admin_client, db):
+    from builds.models import Registry
+
+    registry = Registry.objects.create(host="r.example.invalid", username="u", password="hunter2")
+    page = admin_client.get(f"/admin/builds/registry/{registry.pk}/change/").content.decode()
+    assert "hunter2" not in page
+    admin_client.post(
+        f"/admin/builds/registry/{registry.pk}/change/", {"host": "r.example.invalid", "username": "v", "password": ""}
+    )
+    registry.refresh_from_db()
+    assert (registry.username, registry.password) == ("v", "hunter2")

@@ -263,3 +263,20 @@ def test_the_schema_and_docs_are_served_without_a_cdn(api, db):
     assert schema["openapi"].startswith("3.") and "/api/v1/builds/{id}/cancel/" in schema["paths"]
     docs = api.get("/api/docs/").content.decode()
     assert "swagger-ui" in docs and "cdn" not in docs.lower() and "/static/drf_spectacular_sidecar/" in docs
+
+
+def test_registries_are_staff_only_and_passwords_write_only(api, operator, reader, db):
+    from builds.models import Registry
+
+    as_user(api, reader)
+    assert api.get("/api/v1/registries/").status_code == 403
+    as_user(api, operator)
+    created = api.post(
+        "/api/v1/registries/", {"host": "registry.example.invalid", "username": "u", "password": "p4ss"}, format="json"
+    )
+    assert created.status_code == 201 and "password" not in created.json()
+    assert "p4ss" not in api.get("/api/v1/registries/").content.decode()
+    assert Registry.objects.get(host="registry.example.invalid").password == "p4ss"
+    registry_id = created.json()["id"]
+    assert api.patch(f"/api/v1/registries/{registry_id}/", {"username": "v"}, format="json").status_code == 200
+    assert Registry.objects.get(pk=registry_id).password == "p4ss"  # untouched when not given
