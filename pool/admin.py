@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.contrib import admin, messages
+from django.db.models import Count, Q
 
 from . import health
 from .models import DockerDaemon
@@ -10,7 +11,7 @@ class DockerDaemonAdmin(admin.ModelAdmin):
     list_display = [
         "name",
         "url",
-        "capacity",
+        "load",
         "enabled",
         "draining",
         "healthy",
@@ -34,6 +35,15 @@ class DockerDaemonAdmin(admin.ModelAdmin):
         "updated_at",
     ]
     actions = ["drain", "enable", "disable", "check_now"]
+
+    def get_queryset(self, request):
+        # Admin is an entry point, above both apps: it may count the jobs a daemon holds.
+        active = Q(jobs__status__in=("queued", "building", "pushing"))
+        return super().get_queryset(request).annotate(active_builds=Count("jobs", filter=active))
+
+    @admin.display(description="load", ordering="active_builds")
+    def load(self, daemon) -> str:
+        return f"{daemon.active_builds}/{daemon.capacity}"
 
     @admin.action(description="Drain: finish running builds, take no new ones")
     def drain(self, request, queryset):

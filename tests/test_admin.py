@@ -75,3 +75,12 @@ def test_a_registry_password_is_never_shown_and_kept_when_left_empty(admin_clien
     )
     registry.refresh_from_db()
     assert (registry.username, registry.password) == ("v", "hunter2")
+
+
+def test_the_pool_list_shows_each_daemons_load(admin_client, daemon):
+    from builds.models import BuildJob
+
+    BuildJob.objects.create(image="a/b:latest", dockerfile="FROM busybox\n", daemon=daemon, status="building")
+    BuildJob.objects.create(image="a/b:latest", dockerfile="FROM busybox\n", daemon=daemon, status="succeeded")
+    page = admin_client.get("/admin/pool/dockerdaemon/").content.decode()
+    assert '<td class="field-load">1/2</td>' in page
