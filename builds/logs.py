@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 
 from .models import BuildJob, BuildLogLine
@@ -58,15 +59,28 @@ class LogWriter:
     """Appends lines to one job's log, in batches: a database transaction and a
     channel-layer message per batch, not per line (each message costs ~2 ms)."""
 
-    def __init__(self, job_id: str, *, last_seq: int, batch_lines: int, flush_seconds: float) -> None:
+    def __init__(
+        self, job_id: str, *, last_seq: int, batch_lines: int, flush_seconds: float, max_lines: int | None = None
+    ) -> None:
         self.job_id = job_id
         self.last_seq = last_seq
+        # Past the cap one marker line is stored and the rest dropped: a runaway
+        # build must not fill the database.
+        self.max_lines = max_lines or settings.GENERATOR_MAX_LOG_LINES
+        self._truncated = last_seq >= self.max_lines
         self.batch_lines = batch_lines
         self.flush_seconds = flush_seconds
         self._pending: list[tuple[int, str]] = []
         self._last_flush = time.monotonic()
 
     def write(self, text: str) -> None:
+        if self.last_seq >= self.max_lines and not text.startswith("[generator] "):
+            if self._truncated:
+                return  # the farm's own lines (the outcome) are still stored
+            self._truncated = True
+            text = (
+                f"[generator] Log truncated: more than {self.max_lines} lines; the build's further output is not stored"
+            )
         self.last_seq += 1
         self._pending.append((self.last_seq, text))
         if len(self._pending) >= self.batch_lines or time.monotonic() - self._last_flush >= self.flush_seconds:

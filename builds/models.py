@@ -65,6 +65,7 @@ class BuildJob(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     started_at = models.DateTimeField(null=True, blank=True)
+    push_started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     image_id = models.CharField(max_length=80, blank=True)
     digest = models.CharField(max_length=80, blank=True)
@@ -81,6 +82,21 @@ class BuildJob(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+    @property
+    def build_seconds(self) -> float | None:
+        end = self.push_started_at or (self.finished_at if self.started_at else None)
+        return (end - self.started_at).total_seconds() if end and self.started_at else None
+
+    @property
+    def push_seconds(self) -> float | None:
+        if self.push_started_at and self.finished_at:
+            return (self.finished_at - self.push_started_at).total_seconds()
+        return None
+
+    @property
+    def tags(self) -> list[str]:
+        return [self.image.rsplit(":", 1)[1], *self.extra_tags]
 
     @property
     def image_repository(self) -> str:

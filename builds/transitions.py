@@ -84,7 +84,7 @@ def renew_lease(job_id: str, attempt: int, lease_seconds: float) -> bool:
 def start_push(job_id: str, attempt: int, image_id: str) -> bool:
     """building -> pushing, once the image exists on the daemon."""
     filters = {"pk": job_id, "attempt": attempt, "status": Status.BUILDING}
-    return _swap(filters, Status.PUSHING, image_id=image_id)
+    return _swap(filters, Status.PUSHING, image_id=image_id, push_started_at=timezone.now())
 
 
 def succeed(job_id: str, attempt: int, digest: str) -> bool:

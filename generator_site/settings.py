@@ -110,9 +110,12 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/builds/"
 
 STATIC_URL = "static/"
+# Serve app static files without a collectstatic step (daphne has no static handler).
+WHITENOISE_USE_FINDERS = True
 STATIC_ROOT = VAR_DIR / "static"
 
 # Redis carries Celery's messages and the channel layer. The seed's [db] section
@@ -242,6 +245,7 @@ CELERY_BEAT_SCHEDULE = {
 # about 1.8 ms whatever its size (docs/architecture.md).
 GENERATOR_LOG_BATCH_LINES = env_int("GENERATOR_LOG_BATCH_LINES", 500)
 GENERATOR_LOG_FLUSH_SECONDS = env_int("GENERATOR_LOG_FLUSH_MS", 100) / 1000
+GENERATOR_MAX_LOG_LINES = env_int("GENERATOR_MAX_LOG_LINES", 200_000)
 
 LOGGING = {
     "version": 1,

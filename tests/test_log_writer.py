@@ -66,3 +66,18 @@ def test_pump_stores_what_came_before_an_error_and_raises_it(job):
         writer.pump(produce)
     assert stored(job) == [(1, "Step 1/2 : FROM busybox")]
     assert not [t for t in threading.enumerate() if t.name.startswith("log-pump-")]
+
+
+def test_a_runaway_log_is_truncated_with_a_marker_but_keeps_its_outcome(job):
+    writer = LogWriter(job.id, last_seq=0, batch_lines=100, flush_seconds=60, max_lines=3)
+    for i in range(10):
+        writer.write(f"output {i}")
+    writer.write("[generator] Pushed a/b:latest@sha256:abc")
+    writer.flush()
+    assert [text for _, text in stored(job)] == [
+        "output 0",
+        "output 1",
+        "output 2",
+        "[generator] Log truncated: more than 3 lines; the build's further output is not stored",
+        "[generator] Pushed a/b:latest@sha256:abc",
+    ]

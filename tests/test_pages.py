@@ -1,37 +1,33 @@
-"""The job page that commit statuses link to."""
+"""The pages people read: build list, job page, pool page, badges, login."""
 
 from __future__ import annotations
 
 from django.test import override_settings
+from django.utils import timezone
 
-from builds.logs import LogWriter
-from builds.models import BuildJob
+from builds.models import BuildJob, Repository
 
 
 def make_job(daemon, **fields):
-    job = BuildJob.objects.create(
+    return BuildJob.objects.create(
         image="localhost:5000/a/b:latest", dockerfile="FROM busybox\n", daemon=daemon, **fields
     )
-    writer = LogWriter(job.id, last_seq=0, batch_lines=100, flush_seconds=60)
-    for text in ["Step 1/1 : FROM busybox", "<script>alert(1)</script>"]:
-        writer.write(text)
-    writer.flush()
-    return job
 
 
-def test_the_page_shows_the_job_and_its_log_escaped(client, reader, daemon):
-    job = make_job(daemon, status="failed", error="returned a non-zero code: 3")
+def test_the_job_page_shows_the_job_and_loads_the_live_log(client, reader, daemon):
+    job = make_job(daemon, status="failed", error="returned a non-zero code: 3", extra_tags=["v1"])
     client.force_login(reader)
     page = client.get(f"/builds/{job.id}/").content.decode()
     assert "localhost:5000/a/b:latest" in page and "returned a non-zero code: 3" in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
-    assert "Log (2 lines)" in page
+    assert "latest, v1" in page and 'data-job="' + job.id in page and "builds/log.js" in page
+    assert f'href="/api/v1/builds/{job.id}/log/"' in page
 
 
-def test_the_page_needs_a_login_unless_logs_are_public(client, daemon):
+def test_pages_need_a_login_unless_logs_are_public(client, daemon):
     job = make_job(daemon)
-    response = client.get(f"/builds/{job.id}/")
-    assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+    for url in (f"/builds/{job.id}/", "/builds/", "/pool/"):
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/accounts/login/?next=")
     with override_settings(GENERATOR_PUBLIC_LOGS=True):
         assert client.get(f"/builds/{job.id}/").status_code == 200
 
@@ -39,3 +35,48 @@ def test_the_page_needs_a_login_unless_logs_are_public(client, daemon):
 def test_an_unknown_job_is_404(client, reader, db):
     client.force_login(reader)
     assert client.get(f"/builds/{'0' * 32}/").status_code == 404
+
+
+def test_the_list_filters_and_shows_queue_positions(client, reader, daemon):
+    make_job(daemon, status="succeeded", started_at=timezone.now(), finished_at=timezone.now())
+    BuildJob.objects.create(image="localhost:5000/x/waiting:1", dockerfile="FROM busybox\n")
+    client.force_login(reader)
+    page = client.get("/builds/").content.decode()
+    assert "localhost:5000/a/b:latest" in page and "localhost:5000/x/waiting:1" in page and "#1" in page
+    filtered = client.get("/builds/?status=succeeded")
+    assert "x/waiting" not in filtered.content.decode()
+    rows = client.get("/builds/?rows=1")
+    assert rows["X-Any-Active"] == "1" and "<html" not in rows.content.decode()
+
+
+def test_the_pool_page_shows_health_and_load(client, reader, daemon):
+    make_job(daemon, status="building")
+    client.force_login(reader)
+    page = client.get("/pool/").content.decode()
+    assert "unit-daemon" in page and "1/2" in page and "healthy" in page
+
+
+def test_badges_tell_the_latest_finished_build(client, db, daemon):
+    repository = Repository.objects.create(
+        full_name="team/app", clone_url="https://x.invalid/a.git", webhook_secret="s", image="localhost:5000/team/app"
+    )
+    assert "unknown" in client.get("/badges/team/app.svg").content.decode()
+    BuildJob.objects.create(
+        image="localhost:5000/team/app:1", repository=repository, status="failed", finished_at=timezone.now()
+    )
+    BuildJob.objects.create(
+        image="localhost:5000/team/app:2", repository=repository, status="succeeded", finished_at=timezone.now()
+    )
+    BuildJob.objects.create(image="localhost:5000/team/app:3", repository=repository, status="building")
+    badge = client.get("/badges/team/app.svg")
+    assert badge["Content-Type"] == "image/svg+xml" and "passing" in badge.content.decode()
+    assert "passing" in client.get("/badges/image/localhost:5000/team/app.svg").content.decode()
+
+
+def test_people_log_in_with_djangos_own_auth(client, django_user_model, daemon):
+    django_user_model.objects.create_user("alice", password="correct horse battery staple")
+    page = client.get("/accounts/login/").content.decode()
+    assert 'name="username"' in page
+    response = client.post("/accounts/login/", {"username": "alice", "password": "correct horse battery staple"})
+    assert response.status_code == 302 and response["Location"] == "/builds/"
+    assert client.get("/builds/").status_code == 200
