@@ -31,6 +31,7 @@ class BuildJobSerializer(serializers.ModelSerializer):
             "queue_position",
             "created_at",
             "started_at",
+            "push_started_at",
             "finished_at",
             "image_id",
             "digest",
