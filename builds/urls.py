@@ -1,11 +1,14 @@
 from django.urls import path
 
-from . import badges, pages, seed_api, webhooks
+from . import badges, ops, pages, seed_api, webhooks
 
 urlpatterns = [
     path("b1/build", seed_api.build, name="b1-build"),
     path("b1/build/log/http/<str:job_id>", seed_api.build_log_line, name="b1-build-log-line"),
     path("webhooks/github/", webhooks.github_webhook, name="github-webhook"),
+    path("healthz", ops.healthz, name="healthz"),
+    path("readyz", ops.readyz, name="readyz"),
+    path("metrics", ops.metrics, name="metrics"),
     path("builds/", pages.job_list, name="job-list"),
     path("builds/<str:job_id>/", pages.job_page, name="job-page"),
     path("pool/", pages.pool_page, name="pool-page"),
