@@ -71,6 +71,15 @@ def BUSYBOX_ROOTFS() -> bytes:  # noqa: N802  (a constant, made once on first us
     return _rootfs[0]
 
 
+def farm_database_url() -> str:
+    """The test database pytest-django made, as a URL for the farm's processes."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
 @pytest.fixture(scope="session")
 def fake_github():
     github = FakeGitHub()
@@ -84,7 +93,7 @@ def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github) -> F
         "GENERATOR_GITHUB_API_URL": fake_github.url,
         "GENERATOR_SITE_URL": "http://generator.example.invalid",
         "GENERATOR_ALLOW_LOCAL_REPOSITORIES": "true",
-        "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}",
+        "DATABASE_URL": farm_database_url(),
         "REDIS_URL": redis_url,
         "GENERATOR_SECRET_KEY": "end-to-end-tests-only",
         "GENERATOR_DEBUG": "false",

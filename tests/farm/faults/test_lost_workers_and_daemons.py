@@ -40,7 +40,7 @@ def test_a_killed_worker_is_noticed_and_its_build_runs_again_elsewhere(restore, 
     assert final.digest == registry_digest(farm, "faults/killed-worker", "latest")
     # The dead worker's connection closed, so its daemon stopped that build and removed its containers.
     old_daemon = engine(dict(farm.daemons)[first.daemon.name])
-    wait_for(lambda: not old_daemon.containers.list(all=True), timeout=30, what="the old build's containers going")
+    wait_for(lambda: not old_daemon.api.containers(all=True), timeout=30, what="the old build's containers going")
 
 
 def test_a_killed_dockerd_is_taken_out_of_service_and_the_build_moves(restore, token):
