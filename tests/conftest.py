@@ -91,3 +91,10 @@ def reader(django_user_model):
     user = django_user_model.objects.create_user("reader", password=None)
     user.api_token = Token.objects.create(user=user).key
     return user
+
+
+def pytest_collection_modifyitems(items):
+    """The end-to-end tests last: once the farm is up, its control worker writes to
+    the shared test database every second (health checks mark daemons without a
+    worker), which must not reach the unit tests' rows."""
+    items.sort(key=lambda item: "farm" in item.path.relative_to(ROOT).parts[:2])
