@@ -1,7 +1,7 @@
 # The two commands: `make up` runs the farm here, `make test` runs every test.
 PY := .venv/bin/python
 
-.PHONY: up down status test lint format bootstrap bootstrap-test
+.PHONY: up down status test test-sqlite lint format bootstrap bootstrap-test
 
 up: bootstrap
 	$(PY) scripts/farm.py up
@@ -12,7 +12,13 @@ down:
 status:
 	$(PY) scripts/farm.py status
 
+# Every test twice: on the embedded SQLite, then on PostgreSQL, the production
+# database (scripts/with_postgres.sh starts or installs a local server).
 test: bootstrap-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+	scripts/with_postgres.sh $(PY) -m pytest $(PYTEST_ARGS)
+
+test-sqlite: bootstrap-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: bootstrap-test
