@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
 from scripts import localfarm as lf
@@ -71,6 +72,20 @@ def django_db_modify_db_settings(tmp_path_factory):
         db.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_test_environment, django_db_blocker, django_db_modify_db_settings):
+    """The test database, always: pytest-django makes it only for the aliases its
+    `django_db` tests name, and the end-to-end tests use it without that mark
+    (tests/farm/conftest.py). Without this they would run on the real database."""
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(verbosity=0, interactive=False, aliases={"default"}, serialized_aliases=set())
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(config, verbosity=0)
+
+
 @pytest.fixture
 def daemon(db):
     from pool.models import DockerDaemon
@@ -79,18 +94,29 @@ def daemon(db):
     return DockerDaemon.objects.create(name="unit-daemon", url="tcp://127.0.0.1:9", capacity=2)
 
 
-@pytest.fixture
-def operator(django_user_model):
-    user = django_user_model.objects.create_superuser("operator", password=None)
-    user.api_token = Token.objects.create(user=user).key
+def _user(username: str, **flags):
+    # get_or_create: the end-to-end tests share rows across tests (tests/farm/conftest.py).
+    # No `db` here (pytest-django's django_user_model would bring it): the
+    # end-to-end tests must not run inside a transaction the farm cannot see.
+    user, _ = get_user_model().objects.get_or_create(username=username, defaults=flags)
+    user.api_token = Token.objects.get_or_create(user=user)[0].key
     return user
 
 
 @pytest.fixture
-def reader(django_user_model):
-    user = django_user_model.objects.create_user("reader", password=None)
-    user.api_token = Token.objects.create(user=user).key
-    return user
+def database(db):
+    """Database access for the user fixtures: the test's transaction here; the
+    end-to-end tests override it with the farm's autocommit (tests/farm/conftest.py)."""
+
+
+@pytest.fixture
+def operator(database):
+    return _user("operator", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def reader(database):
+    return _user("reader")
 
 
 def pytest_collection_modifyitems(items):

@@ -74,6 +74,7 @@ def BUSYBOX_ROOTFS() -> bytes:  # noqa: N802  (a constant, made once on first us
 def farm_database_url() -> str:
     """The test database pytest-django made, as a URL for the farm's processes."""
     db = settings.DATABASES["default"]
+    assert "test" in str(db["NAME"]), f"refusing to run the farm on {db['NAME']}, not a test database"
     if db["ENGINE"] == "django.db.backends.sqlite3":
         return f"sqlite:///{db['NAME']}"
     password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
@@ -126,13 +127,38 @@ def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github) -> F
         redis_port=int(redis_url.rsplit(":", 1)[1].split("/")[0]),
     )
     farm.ensure_running()
-    return farm
+    yield farm
+    # The processes that hold database connections stop before pytest-django
+    # drops the test database (PostgreSQL refuses while anyone is connected).
+    for name in ["control", "web", *(f"worker-{i}" for i in range(len(farm.daemons)))]:
+        supervisor.stop(name)
+
+
+@pytest.fixture(scope="session")
+def farm_db(farm, django_db_blocker):
+    """The end-to-end tests use the test database as the farm's processes do: in
+    autocommit, rows kept from test to test. (Emptying the tables after each test
+    would TRUNCATE under live workers and beat: PostgreSQL deadlocks on that.)
+    They run after every other test (tests/conftest.py), so no row of theirs
+    reaches a unit test."""
+    with django_db_blocker.unblock():
+        yield
 
 
 @pytest.fixture
-def farm_pool(farm, transactional_db):
-    """The farm's daemons as rows; transactional tests empty the tables after each test."""
-    return [DockerDaemon.objects.create(name=name, url=url, capacity=2) for name, url in farm.daemons]
+def database(farm_db):
+    """The user fixtures' database access: autocommit, visible to the farm."""
+
+
+@pytest.fixture
+def farm_pool(farm, farm_db):
+    """The farm's daemons as rows, enabled and not draining."""
+    return [
+        DockerDaemon.objects.update_or_create(
+            name=name, defaults={"url": url, "capacity": 2, "enabled": True, "draining": False}
+        )[0]
+        for name, url in farm.daemons
+    ]
 
 
 @pytest.fixture

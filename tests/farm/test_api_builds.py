@@ -66,8 +66,9 @@ def test_an_uploaded_context_is_built_and_a_retry_builds_it_again(farm, token):
 def test_a_repository_ref_is_resolved_to_its_commit_and_built(farm, token, tmp_path):
     source = Repo(tmp_path, "api-repo")
     sha = source.commit({"Dockerfile": "FROM busybox\nCOPY v.txt /\n", "v.txt": "from main\n"})
-    Repository.objects.create(
-        full_name="team/api-repo", clone_url=source.url, webhook_secret="s", image=f"{farm.registry}/team/api-repo"
+    Repository.objects.update_or_create(
+        full_name="team/api-repo",
+        defaults={"clone_url": source.url, "webhook_secret": "s", "image": f"{farm.registry}/team/api-repo"},
     )
     body = json.dumps(
         {

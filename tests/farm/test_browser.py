@@ -8,6 +8,7 @@ import os
 import urllib.request
 
 import pytest
+from django.contrib.auth import get_user_model
 from playwright.sync_api import expect, sync_playwright
 
 from builds.models import BuildJob
@@ -44,8 +45,10 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, farm, farm_pool, django_user_model):
-    django_user_model.objects.create_user("viewer", password="a long viewer password")
+def page(browser, farm, farm_pool):
+    viewer, _ = get_user_model().objects.get_or_create(username="viewer")
+    viewer.set_password("a long viewer password")
+    viewer.save()
     context = browser.new_context(base_url=f"http://{farm.web}", viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.on("dialog", lambda dialog: pytest.fail(f"the page ran a script from the log: {dialog.message}"))

@@ -53,15 +53,18 @@ def push_payload(full_name: str, ref: str, before: str, after: str) -> dict:
 @pytest.fixture
 def github_repo(farm, farm_pool, tmp_path):
     source = Repo(tmp_path, "hello")
-    repository = Repository.objects.create(
+    repository, _ = Repository.objects.update_or_create(
         full_name="Codertocat/Hello-World",
-        clone_url=source.url,
-        webhook_secret=SECRET,
-        access_token="ghp_test_token_never_logged",
-        image=f"{farm.registry}/codertocat/hello",
-        context_dir="docker",
-        build_args={"GREETING": "hello from a push"},
+        defaults=dict(
+            clone_url=source.url,
+            webhook_secret=SECRET,
+            access_token="ghp_test_token_never_logged",
+            image=f"{farm.registry}/codertocat/hello",
+            context_dir="docker",
+            build_args={"GREETING": "hello from a push"},
+        ),
     )
+    repository.rules.all().delete()
     BuildRule.objects.create(repository=repository, source="branch", pattern="main", tags="latest,sha-{short_sha}")
     BuildRule.objects.create(repository=repository, source="tag", pattern="/^v([0-9.]+)$/", tags="{1}")
     return source, repository
