@@ -83,7 +83,22 @@ def django_db_setup(django_test_environment, django_db_blocker, django_db_modify
         config = setup_databases(verbosity=0, interactive=False, aliases={"default"}, serialized_aliases=set())
     yield
     with django_db_blocker.unblock():
+        _disconnect_stragglers()
         teardown_databases(config, verbosity=0)
+
+
+def _disconnect_stragglers() -> None:
+    """PostgreSQL will not drop a database anyone is connected to; a process the
+    end-to-end tests killed may have left a session behind."""
+    from django.db import connection, connections
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+    connections.close_all()
 
 
 @pytest.fixture
