@@ -1,9 +1,8 @@
-from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 
 from . import health
-from .models import DockerDaemon
+from .models import HEALTH_FIELDS, DockerDaemon
 
 
 @admin.register(DockerDaemon)
@@ -22,18 +21,7 @@ class DockerDaemonAdmin(admin.ModelAdmin):
     ]
     list_filter = ["enabled", "draining", "healthy"]
     search_fields = ["name", "url"]
-    readonly_fields = [
-        "queue",
-        "healthy",
-        "consecutive_failures",
-        "last_checked_at",
-        "last_seen_at",
-        "latency_ms",
-        "engine_version",
-        "last_error",
-        "created_at",
-        "updated_at",
-    ]
+    readonly_fields = ["queue", *HEALTH_FIELDS, "created_at", "updated_at"]
     actions = ["drain", "enable", "disable", "check_now"]
 
     def get_queryset(self, request):
@@ -63,10 +51,7 @@ class DockerDaemonAdmin(admin.ModelAdmin):
     @admin.action(description="Check health now")
     def check_now(self, request, queryset):
         for daemon in queryset:
-            result = health.probe(
-                daemon.url, api_version=settings.GENERATOR_DOCKER_API_VERSION, timeout=settings.GENERATOR_HEALTH_TIMEOUT
-            )
-            health.record(daemon, result, unhealthy_after=settings.GENERATOR_UNHEALTHY_AFTER)
+            result = health.check_now(daemon)
             if result.ok:
                 self.message_user(request, f"{daemon}: Docker {result.version}, {result.latency_ms} ms")
             else:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from . import health
-from .models import DockerDaemon
+from .models import HEALTH_FIELDS, DockerDaemon
 
 
 class DaemonSerializer(serializers.ModelSerializer):
@@ -17,33 +16,8 @@ class DaemonSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = DockerDaemon
-        fields = [
-            "id",
-            "name",
-            "url",
-            "capacity",
-            "enabled",
-            "draining",
-            "queue",
-            "healthy",
-            "worker_online",
-            "consecutive_failures",
-            "last_checked_at",
-            "last_seen_at",
-            "latency_ms",
-            "engine_version",
-            "last_error",
-        ]
-        read_only_fields = [
-            "healthy",
-            "worker_online",
-            "consecutive_failures",
-            "last_checked_at",
-            "last_seen_at",
-            "latency_ms",
-            "engine_version",
-            "last_error",
-        ]
+        fields = ["id", "name", "url", "capacity", "enabled", "draining", "queue", *HEALTH_FIELDS]
+        read_only_fields = list(HEALTH_FIELDS)
 
 
 class StaffWrites(permissions.BasePermission):
@@ -77,10 +51,7 @@ class DaemonViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"], url_path="check")
     def check_now(self, request, pk=None):
         daemon = self.get_object()
-        result = health.probe(
-            daemon.url, api_version=settings.GENERATOR_DOCKER_API_VERSION, timeout=settings.GENERATOR_HEALTH_TIMEOUT
-        )
-        health.record(daemon, result, unhealthy_after=settings.GENERATOR_UNHEALTHY_AFTER)
+        health.check_now(daemon)
         daemon.refresh_from_db()
         return Response(DaemonSerializer(daemon).data)
 

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import docker
+from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
@@ -84,6 +85,15 @@ def record_workers(served_queues: set[str]) -> None:
         online = daemon.queue in served_queues
         if online != daemon.worker_online:
             DockerDaemon.objects.filter(pk=daemon.pk).update(worker_online=online)
+
+
+def check_now(daemon: DockerDaemon) -> Probe:
+    """One daemon, checked and recorded at once (the operators' "check now")."""
+    result = probe(
+        daemon.url, api_version=settings.GENERATOR_DOCKER_API_VERSION, timeout=settings.GENERATOR_HEALTH_TIMEOUT
+    )
+    record(daemon, result, unhealthy_after=settings.GENERATOR_UNHEALTHY_AFTER)
+    return result
 
 
 def mark_unreachable(daemon_id: int, reason: str) -> None:

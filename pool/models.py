@@ -77,5 +77,18 @@ class DockerDaemon(models.Model):
         return queue_for(self.name)
 
 
+# What the health check writes (pool/health.py): shown everywhere, edited nowhere.
+HEALTH_FIELDS = (
+    "healthy",
+    "worker_online",
+    "consecutive_failures",
+    "last_checked_at",
+    "last_seen_at",
+    "latency_ms",
+    "engine_version",
+    "last_error",
+)
+
+
 def queue_for(daemon_name: str) -> str:
     return f"build.{daemon_name}"
