@@ -9,7 +9,10 @@ The channel layer is transport, never storage.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
+import os
 import queue
 import threading
 import time
@@ -17,7 +20,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
@@ -35,15 +38,93 @@ def group_name(job_id: str) -> str:
 
 
 def publish(job_id: str, event: dict) -> None:
-    """Sends an event to the job's watchers. Watchers that miss it read the database."""
+    """Sends an event to the job's watchers. Watchers that miss it read the database.
+
+    Inside an event loop's worker thread (daphne's sync views, `sync_to_async`)
+    the event goes through that loop, whose Redis connections stay open. In a
+    plain thread (a Celery worker) it goes to this process's publisher thread:
+    `async_to_sync` there would make a new event loop, and so a new Redis
+    connection, for every message.
+    """
     layer = get_channel_layer()
     if layer is None:
         return
+    if _event_loop_of_this_thread() is not None:
+        _send(layer, group_name(job_id), event)
+    else:
+        _background_publisher().send(layer, group_name(job_id), event)
+
+
+def _send(layer, group: str, event: dict) -> None:
     try:
-        async_to_sync(layer.group_send)(group_name(job_id), event)
+        async_to_sync(layer.group_send)(group, event)
     except Exception:
-        # Lines are already stored; a live viewer catches up when it reconnects.
-        logger.warning("could not publish %s for job %s", event.get("type"), job_id, exc_info=True)
+        # Lines are already stored; a live viewer catches up from the database.
+        logger.warning("could not publish %s to %s", event.get("type"), group, exc_info=True)
+
+
+def _event_loop_of_this_thread():
+    """The loop that `async_to_sync` would use from this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    if getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) == os.getpid():
+        return getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    return None
+
+
+class Publisher:
+    """Sends channel-layer events from plain threads, in the order given, on one
+    long-lived event loop in a thread of its own: the sender does not wait for
+    Redis, and channels-redis keeps one connection pool per loop."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="log-publisher", daemon=True)
+        self._thread.start()
+        atexit.register(self.drain, timeout=5)
+
+    def send(self, layer, group: str, event: dict) -> None:
+        self._queue.put((layer, group, event))
+
+    def drain(self, timeout: float = 5) -> bool:
+        """Waits until every event given so far has been sent (or has failed)."""
+        sent = threading.Event()
+        self._queue.put(sent)
+        return sent.wait(timeout)
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        while True:
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            layer, group, event = item
+            try:
+                loop.run_until_complete(layer.group_send(group, event))
+            except Exception:
+                logger.warning("could not publish %s to %s", event.get("type"), group, exc_info=True)
+
+
+_publishers: dict[int, Publisher] = {}
+_publishers_lock = threading.Lock()
+
+
+def _background_publisher() -> Publisher:
+    """This process's publisher (a forked Celery child makes its own: threads do not survive fork)."""
+    with _publishers_lock:
+        publisher = _publishers.get(os.getpid())
+        if publisher is None:
+            publisher = _publishers[os.getpid()] = Publisher()
+        return publisher
+
+
+def drain_published(timeout: float = 5) -> bool:
+    """Waits for this process's background publishing to catch up (tests, shutdown)."""
+    publisher = _publishers.get(os.getpid())
+    return publisher.drain(timeout) if publisher else True
 
 
 def publish_status(job: BuildJob) -> None:
@@ -57,7 +138,15 @@ def lines_after(job_id: str, after: int, limit: int) -> list[tuple[int, str]]:
 
 class LogWriter:
     """Appends lines to one job's log, in batches: a database transaction and a
-    channel-layer message per batch, not per line (each message costs ~2 ms)."""
+    channel-layer message per batch, not per line.
+
+    A line is stored as soon as the build pauses (the pump finds no next line
+    waiting), at most `MIN_FLUSH_GAP` after the previous batch: a viewer sees a
+    quiet build's lines at once, and a chatty build's lines go in batches of up
+    to `batch_lines`. No line waits longer than `flush_seconds`.
+    """
+
+    MIN_FLUSH_GAP = 0.02  # at most 50 transactions a second per job
 
     def __init__(
         self, job_id: str, *, last_seq: int, batch_lines: int, flush_seconds: float, max_lines: int | None = None
@@ -71,7 +160,7 @@ class LogWriter:
         self.batch_lines = batch_lines
         self.flush_seconds = flush_seconds
         self._pending: list[tuple[int, str]] = []
-        self._last_flush = time.monotonic()
+        self._last_flush = float("-inf")  # the first line goes out at once
 
     def write(self, text: str) -> None:
         if self.last_seq >= self.max_lines and not text.startswith("[generator] "):
@@ -96,6 +185,11 @@ class LogWriter:
             BuildJob.objects.filter(pk=self.job_id).update(log_line_count=batch[-1][0])
             transaction.on_commit(partial(publish, self.job_id, {"type": "log.lines", "lines": batch}))
 
+    def _flush_if_quiet(self, lines: queue.SimpleQueue) -> None:
+        """Stores what is pending when no next line is waiting, unless a batch went out just now."""
+        if self._pending and lines.empty() and time.monotonic() - self._last_flush >= self.MIN_FLUSH_GAP:
+            self.flush()
+
     def pump(
         self,
         produce: Callable[[LineSink], T],
@@ -106,9 +200,9 @@ class LogWriter:
         """Runs `produce(emit)` in a thread and writes what it emits from this one.
 
         The docker stream blocks while a step is silent; reading it in a thread
-        lets this one flush a half-full batch after `flush_seconds` of quiet (so
-        a viewer sees `RUN sleep 60` before the minute is over) and call `tick`
-        (the heartbeat) at least that often. If `tick` raises, `abort` stops the
+        lets this one store what is pending as soon as the stream pauses (so a
+        viewer sees `RUN sleep 60` before the minute is over) and call `tick`
+        (the heartbeat) at least every `flush_seconds`. If `tick` raises, `abort` stops the
         producer and the tick's exception is raised here.
         """
         lines: queue.SimpleQueue = queue.SimpleQueue()
@@ -126,9 +220,11 @@ class LogWriter:
         thread = threading.Thread(target=run, name=f"log-pump-{self.job_id}", daemon=True)
         thread.start()
         try:
+            self._flush_if_quiet(lines)
             while (item := self._next(lines)) is not done:
                 if item is not None:
                     self.write(item)
+                    self._flush_if_quiet(lines)
                 tick()
         except BaseException:
             abort()
@@ -142,8 +238,12 @@ class LogWriter:
         return outcome["value"]
 
     def _next(self, lines: queue.SimpleQueue):
+        """The next line; None after a pause (pending lines are then stored, and the heartbeat ticks)."""
+        timeout = self.flush_seconds
+        if self._pending:  # held back only by the gap since the last batch
+            timeout = max(0.0, self._last_flush + self.MIN_FLUSH_GAP - time.monotonic())
         try:
-            return lines.get(timeout=self.flush_seconds)
+            return lines.get(timeout=timeout)
         except queue.Empty:
             self.flush()
             return None

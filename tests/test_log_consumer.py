@@ -59,6 +59,7 @@ async def test_backlog_then_live_lines_then_the_end(daemon, reader):
         writer = LogWriter(job.id, last_seq=3, batch_lines=2, flush_seconds=60)
         for text in ["live 4", "live 5"]:
             writer.write(text)
+        writer.flush()  # as the runner does before each change of state
         transitions.start_push(job.id, 1, "sha256:" + "a" * 64)
         writer.write("live 6")
         writer.flush()

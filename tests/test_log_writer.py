@@ -23,14 +23,16 @@ def stored(job):
     return list(BuildLogLine.objects.filter(job=job).order_by("seq").values_list("seq", "text"))
 
 
-def test_lines_are_stored_in_batches_with_gapless_numbers(job):
+def test_the_first_line_is_stored_at_once_then_lines_go_in_batches_with_gapless_numbers(job):
     writer = LogWriter(job.id, last_seq=0, batch_lines=3, flush_seconds=60)
-    for i in range(7):
+    writer.write("line 0")
+    assert len(stored(job)) == 1  # a viewer sees the build start without waiting
+    for i in range(1, 8):
         writer.write(f"line {i}")
-    assert len(stored(job)) == 6  # two full batches; the seventh waits
+    assert len(stored(job)) == 7  # then two full batches; the eighth line waits
     writer.flush()
-    assert stored(job) == [(i + 1, f"line {i}") for i in range(7)]
-    assert BuildJob.objects.get(pk=job.pk).log_line_count == 7
+    assert stored(job) == [(i + 1, f"line {i}") for i in range(8)]
+    assert BuildJob.objects.get(pk=job.pk).log_line_count == 8
 
 
 def test_a_later_attempt_continues_the_numbering(job):
@@ -81,3 +83,32 @@ def test_a_runaway_log_is_truncated_with_a_marker_but_keeps_its_outcome(job):
         "[generator] Log truncated: more than 3 lines; the build's further output is not stored",
         "[generator] Pushed a/b:latest@sha256:abc",
     ]
+
+
+def test_pump_stores_a_line_as_soon_as_the_build_pauses(job):
+    seen_during_the_pause = []
+
+    def produce(emit):
+        emit("RUN sleep 60")
+        time.sleep(0.3)  # far less than flush_seconds: the pause alone must store the line
+        seen_during_the_pause.append(BuildLogLine.objects.filter(job_id=job.id).count())
+        connection.close()
+        emit("done")
+        return "image-id"
+
+    writer = LogWriter(job.id, last_seq=0, batch_lines=100, flush_seconds=60)
+    writer.pump(produce)
+    assert seen_during_the_pause == [1]
+
+
+def test_a_chatty_build_is_stored_in_batches_not_line_by_line(job):
+    writer = LogWriter(job.id, last_seq=0, batch_lines=500, flush_seconds=60)
+    flushes = []
+    flush = writer.flush
+    writer.flush = lambda: (flushes.append(len(writer._pending)), flush())
+    started = time.monotonic()
+    writer.pump(lambda emit: [emit(f"line {i}") for i in range(20_000)])
+    elapsed = time.monotonic() - started
+    assert len(stored(job)) == 20_000
+    # Full batches, plus at most one short batch per MIN_FLUSH_GAP of the run.
+    assert len([n for n in flushes if n]) <= 20_000 / 500 + elapsed / LogWriter.MIN_FLUSH_GAP + 2
