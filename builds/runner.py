@@ -92,6 +92,7 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
     if not transitions.claim(job_id, attempt, daemon_id, worker, settings.GENERATOR_LEASE_SECONDS):
         logger.info("job %s attempt %s is not queued for daemon %s any more; nothing to do", job_id, attempt, daemon_id)
         return
+    logger.info("job %s attempt %s claimed by %s", job_id, attempt, worker)
     job = BuildJob.objects.select_related("daemon", "cancelled_by", "repository").get(pk=job_id)
     log = LogWriter(
         job.id,
@@ -245,6 +246,7 @@ def _fail(job: BuildJob, log: LogWriter, reason: str) -> None:
 
 def _end(job: BuildJob, log: LogWriter, last_line: str, transition) -> None:
     """The attempt's last line, then its state: a viewer who sees the state has the line."""
+    logger.info("job %s attempt %s: %s", job.id, job.attempt, last_line)
     try:
         log.write(f"[generator] {last_line}")
         log.flush()

@@ -9,7 +9,9 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
+from generator_site.structured_logs import log_fields
 from pool import health
+from pool.models import DockerDaemon
 
 from . import dispatch, reaper, runner, statuses
 
@@ -23,7 +25,10 @@ from . import dispatch, reaper, runner, statuses
     time_limit=int(settings.GENERATOR_BUILD_TIMEOUT * 1.5) + 300,
 )
 def run_build(job_id: str, attempt: int, daemon_id: int) -> None:
-    runner.run_build(job_id, attempt, daemon_id, worker=run_build.request.hostname or "")
+    # Every record logged during this run names the job, the attempt and the daemon.
+    daemon = DockerDaemon.objects.filter(pk=daemon_id).values_list("name", flat=True).first() or daemon_id
+    with log_fields(job=job_id, daemon=daemon, attempt=attempt):
+        runner.run_build(job_id, attempt, daemon_id, worker=run_build.request.hostname or "")
 
 
 @shared_task(name="farm.dispatch", ignore_result=True)

@@ -14,7 +14,7 @@ import dj_database_url
 import redis.exceptions
 from django.core.exceptions import ImproperlyConfigured
 
-from .env import env_bool, env_float, env_int, env_list, env_str
+from .env import env_bool, env_choice, env_float, env_int, env_list, env_str
 from .runtime_conf import load_runtime_conf
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -247,10 +247,19 @@ GENERATOR_LOG_BATCH_LINES = env_int("GENERATOR_LOG_BATCH_LINES", 500)
 GENERATOR_LOG_FLUSH_SECONDS = env_int("GENERATOR_LOG_FLUSH_MS", 100) / 1000
 GENERATOR_MAX_LOG_LINES = env_int("GENERATOR_MAX_LOG_LINES", 200_000)
 
+# One line per record, with fields (generator_site/structured_logs.py): logfmt by
+# default, JSON lines for a log collector. Celery workers and beat use this too.
+GENERATOR_LOG_FORMAT = env_choice("GENERATOR_LOG_FORMAT", "logfmt", ("logfmt", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "context": {
+            "()": "generator_site.structured_logs.ContextFilter",
+            "role": env_str("GENERATOR_PROCESS_ROLE", ""),
+        }
+    },
+    "formatters": {"line": {"()": "generator_site.structured_logs.LineFormatter", "style": GENERATOR_LOG_FORMAT}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "line", "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": env_str("GENERATOR_LOG_LEVEL", "INFO")},
 }
