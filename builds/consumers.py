@@ -10,6 +10,8 @@ After "end" the server closes with 1000. `?after=N` resumes after line N.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -29,10 +31,19 @@ CLOSE_BAD_REQUEST = 4400
 
 
 class BuildLogConsumer(AsyncJsonWebsocketConsumer):
+    # While no event arrives for this long, the database is read again: an event
+    # lost on the way (a worker that died with its publisher's queue, a full
+    # channel) must not leave a viewer waiting forever, least of all for the end.
+    recheck_seconds = 10.0
+
     async def connect(self) -> None:
         self.job_id = self.scope["url_route"]["kwargs"]["job_id"]
         self.group = None
         self.sent = 0
+        self.ended = False
+        self.lock = asyncio.Lock()  # one catch-up or event at a time: no line twice
+        self.last_event = time.monotonic()
+        self.recheck = None
         # Accept first so that a refusal can carry a message a person reads:
         # daphne drops close reasons.
         await self.accept()
@@ -50,18 +61,32 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
         # published after the join, so it reaches this consumer (builds/logs.py).
         self.group = group_name(self.job_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.catch_up()
+        async with self.lock:
+            await self.catch_up()
+        if not self.ended:
+            self.recheck = asyncio.create_task(self.recheck_while_quiet())
 
     async def refuse(self, code: int, message: str) -> None:
         await self.send_json({"type": "error", "message": message})
         await self.close(code=code)
 
     async def disconnect(self, code) -> None:
+        if self.recheck:
+            self.recheck.cancel()
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
+    async def recheck_while_quiet(self) -> None:
+        while not self.ended:
+            await asyncio.sleep(self.recheck_seconds)
+            if time.monotonic() - self.last_event >= self.recheck_seconds:
+                async with self.lock:
+                    await self.catch_up()
+
     async def catch_up(self) -> None:
         """Sends every stored line after the last one sent; ends the stream if the job has ended."""
+        if self.ended:
+            return
         while True:
             # Status first: if the job had ended, all its lines were stored before.
             job = await job_state(self.job_id)
@@ -78,6 +103,7 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
             self.sent = lines[-1][0]
 
     async def send_end(self, job: BuildJob) -> None:
+        self.ended = True
         await self.send_json(
             {
                 "type": "end",
@@ -93,17 +119,23 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
     # Channel-layer events, published by builds/logs.py and builds/transitions.py.
 
     async def log_lines(self, event) -> None:
-        fresh = [(seq, text) for seq, text in event["lines"] if seq > self.sent]
-        if fresh and fresh[0][0] != self.sent + 1:
-            # Missed a message (layer capacity, a reconnect): the database has it.
-            return await self.catch_up()
-        await self.send_lines(fresh)
+        self.last_event = time.monotonic()
+        async with self.lock:
+            if self.ended:
+                return
+            fresh = [(seq, text) for seq, text in event["lines"] if seq > self.sent]
+            if fresh and fresh[0][0] != self.sent + 1:
+                # Missed a message (layer capacity, a reconnect): the database has it.
+                return await self.catch_up()
+            await self.send_lines(fresh)
 
     async def job_status(self, event) -> None:
-        if event["status"] in BuildJob.TERMINAL:
-            await self.catch_up()
-        else:
-            await self.send_json({"type": "status", "status": event["status"]})
+        self.last_event = time.monotonic()
+        async with self.lock:
+            if event["status"] in BuildJob.TERMINAL:
+                await self.catch_up()
+            elif not self.ended:
+                await self.send_json({"type": "status", "status": event["status"]})
 
 
 @database_sync_to_async

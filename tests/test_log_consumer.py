@@ -154,3 +154,25 @@ async def test_browsers_from_other_sites_are_refused(daemon, reader, origin, all
     connected, _ = await ws.connect()
     assert connected is allowed
     await ws.disconnect()
+
+
+async def test_a_lost_end_event_still_ends_the_stream(daemon, reader, monkeypatch):
+    from builds.consumers import BuildLogConsumer
+
+    monkeypatch.setattr(BuildLogConsumer, "recheck_seconds", 0.2)
+    job = await database_sync_to_async(make_job)(daemon, lines=1)
+    ws = communicator(job.id, reader.api_token)
+    await ws.connect()
+    assert await receive_lines(ws, 1) == [(1, "backlog 1")]
+
+    def finish_without_publishing():
+        # What a worker that died with its publisher's queue leaves behind.
+        from builds.models import BuildLogLine
+
+        BuildLogLine.objects.create(job=job, seq=2, text="unpublished 2")
+        BuildJob.objects.filter(pk=job.pk).update(status="succeeded", log_line_count=2)
+
+    await database_sync_to_async(finish_without_publishing)()
+    assert await receive_lines(ws, 1) == [(2, "unpublished 2")]
+    end = await ws.receive_json_from(timeout=5)
+    assert (end["type"], end["status"], end["lines"]) == ("end", "succeeded", 2)
