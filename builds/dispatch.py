@@ -93,6 +93,17 @@ def warm_daemon_for(job: BuildJob) -> int | None:
     return last
 
 
+def _preferred_daemon(job: BuildJob, daemons, load: dict[int, int], warm: dict[str, int | None]) -> int | None:
+    """The warm daemon for the job, asked of the database only when two daemons
+    have room (else there is no choice to make), and once per image repository
+    in a pass."""
+    if sum(1 for d in daemons if load.get(d.pk, 0) < d.capacity) < 2:
+        return None
+    if job.image_repository not in warm:
+        warm[job.image_repository] = warm_daemon_for(job)
+    return warm[job.image_repository]
+
+
 def dispatch() -> int:
     """Gives waiting jobs, oldest first, to daemons with room. Answers how many.
 
@@ -113,10 +124,11 @@ def dispatch() -> int:
             .select_related("repository")
             .order_by("created_at")
         )
+        warm: dict[str, int | None] = {}
         for job in waiting[:DISPATCH_BATCH]:
             if _over_limit(job, per_image, per_repository):
                 continue  # it has its share of the pool; later jobs of others may go
-            daemon = choose_daemon(daemons, load, prefer=warm_daemon_for(job))
+            daemon = choose_daemon(daemons, load, prefer=_preferred_daemon(job, daemons, load, warm))
             if daemon is None:
                 break  # the pool is full
             if transitions.assign(job.id, daemon.pk):

@@ -171,3 +171,15 @@ def test_cancel_stops_a_waiting_job_at_once_and_asks_a_running_one(django_user_m
     assert BuildJob.objects.get(pk=running.pk).cancel_requested_at is not None
     assert not transitions.renew_lease(running.id, 1, 60)  # the worker's next heartbeat sees it
     assert cancel_build(queued, operator) == "already cancelled"
+
+
+@override_settings(GENERATOR_MAX_BUILDS_PER_IMAGE=0)
+def test_a_pass_asks_for_warm_daemons_once_per_image_and_only_when_there_is_a_choice(django_assert_max_num_queries):
+    daemon("one", capacity=3)
+    daemon("two", capacity=3)
+    for index in range(40):
+        waiting(1, image=f"localhost:5000/app-{index % 2}:{index}")
+    # Select the daemons, three loads, the waiting jobs, two warm lookups (one per
+    # image repository), one update per assignment (a lookup per job made 20).
+    with django_assert_max_num_queries(15):
+        assert dispatch() == 6
