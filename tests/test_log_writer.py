@@ -112,3 +112,11 @@ def test_a_chatty_build_is_stored_in_batches_not_line_by_line(job):
     assert len(stored(job)) == 20_000
     # Full batches, plus at most one short batch per MIN_FLUSH_GAP of the run.
     assert len([n for n in flushes if n]) <= 20_000 / 500 + elapsed / LogWriter.MIN_FLUSH_GAP + 2
+
+
+def test_a_nul_in_the_output_is_stored_as_a_replacement_character(job):
+    # PostgreSQL refuses NUL in text; the build's log must not fail over it.
+    writer = LogWriter(job.id, last_seq=0, batch_lines=10, flush_seconds=60)
+    writer.write("binary\x00garbage")
+    writer.flush()
+    assert stored(job) == [(1, "binary\ufffdgarbage")]
