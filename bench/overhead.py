@@ -17,7 +17,6 @@ import json
 import os
 import statistics
 import sys
-import tarfile
 import time
 import urllib.request
 import uuid
@@ -32,27 +31,13 @@ django.setup()
 
 import docker  # noqa: E402
 from rest_framework.authtoken.models import Token  # noqa: E402
+from rig import small_build_context  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
 from pool.models import DockerDaemon  # noqa: E402
 
 WEB = os.environ.get("GENERATOR_BENCH_WEB", "http://localhost:8080")
 REGISTRY = os.environ.get("GENERATOR_BENCH_REGISTRY", "localhost:5000")
-
-
-def context(nonce: str) -> bytes:
-    files = {
-        "Dockerfile": "FROM busybox\nRUN echo built > /built\nCOPY nonce.txt /nonce.txt\n",
-        "nonce.txt": nonce,
-    }
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def plain(api: docker.APIClient, image: str, data: bytes) -> float:
@@ -106,8 +91,8 @@ def main() -> None:
     try:
         for run in range(args.runs):
             nonce = uuid.uuid4().hex
-            plain_times.append(plain(api, f"{REGISTRY}/bench/plain:{nonce[:12]}", context(nonce + "p")))
-            total, first = farm(token, f"{REGISTRY}/bench/farm:{nonce[:12]}", context(nonce + "f"))
+            plain_times.append(plain(api, f"{REGISTRY}/bench/plain:{nonce[:12]}", small_build_context(nonce + "p")))
+            total, first = farm(token, f"{REGISTRY}/bench/farm:{nonce[:12]}", small_build_context(nonce + "f"))
             farm_times.append(total)
             latencies.append(first)
             print(f"run {run + 1}: plain {plain_times[-1]:.3f} s, farm {total:.3f} s, first line {first * 1000:.0f} ms")

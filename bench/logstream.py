@@ -1,0 +1,132 @@
+"""Log streaming: a build printing many lines, followed over the WebSocket.
+
+    .venv/bin/python bench/logstream.py [--lines 100000] [--runs 1] [--daemons 1]
+
+The build's one RUN step prints `bench-line N TIME` for N = 1..lines, TIME being
+the shell's clock ($EPOCHREALTIME) as the line is written; the container and
+this client read the same machine's clock, so arrival minus TIME is the line's
+delay from the daemon's output to the client. busybox prints the 100,000 lines
+in about 0.2 s: a burst, so the figures are what the farm's pipeline (dockerd's
+stream -> worker -> database + channel layer -> daphne -> client) sustains.
+
+Prints per run: lines/s reaching the client (lines over the span from the first
+line's own timestamp to the last line's arrival), delay p50/p99/max, lines
+lost (numbers never received, and gaps or repeats in the frames' seq), and the
+largest RSS of daphne and of each worker's processes: at the start, the peak
+sampled every 100 ms, and VmHWM at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import time
+import uuid
+from dataclasses import dataclass
+
+import rig
+from websockets.sync.client import connect
+
+LINE = re.compile(r"bench-line (\d+) (\d+\.\d+)")
+
+
+def dockerfile(lines: int, nonce: str) -> str:
+    loop = f'i=0; while [ $i -lt {lines} ]; do i=$((i+1)); echo "bench-line $i $EPOCHREALTIME"; done'
+    return f"FROM busybox\nRUN echo {nonce} >/dev/null; {loop}\n"
+
+
+@dataclass
+class Run:
+    received: int
+    lost: int
+    seq_problems: int
+    produced_seconds: float  # first to last line's own timestamp
+    delivered_seconds: float  # first line's timestamp to last line's arrival
+    delays: list[float]
+    status: str
+
+    @property
+    def lines_per_second(self) -> float:
+        return self.received / self.delivered_seconds
+
+
+def one_run(farm: rig.Farm, lines: int) -> Run:
+    job = farm.ok(
+        "POST",
+        "/api/v1/builds/",
+        {"image": f"{farm.registry}/bench/logstream:latest", "dockerfile": dockerfile(lines, uuid.uuid4().hex)},
+    )
+    numbers, stamps, arrivals, seqs, end = [], [], [], [], None
+    headers = {"Authorization": f"Token {farm.token}"}
+    with connect(f"{farm.ws}/b1/build/log/ws/{job['id']}", additional_headers=headers, max_size=None) as ws:
+        for message in ws:
+            arrived = time.time()
+            frame = json.loads(message)
+            if frame["type"] == "end":
+                end = frame
+                break
+            if frame["type"] != "log":
+                continue
+            for line in frame["lines"]:
+                seqs.append(line["seq"])
+                if match := LINE.fullmatch(line["text"].strip()):
+                    numbers.append(int(match[1]))
+                    stamps.append(float(match[2]))
+                    arrivals.append(arrived)
+    if end is None:
+        raise SystemExit(f"job {job['id']}: the stream closed without an end frame")
+    seq_problems = sum(1 for a, b in zip(seqs, seqs[1:], strict=False) if b != a + 1) + (seqs[:1] != [1])
+    return Run(
+        received=len(set(numbers)),
+        lost=lines - len(set(numbers) & set(range(1, lines + 1))),
+        seq_problems=seq_problems,
+        produced_seconds=max(stamps) - min(stamps) if stamps else 0.0,
+        delivered_seconds=max(arrivals) - min(stamps) if stamps else float("inf"),
+        delays=[a - s for a, s in zip(arrivals, stamps, strict=True)],
+        status=end["status"] + (f" ({end['error']})" if end["error"] else ""),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lines", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=1)
+    rig.add_arguments(parser, daemons=1)
+    args = parser.parse_args()
+    with rig.farm_from(args) as farm:
+        runs = []
+        with rig.MemoryWatch(farm.pids) as memory:
+            for number in range(args.runs):
+                run = one_run(farm, args.lines)
+                runs.append(run)
+                rig.say(
+                    f"run {number + 1}: {run.status}, {run.received} lines, {run.lines_per_second:,.0f} lines/s,"
+                    f" p99 delay {rig.percentile(run.delays, 0.99) * 1000:.0f} ms, lost {run.lost}"
+                )
+    delays = [d for run in runs for d in run.delays]
+
+    def median(values):
+        return statistics.median(values)
+
+    print(f"\n{args.runs} run(s) of a build printing {args.lines:,} lines; medians over runs")
+    print("| measure | value |")
+    print("| --- | --- |")
+    print(f"| build outcome | {', '.join(run.status for run in runs)} |")
+    print(f"| lines produced in (container clock) | {median([r.produced_seconds for r in runs]):.2f} s |")
+    print(f"| first line produced to last line received | {median([r.delivered_seconds for r in runs]):.2f} s |")
+    print(f"| lines/s reaching the client | {median([r.lines_per_second for r in runs]):,.0f} |")
+    if delays:
+        for name, fraction in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
+            print(f"| delay {name}, line's timestamp to arrival | {rig.percentile(delays, fraction) * 1000:,.0f} ms |")
+    print(f"| lines lost (all runs) | {sum(r.lost for r in runs)} |")
+    print(f"| seq gaps or repeats (all runs) | {sum(r.seq_problems for r in runs)} |")
+    if farm.pids:
+        print("\n| process | RSS at start | peak RSS sampled | VmHWM at end |")
+        print("| --- | --- | --- | --- |")
+        print("\n".join(memory.rows()))
+
+
+if __name__ == "__main__":
+    main()

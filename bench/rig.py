@@ -1,0 +1,350 @@
+"""The farm a benchmark runs against, and the HTTP calls every benchmark makes.
+
+By default a private farm on free ports, started with scripts/localfarm.py as
+`make up` and the end-to-end tests start theirs: Redis, a registry, N dockerd
+with busybox imported, a SQLite database in a temporary folder, daphne, one
+Celery worker per daemon and the control worker with beat. Everything stops
+and the folder goes when the benchmark ends, so a benchmark never touches the
+farm of `make up` (ports 8080/5000/19000/19100).
+
+`--web URL --token T` uses a farm that already runs instead; its processes'
+pids are then unknown, so memory is measured only if `--web-pid` and
+`--worker-pid` name them.
+
+No Django in the benchmark's own process: it talks to the farm over HTTP and
+WebSocket only, as a user would, and changes the pool through the REST API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts import localfarm as lf  # noqa: E402
+
+
+@dataclass
+class Farm:
+    web: str  # http://host:port
+    token: str
+    registry: str  # host:port to push to
+    # Process trees to watch for memory: role -> pid of the tree's root.
+    pids: dict[str, int] = field(default_factory=dict)
+    # Every process of a private farm, for CPU time: name -> pid.
+    processes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ws(self) -> str:
+        return self.web.replace("https://", "wss://").replace("http://", "ws://")
+
+    def call(self, method: str, path: str, body: dict | bytes | None = None, content_type: str = "") -> tuple:
+        """(status, decoded JSON or text) of one API request with the token."""
+        headers = {"Authorization": f"Token {self.token}"}
+        if isinstance(body, dict):
+            body, content_type = json.dumps(body).encode(), "application/json"
+        if content_type:
+            headers["Content-Type"] = content_type
+        request = urllib.request.Request(self.web + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def ok(self, method: str, path: str, body=None, content_type: str = ""):
+        status, answer = self.call(method, path, body, content_type)
+        if status >= 300:
+            raise SystemExit(f"{method} {path}: {status} {answer}")
+        return answer
+
+    def daemons(self) -> list[dict]:
+        return sorted(self.ok("GET", "/api/v1/daemons/")["results"], key=lambda d: d["name"])
+
+    def set_daemon(self, daemon: dict, *, enabled: bool, draining: bool) -> None:
+        self.ok("PATCH", f"/api/v1/daemons/{daemon['id']}/", {"enabled": enabled, "draining": draining})
+
+    @contextlib.contextmanager
+    def pool_restored(self) -> Iterator[list[dict]]:
+        """The daemons as they are; whatever the benchmark changes is put back."""
+        before = self.daemons()
+        try:
+            yield before
+        finally:
+            for daemon in before:
+                self.set_daemon(daemon, enabled=daemon["enabled"], draining=daemon["draining"])
+
+    def jobs(self, image_prefix: str) -> list[dict]:
+        """Every job whose image starts with the prefix, all pages."""
+        jobs, page = [], 1
+        while True:
+            answer = self.ok("GET", f"/api/v1/builds/?image={urllib.parse.quote(image_prefix)}&page={page}")
+            jobs += answer["results"]
+            if not answer["next"]:
+                return jobs
+            page += 1
+
+    def count(self, image_prefix: str, status: str) -> int:
+        quoted = urllib.parse.quote(image_prefix)
+        return self.ok("GET", f"/api/v1/builds/?image={quoted}&status={status}")["count"]
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, daemons: int) -> None:
+    group = parser.add_argument_group("the farm (default: a private one on free ports)")
+    group.add_argument("--daemons", type=int, default=daemons, help=f"daemons of the private farm (default {daemons})")
+    group.add_argument("--capacity", type=int, default=2, help="builds at once per daemon (default 2)")
+    group.add_argument("--web", help="use the farm at this URL instead, e.g. http://localhost:8080")
+    group.add_argument("--token", help="an operator's API token for --web")
+    group.add_argument("--registry", default="localhost:5000", help="registry of the --web farm (host:port)")
+    group.add_argument("--web-pid", type=int, help="daphne's pid in the --web farm, to measure its memory")
+    group.add_argument("--worker-pid", type=int, help="a Celery worker's pid in the --web farm")
+
+
+@contextlib.contextmanager
+def farm_from(args: argparse.Namespace) -> Iterator[Farm]:
+    if args.web:
+        if not args.token:
+            raise SystemExit("--web needs --token (an operator's API token)")
+        pids = {role: pid for role, pid in (("daphne", args.web_pid), ("worker", args.worker_pid)) if pid}
+        yield Farm(args.web.rstrip("/"), args.token, args.registry, pids)
+        return
+    with private_farm(args.daemons, args.capacity) as farm:
+        yield farm
+
+
+@contextlib.contextmanager
+def private_farm(daemons: int, capacity: int) -> Iterator[Farm]:
+    # Short: dockerd's exec root holds unix sockets (108-byte path limit).
+    root = Path(tempfile.mkdtemp(prefix="gbench-", dir="/tmp"))
+    sup = lf.Supervisor(root / "run")
+    say(f"starting a private farm in {root} ({daemons} daemon(s), capacity {capacity})")
+    try:
+        yield _start(sup, root, daemons, capacity)
+    finally:
+        workers = [n for n in sup.names() if n.startswith("worker")]
+        sup.stop_all(first=["control", *workers, "web"])
+        lf.unmount_below(root)
+        shutil.rmtree(root, ignore_errors=True)
+        say("private farm stopped")
+
+
+def _start(sup: lf.Supervisor, root: Path, daemons: int, capacity: int) -> Farm:
+    redis_port, registry_port, web_port = lf.free_port(), lf.free_port(), lf.free_port()
+    ports = [lf.free_port() for _ in range(daemons)]
+    lf.start_redis(sup, redis_port, root / "redis")
+    lf.start_registry(sup, registry_port, root / "registry")
+    for index, port in enumerate(ports):
+        lf.start_dockerd(sup, port, root / f"d{index}", root / f"x{index}", f"dockerd-{index}")
+    env = {
+        "DATABASE_URL": f"sqlite:///{root / 'generator.sqlite3'}",
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "GENERATOR_SECRET_KEY": secrets.token_urlsafe(40),
+        "GENERATOR_DEBUG": "false",
+        "GENERATOR_VAR_DIR": str(root / "var"),
+        # Commit statuses of webhook builds go to a local server that answers
+        # 404 (the registry): a refusal, so they are not retried, and no
+        # request leaves the machine.
+        "GENERATOR_GITHUB_API_URL": f"http://127.0.0.1:{registry_port}/github",
+    }
+    (root / "var" / "static").mkdir(parents=True)
+    manage(env, "migrate", "--noinput")
+    names = [f"bench-{index}" for index in range(daemons)]
+    pool = {
+        "docker": [
+            {"name": n, "engine": f"tcp://127.0.0.1:{p}", "capacity": capacity}
+            for n, p in zip(names, ports, strict=True)
+        ]
+    }
+    (root / "pool.json").write_text(json.dumps(pool))
+    manage(env, "loadpool", str(root / "pool.json"))
+    token = manage(env, "ensureadmin", "--password-file", str(root / "admin-password")).rsplit(":", 1)[-1].strip()
+    rootfs = lf.busybox_rootfs()
+    for index, port in enumerate(ports):
+        lf.wait_for_dockerd(sup, port, f"dockerd-{index}")
+        lf.ensure_busybox_image(f"tcp://127.0.0.1:{port}", rootfs)
+    lf.start_web(sup, web_port, env)
+    for index, name in enumerate(names):
+        lf.start_worker(sup, f"worker-{index}", name, f"build.{name}", capacity, env)
+    lf.start_control(sup, env)
+    pids = {"daphne": sup.pid("web"), **{f"worker-{i}": sup.pid(f"worker-{i}") for i in range(daemons)}}
+    processes = {("daphne" if name == "web" else name): sup.pid(name) for name in sup.names()}
+    say(f"private farm up: web http://127.0.0.1:{web_port}, registry localhost:{registry_port}")
+    return Farm(f"http://127.0.0.1:{web_port}", token, f"localhost:{registry_port}", pids, processes)
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    if result.returncode != 0:
+        raise lf.StartError(f"manage.py {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def say(text: str) -> None:
+    print(f"== {text}", file=sys.stderr, flush=True)
+
+
+# --- memory ---------------------------------------------------------------------
+
+
+def tree(pid: int) -> list[int]:
+    """The process and all its descendants (a Celery worker's pool children)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
+
+
+def status_kib(pid: int, key: str) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class MemoryWatch:
+    """Samples VmRSS of each watched process tree every 100 ms in a thread.
+
+    A tree's root (daphne; a Celery worker's main process) and its largest
+    child (the prefork pool process that runs the build) are kept apart: the
+    RSS at the start, the peak sampled, and VmHWM at the end, which catches a
+    peak between samples."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = self._measure("VmRSS")
+        self.peak = dict(self.start)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _measure(self, key: str) -> dict[str, int]:
+        sizes = {}
+        for role, pid in self.pids.items():
+            sizes[role] = status_kib(pid, key)
+            if children := tree(pid)[1:]:
+                sizes[f"{role} (largest child)"] = max(status_kib(child, key) for child in children)
+        return sizes
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for name, size in self._measure("VmRSS").items():
+                self.peak[name] = max(self.peak.get(name, 0), size)
+
+    def __enter__(self) -> MemoryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.hwm = self._measure("VmHWM")
+
+    def rows(self) -> list[str]:
+        return [
+            f"| {name} | {self.start.get(name, 0) / 1024:.0f} MiB | {self.peak[name] / 1024:.0f} MiB"
+            f" | {self.hwm.get(name, 0) / 1024:.0f} MiB |"
+            for name in self.peak
+        ]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process tree so far (children still running)."""
+    ticks = 0
+    for member in tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK"), sum(values) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds each farm process tree, and the whole machine, spent between
+    enter and exit: where the time of a benchmark goes."""
+
+    def __init__(self, processes: dict[str, int]) -> None:
+        self.processes = processes
+
+    def __enter__(self) -> CpuMeter:
+        self._start = {name: cpu_seconds(pid) for name, pid in self.processes.items()}
+        self._machine = machine_busy_seconds()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.spent = {name: cpu_seconds(pid) - self._start[name] for name, pid in self.processes.items()}
+        busy, total = machine_busy_seconds()
+        self.machine_busy = busy - self._machine[0]
+        self.machine_share = self.machine_busy / (total - self._machine[1])
+
+    def grouped(self) -> dict[str, float]:
+        """Seconds by kind of process: worker-0 and worker-1 are "worker", and so on."""
+        groups: dict[str, float] = {}
+        for name, seconds in self.spent.items():
+            kind = name.rsplit("-", 1)[0] if name[-1].isdigit() else name
+            groups[kind] = groups.get(kind, 0.0) + seconds
+        return dict(sorted(groups.items(), key=lambda item: -item[1]))
+
+
+def small_build_context(nonce: str) -> bytes:
+    """A tar context of `FROM busybox` + a `RUN` + a `COPY` of a nonce file: its
+    last step is new to every daemon's cache."""
+    files = {
+        "Dockerfile": "FROM busybox\nRUN echo built > /built\nCOPY nonce.txt /nonce.txt\n",
+        "nonce.txt": nonce,
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]

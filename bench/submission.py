@@ -1,0 +1,220 @@
+"""Submission under load: the answer times of the ways in, at 32 concurrent clients.
+
+    .venv/bin/python bench/submission.py [--clients 32] [--requests 2000]
+
+Three endpoints, one after the other, each hit by `--clients` threads that keep
+one HTTP/1.1 connection each and send the next request as soon as the last is
+answered: `GET /b1/build` (token), `POST /api/v1/builds/` (JSON Dockerfile), and
+`POST /webhooks/github/` (a signed push to a registered repository; every push
+is to its own branch, which a rule matches, so each one creates a job). Every
+request is made before the clock starts (bodies, signatures), so the client
+spends its time sending and reading. The first `--warmup` requests of each
+endpoint are not counted.
+
+What is measured is the web tier's answer, not the builds: every daemon is set
+draining for the run (still enabled, so the farm accepts builds, but dispatch
+gives them to none), the jobs wait in the farm's queue, and they are cancelled
+through the API after each endpoint's turn, so each endpoint starts with an
+empty queue. The pool is put back as it was, and the repository deleted, at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import http.client
+import json
+import secrets
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import rig
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    body: bytes | None
+    headers: dict[str, str]
+    expect: int
+    job_of: Callable[[bytes], str]  # the created job's id, from the answer's body
+
+
+@dataclass
+class Outcome:
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    jobs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def seed_requests(farm: rig.Farm, run: str, count: int) -> list[Request]:
+    headers = {"Authorization": f"Token {farm.token}"}
+    requests = []
+    for index in range(count):
+        dockerfile = base64.b64encode(f"FROM busybox\nRUN echo {run} {index}\n".encode()).decode()
+        query = urllib.parse.urlencode(
+            {"imagename": f"{farm.registry}/bench/submit:b1-{run}-{index}", "dockerfile": dockerfile}
+        )
+        requests.append(Request("GET", f"/b1/build?{query}", None, headers, 200, lambda body: body.decode()))
+    return requests
+
+
+def rest_requests(farm: rig.Farm, run: str, count: int) -> list[Request]:
+    headers = {"Authorization": f"Token {farm.token}", "Content-Type": "application/json"}
+    requests = []
+    for index in range(count):
+        body = json.dumps(
+            {
+                "image": f"{farm.registry}/bench/submit:api-{run}-{index}",
+                "dockerfile": f"FROM busybox\nRUN echo {run} {index}\n",
+            }
+        ).encode()
+        requests.append(Request("POST", "/api/v1/builds/", body, headers, 201, lambda body: json.loads(body)["id"]))
+    return requests
+
+
+def webhook_requests(full_name: str, secret: str, run: str, count: int) -> list[Request]:
+    requests = []
+    for index in range(count):
+        sha = hashlib.sha1(f"{run}-{index}".encode()).hexdigest()
+        body = json.dumps(
+            {
+                "ref": f"refs/heads/bench-{run}-{index}",
+                "before": "0" * 40,
+                "after": sha,
+                "created": True,
+                "deleted": False,
+                "repository": {"full_name": full_name},
+                "head_commit": {"id": sha, "message": f"commit {index}"},
+            }
+        ).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "push",
+            "X-GitHub-Delivery": str(uuid.uuid4()),
+            "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+        }
+        requests.append(
+            Request("POST", "/webhooks/github/", body, headers, 202, lambda body: json.loads(body)["jobs"][0])
+        )
+    return requests
+
+
+def hammer(farm: rig.Farm, requests: list[Request], clients: int) -> Outcome:
+    """Sends every request from `clients` threads with a kept-alive connection each."""
+    outcome = Outcome()
+    host = urllib.parse.urlsplit(farm.web)
+    lock = threading.Lock()
+    todo = iter(requests)
+
+    def client() -> None:
+        connection = http.client.HTTPConnection(host.hostname, host.port, timeout=60)
+        while True:
+            with lock:
+                request = next(todo, None)
+            if request is None:
+                break
+            started = time.perf_counter()
+            try:
+                connection.request(request.method, request.path, request.body, request.headers)
+                response = connection.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()  # a new connection for the next request
+                with lock:
+                    outcome.errors.append(f"{exc.__class__.__name__}: {exc}")
+                continue
+            elapsed = time.perf_counter() - started
+            with lock:
+                outcome.latencies.append(elapsed)
+                if response.status == request.expect:
+                    outcome.jobs.append(request.job_of(body))
+                else:
+                    outcome.errors.append(f"{response.status}: {body[:200]!r}")
+        connection.close()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for future in [pool.submit(client) for _ in range(clients)]:
+            future.result()
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def cancel_all(farm: rig.Farm, jobs: list[str]) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda job: farm.call("POST", f"/api/v1/builds/{job}/cancel/"), jobs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=2000, help="counted requests per endpoint")
+    parser.add_argument("--warmup", type=int, default=64, help="requests per endpoint sent first, not counted")
+    rig.add_arguments(parser, daemons=1)
+    args = parser.parse_args()
+    run = uuid.uuid4().hex[:8]
+    results = {}
+    with rig.farm_from(args) as farm, farm.pool_restored() as pool:
+        if not any(daemon["enabled"] for daemon in pool):
+            raise SystemExit("needs a farm with an enabled daemon (else every submit is a 503)")
+        for daemon in pool:
+            farm.set_daemon(daemon, enabled=daemon["enabled"], draining=True)
+        secret = secrets.token_hex(16)
+        repository = farm.ok(
+            "POST",
+            "/api/v1/repositories/",
+            {
+                "full_name": f"bench/hook-{run}",
+                "clone_url": "https://git.example.invalid/bench/hook.git",
+                "webhook_secret": secret,
+                "image": f"{farm.registry}/bench/hook",
+                "rules": [{"source": "branch", "pattern": "/bench-.*/", "tags": "{ref}"}],
+            },
+        )
+        total = args.warmup + args.requests
+        endpoints = {
+            "GET /b1/build": seed_requests(farm, run, total),
+            "POST /api/v1/builds/": rest_requests(farm, run, total),
+            "POST /webhooks/github/ (push)": webhook_requests(repository["full_name"], secret, run, total),
+        }
+        try:
+            for name, requests in endpoints.items():
+                warm = hammer(farm, requests[: args.warmup], args.clients)
+                results[name] = hammer(farm, requests[args.warmup :], args.clients)
+                cancel_all(farm, warm.jobs + results[name].jobs)
+                outcome = results[name]
+                waiting = farm.count(f"{farm.registry}/bench/", "queued")
+                rig.say(
+                    f"{name}: p99 {rig.percentile(outcome.latencies, 0.99) * 1000:.0f} ms,"
+                    f" {len(outcome.errors)} errors, {len(warm.jobs) + len(outcome.jobs)} jobs made,"
+                    f" {waiting} still queued after the cancel"
+                )
+                for error in outcome.errors[:3]:
+                    rig.say(f"  {error}")
+        finally:
+            farm.call("DELETE", f"/api/v1/repositories/{repository['id']}/")
+
+    print(f"\n{args.clients} concurrent clients, {args.requests} counted requests per endpoint (after {args.warmup})")
+    print("| endpoint | requests | errors | p50 ms | p99 ms | max ms | answers/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, outcome in results.items():
+        times = outcome.latencies or [float("nan")]
+        p50, p99 = (rig.percentile(times, fraction) * 1000 for fraction in (0.5, 0.99))
+        print(
+            f"| {name} | {args.requests} | {len(outcome.errors)} | {p50:.0f} | {p99:.0f}"
+            f" | {max(times) * 1000:.0f} | {args.requests / outcome.seconds:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

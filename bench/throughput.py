@@ -1,0 +1,126 @@
+"""Throughput: many small builds submitted at once, on 1 daemon and then on 2.
+
+    .venv/bin/python bench/throughput.py [--builds 200]
+
+Each build is `FROM busybox` + a `RUN` + a `COPY` of a nonce file, sent as a tar
+context through the REST API; the nonce makes every build's last steps new to
+the daemon's cache. All builds of a case are submitted at once (16 client
+threads), then the jobs' own timestamps are read back from the REST API: the
+span runs from the first job's created_at to the last job's finished_at.
+
+The cases differ only in the daemons that take builds (the others are disabled
+through the API, and the pool is put back as it was at the end): each daemon
+keeps its capacity, so 2 daemons offer twice the slots of 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+import rig
+
+SUBMIT_THREADS = 16
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def seconds_between(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def one_case(farm: rig.Farm, daemons: list[dict], builds: int, timeout: float) -> dict:
+    run = uuid.uuid4().hex[:8]
+    prefix = f"{farm.registry}/bench/throughput:{run}-"
+
+    def submit(index: int) -> None:
+        farm.ok(
+            "POST",
+            f"/api/v1/builds/?image={prefix}{index}",
+            rig.small_build_context(f"{run}-{index}"),
+            "application/x-tar",
+        )
+
+    with rig.CpuMeter(farm.processes) as cpu:
+        with ThreadPoolExecutor(SUBMIT_THREADS) as pool:
+            list(pool.map(submit, range(builds)))
+        rig.say(f"{builds} builds submitted on {len(daemons)} daemon(s)")
+        deadline = time.monotonic() + timeout
+        done = 0
+        while done < builds:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {done} of {builds} builds finished within {timeout:.0f} s")
+            time.sleep(2)
+            # Finished jobs only: listing waiting ones costs the server a queue position each.
+            done = sum(farm.count(prefix, status) for status in FINISHED)
+    jobs = farm.jobs(prefix)
+    failed = [job for job in jobs if job["status"] != "succeeded"]
+    for job in failed[:5]:
+        rig.say(f"job {job['id']} {job['status']}: {job['error']}")
+    span = seconds_between(min(j["created_at"] for j in jobs), max(j["finished_at"] for j in jobs))
+    built = [j for j in jobs if j["started_at"]]
+    busy = sum(seconds_between(j["started_at"], j["finished_at"]) for j in built)
+    slots = sum(d["capacity"] for d in daemons)
+    return {
+        "daemons": len(daemons),
+        "slots": slots,
+        "busy": busy / (slots * span),
+        "cpu": cpu,
+        "builds": len(jobs),
+        "failed": len(failed),
+        "span": span,
+        "per_minute": len(jobs) / span * 60,
+        "run_median": statistics.median(seconds_between(j["started_at"], j["finished_at"]) for j in built),
+        "by_daemon": {
+            name: sum(1 for j in jobs if j["daemon"] == name) for name in sorted({j["daemon"] for j in built})
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--builds", type=int, default=200)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds a case may take")
+    rig.add_arguments(parser, daemons=2)
+    args = parser.parse_args()
+    results = []
+    with rig.farm_from(args) as farm, farm.pool_restored() as pool:
+        if len(pool) < 2:
+            raise SystemExit("needs a farm with two daemons")
+        for count in (1, 2):
+            used, others = pool[:count], pool[count:]
+            for daemon in used:
+                farm.set_daemon(daemon, enabled=True, draining=False)
+            for daemon in others:
+                farm.set_daemon(daemon, enabled=False, draining=daemon["draining"])
+            results.append(one_case(farm, used, args.builds, args.timeout))
+            rig.say(f"{count} daemon(s): {results[-1]['per_minute']:.1f} builds/min, {results[-1]['failed']} failed")
+
+    print(f"\n{args.builds} builds submitted at once; span = first job created to last job finished")
+    print(
+        "| daemons | slots | builds | failed | span s | builds/min | build+push s (median) | slots busy | per daemon |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        spread = ", ".join(f"{name}: {n}" for name, n in r["by_daemon"].items())
+        print(
+            f"| {r['daemons']} | {r['slots']} | {r['builds']} | {r['failed']} | {r['span']:.1f}"
+            f" | {r['per_minute']:.1f} | {r['run_median']:.2f} | {r['busy']:.0%} | {spread} |"
+        )
+    print(f"| 2 / 1 | | | | | {results[1]['per_minute'] / results[0]['per_minute']:.2f}x | | | |")
+    if farm.processes:
+        print("\nCPU: the machine's cores busy during each case (all work on it), and CPU ms per build by process")
+        kinds = list(results[0]["cpu"].grouped())
+        print(f"| daemons | machine busy | {' | '.join(kinds)} |")
+        print("| --- | --- |" + " --- |" * len(kinds))
+        for r in results:
+            per_build = r["cpu"].grouped()
+            cells = " | ".join(f"{per_build.get(kind, 0) / r['builds'] * 1000:.0f}" for kind in kinds)
+            print(f"| {r['daemons']} | {r['cpu'].machine_share:.0%} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
