@@ -132,12 +132,15 @@ def _error_message(chunk: dict) -> str | None:
 class EngineSession:
     """One connection to a Docker Engine, for one job's build and push."""
 
-    def __init__(self, url: str, *, api_version: str, timeout: int) -> None:
-        self.url = url
+    def __init__(
+        self, base_url: str, *, api_version: str, timeout: int, tls: docker.tls.TLSConfig | bool = False
+    ) -> None:
+        """`base_url` and `tls` as pool/tls.py's `client_settings` gives them."""
+        self.url = base_url
         try:
-            self._api = _StreamTrackingClient(base_url=url, version=api_version, timeout=timeout)
+            self._api = _StreamTrackingClient(base_url=base_url, version=api_version, timeout=timeout, tls=tls)
         except DockerException as exc:
-            raise DaemonUnavailable(f"cannot use the Docker daemon at {url}: {exc}") from exc
+            raise DaemonUnavailable(f"cannot use the Docker daemon at {base_url}: {exc}") from exc
 
     def __enter__(self) -> EngineSession:
         return self

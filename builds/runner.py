@@ -10,6 +10,7 @@ from typing import NoReturn
 from django.conf import settings
 
 from pool import health
+from pool.tls import client_settings
 
 from . import transitions
 from .dispatch import dispatch
@@ -141,7 +142,7 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
         raise EngineError("the Docker daemon this job was assigned to has been removed from the pool")
     target = parse_build_target(job.image)
     session = EngineSession(
-        daemon.url,
+        **client_settings(daemon),
         api_version=settings.GENERATOR_DOCKER_API_VERSION,
         timeout=settings.GENERATOR_DOCKER_TIMEOUT,
     )

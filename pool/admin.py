@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 
@@ -5,8 +6,30 @@ from . import health
 from .models import HEALTH_FIELDS, DockerDaemon
 
 
+class DockerDaemonForm(forms.ModelForm):
+    """The client key is write-only: never rendered; left empty, the stored key
+    stays, unless both certificates are cleared too (the entry drops TLS)."""
+
+    class Meta:
+        model = DockerDaemon
+        fields = "__all__"
+        widgets = {"tls_key": forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and self.instance.tls_key:
+            self.fields["tls_key"].help_text = "A key is stored. Leave empty to keep it."
+
+    def clean(self):
+        data = super().clean()
+        if self.instance.pk and not data.get("tls_key") and (data.get("tls_ca") or data.get("tls_cert")):
+            data["tls_key"] = DockerDaemon.objects.get(pk=self.instance.pk).tls_key
+        return data  # then the model's clean checks the whole entry
+
+
 @admin.register(DockerDaemon)
 class DockerDaemonAdmin(admin.ModelAdmin):
+    form = DockerDaemonForm
     list_display = [
         "name",
         "url",

@@ -9,15 +9,29 @@ from rest_framework.response import Response
 
 from . import health
 from .models import HEALTH_FIELDS, DockerDaemon
+from .tls import TLS_FIELDS
 
 
 class DaemonSerializer(serializers.ModelSerializer):
     queue = serializers.CharField(read_only=True)
+    uses_tls = serializers.BooleanField(read_only=True)
 
     class Meta:
         model = DockerDaemon
-        fields = ["id", "name", "url", "capacity", "enabled", "draining", "queue", *HEALTH_FIELDS]
+        fields = ["id", "name", "url", "capacity", "enabled", "draining", "queue", *TLS_FIELDS, "uses_tls"]
+        fields += HEALTH_FIELDS
         read_only_fields = list(HEALTH_FIELDS)
+        extra_kwargs = {"tls_key": {"write_only": True, "style": {"input_type": "password"}}}
+
+    def validate(self, data):
+        """The whole entry is checked (loopback or TLS, PEM that parses); an update
+        that leaves out the key keeps the stored one, unless it clears the certificates."""
+        merged = {name: getattr(self.instance, name) for name in ["url", *TLS_FIELDS]} if self.instance else {}
+        merged.update({name: value for name, value in data.items() if name in ["url", *TLS_FIELDS]})
+        if "tls_key" not in data and not (merged.get("tls_ca") or merged.get("tls_cert")):
+            data["tls_key"] = merged["tls_key"] = ""
+        DockerDaemon(**{"url": "", **{name: "" for name in TLS_FIELDS}, **merged}).clean()
+        return data
 
 
 class StaffWrites(permissions.BasePermission):

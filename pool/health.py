@@ -13,11 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import docker
+import requests
 from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
 from .models import DockerDaemon
+from .tls import client_settings
 
 
 @dataclass(frozen=True)
@@ -28,16 +30,20 @@ class Probe:
     error: str = ""
 
 
-def probe(url: str, *, api_version: str, timeout: float) -> Probe:
+def probe(daemon: DockerDaemon, *, api_version: str, timeout: float) -> Probe:
     started = time.monotonic()
     try:
-        api = docker.APIClient(base_url=url, version=api_version, timeout=timeout)
+        api = docker.APIClient(**client_settings(daemon), version=api_version, timeout=timeout)
         try:
             api.ping()
             latency = (time.monotonic() - started) * 1000
             version = api.version().get("Version", "")
         finally:
             api.close()
+    except requests.exceptions.SSLError as exc:
+        return Probe(
+            ok=False, error=f"TLS handshake refused (check the pool entry's CA, certificate and key): {exc}"[:500]
+        )
     except Exception as exc:  # any failure to answer is the daemon's ill health
         return Probe(ok=False, error=f"{exc.__class__.__name__}: {exc}"[:500])
     return Probe(ok=True, latency_ms=round(latency, 2), version=version)
@@ -72,7 +78,7 @@ def check_pool(*, api_version: str, timeout: float, unhealthy_after: int) -> dic
     if not daemons:
         return {}
     with ThreadPoolExecutor(max_workers=min(len(daemons), 16)) as pool:
-        results = list(pool.map(lambda d: probe(d.url, api_version=api_version, timeout=timeout), daemons))
+        results = list(pool.map(lambda d: probe(d, api_version=api_version, timeout=timeout), daemons))
     for daemon, result in zip(daemons, results, strict=True):
         record(daemon, result, unhealthy_after=unhealthy_after)
     return {d.name: r for d, r in zip(daemons, results, strict=True)}
@@ -89,9 +95,7 @@ def record_workers(served_queues: set[str]) -> None:
 
 def check_now(daemon: DockerDaemon) -> Probe:
     """One daemon, checked and recorded at once (the operators' "check now")."""
-    result = probe(
-        daemon.url, api_version=settings.GENERATOR_DOCKER_API_VERSION, timeout=settings.GENERATOR_HEALTH_TIMEOUT
-    )
+    result = probe(daemon, api_version=settings.GENERATOR_DOCKER_API_VERSION, timeout=settings.GENERATOR_HEALTH_TIMEOUT)
     record(daemon, result, unhealthy_after=settings.GENERATOR_UNHEALTHY_AFTER)
     return result
 

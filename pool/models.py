@@ -8,6 +8,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
+from .tls import TLS_FIELDS, check_engine_access
+
 _TCP_URL = re.compile(r"^tcp://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>[0-9]{1,5})$")
 _UNIX_URL = re.compile(r"^unix:///\S+$")
 
@@ -37,7 +39,19 @@ class DockerDaemon(models.Model):
             )
         ],
     )
-    url = models.CharField("engine URL", max_length=255, validators=[validate_engine_url])
+    url = models.CharField(
+        "engine URL",
+        max_length=255,
+        validators=[validate_engine_url],
+        help_text="tcp://HOST:PORT or unix:///PATH. Plain TCP only on loopback; any other host needs TLS below.",
+    )
+    # dockerd --tlsverify: the CA that signed the daemon's certificate, and the
+    # farm's client certificate and key (PEM). The key is write-only everywhere.
+    tls_ca = models.TextField("TLS CA certificate", blank=True, help_text="PEM (dockerd --tlscacert).")
+    tls_cert = models.TextField(
+        "TLS client certificate", blank=True, help_text="PEM, signed by a CA the daemon trusts."
+    )
+    tls_key = models.TextField("TLS client key", blank=True, help_text="PEM, unencrypted; never shown again.")
     capacity = models.PositiveSmallIntegerField(
         default=2, validators=[MinValueValidator(1)], help_text="How many builds may run on it at once."
     )
@@ -66,6 +80,13 @@ class DockerDaemon(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        check_engine_access(self.url, {name: getattr(self, name) for name in TLS_FIELDS})
+
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.tls_key)
 
     @property
     def takes_builds(self) -> bool:

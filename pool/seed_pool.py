@@ -1,13 +1,15 @@
 """Reading the seed's `conf/pool.json`: {"docker": [{"url": "127.0.0.1", "port": "19000"}, ...]}.
 
 Beyond the seed's keys an entry may carry `name`, `capacity`, and, instead of
-url/port, `engine`: a full engine URL such as unix:///run/dind/docker.sock.
+url/port, `engine`: a full engine URL such as unix:///run/dind/docker.sock; and
+`tls`: {"ca": PATH, "cert": PATH, "key": PATH}, PEM files (relative to the pool
+file) for a daemon started with --tlsverify.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -22,6 +24,8 @@ class PoolEntry:
     host: str  # empty, with port 0, for an entry given by engine URL
     port: int
     capacity: int
+    # PEM text of tls.ca, tls.cert, tls.key; None when the entry has no "tls".
+    tls: dict[str, str] | None = field(default=None, repr=False)
 
 
 def read_pool_file(path: str | Path) -> list[PoolEntry]:
@@ -44,10 +48,12 @@ def _entry(path: str | Path, index: int, member: object) -> PoolEntry:
     capacity = member.get("capacity", 2)
     if not isinstance(capacity, int) or capacity < 1:
         raise PoolFileError(f"{where}: capacity must be a whole number of at least 1")
+    tls = _tls_material(path, where, member["tls"]) if "tls" in member else None
     if "engine" in member:
         if not member.get("name"):
             raise PoolFileError(f"{where}: an entry with engine needs a name")
-        return PoolEntry(name=str(member["name"]), url=str(member["engine"]), host="", port=0, capacity=capacity)
+        url = str(member["engine"])
+        return PoolEntry(name=str(member["name"]), url=url, host="", port=0, capacity=capacity, tls=tls)
     host = str(member.get("url", "")).strip()
     # The seed wrote ports as strings; numbers are accepted too.
     port_text = str(member.get("port", "")).strip()
@@ -55,4 +61,18 @@ def _entry(path: str | Path, index: int, member: object) -> PoolEntry:
         raise PoolFileError(f"{where} needs a host in url and a port from 1 to 65535")
     port = int(port_text)
     name = str(member.get("name") or f"{host}:{port}")
-    return PoolEntry(name=name, url=f"tcp://{host}:{port}", host=host, port=port, capacity=capacity)
+    return PoolEntry(name=name, url=f"tcp://{host}:{port}", host=host, port=port, capacity=capacity, tls=tls)
+
+
+def _tls_material(path: str | Path, where: str, tls: object) -> dict[str, str]:
+    """Reads the PEM files an entry's "tls" names; whether they parse is the model's check."""
+    if not isinstance(tls, dict) or set(tls) != {"ca", "cert", "key"}:
+        raise PoolFileError(f'{where}: tls must be {{"ca": PATH, "cert": PATH, "key": PATH}}')
+    material = {}
+    for key, name in (("ca", "tls_ca"), ("cert", "tls_cert"), ("key", "tls_key")):
+        file = Path(path).parent / str(tls[key])
+        try:
+            material[name] = file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PoolFileError(f"{where}: cannot read tls.{key} {file}: {getattr(exc, 'strerror', exc)}") from None
+    return material

@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -177,9 +178,11 @@ def redis_answers(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def start_redis(sup: Supervisor, port: int, data_dir: Path, name: str = "redis") -> None:
+def start_redis(sup: Supervisor, port: int, data_dir: Path, name: str = "redis", *, also_bind: str = "") -> None:
+    """Redis on loopback, and on `also_bind` too when workers elsewhere need it."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    binds = ["127.0.0.1", *([also_bind] if also_bind else [])]
+    argv = ["redis-server", "--port", str(port), "--bind", *binds, "--save", "", "--appendonly", "no"]
     sup.start(name, [*argv, "--dir", str(data_dir)])
     wait_until(lambda: redis_answers(port), timeout=15, what=f"Redis on port {port}", log=sup.log_path(name))
 
@@ -188,13 +191,19 @@ def start_redis(sup: Supervisor, port: int, data_dir: Path, name: str = "redis")
 
 
 def start_registry(
-    sup: Supervisor, port: int, storage: Path, name: str = "registry", htpasswd: Path | None = None
+    sup: Supervisor,
+    port: int,
+    storage: Path,
+    name: str = "registry",
+    htpasswd: Path | None = None,
+    *,
+    host: str = "127.0.0.1",
 ) -> None:
-    """A registry on loopback; with `htpasswd` (bcrypt entries) it asks for basic auth."""
+    """A registry on loopback (or `host`); with `htpasswd` (bcrypt entries) it asks for basic auth."""
     storage.mkdir(parents=True, exist_ok=True)
     env = {
         "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(storage),
-        "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",
+        "REGISTRY_HTTP_ADDR": f"{host}:{port}",
     }
     if htpasswd:
         env.update(
@@ -204,7 +213,7 @@ def start_registry(
         )
     sup.start(name, ["docker-registry", "serve", str(ROOT / "conf" / "registry.yml")], env=env)
     wait_until(
-        lambda: http_status(f"http://127.0.0.1:{port}/v2/") in (200, 401),
+        lambda: http_status(f"http://{host}:{port}/v2/") in (200, 401),
         timeout=20,
         what=f"the registry on port {port}",
         log=sup.log_path(name),
@@ -214,11 +223,33 @@ def start_registry(
 # --- Docker daemons -----------------------------------------------------------
 
 
-def dockerd_argv(port: int, data_dir: Path, exec_dir: Path) -> list[str]:
-    return [
+@dataclass(frozen=True)
+class DaemonTLS:
+    """PEM files for `dockerd --tlsverify`: the CA its clients' certificates must
+    chain to, and the daemon's own certificate and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def dockerd_argv(
+    port: int,
+    data_dir: Path,
+    exec_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    tls: DaemonTLS | None = None,
+    insecure_registries: tuple[str, ...] = (),
+) -> list[str]:
+    """Plain TCP on loopback; on any other address only with `tls` (clients must
+    show a certificate of tls.ca), as the pool's rule asks (pool/tls.py)."""
+    if tls is None and host not in ("127.0.0.1", "localhost", "::1"):
+        raise StartError(f"refusing to open a Docker API without TLS on {host}")
+    argv = [
         "dockerd",
         "--host",
-        f"tcp://127.0.0.1:{port}",
+        f"tcp://{host}:{port}",
         "--host",
         f"unix://{data_dir}/docker.sock",
         "--data-root",
@@ -231,23 +262,43 @@ def dockerd_argv(port: int, data_dir: Path, exec_dir: Path) -> list[str]:
         "--bridge=none",
         "--log-level=warn",
     ]
+    if tls:
+        argv += ["--tlsverify", f"--tlscacert={tls.ca}", f"--tlscert={tls.cert}", f"--tlskey={tls.key}"]
+    return argv + [f"--insecure-registry={registry}" for registry in insecure_registries]
 
 
-def start_dockerd(sup: Supervisor, port: int, data_dir: Path, exec_dir: Path, name: str) -> str:
-    """Starts a daemon listening on loopback only; answers its engine URL."""
+def start_dockerd(
+    sup: Supervisor, port: int, data_dir: Path, exec_dir: Path, name: str, *, netns: str = "", **options
+) -> str:
+    """Starts a daemon (in network namespace `netns` if given); answers its engine
+    URL. `options` go to dockerd_argv (host, tls, insecure_registries)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     exec_dir.mkdir(parents=True, exist_ok=True)
-    sup.start(name, dockerd_argv(port, data_dir, exec_dir))
-    return f"tcp://127.0.0.1:{port}"
+    sup.start(name, in_netns(netns, dockerd_argv(port, data_dir, exec_dir, **options)))
+    return f"tcp://{options.get('host', '127.0.0.1')}:{port}"
 
 
-def wait_for_dockerd(sup: Supervisor, port: int, name: str) -> None:
-    wait_until(
-        lambda: http_ok(f"http://127.0.0.1:{port}/_ping", b"OK"),
-        timeout=60,
-        what=f"dockerd {name} on port {port}",
-        log=sup.log_path(name),
-    )
+def in_netns(netns: str, argv: list[str]) -> list[str]:
+    """argv run inside network namespace `netns` (`ip netns exec`), or as it is."""
+    return ["ip", "netns", "exec", netns, *argv] if netns else argv
+
+
+def wait_for_dockerd(sup: Supervisor, port: int, name: str, *, engine_url: str = "", tls=None) -> None:
+    """Until the daemon answers a ping: plain HTTP on loopback, or through
+    docker-py at `engine_url` with `tls` (a docker.tls.TLSConfig)."""
+    if engine_url:
+        check = lambda: docker_ping(engine_url, tls)  # noqa: E731
+    else:
+        check = lambda: http_ok(f"http://127.0.0.1:{port}/_ping", b"OK")  # noqa: E731
+    wait_until(check, timeout=60, what=f"dockerd {name} on port {port}", log=sup.log_path(name))
+
+
+def docker_ping(engine_url: str, tls=None) -> bool:
+    api = docker.APIClient(base_url=engine_url, version=DOCKER_API_VERSION, timeout=5, tls=tls or False)
+    try:
+        return api.ping()
+    finally:
+        api.close()
 
 
 def unmount_below(root: Path) -> None:
@@ -288,8 +339,8 @@ def busybox_rootfs() -> bytes:
     return buffer.getvalue()
 
 
-def ensure_busybox_image(engine_url: str, rootfs: bytes | None = None) -> None:
-    api = docker.APIClient(base_url=engine_url, version=DOCKER_API_VERSION, timeout=60)
+def ensure_busybox_image(engine_url: str, rootfs: bytes | None = None, *, tls=None) -> None:
+    api = docker.APIClient(base_url=engine_url, version=DOCKER_API_VERSION, timeout=60, tls=tls or False)
     try:
         if api.images(name="busybox:latest"):
             return
@@ -339,8 +390,10 @@ def worker_argv(daemon_name: str, queue: str, concurrency: int) -> list[str]:
     ]
 
 
-def start_worker(sup: Supervisor, name: str, daemon_name: str, queue: str, concurrency: int, env: dict) -> None:
-    sup.start(name, worker_argv(daemon_name, queue, concurrency), env=env)
+def start_worker(
+    sup: Supervisor, name: str, daemon_name: str, queue: str, concurrency: int, env: dict, *, netns: str = ""
+) -> None:
+    sup.start(name, in_netns(netns, worker_argv(daemon_name, queue, concurrency)), env=env)
     _wait_for_worker(sup, name, f"the Celery worker for {daemon_name}")
 
 

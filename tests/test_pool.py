@@ -38,7 +38,7 @@ def test_loadpool_reads_the_seed_format_and_is_idempotent(db, pool_file):
 
 
 def test_loadpool_takes_numbers_names_and_capacities(db, pool_file):
-    call_command("loadpool", pool_file({"docker": [{"url": "10.0.0.5", "port": 2375, "name": "big", "capacity": 8}]}))
+    call_command("loadpool", pool_file({"docker": [{"url": "127.0.0.5", "port": 2375, "name": "big", "capacity": 8}]}))
     assert DockerDaemon.objects.get(name="big").capacity == 8
 
 

@@ -27,12 +27,15 @@ class Command(BaseCommand):
                 daemon = DockerDaemon.objects.filter(name=entry.name).first() or DockerDaemon(name=entry.name)
                 created = daemon.pk is None
                 daemon.url, daemon.capacity = entry.url, entry.capacity
+                for name, pem in (entry.tls or {}).items():  # an entry without "tls" keeps what admin set
+                    setattr(daemon, name, pem)
                 try:
                     daemon.full_clean()
                 except ValidationError as exc:
                     raise CommandError(f"{path}: {entry.name}: {'; '.join(exc.messages)}") from None
                 daemon.save()
                 verb = "added" if created else "updated"
+                tls = ", TLS" if daemon.uses_tls else ""
                 self.stdout.write(
-                    f"{verb} {daemon.name} ({daemon.url}, capacity {daemon.capacity}, queue {daemon.queue})"
+                    f"{verb} {daemon.name} ({daemon.url}{tls}, capacity {daemon.capacity}, queue {daemon.queue})"
                 )
