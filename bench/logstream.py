@@ -96,11 +96,13 @@ def main() -> None:
     rig.add_arguments(parser, daemons=1)
     args = parser.parse_args()
     with rig.farm_from(args) as farm:
-        runs = []
+        runs, meters = [], []
         with rig.MemoryWatch(farm.pids) as memory:
             for number in range(args.runs):
-                run = one_run(farm, args.lines)
+                with rig.CpuMeter(farm.processes) as cpu:
+                    run = one_run(farm, args.lines)
                 runs.append(run)
+                meters.append(cpu)
                 rig.say(
                     f"run {number + 1}: {run.status}, {run.received} lines, {run.lines_per_second:,.0f} lines/s,"
                     f" p99 delay {rig.percentile(run.delays, 0.99) * 1000:.0f} ms, lost {run.lost}"
@@ -122,6 +124,15 @@ def main() -> None:
             print(f"| delay {name}, line's timestamp to arrival | {rig.percentile(delays, fraction) * 1000:,.0f} ms |")
     print(f"| lines lost (all runs) | {sum(r.lost for r in runs)} |")
     print(f"| seq gaps or repeats (all runs) | {sum(r.seq_problems for r in runs)} |")
+    if farm.processes:
+        print("\nCPU per run: the machine's cores busy, the share that went to anything but this farm and this")
+        print("client (the build's container, other work on the machine), and CPU seconds by process")
+        kinds = list(meters[0].grouped())
+        print(f"| run | machine busy | not this farm | {' | '.join(kinds)} |")
+        print("| --- | --- | --- |" + " --- |" * len(kinds))
+        for number, cpu in enumerate(meters, 1):
+            cells = " | ".join(f"{cpu.grouped().get(kind, 0):.2f}" for kind in kinds)
+            print(f"| {number} | {cpu.machine_share:.0%} | {cpu.other_share:.0%} | {cells} |")
     if farm.pids:
         print("\n| process | RSS at start | peak RSS sampled | VmHWM at end |")
         print("| --- | --- | --- | --- |")

@@ -300,23 +300,35 @@ def machine_busy_seconds() -> tuple[float, float]:
     return (sum(values) - idle) / os.sysconf("SC_CLK_TCK"), sum(values) / os.sysconf("SC_CLK_TCK")
 
 
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 class CpuMeter:
-    """CPU seconds each farm process tree, and the whole machine, spent between
-    enter and exit: where the time of a benchmark goes."""
+    """CPU seconds each farm process tree, this benchmark's own process (the
+    client), and the whole machine spent between enter and exit: where the time
+    goes, and how much went to anything else (the builds' containers, and
+    whatever else runs on the machine)."""
 
     def __init__(self, processes: dict[str, int]) -> None:
         self.processes = processes
 
     def __enter__(self) -> CpuMeter:
         self._start = {name: cpu_seconds(pid) for name, pid in self.processes.items()}
+        self._start["client"] = own_cpu_seconds()
         self._machine = machine_busy_seconds()
         return self
 
     def __exit__(self, *exc) -> None:
         self.spent = {name: cpu_seconds(pid) - self._start[name] for name, pid in self.processes.items()}
+        self.spent["client"] = own_cpu_seconds() - self._start["client"]
         busy, total = machine_busy_seconds()
+        capacity = total - self._machine[1]
         self.machine_busy = busy - self._machine[0]
-        self.machine_share = self.machine_busy / (total - self._machine[1])
+        self.machine_share = self.machine_busy / capacity
+        # Containers are children of containerd's shims, outside every tree above.
+        self.other_share = max(0.0, self.machine_busy - sum(self.spent.values())) / capacity
 
     def grouped(self) -> dict[str, float]:
         """Seconds by kind of process: worker-0 and worker-1 are "worker", and so on."""

@@ -51,9 +51,11 @@ class Request:
 @dataclass
 class Outcome:
     latencies: list[float] = field(default_factory=list)
+    answered_at: list[float] = field(default_factory=list)  # perf_counter of each answer
     errors: list[str] = field(default_factory=list)
     jobs: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    cpu: rig.CpuMeter | None = None
 
 
 def seed_requests(farm: rig.Farm, run: str, count: int) -> list[Request]:
@@ -136,6 +138,7 @@ def hammer(farm: rig.Farm, requests: list[Request], clients: int) -> Outcome:
             elapsed = time.perf_counter() - started
             with lock:
                 outcome.latencies.append(elapsed)
+                outcome.answered_at.append(started + elapsed)
                 if response.status == request.expect:
                     outcome.jobs.append(request.job_of(body))
                 else:
@@ -143,11 +146,18 @@ def hammer(farm: rig.Farm, requests: list[Request], clients: int) -> Outcome:
         connection.close()
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
+    with rig.CpuMeter(farm.processes) as outcome.cpu, ThreadPoolExecutor(clients) as pool:
         for future in [pool.submit(client) for _ in range(clients)]:
             future.result()
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def longest_silence(outcome: Outcome) -> float:
+    """The longest time no client got an answer: a stall of the whole server
+    shows here, where slow requests spread over the run do not."""
+    times = sorted(outcome.answered_at)
+    return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
 
 
 def cancel_all(farm: rig.Farm, jobs: list[str]) -> None:
@@ -160,6 +170,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=2000, help="counted requests per endpoint")
     parser.add_argument("--warmup", type=int, default=64, help="requests per endpoint sent first, not counted")
+    parser.add_argument("--endpoints", default="b1,rest,webhook", help="which, comma-separated (default: all three)")
     rig.add_arguments(parser, daemons=1)
     args = parser.parse_args()
     run = uuid.uuid4().hex[:8]
@@ -182,10 +193,19 @@ def main() -> None:
             },
         )
         total = args.warmup + args.requests
+        chosen = args.endpoints.split(",")
         endpoints = {
-            "GET /b1/build": seed_requests(farm, run, total),
-            "POST /api/v1/builds/": rest_requests(farm, run, total),
-            "POST /webhooks/github/ (push)": webhook_requests(repository["full_name"], secret, run, total),
+            name: make()
+            for key, name, make in (
+                ("b1", "GET /b1/build", lambda: seed_requests(farm, run, total)),
+                ("rest", "POST /api/v1/builds/", lambda: rest_requests(farm, run, total)),
+                (
+                    "webhook",
+                    "POST /webhooks/github/ (push)",
+                    lambda: webhook_requests(repository["full_name"], secret, run, total),
+                ),
+            )
+            if key in chosen
         }
         try:
             for name, requests in endpoints.items():
@@ -197,7 +217,8 @@ def main() -> None:
                 rig.say(
                     f"{name}: p99 {rig.percentile(outcome.latencies, 0.99) * 1000:.0f} ms,"
                     f" {len(outcome.errors)} errors, {len(warm.jobs) + len(outcome.jobs)} jobs made,"
-                    f" {waiting} still queued after the cancel"
+                    f" {waiting} still queued after the cancel;"
+                    f" longest time without any answer {longest_silence(outcome):.2f} s"
                 )
                 for error in outcome.errors[:3]:
                     rig.say(f"  {error}")
@@ -205,15 +226,25 @@ def main() -> None:
             farm.call("DELETE", f"/api/v1/repositories/{repository['id']}/")
 
     print(f"\n{args.clients} concurrent clients, {args.requests} counted requests per endpoint (after {args.warmup})")
-    print("| endpoint | requests | errors | p50 ms | p99 ms | max ms | answers/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| endpoint | requests | errors | p50 ms | p99 ms | max ms | answers/s | longest with no answer |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, outcome in results.items():
         times = outcome.latencies or [float("nan")]
         p50, p99 = (rig.percentile(times, fraction) * 1000 for fraction in (0.5, 0.99))
         print(
             f"| {name} | {args.requests} | {len(outcome.errors)} | {p50:.0f} | {p99:.0f}"
-            f" | {max(times) * 1000:.0f} | {args.requests / outcome.seconds:.0f} |"
+            f" | {max(times) * 1000:.0f} | {args.requests / outcome.seconds:.0f} | {longest_silence(outcome):.2f} s |"
         )
+    if farm.processes:
+        print("\nCPU while each endpoint was hammered: the machine's cores busy, the share of them that went to")
+        print("anything but this farm and this client (other work on the machine), and CPU ms per answer by process")
+        kinds = list(next(iter(results.values())).cpu.grouped())
+        print(f"| endpoint | machine busy | not this farm | {' | '.join(kinds)} |")
+        print("| --- | --- | --- |" + " --- |" * len(kinds))
+        for name, outcome in results.items():
+            cpu = outcome.cpu
+            cells = " | ".join(f"{cpu.grouped().get(kind, 0) / args.requests * 1000:.1f}" for kind in kinds)
+            print(f"| {name} | {cpu.machine_share:.0%} | {cpu.other_share:.0%} | {cells} |")
 
 
 if __name__ == "__main__":

@@ -112,14 +112,15 @@ def main() -> None:
         )
     print(f"| 2 / 1 | | | | | {results[1]['per_minute'] / results[0]['per_minute']:.2f}x | | | |")
     if farm.processes:
-        print("\nCPU: the machine's cores busy during each case (all work on it), and CPU ms per build by process")
+        print("\nCPU during each case: the machine's cores busy, the share of them that went to anything but")
+        print("this farm and this client (containers, other work on the machine), and CPU ms per build by process")
         kinds = list(results[0]["cpu"].grouped())
-        print(f"| daemons | machine busy | {' | '.join(kinds)} |")
-        print("| --- | --- |" + " --- |" * len(kinds))
+        print(f"| daemons | machine busy | not this farm | {' | '.join(kinds)} |")
+        print("| --- | --- | --- |" + " --- |" * len(kinds))
         for r in results:
-            per_build = r["cpu"].grouped()
-            cells = " | ".join(f"{per_build.get(kind, 0) / r['builds'] * 1000:.0f}" for kind in kinds)
-            print(f"| {r['daemons']} | {r['cpu'].machine_share:.0%} | {cells} |")
+            cpu = r["cpu"]
+            cells = " | ".join(f"{cpu.grouped().get(kind, 0) / r['builds'] * 1000:.0f}" for kind in kinds)
+            print(f"| {r['daemons']} | {cpu.machine_share:.0%} | {cpu.other_share:.0%} | {cells} |")
 
 
 if __name__ == "__main__":
