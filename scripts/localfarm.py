@@ -178,11 +178,17 @@ def redis_answers(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def start_redis(sup: Supervisor, port: int, data_dir: Path, name: str = "redis", *, also_bind: str = "") -> None:
-    """Redis on loopback, and on `also_bind` too when workers elsewhere need it."""
+def start_redis(
+    sup: Supervisor, port: int, data_dir: Path, name: str = "redis", *, also_bind: str = "", password: str = ""
+) -> None:
+    """Redis on loopback; on `also_bind` too when workers on other hosts need it,
+    and then only with a `password` (Redis refuses other hosts without one)."""
+    if also_bind and not password:
+        raise StartError(f"refusing to open Redis on {also_bind} without a password")
     data_dir.mkdir(parents=True, exist_ok=True)
     binds = ["127.0.0.1", *([also_bind] if also_bind else [])]
     argv = ["redis-server", "--port", str(port), "--bind", *binds, "--save", "", "--appendonly", "no"]
+    argv += ["--requirepass", password] if password else []
     sup.start(name, [*argv, "--dir", str(data_dir)])
     wait_until(lambda: redis_answers(port), timeout=15, what=f"Redis on port {port}", log=sup.log_path(name))
 
@@ -279,8 +285,10 @@ def start_dockerd(
 
 
 def in_netns(netns: str, argv: list[str]) -> list[str]:
-    """argv run inside network namespace `netns` (`ip netns exec`), or as it is."""
-    return ["ip", "netns", "exec", netns, *argv] if netns else argv
+    """argv run inside network namespace `netns` (made by `ip netns add`), or as
+    it is. nsenter joins the network namespace only: `ip netns exec` would also
+    remount /sys, hiding the cgroup mounts under it that dockerd needs."""
+    return ["nsenter", f"--net=/run/netns/{netns}", "--", *argv] if netns else argv
 
 
 def wait_for_dockerd(sup: Supervisor, port: int, name: str, *, engine_url: str = "", tls=None) -> None:

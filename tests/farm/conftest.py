@@ -81,6 +81,22 @@ def farm_database_url() -> str:
     return f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
+# Seconds, not minutes, so that the fault tests see failures handled quickly.
+FAST_TIMINGS = {
+    "GENERATOR_BUILD_TIMEOUT": "20",
+    "GENERATOR_LEASE_SECONDS": "6",
+    "GENERATOR_HEARTBEAT_SECONDS": "1",
+    "GENERATOR_DISPATCH_INTERVAL": "1",
+    "GENERATOR_REAP_INTERVAL": "1",
+    "GENERATOR_HEALTH_INTERVAL": "1",
+    "GENERATOR_HEALTH_TIMEOUT": "2",
+    "GENERATOR_UNHEALTHY_AFTER": "1",
+    "GENERATOR_DISPATCH_STALE_SECONDS": "8",
+    "GENERATOR_PUSH_TRIES": "4",
+    "GENERATOR_PUSH_BACKOFF_SECONDS": "1",
+}
+
+
 @pytest.fixture(scope="session")
 def fake_github():
     github = FakeGitHub()
@@ -99,18 +115,7 @@ def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github) -> F
         "GENERATOR_SECRET_KEY": "end-to-end-tests-only",
         "GENERATOR_DEBUG": "false",
         "GENERATOR_VAR_DIR": str(services_dir / "var"),
-        # Seconds, not minutes, so that the fault tests see failures handled quickly.
-        "GENERATOR_BUILD_TIMEOUT": "20",
-        "GENERATOR_LEASE_SECONDS": "6",
-        "GENERATOR_HEARTBEAT_SECONDS": "1",
-        "GENERATOR_DISPATCH_INTERVAL": "1",
-        "GENERATOR_REAP_INTERVAL": "1",
-        "GENERATOR_HEALTH_INTERVAL": "1",
-        "GENERATOR_HEALTH_TIMEOUT": "2",
-        "GENERATOR_UNHEALTHY_AFTER": "1",
-        "GENERATOR_DISPATCH_STALE_SECONDS": "8",
-        "GENERATOR_PUSH_TRIES": "4",
-        "GENERATOR_PUSH_BACKOFF_SECONDS": "1",
+        **FAST_TIMINGS,
     }
     registry_port = lf.free_port()
     ports = [lf.free_port() for _ in range(2)]

@@ -1,0 +1,240 @@
+"""Scale-out, for real: the web tier in one network and two build hosts in their
+own network namespaces, each a `dockerd --tlsverify` and its Celery worker,
+joined by veth pairs (tests/netns.py). Builds land on both hosts; one host is
+cut off in the middle of a build, and its job and those queued after it finish
+on the other.
+
+The web tier (daphne, the control worker with beat, Redis, the registry, the
+database) runs in the root namespace, where the test itself and the suite's
+PostgreSQL are: only the build hosts are moved out, which is what a worker on
+another host means. Nothing listens on or connects to an address outside the
+private 10.213.N.0/24 and loopback. The farm has its own database (a SQLite file,
+or a PostgreSQL database beside the suite's), migrated and seeded the way an
+operator would (`migrate`, `ensureadmin`, `loadpool` with TLS files), so the
+suite's own farm, which may run at the same time, never dispatches its jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.conf import settings
+
+from scripts import localfarm as lf
+from tests.netns import Network, TcpRelay, private_network
+from tests.tls_certs import tls_set
+
+from .conftest import BUSYBOX_ROOTFS, FAST_TIMINGS, http_get, registry_digest, submit
+
+pytestmark = pytest.mark.farm
+
+HOSTS = ["a", "b"]
+DOCKERD_PORT = 2376  # each build host has its own network: the same port on both
+QUICK = "FROM busybox\nRUN echo {nonce} > /nonce\n"
+SLOW = "FROM busybox\nRUN echo {nonce} && sleep 3\n"
+
+
+@dataclass
+class NetnsFarm:
+    web: str  # host:port of daphne, on loopback
+    registry: str  # gateway:port, what the build hosts push to
+    token: str
+    network: Network
+    supervisor: lf.Supervisor
+    daemon_host: dict[str, str]  # daemon name -> build host
+    sqlite: bool
+
+
+@pytest.fixture(scope="module")
+def netns_farm(services_dir, tmp_path_factory):
+    root = Path(tmp_path_factory.mktemp("netns"))
+    sup = lf.Supervisor(services_dir / "netns-run")  # its own beat schedule and names
+    # Exits in reverse: processes stop, the database goes, then the network.
+    with private_network(HOSTS) as net, ExitStack() as cleanup:
+        cleanup.callback(lf.unmount_below, services_dir / "netns")
+        cleanup.callback(in_parallel, *(partial(sup.stop, name) for name in sup_names()))
+        web_db, host_db = _database(cleanup, net, root)
+        redis_port, registry_port, web_port = lf.free_port(), lf.free_port(), lf.free_port()
+        redis_password = uuid.uuid4().hex
+        common = {
+            **FAST_TIMINGS,
+            "REDIS_URL": f"redis://:{redis_password}@{net.gateway}:{redis_port}/0",
+            "GENERATOR_SECRET_KEY": "netns-test-only",
+            "GENERATOR_DEBUG": "false",
+        }
+        web_env = {**common, "DATABASE_URL": web_db, "GENERATOR_VAR_DIR": str(root / "web-var")}
+        certs = tls_set(root / "tls", [net.address(h) for h in HOSTS])
+        registry = f"{net.gateway}:{registry_port}"
+        for host in HOSTS:
+            lf.start_dockerd(
+                sup, DOCKERD_PORT, services_dir / "netns" / f"d{host}", services_dir / "netns" / f"x{host}",
+                f"dockerd-{host}", netns=net.namespaces[host], host=net.address(host), tls=certs.server,
+                insecure_registries=(registry,),  # a plain-HTTP registry on the private network
+            )  # fmt: skip
+        pool = {"docker": [_pool_entry(net, host, certs) for host in HOSTS]}
+        (root / "pool.json").write_text(json.dumps(pool))
+        tokens = []
+
+        def database() -> None:  # as an operator sets one up
+            _manage(web_env, "migrate", "--noinput")
+            tokens.append(_manage(web_env, "ensureadmin", "--password-file", str(root / "pw")).rsplit(": ", 1)[1])
+            assert ", TLS, capacity 1" in _manage(web_env, "loadpool", str(root / "pool.json"))
+
+        def daemon_ready(host: str) -> None:
+            url = f"tcp://{net.address(host)}:{DOCKERD_PORT}"
+            lf.wait_for_dockerd(sup, DOCKERD_PORT, f"dockerd-{host}", engine_url=url, tls=certs.client_config())
+            lf.ensure_busybox_image(url, BUSYBOX_ROOTFS(), tls=certs.client_config())
+
+        in_parallel(
+            database,
+            *(partial(daemon_ready, host) for host in HOSTS),
+            partial(lf.start_redis, sup, redis_port, root / "redis", also_bind=net.gateway, password=redis_password),
+            partial(lf.start_registry, sup, registry_port, root / "registry", host=net.gateway),
+        )
+        in_parallel(
+            partial(lf.start_web, sup, web_port, web_env),
+            partial(lf.start_control, sup, web_env),
+            # What a worker on another host is given: broker, database, secret key, its own var/.
+            *(
+                partial(lf.start_worker, sup, f"worker-{host}", f"build-{host}", f"build.build-{host}", 1,
+                        {**common, "DATABASE_URL": host_db, "GENERATOR_VAR_DIR": str(root / f"{host}-var")},
+                        netns=net.namespaces[host])
+                for host in HOSTS
+            ),
+        )  # fmt: skip
+        yield NetnsFarm(
+            web=f"127.0.0.1:{web_port}",
+            registry=registry,
+            token=tokens[0],
+            network=net,
+            supervisor=sup,
+            daemon_host={f"build-{h}": h for h in HOSTS},
+            sqlite=web_db.startswith("sqlite"),
+        )
+
+
+def sup_names() -> list[str]:
+    """Every process the fixture starts; workers and beat stop before what they use."""
+    return ["control", "web", *(f"worker-{h}" for h in HOSTS), *(f"dockerd-{h}" for h in HOSTS), "redis", "registry"]
+
+
+def in_parallel(*calls) -> None:
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        for future in [pool.submit(call) for call in calls]:
+            future.result()
+
+
+def _pool_entry(net: Network, host: str, certs) -> dict:
+    files = certs.client_files
+    tls = {"ca": str(files.ca), "cert": str(files.cert), "key": str(files.key)}
+    return {"url": net.address(host), "port": str(DOCKERD_PORT), "name": f"build-{host}", "capacity": 1, "tls": tls}
+
+
+def _database(cleanup: ExitStack, net: Network, root: Path) -> tuple[str, str]:
+    """The farm's database URL for the web tier and for the build hosts: the same
+    SQLite file, or a fresh PostgreSQL database that the build hosts reach
+    through a relay on the gateway (PostgreSQL listens on loopback only)."""
+    suite = settings.DATABASES["default"]
+    if suite["ENGINE"] == "django.db.backends.sqlite3":
+        url = f"sqlite:///{root / 'farm.sqlite3'}"
+        return url, url
+    name, user = f"test_netns_{net.tag}", suite["USER"]
+    password = f":{suite['PASSWORD']}" if suite.get("PASSWORD") else ""
+    host, port = suite["HOST"] or "127.0.0.1", int(suite["PORT"] or 5432)
+    admin = f"postgresql://{user}{password}@{host}:{port}/postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    cleanup.callback(drop)
+    relay = TcpRelay((net.gateway, 0), (host, port))
+    cleanup.callback(relay.close)
+    relay_port = relay.address[1]
+    return (
+        f"postgres://{user}{password}@{host}:{port}/{name}",
+        f"postgres://{user}{password}@{net.gateway}:{relay_port}/{name}",
+    )
+
+
+def _manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=lf.ROOT, env={**os.environ, **env}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip()
+
+
+def api(farm: NetnsFarm, path: str) -> dict:
+    status, body = http_get(f"http://{farm.web}/api/v1/{path}", farm.token)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def wait_for_job(farm: NetnsFarm, job_id: str, done, *, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api(farm, f"builds/{job_id}/")
+        if done(job):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} still {job['status']} on {job['daemon']} after {timeout} s: {job['error']}")
+
+
+def finished(job: dict) -> bool:
+    return job["status"] in ("succeeded", "failed", "cancelled")
+
+
+def build(farm: NetnsFarm, name: str, dockerfile: str) -> str:
+    return submit(farm, farm.token, f"{farm.registry}/netns/{name}", dockerfile.format(nonce=uuid.uuid4().hex))
+
+
+def assert_pushed(farm: NetnsFarm, job: dict, name: str) -> None:
+    assert job["status"] == "succeeded", job["error"]
+    assert job["digest"] == registry_digest(farm, f"netns/{name}", "latest")
+
+
+def test_builds_run_on_both_build_hosts_and_a_cut_hosts_jobs_finish_on_the_other(netns_farm):
+    farm = netns_farm
+    first = [build(farm, f"first-{i}", QUICK) for i in range(2)]  # one slot each: one on each host
+    jobs = [wait_for_job(farm, job_id, finished) for job_id in first]
+    for index, job in enumerate(jobs):
+        assert_pushed(farm, job, f"first-{index}")
+    assert {job["daemon"] for job in jobs} == set(farm.daemon_host)
+
+    slow = build(farm, "slow", SLOW)
+    running = wait_for_job(farm, slow, lambda job: job["status"] == "building", timeout=30)
+    cut, other = running["daemon"], next(name for name in farm.daemon_host if name != running["daemon"])
+    after = [build(farm, f"after-{i}", QUICK) for i in range(2)]
+    farm.network.cut(farm.daemon_host[cut])
+    if farm.sqlite:
+        # A SQLite file is not on the network, so a cut cannot take it from the
+        # cut host's worker: freeze that worker, as a host that is gone would be.
+        os.killpg(farm.supervisor.pid(f"worker-{farm.daemon_host[cut]}"), signal.SIGSTOP)
+
+    final = wait_for_job(farm, slow, finished)
+    assert_pushed(farm, final, "slow")
+    assert final["daemon"] == other and final["attempt"] == 2
+    for index, job_id in enumerate(after):
+        job = wait_for_job(farm, job_id, finished)
+        assert_pushed(farm, job, f"after-{index}")
+        assert job["daemon"] == other
+    lost = next(d for d in api(farm, "daemons/")["results"] if d["name"] == cut)
+    assert not lost["healthy"] and lost["last_error"]
+    # The cut host's worker is stuck (or frozen) on a network that is gone: kill it.
+    farm.supervisor.kill(f"worker-{farm.daemon_host[cut]}")
