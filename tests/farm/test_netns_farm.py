@@ -65,7 +65,9 @@ def netns_farm(services_dir, tmp_path_factory):
     # Exits in reverse: processes stop, the database goes, then the network.
     with private_network(HOSTS) as net, ExitStack() as cleanup:
         cleanup.callback(lf.unmount_below, services_dir / "netns")
-        cleanup.callback(in_parallel, *(partial(sup.stop, name) for name in sup_names()))
+        # Callbacks run last first: the farm's own processes stop before what they use.
+        cleanup.callback(in_parallel, *(partial(sup.stop, name) for name in ["redis", "registry", *daemons()]))
+        cleanup.callback(in_parallel, *(partial(sup.stop, name) for name in ["control", "web", *workers()]))
         web_db, host_db = _database(cleanup, net, root)
         redis_port, registry_port, web_port = lf.free_port(), lf.free_port(), lf.free_port()
         redis_password = uuid.uuid4().hex
@@ -126,9 +128,12 @@ def netns_farm(services_dir, tmp_path_factory):
         )
 
 
-def sup_names() -> list[str]:
-    """Every process the fixture starts; workers and beat stop before what they use."""
-    return ["control", "web", *(f"worker-{h}" for h in HOSTS), *(f"dockerd-{h}" for h in HOSTS), "redis", "registry"]
+def workers() -> list[str]:
+    return [f"worker-{host}" for host in HOSTS]
+
+
+def daemons() -> list[str]:
+    return [f"dockerd-{host}" for host in HOSTS]
 
 
 def in_parallel(*calls) -> None:
