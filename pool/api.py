@@ -26,11 +26,11 @@ class DaemonSerializer(serializers.ModelSerializer):
     def validate(self, data):
         """The whole entry is checked (loopback or TLS, PEM that parses); an update
         that leaves out the key keeps the stored one, unless it clears the certificates."""
-        merged = {name: getattr(self.instance, name) for name in ["url", *TLS_FIELDS]} if self.instance else {}
-        merged.update({name: value for name, value in data.items() if name in ["url", *TLS_FIELDS]})
-        if "tls_key" not in data and not (merged.get("tls_ca") or merged.get("tls_cert")):
-            data["tls_key"] = merged["tls_key"] = ""
-        DockerDaemon(**{"url": "", **{name: "" for name in TLS_FIELDS}, **merged}).clean()
+        entry = {name: getattr(self.instance, name, "") for name in ["url", *TLS_FIELDS]}
+        entry.update((name, value) for name, value in data.items() if name in entry)
+        if "tls_key" not in data and not (entry["tls_ca"] or entry["tls_cert"]):
+            data["tls_key"] = entry["tls_key"] = ""
+        DockerDaemon(**entry).clean()
         return data
 
 
