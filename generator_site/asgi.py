@@ -7,6 +7,9 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "generator_site.settings")
+# Each request runs in a thread of its own here: on PostgreSQL, borrow connections
+# from a pool rather than open one per request (settings.py, GENERATOR_DB_POOL).
+os.environ.setdefault("GENERATOR_DB_POOL", "true")
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)

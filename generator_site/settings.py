@@ -89,6 +89,16 @@ DATABASES = {
         conn_max_age=env_int("GENERATOR_DB_CONN_MAX_AGE", 0),
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool("GENERATOR_DB_POOL", False):
+    # Daphne runs each request in a new thread, so Django's persistent connections
+    # (CONN_MAX_AGE) do not apply there: without a pool every request opened a
+    # connection. asgi.py turns this on for the web process.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env_int("GENERATOR_DB_POOL_MAX", 10),
+        "timeout": 30,
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
