@@ -14,4 +14,5 @@ RUN groupadd --system --gid 999 dockersock \
     && mkdir -p /var/lib/generator && chown generator /var/lib/generator
 USER generator
 EXPOSE 8080
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8080", "generator_site.asgi:application"]
+# daphne, one process per core on one socket (GENERATOR_WEB_PROCESSES).
+CMD ["python", "-m", "generator_site.serve", "--bind", "0.0.0.0", "--port", "8080"]

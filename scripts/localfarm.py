@@ -368,7 +368,8 @@ def venv_bin(tool: str) -> str:
 
 
 def start_web(sup: Supervisor, port: int, env: dict[str, str], name: str = "web") -> None:
-    argv = [venv_bin("daphne"), "-b", "127.0.0.1", "-p", str(port), "generator_site.asgi:application"]
+    """daphne, as GENERATOR_WEB_PROCESSES processes (default: one per core) on one socket."""
+    argv = [venv_bin("python"), "-m", "generator_site.serve", "--bind", "127.0.0.1", "--port", str(port)]
     sup.start(name, argv, env=env)
     wait_until(
         lambda: http_ok(f"http://127.0.0.1:{port}/admin/login/"),
