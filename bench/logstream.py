@@ -96,6 +96,7 @@ def main() -> None:
     rig.add_arguments(parser, daemons=1)
     args = parser.parse_args()
     with rig.farm_from(args) as farm:
+        machine = rig.machine_note()
         runs, meters = [], []
         with rig.MemoryWatch(farm.pids) as memory:
             for number in range(args.runs):
@@ -113,6 +114,7 @@ def main() -> None:
         return statistics.median(values)
 
     print(f"\n{args.runs} run(s) of a build printing {args.lines:,} lines; medians over runs")
+    print(machine)
     print("| measure | value |")
     print("| --- | --- |")
     print(f"| build outcome | {', '.join(run.status for run in runs)} |")

@@ -30,6 +30,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -298,6 +299,25 @@ def machine_busy_seconds() -> tuple[float, float]:
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = values[3] + values[4]  # idle, iowait
     return (sum(values) - idle) / os.sysconf("SC_CLK_TCK"), sum(values) / os.sysconf("SC_CLK_TCK")
+
+
+def background_load(seconds: float = 3.0) -> float:
+    """The share of the machine's cores busy over a few seconds while the
+    benchmark does nothing: other work on the machine, which its figures share
+    the cores with."""
+    busy, total = machine_busy_seconds()
+    time.sleep(seconds)
+    busy_after, total_after = machine_busy_seconds()
+    return (busy_after - busy) / (total_after - total)
+
+
+def machine_note() -> str:
+    """A line for a benchmark's output: how busy the machine was before it started."""
+    idle_share = background_load()
+    return (
+        f"machine: {os.cpu_count()} cores, {idle_share:.0%} busy with this farm idle (3 s before),"
+        f" load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 def own_cpu_seconds() -> float:

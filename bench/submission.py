@@ -27,6 +27,7 @@ import hmac
 import http.client
 import json
 import secrets
+import statistics
 import threading
 import time
 import urllib.parse
@@ -207,6 +208,7 @@ def main() -> None:
             )
             if key in chosen
         }
+        machine = rig.machine_note()
         try:
             for name, requests in endpoints.items():
                 warm = hammer(farm, requests[: args.warmup], args.clients)
@@ -226,13 +228,15 @@ def main() -> None:
             farm.call("DELETE", f"/api/v1/repositories/{repository['id']}/")
 
     print(f"\n{args.clients} concurrent clients, {args.requests} counted requests per endpoint (after {args.warmup})")
-    print("| endpoint | requests | errors | p50 ms | p99 ms | max ms | answers/s | longest with no answer |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(machine)
+    print("| endpoint | requests | errors | p50 ms | mean ms | p99 ms | max ms | answers/s | longest with no answer |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, outcome in results.items():
         times = outcome.latencies or [float("nan")]
         p50, p99 = (rig.percentile(times, fraction) * 1000 for fraction in (0.5, 0.99))
+        mean = statistics.mean(times) * 1000
         print(
-            f"| {name} | {args.requests} | {len(outcome.errors)} | {p50:.0f} | {p99:.0f}"
+            f"| {name} | {args.requests} | {len(outcome.errors)} | {p50:.0f} | {mean:.0f} | {p99:.0f}"
             f" | {max(times) * 1000:.0f} | {args.requests / outcome.seconds:.0f} | {longest_silence(outcome):.2f} s |"
         )
     if farm.processes:

@@ -34,6 +34,7 @@ def seconds_between(start: str, end: str) -> float:
 
 def one_case(farm: rig.Farm, daemons: list[dict], builds: int, timeout: float) -> dict:
     run = uuid.uuid4().hex[:8]
+    machine = rig.machine_note()
     prefix = f"{farm.registry}/bench/throughput:{run}-"
 
     def submit(index: int) -> None:
@@ -69,6 +70,7 @@ def one_case(farm: rig.Farm, daemons: list[dict], builds: int, timeout: float) -
         "slots": slots,
         "busy": busy / (slots * span),
         "cpu": cpu,
+        "machine": machine,
         "builds": len(jobs),
         "failed": len(failed),
         "span": span,
@@ -111,6 +113,8 @@ def main() -> None:
             f" | {r['per_minute']:.1f} | {r['run_median']:.2f} | {r['busy']:.0%} | {spread} |"
         )
     print(f"| 2 / 1 | | | | | {results[1]['per_minute'] / results[0]['per_minute']:.2f}x | | | |")
+    for r in results:
+        print(f"{r['daemons']} daemon(s): {r['machine']}")
     if farm.processes:
         print("\nCPU during each case: the machine's cores busy, the share of them that went to anything but")
         print("this farm and this client (containers, other work on the machine), and CPU ms per build by process")
