@@ -8,6 +8,7 @@ knows no jobs: moving the jobs of a sick daemon is the dispatcher's business.
 
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,12 +42,19 @@ def probe(daemon: DockerDaemon, *, api_version: str, timeout: float) -> Probe:
         finally:
             api.close()
     except requests.exceptions.SSLError as exc:
-        return Probe(
-            ok=False, error=f"TLS handshake refused (check the pool entry's CA, certificate and key): {exc}"[:500]
-        )
+        reason = _ssl_reason(str(exc))
+        return Probe(ok=False, error=f"TLS handshake failed: {reason} (check the pool entry's CA, certificate and key)")
     except Exception as exc:  # any failure to answer is the daemon's ill health
         return Probe(ok=False, error=f"{exc.__class__.__name__}: {exc}"[:500])
     return Probe(ok=True, latency_ms=round(latency, 2), version=version)
+
+
+def _ssl_reason(message: str) -> str:
+    """OpenSSL's own words ("tlsv1 alert unknown ca") from inside requests' wrapping."""
+    if "EOF occurred in violation of protocol" in message:  # TLS 1.3: the refusal comes as a hang-up
+        return "the daemon ended the handshake (does it trust the CA of the client certificate?)"
+    match = re.search(r"\[SSL: \w+\] ([^(']+)", message)
+    return match[1].strip() if match else message[:300]
 
 
 def record(daemon: DockerDaemon, result: Probe, *, unhealthy_after: int) -> None:

@@ -70,8 +70,9 @@ def test_a_certificate_from_another_ca_is_refused_and_the_daemon_marked_unhealth
     result = health.check_now(daemon)
     daemon.refresh_from_db()
     assert not result.ok and not daemon.healthy
-    assert daemon.last_error.startswith("TLS handshake refused (check the pool entry's CA, certificate and key): ")
-    assert "certificate" in daemon.last_error.lower()
+    assert daemon.last_error.startswith("TLS handshake failed: ")
+    assert daemon.last_error.endswith(" (check the pool entry's CA, certificate and key)")
+    assert "HTTPSConnectionPool" not in daemon.last_error  # the reason, not requests' wrapping
 
 
 def test_a_client_with_no_certificate_or_plain_http_is_refused(tls_daemon, rows):
