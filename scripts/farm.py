@@ -88,7 +88,8 @@ def up() -> None:
         step(f"the registry answers on localhost:{REGISTRY_PORT}")
 
     entries = pool_entries()
-    local = [e for e in entries if e.host in LOCAL_HOSTS]
+    # Daemons it can start: plain, on loopback. One with TLS material is run by its operator.
+    local = [e for e in entries if e.host in LOCAL_HOSTS and e.tls is None]
     for entry in local:
         lf.start_dockerd(sup, entry.port, VAR / "docker" / str(entry.port), exec_root(entry.port), dockerd_name(entry))
     rootfs = lf.busybox_rootfs()
