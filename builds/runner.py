@@ -10,7 +10,7 @@ from typing import NoReturn
 from django.conf import settings
 
 from pool import health
-from pool.tls import client_settings
+from pool.tls import InsecureEngineAddress, client_settings
 
 from . import transitions
 from .dispatch import dispatch
@@ -141,8 +141,12 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
     if daemon is None:
         raise EngineError("the Docker daemon this job was assigned to has been removed from the pool")
     target = parse_build_target(job.image)
+    try:
+        access = client_settings(daemon)
+    except InsecureEngineAddress as exc:  # a row older than the rule: the daemon's fault, not the build's
+        raise DaemonUnavailable(str(exc)) from exc
     session = EngineSession(
-        **client_settings(daemon),
+        **access,
         api_version=settings.GENERATOR_DOCKER_API_VERSION,
         timeout=settings.GENERATOR_DOCKER_TIMEOUT,
     )

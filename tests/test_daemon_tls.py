@@ -95,6 +95,21 @@ def test_client_settings_refuse_plain_tcp_to_another_host_even_for_an_old_row():
         client_settings(DockerDaemon(name="old", url="tcp://10.1.2.3:2375"))
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_build_given_to_such_a_row_goes_to_another_daemon(redis_url):
+    from builds import runner
+    from builds.models import BuildJob
+
+    old = DockerDaemon.objects.create(name="old", url="tcp://10.1.2.3:2375")  # saved before the rule
+    job = BuildJob.objects.create(image="localhost:5000/a/b:1", dockerfile="FROM busybox\n", daemon=old)
+    runner.run_build(job.id, 1, old.pk, worker="w")
+    job.refresh_from_db()
+    old.refresh_from_db()
+    assert (job.status, job.attempt, job.daemon_id) == ("queued", 2, None)
+    assert "refusing plain TCP to tcp://10.1.2.3:2375" in job.error
+    assert not old.healthy and "refusing plain TCP" in old.last_error
+
+
 # --- the REST API and admin never give the key back ---------------------------------
 
 
