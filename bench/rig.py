@@ -359,11 +359,16 @@ class CpuMeter:
         return dict(sorted(groups.items(), key=lambda item: -item[1]))
 
 
-def small_build_context(nonce: str) -> bytes:
+def small_build_context(nonce: str, sleep: float = 0) -> bytes:
     """A tar context of `FROM busybox` + a `RUN` + a `COPY` of a nonce file: its
-    last step is new to every daemon's cache."""
+    last step is new to every daemon's cache. With `sleep`, the COPY comes first
+    and the RUN, uncached after it, waits that many seconds (a build that waits
+    rather than computes)."""
+    steps = ["RUN echo built > /built", "COPY nonce.txt /nonce.txt"]
+    if sleep:
+        steps = ["COPY nonce.txt /nonce.txt", f"RUN sleep {sleep:g} && cp /nonce.txt /built"]
     files = {
-        "Dockerfile": "FROM busybox\nRUN echo built > /built\nCOPY nonce.txt /nonce.txt\n",
+        "Dockerfile": "FROM busybox\n" + "".join(f"{step}\n" for step in steps),
         "nonce.txt": nonce,
     }
     buffer = io.BytesIO()

@@ -1,6 +1,6 @@
 """Throughput: many small builds submitted at once, on 1 daemon and then on 2.
 
-    .venv/bin/python bench/throughput.py [--builds 200]
+    .venv/bin/python bench/throughput.py [--builds 200] [--sleep 0]
 
 Each build is `FROM busybox` + a `RUN` + a `COPY` of a nonce file, sent as a tar
 context through the REST API; the nonce makes every build's last steps new to
@@ -11,6 +11,10 @@ span runs from the first job's created_at to the last job's finished_at.
 The cases differ only in the daemons that take builds (the others are disabled
 through the API, and the pool is put back as it was at the end): each daemon
 keeps its capacity, so 2 daemons offer twice the slots of 1.
+
+When both daemons share the machine's few cores with the farm, a CPU-bound
+build cannot go faster on two: `--sleep 2` makes each build wait instead, and
+then the ratio shows how the farm itself (dispatch, workers, database) scales.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ def seconds_between(start: str, end: str) -> float:
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
-def one_case(farm: rig.Farm, daemons: list[dict], builds: int, timeout: float) -> dict:
+def one_case(farm: rig.Farm, daemons: list[dict], builds: int, timeout: float, sleep: float) -> dict:
     run = uuid.uuid4().hex[:8]
     machine = rig.machine_note()
     prefix = f"{farm.registry}/bench/throughput:{run}-"
@@ -41,7 +45,7 @@ def one_case(farm: rig.Farm, daemons: list[dict], builds: int, timeout: float) -
         farm.ok(
             "POST",
             f"/api/v1/builds/?image={prefix}{index}",
-            rig.small_build_context(f"{run}-{index}"),
+            rig.small_build_context(f"{run}-{index}", sleep),
             "application/x-tar",
         )
 
@@ -86,6 +90,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--builds", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds a case may take")
+    parser.add_argument(
+        "--sleep",
+        type=float,
+        default=0,
+        help="seconds each build's RUN sleeps first: builds that wait, not compute, so that the figure is the"
+        " farm's scaling rather than the machine's cores (default 0)",
+    )
     rig.add_arguments(parser, daemons=2)
     args = parser.parse_args()
     results = []
@@ -98,10 +109,11 @@ def main() -> None:
                 farm.set_daemon(daemon, enabled=True, draining=False)
             for daemon in others:
                 farm.set_daemon(daemon, enabled=False, draining=daemon["draining"])
-            results.append(one_case(farm, used, args.builds, args.timeout))
+            results.append(one_case(farm, used, args.builds, args.timeout, args.sleep))
             rig.say(f"{count} daemon(s): {results[-1]['per_minute']:.1f} builds/min, {results[-1]['failed']} failed")
 
-    print(f"\n{args.builds} builds submitted at once; span = first job created to last job finished")
+    what = f"builds whose RUN sleeps {args.sleep:g} s" if args.sleep else "builds"
+    print(f"\n{args.builds} {what} submitted at once; span = first job created to last job finished")
     print(
         "| daemons | slots | builds | failed | span s | builds/min | build+push s (median) | slots busy | per daemon |"
     )
