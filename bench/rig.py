@@ -13,6 +13,11 @@ pids are then unknown, so memory is measured only if `--web-pid` and
 
 No Django in the benchmark's own process: it talks to the farm over HTTP and
 WebSocket only, as a user would, and changes the pool through the REST API.
+
+    .venv/bin/python bench/rig.py [--daemons 2]
+
+keeps a private farm up until Ctrl-C and prints the options that point a
+benchmark at it, and its processes' pids (for a profiler).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -385,3 +391,23 @@ def percentile(values: list[float], fraction: float) -> float:
     """Nearest-rank percentile of a non-empty list."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="A private farm on free ports that stays up until Ctrl-C or SIGTERM: run a benchmark against"
+        " it with the --web, --token and --registry it prints, or attach a profiler to the pids it prints."
+    )
+    parser.add_argument("--daemons", type=int, default=2)
+    parser.add_argument("--capacity", type=int, default=2)
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds, so the farm is stopped
+    with private_farm(args.daemons, args.capacity) as farm:
+        print(f"--web {farm.web} --token {farm.token} --registry {farm.registry}", flush=True)
+        print(" ".join(f"{name}={pid}" for name, pid in farm.processes.items()), flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+
+
+if __name__ == "__main__":
+    main()
