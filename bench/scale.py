@@ -5,9 +5,9 @@ bookkeeping and the database are loaded. Prints the tables of docs/scaling.md.
     .venv/bin/python bench/scale.py [--daemons 8,32,128] [--backlog 400] [--rates 5,10,20]
 
 It starts its own processes on free ports with scripts/localfarm.py, as the
-end-to-end tests do: Redis, a PostgreSQL database `generator_scale` on the
-machine's server (127.0.0.1:5432, made and dropped here; no other database is
-touched), daphne, the control worker with beat, `--workers` Celery workers
+end-to-end tests do: Redis, a PostgreSQL role and database `generator_scale`
+on the machine's server (127.0.0.1:5432, made and dropped here; no other
+database is touched), daphne, the control worker with beat, `--workers` Celery workers
 that each consume the queues of a share of the daemons, and bench/fake_engine.py
 answering the Docker Engine API of every daemon on its own port. Settings are
 the defaults (docs/deploy.md) unless an option says otherwise.
@@ -19,8 +19,13 @@ Phases:
    dispatch pass every second against the number still waiting;
 3. steady rates: builds submitted through the REST API at each `--rates`
    builds/s for `--seconds`, on the largest pool: dispatch latency
-   (created_at -> started_at), submit latency, and whether the farm keeps up.
-CPU of each process group is read from /proc around every phase.
+   (created_at -> started_at), submit latency, and whether the farm keeps up;
+4. long builds: `--long-seconds` builds filling every slot of `--long-daemons`
+   daemons, against the database's connection limit (`--connection-limit`,
+   also what the bench takes of the shared server at most).
+CPU of each process group is read from /proc around every phase, and the
+connections to PostgreSQL are counted per process with `ss`. docs/scaling.md
+reads the figures.
 """
 
 from __future__ import annotations
@@ -339,6 +344,26 @@ def backlog_phase(stack: Stack, size: int, backlog: int, lines: int, timeout: fl
     }
 
 
+def connections_by_group(stack: Stack) -> dict[str, int]:
+    """Open TCP connections to PostgreSQL, by the farm's process group holding them."""
+    import subprocess
+
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", "( dport = :5432 )"], capture_output=True, text=True
+    ).stdout
+    procs = _processes()
+    roots = {stack.sup.pid("web"): "daphne", stack.sup.pid("control"): "control + beat", os.getpid(): "this bench"}
+    roots.update({stack.sup.pid(name): "build workers" for name in stack.workers})
+    found: dict[str, int] = {}
+    for pid in map(int, re.findall(r"pid=(\d+)", out)):
+        current = pid
+        while current in procs and current not in roots:
+            current = procs[current][0]
+        if current in roots:
+            found[roots[current]] = found.get(roots[current], 0) + 1
+    return found
+
+
 def refusals(stack: Stack) -> int:
     """Connections PostgreSQL refused to the farm's processes, from their logs."""
     logs = [path for path in stack.sup.run_dir.glob("*.log") if path.stem not in ("redis", "engine")]
@@ -387,6 +412,7 @@ def rate_phase(stack: Stack, token: str, rate: float, seconds: float, settle: fl
             time.sleep(max(0.0, began + index / rate - time.perf_counter()))
             pool.submit(submit, index)
     sent_for = time.perf_counter() - began
+    connections = connections_by_group(stack)
     deadline = time.perf_counter() + settle
     jobs = BuildJob.objects.filter(image__contains=f":{run}-")
     while jobs.exclude(finished_at=None).count() < total and time.perf_counter() < deadline:
@@ -411,6 +437,7 @@ def rate_phase(stack: Stack, token: str, rate: float, seconds: float, settle: fl
         "ends": ends,
         "cpu": cpu,
         "elapsed": elapsed,
+        "connections": connections,
     }
 
 
@@ -451,9 +478,12 @@ def long_builds_phase(stack: Stack, args: argparse.Namespace) -> dict:
     say(f"{builds} builds of {seconds:g} s waiting; opening {size} daemons, connection limit {args.connection_limit}")
     open_pool(stack, size, draining=False)
     started, samples = time.perf_counter(), []  # (running builds, farm sessions)
+    by_group: dict[str, int] = {}  # connections per process group, at the most sessions seen
     while jobs.exclude(finished_at=None).count() < builds and time.perf_counter() - started < seconds * 4 + 180:
         running = jobs.filter(status__in=["building", "pushing"]).count()
         samples.append((running, pg_sessions()[0]))
+        if samples[-1][1] >= max(c for _, c in samples):
+            by_group = connections_by_group(stack)
         time.sleep(1)
     elapsed = time.perf_counter() - started
     refused = refusals(stack) - refused_before
@@ -470,6 +500,7 @@ def long_builds_phase(stack: Stack, args: argparse.Namespace) -> dict:
         "max_running": max((r for r, _ in samples), default=0),
         "max_sessions": max((c for _, c in samples), default=0),
         "refused": refused,
+        "by_group": by_group,
     }
 
 
@@ -655,6 +686,9 @@ def report(
         [[f"{r['rate']:g}", *(f"{r['cpu'][g]:.0f}" for g in CPU_GROUPS)] for r in rates],
     )
 
+    for r in rates:
+        print(f"Connections to PostgreSQL as the {r['rate']:g}/s submits ended: {_groups(r['connections'])}.  ")
+    print()
     print("### Database (PostgreSQL 15, sizes with indexes and TOAST)\n")
     jobs, lines = db["jobs"], db["lines"]
     grown = db["database"] - empty["database"]
@@ -677,7 +711,7 @@ def report(
         table(
             [
                 "builds",
-                "database connection limit",
+                "connection limit",
                 "most running at once",
                 "most sessions",
                 "succeeded",
@@ -698,6 +732,11 @@ def report(
                 ]
             ],
         )
+        print(f"Connections to PostgreSQL at the most sessions, by process: {_groups(long['by_group'])}.\n")
+
+
+def _groups(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in sorted(counts.items())) or "none"
 
 
 _BUCKETS = ["0", "1-49", "50-199", "200-999", ">= 1000"]
