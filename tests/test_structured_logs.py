@@ -48,7 +48,7 @@ def logfmt(line: str) -> dict[str, str]:
 def test_the_settings_log_through_the_structured_line_formatter():
     assert settings.LOGGING["handlers"]["console"]["formatter"] == "line"
     assert settings.LOGGING["handlers"]["console"]["filters"] == ["context"]
-    assert settings.LOGGING["formatters"]["line"]["style"] == settings.GENERATOR_LOG_FORMAT == "logfmt"
+    assert settings.LOGGING["formatters"]["line"]["style"] == settings.GENERATOR_LOG_FORMAT
 
 
 @pytest.mark.django_db
@@ -121,11 +121,15 @@ def test_the_process_role_comes_from_the_command_line():
     assert process_role(["manage.py", "migrate"]) == "manage"
 
 
-def test_an_unknown_log_format_stops_start_up(monkeypatch):
+def test_the_log_format_is_logfmt_by_default_and_an_unknown_one_stops_start_up(monkeypatch):
     from django.core.exceptions import ImproperlyConfigured
 
     from generator_site.env import env_choice
 
+    monkeypatch.delenv("GENERATOR_LOG_FORMAT", raising=False)
+    assert env_choice("GENERATOR_LOG_FORMAT", "logfmt", ("logfmt", "json")) == "logfmt"
+    monkeypatch.setenv("GENERATOR_LOG_FORMAT", " JSON ")
+    assert env_choice("GENERATOR_LOG_FORMAT", "logfmt", ("logfmt", "json")) == "json"
     monkeypatch.setenv("GENERATOR_LOG_FORMAT", "xml")
     with pytest.raises(ImproperlyConfigured, match="GENERATOR_LOG_FORMAT must be one of logfmt, json, not 'xml'"):
         env_choice("GENERATOR_LOG_FORMAT", "logfmt", ("logfmt", "json"))
