@@ -2,7 +2,8 @@
 
 By default a private farm on free ports, started with scripts/localfarm.py as
 `make up` and the end-to-end tests start theirs: Redis, a registry, N dockerd
-with busybox imported, a SQLite database in a temporary folder, daphne, one
+with busybox imported, a SQLite database in a temporary folder (or, with
+`--postgres URL`, a new database on that server), daphne, one
 Celery worker per daemon and the control worker with beat. Everything stops
 and the folder goes when the benchmark ends, so a benchmark never touches the
 farm of `make up` (ports 8080/5000/19000/19100).
@@ -46,6 +47,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
 
 from scripts import localfarm as lf  # noqa: E402
 
@@ -123,6 +126,13 @@ def add_arguments(parser: argparse.ArgumentParser, *, daemons: int) -> None:
     group = parser.add_argument_group("the farm (default: a private one on free ports)")
     group.add_argument("--daemons", type=int, default=daemons, help=f"daemons of the private farm (default {daemons})")
     group.add_argument("--capacity", type=int, default=2, help="builds at once per daemon (default 2)")
+    group.add_argument(
+        "--postgres",
+        metavar="URL",
+        default="",
+        help="keep the private farm's database on this PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432"
+        " (a new database, dropped at the end); default SQLite",
+    )
     group.add_argument("--web", help="use the farm at this URL instead, e.g. http://localhost:8080")
     group.add_argument("--token", help="an operator's API token for --web")
     group.add_argument("--registry", default="localhost:5000", help="registry of the --web farm (host:port)")
@@ -138,27 +148,46 @@ def farm_from(args: argparse.Namespace) -> Iterator[Farm]:
         pids = {role: pid for role, pid in (("daphne", args.web_pid), ("worker", args.worker_pid)) if pid}
         yield Farm(args.web.rstrip("/"), args.token, args.registry, pids)
         return
-    with private_farm(args.daemons, args.capacity) as farm:
+    with private_farm(args.daemons, args.capacity, args.postgres) as farm:
         yield farm
 
 
 @contextlib.contextmanager
-def private_farm(daemons: int, capacity: int) -> Iterator[Farm]:
+def private_farm(daemons: int, capacity: int, postgres: str = "") -> Iterator[Farm]:
     # Short: dockerd's exec root holds unix sockets (108-byte path limit).
     root = Path(tempfile.mkdtemp(prefix="gbench-", dir="/tmp"))
     sup = lf.Supervisor(root / "run")
     say(f"starting a private farm in {root} ({daemons} daemon(s), capacity {capacity})")
+    with database(root, postgres) as database_url:
+        try:
+            yield _start(sup, root, daemons, capacity, database_url)
+        finally:
+            workers = [n for n in sup.names() if n.startswith("worker")]
+            sup.stop_all(first=["control", *workers, "web"])
+            lf.unmount_below(root)
+            shutil.rmtree(root, ignore_errors=True)
+            say("private farm stopped")
+
+
+@contextlib.contextmanager
+def database(root: Path, postgres: str) -> Iterator[str]:
+    """A SQLite file in the farm's folder, or a new database on the PostgreSQL
+    server `postgres`, dropped at the end."""
+    if not postgres:
+        yield f"sqlite:///{root / 'generator.sqlite3'}"
+        return
+    name = f"gbench_{secrets.token_hex(4)}"
+    server = postgres.rstrip("/")
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
     try:
-        yield _start(sup, root, daemons, capacity)
+        yield f"{server}/{name}"
     finally:
-        workers = [n for n in sup.names() if n.startswith("worker")]
-        sup.stop_all(first=["control", *workers, "web"])
-        lf.unmount_below(root)
-        shutil.rmtree(root, ignore_errors=True)
-        say("private farm stopped")
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def _start(sup: lf.Supervisor, root: Path, daemons: int, capacity: int) -> Farm:
+def _start(sup: lf.Supervisor, root: Path, daemons: int, capacity: int, database_url: str) -> Farm:
     redis_port, registry_port, web_port = lf.free_port(), lf.free_port(), lf.free_port()
     ports = [lf.free_port() for _ in range(daemons)]
     lf.start_redis(sup, redis_port, root / "redis")
@@ -166,7 +195,7 @@ def _start(sup: lf.Supervisor, root: Path, daemons: int, capacity: int) -> Farm:
     for index, port in enumerate(ports):
         lf.start_dockerd(sup, port, root / f"d{index}", root / f"x{index}", f"dockerd-{index}")
     env = {
-        "DATABASE_URL": f"sqlite:///{root / 'generator.sqlite3'}",
+        "DATABASE_URL": database_url,
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "GENERATOR_SECRET_KEY": secrets.token_urlsafe(40),
         "GENERATOR_DEBUG": "false",
@@ -400,9 +429,10 @@ def main() -> None:
     )
     parser.add_argument("--daemons", type=int, default=2)
     parser.add_argument("--capacity", type=int, default=2)
+    parser.add_argument("--postgres", metavar="URL", default="", help="a PostgreSQL server for the database")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds, so the farm is stopped
-    with private_farm(args.daemons, args.capacity) as farm:
+    with private_farm(args.daemons, args.capacity, args.postgres) as farm:
         print(f"--web {farm.web} --token {farm.token} --registry {farm.registry}", flush=True)
         print(" ".join(f"{name}={pid}" for name, pid in farm.processes.items()), flush=True)
         with contextlib.suppress(KeyboardInterrupt):
