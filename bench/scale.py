@@ -39,6 +39,7 @@ import re
 import secrets
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -179,7 +180,7 @@ def _processes() -> dict[int, tuple[int, str, float, float]]:
     """pid -> (parent, command, own CPU s, reaped children's CPU s)."""
     found = {}
     for entry in Path("/proc").glob("[0-9]*"):
-        fields = _stat(int(entry.name))
+        fields, command = _stat(int(entry.name)), ""
         with contextlib.suppress(OSError):
             command = (entry / "comm").read_text().strip()
         if fields and command:
@@ -346,8 +347,6 @@ def backlog_phase(stack: Stack, size: int, backlog: int, lines: int, timeout: fl
 
 def connections_by_group(stack: Stack) -> dict[str, int]:
     """Open TCP connections to PostgreSQL, by the farm's process group holding them."""
-    import subprocess
-
     out = subprocess.run(
         ["ss", "-Htnp", "state", "established", "( dport = :5432 )"], capture_output=True, text=True
     ).stdout
