@@ -187,6 +187,12 @@ def database(root: Path, postgres: str) -> Iterator[str]:
             connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def postmaster_pid(database_url: str) -> int:
+    with psycopg.connect(database_url) as connection:
+        data_directory = connection.execute("SHOW data_directory").fetchone()[0]
+    return int((Path(data_directory) / "postmaster.pid").read_text().split()[0])
+
+
 def _start(sup: lf.Supervisor, root: Path, daemons: int, capacity: int, database_url: str) -> Farm:
     redis_port, registry_port, web_port = lf.free_port(), lf.free_port(), lf.free_port()
     ports = [lf.free_port() for _ in range(daemons)]
@@ -227,6 +233,9 @@ def _start(sup: lf.Supervisor, root: Path, daemons: int, capacity: int, database
     lf.start_control(sup, env)
     pids = {"daphne": sup.pid("web"), **{f"worker-{i}": sup.pid(f"worker-{i}") for i in range(daemons)}}
     processes = {("daphne" if name == "web" else name): sup.pid(name) for name in sup.names()}
+    if database_url.startswith("postgres"):
+        # The whole server (every database on it): its CPU is the farm's too.
+        processes["postgres"] = postmaster_pid(database_url)
     say(f"private farm up: web http://127.0.0.1:{web_port}, registry localhost:{registry_port}")
     return Farm(f"http://127.0.0.1:{web_port}", token, f"localhost:{registry_port}", pids, processes)
 
