@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from celery import current_app
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 
@@ -104,16 +104,31 @@ def _preferred_daemon(job: BuildJob, daemons, load: dict[int, int], warm: dict[s
     return warm[job.image_repository]
 
 
+# Any constant: the key of the PostgreSQL advisory lock that dispatchers take in turn.
+DISPATCH_LOCK = 0x67656E65
+
+
+def _one_dispatcher_at_a_time() -> None:
+    """On PostgreSQL, an advisory lock held until the transaction ends (not the
+    daemon rows: the health check's updates of those must not wait for a pass).
+    On SQLite the IMMEDIATE transaction already holds the database's write lock."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [DISPATCH_LOCK])
+
+
 def dispatch() -> int:
     """Gives waiting jobs, oldest first, to daemons with room. Answers how many.
 
-    One transaction: on SQLite it takes the write lock at BEGIN (IMMEDIATE), on
-    PostgreSQL the daemon rows are locked, so two dispatchers never fill the
-    same free slot twice.
+    One transaction, one dispatcher at a time, so two never fill the same free
+    slot twice. Nothing waiting (most finished builds, on a quiet farm): no lock.
     """
+    if not BuildJob.objects.filter(status=BuildJob.Status.QUEUED, daemon__isnull=True).exists():
+        return 0
     sends = []
     with transaction.atomic():
-        daemons = list(DockerDaemon.objects.select_for_update().filter(enabled=True, draining=False, healthy=True))
+        _one_dispatcher_at_a_time()
+        daemons = list(DockerDaemon.objects.filter(enabled=True, draining=False, healthy=True))
         if not daemons:
             return 0
         load = active_builds_by_daemon()
