@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+import redis
+
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
@@ -104,30 +106,71 @@ def _preferred_daemon(job: BuildJob, daemons, load: dict[int, int], warm: dict[s
     return warm[job.image_repository]
 
 
-# Any constant: the key of the PostgreSQL advisory lock that dispatchers take in turn.
+# Any constants: the PostgreSQL advisory lock that dispatchers take in turn, and
+# the Redis counter of passes asked for.
 DISPATCH_LOCK = 0x67656E65
-
-
-def _one_dispatcher_at_a_time() -> None:
-    """On PostgreSQL, an advisory lock held until the transaction ends (not the
-    daemon rows: the health check's updates of those must not wait for a pass).
-    On SQLite the IMMEDIATE transaction already holds the database's write lock."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [DISPATCH_LOCK])
+PASSES_ASKED = "generator:dispatch:asked"
 
 
 def dispatch() -> int:
     """Gives waiting jobs, oldest first, to daemons with room. Answers how many.
 
-    One transaction, one dispatcher at a time, so two never fill the same free
-    slot twice. Nothing waiting (most finished builds, on a quiet farm): no lock.
+    One dispatcher at a time, so two never fill the same free slot twice.
+    Nothing waiting (most finished builds, on a quiet farm): nothing to do.
+
+    On PostgreSQL a dispatcher that finds another pass running does not queue
+    behind it: it counts its ask in Redis and leaves, and the running one
+    passes again if an ask came while it ran. The ask is counted after the
+    caller's own commit, so either the running pass saw the caller's job or
+    freed slot, or it sees the count change and passes again. On SQLite (and
+    if Redis cannot be reached) dispatchers wait for each other's write lock.
     """
     if not BuildJob.objects.filter(status=BuildJob.Status.QUEUED, daemon__isnull=True).exists():
         return 0
+    if connection.vendor != "postgresql":
+        return _pass(wait=True)
+    try:
+        asked = _asks()
+        asked.incr(PASSES_ASKED)
+        assigned = 0
+        while True:
+            seen = int(asked.get(PASSES_ASKED) or 0)
+            done = _pass(wait=False)
+            if done is None:
+                return assigned  # the running pass will pass again for this ask
+            assigned += done
+            if int(asked.get(PASSES_ASKED) or 0) == seen:
+                return assigned
+    except redis.RedisError:
+        logger.warning("could not count a dispatch ask in Redis; waiting for the running pass", exc_info=True)
+        return _pass(wait=True)
+
+
+_redis_clients: dict[str, redis.Redis] = {}
+
+
+def _asks() -> redis.Redis:
+    url = settings.REDIS_URL
+    if url not in _redis_clients:
+        _redis_clients[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    return _redis_clients[url]
+
+
+def _pass(*, wait: bool) -> int | None:
+    """One pass in one transaction. None if `wait` is off and another pass holds the lock."""
     sends = []
     with transaction.atomic():
-        _one_dispatcher_at_a_time()
+        if connection.vendor == "postgresql":
+            # An advisory lock, not the daemon rows: the health check's updates
+            # of those must not wait for a pass. (SQLite's IMMEDIATE transaction
+            # already holds the database's write lock.)
+            with connection.cursor() as cursor:
+                if wait:
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [DISPATCH_LOCK])
+                else:
+                    cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [DISPATCH_LOCK])
+                    if not cursor.fetchone()[0]:
+                        return None
         daemons = list(DockerDaemon.objects.filter(enabled=True, draining=False, healthy=True))
         if not daemons:
             return 0

@@ -190,3 +190,43 @@ def test_a_pass_with_nothing_waiting_takes_no_lock(django_assert_num_queries):
     daemon("one")
     with django_assert_num_queries(1):  # only "is anything waiting?"
         assert dispatch() == 0
+
+
+@override_settings(GENERATOR_MAX_BUILDS_PER_IMAGE=0)
+def test_a_job_submitted_during_a_pass_is_dispatched_without_waiting_for_beat(redis_url, monkeypatch):
+    import threading
+    import time
+
+    from django.db import connection
+
+    from builds import dispatch as dispatch_module
+
+    daemon("one", capacity=4)
+    early = waiting(1, image="localhost:5000/early:1")[0]
+    in_pass, over_limit = threading.Event(), dispatch_module._over_limit
+
+    def slow_over_limit(*args):
+        if not in_pass.is_set():  # the first pass has read the waiting jobs: hold it there
+            in_pass.set()
+            time.sleep(0.5)
+        return over_limit(*args)
+
+    monkeypatch.setattr(dispatch_module, "_over_limit", slow_over_limit)
+
+    def first_dispatcher():
+        try:
+            dispatch()
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=first_dispatcher)
+    first.start()
+    assert in_pass.wait(5)
+    late = waiting(1, image="localhost:5000/late:1")[0]
+    started = time.monotonic()
+    dispatch()  # PostgreSQL: counts its ask and leaves; SQLite: waits for the write lock
+    returned_after = time.monotonic() - started
+    first.join(10)
+    assert [job.daemon is not None for job in refreshed([early, late])] == [True, True]
+    if connection.vendor == "postgresql":
+        assert returned_after < 0.3  # it did not queue behind the running pass
