@@ -17,7 +17,6 @@ import logging
 from datetime import timedelta
 
 import redis
-
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
