@@ -329,12 +329,14 @@ class MemoryWatch:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process tree so far (children still running)."""
+    """User + system CPU time of a process tree so far: its live processes' own,
+    and what their children that ended had spent (counted in the parent once
+    it reaps them: a PostgreSQL backend per connection, a build's helpers)."""
     ticks = 0
     for member in tree(pid):
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
