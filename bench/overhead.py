@@ -6,7 +6,10 @@ through the docker SDK against the daemon (the baseline), once submitted to the
 farm through the REST API and followed until pushed. Also prints the dispatch
 latency: submit request to the first log line, on an idle pool.
 
-    .venv/bin/python bench/overhead.py [--runs 10]
+    .venv/bin/python bench/overhead.py [--runs 10] [--sleep S]
+
+With `--sleep S` the build's RUN step waits S seconds: a build with some work
+in it, where the farm's fixed cost per build weighs less.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ def farm(token: str, image: str, data: bytes) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--sleep", type=float, default=0, help="seconds the build's RUN step waits")
     args = parser.parse_args()
     token = Token.objects.get(user__username="admin").key
     daemons = list(DockerDaemon.objects.filter(enabled=True).order_by("name"))
@@ -91,8 +95,12 @@ def main() -> None:
     try:
         for run in range(args.runs):
             nonce = uuid.uuid4().hex
-            plain_times.append(plain(api, f"{REGISTRY}/bench/plain:{nonce[:12]}", small_build_context(nonce + "p")))
-            total, first = farm(token, f"{REGISTRY}/bench/farm:{nonce[:12]}", small_build_context(nonce + "f"))
+            plain_times.append(
+                plain(api, f"{REGISTRY}/bench/plain:{nonce[:12]}", small_build_context(nonce + "p", args.sleep))
+            )
+            total, first = farm(
+                token, f"{REGISTRY}/bench/farm:{nonce[:12]}", small_build_context(nonce + "f", args.sleep)
+            )
             farm_times.append(total)
             latencies.append(first)
             print(f"run {run + 1}: plain {plain_times[-1]:.3f} s, farm {total:.3f} s, first line {first * 1000:.0f} ms")
