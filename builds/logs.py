@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import logging
 import os
 import queue
@@ -232,7 +233,10 @@ class LogWriter:
             finally:
                 lines.put(done)
 
-        thread = threading.Thread(target=run, name=f"log-pump-{self.job_id}", daemon=True)
+        # In the caller's context, so the producer's own log records name the job too.
+        thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(run,), name=f"log-pump-{self.job_id}", daemon=True
+        )
         thread.start()
         try:
             self._flush_if_quiet(lines)

@@ -133,3 +133,19 @@ def test_the_log_format_is_logfmt_by_default_and_an_unknown_one_stops_start_up(m
     monkeypatch.setenv("GENERATOR_LOG_FORMAT", "xml")
     with pytest.raises(ImproperlyConfigured, match="GENERATOR_LOG_FORMAT must be one of logfmt, json, not 'xml'"):
         env_choice("GENERATOR_LOG_FORMAT", "logfmt", ("logfmt", "json"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_records_from_the_thread_that_reads_a_build_name_the_job_too(daemon):
+    from builds.logs import LogWriter
+
+    job = BuildJob.objects.create(image="localhost:5000/team/app:latest", dockerfile="FROM busybox\n")
+
+    def produce(emit):
+        logging.getLogger("builds.engine").warning("the stream hiccuped")
+        emit("a line")
+
+    with captured("json") as stream, log_fields(job=job.id, daemon="unit-daemon", attempt=1):
+        LogWriter(job.id, last_seq=0, batch_lines=10, flush_seconds=60).pump(produce)
+    [record] = [json.loads(line) for line in stream.getvalue().splitlines() if "hiccuped" in line]
+    assert (record["job"], record["daemon"], record["attempt"]) == (job.id, "unit-daemon", 1)
