@@ -44,6 +44,17 @@ def wait_until_logged(job_id: str, text: str, timeout: float = 60) -> None:
     )
 
 
+def wait_until_printed(job_id: str, line: str, timeout: float = 60) -> None:
+    """Until the build itself printed `line`: its RUN container is running then.
+    (The Dockerfile step that prints it is logged earlier, before the container
+    exists, and a line is stored as soon as the output pauses.)"""
+    wait_for(
+        lambda: BuildLogLine.objects.filter(job_id=job_id, text=line).exists(),
+        timeout=timeout,
+        what=f"the build printing {line!r} ({job_id})",
+    )
+
+
 def log_texts(job_id: str) -> list[str]:
     return list(BuildLogLine.objects.filter(job_id=job_id).order_by("seq").values_list("text", flat=True))
 

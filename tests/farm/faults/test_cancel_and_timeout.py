@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ..conftest import engine, follow, submit
-from .conftest import assert_gapless_log, job, log_texts, wait_for, wait_until_logged
+from .conftest import assert_gapless_log, job, log_texts, wait_for, wait_until_printed
 
 pytestmark = pytest.mark.farm
 
@@ -27,7 +27,7 @@ def containers_on(farm, daemon_name: str):
 
 def test_an_operator_cancels_a_running_build_from_admin(farm, token, operator, client):
     job_id = submit(farm, token, f"{farm.registry}/faults/cancelled", ENDLESS.format(tag="cancel"))
-    wait_until_logged(job_id, "cancel sleeping")
+    wait_until_printed(job_id, "cancel sleeping")
     daemon_name = job(job_id).daemon.name
     assert containers_on(farm, daemon_name)  # the RUN step's container
 

@@ -8,7 +8,7 @@ import pytest
 from pool.models import DockerDaemon
 
 from ..conftest import engine, follow, registry_digest, submit
-from .conftest import assert_gapless_log, job, log_texts, wait_for, wait_until_logged, wait_until_status
+from .conftest import assert_gapless_log, job, log_texts, wait_for, wait_until_printed, wait_until_status
 
 pytestmark = pytest.mark.farm
 
@@ -22,7 +22,7 @@ def attempts_started(job_id: str) -> list[str]:
 def test_a_killed_worker_is_noticed_and_its_build_runs_again_elsewhere(restore, token):
     farm = restore
     job_id = submit(farm, token, f"{farm.registry}/faults/killed-worker", SLOW.format(tag="kw"))
-    wait_until_logged(job_id, "kw started")
+    wait_until_printed(job_id, "kw started")
     first = job(job_id)
     assert (first.status, first.attempt) == ("building", 1)
 
@@ -46,7 +46,7 @@ def test_a_killed_worker_is_noticed_and_its_build_runs_again_elsewhere(restore, 
 def test_a_killed_dockerd_is_taken_out_of_service_and_the_build_moves(restore, token):
     farm = restore
     job_id = submit(farm, token, f"{farm.registry}/faults/killed-dockerd", SLOW.format(tag="kd"))
-    wait_until_logged(job_id, "kd started")
+    wait_until_printed(job_id, "kd started")
     first = job(job_id)
 
     farm.supervisor.kill(farm.dockerd_of(first.daemon.name))
