@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextvars
+import functools
 import logging
 import os
 import queue
@@ -122,12 +123,6 @@ def _background_publisher() -> Publisher:
         return publisher
 
 
-def drain_published(timeout: float = 5) -> bool:
-    """Waits for this process's background publishing to catch up (tests, shutdown)."""
-    publisher = _publishers.get(os.getpid())
-    return publisher.drain(timeout) if publisher else True
-
-
 def publish_status(job: BuildJob) -> None:
     publish(job.id, {"type": "job.status", "status": job.status})
 
@@ -137,18 +132,20 @@ def lines_after(job_id: str, after: int, limit: int) -> list[tuple[int, str]]:
     return list(rows.values_list("seq", "text"))
 
 
+@functools.cache
+def _insert_lines_sql() -> str:
+    meta = BuildLogLine._meta
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(meta.get_field(name).column) for name in ("job", "seq", "text"))
+    return f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES (%s, %s, %s)"
+
+
 def _insert_lines(job_id: str, batch: list[tuple[int, str]]) -> None:
     """One statement for the batch. The ORM's bulk_create built a model object
     and SQL for every line and read back the new ids: most of a chatty build's
     cost in the worker."""
-    meta = BuildLogLine._meta
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(meta.get_field(name).column) for name in ("job", "seq", "text"))
     with connection.cursor() as cursor:
-        cursor.executemany(
-            f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES (%s, %s, %s)",
-            [(job_id, seq, text) for seq, text in batch],
-        )
+        cursor.executemany(_insert_lines_sql(), [(job_id, seq, text) for seq, text in batch])
 
 
 class LogWriter:
