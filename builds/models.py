@@ -181,6 +181,25 @@ class Repository(models.Model):
     max_concurrent_builds = models.PositiveSmallIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1)], help_text="Empty for the farm's per-image limit."
     )
+    daemon_group = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Build only on the daemons of this group (pool); empty: the shared pool.",
+    )
+
+    class Network(models.TextChoices):
+        FILTERED = "filtered", "filtered (the farm's egress policy)"
+        NONE = "none", "none (RUN steps have no network)"
+
+    network = models.CharField(max_length=16, choices=Network.choices, default=Network.FILTERED)
+    # Overrides of the daemon's per-build limits, up to the operator's caps (settings).
+    build_memory_mb = models.PositiveIntegerField(
+        "memory per build (MiB)", null=True, blank=True, validators=[MinValueValidator(16)]
+    )
+    build_cpus = models.FloatField("CPUs per build", null=True, blank=True, validators=[MinValueValidator(0.01)])
+    build_pids = models.PositiveIntegerField(
+        "processes per build", null=True, blank=True, validators=[MinValueValidator(16)]
+    )
     hook_verified_at = models.DateTimeField(null=True, blank=True, help_text="When GitHub's ping arrived.")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -254,14 +273,15 @@ class WebhookDelivery(models.Model):
 
 
 class Registry(models.Model):
-    """Push credentials for a registry host. The password is write-only: admin and
-    the API accept it and never show it; it goes to the daemon with each push."""
+    """A registry builds may push to (the allow-list), with push credentials if it
+    asks for them. The password is write-only: admin and the API accept it and
+    never show it; it goes to the daemon with each push."""
 
     host = models.CharField(
         max_length=255, unique=True, help_text="As in image references: registry.example.com:5000, or docker.io."
     )
-    username = models.CharField(max_length=200)
-    password = models.CharField(max_length=500)
+    username = models.CharField(max_length=200, blank=True)
+    password = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

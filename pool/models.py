@@ -59,6 +59,19 @@ class DockerDaemon(models.Model):
     draining = models.BooleanField(
         default=False, help_text="A draining daemon finishes the builds it runs and takes no new ones."
     )
+    group = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", "Use letters, digits and . _ -")],
+        help_text="Daemons in a group build only for repositories pinned to it; empty: the shared pool.",
+    )
+    # What one build may use on this daemon (its RUN steps), enforced by the kernel's
+    # cgroups; a repository may ask for other figures up to the operator's caps.
+    build_memory_mb = models.PositiveIntegerField(
+        "memory per build (MiB)", default=2048, validators=[MinValueValidator(16)]
+    )
+    build_cpus = models.FloatField("CPUs per build", default=1.0, validators=[MinValueValidator(0.01)])
+    build_pids = models.PositiveIntegerField("processes per build", default=1024, validators=[MinValueValidator(16)])
 
     # Written by the periodic health check (pool/health.py) and by workers that lose the daemon.
     healthy = models.BooleanField(default=True)
