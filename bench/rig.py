@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 
 from scripts import localfarm as lf  # noqa: E402
+from scripts import sandbox  # noqa: E402
 
 
 @dataclass
@@ -158,13 +159,20 @@ def private_farm(daemons: int, capacity: int, postgres: str = "") -> Iterator[Fa
     root = Path(tempfile.mkdtemp(prefix="gbench-", dir="/tmp"))
     sup = lf.Supervisor(root / "run")
     say(f"starting a private farm in {root} ({daemons} daemon(s), capacity {capacity})")
+    registry_port = lf.free_port()
+    # The daemons as make up runs them: each in its sandbox, the registry allowed.
+    tag = os.getpid() % 10000
+    policy = sandbox.farm_policy(
+        f"genbench{tag}", f"gvb{tag}", registry=f"127.0.0.1:{registry_port}", relay_dir=root / "relay"
+    )
     with database(root, postgres) as database_url:
         try:
-            yield _start(sup, root, daemons, capacity, database_url)
+            yield _start(sup, root, daemons, capacity, database_url, policy, registry_port)
         finally:
             workers = [n for n in sup.names() if n.startswith("worker")]
             sup.stop_all(first=["control", *workers, "web"])
             lf.unmount_below(root)
+            lf.remove_sandboxes(policy)
             shutil.rmtree(root, ignore_errors=True)
             say("private farm stopped")
 
@@ -193,13 +201,18 @@ def postmaster_pid(database_url: str) -> int:
     return int((Path(data_directory) / "postmaster.pid").read_text().split()[0])
 
 
-def _start(sup: lf.Supervisor, root: Path, daemons: int, capacity: int, database_url: str) -> Farm:
-    redis_port, registry_port, web_port = lf.free_port(), lf.free_port(), lf.free_port()
-    ports = [lf.free_port() for _ in range(daemons)]
+def _start(
+    sup: lf.Supervisor, root: Path, daemons: int, capacity: int, database_url: str, policy, registry_port: int
+) -> Farm:
+    redis_port, web_port = lf.free_port(), lf.free_port()
     lf.start_redis(sup, redis_port, root / "redis")
     lf.start_registry(sup, registry_port, root / "registry")
-    for index, port in enumerate(ports):
-        lf.start_dockerd(sup, port, root / f"d{index}", root / f"x{index}", f"dockerd-{index}")
+    sandbox.apply_rules(policy)
+    sockets = [root / f"s{index}" / "docker.sock" for index in range(daemons)]
+    for index, socket_path in enumerate(sockets):
+        lf.start_sandboxed_dockerd(
+            sup, policy, index, f"dockerd-{index}", root / f"d{index}", root / f"x{index}", socket_path
+        )
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
@@ -216,17 +229,16 @@ def _start(sup: lf.Supervisor, root: Path, daemons: int, capacity: int, database
     names = [f"bench-{index}" for index in range(daemons)]
     pool = {
         "docker": [
-            {"name": n, "engine": f"tcp://127.0.0.1:{p}", "capacity": capacity}
-            for n, p in zip(names, ports, strict=True)
+            {"name": n, "engine": f"unix://{p}", "capacity": capacity} for n, p in zip(names, sockets, strict=True)
         ]
     }
     (root / "pool.json").write_text(json.dumps(pool))
     manage(env, "loadpool", str(root / "pool.json"))
     token = manage(env, "ensureadmin", "--password-file", str(root / "admin-password")).rsplit(":", 1)[-1].strip()
     rootfs = lf.busybox_rootfs()
-    for index, port in enumerate(ports):
-        lf.wait_for_dockerd(sup, port, f"dockerd-{index}")
-        lf.ensure_busybox_image(f"tcp://127.0.0.1:{port}", rootfs)
+    for index, socket_path in enumerate(sockets):
+        lf.wait_for_dockerd(sup, f"dockerd-{index}", f"unix://{socket_path}")
+        lf.ensure_busybox_image(f"unix://{socket_path}", rootfs)
     lf.start_web(sup, web_port, env)
     for index, name in enumerate(names):
         lf.start_worker(sup, f"worker-{index}", name, f"build.{name}", capacity, env)

@@ -213,7 +213,21 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = GENERATOR_MAX_DOCKERFILE_BYTES * 4 // 3 + 64 * 102
 # asking for a version the pool's daemons refuse.
 GENERATOR_DOCKER_API_VERSION = env_str("GENERATOR_DOCKER_API_VERSION", "1.41")
 GENERATOR_DOCKER_TIMEOUT = env_int("GENERATOR_DOCKER_TIMEOUT", 300)
+# Plain TCP to a daemon is refused everywhere (pool/tls.py); bench/scale.py's
+# simulated engines, which are no Docker API, are the one exception.
+GENERATOR_INSECURE_LOOPBACK_ENGINES = env_bool("GENERATOR_INSECURE_LOOPBACK_ENGINES", False)
 GENERATOR_BUILD_TIMEOUT = env_int("GENERATOR_BUILD_TIMEOUT", 3600)
+
+# What one build may use (builds/limits.py): each daemon has defaults, a repository
+# may ask for other figures up to these caps. The kernel holds a build to them through
+# a cgroup the worker makes per build (builds/cgroups.py), so a worker runs as root on
+# its daemon's host with cgroup v1; without that a build fails, unless cgroups are
+# turned off (then only the daemon's per-container memory and CPU limits apply).
+GENERATOR_BUILD_MEMORY_MAX_MB = env_int("GENERATOR_BUILD_MEMORY_MAX_MB", 8192)
+GENERATOR_BUILD_CPUS_MAX = env_float("GENERATOR_BUILD_CPUS_MAX", 4.0)
+GENERATOR_BUILD_PIDS_MAX = env_int("GENERATOR_BUILD_PIDS_MAX", 4096)
+GENERATOR_BUILD_CGROUPS = env_bool("GENERATOR_BUILD_CGROUPS", True)
+GENERATOR_CGROUP_ROOT = Path(env_str("GENERATOR_CGROUP_ROOT", "/sys/fs/cgroup"))
 
 # The pool under load and failure (docs/architecture.md, "Failures").
 GENERATOR_MAX_ATTEMPTS = env_int("GENERATOR_MAX_ATTEMPTS", 3)

@@ -4,11 +4,19 @@ Beyond the seed's keys an entry may carry `name`, `capacity`, and, instead of
 url/port, `engine`: a full engine URL such as unix:///run/dind/docker.sock; and
 `tls`: {"ca": PATH, "cert": PATH, "key": PATH}, PEM files (relative to the pool
 file) for a daemon started with --tlsverify.
+
+A seed entry on loopback without "tls" (`{"url": "127.0.0.1", "port": "19000"}`)
+names a daemon on this host, reached through its unix socket
+`$GENERATOR_DAEMON_SOCKET_DIR/PORT/docker.sock` (default /run/generator): the
+port is not opened, since a build can reach any TCP port on loopback
+(docs/security.md). `make up` starts such daemons there.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +69,22 @@ def _entry(path: str | Path, index: int, member: object) -> PoolEntry:
         raise PoolFileError(f"{where} needs a host in url and a port from 1 to 65535")
     port = int(port_text)
     name = str(member.get("name") or f"{host}:{port}")
-    return PoolEntry(name=name, url=f"tcp://{host}:{port}", host=host, port=port, capacity=capacity, tls=tls)
+    url = f"tcp://{host}:{port}" if tls or not _is_loopback(host) else f"unix://{local_socket(port)}"
+    return PoolEntry(name=name, url=url, host=host, port=port, capacity=capacity, tls=tls)
+
+
+def local_socket(port: int) -> Path:
+    """Where the daemon of a loopback seed entry listens (see the module's doc)."""
+    return Path(os.environ.get("GENERATOR_DAEMON_SOCKET_DIR", "/run/generator")) / str(port) / "docker.sock"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _tls_material(path: str | Path, where: str, tls: object) -> dict[str, str]:

@@ -1,5 +1,7 @@
-"""How the farm reaches a Docker daemon: plain TCP on loopback only, TLS with a
-client certificate anywhere else (dockerd --tlsverify).
+"""How the farm reaches a Docker daemon: its unix socket on the same host, TLS
+with a client certificate (dockerd --tlsverify) anywhere else. Never plain TCP,
+not even on loopback: a build's `ADD http://127.0.0.1:PORT/...` or a registry's
+redirect makes the daemon itself call any TCP port it can reach.
 
 A daemon's API is root on its host, so whoever can open it owns the machine.
 `check_engine_access` is the rule the pool entry must pass; `client_settings`
@@ -60,6 +62,18 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve anywhere, so it is not loopback
 
 
+PLAIN_TCP_REFUSED = (
+    "{url} is plain TCP. A Docker API is root on its host, and a build can make its daemon call any "
+    "TCP address it reaches, loopback included: use the daemon's unix:///PATH/docker.sock on this "
+    "host, or give the CA certificate, client certificate and client key of a daemon started with --tlsverify."
+)
+
+
+def plain_tcp_allowed(host: str) -> bool:
+    """Only for the simulated engines of bench/scale.py, which are no Docker API."""
+    return settings.GENERATOR_INSECURE_LOOPBACK_ENGINES and is_loopback(host)
+
+
 def check_engine_access(url: str, material: dict[str, str]) -> None:
     """Raises a ValidationError, field by field, unless the URL and the TLS
     material (tls_ca, tls_cert, tls_key as PEM text) make a safe pool entry."""
@@ -76,14 +90,8 @@ def check_engine_access(url: str, material: dict[str, str]) -> None:
     host = tcp_host(url)
     if given and host is None:
         raise ValidationError({"url": "TLS applies to tcp:// addresses; a unix socket takes no certificates."})
-    if not given and host is not None and not is_loopback(host):
-        raise ValidationError(
-            {
-                "url": f"{url} is not a loopback address. A Docker API reached over the network is root on "
-                "its host: give the CA certificate, client certificate and client key of a daemon started "
-                "with --tlsverify, or use a loopback or unix:// address."
-            }
-        )
+    if not given and host is not None and not plain_tcp_allowed(host):
+        raise ValidationError({"url": PLAIN_TCP_REFUSED.format(url=url)})
     if given:
         _check_pem(material["tls_ca"], material["tls_cert"], material["tls_key"])
 
@@ -125,8 +133,8 @@ def client_settings(daemon: DockerDaemon) -> dict[str, Any]:
     url = daemon.url
     if not daemon.tls_key:
         host = tcp_host(url)
-        if host is not None and not is_loopback(host):
-            raise InsecureEngineAddress(f"refusing plain TCP to {url}: a remote daemon needs TLS in its pool entry")
+        if host is not None and not plain_tcp_allowed(host):
+            raise InsecureEngineAddress(f"refusing plain TCP to {url}: use its unix socket, or TLS in its pool entry")
         return {"base_url": url, "tls": False}
     ca, cert, key = _material_files(daemon.pk or 0, daemon.tls_ca, daemon.tls_cert, daemon.tls_key)
     return {"base_url": url, "tls": ClientTLS(client_cert=(str(cert), str(key)), ca_cert=str(ca), verify=True)}

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 requirements="${1:-requirements/base.txt}"
 # busybox-static, not busybox: the base image needs a statically linked binary.
-packages=(docker.io docker-registry redis-server busybox-static docker-compose git)
+# nftables, socat, iproute2: each daemon's sandbox (scripts/sandbox.py).
+packages=(docker.io docker-registry redis-server busybox-static docker-compose git nftables socat iproute2)
 # The browser tests drive Debian's Chromium (Playwright's own download cannot run here).
 if [ "$(basename "$requirements")" = test.txt ]; then packages+=(chromium); fi
 

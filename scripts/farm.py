@@ -18,7 +18,9 @@ from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pool.seed_pool import local_socket  # noqa: E402
 from scripts import localfarm as lf  # noqa: E402
+from scripts import sandbox  # noqa: E402
 
 ROOT = lf.ROOT
 VAR = Path(os.environ.get("GENERATOR_VAR_DIR", ROOT / "var"))
@@ -88,19 +90,25 @@ def up() -> None:
         step(f"the registry answers on localhost:{REGISTRY_PORT}")
 
     entries = pool_entries()
-    # Daemons it can start: plain, on loopback. One with TLS material is run by its operator.
+    # Daemons it can start: the loopback ones, each in a sandbox of its own
+    # (scripts/sandbox.py). One with TLS material is run by its operator.
     local = [e for e in entries if e.host in LOCAL_HOSTS and e.tls is None]
-    for entry in local:
-        lf.start_dockerd(sup, entry.port, VAR / "docker" / str(entry.port), exec_root(entry.port), dockerd_name(entry))
+    policy = egress_policy()
+    sandbox.apply_rules(policy)
+    for index, entry in enumerate(local):
+        data, run = VAR / "docker" / str(entry.port), run_dir(entry.port)
+        lf.start_sandboxed_dockerd(sup, policy, index, dockerd_name(entry), data, run / "exec", run / "docker.sock")
     rootfs = lf.busybox_rootfs()
 
     def ready(entry) -> None:
-        lf.wait_for_dockerd(sup, entry.port, dockerd_name(entry))
+        lf.wait_for_dockerd(sup, dockerd_name(entry), entry.url)
         lf.ensure_busybox_image(entry.url, rootfs)
 
     with ThreadPoolExecutor() as pool:
         list(pool.map(ready, local))
     step(f"Docker daemons ready with busybox:latest: {', '.join(e.url for e in local) or 'none local'}")
+    allowed = ", ".join(str(d) for d in policy.allow)
+    step(f"builds reach the public internet and {allowed}; nothing else of this host or network")
 
     manage("migrate", "--noinput", env=env)
     manage("collectstatic", "--noinput", env=env)
@@ -138,6 +146,7 @@ def down() -> None:
     # Workers first, so none starts a build on a daemon that is going away.
     sup.stop_all(first=["control", *workers, "web"])
     lf.unmount_below(VAR / "docker")
+    lf.remove_sandboxes(egress_policy())
     step("stopped everything make up started")
 
 
@@ -171,10 +180,16 @@ def worker_name(entry) -> str:
     return "worker-" + "".join(c if c.isalnum() else "-" for c in entry.name)
 
 
-def exec_root(port: int) -> Path:
-    # dockerd's exec root holds containerd's socket: keep its path short, well
-    # under the 108-byte limit of a unix socket, wherever the clone lives.
-    return Path("/run/generator") / str(port)
+def run_dir(port: int) -> Path:
+    """The daemon's socket (where loadpool maps the seed entry, pool/seed_pool.py)
+    and its exec root, which holds containerd's socket: short paths, well under
+    the 108-byte limit of a unix socket, wherever the clone lives."""
+    return local_socket(port).parent
+
+
+def egress_policy() -> sandbox.Policy:
+    registry = f"127.0.0.1:{REGISTRY_PORT}"
+    return sandbox.farm_policy("generator", "gvgen", registry=registry, relay_dir=Path("/run/generator/relay"))
 
 
 def step(text: str) -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import docker
 
+from scripts import sandbox
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER_API_VERSION = "1.41"
 
@@ -240,48 +242,81 @@ class DaemonTLS:
 
 
 def dockerd_argv(
-    port: int,
     data_dir: Path,
     exec_dir: Path,
+    socket_path: Path,
     *,
-    host: str = "127.0.0.1",
+    tcp: str = "",
     tls: DaemonTLS | None = None,
+    bridge: bool = False,
     insecure_registries: tuple[str, ...] = (),
 ) -> list[str]:
-    """Plain TCP on loopback; on any other address only with `tls` (clients must
-    show a certificate of tls.ca), as the pool's rule asks (pool/tls.py)."""
-    if tls is None and host not in ("127.0.0.1", "localhost", "::1"):
-        raise StartError(f"refusing to open a Docker API without TLS on {host}")
+    """A daemon reached through its unix socket; with `tls`, also on `tcp`
+    (HOST:PORT), by clients that show a certificate of tls.ca. Never plain TCP:
+    a build that can reach a Docker API owns the host.
+
+    Root in a RUN step is not root on the host (user-namespace remapping).
+    `bridge` gives RUN steps a network (the daemon's own docker0, NATed out of
+    its namespace: only inside a sandbox, scripts/sandbox.py); without it they
+    have none."""
+    if tcp and tls is None:
+        raise StartError(f"refusing to open a Docker API on tcp://{tcp} without TLS client authentication")
     argv = [
         "dockerd",
         "--host",
-        f"tcp://{host}:{port}",
-        "--host",
-        f"unix://{data_dir}/docker.sock",
+        f"unix://{socket_path}",
         "--data-root",
         str(data_dir / "data"),
         "--exec-root",
         str(exec_dir),
         "--pidfile",
         str(data_dir / "docker.pid"),
-        "--iptables=false",
-        "--bridge=none",
+        "--userns-remap=default",
         "--log-level=warn",
     ]
+    argv += [] if bridge else ["--iptables=false", "--bridge=none"]
     if tls:
-        argv += ["--tlsverify", f"--tlscacert={tls.ca}", f"--tlscert={tls.cert}", f"--tlskey={tls.key}"]
+        argv += ["--host", f"tcp://{tcp}", "--tlsverify"]
+        argv += [f"--tlscacert={tls.ca}", f"--tlscert={tls.cert}", f"--tlskey={tls.key}"]
     return argv + [f"--insecure-registry={registry}" for registry in insecure_registries]
 
 
 def start_dockerd(
-    sup: Supervisor, port: int, data_dir: Path, exec_dir: Path, name: str, *, netns: str = "", **options
+    sup: Supervisor, name: str, data_dir: Path, exec_dir: Path, socket_path: Path, *, netns: str = "", **options
 ) -> str:
     """Starts a daemon (in network namespace `netns` if given); answers its engine
-    URL. `options` go to dockerd_argv (host, tls, insecure_registries)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    exec_dir.mkdir(parents=True, exist_ok=True)
-    sup.start(name, in_netns(netns, dockerd_argv(port, data_dir, exec_dir, **options)))
-    return f"tcp://{options.get('host', '127.0.0.1')}:{port}"
+    URL: the TLS address when it has one, else its socket. `options` go to
+    dockerd_argv (tcp, tls, bridge, insecure_registries)."""
+    for directory in (data_dir, exec_dir, socket_path.parent):
+        directory.mkdir(parents=True, exist_ok=True)
+    sup.start(name, in_netns(netns, dockerd_argv(data_dir, exec_dir, socket_path, **options)))
+    return f"tcp://{options['tcp']}" if options.get("tls") else f"unix://{socket_path}"
+
+
+def start_sandboxed_dockerd(
+    sup: Supervisor,
+    policy: sandbox.Policy,
+    index: int,
+    name: str,
+    data_dir: Path,
+    exec_dir: Path,
+    socket_path: Path,
+) -> str:
+    """A daemon in a network namespace of its own behind `policy`
+    (scripts/sandbox.py; apply_rules first), with relays to the loopback
+    destinations the policy allows (the registry). Answers its engine URL."""
+    box = sandbox.create(policy, index, f"{policy.table}-{name}")
+    for destination in policy.loopback_allowed:
+        sup.start(f"relay-{destination.port}", sandbox.relay_out_argv(policy, destination))
+        sup.start(f"relay-{destination.port}-{name}", sandbox.relay_in_argv(policy, box, destination))
+    return start_dockerd(sup, name, data_dir, exec_dir, socket_path, netns=box.netns, bridge=True)
+
+
+def remove_sandboxes(policy: sandbox.Policy) -> None:
+    """The namespaces, veths and rules of `policy`'s farm (its processes stopped first)."""
+    for netns in sandbox.namespaces(prefix=f"{policy.table}-"):
+        sandbox.remove(netns)
+    sandbox.remove_rules(policy)
 
 
 def in_netns(netns: str, argv: list[str]) -> list[str]:
@@ -291,14 +326,11 @@ def in_netns(netns: str, argv: list[str]) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{netns}", "--", *argv] if netns else argv
 
 
-def wait_for_dockerd(sup: Supervisor, port: int, name: str, *, engine_url: str = "", tls=None) -> None:
-    """Until the daemon answers a ping: plain HTTP on loopback, or through
-    docker-py at `engine_url` with `tls` (a docker.tls.TLSConfig)."""
-    if engine_url:
-        check = lambda: docker_ping(engine_url, tls)  # noqa: E731
-    else:
-        check = lambda: http_ok(f"http://127.0.0.1:{port}/_ping", b"OK")  # noqa: E731
-    wait_until(check, timeout=60, what=f"dockerd {name} on port {port}", log=sup.log_path(name))
+def wait_for_dockerd(sup: Supervisor, name: str, engine_url: str, *, tls=None) -> None:
+    """Until the daemon answers a ping at `engine_url` (with `tls`, a docker.tls.TLSConfig)."""
+    wait_until(
+        lambda: docker_ping(engine_url, tls), timeout=60, what=f"dockerd {name} at {engine_url}", log=sup.log_path(name)
+    )
 
 
 def docker_ping(engine_url: str, tls=None) -> bool:

@@ -11,7 +11,11 @@ import random
 import re
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -119,3 +123,88 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
     for sock in (source, sink):
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+@dataclass
+class Outside:
+    """A stand-in for the world outside the farm: a namespace of the test's own,
+    routed from the root namespace, with HTTP listeners that answer `reached NAME`.
+    `urls` maps each listener's name to its URL; `allowed` are the destinations
+    the test farm's egress policy lets builds reach (one routed, one on loopback)."""
+
+    urls: dict[str, str]
+    allowed: list[str]
+    spare_port: int  # allowed on loopback, nobody listens: a test binds its own server there
+
+
+@contextlib.contextmanager
+def outside_host(tag: str) -> Iterator[Outside]:
+    """Listeners: `mirror` (allowed, routed, 10.216.N.2:8081), `private` (the same
+    address, port 8082, not allowed), `metadata` (169.254.169.254:80, the cloud
+    metadata address, on this namespace only) and `loopback-mirror` (allowed,
+    127.0.0.1 of the root namespace, relayed into each daemon's sandbox)."""
+    prefix = _free_prefix().replace("10.213.", "10.216.")
+    namespace, veth = f"gout-{tag}", f"go{tag}"[:15]
+    processes: list[subprocess.Popen] = []
+    root = tempfile.mkdtemp(prefix="outside-")
+    try:
+        _ip("netns", "add", namespace)
+        _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+        _ip("addr", "add", f"{prefix}.1/24", "dev", veth)
+        _ip("link", "set", veth, "up")
+        _ip("-n", namespace, "addr", "add", f"{prefix}.2/24", "dev", "eth0")
+        _ip("-n", namespace, "addr", "add", "169.254.169.254/32", "dev", "eth0")
+        _ip("-n", namespace, "link", "set", "eth0", "up")
+        _ip("-n", namespace, "link", "set", "lo", "up")
+        _ip("-n", namespace, "route", "add", "default", "via", f"{prefix}.1")
+        # Only this host route makes the metadata address local to the test.
+        _ip("route", "add", "169.254.169.254/32", "via", f"{prefix}.2", "dev", veth)
+        loopback_port = _free_port()
+        listeners = {
+            "mirror": (namespace, f"{prefix}.2", 8081),
+            "private": (namespace, f"{prefix}.2", 8082),
+            "metadata": (namespace, "169.254.169.254", 80),
+            "loopback-mirror": ("", "127.0.0.1", loopback_port),
+        }
+        for name, (netns, address, port) in listeners.items():
+            folder = os.path.join(root, name)
+            os.makedirs(folder)
+            with open(os.path.join(folder, "probe.txt"), "w") as file:
+                file.write(f"reached {name}\n")
+            argv = [sys.executable, "-m", "http.server", "--bind", address, "--directory", folder, str(port)]
+            if netns:
+                argv = ["nsenter", f"--net=/run/netns/{netns}", "--", *argv]
+            processes.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        urls = {name: f"http://{address}:{port}/probe.txt" for name, (_, address, port) in listeners.items()}
+        _wait_for(urls.values())
+        spare = _free_port()
+        allowed = [f"{prefix}.2:8081", f"127.0.0.1:{loopback_port}", f"127.0.0.1:{spare}"]
+        yield Outside(urls=urls, allowed=allowed, spare_port=spare)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+        subprocess.run(["ip", "route", "del", "169.254.169.254/32", "via", f"{prefix}.2"], capture_output=True)
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(urls, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    for url in urls:
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the outside listener {url} did not answer")
+            time.sleep(0.1)

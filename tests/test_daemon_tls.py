@@ -35,15 +35,23 @@ def errors_of(daemon: DockerDaemon) -> dict[str, list[str]]:
     return caught.value.message_dict
 
 
+def test_a_unix_socket_is_taken_without_tls():
+    DockerDaemon(name="local", url="unix:///run/docker.sock").full_clean(validate_unique=False)
+
+
+# Loopback too: a build's ADD, or a registry's redirect, makes the daemon itself
+# call any TCP port on its host's loopback (issue 12, docs/security.md).
 @pytest.mark.parametrize("url", ["tcp://127.0.0.1:2375", "tcp://127.8.0.1:2375", "tcp://localhost:2375",
-                                 "tcp://[::1]:2375", "unix:///run/docker.sock"])  # fmt: skip
-def test_plain_tcp_is_allowed_on_loopback_and_unix_sockets(url):
-    DockerDaemon(name="local", url=url).full_clean(validate_unique=False)
+                                 "tcp://[::1]:2375", "tcp://10.1.2.3:2375", "tcp://build-1.example:2375",
+                                 "tcp://[2001:db8::1]:2375"])  # fmt: skip
+def test_plain_tcp_is_refused_everywhere(url):
+    assert "is plain TCP" in errors_of(DockerDaemon(name="remote", url=url))["url"][0]
 
 
-@pytest.mark.parametrize("url", ["tcp://10.1.2.3:2375", "tcp://build-1.example:2375", "tcp://[2001:db8::1]:2375"])
-def test_plain_tcp_to_another_host_is_refused(url):
-    assert "is not a loopback address" in errors_of(DockerDaemon(name="remote", url=url))["url"][0]
+def test_plain_tcp_on_loopback_is_kept_for_the_simulated_engines_only(settings):
+    settings.GENERATOR_INSECURE_LOOPBACK_ENGINES = True
+    DockerDaemon(name="fake", url="tcp://127.0.0.1:2375").full_clean(validate_unique=False)
+    assert "is plain TCP" in errors_of(DockerDaemon(name="remote", url="tcp://10.1.2.3:2375"))["url"][0]
 
 
 def test_another_host_with_the_three_pem_parts_is_accepted(certs):
@@ -136,7 +144,7 @@ def test_the_api_takes_the_key_and_never_returns_it(staff_api, certs):
 
 def test_the_api_refuses_plain_tcp_off_loopback_and_partial_material(staff_api, certs):
     plain = staff_api.post("/api/v1/daemons/", {"name": "r1", "url": "tcp://10.1.2.3:2375"}, format="json")
-    assert plain.status_code == 400 and "is not a loopback address" in plain.json()["url"][0]
+    assert plain.status_code == 400 and "is plain TCP" in plain.json()["url"][0]
     partial = {"name": "r2", "url": "tcp://10.1.2.3:2376", "tls_ca": certs.client["tls_ca"]}
     refused = staff_api.post("/api/v1/daemons/", partial, format="json")
     assert refused.status_code == 400 and set(refused.json()) == {"tls_cert", "tls_key"}
@@ -144,7 +152,10 @@ def test_the_api_refuses_plain_tcp_off_loopback_and_partial_material(staff_api, 
 
 def test_clearing_the_certificates_drops_the_key_too(staff_api, certs):
     daemon = DockerDaemon.objects.create(name="local-tls", url="tcp://127.0.0.1:2376", **certs.client)
-    response = staff_api.patch(f"/api/v1/daemons/{daemon.pk}/", {"tls_ca": "", "tls_cert": ""}, format="json")
+    plain = staff_api.patch(f"/api/v1/daemons/{daemon.pk}/", {"tls_ca": "", "tls_cert": ""}, format="json")
+    assert plain.status_code == 400 and "is plain TCP" in plain.json()["url"][0]
+    change = {"url": "unix:///run/generator/d/docker.sock", "tls_ca": "", "tls_cert": ""}
+    response = staff_api.patch(f"/api/v1/daemons/{daemon.pk}/", change, format="json")
     assert response.status_code == 200 and response.json()["uses_tls"] is False
     assert DockerDaemon.objects.get(pk=daemon.pk).tls_key == ""
 
@@ -154,7 +165,16 @@ def test_admin_never_shows_the_key_and_keeps_it_when_left_empty(client, operator
     daemon = DockerDaemon.objects.create(name="remote", url="tcp://10.1.2.3:2376", **certs.client)
     page = client.get(f"/admin/pool/dockerdaemon/{daemon.pk}/change/").content.decode()
     assert certs.client["tls_key"].splitlines()[1] not in page and "A key is stored" in page
-    form = {"name": "remote", "url": daemon.url, "capacity": 4, "enabled": "on", **certs.client, "tls_key": ""}
+    limits = {"build_memory_mb": 2048, "build_cpus": 1.0, "build_pids": 1024}
+    form = {
+        "name": "remote",
+        "url": daemon.url,
+        "capacity": 4,
+        "enabled": "on",
+        **limits,
+        **certs.client,
+        "tls_key": "",
+    }
     assert client.post(f"/admin/pool/dockerdaemon/{daemon.pk}/change/", form).status_code == 302
     daemon.refresh_from_db()
     assert daemon.capacity == 4 and daemon.tls_key == certs.client["tls_key"]
@@ -179,7 +199,7 @@ def test_loadpool_reads_tls_files_relative_to_the_pool_file(db, tmp_path, certs)
 @pytest.mark.parametrize(
     ("entry", "reason"),
     [
-        ({"url": "10.1.2.3", "port": "2376"}, "is not a loopback address"),
+        ({"url": "10.1.2.3", "port": "2376"}, "is plain TCP"),
         ({"url": "10.1.2.3", "port": "2376", "tls": {"ca": "x.pem"}}, 'tls must be {"ca": PATH'),
         ({"url": "10.1.2.3", "port": "2376", "tls": {"ca": "a", "cert": "b", "key": "c"}}, "cannot read tls.ca"),
     ],

@@ -25,21 +25,37 @@ def pool_file(tmp_path):
 SEED_POOL = {"docker": [{"url": "127.0.0.1", "port": "19000"}, {"url": "127.0.0.1", "port": "19100"}]}
 
 
-def test_loadpool_reads_the_seed_format_and_is_idempotent(db, pool_file):
+def test_loadpool_reads_the_seed_format_and_is_idempotent(db, pool_file, monkeypatch):
+    monkeypatch.delenv("GENERATOR_DAEMON_SOCKET_DIR", raising=False)
     path = pool_file(SEED_POOL)
     call_command("loadpool", path)
     DockerDaemon.objects.filter(name="127.0.0.1:19100").update(enabled=False)  # an operator's choice
     call_command("loadpool", path)
     daemons = list(DockerDaemon.objects.values_list("name", "url", "capacity", "enabled"))
     assert daemons == [
-        ("127.0.0.1:19000", "tcp://127.0.0.1:19000", 2, True),
-        ("127.0.0.1:19100", "tcp://127.0.0.1:19100", 2, False),
+        ("127.0.0.1:19000", "unix:///run/generator/19000/docker.sock", 2, True),
+        ("127.0.0.1:19100", "unix:///run/generator/19100/docker.sock", 2, False),
     ]
+
+
+def test_a_seed_entry_on_loopback_is_its_daemons_socket_never_its_port(db, pool_file, monkeypatch):
+    """A build can make its daemon call any TCP port on loopback: the seed's port
+    only names the daemon's socket folder (pool/seed_pool.py)."""
+    monkeypatch.setenv("GENERATOR_DAEMON_SOCKET_DIR", "/srv/daemons")
+    call_command("loadpool", pool_file({"docker": [{"url": "localhost", "port": "19000"}]}))
+    assert DockerDaemon.objects.get().url == "unix:///srv/daemons/19000/docker.sock"
+
+
+def test_a_seed_entry_on_another_host_without_tls_is_refused(db, pool_file):
+    with pytest.raises(CommandError, match="plain TCP"):
+        call_command("loadpool", pool_file({"docker": [{"url": "10.0.0.5", "port": "2375"}]}))
+    assert not DockerDaemon.objects.exists()
 
 
 def test_loadpool_takes_numbers_names_and_capacities(db, pool_file):
     call_command("loadpool", pool_file({"docker": [{"url": "127.0.0.5", "port": 2375, "name": "big", "capacity": 8}]}))
-    assert DockerDaemon.objects.get(name="big").capacity == 8
+    big = DockerDaemon.objects.get(name="big")
+    assert big.capacity == 8 and big.url.endswith("/2375/docker.sock")
 
 
 @pytest.mark.parametrize(

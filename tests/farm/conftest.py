@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +21,12 @@ from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from pool.egress import parse_destinations
 from pool.models import DockerDaemon, queue_for
 from scripts import localfarm as lf
+from scripts import sandbox
 from tests.fake_github import FakeGitHub
+from tests.netns import Outside, outside_host
 
 pytestmark = pytest.mark.farm
 
@@ -32,12 +37,13 @@ class Farm:
     registry: str  # host:port to push to
     registry_port: int
     daemons: list[tuple[str, str]]  # (name, engine URL)
-    daemon_ports: list[int]
     supervisor: lf.Supervisor
     services_dir: Path
     env: dict[str, str]
     web_port: int
     redis_port: int
+    policy: sandbox.Policy
+    outside: Outside
 
     def ensure_running(self) -> None:
         """Starts whatever is not running (a fault test killed it); idempotent."""
@@ -45,11 +51,14 @@ class Farm:
         if not lf.redis_answers(self.redis_port):
             lf.start_redis(sup, self.redis_port, root / "redis")
         lf.start_registry(sup, self.registry_port, root / "registry")
-        for index, port in enumerate(self.daemon_ports):
-            lf.start_dockerd(sup, port, root / f"d{index}", root / f"x{index}", f"dockerd-{index}")
-        for index, port in enumerate(self.daemon_ports):
-            lf.wait_for_dockerd(sup, port, f"dockerd-{index}")
-            lf.ensure_busybox_image(self.daemons[index][1], BUSYBOX_ROOTFS())
+        sandbox.apply_rules(self.policy)
+        for index, (_, url) in enumerate(self.daemons):
+            socket_path = Path(url.removeprefix("unix://"))
+            dirs = root / f"d{index}", root / f"x{index}", socket_path
+            lf.start_sandboxed_dockerd(sup, self.policy, index, f"dockerd-{index}", *dirs)
+        for index, (_, url) in enumerate(self.daemons):
+            lf.wait_for_dockerd(sup, f"dockerd-{index}", url)
+            lf.ensure_busybox_image(url, BUSYBOX_ROOTFS())
         lf.start_web(sup, self.web_port, self.env)
         for index, (name, _) in enumerate(self.daemons):
             lf.start_worker(sup, f"worker-{index}", name, queue_for(name), 2, self.env)
@@ -105,7 +114,7 @@ def fake_github():
 
 
 @pytest.fixture(scope="session")
-def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github) -> Farm:
+def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github, cleanup) -> Farm:
     env = {
         "GENERATOR_GITHUB_API_URL": fake_github.url,
         "GENERATOR_SITE_URL": "http://generator.example.invalid",
@@ -118,18 +127,30 @@ def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github) -> F
         **FAST_TIMINGS,
     }
     registry_port = lf.free_port()
-    ports = [lf.free_port() for _ in range(2)]
+    tag = secrets.token_hex(2)
+    cleanup.enter_context(outside := outside_host(f"gentest{tag}"))
+    policy = sandbox.Policy(
+        table=f"gentest{tag}",
+        prefix=f"gvt{tag}",
+        # The registry, and what the attacker tests fetch from on purpose
+        # (tests/farm/test_containment.py): a mirror on loopback and one routed.
+        allow=parse_destinations([f"127.0.0.1:{registry_port}", *outside.allowed]),
+        relay_dir=services_dir / "relay",
+    )
+    cleanup.callback(lf.remove_sandboxes, policy)
+    cleanup.callback(supervisor.stop_all)
     farm = Farm(
         web=f"127.0.0.1:{(web_port := lf.free_port())}",
         registry=f"localhost:{registry_port}",
         registry_port=registry_port,
-        daemons=[(f"farm-{i}", f"tcp://127.0.0.1:{port}") for i, port in enumerate(ports)],
-        daemon_ports=ports,
+        daemons=[(f"farm-{i}", f"unix://{services_dir}/s{i}/docker.sock") for i in range(2)],
         supervisor=supervisor,
         services_dir=services_dir,
         env=env,
         web_port=web_port,
         redis_port=int(redis_url.rsplit(":", 1)[1].split("/")[0]),
+        policy=policy,
+        outside=outside,
     )
     farm.ensure_running()
     yield farm
@@ -137,6 +158,13 @@ def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github) -> F
     # drops the test database (PostgreSQL refuses while anyone is connected).
     for name in ["control", "web", *(f"worker-{i}" for i in range(len(farm.daemons)))]:
         supervisor.stop(name)
+
+
+@pytest.fixture(scope="session")
+def cleanup():
+    """Undone at the end of the session, last in first out."""
+    with ExitStack() as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")

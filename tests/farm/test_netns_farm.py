@@ -81,9 +81,10 @@ def netns_farm(services_dir, tmp_path_factory):
         certs = tls_set(root / "tls", [net.address(h) for h in HOSTS])
         registry = f"{net.gateway}:{registry_port}"
         for host in HOSTS:
+            here = services_dir / "netns"
             lf.start_dockerd(
-                sup, DOCKERD_PORT, services_dir / "netns" / f"d{host}", services_dir / "netns" / f"x{host}",
-                f"dockerd-{host}", netns=net.namespaces[host], host=net.address(host), tls=certs.server,
+                sup, f"dockerd-{host}", here / f"d{host}", here / f"x{host}", here / f"s{host}" / "docker.sock",
+                netns=net.namespaces[host], tcp=f"{net.address(host)}:{DOCKERD_PORT}", tls=certs.server,
                 insecure_registries=(registry,),  # a plain-HTTP registry on the private network
             )  # fmt: skip
         pool = {"docker": [_pool_entry(net, host, certs) for host in HOSTS]}
@@ -97,7 +98,7 @@ def netns_farm(services_dir, tmp_path_factory):
 
         def daemon_ready(host: str) -> None:
             url = f"tcp://{net.address(host)}:{DOCKERD_PORT}"
-            lf.wait_for_dockerd(sup, DOCKERD_PORT, f"dockerd-{host}", engine_url=url, tls=certs.client_config())
+            lf.wait_for_dockerd(sup, f"dockerd-{host}", url, tls=certs.client_config())
             lf.ensure_busybox_image(url, BUSYBOX_ROOTFS(), tls=certs.client_config())
 
         in_parallel(

@@ -25,11 +25,10 @@ pytestmark = pytest.mark.farm
 def tls_daemon(supervisor, services_dir, tmp_path_factory):
     certs = tls_set(tmp_path_factory.mktemp("tls-daemon"), ["127.0.0.1"])
     port, registry_port = lf.free_port(), lf.free_port()
-    url = lf.start_dockerd(
-        supervisor, port, services_dir / "tls-d", services_dir / "tls-x", "dockerd-tls", tls=certs.server
-    )
+    dirs = services_dir / "tls-d", services_dir / "tls-x", services_dir / "tls-s" / "docker.sock"
+    url = lf.start_dockerd(supervisor, "dockerd-tls", *dirs, tcp=f"127.0.0.1:{port}", tls=certs.server)
     lf.start_registry(supervisor, registry_port, services_dir / "tls-registry", "registry-tls")
-    lf.wait_for_dockerd(supervisor, port, "dockerd-tls", engine_url=url, tls=certs.client_config())
+    lf.wait_for_dockerd(supervisor, "dockerd-tls", url, tls=certs.client_config())
     lf.ensure_busybox_image(url, BUSYBOX_ROOTFS(), tls=certs.client_config())
     yield url, certs, f"localhost:{registry_port}"
     supervisor.stop("dockerd-tls")
