@@ -3,7 +3,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.utils.html import format_html
 
-from .models import BuildJob, BuildRule, Registry, Repository, WebhookDelivery
+from .models import REGISTRY_HELP, BuildJob, BuildRule, Registry, Repository, WebhookDelivery
 from .services import SubmissionError, cancel_build, retry_build
 
 
@@ -115,18 +115,28 @@ class RegistryForm(forms.ModelForm):
         model = Registry
         fields = "__all__"
         widgets = {"password": SecretInput()}
+        help_texts = REGISTRY_HELP
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.instance.pk:
-            self.fields["password"].required = False
-            self.fields["password"].help_text = "Leave empty to keep the stored password."
+        if self.instance.pk and self.instance.password:
+            password = self.fields["password"]
+            password.help_text = "A password is stored. Leave empty to keep it; clear the username too to drop it."
 
     def clean(self):
-        return keep_stored_secrets(self, super().clean(), ("password",))
+        data = super().clean()
+        if not data.get("username") and not data.get("password"):
+            data["password"] = ""  # both cleared: the registry is allowed without credentials
+            return data
+        return keep_stored_secrets(self, data, ("password",))
 
 
 @admin.register(Registry)
 class RegistryAdmin(admin.ModelAdmin):
     form = RegistryForm
-    list_display = ["host", "username", "created_at"]
+    list_display = ["host", "credentials", "created_at"]
+    search_fields = ["host"]
+
+    @admin.display(description="credentials")
+    def credentials(self, registry: Registry) -> str:
+        return f"user {registry.username}" if registry.username else "none (pushes without auth)"

@@ -150,14 +150,15 @@ class RepositoryViewSet(viewsets.ModelViewSet):
 
 
 class StaffOnly(permissions.BasePermission):
-    message = "only staff may see or change registry credentials"
+    message = "only staff may see or change the registries builds push to"
 
     def has_permission(self, request, view) -> bool:
         return bool(request.user.is_staff)
 
 
 class RegistryViewSet(viewsets.ModelViewSet):
-    """Push credentials per registry host. Staff only; passwords are write-only."""
+    """The registries builds may push to (the allow-list), with credentials for
+    those that ask. Staff only; passwords are write-only."""
 
     serializer_class = RegistrySerializer
     permission_classes = [permissions.IsAuthenticated, StaffOnly]

@@ -19,3 +19,14 @@ class PoolUnavailable(SubmissionError):
 
 class Conflict(SubmissionError):
     status = 409
+
+
+class RegistryNotAllowed(SubmissionError):
+    """The image would be pushed to a registry no operator allowed (no Registry row)."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        super().__init__(
+            f"registry {host} is not one the farm pushes to:"
+            " an operator adds it under Registries (admin or /api/v1/registries/)"
+        )

@@ -10,7 +10,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
-from .references import InvalidReference, parse_reference
+from .errors import RegistryNotAllowed
+from .references import DOCKER_HUB, DOCKER_HUB_SPELLINGS, InvalidReference, parse_reference, parse_registry_host
 from .rules import RuleError, check_pattern, check_template
 
 
@@ -219,6 +220,17 @@ class Repository(models.Model):
             value = getattr(self, field)
             if value.startswith("/") or ".." in value.split("/"):
                 raise ValidationError({field: "a path inside the repository: no leading / and no .."})
+        self._check_registry()
+
+    def _check_registry(self) -> None:
+        """Pushes go only to allowed registries: a repository may not name another.
+        (Its webhook checks again: the row may be deleted later.)"""
+        try:
+            host = parse_reference(self.image).registry
+        except InvalidReference:
+            return  # the field's own validator says why
+        if not Registry.objects.allowing(host).exists():
+            raise ValidationError({"image": str(RegistryNotAllowed(host))})
 
 
 class BuildRule(models.Model):
@@ -272,6 +284,13 @@ class WebhookDelivery(models.Model):
         return f"{self.event} {self.delivery_id}"
 
 
+class RegistryQuerySet(models.QuerySet):
+    def allowing(self, host: str) -> RegistryQuerySet:
+        """The rows that let builds push to `host` (as `ImageReference.registry`
+        gives it). Hosts match exactly, but for Docker Hub's two spellings."""
+        return self.filter(host__in=DOCKER_HUB_SPELLINGS if host == DOCKER_HUB else [host])
+
+
 class Registry(models.Model):
     """A registry builds may push to (the allow-list), with push credentials if it
     asks for them. The password is write-only: admin and the API accept it and
@@ -284,9 +303,29 @@ class Registry(models.Model):
     password = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = RegistryQuerySet.as_manager()
+
     class Meta:
         ordering = ["host"]
         verbose_name_plural = "registries"
 
     def __str__(self) -> str:
         return self.host
+
+    def clean(self) -> None:
+        try:
+            self.host = parse_registry_host(self.host)
+        except InvalidReference as exc:
+            raise ValidationError({"host": str(exc)}) from None
+        if bool(self.username) != bool(self.password):
+            raise ValidationError("give both a username and a password, or neither (a registry without auth)")
+
+
+# Help for the rows' forms (admin, REST API): changing the fields' help_text would take a migration.
+REGISTRY_HELP = {
+    "host": "Builds push only to the registries listed here (the allow-list); any other is refused at submit."
+    " As in image names: registry.example.com:5000, localhost:5000, or docker.io for Docker Hub."
+    " Hosts match exactly: localhost:5000 and 127.0.0.1:5000 are two rows.",
+    "username": "Only for a registry that asks for credentials; leave both empty to push without auth.",
+    "password": "Write-only: never shown again.",
+}

@@ -26,8 +26,13 @@ _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}
 _REFERENCE = re.compile(rf"({_NAME})(?::({_TAG}))?(?:@({_DIGEST}))?", re.ASCII)
 _ANCHORED_NAME = re.compile(rf"(?:({_DOMAIN})/)?({_REMOTE_NAME})", re.ASCII)
 _SHA256_HEX = re.compile(r"[a-f0-9]{64}")
+_DOMAIN_ONLY = re.compile(_DOMAIN, re.ASCII)
 
 NAME_TOTAL_LENGTH_MAX = 255
+
+DOCKER_HUB = "docker.io"
+# What Docker reads as Docker Hub when a reference or a login names it.
+DOCKER_HUB_SPELLINGS = (DOCKER_HUB, "index.docker.io")
 
 
 class InvalidReference(ValueError):
@@ -43,6 +48,12 @@ class ImageReference:
     @property
     def domain(self) -> str | None:
         return _ANCHORED_NAME.fullmatch(self.repository)[1]
+
+    @property
+    def registry(self) -> str:
+        """The registry host the image goes to, read as Docker reads it (unlike
+        `domain`, which is the grammar's optional first component)."""
+        return registry_host(self.repository)
 
     def __str__(self) -> str:
         text = self.repository
@@ -78,6 +89,36 @@ def parse_build_target(text: str) -> ImageReference:
     if reference.tag is None:
         return ImageReference(repository=reference.repository, tag="latest", digest=None)
     return reference
+
+
+def registry_host(repository: str) -> str:
+    """The registry of an image repository, by distribution/reference's
+    `splitDockerDomain`: the first component is a host only if it has a '.' or a
+    ':', is `localhost`, or has capitals; otherwise the image is on Docker Hub
+    (`busybox`, `library/busybox`, `team/app`). `index.docker.io` is Docker Hub too.
+    Other hosts are kept as written: `localhost:5000` and `127.0.0.1:5000` differ."""
+    first, slash, _ = repository.partition("/")
+    if not slash or not _looks_like_a_host(first) or first in DOCKER_HUB_SPELLINGS:
+        return DOCKER_HUB
+    return first
+
+
+def _looks_like_a_host(component: str) -> bool:
+    return "." in component or ":" in component or component == "localhost" or component != component.lower()
+
+
+def parse_registry_host(text: str) -> str:
+    """A registry host as image references write it (`registry.example.com:5000`,
+    `localhost:5000`, `[::1]:5000`, `docker.io`), Docker Hub's spellings made one."""
+    host = text.strip()
+    if not _DOMAIN_ONLY.fullmatch(host):
+        raise InvalidReference(f"{text!r} is not a registry host: write it as in image names, e.g. localhost:5000")
+    if not _looks_like_a_host(host):
+        # Docker would read "HOST/app" as Docker Hub's HOST/app: the row would allow nothing.
+        raise InvalidReference(
+            f"Docker reads {host}/app as an image on Docker Hub: a registry host has a '.' or a port, or is localhost"
+        )
+    return DOCKER_HUB if host in DOCKER_HUB_SPELLINGS else host
 
 
 def _validate_digest(digest: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
-from .models import BuildJob, BuildRule, Registry, Repository
+from .models import REGISTRY_HELP, BuildJob, BuildRule, Registry, Repository
 
 
 class BuildJobSerializer(serializers.ModelSerializer):
@@ -142,8 +142,27 @@ class RepositorySerializer(serializers.ModelSerializer):
 
 
 class RegistrySerializer(serializers.ModelSerializer):
+    """A registry builds may push to: the rows are the allow-list. Credentials are
+    optional (both or neither); the password is write-only, and an update that
+    leaves it out keeps the stored one unless it clears the username."""
+
     class Meta:
         model = Registry
         fields = ["id", "host", "username", "password", "created_at"]
         read_only_fields = ["created_at"]
-        extra_kwargs = {"password": {"write_only": True}}
+        extra_kwargs = {
+            "host": {"help_text": REGISTRY_HELP["host"]},
+            "username": {"help_text": REGISTRY_HELP["username"]},
+            "password": {"write_only": True, "help_text": REGISTRY_HELP["password"]},
+        }
+
+    def validate(self, data):
+        stored = self.instance
+        username = data.get("username", stored.username if stored else "")
+        password = data.get("password") or (stored.password if stored and username else "")
+        candidate = Registry(host=data.get("host", stored.host if stored else ""), username=username, password=password)
+        candidate.clean()  # the host as Docker writes it; both credentials or neither
+        if Registry.objects.filter(host=candidate.host).exclude(pk=stored.pk if stored else None).exists():
+            raise serializers.ValidationError({"host": f"{candidate.host} is already listed"})
+        data.update(host=candidate.host, password=password)
+        return data

@@ -1,8 +1,8 @@
 """Submitting builds: the one entry every front door goes through.
 
-The `/b1` seed API, and later webhooks, the REST API, admin actions and the CLI,
-all call `submit_build`. It validates, creates the row and dispatches; nothing
-else creates jobs.
+The `/b1` seed API, webhooks, the REST API, admin actions and the CLI all come
+in here (`submit_build`, `submit`, `retry_build`, `submit_push_build`). It
+validates, creates the row and dispatches; nothing else creates jobs.
 """
 
 from __future__ import annotations
@@ -16,12 +16,20 @@ from django.db import transaction
 from . import transitions
 from .contexts import clean_context
 from .dispatch import NoDaemonAvailable, dispatch, ensure_pool_exists
-from .errors import Conflict, PoolUnavailable, SubmissionError, TooLarge
+from .errors import Conflict, PoolUnavailable, RegistryNotAllowed, SubmissionError, TooLarge
 from .logs import append_line
-from .models import BuildContext, BuildJob, Repository
-from .references import InvalidReference, parse_build_target
+from .models import BuildContext, BuildJob, Registry, Repository
+from .references import InvalidReference, parse_build_target, registry_host
 
-__all__ = ["Conflict", "PoolUnavailable", "SubmissionError", "TooLarge", "submit", "submit_build"]
+__all__ = [
+    "Conflict",
+    "PoolUnavailable",
+    "RegistryNotAllowed",
+    "SubmissionError",
+    "TooLarge",
+    "submit",
+    "submit_build",
+]
 
 
 _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
@@ -70,6 +78,7 @@ def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | Non
     for name, mapping in (("build args", request.build_args), ("labels", request.labels)):
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
             raise SubmissionError(f"{name} must map strings to strings")
+    check_registry_allowed(target.repository)
     ensure_pool_exists_or_raise()
     with transaction.atomic():
         job = BuildJob.objects.create(
@@ -118,6 +127,7 @@ def submit_push_build(*, repository, ref: str, sha: str, tags: list[str]) -> Bui
     Builds of the same ref still waiting are superseded by it (and running ones
     too, if the repository says so): only the newest commit of a ref matters.
     """
+    check_registry_allowed(repository.image)  # the row may have gone since the repository was saved
     ensure_pool_exists_or_raise()
     with transaction.atomic():
         job = BuildJob.objects.create(
@@ -142,6 +152,14 @@ def _supersede(job: BuildJob) -> None:
             append_line(previous.id, f"[generator] Superseded by {job.id} ({job.commit_sha[:12]}) before it started")
         elif job.repository.cancel_superseded_running:
             transitions.request_cancel(previous.id, None, superseded_by=job.id)
+
+
+def check_registry_allowed(image_repository: str) -> None:
+    """Builds push only to registries an operator allowed (a Registry row). Extra
+    tags are tags of the same repository, so they go to the same registry."""
+    host = registry_host(image_repository)
+    if not Registry.objects.allowing(host).exists():
+        raise RegistryNotAllowed(host)
 
 
 def ensure_pool_exists_or_raise() -> None:

@@ -125,7 +125,17 @@ def database(db):
 
 
 @pytest.fixture
-def operator(database):
+def allowed_registry(database):
+    """The registry the unit tests push to, on the allow-list: builds push only to
+    registries with a row. (The end-to-end tests allow their farm's own.)"""
+    from builds.models import Registry
+
+    return Registry.objects.get_or_create(host="localhost:5000")[0]
+
+
+@pytest.fixture
+def operator(database, allowed_registry):
+    # The user who submits in most tests: the registry comes with it.
     return _user("operator", is_staff=True, is_superuser=True)
 
 

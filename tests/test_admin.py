@@ -53,8 +53,8 @@ def test_the_job_admin_is_read_only(admin_client, daemon):
 def test_retry_from_the_job_admin(admin_client, daemon):
     from builds.models import BuildJob
 
-    done = BuildJob.objects.create(image="a/b:latest", dockerfile="FROM busybox\n", status="failed")
-    running = BuildJob.objects.create(image="a/b:latest", dockerfile="FROM busybox\n", status="building")
+    done = BuildJob.objects.create(image="localhost:5000/a/b:latest", dockerfile="FROM busybox\n", status="failed")
+    running = BuildJob.objects.create(image="localhost:5000/a/b:latest", dockerfile="FROM busybox\n", status="building")
     response = admin_client.post(
         "/admin/builds/buildjob/", {"action": "retry", "_selected_action": [done.pk, running.pk]}, follow=True
     )

@@ -175,7 +175,8 @@ def test_detail_and_log_with_an_offset(api, reader, daemon):
 
 def test_cancel_and_retry(api, operator, daemon):
     as_user(api, operator)
-    job_id = api.post("/api/v1/builds/", {"image": "a/b", "dockerfile": DOCKERFILE}, format="json").json()["id"]
+    build = {"image": "localhost:5000/a/b", "dockerfile": DOCKERFILE}
+    job_id = api.post("/api/v1/builds/", build, format="json").json()["id"]
     assert api.post(f"/api/v1/builds/{job_id}/retry/").status_code == 409  # still queued
     response = api.post(f"/api/v1/builds/{job_id}/cancel/")
     assert response.status_code == 200 and response.json()["status"] == "cancelled"

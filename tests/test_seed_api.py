@@ -108,7 +108,7 @@ def test_a_dockerfile_over_one_mebibyte_is_refused_by_default(client, operator, 
 
 
 def test_an_empty_pool_is_503_and_stores_nothing(client, operator, db):
-    response = submit(client, operator.api_token, imagename="a/b", dockerfile=b64(DOCKERFILE))
+    response = submit(client, operator.api_token, imagename="localhost:5000/a/b", dockerfile=b64(DOCKERFILE))
     assert response.status_code == 503
     assert "no enabled Docker daemon" in response.content.decode()
     assert not BuildJob.objects.exists()
@@ -117,12 +117,13 @@ def test_an_empty_pool_is_503_and_stores_nothing(client, operator, db):
 def test_a_disabled_pool_is_503_too(client, operator, pool):
     pool.enabled = False
     pool.save()
-    assert submit(client, operator.api_token, imagename="a/b", dockerfile=b64(DOCKERFILE)).status_code == 503
+    response = submit(client, operator.api_token, imagename="localhost:5000/a/b", dockerfile=b64(DOCKERFILE))
+    assert response.status_code == 503
 
 
 def test_a_submitted_job_is_dispatched_after_commit(client, operator, pool, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        response = submit(client, operator.api_token, imagename="a/b", dockerfile=b64(DOCKERFILE))
+        response = submit(client, operator.api_token, imagename="localhost:5000/a/b", dockerfile=b64(DOCKERFILE))
     assert BuildJob.objects.get(pk=response.content.decode()).daemon == pool
 
 
@@ -156,8 +157,8 @@ def test_a_session_cookie_alone_cannot_submit(client, operator, pool):
 
 
 @override_settings(GENERATOR_ANONYMOUS_BUILDS=True)
-def test_an_operator_can_open_anonymous_submissions(client, pool):
-    response = submit(client, imagename="a/b", dockerfile=b64(DOCKERFILE))
+def test_an_operator_can_open_anonymous_submissions(client, pool, allowed_registry):
+    response = submit(client, imagename="localhost:5000/a/b", dockerfile=b64(DOCKERFILE))
     assert response.status_code == 200
     assert BuildJob.objects.get(pk=response.content.decode()).submitted_by is None
 

@@ -40,7 +40,7 @@ def register(full_name: str) -> Repository:
 
 
 @pytest.fixture
-def repository(daemon):
+def repository(daemon, allowed_registry):
     # GitHub Enterprise's examples come from Octocoders' copy of the same repository.
     register("Octocoders/Hello-World")
     return register("Codertocat/Hello-World")
