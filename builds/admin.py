@@ -87,7 +87,7 @@ class BuildRuleInline(admin.TabularInline):
 class RepositoryAdmin(admin.ModelAdmin):
     form = RepositoryForm
     inlines = [BuildRuleInline]
-    list_display = ["full_name", "image", "hook_verified_at", "created_at"]
+    list_display = ["full_name", "image", "daemon_group", "hook_verified_at", "created_at"]
     search_fields = ["full_name", "image"]
     readonly_fields = ["hook_verified_at", "webhook_url"]
 

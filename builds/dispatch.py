@@ -6,6 +6,9 @@ Celery queue. So a daemon's queue never holds more than its capacity, a full
 pool makes jobs wait in order (with a position), and nothing is piled onto a
 daemon that may be about to fail.
 
+Daemon groups: a job of a repository pinned to a group goes only to daemons of
+that group, and every other job only to the shared daemons (no group).
+
 `dispatch()` runs after every submit and every finished build, and every few
 seconds from beat (which also catches what a lost message or a sick daemon left
 behind: see `rescue_stranded`).
@@ -20,11 +23,11 @@ import redis
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from pool.models import DockerDaemon
-from pool.scheduler import choose_daemon
+from pool.scheduler import choose_daemon, groups_with_room
 
 from . import transitions
 from .models import BuildJob
@@ -39,10 +42,21 @@ class NoDaemonAvailable(Exception):
     pass
 
 
-def ensure_pool_exists() -> None:
-    """A job nobody could ever build is refused at the door rather than queued forever."""
-    if not DockerDaemon.objects.filter(enabled=True).exists():
-        raise NoDaemonAvailable("no enabled Docker daemon in the pool: an operator must add or enable one")
+def ensure_pool_exists(group: str = "") -> None:
+    """A job nobody could ever build is refused at the door rather than queued forever.
+
+    `group` is the daemon group the job is pinned to ('' for the shared pool):
+    only daemons of that very group may build it."""
+    if DockerDaemon.objects.filter(enabled=True, group=group).exists():
+        return
+    if group:
+        raise NoDaemonAvailable(
+            f"no enabled Docker daemon in daemon group {group!r}, which the repository is pinned to:"
+            " an operator must add or enable one in that group, or unpin the repository"
+        )
+    raise NoDaemonAvailable(
+        "no enabled Docker daemon in the pool (the shared daemons, without a group): an operator must add or enable one"
+    )
 
 
 def active_builds_by_daemon() -> dict[int, int]:
@@ -94,11 +108,13 @@ def warm_daemon_for(job: BuildJob) -> int | None:
     return last
 
 
-def _preferred_daemon(job: BuildJob, daemons, load: dict[int, int], warm: dict[str, int | None]) -> int | None:
+def _preferred_daemon(
+    job: BuildJob, group: str, daemons, load: dict[int, int], warm: dict[str, int | None]
+) -> int | None:
     """The warm daemon for the job, asked of the database only when two daemons
-    have room (else there is no choice to make), and once per image repository
-    in a pass."""
-    if sum(1 for d in daemons if load.get(d.pk, 0) < d.capacity) < 2:
+    of its group have room (else there is no choice to make), and once per image
+    repository in a pass."""
+    if sum(1 for d in daemons if d.group == group and load.get(d.pk, 0) < d.capacity) < 2:
         return None
     if job.image_repository not in warm:
         warm[job.image_repository] = warm_daemon_for(job)
@@ -174,20 +190,33 @@ def _pass(*, wait: bool) -> int | None:
         if not daemons:
             return 0
         load = active_builds_by_daemon()
+        open_groups = groups_with_room(daemons, load)
+        if not open_groups:
+            return 0  # the pool is full
         per_image = active_builds_by_image()
         per_repository = active_builds_by_repository()
+        # Only jobs some daemon could take now: a long queue of a full group must
+        # not fill the batch ahead of jobs the rest of the pool could build.
         waiting = (
             BuildJob.objects.filter(status=BuildJob.Status.QUEUED, daemon__isnull=True)
+            .filter(_pinned_to(open_groups))
             .select_related("repository")
             .order_by("created_at")
         )
         warm: dict[str, int | None] = {}
         for job in waiting[:DISPATCH_BATCH]:
+            group = job.daemon_group
+            if group not in open_groups:
+                continue  # its group filled up during this pass
             if _over_limit(job, per_image, per_repository):
                 continue  # it has its share of the pool; later jobs of others may go
-            daemon = choose_daemon(daemons, load, prefer=_preferred_daemon(job, daemons, load, warm))
+            prefer = _preferred_daemon(job, group, daemons, load, warm)
+            daemon = choose_daemon(daemons, load, prefer=prefer, group=group)
             if daemon is None:
-                break  # the pool is full
+                open_groups.discard(group)
+                if not open_groups:
+                    break  # the pool is full
+                continue
             if transitions.assign(job.id, daemon.pk):
                 load[daemon.pk] = load.get(daemon.pk, 0) + 1
                 per_image[job.image] = per_image.get(job.image, 0) + 1
@@ -197,6 +226,15 @@ def _pass(*, wait: bool) -> int | None:
         for send in sends:
             transaction.on_commit(lambda send=send: send_build_task(*send))
     return len(sends)
+
+
+def _pinned_to(groups: set[str]) -> Q:
+    """Jobs whose daemon group is one of `groups` ('' is the shared pool: jobs
+    without a repository, or whose repository is not pinned)."""
+    condition = Q(repository__isnull=True) | Q(repository__daemon_group="") if "" in groups else Q()
+    if named := sorted(groups - {""}):
+        condition |= Q(repository__daemon_group__in=named)
+    return condition
 
 
 def send_build_task(job_id: str, attempt: int, daemon_id: int, queue: str) -> None:
@@ -210,13 +248,16 @@ def send_build_task(job_id: str, attempt: int, daemon_id: int, queue: str) -> No
 
 def rescue_stranded() -> int:
     """Puts back in the farm's queue the jobs given to a daemon but never claimed:
-    the daemon stopped taking builds (sick, draining, disabled), or the message
-    was lost (Redis restarted) or not sent, or its worker is down."""
+    the daemon stopped taking builds (sick, draining, disabled) or moved to
+    another daemon group, or the message was lost (Redis restarted) or not sent,
+    or its worker is down."""
     stale = timezone.now() - timedelta(seconds=settings.GENERATOR_DISPATCH_STALE_SECONDS)
-    assigned = BuildJob.objects.filter(status=BuildJob.Status.QUEUED, daemon__isnull=False).select_related("daemon")
+    assigned = BuildJob.objects.filter(status=BuildJob.Status.QUEUED, daemon__isnull=False).select_related(
+        "daemon", "repository"
+    )
     rescued = 0
     for job in assigned:
-        gone = not job.daemon.takes_builds
+        gone = not job.daemon.takes_builds or job.daemon.group != job.daemon_group
         stuck = job.dispatched_at is None or job.dispatched_at < stale
         if (gone or stuck) and transitions.unassign(job.id, job.attempt, job.daemon_id):
             logger.info("job %s went back to the farm queue from %s", job.id, job.daemon.name)

@@ -100,6 +100,12 @@ class BuildJob(models.Model):
         return [self.image.rsplit(":", 1)[1], *self.extra_tags]
 
     @property
+    def daemon_group(self) -> str:
+        """The daemon group its repository is pinned to; '' (the shared pool) for a
+        build without a repository. Read `repository` with select_related in loops."""
+        return self.repository.daemon_group if self.repository_id else ""
+
+    @property
     def image_repository(self) -> str:
         """The image without its tag: builds of one image repository share a layer cache."""
         return self.image.rsplit(":", 1)[0] if ":" in self.image.rsplit("/", 1)[-1] else self.image

@@ -111,6 +111,7 @@ class RepositorySerializer(serializers.ModelSerializer):
             "cancel_superseded_running",
             "build_timeout",
             "max_concurrent_builds",
+            "daemon_group",
             "hook_verified_at",
             "rules",
         ]

@@ -79,7 +79,7 @@ def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | Non
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
             raise SubmissionError(f"{name} must map strings to strings")
     check_registry_allowed(target.repository)
-    ensure_pool_exists_or_raise()
+    ensure_pool_exists_or_raise(request.repository.daemon_group if request.repository else "")
     with transaction.atomic():
         job = BuildJob.objects.create(
             image=str(target),
@@ -128,7 +128,7 @@ def submit_push_build(*, repository, ref: str, sha: str, tags: list[str]) -> Bui
     too, if the repository says so): only the newest commit of a ref matters.
     """
     check_registry_allowed(repository.image)  # the row may have gone since the repository was saved
-    ensure_pool_exists_or_raise()
+    ensure_pool_exists_or_raise(repository.daemon_group)
     with transaction.atomic():
         job = BuildJob.objects.create(
             image=f"{repository.image}:{tags[0]}",
@@ -162,9 +162,9 @@ def check_registry_allowed(image_repository: str) -> None:
         raise RegistryNotAllowed(host)
 
 
-def ensure_pool_exists_or_raise() -> None:
+def ensure_pool_exists_or_raise(group: str = "") -> None:
     try:
-        ensure_pool_exists()
+        ensure_pool_exists(group)
     except NoDaemonAvailable as exc:
         raise PoolUnavailable(str(exc)) from None
 

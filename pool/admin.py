@@ -33,6 +33,7 @@ class DockerDaemonAdmin(admin.ModelAdmin):
     list_display = [
         "name",
         "url",
+        "group",
         "load",
         "enabled",
         "draining",
@@ -42,7 +43,7 @@ class DockerDaemonAdmin(admin.ModelAdmin):
         "last_seen_at",
         "consecutive_failures",
     ]
-    list_filter = ["enabled", "draining", "healthy"]
+    list_filter = ["enabled", "draining", "healthy", "group"]
     search_fields = ["name", "url"]
     readonly_fields = ["queue", *HEALTH_FIELDS, "created_at", "updated_at"]
     actions = ["drain", "enable", "disable", "check_now"]

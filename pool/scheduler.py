@@ -8,19 +8,30 @@ from .models import DockerDaemon
 
 
 def choose_daemon(
-    daemons: Iterable[DockerDaemon], running: Mapping[int, int], prefer: int | None = None
+    daemons: Iterable[DockerDaemon], running: Mapping[int, int], prefer: int | None = None, group: str = ""
 ) -> DockerDaemon | None:
-    """A daemon that takes builds and has a free slot, or None if all are full.
+    """A daemon of `group` that takes builds and has a free slot, or None if all are full.
 
+    `group` '' is the shared pool (daemons without a group); a named group's
+    daemons are chosen only for that group, and it only gets them.
     `running` maps a daemon's primary key to its active builds. The daemon with
     primary key `prefer` (the one whose layer cache is warm for this image) wins
     when it has room; otherwise the least loaded for its capacity, ties to fewer
     builds in absolute terms, then to the older row, so the choice is stable.
     """
-    with_room = [d for d in daemons if d.takes_builds and running.get(d.pk, 0) < d.capacity]
+    with_room = [d for d in daemons if d.group == group and _has_room(d, running)]
     for daemon in with_room:
         if daemon.pk == prefer:
             return daemon
     if not with_room:
         return None
     return min(with_room, key=lambda d: (running.get(d.pk, 0) / d.capacity, running.get(d.pk, 0), d.pk))
+
+
+def groups_with_room(daemons: Iterable[DockerDaemon], running: Mapping[int, int]) -> set[str]:
+    """The daemon groups ('' for the shared pool) with a daemon that could take a build now."""
+    return {d.group for d in daemons if _has_room(d, running)}
+
+
+def _has_room(daemon: DockerDaemon, running: Mapping[int, int]) -> bool:
+    return daemon.takes_builds and running.get(daemon.pk, 0) < daemon.capacity
