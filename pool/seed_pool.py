@@ -34,6 +34,7 @@ class PoolEntry:
     capacity: int
     # PEM text of tls.ca, tls.cert, tls.key; None when the entry has no "tls".
     tls: dict[str, str] | None = field(default=None, repr=False)
+    group: str | None = None  # None: the entry does not say, and an operator's choice stays
 
 
 def read_pool_file(path: str | Path) -> list[PoolEntry]:
@@ -57,11 +58,14 @@ def _entry(path: str | Path, index: int, member: object) -> PoolEntry:
     if not isinstance(capacity, int) or capacity < 1:
         raise PoolFileError(f"{where}: capacity must be a whole number of at least 1")
     tls = _tls_material(path, where, member["tls"]) if "tls" in member else None
+    group = member.get("group")
+    if group is not None and not isinstance(group, str):
+        raise PoolFileError(f'{where}: group must be a string ("" for the shared pool)')
     if "engine" in member:
         if not member.get("name"):
             raise PoolFileError(f"{where}: an entry with engine needs a name")
         url = str(member["engine"])
-        return PoolEntry(name=str(member["name"]), url=url, host="", port=0, capacity=capacity, tls=tls)
+        return PoolEntry(str(member["name"]), url, "", 0, capacity, tls, group)
     host = str(member.get("url", "")).strip()
     # The seed wrote ports as strings; numbers are accepted too.
     port_text = str(member.get("port", "")).strip()
@@ -70,7 +74,7 @@ def _entry(path: str | Path, index: int, member: object) -> PoolEntry:
     port = int(port_text)
     name = str(member.get("name") or f"{host}:{port}")
     url = f"tcp://{host}:{port}" if tls or not _is_loopback(host) else f"unix://{local_socket(port)}"
-    return PoolEntry(name=name, url=url, host=host, port=port, capacity=capacity, tls=tls)
+    return PoolEntry(name, url, host, port, capacity, tls, group)
 
 
 def local_socket(port: int) -> Path:

@@ -116,6 +116,7 @@ def up() -> None:
     print(indent(manage("loadpool", str(POOL_FILE), env=env)))
     admin = manage("ensureadmin", "--password-file", str(VAR / "admin-password"), env=env)
     print(indent(admin))
+    print(indent(manage("allowregistry", f"localhost:{REGISTRY_PORT}", env=env)))
 
     lf.start_web(sup, WEB_PORT, env)
     step(f"daphne serves http://localhost:{WEB_PORT}")

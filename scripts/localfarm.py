@@ -289,8 +289,19 @@ def start_dockerd(
     dockerd_argv (tcp, tls, bridge, insecure_registries)."""
     for directory in (data_dir, exec_dir, socket_path.parent):
         directory.mkdir(parents=True, exist_ok=True)
+    allow_traverse(data_dir)
     sup.start(name, in_netns(netns, dockerd_argv(data_dir, exec_dir, socket_path, **options)))
     return f"tcp://{options['tcp']}" if options.get("tls") else f"unix://{socket_path}"
+
+
+def allow_traverse(directory: Path) -> None:
+    """Gives others search (x, not read) on `directory` and its parents: the
+    remapped root of --userns-remap must reach its data root, and dockerd
+    refuses to start otherwise (pytest's temporary folders are 0700)."""
+    for folder in [directory.resolve(), *directory.resolve().parents]:
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod(mode | 0o001)
 
 
 def start_sandboxed_dockerd(

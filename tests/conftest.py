@@ -9,6 +9,8 @@ other processes, share it with the tests.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,9 +32,13 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def services_dir(tmp_path_factory) -> Path:
+def services_dir() -> Path:
     # Short: dockerd exec roots under it hold unix sockets (108-byte path limit).
-    return Path(tmp_path_factory.mktemp("svc"))
+    # Not under pytest's own temporary folder, which pytest keeps at 0700: a
+    # user-namespace-remapped daemon's root must traverse to its data root.
+    folder = Path(tempfile.mkdtemp(prefix="gsvc-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

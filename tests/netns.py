@@ -134,7 +134,7 @@ class Outside:
 
     urls: dict[str, str]
     allowed: list[str]
-    spare_port: int  # allowed on loopback, nobody listens: a test binds its own server there
+    spare_ports: list[int]  # allowed on loopback, nobody listens: tests bind their own servers there
 
 
 @contextlib.contextmanager
@@ -158,7 +158,7 @@ def outside_host(tag: str) -> Iterator[Outside]:
         _ip("-n", namespace, "link", "set", "lo", "up")
         _ip("-n", namespace, "route", "add", "default", "via", f"{prefix}.1")
         # Only this host route makes the metadata address local to the test.
-        _ip("route", "add", "169.254.169.254/32", "via", f"{prefix}.2", "dev", veth)
+        _ip("route", "replace", "169.254.169.254/32", "via", f"{prefix}.2", "dev", veth)
         loopback_port = _free_port()
         listeners = {
             "mirror": (namespace, f"{prefix}.2", 8081),
@@ -177,9 +177,9 @@ def outside_host(tag: str) -> Iterator[Outside]:
             processes.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         urls = {name: f"http://{address}:{port}/probe.txt" for name, (_, address, port) in listeners.items()}
         _wait_for(urls.values())
-        spare = _free_port()
-        allowed = [f"{prefix}.2:8081", f"127.0.0.1:{loopback_port}", f"127.0.0.1:{spare}"]
-        yield Outside(urls=urls, allowed=allowed, spare_port=spare)
+        spare = [_free_port(), _free_port()]
+        allowed = [f"{prefix}.2:8081", f"127.0.0.1:{loopback_port}", *(f"127.0.0.1:{port}" for port in spare)]
+        yield Outside(urls=urls, allowed=allowed, spare_ports=spare)
     finally:
         for process in processes:
             process.kill()

@@ -209,7 +209,8 @@ def test_daemons_are_read_by_users_and_changed_by_staff(api, reader, operator, d
     as_user(api, operator)
     assert api.post(f"/api/v1/daemons/{daemon.pk}/drain/").json()["draining"] is True
     assert api.post(f"/api/v1/daemons/{daemon.pk}/enable/").json()["draining"] is False
-    created = api.post("/api/v1/daemons/", {"name": "new", "url": "tcp://127.0.0.1:2375", "capacity": 3}, format="json")
+    new = {"name": "new", "url": "unix:///run/generator/new/docker.sock", "capacity": 3}
+    created = api.post("/api/v1/daemons/", new, format="json")
     assert created.status_code == 201 and DockerDaemon.objects.get(name="new").capacity == 3
     bad = api.post("/api/v1/daemons/", {"name": "bad", "url": "http://x", "capacity": 0}, format="json").json()
     assert set(bad) == {"url", "capacity"}

@@ -128,3 +128,11 @@ def test_the_daemon_with_a_warm_cache_wins_while_it_has_room():
 
 def test_a_daemon_has_its_own_queue():
     assert DockerDaemon(name="127.0.0.1:19000").queue == "build.127.0.0.1:19000"
+
+
+def test_loadpool_sets_a_group_only_where_the_entry_names_one(db, pool_file):
+    call_command("loadpool", pool_file({"docker": [{"url": "127.0.0.1", "port": "1", "group": "secure"}]}))
+    assert DockerDaemon.objects.get().group == "secure"
+    DockerDaemon.objects.update(group="operators-choice")
+    call_command("loadpool", pool_file({"docker": [{"url": "127.0.0.1", "port": "1"}]}))
+    assert DockerDaemon.objects.get().group == "operators-choice"

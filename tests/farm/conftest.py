@@ -21,6 +21,7 @@ from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from builds.models import Registry
 from pool.egress import parse_destinations
 from pool.models import DockerDaemon, queue_for
 from scripts import localfarm as lf
@@ -128,7 +129,7 @@ def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github, clea
     }
     registry_port = lf.free_port()
     tag = secrets.token_hex(2)
-    cleanup.enter_context(outside := outside_host(f"gentest{tag}"))
+    outside = cleanup.enter_context(outside_host(f"gentest{tag}"))
     policy = sandbox.Policy(
         table=f"gentest{tag}",
         prefix=f"gvt{tag}",
@@ -185,7 +186,9 @@ def database(farm_db):
 
 @pytest.fixture
 def farm_pool(farm, farm_db):
-    """The farm's daemons as rows, enabled and not draining."""
+    """The farm's daemons as rows, enabled and not draining; its registry allowed."""
+    for host in (farm.registry, "localhost:1"):  # localhost:1: test_end_to_end pushes there to fail on purpose
+        Registry.objects.get_or_create(host=host)
     return [
         DockerDaemon.objects.update_or_create(
             name=name, defaults={"url": url, "capacity": 2, "enabled": True, "draining": False}

@@ -93,6 +93,7 @@ def netns_farm(services_dir, tmp_path_factory):
 
         def database() -> None:  # as an operator sets one up
             _manage(web_env, "migrate", "--noinput")
+            _manage(web_env, "allowregistry", registry)
             tokens.append(_manage(web_env, "ensureadmin", "--password-file", str(root / "pw")).rsplit(": ", 1)[1])
             assert ", TLS, capacity 1" in _manage(web_env, "loadpool", str(root / "pool.json"))
 

@@ -11,7 +11,7 @@ import urllib.request
 import bcrypt
 import pytest
 
-from builds.models import BuildJob
+from builds.models import BuildJob, Registry
 from scripts import localfarm as lf
 
 from .conftest import follow, submit
@@ -22,10 +22,11 @@ USER, PASSWORD = "pusher", "a registry password"
 
 
 @pytest.fixture(scope="module")
-def private_registry(farm):
+def private_registry(farm, farm_db):
     htpasswd = farm.services_dir / "htpasswd"
     htpasswd.write_text(f"{USER}:{bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt()).decode()}\n")
-    port = lf.free_port()
+    port = farm.outside.spare_ports[1]  # a loopback port the farm's egress policy lets daemons reach
+    Registry.objects.get_or_create(host=f"localhost:{port}")  # allowed, no credentials yet
     lf.start_registry(farm.supervisor, port, farm.services_dir / "private-registry", "private-registry", htpasswd)
     yield f"localhost:{port}"
     farm.supervisor.stop("private-registry")
@@ -55,10 +56,11 @@ def test_without_credentials_the_push_is_refused_once_not_retried(farm, token, p
 
 
 def test_stored_credentials_are_used_and_never_shown(farm, token, private_registry):
+    row = Registry.objects.get(host=private_registry)
     request = urllib.request.Request(
-        f"http://{farm.web}/api/v1/registries/",
-        data=json.dumps({"host": private_registry, "username": USER, "password": PASSWORD}).encode(),
-        method="POST",
+        f"http://{farm.web}/api/v1/registries/{row.pk}/",
+        data=json.dumps({"username": USER, "password": PASSWORD}).encode(),
+        method="PATCH",
         headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:

@@ -27,6 +27,8 @@ class Command(BaseCommand):
                 daemon = DockerDaemon.objects.filter(name=entry.name).first() or DockerDaemon(name=entry.name)
                 created = daemon.pk is None
                 daemon.url, daemon.capacity = entry.url, entry.capacity
+                if entry.group is not None:
+                    daemon.group = entry.group
                 for name, pem in (entry.tls or {}).items():  # an entry without "tls" keeps what admin set
                     setattr(daemon, name, pem)
                 try:
