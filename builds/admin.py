@@ -3,6 +3,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.utils.html import format_html
 
+from .limits import caps_help
 from .models import REGISTRY_HELP, BuildJob, BuildRule, Registry, Repository, WebhookDelivery
 from .services import SubmissionError, cancel_build, retry_build
 
@@ -59,6 +60,8 @@ class RepositoryForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        for name, text in caps_help().items():
+            self.fields[name].help_text = text
         if self.instance.pk:
             for name in ("webhook_secret", "access_token"):
                 self.fields[name].required = False

@@ -42,7 +42,12 @@ class DaemonUnavailable(EngineError):
 
 
 class BuildFailed(EngineError):
-    """The build itself failed: the Dockerfile or the context is at fault."""
+    """The build itself failed: the Dockerfile or the context is at fault.
+    `exit_code` is the failing RUN step's, when the daemon gave one."""
+
+    def __init__(self, message: str, *, transient: bool | None = None, exit_code: int | None = None) -> None:
+        super().__init__(message, transient=transient)
+        self.exit_code = exit_code
 
 
 class PushFailed(EngineError):
@@ -177,10 +182,24 @@ class EngineSession:
         buildargs: dict[str, str] | None = None,
         labels: dict[str, str] | None = None,
         nocache: bool = False,
+        cgroup_parent: str | None = None,
+        memory_bytes: int | None = None,
+        cpu_period_us: int | None = None,
+        cpu_quota_us: int | None = None,
+        network_mode: str | None = None,
     ) -> str:
-        """Builds the context, tags the image, and answers its id (sha256:...)."""
+        """Builds the context, tags the image, and answers its id (sha256:...).
+
+        Every RUN container is created under `cgroup_parent`, with `memory_bytes`
+        (and no swap beyond it) and the CPU quota as its own limits, and with
+        `network_mode` ("none": no network).
+        """
         assembler = LineAssembler()
         image_id = None
+        limits = {"memory": memory_bytes, "memswap": memory_bytes} if memory_bytes else None
+        # docker-py's build() knows no cgroupparent, cpuperiod or cpuquota; the Engine API does.
+        extra = {"cgroupparent": cgroup_parent, "cpuperiod": cpu_period_us, "cpuquota": cpu_quota_us}
+        self._api.extra_build_params = {name: value for name, value in extra.items() if value}
         with self._translated_errors(BuildFailed, "build"):
             chunks = self._api.build(
                 fileobj=io.BytesIO(context),
@@ -193,6 +212,8 @@ class EngineSession:
                 rm=True,
                 forcerm=True,
                 decode=True,
+                container_limits=limits,
+                network_mode=network_mode,
             )
             for chunk in progress_lines(chunks, on_line):
                 for line in assembler.feed(chunk.get("stream", "")):
@@ -200,7 +221,7 @@ class EngineSession:
                 if message := _error_message(chunk):
                     for line in assembler.flush():
                         on_line(line)
-                    raise BuildFailed(message)
+                    raise BuildFailed(message, exit_code=(chunk.get("errorDetail") or {}).get("code"))
                 image_id = (chunk.get("aux") or {}).get("ID", image_id)
         for line in assembler.flush():
             on_line(line)
@@ -234,9 +255,16 @@ class EngineSession:
 
 
 class _StreamTrackingClient(docker.APIClient):
-    """Remembers the streaming response in progress, so `abort` can cut it."""
+    """Remembers the streaming response in progress, so `abort` can cut it, and
+    adds to a build the query parameters docker-py does not know."""
 
     streaming = None
+    extra_build_params: dict = {}  # replaced per build, never changed in place
+
+    def _post(self, url, **kwargs):
+        if self.extra_build_params and url == self._url("/build"):
+            kwargs["params"] = {**(kwargs.get("params") or {}), **self.extra_build_params}
+        return super()._post(url, **kwargs)
 
     def _stream_helper(self, response, decode=False):
         self.streaming = response

@@ -11,6 +11,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 
 from .errors import RegistryNotAllowed
+from .limits import over_the_caps
 from .references import DOCKER_HUB, DOCKER_HUB_SPELLINGS, InvalidReference, parse_reference, parse_registry_host
 from .rules import RuleError, check_pattern, check_template
 
@@ -226,6 +227,8 @@ class Repository(models.Model):
             value = getattr(self, field)
             if value.startswith("/") or ".." in value.split("/"):
                 raise ValidationError({field: "a path inside the repository: no leading / and no .."})
+        if errors := over_the_caps(self):
+            raise ValidationError(errors)
         self._check_registry()
 
     def _check_registry(self) -> None:

@@ -15,6 +15,7 @@ from pool.tls import InsecureEngineAddress, client_settings
 from . import transitions
 from .dispatch import dispatch
 from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
+from .limits import contained, limits_for
 from .logs import LogWriter
 from .models import BuildContext, BuildJob, Registry
 from .references import parse_build_target
@@ -153,19 +154,24 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
     with session:
         log.write(f"[generator] Building {target} on {daemon.name} (attempt {job.attempt})")
         context, dockerfile, buildargs = _source(job, log, watch)
-        image_id = log.pump(
-            lambda emit: session.build(
-                context,
-                tag=str(target),
-                dockerfile=dockerfile,
-                buildargs=buildargs,
-                labels=job.labels,
-                nocache=job.no_cache,
-                on_line=emit,
-            ),
-            tick=watch.tick,
-            abort=session.abort,
-        )
+        network = job.repository.network if job.repository else ""
+        limits = limits_for(daemon, job.repository)
+        with contained(daemon.name, job.id, job.attempt, limits, network=network) as containment:
+            log.write(f"[generator] {containment.summary}")
+            image_id = log.pump(
+                lambda emit: session.build(
+                    context,
+                    tag=str(target),
+                    dockerfile=dockerfile,
+                    buildargs=buildargs,
+                    labels=job.labels,
+                    nocache=job.no_cache,
+                    on_line=emit,
+                    **containment.engine_options,
+                ),
+                tick=watch.tick,
+                abort=session.abort,
+            )
         log.write(f"[generator] Built {image_id}")
         for tag in job.extra_tags:
             session.tag(image_id, target.repository, tag)

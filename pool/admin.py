@@ -35,6 +35,7 @@ class DockerDaemonAdmin(admin.ModelAdmin):
         "url",
         "group",
         "load",
+        "limits",
         "enabled",
         "draining",
         "healthy",
@@ -56,6 +57,10 @@ class DockerDaemonAdmin(admin.ModelAdmin):
     @admin.display(description="load", ordering="active_builds")
     def load(self, daemon) -> str:
         return f"{daemon.active_builds}/{daemon.capacity}"
+
+    @admin.display(description="per build")
+    def limits(self, daemon) -> str:
+        return f"{daemon.build_memory_mb} MiB, {daemon.build_cpus:g} CPU, {daemon.build_pids} processes"
 
     @admin.action(description="Drain: finish running builds, take no new ones")
     def drain(self, request, queryset):

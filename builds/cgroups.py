@@ -1,0 +1,178 @@
+"""A cgroup per build, that the kernel holds the whole build to.
+
+The classic build API has no process limit, but it takes a cgroup parent
+(`cgroupparent`): dockerd (cgroup v1, the cgroupfs driver) creates every RUN
+container of the build below it, and the kernel enforces the parent's memory,
+CPU and process limits on all of them together. The worker makes that parent
+before the build, under each hierarchy's root (`/sys/fs/cgroup/<controller>`),
+reads afterwards what it saw, and removes it.
+
+This module knows no models (like engine.py): any engine that can place a
+build's containers under a cgroup parent can use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+from .engine import EngineError
+
+logger = logging.getLogger(__name__)
+
+# SIGKILL: what the OOM killer sends, seen as the RUN step's exit code.
+KILLED = 137
+
+
+class CgroupUnavailable(EngineError):
+    """The worker cannot make the build's cgroup: the build must not run unlimited."""
+
+
+def cgroup_name(daemon: str, job_id: str, attempt: int) -> str:
+    """The build's cgroup, as dockerd takes it: one per attempt, grouped by daemon."""
+    return f"/generator/{re.sub(r'[^A-Za-z0-9_.-]', '_', daemon)}/{job_id}-{attempt}"
+
+
+class BuildCgroup:
+    """The build's cgroup in the memory, cpu and pids hierarchies, for the time of
+    a `with` block: made and limited on entry, removed on exit (from every
+    hierarchy: dockerd's runc makes the parent in the others too)."""
+
+    # Seconds to keep trying to remove it while the daemon tears the last container down.
+    remove_within = 5.0
+
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        *,
+        memory_bytes: int,
+        cpu_period_us: int,
+        cpu_quota_us: int,
+        pids: int,
+    ) -> None:
+        self.root, self.name = Path(root), name
+        self.memory_bytes, self.pids = memory_bytes, pids
+        self.cpu_period_us, self.cpu_quota_us = cpu_period_us, cpu_quota_us
+
+    def __enter__(self) -> BuildCgroup:
+        self.create()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
+    def _dir(self, hierarchy: str | Path) -> Path:
+        return self.root / hierarchy / self.name.lstrip("/")
+
+    def create(self) -> None:
+        try:
+            for controller in ("memory", "cpu", "pids"):
+                if not (self.root / controller / "tasks").is_file():  # cgroup v2 has no `tasks`
+                    raise CgroupUnavailable(f"{self.root / controller} is not a cgroup v1 hierarchy")
+                self._dir(controller).mkdir(parents=True, exist_ok=True)
+            self._write("memory", "memory.limit_in_bytes", self.memory_bytes)
+            # No swap beyond the memory limit; a kernel without swap accounting has no such file.
+            if (self._dir("memory") / "memory.memsw.limit_in_bytes").exists():
+                try:
+                    self._write("memory", "memory.memsw.limit_in_bytes", self.memory_bytes)
+                except OSError:
+                    logger.info("%s: the kernel refused memory.memsw.limit_in_bytes; swap is not limited", self.name)
+            self._write("cpu", "cpu.cfs_period_us", self.cpu_period_us)
+            self._write("cpu", "cpu.cfs_quota_us", self.cpu_quota_us)
+            self._write("pids", "pids.max", self.pids)
+        except (CgroupUnavailable, OSError) as exc:
+            self.remove(within=0)
+            reason = str(exc) if isinstance(exc, CgroupUnavailable) else f"{exc.filename}: {exc.strerror}"
+            raise CgroupUnavailable(
+                f"cannot hold the build to its limits: {reason}. The worker makes a cgroup for each build: "
+                "it must run as root on its daemon's host, with cgroup v1 "
+                "(GENERATOR_BUILD_CGROUPS=false builds with the daemon's memory and CPU limits only)"
+            ) from exc
+
+    def _write(self, controller: str, file: str, value: int) -> None:
+        (self._dir(controller) / file).write_text(str(value))
+
+    def _read(self, controller: str, file: str) -> str:
+        try:
+            return (self._dir(controller) / file).read_text()
+        except OSError:
+            return ""
+
+    def _number(self, controller: str, file: str) -> int:
+        text = self._read(controller, file).strip()
+        return int(text) if text.isdigit() else 0
+
+    def _field(self, controller: str, file: str, key: str) -> int:
+        """A number from a `key value` file (pids.events, memory.oom_control)."""
+        for line in self._read(controller, file).splitlines():
+            name, _, value = line.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value)
+        return 0
+
+    def explain(self, exit_code: int | None = None) -> str | None:
+        """Why a failed build failed, if one of its limits says so; None otherwise.
+
+        The container that hit a limit has its own cgroup, gone by now; in cgroup v1
+        the parent's OOM and pids event counters stay 0. What the parent keeps is
+        its high-water marks: memory use that reached the limit, processes that
+        reached pids.max. Memory use reaches the limit also when page cache fills
+        it (a build writing large files), so only a step killed by SIGKILL is said
+        to have run out of memory; otherwise it is said as a possibility.
+        """
+        reasons = []
+        limit = self._number("memory", "memory.limit_in_bytes")
+        if limit and (
+            self._number("memory", "memory.max_usage_in_bytes") >= limit
+            or self._number("memory", "memory.failcnt")
+            or self._field("memory", "memory.oom_control", "oom_kill")
+        ):
+            mib = self.memory_bytes // 2**20
+            if exit_code == KILLED:
+                reasons.append(f"the build ran out of memory: its limit is {mib} MiB (RUN steps were killed)")
+            else:
+                reasons.append(f"the build reached its memory limit of {mib} MiB, so a process may have been killed")
+        if self._number("pids", "pids.peak") >= self.pids or self._field("pids", "pids.events", "max"):
+            reasons.append(f"the build reached its limit of {self.pids} processes")
+        return "; ".join(reasons) or None
+
+    def remove(self, within: float | None = None) -> bool:
+        """Removes the build's cgroup (and any child left) from every hierarchy.
+
+        A cgroup can only go once its processes have: a build just stopped may
+        still have a RUN container being torn down, so this tries again briefly.
+        """
+        deadline = time.monotonic() + (self.remove_within if within is None else within)
+        while True:
+            left = [path for path in self._hierarchy_dirs() if not _remove_tree(path)]
+            if not left or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        if left:
+            logger.warning("could not remove cgroup %s (still in use): %s", self.name, ", ".join(map(str, left)))
+        return not left
+
+    def _hierarchy_dirs(self) -> list[Path]:
+        """The build's directory in each mounted hierarchy (`cpu` and `cpuacct` may
+        both be links to one `cpu,cpuacct` mount: each is visited once)."""
+        try:
+            hierarchies = {entry.resolve() for entry in self.root.iterdir() if entry.is_dir()}
+        except OSError:
+            return []
+        return [path for hierarchy in sorted(hierarchies) if (path := self._dir(hierarchy)).is_dir()]
+
+
+def _remove_tree(path: Path) -> bool:
+    """rmdir, deepest first: a cgroup's control files go with its directory."""
+    try:
+        for directory, _, _ in os.walk(path, topdown=False):
+            os.rmdir(directory)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,132 @@
+"""What one build may use, and how the runner holds it to that.
+
+Each daemon has defaults (memory, CPUs, processes per build); a repository may
+ask for other figures, up to the operator's caps (settings). The kernel enforces
+them through a cgroup per build (cgroups.py), and the daemon also gets the
+memory and CPU figures as per-container limits, a second layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from .cgroups import BuildCgroup, cgroup_name
+from .engine import BuildFailed
+
+CPU_PERIOD_US = 100_000
+# The kernel refuses a CFS quota under 1 ms.
+_MIN_CPU_QUOTA_US = 1_000
+
+
+@dataclass(frozen=True)
+class BuildLimits:
+    memory_mb: int
+    cpus: float
+    pids: int
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.memory_mb * 2**20
+
+    @property
+    def cpu_quota_us(self) -> int:
+        return max(round(self.cpus * CPU_PERIOD_US), _MIN_CPU_QUOTA_US)
+
+    def describe(self, *, processes: bool = True) -> str:
+        cpus = f"{self.cpus:g} CPU" + ("s" if self.cpus > 1 else "")
+        return f"{self.memory_mb} MiB memory, {cpus}" + (f", {self.pids} processes" if processes else "")
+
+
+# A repository field, the setting that caps it, and the unit its message names.
+_CAPS = {
+    "build_memory_mb": ("GENERATOR_BUILD_MEMORY_MAX_MB", "MiB"),
+    "build_cpus": ("GENERATOR_BUILD_CPUS_MAX", "CPUs"),
+    "build_pids": ("GENERATOR_BUILD_PIDS_MAX", "processes"),
+}
+
+
+def limits_for(daemon, repository=None) -> BuildLimits:
+    """The daemon's defaults, where the repository (if any) sets nothing; the
+    repository's figures capped by the operator's otherwise (a cap lowered after
+    a repository was saved still holds)."""
+
+    def pick(field: str):
+        wanted = getattr(repository, field, None)
+        if wanted is None:
+            return getattr(daemon, field)
+        return min(wanted, getattr(settings, _CAPS[field][0]))
+
+    return BuildLimits(memory_mb=pick("build_memory_mb"), cpus=pick("build_cpus"), pids=pick("build_pids"))
+
+
+def over_the_caps(repository) -> dict[str, str]:
+    """A message per repository override above the operator's cap."""
+    errors = {}
+    for field, (setting, unit) in _CAPS.items():
+        wanted, cap = getattr(repository, field, None), getattr(settings, setting)
+        if wanted is not None and wanted > cap:
+            errors[field] = f"at most {cap:g} {unit}: the farm's cap ({setting})"
+    return errors
+
+
+def caps_help() -> dict[str, str]:
+    """Help for a repository's override fields, naming the caps in force."""
+    return {
+        field: f"Empty: the daemon's default. At most {getattr(settings, setting):g} {unit} ({setting})."
+        for field, (setting, unit) in _CAPS.items()
+    }
+
+
+@dataclass(frozen=True)
+class Containment:
+    """What the engine's build takes, and the line the build log gets about it."""
+
+    engine_options: dict
+    summary: str
+
+
+@contextmanager
+def contained(
+    daemon_name: str, job_id: str, attempt: int, limits: BuildLimits, *, network: str = ""
+) -> Iterator[Containment]:
+    """The build's cgroup for the time of the block, or only the daemon's
+    per-container limits when GENERATOR_BUILD_CGROUPS is off.
+
+    A BuildFailed raised in the block leaves it with the limit it hit, if the
+    cgroup says one was, in front of the daemon's message.
+    """
+    cgroup = None
+    if settings.GENERATOR_BUILD_CGROUPS:
+        cgroup = BuildCgroup(
+            settings.GENERATOR_CGROUP_ROOT,
+            cgroup_name(daemon_name, job_id, attempt),
+            memory_bytes=limits.memory_bytes,
+            cpu_period_us=CPU_PERIOD_US,
+            cpu_quota_us=limits.cpu_quota_us,
+            pids=limits.pids,
+        )
+    summary = limits.describe(processes=cgroup is not None)
+    if cgroup is None:
+        summary += " per RUN step; no process limit (GENERATOR_BUILD_CGROUPS=false)"
+    no_network = network == "none"
+    if no_network:
+        summary += "; no network"
+    options = {
+        "cgroup_parent": cgroup.name if cgroup else None,
+        "memory_bytes": limits.memory_bytes,
+        "cpu_period_us": CPU_PERIOD_US,
+        "cpu_quota_us": limits.cpu_quota_us,
+        "network_mode": "none" if no_network else None,
+    }
+    with cgroup or nullcontext():
+        try:
+            yield Containment(engine_options=options, summary=f"Limits: {summary}")
+        except BuildFailed as exc:
+            why = cgroup and cgroup.explain(exc.exit_code)
+            if why:
+                raise BuildFailed(f"{why}; {exc}", exit_code=exc.exit_code) from exc
+            raise

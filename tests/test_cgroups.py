@@ -1,0 +1,183 @@
+"""The build's cgroup (builds/cgroups.py) against a fake cgroup tree in a temporary
+directory (files where the kernel has them), and once against this host's own."""
+
+from __future__ import annotations
+
+import os
+from contextlib import suppress
+from pathlib import Path
+
+import pytest
+
+from builds.cgroups import BuildCgroup, CgroupUnavailable, cgroup_name
+
+NAME = "/generator/farm-0/abc123-1"
+MiB = 2**20
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    """cgroup v1 as Debian mounts it: one directory per hierarchy (each with a
+    `tasks` file), `cpu` and `cpuacct` as links to one `cpu,cpuacct` mount."""
+    for hierarchy in ("memory", "cpu,cpuacct", "pids", "cpuset", "unified"):
+        (tmp_path / hierarchy).mkdir()
+        (tmp_path / hierarchy / "tasks").write_text("")
+    (tmp_path / "cpu").symlink_to("cpu,cpuacct")
+    (tmp_path / "cpuacct").symlink_to("cpu,cpuacct")
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def quick_removal(monkeypatch):
+    monkeypatch.setattr(BuildCgroup, "remove_within", 0.3)
+
+
+def cgroup(root: Path, **figures) -> BuildCgroup:
+    figures = {"memory_bytes": 512 * MiB, "cpu_period_us": 100_000, "cpu_quota_us": 150_000, "pids": 256, **figures}
+    return BuildCgroup(root, NAME, **figures)
+
+
+def control(root: Path, hierarchy: str, file: str) -> Path:
+    return root / hierarchy / NAME.lstrip("/") / file
+
+
+def kernel_forgets_files(root: Path) -> None:
+    """In cgroupfs a directory's control files go with it; in the fake they are
+    plain files, which rmdir would refuse."""
+    for path in root.rglob("*"):
+        if path.is_file() and "generator" in path.parts:
+            path.unlink()
+
+
+def test_a_daemon_name_becomes_a_safe_path_with_the_job_and_attempt():
+    assert cgroup_name("127.0.0.1:19000", "abc123", 2) == "/generator/127.0.0.1_19000/abc123-2"
+    assert cgroup_name("build/../x", "j", 1) == "/generator/build_.._x/j-1"
+
+
+def test_it_writes_each_limit_where_the_kernel_reads_it(root):
+    with cgroup(root):
+        assert control(root, "memory", "memory.limit_in_bytes").read_text() == str(512 * MiB)
+        assert control(root, "cpu", "cpu.cfs_period_us").read_text() == "100000"
+        assert control(root, "cpu", "cpu.cfs_quota_us").read_text() == "150000"
+        assert control(root, "pids", "pids.max").read_text() == "256"
+        # Without swap accounting (no memsw file), swap is left alone.
+        assert not control(root, "memory", "memory.memsw.limit_in_bytes").exists()
+        kernel_forgets_files(root)
+
+
+def test_swap_is_held_to_the_memory_limit_where_the_kernel_accounts_it(root):
+    control(root, "memory", "").mkdir(parents=True)
+    control(root, "memory", "memory.memsw.limit_in_bytes").write_text("9223372036854771712")
+    with cgroup(root):
+        assert control(root, "memory", "memory.memsw.limit_in_bytes").read_text() == str(512 * MiB)
+        kernel_forgets_files(root)
+
+
+def test_it_removes_the_cgroup_from_every_hierarchy_dockerd_made_it_in(root):
+    with cgroup(root):
+        # runc makes the parent in every hierarchy, and a directory per container below it.
+        (root / "cpuset" / NAME.lstrip("/") / "0123abcd").mkdir(parents=True)
+        (root / "unified" / NAME.lstrip("/")).mkdir(parents=True)
+        kernel_forgets_files(root)
+    assert not list(root.glob("*/generator/farm-0/*"))
+    assert (root / "memory" / "generator" / "farm-0").is_dir()  # shared by the daemon's other builds
+
+
+def test_a_cgroup_still_in_use_is_left_after_trying_and_the_rest_removed(root, caplog):
+    with cgroup(root):
+        kernel_forgets_files(root)
+        (root / "pids" / NAME.lstrip("/") / "cgroup.procs").write_text("4242\n")  # a process still in it
+    assert control(root, "pids", "").is_dir()
+    assert not control(root, "memory", "").exists() and not control(root, "cpu", "").exists()
+    assert "could not remove cgroup" in caplog.text
+
+
+def test_without_cgroup_v1_the_build_is_refused_saying_what_to_do(tmp_path):
+    (tmp_path / "cgroup.controllers").write_text("memory pids")  # a cgroup v2 mount has no per-controller trees
+    with pytest.raises(CgroupUnavailable) as refused, cgroup(tmp_path):
+        pass
+    message = str(refused.value)
+    assert f"{tmp_path / 'memory'} is not a cgroup v1 hierarchy" in message
+    assert "as root on its daemon's host" in message and "GENERATOR_BUILD_CGROUPS=false" in message
+    assert not refused.value.transient
+    assert not list(tmp_path.rglob("generator"))
+
+
+def test_a_worker_not_allowed_to_make_cgroups_is_refused_and_leaves_nothing(root, monkeypatch):
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.parts[-3:-1] == ("generator", "farm-0") and "pids" in self.parts:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(CgroupUnavailable, match="abc123-1: Permission denied"), cgroup(root):
+        pass
+    assert not list(root.glob("*/generator/farm-0/*"))
+
+
+def record(root: Path, hierarchy: str, **files: str) -> None:
+    for name, text in files.items():
+        control(root, hierarchy, name.replace("_", ".", 1)).write_text(text)
+
+
+def test_a_step_killed_at_the_memory_limit_ran_out_of_memory(root):
+    with cgroup(root) as build:
+        # As seen on this machine: the RUN container's own limit is hit first, so the
+        # parent's failcnt stays 0 and its high-water mark equals its limit.
+        record(root, "memory", memory_max_usage_in_bytes=str(512 * MiB), memory_failcnt="0")
+        assert build.explain(137) == "the build ran out of memory: its limit is 512 MiB (RUN steps were killed)"
+        kernel_forgets_files(root)
+
+
+def test_memory_filled_without_a_killed_step_is_only_said_as_a_possibility(root):
+    # Page cache fills the limit too (a build writing large files): no claim of an OOM kill.
+    with cgroup(root) as build:
+        record(root, "memory", memory_max_usage_in_bytes=str(512 * MiB))
+        assert build.explain(3) == "the build reached its memory limit of 512 MiB, so a process may have been killed"
+        kernel_forgets_files(root)
+
+
+def test_processes_up_to_pids_max_name_the_process_limit(root):
+    with cgroup(root) as build:
+        record(root, "pids", pids_peak="256", pids_events="max 0\n")
+        record(root, "memory", memory_max_usage_in_bytes=str(8 * MiB))
+        assert build.explain(2) == "the build reached its limit of 256 processes"
+        kernel_forgets_files(root)
+
+
+def test_a_kernel_without_pids_peak_is_read_from_pids_events(root):
+    with cgroup(root) as build:
+        record(root, "pids", pids_events="max 3\n")
+        assert build.explain(2) == "the build reached its limit of 256 processes"
+        kernel_forgets_files(root)
+
+
+def test_a_failure_within_every_limit_is_not_explained(root):
+    with cgroup(root) as build:
+        record(root, "memory", memory_max_usage_in_bytes=str(100 * MiB), memory_failcnt="0")
+        record(root, "pids", pids_peak="12", pids_events="max 0\n")
+        assert build.explain(1) is None
+        kernel_forgets_files(root)
+
+
+V1 = Path("/sys/fs/cgroup")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not (V1 / "pids" / "tasks").is_file(), reason="needs root and cgroup v1 (as the farm does)"
+)
+def test_this_hosts_kernel_takes_every_limit_and_the_cgroup_goes():
+    name = f"/generator/unit-test/{os.getpid()}-1"
+    build = BuildCgroup(V1, name, memory_bytes=64 * MiB, cpu_period_us=100_000, cpu_quota_us=50_000, pids=40)
+    with build:
+        here = {c: V1 / c / name.lstrip("/") for c in ("memory", "cpu", "pids")}
+        assert (here["memory"] / "memory.limit_in_bytes").read_text().strip() == str(64 * MiB)
+        assert (here["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "50000"
+        assert (here["pids"] / "pids.max").read_text().strip() == "40"
+        assert build.explain(137) is None  # nothing ran in it
+    assert not any(path.exists() for path in here.values())
+    for hierarchy in V1.iterdir():  # runc is not involved here: only the three were made
+        with suppress(OSError):
+            os.rmdir(hierarchy / "generator" / "unit-test")
