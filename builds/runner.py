@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from django.conf import settings
 
-from pool import health
+from pool import egress, health
 from pool.tls import InsecureEngineAddress, client_settings
 
 from . import transitions
@@ -212,8 +212,8 @@ def _source(job: BuildJob, log: LogWriter, watch: Watch) -> tuple[bytes, str, di
 
 def _push(session: EngineSession, target, log: LogWriter, watch: Watch) -> PushResult:
     tries = settings.GENERATOR_PUSH_TRIES
-    registry = target.domain or "docker.io"
-    account = Registry.objects.filter(host=registry).first()
+    registry = target.registry
+    account = Registry.objects.allowing(registry).exclude(username="").first()
     credentials = {"username": account.username, "password": account.password} if account else None
     for number in range(1, tries + 1):
         log.write(f"[generator] Pushing {target}" + (f" (try {number} of {tries})" if number > 1 else ""))
@@ -252,6 +252,8 @@ def _retry_elsewhere(job: BuildJob, log: LogWriter, exc: EngineError) -> None:
 
 
 def _fail(job: BuildJob, log: LogWriter, reason: str) -> None:
+    if why := egress.explain(reason):  # "connection refused" alone reads like the farm's fault
+        reason = f"{reason}; {why}"
     _end(job, log, f"Build failed: {reason}", lambda i, a: transitions.fail(i, a, reason))
 
 
