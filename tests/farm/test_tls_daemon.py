@@ -5,6 +5,7 @@ runs whole farm builds on TLS daemons in other network namespaces.)"""
 
 from __future__ import annotations
 
+import docker
 import pytest
 import requests
 from django.conf import settings
@@ -78,7 +79,9 @@ def test_a_client_with_no_certificate_or_plain_http_is_refused(tls_daemon, rows)
     url, certs, _ = tls_daemon
     with pytest.raises(requests.exceptions.SSLError):
         lf.docker_ping(url, ClientTLS(ca_cert=str(certs.client_files.ca), verify=True))
-    plain = rows("tls-plain", url)  # loopback: the pool allows plain TCP, the daemon does not
+    with pytest.raises(docker.errors.APIError, match="HTTPS"):  # the daemon: no plain HTTP
+        lf.docker_ping(url)
+    plain = rows("tls-plain", url)  # a row older than the rule: the farm never tries plain TCP
     assert not health.check_now(plain).ok
     plain.refresh_from_db()
-    assert not plain.healthy and "HTTPS" in plain.last_error
+    assert not plain.healthy and "refusing plain TCP" in plain.last_error
