@@ -312,15 +312,26 @@ def start_sandboxed_dockerd(
     data_dir: Path,
     exec_dir: Path,
     socket_path: Path,
+    *,
+    tls_port: int = 0,
+    tls: DaemonTLS | None = None,
+    insecure_registries: tuple[str, ...] = (),
 ) -> str:
     """A daemon in a network namespace of its own behind `policy`
     (scripts/sandbox.py; apply_rules first), with relays to the loopback
-    destinations the policy allows (the registry). Answers its engine URL."""
+    destinations the policy allows (the registry). With `tls`, its API is also
+    on `tls_port` of the build host, forwarded to the sandbox (for the farm's
+    other hosts). Answers its socket's engine URL."""
     box = sandbox.create(policy, index, f"{policy.table}-{name}")
     for destination in policy.loopback_allowed:
         sup.start(f"relay-{destination.port}", sandbox.relay_out_argv(policy, destination))
         sup.start(f"relay-{destination.port}-{name}", sandbox.relay_in_argv(policy, box, destination))
-    return start_dockerd(sup, name, data_dir, exec_dir, socket_path, netns=box.netns, bridge=True)
+    options: dict = {"insecure_registries": insecure_registries}
+    if tls:
+        options.update(tcp=f"{box.address}:{tls_port}", tls=tls)
+        sandbox.publish(policy, tls_port, box)
+    start_dockerd(sup, name, data_dir, exec_dir, socket_path, netns=box.netns, bridge=True, **options)
+    return f"unix://{socket_path}"
 
 
 def remove_sandboxes(policy: sandbox.Policy) -> None:

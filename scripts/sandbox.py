@@ -49,6 +49,13 @@ class Policy:
     allow: tuple[Destination, ...] = ()
     deny: tuple[Network, ...] = ()
     relay_dir: Path = Path("/run/generator/relay")
+    # The build host's own network namespace, when it is not this process's
+    # (the scale-out test's build hosts are namespaces themselves).
+    host_netns: str = ""
+
+    def on_host(self, *argv: str) -> list[str]:
+        """argv run in the build host's network namespace."""
+        return ["nsenter", f"--net=/run/netns/{self.host_netns}", "--", *argv] if self.host_netns else list(argv)
 
     @property
     def loopback_allowed(self) -> tuple[Destination, ...]:
@@ -81,13 +88,13 @@ def create(policy: Policy, index: int, netns: str) -> Sandbox:
         if existing:
             return Sandbox(netns, veth, str(ipaddress.ip_address(existing) - 1), existing)
         _run("ip", "netns", "del", netns)
-    subnet = _free_subnet()
+    subnet = _free_subnet(policy)
     gateway, address = (str(host) for host in subnet.hosts())
-    _run("ip", "link", "del", veth, check=False)
+    _run(*policy.on_host("ip", "link", "del", veth), check=False)
     _run("ip", "netns", "add", netns)
-    _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "uplink", "netns", netns)
-    _run("ip", "addr", "add", f"{gateway}/30", "dev", veth)
-    _run("ip", "link", "set", veth, "up")
+    _run(*policy.on_host("ip", "link", "add", veth, "type", "veth", "peer", "name", "uplink", "netns", netns))
+    _run(*policy.on_host("ip", "addr", "add", f"{gateway}/30", "dev", veth))
+    _run(*policy.on_host("ip", "link", "set", veth, "up"))
     _run("ip", "-n", netns, "addr", "add", f"{address}/30", "dev", "uplink")
     _run("ip", "-n", netns, "link", "set", "uplink", "up")
     _run("ip", "-n", netns, "link", "set", "lo", "up")
@@ -111,15 +118,38 @@ def namespaces(prefix: str = "") -> list[str]:
 def apply_rules(policy: Policy) -> None:
     """Writes the policy's nftables table (replacing it whole, atomically) and
     lets the host forward the sandboxes' traffic."""
-    Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+    _run(*policy.on_host("sysctl", "-qw", "net.ipv4.ip_forward=1"))
     script = render_rules(policy, resolvers())
-    result = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
+    result = subprocess.run(policy.on_host("nft", "-f", "-"), input=script, capture_output=True, text=True)
     if result.returncode != 0:
         raise SandboxError(f"nft refused the egress rules: {result.stderr.strip()}\n{script}")
 
 
 def remove_rules(policy: Policy) -> None:
-    _run("nft", "delete", "table", "inet", policy.table, check=False)
+    _run(*policy.on_host("nft", "delete", "table", "inet", policy.table), check=False)
+    _run(*policy.on_host("nft", "delete", "table", "ip", f"{policy.table}_publish"), check=False)
+
+
+def publish(policy: Policy, port: int, sandbox: Sandbox) -> None:
+    """Forwards TCP `port` of the build host (arriving, or opened on the host
+    itself) to the same port of the sandbox's address: how a daemon's TLS API is
+    reached from the farm's other hosts, while nothing else of the host is."""
+    rules = f"tcp dport {port} fib daddr type local dnat to {sandbox.address}:{port}"
+    table = f"{policy.table}_publish"
+    script = "\n".join(
+        [
+            f"table ip {table}",
+            f"delete table ip {table}",
+            f"table ip {table} {{",
+            f"  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    {rules}\n  }}",
+            f"  chain output {{\n    type nat hook output priority -100; policy accept;\n    {rules}\n  }}",
+            "}",
+            "",
+        ]
+    )
+    result = subprocess.run(policy.on_host("nft", "-f", "-"), input=script, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SandboxError(f"nft refused to publish port {port}: {result.stderr.strip()}")
 
 
 def render_rules(policy: Policy, dns_servers: tuple[str, ...] = ()) -> str:
@@ -225,10 +255,15 @@ def _uplink_address(netns: str) -> str | None:
     return match[1] if match else None
 
 
-def _free_subnet() -> ipaddress.IPv4Network:
-    """A /30 of 10.215.0.0/16 that no address or route of the host is in."""
-    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
-    out += subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+def _free_subnet(policy: Policy) -> ipaddress.IPv4Network:
+    """A /30 of 10.215.0.0/16 that no address or route of the build host (nor of
+    this machine: sandboxes of several test hosts share it) is in."""
+    out = ""
+    for argv in (("ip", "-4", "-o", "addr"), ("ip", "-4", "route")):
+        out += subprocess.run(argv, capture_output=True, text=True).stdout
+        out += subprocess.run(policy.on_host(*argv), capture_output=True, text=True).stdout
+    for netns in _namespaces():  # every sandbox's own address, wherever its host is
+        out += subprocess.run(["ip", "-n", netns, "-4", "-o", "addr"], capture_output=True, text=True).stdout
     used = {ipaddress.ip_address(a) for a in re.findall(r"\b(10\.215\.\d+\.\d+)\b", out)}
     for subnet in SANDBOX_NETWORK.subnets(new_prefix=30):
         if not any(address in subnet for address in used):

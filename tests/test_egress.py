@@ -102,6 +102,6 @@ def test_resolvers_on_loopback_are_left_out(tmp_path):
 
 
 def test_sandbox_subnets_are_slash_30s_of_their_own_network():
-    subnet = sandbox._free_subnet()
+    subnet = sandbox._free_subnet(sandbox.Policy(table="t", prefix="p"))
     assert subnet.prefixlen == 30 and subnet.subnet_of(sandbox.SANDBOX_NETWORK)
     assert ipaddress.ip_address(list(subnet.hosts())[0]).is_private

@@ -33,7 +33,9 @@ import psycopg
 import pytest
 from django.conf import settings
 
+from pool.egress import parse_destinations
 from scripts import localfarm as lf
+from scripts import sandbox
 from tests.netns import Network, TcpRelay, private_network
 from tests.tls_certs import tls_set
 
@@ -49,6 +51,7 @@ SLOW = "FROM busybox\nRUN echo {nonce} && sleep 3\n"
 
 @dataclass
 class NetnsFarm:
+    redis: str  # gateway:port, what the build hosts' workers use
     web: str  # host:port of daphne, on loopback
     registry: str  # gateway:port, what the build hosts push to
     token: str
@@ -80,11 +83,17 @@ def netns_farm(services_dir, tmp_path_factory):
         web_env = {**common, "DATABASE_URL": web_db, "GENERATOR_VAR_DIR": str(root / "web-var")}
         certs = tls_set(root / "tls", [net.address(h) for h in HOSTS])
         registry = f"{net.gateway}:{registry_port}"
+        # Each build host runs its daemon in a sandbox of its own, as make up
+        # does: builds reach the registry (allowed) and nothing else of the
+        # private network; the TLS API is forwarded from the host's address.
+        policies = {host: _sandbox_policy(net, host, registry, root) for host in HOSTS}
+        cleanup.callback(lambda: [lf.remove_sandboxes(policy) for policy in policies.values()])
         for host in HOSTS:
             here = services_dir / "netns"
-            lf.start_dockerd(
-                sup, f"dockerd-{host}", here / f"d{host}", here / f"x{host}", here / f"s{host}" / "docker.sock",
-                netns=net.namespaces[host], tcp=f"{net.address(host)}:{DOCKERD_PORT}", tls=certs.server,
+            sandbox.apply_rules(policies[host])
+            lf.start_sandboxed_dockerd(
+                sup, policies[host], 0, f"dockerd-{host}", here / f"d{host}", here / f"x{host}",
+                here / f"s{host}" / "docker.sock", tls_port=DOCKERD_PORT, tls=certs.server,
                 insecure_registries=(registry,),  # a plain-HTTP registry on the private network
             )  # fmt: skip
         pool = {"docker": [_pool_entry(net, host, certs) for host in HOSTS]}
@@ -120,6 +129,7 @@ def netns_farm(services_dir, tmp_path_factory):
             ),
         )  # fmt: skip
         yield NetnsFarm(
+            redis=f"{net.gateway}:{redis_port}",
             web=f"127.0.0.1:{web_port}",
             registry=registry,
             token=tokens[0],
@@ -128,6 +138,16 @@ def netns_farm(services_dir, tmp_path_factory):
             daemon_host={f"build-{h}": h for h in HOSTS},
             sqlite=web_db.startswith("sqlite"),
         )
+
+
+def _sandbox_policy(net: Network, host: str, registry: str, root: Path) -> sandbox.Policy:
+    return sandbox.Policy(
+        table=f"gs{net.tag}{host}",  # also names the sandbox's namespace: unique on this machine
+        prefix="gvs",  # a veth in the build host's own namespace
+        allow=parse_destinations([registry]),
+        relay_dir=root / f"relay-{host}",
+        host_netns=net.namespaces[host],
+    )
 
 
 def workers() -> list[str]:
@@ -245,3 +265,15 @@ def test_builds_run_on_both_build_hosts_and_a_cut_hosts_jobs_finish_on_the_other
     assert not lost["healthy"] and lost["last_error"]
     # The cut host's worker is stuck (or frozen) on a network that is gone: kill it.
     farm.supervisor.kill(f"worker-{farm.daemon_host[cut]}")
+
+
+def test_a_build_on_a_build_host_reaches_the_registry_and_nothing_else_of_the_network(netns_farm):
+    """The web tier's Redis listens on the private network (with a password);
+    a build's daemon is refused it, below the build, while its push goes through."""
+    farm = netns_farm
+    redis_host = farm.redis.split(":")[0]
+    refused = build(farm, "steal", f"FROM busybox\nADD http://{farm.redis}/ /x\n")
+    job = wait_for_job(farm, refused, finished)
+    assert job["status"] == "failed" and redis_host in job["error"] and "egress policy" in job["error"], job["error"]
+    job = wait_for_job(farm, build(farm, "allowed", QUICK), finished)
+    assert_pushed(farm, job, "allowed")
