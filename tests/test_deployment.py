@@ -34,6 +34,11 @@ def test_compose_describes_every_service_of_the_farm():
     for index in (0, 1):
         assert services[f"worker-{index}"]["volumes"] == [f"dind-{index}-socket:/run/dind:rw"]
         assert "ports" not in services[f"dind-{index}"]
+        # A daemon's builds share a network with the registry only (issue 12).
+        assert list(services[f"dind-{index}"]["networks"]) == [f"builds-{index}"]
+        assert "--userns-remap=default" in services[f"dind-{index}"]["command"]
+        on_it = {name for name, service in services.items() if f"builds-{index}" in service.get("networks", {})}
+        assert on_it == {f"dind-{index}", "registry"}
 
 
 def test_compose_refuses_to_run_without_its_secrets():
