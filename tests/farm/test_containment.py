@@ -12,16 +12,19 @@ private address and stands in for 169.254.169.254.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
 import threading
+import time
 import urllib.request
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from builds.models import BuildJob, Registry
+from builds.models import BuildJob, BuildLogLine, Registry
 from pool.models import DockerDaemon
 
 from .conftest import follow, submit
@@ -193,3 +196,53 @@ def test_a_push_redirect_cannot_reach_the_host(farm, token, where):
     assert job.status == "failed", followed.lines[-3:]
     assert canary.connections == 0
     assert all(d.healthy for d in DockerDaemon.objects.filter(name__in=[n for n, _ in farm.daemons]))
+
+
+def _api_build(farm, token, body: dict) -> str:
+    request = urllib.request.Request(
+        f"http://{farm.web}/api/v1/builds/",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["id"]
+
+
+def test_a_build_cannot_see_another_builds_processes_or_build_args(farm, farm_pool, token):
+    """Two builds at once on one daemon: the second looks for the first's secret
+    build arg in every process it can see."""
+    secret = uuid.uuid4().hex
+    only, *others = farm_pool
+    DockerDaemon.objects.filter(pk__in=[d.pk for d in others]).update(enabled=False)
+    try:
+        victim = _api_build(
+            farm,
+            token,
+            {
+                "image": f"{farm.registry}/containment/victim",
+                "dockerfile": "FROM busybox\nARG SECRET\nRUN echo started && sleep 8\n",
+                "build_args": {"SECRET": secret},
+                "no_cache": True,
+            },
+        )
+        _wait_for_line(victim, "started")
+        # Every process it can see, with its environment and arguments.
+        snoop = "RUN ps -o pid,args; cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n'"
+        job, log = _build(farm, token, f"FROM busybox\n{snoop}\n")
+    finally:
+        DockerDaemon.objects.filter(pk__in=[d.pk for d in others]).update(enabled=True)
+    assert job.status == "succeeded", job.error
+    assert job.daemon_id == only.pk == BuildJob.objects.get(pk=victim).daemon_id
+    assert BuildJob.objects.get(pk=victim).status in ("building", "pushing", "succeeded")
+    assert "sleep 8" not in log and secret not in log, log
+    follow(farm, victim, token)
+
+
+def _wait_for_line(job_id: str, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if BuildLogLine.objects.filter(job_id=job_id, text__contains=text).exists():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never printed {text!r}")
