@@ -9,8 +9,10 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException
-from rest_framework.parsers import FileUploadParser, FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FileUploadParser, FormParser, MultiPartParser
 from rest_framework.response import Response
+
+from generator_site.api_parsers import BoundedJSONParser
 
 from .logs import lines_after
 from .models import BuildJob, Registry, Repository
@@ -51,7 +53,7 @@ class GzipUploadParser(TarUploadParser):
 class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = BuildJobSerializer
     permission_classes = [permissions.IsAuthenticated, MayBuild]
-    parser_classes = [JSONParser, MultiPartParser, FormParser, TarUploadParser, GzipUploadParser]
+    parser_classes = [BoundedJSONParser, MultiPartParser, FormParser, TarUploadParser, GzipUploadParser]
 
     def get_queryset(self):
         jobs = BuildJob.objects.select_related("repository", "daemon", "cancelled_by")

@@ -14,16 +14,24 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import re_path  # noqa: E402
 
 from builds.routing import websocket_urlpatterns  # noqa: E402
 
+from .request_limits import RequestHeadLimits  # noqa: E402
 from .websocket_auth import TokenAuthMiddleware, browser_origin_validator  # noqa: E402
+from .websocket_errors import NoSuchPath  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": browser_origin_validator(
-            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
-        ),
-    }
+# Any other path: a clean 4404 close, not the router's ValueError.
+websocket_routes = [*websocket_urlpatterns, re_path(r"", NoSuchPath.as_asgi())]
+
+application = RequestHeadLimits(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": browser_origin_validator(
+                AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_routes)))
+            ),
+        }
+    )
 )

@@ -3,8 +3,10 @@
 The seed (a beego service) kept top-level keys and a `[db]` section naming the
 Redis it stored everything in. Here:
 
-- `runmode = dev | prod` sets the default of GENERATOR_DEBUG (dev: on).
 - `[db] uri / passwd / db` give the default REDIS_URL (Celery broker and channel layer).
+- `runmode = dev | prod` is still checked and read, but no longer turns Django's
+  DEBUG on: the seed's file says `dev`, and a farm that shows Django's technical
+  error page to anyone is not a default. Only `GENERATOR_DEBUG=true` does.
 
 `listenmode`, `httpscertfile`, `httpskeyfile` and `[log]` are not honoured: put
 TLS in front of daphne (docs/deploy.md), and logs go to standard error.
@@ -20,10 +22,12 @@ from urllib.parse import quote
 
 from django.core.exceptions import ImproperlyConfigured
 
+RUNMODES = ("dev", "prod")
+
 
 @dataclass(frozen=True)
 class RuntimeConf:
-    debug: bool = True
+    runmode: str = "dev"  # read and checked; it sets nothing (see above)
     redis_url: str | None = None
 
 
@@ -34,14 +38,14 @@ def load_runtime_conf(path: str) -> RuntimeConf:
     parser = configparser.ConfigParser(interpolation=None)
     # The seed's keys before any section header belong to no section.
     parser.read_string("[seed]\n" + file.read_text(), source=str(file))
-    return RuntimeConf(debug=_debug(parser, file), redis_url=_redis_url(parser))
+    return RuntimeConf(runmode=_runmode(parser, file), redis_url=_redis_url(parser))
 
 
-def _debug(parser: configparser.ConfigParser, file: Path) -> bool:
+def _runmode(parser: configparser.ConfigParser, file: Path) -> str:
     runmode = parser.get("seed", "runmode", fallback="dev").strip().lower()
-    if runmode not in {"dev", "prod"}:
+    if runmode not in RUNMODES:
         raise ImproperlyConfigured(f"{file}: runmode must be dev or prod, not {runmode!r}")
-    return runmode == "dev"
+    return runmode
 
 
 def _redis_url(parser: configparser.ConfigParser) -> str | None:

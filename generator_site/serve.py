@@ -2,7 +2,8 @@
 
 One Python process uses one core at a time, so a single daphne caps the web
 tier at one core however many the host has. This opens the socket once and
-starts `--processes` daphne processes on it (`daphne --fd`); the kernel hands
+starts `--processes` daphne processes on it (`daphne --fd`, through
+generator_site/daphne_process.py, which bounds request heads); the kernel hands
 each new connection to one of them. WebSocket groups span processes through
 the channel layer, so a viewer may be served by any of them.
 
@@ -32,7 +33,7 @@ def default_processes() -> int:
 
 
 def daphne_argv(fd: int, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "daphne", "--fd", str(fd), *extra, APPLICATION]
+    return [sys.executable, "-m", "generator_site.daphne_process", "--fd", str(fd), *extra, APPLICATION]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,10 @@ VAR_DIR = Path(env_str("GENERATOR_VAR_DIR", str(BASE_DIR / "var")))
 
 RUNTIME = load_runtime_conf(env_str("GENERATOR_RUNTIME_CONF", str(BASE_DIR / "conf" / "runtime.conf")))
 
-DEBUG = env_bool("GENERATOR_DEBUG", RUNTIME.debug)
+# Django's DEBUG shows anyone who meets an error its technical page (settings,
+# paths, source): only when an operator asks for it by name. The seed's
+# `runmode = dev` no longer turns it on (runtime_conf.py).
+DEBUG = env_bool("GENERATOR_DEBUG", False)
 
 SECRET_KEY = env_str("GENERATOR_SECRET_KEY", "")
 if not SECRET_KEY:
@@ -57,17 +60,19 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "generator_site.login_throttle.LoginThrottleMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "generator_site.urls"
+CSRF_FAILURE_VIEW = "generator_site.errors.csrf_failure"
 ASGI_APPLICATION = "generator_site.asgi.application"
 
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "generator_site" / "templates"],  # the error pages
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -184,6 +189,12 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
+    # JSON bounded in depth as in size (generator_site/api_parsers.py).
+    "DEFAULT_PARSER_CLASSES": [
+        "generator_site.api_parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 }
 
 SPECTACULAR_SETTINGS = {
@@ -251,6 +262,33 @@ GENERATOR_MAX_UPLOAD_BYTES = env_int("GENERATOR_MAX_UPLOAD_BYTES", 100 * 1024 * 
 # file:// clone URLs: for tests and single-machine setups only; off by default.
 GENERATOR_ALLOW_LOCAL_REPOSITORIES = env_bool("GENERATOR_ALLOW_LOCAL_REPOSITORIES", False)
 
+# --- The web tier's front door (issue 13) --------------------------------------
+
+# Request heads: a longer URL is a 414, more header bytes a 431, each with a reason
+# (generator_site/request_limits.py; daphne's own ceilings are 4x these).
+GENERATOR_MAX_URL_BYTES = env_int("GENERATOR_MAX_URL_BYTES", 16 * 1024)
+GENERATOR_MAX_HEADER_BYTES = env_int("GENERATOR_MAX_HEADER_BYTES", 32 * 1024)
+# JSON bodies of the REST API nested deeper than this are a 400, not a RecursionError.
+GENERATOR_MAX_JSON_DEPTH = env_int("GENERATOR_MAX_JSON_DEPTH", 64)
+# Login throttling (generator_site/login_throttle.py): this many failures for one
+# username from one address lock that pair out for the rest of the window.
+GENERATOR_LOGIN_FAILURES = env_int("GENERATOR_LOGIN_FAILURES", 5)
+GENERATOR_LOGIN_WINDOW_SECONDS = env_int("GENERATOR_LOGIN_WINDOW_SECONDS", 15 * 60)
+
+# Served over HTTPS (through a TLS proxy: daphne speaks plain HTTP): cookies only
+# over TLS, and the proxy's X-Forwarded-Proto says a request came over HTTPS. Off
+# unless the operator says so, since over plain HTTP secure cookies would never be
+# sent back and nobody could log in. The proxy must set that header itself,
+# overwriting any a client sent.
+GENERATOR_HTTPS = env_bool("GENERATOR_HTTPS", GENERATOR_SITE_URL.startswith("https://"))
+SESSION_COOKIE_SECURE = GENERATOR_HTTPS
+CSRF_COOKIE_SECURE = GENERATOR_HTTPS
+if GENERATOR_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# HSTS pins browsers to HTTPS for this long: off by default, as a wrong value locks
+# users of the host name out of plain HTTP for that long.
+SECURE_HSTS_SECONDS = env_int("GENERATOR_HSTS_SECONDS", 0)
+
 CELERY_BEAT_SCHEDULE = {
     "dispatch": {
         "task": "farm.dispatch",
@@ -278,12 +316,15 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
+        "error_id": {"()": "generator_site.errors.ErrorIdFilter"},
         "context": {
             "()": "generator_site.structured_logs.ContextFilter",
             "role": env_str("GENERATOR_PROCESS_ROLE", ""),
-        }
+        },
     },
     "formatters": {"line": {"()": "generator_site.structured_logs.LineFormatter", "style": GENERATOR_LOG_FORMAT}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "line", "filters": ["context"]}},
+    # A 500's record (with its traceback) carries the error id the client was given.
+    "loggers": {"django.request": {"filters": ["error_id"]}},
     "root": {"handlers": ["console"], "level": env_str("GENERATOR_LOG_LEVEL", "INFO")},
 }

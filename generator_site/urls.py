@@ -9,3 +9,9 @@ urlpatterns = [
     path("", include("builds.urls")),
     path("", include("generator_site.api_urls")),
 ]
+
+# Error answers in each endpoint's own format, never Django's defaults (generator_site/errors.py).
+handler400 = "generator_site.errors.bad_request"
+handler403 = "generator_site.errors.permission_denied"
+handler404 = "generator_site.errors.page_not_found"
+handler500 = "generator_site.errors.server_error"
