@@ -6,7 +6,8 @@ GENERATOR_MAX_URL_BYTES is a 414 and headers over GENERATOR_MAX_HEADER_BYTES a
 431, in the endpoint's format; far past them daphne's own channel still answers
 414/431 in plain text (before, a long URL got no answer at all). Unknown pages
 are short pages, never Django's technical one; an unknown WebSocket path closes
-with 4404 and leaves no traceback in the log.
+with 4404 and leaves no traceback in the log. Then, in process: the error
+answers' formats by endpoint.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import sys
 import urllib.request
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from django.test import Client
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from generator_site.errors import error_body
 from scripts import localfarm as lf
 from tests.conftest import ROOT
 
@@ -153,3 +156,40 @@ def test_an_unknown_websocket_path_closes_with_4404_and_no_traceback(web):
     text = log.read_bytes()[before:].decode()
     assert "WSCONNECT /ws/nothing" in text
     assert "Traceback" not in text and "No route found" not in text, text[-3000:]
+
+
+def test_a_websocket_handshake_over_the_url_limit_is_refused(web):
+    port, _ = web
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"ws://127.0.0.1:{port}/b1/build/log/ws/x?pad={'A' * 20_000}", open_timeout=10)
+    assert refused.value.response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/webhooks/github/", "application/json"),
+        ("/api/v1/builds/", "application/json"),
+        ("/b1/build", "text/plain; charset=utf-8"),
+        ("/builds/", "text/html; charset=utf-8"),
+        ("/admin/", "text/html; charset=utf-8"),
+    ],
+)
+def test_a_500_takes_each_endpoints_format_with_its_error_id(path, content_type):
+    content_type_given, body = error_body(path, 500, "internal error", "0123abcd0123abcd")
+    assert content_type_given == content_type
+    text = body.decode()
+    assert "0123abcd0123abcd" in text and len(text) < 1000
+    if content_type == "application/json":
+        assert json.loads(text) == {"detail": "internal error", "error_id": "0123abcd0123abcd"}
+    elif content_type.startswith("text/plain"):
+        assert text == "internal error (error id 0123abcd0123abcd)\n"
+    else:
+        assert "<h1>500 Internal Server Error</h1>" in text
+
+
+def test_a_failed_csrf_check_is_a_short_page_of_the_site(db):
+    response = Client(enforce_csrf_checks=True).post("/accounts/login/", {"username": "a", "password": "b"})
+    assert response.status_code == 403
+    assert b"<h1>403 Forbidden</h1>" in response.content and b"CSRF check failed" in response.content
+    assert len(response.content) < 2000
