@@ -4,6 +4,7 @@ services.submit, as from every other front door."""
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.files.uploadhandler import TemporaryFileUploadHandler
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
@@ -37,6 +38,24 @@ class MayBuild(permissions.BasePermission):
         return request.user.has_perm("builds.add_buildjob")
 
 
+class ContextUploadHandler(TemporaryFileUploadHandler):
+    """An uploaded context goes to a temporary file on disk as it arrives, never
+    whole in memory, and stops at GENERATOR_MAX_UPLOAD_BYTES whatever the request
+    declared (a chunked body declares nothing). The file is removed when closed."""
+
+    def __init__(self, request=None) -> None:
+        super().__init__(request)
+        self.limit = settings.GENERATOR_MAX_UPLOAD_BYTES
+        self.received = 0
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
+        self.received += len(raw_data)
+        if self.received > self.limit:
+            self.file.close()
+            raise Refused(TooLarge(f"the upload is larger than the {self.limit}-byte limit"))
+        return super().receive_data_chunk(raw_data, start)
+
+
 class TarUploadParser(FileUploadParser):
     """A raw .tar request body as the build context (no Content-Disposition needed)."""
 
@@ -54,6 +73,11 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     serializer_class = BuildJobSerializer
     permission_classes = [permissions.IsAuthenticated, MayBuild]
     parser_classes = [BoundedJSONParser, MultiPartParser, FormParser, TarUploadParser, GzipUploadParser]
+
+    def initialize_request(self, request, *args, **kwargs):
+        # Before anything reads the body (a session's CSRF check reads a multipart form too).
+        request.upload_handlers = [ContextUploadHandler(request)]
+        return super().initialize_request(request, *args, **kwargs)
 
     def get_queryset(self):
         jobs = BuildJob.objects.select_related("repository", "daemon", "cancelled_by")
@@ -87,21 +111,24 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             raise Refused(TooLarge(f"the upload is larger than the {limit}-byte limit"))
         if not isinstance(request.data, dict):
             return Response({"detail": "the body must be a JSON object"}, status=status.HTTP_400_BAD_REQUEST)
-        data = request.data.copy()
+        # Not .copy(): a QueryDict copies deeply, and an uploaded file on disk cannot be.
+        data = request.data
         if "file" in data:  # a raw tar body; the other fields come in the query string
             data = {**request.query_params.dict(), "context": data["file"]}
         form = BuildCreateSerializer(data=data)
         form.is_valid(raise_exception=True)
         fields = dict(form.validated_data)
-        upload = fields.pop("context", None)
+        upload = fields.pop("context", None)  # a temporary file, read as a stream
         try:
-            context = upload.read() if upload else None
             job = submit(
-                BuildRequest(context=context, dockerfile=fields.pop("dockerfile", ""), **fields),
+                BuildRequest(context=upload, dockerfile=fields.pop("dockerfile", ""), **fields),
                 submitted_by=request.user,
             )
         except SubmissionError as exc:
             raise Refused(exc) from None
+        finally:
+            if upload is not None:
+                upload.close()
         return Response(BuildJobSerializer(job).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses={200: BuildJobSerializer})

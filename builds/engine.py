@@ -1,4 +1,4 @@
-"""Talking to one Docker Engine: bytes in, log lines and a result out.
+"""Talking to one Docker Engine: a context stream in, log lines and a result out.
 
 This module knows no Django models. Each interaction is one `EngineSession`
 (a context manager) that closes its connection whatever happens; SDK and
@@ -17,6 +17,7 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import docker
 import requests
@@ -174,7 +175,7 @@ class EngineSession:
 
     def build(
         self,
-        context: bytes,
+        context: BinaryIO | bytes,
         *,
         tag: str,
         on_line: LineSink,
@@ -188,7 +189,8 @@ class EngineSession:
         cpu_quota_us: int | None = None,
         network_mode: str | None = None,
     ) -> str:
-        """Builds the context, tags the image, and answers its id (sha256:...).
+        """Builds the context (a tar, as a file read in chunks as it is sent, or
+        bytes), tags the image, and answers its id (sha256:...).
 
         Every RUN container is created under `cgroup_parent`, with `memory_bytes`
         (and no swap beyond it) and the CPU quota as its own limits, and with
@@ -202,7 +204,7 @@ class EngineSession:
         self._api.extra_build_params = {name: value for name, value in extra.items() if value}
         with self._translated_errors(BuildFailed, "build"):
             chunks = self._api.build(
-                fileobj=io.BytesIO(context),
+                fileobj=io.BytesIO(context) if isinstance(context, bytes) else context,
                 custom_context=True,
                 tag=tag,
                 dockerfile=dockerfile,

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.utils import timezone
 
 from .errors import RegistryNotAllowed
 from .limits import over_the_caps
@@ -120,11 +121,20 @@ class BuildJob(models.Model):
 
 
 class BuildContext(models.Model):
-    """An uploaded build context, checked and rewritten (builds/contexts.py). In the
-    database, so that a worker on any host can read it."""
+    """An uploaded build context, checked and rewritten (builds/contexts.py), kept
+    as a file in the context store (builds/context_store.py), never in the
+    database. The row outlives the file, which is pruned a while after the job
+    ended, so that a retry can say why it cannot build."""
 
     job = models.OneToOneField(BuildJob, on_delete=models.CASCADE, primary_key=True, related_name="context")
-    data = models.BinaryField()
+    name = models.CharField(max_length=255, help_text="Its file in the context store (STORAGES['contexts']).")
+    size = models.PositiveBigIntegerField(default=0, help_text="Bytes of the checked tar.")
+    members = models.PositiveIntegerField(default=0, help_text="Files, directories and links in it.")
+    created_at = models.DateTimeField(default=timezone.now)
+    pruned_at = models.DateTimeField(null=True, blank=True, help_text="When its file was deleted.")
+
+    def __str__(self) -> str:
+        return f"context of {self.job_id}"
 
 
 class BuildLogLine(models.Model):

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 from django.conf import settings
 
 from pool import egress, health
 from pool.tls import InsecureEngineAddress, client_settings
 
-from . import transitions
+from . import context_store, transitions
 from .dispatch import dispatch
 from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
 from .limits import contained, limits_for
@@ -153,10 +156,12 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
     )
     with session:
         log.write(f"[generator] Building {target} on {daemon.name} (attempt {job.attempt})")
-        context, dockerfile, buildargs = _source(job, log, watch)
         network = job.repository.network if job.repository else ""
         limits = limits_for(daemon, job.repository)
-        with contained(daemon.name, job.id, job.attempt, limits, network=network) as containment:
+        with (
+            _source(job, log, watch) as (context, dockerfile, buildargs),
+            contained(daemon.name, job.id, job.attempt, limits, network=network) as containment,
+        ):
             log.write(f"[generator] {containment.summary}")
             image_id = log.pump(
                 lambda emit: session.build(
@@ -183,13 +188,21 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
         return pushed[0]
 
 
-def _source(job: BuildJob, log: LogWriter, watch: Watch) -> tuple[bytes, str, dict[str, str]]:
-    """The build context, the Dockerfile's path in it, and the build args."""
+@contextmanager
+def _source(job: BuildJob, log: LogWriter, watch: Watch) -> Iterator[tuple[BinaryIO, str, dict[str, str]]]:
+    """The build context as a stream for the daemon (closed, and a temporary
+    file removed, on leaving), the Dockerfile's path in it, and the build args."""
     repository = job.repository
-    if BuildContext.objects.filter(job=job).exists():
-        return bytes(job.context.data), job.dockerfile_path, dict(job.build_args)
+    if not job.dockerfile and not job.ref:  # an uploaded context, from the context store
+        try:
+            with context_store.opened(BuildContext.objects.filter(job=job).first()) as context:
+                yield context, job.dockerfile_path, dict(job.build_args)
+        except context_store.ContextGone as exc:
+            raise SourceError(f"the build cannot run: {exc}") from None
+        return
     if not job.ref:
-        return dockerfile_context(job.dockerfile), "Dockerfile", dict(job.build_args)
+        yield io.BytesIO(dockerfile_context(job.dockerfile)), "Dockerfile", dict(job.build_args)
+        return
     if repository is None:
         raise SourceError("the repository of this build was removed")
     source = GitSource(
@@ -201,13 +214,15 @@ def _source(job: BuildJob, log: LogWriter, watch: Watch) -> tuple[bytes, str, di
     if not job.commit_sha:  # a build of a ref (REST API): the commit it points to now
         job.commit_sha = log.pump(lambda emit: source.resolve(job.ref, on_line=emit), tick=watch.tick)
         BuildJob.objects.filter(pk=job.pk).update(commit_sha=job.commit_sha)
+    # A temporary file with no name: gone from the disk once closed, whatever happens.
     context = log.pump(
         lambda emit: source.context(
             job.commit_sha, repository.context_dir, max_bytes=settings.GENERATOR_MAX_CONTEXT_BYTES, on_line=emit
         ),
         tick=watch.tick,
     )
-    return context, repository.dockerfile_path, {**repository.build_args, **job.build_args}
+    with context:
+        yield context, repository.dockerfile_path, {**repository.build_args, **job.build_args}
 
 
 def _push(session: EngineSession, target, log: LogWriter, watch: Watch) -> PushResult:

@@ -8,17 +8,18 @@ validates, creates the row and dispatches; nothing else creates jobs.
 from __future__ import annotations
 
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from django.conf import settings
 from django.db import transaction
 
-from . import transitions
-from .contexts import clean_context
+from . import context_store, transitions
 from .dispatch import NoDaemonAvailable, dispatch, ensure_pool_exists
 from .errors import Conflict, PoolUnavailable, RegistryNotAllowed, SubmissionError, TooLarge
 from .logs import append_line
-from .models import BuildContext, BuildJob, Registry, Repository
+from .models import BuildContext, BuildJob, Registry, Repository, new_job_id
 from .references import InvalidReference, parse_build_target, registry_host
 
 __all__ = [
@@ -44,11 +45,11 @@ def submit_build(*, image: str, dockerfile: str, submitted_by=None) -> BuildJob:
 @dataclass
 class BuildRequest:
     """What a build is made from: exactly one of a Dockerfile's text, an uploaded
-    context (tar or tar.gz), or a registered repository and a ref."""
+    context (tar or tar.gz, a file read as a stream), or a registered repository and a ref."""
 
     image: str
     dockerfile: str = ""
-    context: bytes | None = None
+    context: BinaryIO | None = None
     dockerfile_path: str = "Dockerfile"
     repository: Repository | None = None
     ref: str = ""
@@ -65,11 +66,19 @@ def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | Non
         raise SubmissionError("give exactly one source: a Dockerfile, an uploaded context, or a repository and a ref")
     if request.dockerfile:
         check_dockerfile(request.dockerfile)
-    context = None
-    if request.context is not None:
-        context = clean_context(
-            request.context, dockerfile=request.dockerfile_path, limit=settings.GENERATOR_MAX_CONTEXT_BYTES
-        )
+    with ExitStack() as stack:  # a checked context's temporary file goes whatever happens
+        checked = None
+        if request.context is not None:
+            checked = stack.enter_context(context_store.checked(request.context, dockerfile=request.dockerfile_path))
+        _check_options(request)
+        check_registry_allowed(target.repository)
+        ensure_pool_exists_or_raise(request.repository.daemon_group if request.repository else "")
+        job_id = new_job_id()
+        stored = stack.enter_context(context_store.kept_for(job_id, checked)) if checked else None
+        return _create(job_id, target, request, stored, submitted_by, retry_of)
+
+
+def _check_options(request: BuildRequest) -> None:
     if request.repository is not None and not _REF.fullmatch(request.ref):
         raise SubmissionError(f"{request.ref!r} is not a branch, tag or commit name")
     for tag in request.extra_tags:
@@ -78,10 +87,12 @@ def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | Non
     for name, mapping in (("build args", request.build_args), ("labels", request.labels)):
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
             raise SubmissionError(f"{name} must map strings to strings")
-    check_registry_allowed(target.repository)
-    ensure_pool_exists_or_raise(request.repository.daemon_group if request.repository else "")
+
+
+def _create(job_id: str, target, request: BuildRequest, stored: dict | None, submitted_by, retry_of) -> BuildJob:
     with transaction.atomic():
         job = BuildJob.objects.create(
+            id=job_id,
             image=str(target),
             extra_tags=[t for t in request.extra_tags if t != target.tag],
             dockerfile=request.dockerfile,
@@ -94,8 +105,8 @@ def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | Non
             submitted_by=submitted_by,
             retry_of=retry_of,
         )
-        if context is not None:
-            BuildContext.objects.create(job=job, data=context)
+        if stored is not None:
+            BuildContext.objects.create(job=job, **stored)
         # The job waits in the farm's queue until a daemon has room.
         transaction.on_commit(dispatch)
     return job
@@ -105,20 +116,27 @@ def retry_build(job: BuildJob, user) -> BuildJob:
     """A new job from the same source and options, linked to the old one."""
     if not job.is_terminal:
         raise Conflict(f"the build is {job.status}: only a finished build can be retried")
-    context = BuildContext.objects.filter(job=job).first()
-    request = BuildRequest(
-        image=job.image,
-        dockerfile=job.dockerfile,
-        context=bytes(context.data) if context else None,
-        dockerfile_path=job.dockerfile_path,
-        repository=job.repository if job.ref else None,
-        ref=job.commit_sha or job.ref,
-        extra_tags=list(job.extra_tags),
-        build_args=dict(job.build_args),
-        labels=dict(job.labels),
-        no_cache=job.no_cache,
-    )
-    return submit(request, submitted_by=user, retry_of=job)
+    uploaded = not job.dockerfile and not job.ref  # its source was an uploaded context
+    with ExitStack() as stack:
+        context = None
+        if uploaded:
+            try:
+                context = stack.enter_context(context_store.opened(BuildContext.objects.filter(job=job).first()))
+            except context_store.ContextGone as exc:
+                raise Conflict(f"the build cannot be retried: {exc}") from None
+        request = BuildRequest(
+            image=job.image,
+            dockerfile=job.dockerfile,
+            context=context,
+            dockerfile_path=job.dockerfile_path,
+            repository=job.repository if job.ref else None,
+            ref=job.commit_sha or job.ref,
+            extra_tags=list(job.extra_tags),
+            build_args=dict(job.build_args),
+            labels=dict(job.labels),
+            no_cache=job.no_cache,
+        )
+        return submit(request, submitted_by=user, retry_of=job)
 
 
 def submit_push_build(*, repository, ref: str, sha: str, tags: list[str]) -> BuildJob:

@@ -13,7 +13,7 @@ from generator_site.structured_logs import log_fields
 from pool import health
 from pool.models import DockerDaemon
 
-from . import dispatch, reaper, runner, statuses
+from . import context_store, dispatch, reaper, runner, statuses
 
 
 @shared_task(
@@ -41,6 +41,12 @@ def dispatch_waiting() -> None:
 def reap_lost_workers() -> None:
     if reaper.reap():
         dispatch.dispatch()
+
+
+@shared_task(name="farm.prune_contexts", ignore_result=True)
+def prune_contexts() -> None:
+    # Uploaded contexts of jobs that ended more than GENERATOR_CONTEXT_RETENTION_HOURS ago.
+    context_store.prune()
 
 
 @shared_task(name="farm.check_health", bind=True, ignore_result=True)

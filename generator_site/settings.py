@@ -14,7 +14,7 @@ import dj_database_url
 import redis.exceptions
 from django.core.exceptions import ImproperlyConfigured
 
-from .env import env_bool, env_choice, env_float, env_int, env_list, env_str
+from .env import env_bool, env_choice, env_float, env_int, env_json_object, env_list, env_str
 from .runtime_conf import load_runtime_conf
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -257,8 +257,24 @@ GENERATOR_GITHUB_API_URL = env_str("GENERATOR_GITHUB_API_URL", "https://api.gith
 GENERATOR_SITE_URL = env_str("GENERATOR_SITE_URL", "http://localhost:8080").rstrip("/")
 GENERATOR_GIT_CACHE_DIR = Path(env_str("GENERATOR_GIT_CACHE_DIR", str(VAR_DIR / "git")))
 GENERATOR_MAX_CONTEXT_BYTES = env_int("GENERATOR_MAX_CONTEXT_BYTES", 512 * 1024 * 1024)
-# An uploaded context (REST API) is stored in the database for the worker to read.
+# An uploaded context (REST API): at most this many bytes as sent, and checked as it
+# inflates against GENERATOR_MAX_CONTEXT_BYTES and GENERATOR_MAX_CONTEXT_FILES.
 GENERATOR_MAX_UPLOAD_BYTES = env_int("GENERATOR_MAX_UPLOAD_BYTES", 100 * 1024 * 1024)
+GENERATOR_MAX_CONTEXT_FILES = env_int("GENERATOR_MAX_CONTEXT_FILES", 100_000)
+# Checked contexts wait for their build in a file store that web, workers and beat
+# all reach (builds/context_store.py): a folder on one machine; on several hosts,
+# another Django storage backend, e.g. storages.backends.s3.S3Storage with its
+# options as JSON (docs/deploy.md). Kept this long after the job ends, for retries.
+GENERATOR_CONTEXT_DIR = Path(env_str("GENERATOR_CONTEXT_DIR", str(VAR_DIR / "contexts")))
+GENERATOR_CONTEXT_RETENTION_HOURS = env_float("GENERATOR_CONTEXT_RETENTION_HOURS", 24)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "contexts": {
+        "BACKEND": env_str("GENERATOR_CONTEXT_STORAGE", "django.core.files.storage.FileSystemStorage"),
+        "OPTIONS": env_json_object("GENERATOR_CONTEXT_STORAGE_OPTIONS", {"location": str(GENERATOR_CONTEXT_DIR)}),
+    },
+}
 # file:// clone URLs: for tests and single-machine setups only; off by default.
 GENERATOR_ALLOW_LOCAL_REPOSITORIES = env_bool("GENERATOR_ALLOW_LOCAL_REPOSITORIES", False)
 
@@ -300,6 +316,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "farm.check_health",
         "schedule": env_float("GENERATOR_HEALTH_INTERVAL", 10),
         "options": {"expires": 30},
+    },
+    "prune-contexts": {
+        "task": "farm.prune_contexts",
+        "schedule": env_float("GENERATOR_CONTEXT_PRUNE_INTERVAL", 600),
+        "options": {"expires": 600},
     },
 }
 

@@ -30,9 +30,11 @@ def test_compose_describes_every_service_of_the_farm():
     services = yaml.safe_load(result.stdout)["services"]
     assert set(services) == {"web", "beat", "redis", "postgres", "registry", "dind-0", "worker-0", "dind-1", "worker-1"}
     assert services["web"]["environment"]["DATABASE_URL"].startswith("postgres://generator:pw@postgres")
-    # A worker shares only its own daemon's socket volume, and no daemon publishes a port.
+    # A worker shares only its own daemon's socket volume (and the context store,
+    # no daemon's), and no daemon publishes a port.
     for index in (0, 1):
-        assert services[f"worker-{index}"]["volumes"] == [f"dind-{index}-socket:/run/dind:rw"]
+        volumes = [f"dind-{index}-socket:/run/dind:rw", "contexts:/var/lib/generator/contexts:rw"]
+        assert services[f"worker-{index}"]["volumes"] == volumes
         assert "ports" not in services[f"dind-{index}"]
         # A daemon's builds share a network with the registry only (issue 12).
         assert list(services[f"dind-{index}"]["networks"]) == [f"builds-{index}"]
