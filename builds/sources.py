@@ -1,12 +1,21 @@
 """Build contexts from git, on the worker host.
 
 Each host keeps one bare mirror per repository (GENERATOR_GIT_CACHE_DIR) and
-fetches into it incrementally. The context of a commit comes from `git
-archive` with no checkout at all, unless the commit has submodules; then a
-throw-away clone of the mirror is checked out with them.
+fetches into it incrementally. The context of a commit is streamed from `git
+archive` (no checkout at all) into a temporary file with no name, never whole in
+memory and never past the size limit; a commit with submodules is checked out
+with them in a throw-away clone of the mirror, and that is written out the same way.
+
+Every host git is about to contact, the clone URL's and each submodule's, is
+resolved first and refused when the egress rules refuse its address (loopback,
+link-local, private: pool/egress.py) unless local repositories are allowed; git
+is then held to the addresses checked (`http.curloptResolve`), so a second DNS
+answer cannot send it elsewhere, and follows no HTTP redirect.
 
 An access token goes to git in the environment (GIT_CONFIG_*), never in a URL
-or an argument, and is scrubbed from any message this module raises.
+or an argument, and only for the clone URL's own origin (scheme, host, port): a
+submodule on another host never gets it. It is scrubbed from any message this
+module raises.
 """
 
 from __future__ import annotations
@@ -14,47 +23,111 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
-import io
+import ipaddress
 import os
+import re
+import socket
 import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+from pool.egress import refusal_reason
 
 LineSink = Callable[[str], None]
+# (host, port) -> the addresses it resolves to; the system's resolver unless a test gives another.
+Resolver = Callable[[str, int], list[str]]
 GIT_TIMEOUT = 600
+CHUNK = 64 * 1024
+MAX_SUBMODULE_DEPTH = 5
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ssh": 22, "git": 9418}
+# user@host:path, git's scp-like syntax for ssh
+_SCP_LIKE = re.compile(r"(?:[^@/]+@)?(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?!//)")
 
 
 class SourceError(Exception):
     """The commit's context could not be produced; str() says why."""
 
 
+def system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Where a git URL makes git connect; `origin` is scheme://host[:port]/ for http(s)."""
+
+    scheme: str
+    host: str
+    port: int
+    origin: str = ""
+
+
+def parse_remote(url: str) -> Remote | None:
+    """The host and port a clone URL names; None for one with no host (a local path, file://)."""
+    if "://" not in url:
+        match = _SCP_LIKE.match(url)
+        return Remote("ssh", match["host"].strip("[]").lower(), 22) if match else None
+    try:
+        parts = urlsplit(url)
+        scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
+    except ValueError:
+        raise SourceError(f"{url!r} is not a URL git can use") from None
+    if scheme == "file":
+        return None
+    if not host or scheme not in _DEFAULT_PORTS:
+        raise SourceError(f"{url!r} is not an http(s), ssh or git URL with a host")
+    origin = f"{scheme}://{parts.netloc.rpartition('@')[2]}/" if scheme in ("http", "https") else ""
+    return Remote(scheme, host, port or _DEFAULT_PORTS[scheme], origin)
+
+
 class GitSource:
-    def __init__(self, clone_url: str, *, token: str, cache_dir: Path, allow_local: bool) -> None:
+    def __init__(
+        self,
+        clone_url: str,
+        *,
+        token: str,
+        cache_dir: Path,
+        allow_local: bool,
+        resolver: Resolver = system_resolver,
+    ) -> None:
         self.clone_url = clone_url
         self.token = token
         self.allow_local = allow_local
+        self.resolver = resolver
         key = hashlib.sha256(clone_url.encode()).hexdigest()[:24]
         self.mirror = Path(cache_dir) / f"{key}.git"
+        self.remote = parse_remote(clone_url)
+        self._pins: list[str] = []  # http.curloptResolve entries: host:port:addresses checked
+        self._clone_host_checked = False
 
-    def context(self, sha: str, context_dir: str, *, max_bytes: int, on_line: LineSink) -> bytes:
-        """A tar of `context_dir` at commit `sha`."""
+    def context(self, sha: str, context_dir: str, *, max_bytes: int, on_line: LineSink) -> BinaryIO:
+        """A tar of `context_dir` at commit `sha`, in a temporary file with no name
+        (gone from the disk once closed), at its start."""
         self.mirror.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked():
-            self._ensure_commit(sha, on_line)
-            if self._has(f"{sha}:.gitmodules"):
-                on_line("[generator] The commit has submodules: checking them out")
-                data = self._checkout_context(sha, context_dir)
-            else:
-                tree = f"{sha}:{context_dir.strip('/')}" if context_dir.strip("/") else sha
-                if not self._has(tree):
-                    raise SourceError(f"the build context {context_dir!r} does not exist at commit {sha[:12]}")
-                data = self._git("archive", "--format=tar", tree, cwd=self.mirror, capture=True)
-        if len(data) > max_bytes:
-            raise SourceError(f"the build context is {len(data)} bytes; the limit is {max_bytes} bytes")
-        return data
+        out = tempfile.TemporaryFile(dir=self.mirror.parent)  # noqa: SIM115 (the caller closes it)
+        try:
+            with self._locked():
+                self._ensure_commit(sha, on_line)
+                if self._has(f"{sha}:.gitmodules"):
+                    on_line("[generator] The commit has submodules: checking them out")
+                    self._checkout_context(sha, context_dir, out, max_bytes)
+                else:
+                    tree = f"{sha}:{context_dir.strip('/')}" if context_dir.strip("/") else sha
+                    if not self._has(tree):
+                        raise SourceError(f"the build context {context_dir!r} does not exist at commit {sha[:12]}")
+                    self._archive(tree, out, max_bytes)
+        except BaseException:
+            out.close()
+            raise
+        out.seek(0)
+        return out
 
     def resolve(self, ref: str, *, on_line: LineSink) -> str:
         """The commit a ref (refs/heads/main, refs/tags/v1, main) points to now."""
@@ -62,10 +135,10 @@ class GitSource:
         with self._locked():
             if not self.mirror.exists():
                 on_line(f"[generator] Cloning {self.clone_url} (first build of it on this host)")
-                self._git("clone", "--mirror", "--quiet", self.clone_url, str(self.mirror))
+                self._git("clone", "--mirror", "--quiet", self.clone_url, str(self.mirror), network=True)
             else:
                 on_line(f"[generator] Fetching {self.clone_url}")
-                self._git("fetch", "--prune", "--quiet", "origin", cwd=self.mirror)
+                self._git("fetch", "--prune", "--quiet", "origin", cwd=self.mirror, network=True)
             try:
                 sha = self._git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", cwd=self.mirror, capture=True)
             except SourceError:
@@ -85,14 +158,14 @@ class GitSource:
     def _ensure_commit(self, sha: str, on_line: LineSink) -> None:
         if not self.mirror.exists():
             on_line(f"[generator] Cloning {self.clone_url} (first build of it on this host)")
-            self._git("clone", "--mirror", "--quiet", self.clone_url, str(self.mirror))
+            self._git("clone", "--mirror", "--quiet", self.clone_url, str(self.mirror), network=True)
         elif not self._has(f"{sha}^{{commit}}"):
             on_line(f"[generator] Fetching {self.clone_url}")
-            self._git("fetch", "--prune", "--quiet", "origin", cwd=self.mirror)
+            self._git("fetch", "--prune", "--quiet", "origin", cwd=self.mirror, network=True)
         if not self._has(f"{sha}^{{commit}}"):
             # Not on any ref any more (a force push since): ask for the commit itself.
             with suppress(SourceError):
-                self._git("fetch", "--quiet", "origin", sha, cwd=self.mirror)
+                self._git("fetch", "--quiet", "origin", sha, cwd=self.mirror, network=True)
         if not self._has(f"{sha}^{{commit}}"):
             raise SourceError(f"commit {sha} is not in {self.clone_url}")
         on_line(f"[generator] Source: {self.clone_url} at {sha}")
@@ -103,37 +176,110 @@ class GitSource:
         )
         return result.returncode == 0
 
-    def _checkout_context(self, sha: str, context_dir: str) -> bytes:
-        with tempfile.TemporaryDirectory(prefix="generator-src-") as tmp:
+    def _archive(self, tree: str, out: BinaryIO, max_bytes: int) -> None:
+        """`git archive` of the tree, copied into `out` a chunk at a time up to the limit."""
+        with (
+            tempfile.TemporaryFile() as errors,
+            subprocess.Popen(
+                ["git", "archive", "--format=tar", tree],
+                cwd=self.mirror,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                env=self._env(),
+            ) as git,
+        ):
+            try:
+                bounded = _Bounded(out, max_bytes)
+                while chunk := git.stdout.read(CHUNK):
+                    bounded.write(chunk)
+            except BaseException:
+                git.kill()
+                raise
+            if git.wait(timeout=GIT_TIMEOUT) != 0:
+                errors.seek(0)
+                message = errors.read().decode(errors="replace").strip().splitlines()
+                raise SourceError(f"git archive failed: {self._scrub(message[-1] if message else str(git.returncode))}")
+
+    def _checkout_context(self, sha: str, context_dir: str, out: BinaryIO, max_bytes: int) -> None:
+        with tempfile.TemporaryDirectory(prefix="generator-src-", dir=self.mirror.parent) as tmp:
             work = Path(tmp) / "src"
             self._git("clone", "--quiet", "--no-checkout", str(self.mirror), str(work))
             # Relative submodule URLs resolve against the repository's own URL.
             self._git("remote", "set-url", "origin", self.clone_url, cwd=work)
             self._git("checkout", "--quiet", sha, cwd=work)
-            self._git("submodule", "update", "--init", "--recursive", "--quiet", cwd=work)
+            self._update_submodules(work, depth=1)
             root = (work / context_dir.strip("/")).resolve()
             if not root.is_dir() or not root.is_relative_to(work.resolve()):
                 raise SourceError(f"the build context {context_dir!r} does not exist at commit {sha[:12]}")
-            buffer = io.BytesIO()
-            with tarfile.open(fileobj=buffer, mode="w") as tar:
+            with tarfile.open(fileobj=_Bounded(out, max_bytes), mode="w|") as tar:
                 tar.add(root, arcname=".", filter=lambda info: None if _is_git_metadata(info.name) else info)
-            return buffer.getvalue()
+
+    def _update_submodules(self, work: Path, *, depth: int) -> None:
+        """Checks out the submodules of `work`, level by level: each level's URLs
+        (relative ones made absolute by `submodule init`) are checked and pinned
+        before git contacts them."""
+        if not (work / ".gitmodules").is_file():
+            return
+        if depth > MAX_SUBMODULE_DEPTH:
+            raise SourceError(f"submodules are nested more than {MAX_SUBMODULE_DEPTH} deep")
+        self._git("submodule", "init", "--quiet", cwd=work)
+        for url in self._config_values(work, r"^submodule\..*\.url$"):
+            self._pin(url, what="the submodule URL")
+        self._git("submodule", "update", "--quiet", cwd=work, network=True)
+        for path in self._config_values(work, r"^submodule\..*\.path$", "--file", ".gitmodules"):
+            inner = (work / path).resolve()
+            if inner.is_relative_to(work.resolve()) and inner != work.resolve():
+                self._update_submodules(inner, depth=depth + 1)
+
+    def _config_values(self, cwd: Path, pattern: str, *where: str) -> list[str]:
+        result = subprocess.run(
+            ["git", "config", *where, "--get-regexp", pattern], cwd=cwd, capture_output=True, env=self._env()
+        )
+        lines = result.stdout.decode(errors="replace").splitlines() if result.returncode == 0 else []
+        return [line.split(" ", 1)[1] for line in lines if " " in line]
+
+    def _pin(self, url: str, *, what: str) -> None:
+        """Resolves the host `url` names, refuses it where the egress rules would,
+        and holds git to the addresses checked."""
+        remote = parse_remote(url)
+        if remote is None:  # a local path: git's protocol.file rules decide (refused for submodules)
+            return
+        try:
+            addresses = self.resolver(remote.host, remote.port)
+        except OSError as exc:
+            raise SourceError(f"cannot resolve {remote.host}, the host of {what}: {exc}") from None
+        if not addresses:
+            raise SourceError(f"{remote.host}, the host of {what}, resolves to no address")
+        if not self.allow_local:
+            for address in addresses:
+                if why := refusal_reason(address):
+                    raise SourceError(
+                        f"{what} {self._scrub(url)} leads to {address}, {why}; the farm does not clone from there"
+                        " (GENERATOR_ALLOW_LOCAL_REPOSITORIES=true allows local addresses)"
+                    )
+        if remote.origin and not _is_address(remote.host):
+            listed = ",".join(f"[{a}]" if ":" in a else a for a in addresses)
+            self._pins.append(f"{remote.host}:{remote.port}:{listed}")
 
     def _env(self) -> dict[str, str]:
         env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
-        config = []
-        if self.token:
+        config = [("http.followRedirects", "false")]
+        if self.token and self.remote and self.remote.origin:
             basic = base64.b64encode(f"x-access-token:{self.token}".encode()).decode()
-            config.append(("http.extraHeader", f"Authorization: Basic {basic}"))
+            config.append((f"http.{self.remote.origin}.extraHeader", f"Authorization: Basic {basic}"))
         if self.allow_local:
             config.append(("protocol.file.allow", "always"))
+        config += [("http.curloptResolve", pin) for pin in self._pins]
         env["GIT_CONFIG_COUNT"] = str(len(config))
         for index, (key, value) in enumerate(config):
             env[f"GIT_CONFIG_KEY_{index}"] = key
             env[f"GIT_CONFIG_VALUE_{index}"] = value
         return env
 
-    def _git(self, *args: str, cwd: Path | None = None, capture: bool = False) -> bytes:
+    def _git(self, *args: str, cwd: Path | None = None, capture: bool = False, network: bool = False) -> bytes:
+        if network and not self._clone_host_checked:  # resolved when git is about to connect, not before
+            self._pin(self.clone_url, what="the clone URL")
+            self._clone_host_checked = True
         try:
             result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, env=self._env(), timeout=GIT_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -146,6 +292,29 @@ class GitSource:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self.token, "***") if self.token else text
+
+
+class _Bounded:
+    """A writer that refuses to go past the context size limit."""
+
+    def __init__(self, out: BinaryIO, limit: int) -> None:
+        self.out, self.limit, self.written = out, limit, 0
+
+    def write(self, data: bytes) -> int:
+        self.written += len(data)
+        if self.written > self.limit:
+            raise SourceError(
+                f"the build context is larger than GENERATOR_MAX_CONTEXT_BYTES: the limit is {self.limit} bytes"
+            )
+        return self.out.write(data)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_git_metadata(name: str) -> bool:
