@@ -13,8 +13,9 @@ from django.utils import timezone
 
 from .errors import RegistryNotAllowed
 from .limits import over_the_caps
+from .outbound import RefusedURL, check_url
 from .references import DOCKER_HUB, DOCKER_HUB_SPELLINGS, InvalidReference, parse_reference, parse_registry_host
-from .rules import RuleError, check_pattern, check_template
+from .rules import RuleError, check_rule
 
 
 def new_job_id() -> str:
@@ -167,6 +168,10 @@ def validate_clone_url(value: str) -> None:
         allowed += ("file://",)
     if not value.startswith(allowed):
         raise ValidationError(f"a clone URL must start with one of {', '.join(allowed)}")
+    try:
+        check_url(value, allow_local=settings.GENERATOR_ALLOW_LOCAL_REPOSITORIES, what="the clone URL")
+    except RefusedURL as exc:
+        raise ValidationError(str(exc)) from None
 
 
 class Repository(models.Model):
@@ -277,9 +282,7 @@ class BuildRule(models.Model):
 
     def clean(self) -> None:
         try:
-            check_pattern(self.pattern)
-            for template in self.tags.split(","):
-                check_template(template.strip())
+            check_rule(self.pattern, self.tags)
         except RuleError as exc:
             raise ValidationError(str(exc)) from None
 
@@ -294,6 +297,10 @@ class WebhookDelivery(models.Model):
     status_code = models.PositiveSmallIntegerField()
     result = models.TextField()
     response = models.JSONField(default=dict)
+    # On the delivery that built a push: a digest of (repository, ref, commit).
+    # Unique, so that of two deliveries of one push at once only one builds
+    # (builds/webhooks.py); cleared when its dedupe window is over.
+    push_key = models.CharField(max_length=64, null=True, blank=True, unique=True, editable=False)
 
     class Meta:
         ordering = ["-received_at"]

@@ -253,6 +253,8 @@ GENERATOR_UNHEALTHY_AFTER = env_int("GENERATOR_UNHEALTHY_AFTER", 2)
 
 # GitHub (issue 3): webhooks, the git sources of builds, commit statuses.
 GENERATOR_WEBHOOK_MAX_BYTES = env_int("GENERATOR_WEBHOOK_MAX_BYTES", 25 * 1024 * 1024)
+# One build per (repository, ref, commit) delivered within this many seconds.
+GENERATOR_WEBHOOK_DEDUPE_SECONDS = env_int("GENERATOR_WEBHOOK_DEDUPE_SECONDS", 24 * 3600)
 GENERATOR_GITHUB_API_URL = env_str("GENERATOR_GITHUB_API_URL", "https://api.github.com").rstrip("/")
 GENERATOR_SITE_URL = env_str("GENERATOR_SITE_URL", "http://localhost:8080").rstrip("/")
 GENERATOR_GIT_CACHE_DIR = Path(env_str("GENERATOR_GIT_CACHE_DIR", str(VAR_DIR / "git")))
@@ -275,7 +277,8 @@ STORAGES = {
         "OPTIONS": env_json_object("GENERATOR_CONTEXT_STORAGE_OPTIONS", {"location": str(GENERATOR_CONTEXT_DIR)}),
     },
 }
-# file:// clone URLs: for tests and single-machine setups only; off by default.
+# file:// clone URLs, and clone URLs and a GitHub API base on local addresses
+# (builds/outbound.py): for tests and single-machine setups only; off by default.
 GENERATOR_ALLOW_LOCAL_REPOSITORIES = env_bool("GENERATOR_ALLOW_LOCAL_REPOSITORIES", False)
 
 # --- The web tier's front door (issue 13) --------------------------------------

@@ -6,7 +6,17 @@ from dataclasses import dataclass
 
 import pytest
 
-from builds.rules import PushedRef, RuleError, as_tag, check_pattern, check_template, parse_ref, tags_for
+from builds.rules import (
+    MAX_NAME_LENGTH,
+    PushedRef,
+    RuleError,
+    as_tag,
+    check_pattern,
+    check_rule,
+    check_template,
+    parse_ref,
+    tags_for,
+)
 
 SHA = "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
 
@@ -76,3 +86,48 @@ def test_bad_rules_are_refused(pattern, template, reason):
     with pytest.raises(RuleError, match=reason):
         check_pattern(pattern)
         check_template(template)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "templates", "reason"),
+    [
+        ("/^v(.*)$/", "{9}", "has 1 group"),
+        ("/^v(.*)$/", "latest,{2}", "has 1 group"),
+        ("main", "{1}", "has no groups"),
+        ("/^v(.*)$/", "{0}", "has 1 group"),
+        ("/(a)(b)/", "{3}", "has 2 groups"),
+        ("main", "{²}", "unknown placeholder"),
+    ],
+)
+def test_a_template_naming_a_group_the_pattern_lacks_is_refused_at_save(pattern, templates, reason):
+    with pytest.raises(RuleError, match=reason):
+        check_rule(pattern, templates)
+
+
+def test_templates_naming_the_groups_the_pattern_has_are_accepted():
+    check_rule("/^release-([0-9]+)\\.([0-9]+)$/", "{1},{1}.{2},{ref}-{short_sha}")
+    check_rule("/^(?P<major>[0-9]+)$/", "{1}")
+    assert check_pattern("/(a)(b)(c)/") == 3 and check_pattern("main") == 0
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["/(a)\\1/", "/^v(?=[0-9])/", "/(?<!x)main$/", "/(?P<n>a)(?P=n)/", "/(?>a+)/"],
+)
+def test_backreferences_and_lookaround_are_refused_naming_re2(pattern):
+    with pytest.raises(RuleError, match="RE2, in linear time: no backreferences, no lookahead or lookbehind"):
+        check_pattern(pattern)
+
+
+def test_a_name_longer_than_a_ref_column_holds_matches_no_rule():
+    everything = [Rule("branch", "/.*/", "{ref}")]
+    assert tags_for(everything, PushedRef("branch", "a" * MAX_NAME_LENGTH), SHA) == ["a" * 128]
+    assert tags_for(everything, PushedRef("branch", "a" * (MAX_NAME_LENGTH + 1)), SHA) == []
+
+
+def test_a_rule_written_around_the_checks_fails_as_a_rule_error_not_a_crash():
+    # An unknown placeholder in a row saved before the checks, or written by SQL.
+    with pytest.raises(RuleError, match="unknown placeholder"):
+        tags_for([Rule("branch", "main", "{branch}")], PushedRef("branch", "main"), SHA)
+    with pytest.raises(RuleError, match="RE2"):
+        tags_for([Rule("branch", "/(a)\\1/", "x")], PushedRef("branch", "aa"), SHA)

@@ -15,6 +15,7 @@ SHA = "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
 def github(settings):
     fake = FakeGitHub()
     settings.GENERATOR_GITHUB_API_URL = fake.url
+    settings.GENERATOR_ALLOW_LOCAL_REPOSITORIES = True  # the fake is on loopback (builds/outbound.py)
     settings.GENERATOR_SITE_URL = "https://farm.example.invalid"
     yield fake
     fake.close()

@@ -12,7 +12,7 @@ from django.test import override_settings
 from referencing import Registry, Resource
 
 from builds.models import BuildJob, BuildLogLine, BuildRule, Repository, WebhookDelivery
-from builds.webhooks import signature_of
+from builds.webhooks import BAD_SIGNATURE, signature_of
 from tests.conftest import SHARED
 
 WEBHOOKS = SHARED / "testdata" / "github-webhooks"
@@ -146,11 +146,11 @@ def test_an_oversize_body_is_413(client, repository):
     assert not WebhookDelivery.objects.exists()
 
 
-def test_an_unknown_repository_is_202_and_not_recorded(client, repository):
+def test_an_unknown_repository_is_401_as_a_bad_signature_and_not_recorded(client, repository):
     payload = example("api.github.com/push/with-new-branch.payload.json")
     payload["repository"]["full_name"] = "someone/else"
     response = deliver(client, payload)
-    assert response.status_code == 202 and "not registered" in response.json()["result"]
+    assert response.status_code == 401 and response.json()["result"] == BAD_SIGNATURE
     assert not WebhookDelivery.objects.exists() and not BuildJob.objects.exists()
 
 

@@ -1,0 +1,291 @@
+"""Building with BuildKit through Docker's own client: a context in, log lines
+and an image id out.
+
+docker-py has no BuildKit (docker/docker-py#2230), and BuildKit's protocol is
+gRPC over a hijacked session: rather than write our own, the worker runs a
+docker CLI that speaks it, against the same daemon address and TLS client
+certificate as the rest of the farm. Like builds/engine.py, this module knows no
+Django models.
+
+Which CLI: `find_client` tries the configured path, then Debian's
+/usr/bin/docker (20.10, which still embeds a BuildKit client behind
+DOCKER_BUILDKIT=1), then whatever `docker` is on PATH; a CLI counts if it has
+the `buildx` plugin or is older than 23 (when the embedded client went). PATH
+alone is not trusted: these machines put a docker 28 CLI without buildx first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from .engine import BuildFailed, DaemonUnavailable, LineSink
+
+DEBIAN_CLI = "/usr/bin/docker"
+# A step that is still running when the build is aborted gets this long to stop
+# after SIGINT (the CLI then asks the daemon to cancel the build) before SIGKILL.
+ABORT_GRACE_SECONDS = 10
+
+
+class NoBuildKitClient(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class BuildKitClient:
+    """A docker CLI that can drive BuildKit: `buildx` (the plugin, default docker
+    driver) or `embedded` (a CLI before 23 with DOCKER_BUILDKIT=1)."""
+
+    path: str
+    kind: str
+    version: str
+
+    def describe(self) -> str:
+        how = "buildx plugin" if self.kind == "buildx" else "embedded BuildKit client, DOCKER_BUILDKIT=1"
+        return f"{self.path} {self.version} ({how})"
+
+    def build_argv(self) -> list[str]:
+        return [self.path, "buildx", "build", "--load"] if self.kind == "buildx" else [self.path, "build"]
+
+
+def find_client(configured: str = "") -> BuildKitClient:
+    candidates = [configured] if configured else [DEBIAN_CLI, shutil.which("docker") or ""]
+    tried = []
+    for path in dict.fromkeys(c for c in candidates if c):
+        client = _probe(path)
+        if client:
+            return client
+        tried.append(path)
+    raise NoBuildKitClient(
+        f"no docker CLI that drives BuildKit among {', '.join(tried) or 'none found'}: install Debian's "
+        "docker.io (its /usr/bin/docker embeds a BuildKit client) or a docker CLI with the buildx plugin, "
+        "and set GENERATOR_DOCKER_CLI to its path"
+    )
+
+
+def _probe(path: str) -> BuildKitClient | None:
+    if not os.access(path, os.X_OK):
+        return None
+    version = _run_quietly([path, "version", "--format", "{{.Client.Version}}"])
+    if not version:
+        return None
+    if _run_quietly([path, "buildx", "version"]):
+        return BuildKitClient(path, "buildx", version)
+    major = re.match(r"(\d+)", version)
+    if major and int(major[1]) < 23:
+        return BuildKitClient(path, "embedded", version)
+    return None
+
+
+def _run_quietly(argv: list[str]) -> str:
+    """The command's first line of output, or "" if it failed; no daemon needed."""
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent"}  # version's client part needs no daemon
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=20, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    lines = result.stdout.strip().splitlines()
+    return lines[0].strip() if lines and (result.returncode == 0 or "version" in argv) else ""
+
+
+@dataclass(frozen=True)
+class DaemonAddress:
+    """How the CLI reaches the daemon: `host` as in DOCKER_HOST, and for TLS the
+    PEM files of pool/tls.py (the same CA and client certificate as docker-py)."""
+
+    host: str
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    def argv(self) -> list[str]:
+        argv = ["--host", self.host]
+        if self.tls_key:
+            argv += ["--tlsverify", f"--tlscacert={self.tls_ca}", f"--tlscert={self.tls_cert}"]
+            argv += [f"--tlskey={self.tls_key}"]
+        return argv
+
+
+@dataclass
+class BuildRequest:
+    tag: str
+    dockerfile: str = "Dockerfile"
+    buildargs: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    nocache: bool = False
+    target: str = ""
+    network: str = ""  # "none", or "" for the daemon's default (its sandbox's filtered bridge)
+    secrets: dict[str, str] = field(default_factory=dict)  # id -> path of a 0600 file
+    ssh: str = ""  # an SSH agent socket for RUN --mount=type=ssh
+    cache_from: list[str] = field(default_factory=list)
+    inline_cache: bool = True
+
+
+# `<<WORD` or `<<-"WORD"` in RUN, COPY or ADD; not `<<<` (a shell here-string).
+_HEREDOC = re.compile(r"^\s*(RUN|COPY|ADD)\b.*(?<!<)<<-?(?!<)\s*[\"']?[A-Za-z_][A-Za-z0-9_]*", re.IGNORECASE)
+# The CLI's words for a daemon it cannot reach, or lost in the middle of a build.
+_DAEMON_GONE = (
+    "cannot connect to the docker daemon",
+    "error during connect",
+    "code = unavailable",
+    "transport is closing",
+    "failed to receive status",
+)
+
+
+def unsupported_features(dockerfile_text: str) -> str | None:
+    """Why the daemon's built-in Dockerfile frontend cannot build this, said at once.
+
+    Docker 20.10's built-in frontend (BuildKit 0.8) predates heredocs, which
+    need frontend 1.4; it would answer "unknown instruction" for the heredoc's
+    body. A `# syntax=` line asks for a newer frontend image instead.
+    """
+    lines = dockerfile_text.splitlines()
+    if lines and lines[0].lower().replace(" ", "").startswith("#syntax="):
+        return None
+    for number, line in enumerate(lines, start=1):
+        if _HEREDOC.match(line):
+            return (
+                f"line {number} uses a heredoc ({line.strip()[:60]}): heredocs need Dockerfile frontend 1.4 "
+                "or later, and this daemon's built-in frontend (Docker 20.10, BuildKit 0.8) predates them. "
+                "Put the script in a file and COPY it, or add `# syntax=docker/dockerfile:1.4` as the first "
+                "line where the daemon can pull that frontend image."
+            )
+    return None
+
+
+class BuildKitSession:
+    """One BuildKit build on one daemon. `abort()` from another thread stops it:
+    the CLI, sent SIGINT, asks the daemon to cancel the build, so no step is
+    left running there."""
+
+    def __init__(self, client: BuildKitClient, daemon: DaemonAddress) -> None:
+        self.client, self.daemon = client, daemon
+        self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._aborted = False
+
+    def build(self, context: BinaryIO, request: BuildRequest, *, on_line: LineSink) -> str:
+        """Builds the context (a tar or gzip file object), tags the image and
+        answers its id (sha256:...)."""
+        with tempfile.TemporaryDirectory(prefix="buildkit-") as scratch:
+            iidfile = Path(scratch) / "iid"
+            argv = self._argv(request, iidfile)
+            tail: list[str] = []
+            with self._lock:
+                if self._aborted:
+                    raise BuildFailed("the build was stopped before it started")
+                self._process = subprocess.Popen(
+                    argv,
+                    stdin=context if _has_fileno(context) else subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env=self._env(),
+                    preexec_fn=_default_sigint,
+                )
+            if self._process.stdin is not None:  # not a file: fed in chunks from a thread
+                threading.Thread(target=_feed, args=(context, self._process.stdin), daemon=True).start()
+            assert self._process.stdout is not None
+            for raw in self._process.stdout:
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                on_line(line)
+                tail = [*tail[-19:], line]
+            code = self._process.wait()
+            if code != 0:
+                raise _failure(code, tail, self.daemon.host)
+            try:
+                image_id = iidfile.read_text().strip()
+            except OSError:
+                image_id = ""
+        if not image_id.startswith("sha256:"):
+            raise BuildFailed("BuildKit ended the build without producing an image")
+        return image_id
+
+    def abort(self) -> None:
+        with self._lock:
+            self._aborted = True
+            process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGINT)
+        threading.Thread(target=_kill_after, args=(process, ABORT_GRACE_SECONDS), daemon=True).start()
+
+    def _argv(self, request: BuildRequest, iidfile: Path) -> list[str]:
+        client = self.client.build_argv()
+        argv = [client[0], *self.daemon.argv(), *client[1:]]
+        argv += ["--progress=plain", "--iidfile", str(iidfile), "--tag", request.tag, "--file", request.dockerfile]
+        for name, value in request.buildargs.items():
+            argv += ["--build-arg", f"{name}={value}"]
+        for name, value in request.labels.items():
+            argv += ["--label", f"{name}={value}"]
+        if request.inline_cache:
+            argv += ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
+        for image in request.cache_from:
+            argv += ["--cache-from", image]
+        for secret_id, path in request.secrets.items():
+            argv += ["--secret", f"id={secret_id},src={path}"]
+        if request.ssh:
+            argv += ["--ssh", f"default={request.ssh}"]
+        if request.nocache:
+            argv.append("--no-cache")
+        if request.target:
+            argv += ["--target", request.target]
+        if request.network:
+            argv += ["--network", request.network]
+        return [*argv, "-"]
+
+    def _env(self) -> dict[str, str]:
+        keep = ("PATH", "HOME", "LANG", "TMPDIR")
+        env = {name: os.environ[name] for name in keep if name in os.environ}
+        # No DOCKER_* of the worker's own environment, and no user config with credentials.
+        env.update(DOCKER_BUILDKIT="1", DOCKER_CONFIG=tempfile.gettempdir() + "/generator-docker-config")
+        return env
+
+
+def _has_fileno(stream: BinaryIO) -> bool:
+    try:
+        stream.fileno()
+    except (OSError, AttributeError, ValueError):
+        return False
+    return True
+
+
+def _feed(source: BinaryIO, sink) -> None:
+    try:
+        while chunk := source.read(1 << 16):
+            sink.write(chunk)
+    except (BrokenPipeError, OSError):
+        pass  # the CLI stopped reading: it failed or was aborted, and says why itself
+    finally:
+        with contextlib.suppress(OSError):
+            sink.close()
+
+
+def _default_sigint() -> None:
+    """The CLI cancels the build on SIGINT; a worker may have inherited SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _kill_after(process: subprocess.Popen, seconds: float) -> None:
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def _failure(code: int, tail: list[str], host: str) -> Exception:
+    errors = [line for line in tail if re.match(r"^(#\d+ )?ERROR\b|^error:|^failed to ", line, re.IGNORECASE)]
+    message = (errors[-1] if errors else (tail[-1] if tail else f"the docker CLI exited with {code}")).strip()
+    message = re.sub(r"^#\d+ ", "", message)
+    if any(sign in line.lower() for sign in _DAEMON_GONE for line in tail[-3:]):
+        return DaemonUnavailable(f"lost the Docker daemon at {host} during the build: {message}")
+    return BuildFailed(message)

@@ -1,0 +1,94 @@
+"""The BuildKit client (builds/buildkit.py): which docker CLI drives BuildKit on
+these machines, and what it is given. Building through it on a real daemon is in
+tests/farm/test_buildkit_builds.py."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from builds.buildkit import (
+    DEBIAN_CLI,
+    BuildKitClient,
+    BuildKitSession,
+    BuildRequest,
+    DaemonAddress,
+    NoBuildKitClient,
+    find_client,
+    unsupported_features,
+)
+
+
+def test_the_debian_cli_with_its_embedded_buildkit_is_found_not_the_one_first_in_path():
+    client = find_client()
+    assert client.path == DEBIAN_CLI and client.kind == "embedded" and client.version.startswith("20.10")
+    on_path = shutil.which("docker")
+    if on_path and on_path != DEBIAN_CLI:  # these machines: docker 28 without buildx first in PATH
+        with pytest.raises(NoBuildKitClient, match="GENERATOR_DOCKER_CLI"):
+            find_client(on_path)
+
+
+def test_a_configured_path_that_is_no_docker_cli_is_refused(tmp_path):
+    with pytest.raises(NoBuildKitClient, match=str(tmp_path / "nothing")):
+        find_client(str(tmp_path / "nothing"))
+
+
+def test_the_cli_is_given_the_daemon_the_options_and_no_environment_of_the_worker(monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "tcp://attacker.example:2375")
+    session = BuildKitSession(
+        BuildKitClient(DEBIAN_CLI, "embedded", "20.10.24"),
+        DaemonAddress("tcp://10.0.0.5:2376", "/tls/ca.pem", "/tls/cert.pem", "/tls/key.pem"),
+    )
+    request = BuildRequest(
+        tag="localhost:5000/team/app:1",
+        dockerfile="build/Dockerfile",
+        buildargs={"VERSION": "1"},
+        labels={"team": "a"},
+        target="release",
+        network="none",
+        secrets={"npmrc": "/run/secrets/x"},
+        cache_from=["localhost:5000/team/app:latest"],
+        nocache=True,
+    )
+    argv = session._argv(request, Path("/tmp/iid"))
+    assert argv[:7] == [
+        DEBIAN_CLI,
+        "--host",
+        "tcp://10.0.0.5:2376",
+        "--tlsverify",
+        "--tlscacert=/tls/ca.pem",
+        "--tlscert=/tls/cert.pem",
+        "--tlskey=/tls/key.pem",
+    ]
+    joined = " ".join(argv)
+    for part in [
+        "build --progress=plain --iidfile /tmp/iid --tag localhost:5000/team/app:1 --file build/Dockerfile",
+        "--build-arg VERSION=1",
+        "--label team=a",
+        "--build-arg BUILDKIT_INLINE_CACHE=1",
+        "--cache-from localhost:5000/team/app:latest",
+        "--secret id=npmrc,src=/run/secrets/x",
+        "--no-cache",
+        "--target release",
+        "--network none",
+    ]:
+        assert part in joined
+    assert argv[-1] == "-"
+    env = session._env()
+    assert env["DOCKER_BUILDKIT"] == "1" and "DOCKER_HOST" not in env
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "refused"),
+    [
+        ("FROM busybox\nRUN <<EOF\necho hi\nEOF\n", "line 2 uses a heredoc"),
+        ("FROM busybox\nCOPY <<-'END' /x\nhi\nEND\n", "line 2 uses a heredoc"),
+        ("# syntax=docker/dockerfile:1.4\nFROM busybox\nRUN <<EOF\necho\nEOF\n", None),
+        ("FROM busybox\nRUN cat <<< word && echo done\n", None),
+    ],
+)
+def test_heredocs_are_refused_at_once_naming_the_feature(dockerfile, refused):
+    reason = unsupported_features(dockerfile)
+    assert (reason is None) if refused is None else (refused in reason and "frontend 1.4" in reason)
