@@ -223,6 +223,7 @@ def _start(
         # 404 (the registry): a refusal, so they are not retried, and no
         # request leaves the machine.
         "GENERATOR_GITHUB_API_URL": f"http://127.0.0.1:{registry_port}/github",
+        "GENERATOR_ALLOW_LOCAL_REPOSITORIES": "true",  # that API base is on loopback
     }
     (root / "var" / "static").mkdir(parents=True)
     manage(env, "migrate", "--noinput")
