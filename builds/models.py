@@ -50,6 +50,11 @@ class BuildJob(models.Model):
     build_args = models.JSONField(default=dict, blank=True)
     labels = models.JSONField(default=dict, blank=True)
     no_cache = models.BooleanField(default=False)
+    builder = models.CharField(
+        max_length=16, choices=[("classic", "classic"), ("buildkit", "BuildKit")], default="classic",
+        help_text="The builder that ran (or will run) the build.",
+    )  # fmt: skip
+    target = models.CharField(max_length=128, blank=True, help_text="The build stage to stop at (multi-stage).")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     daemon = models.ForeignKey(
         "pool.DockerDaemon", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
@@ -209,6 +214,10 @@ class Repository(models.Model):
         blank=True,
         help_text="Build only on the daemons of this group (pool); empty: the shared pool.",
     )
+    builder = models.CharField(
+        max_length=16, blank=True, choices=[("classic", "classic"), ("buildkit", "BuildKit")],
+        help_text="Empty: the farm's default builder (GENERATOR_DEFAULT_BUILDER).",
+    )  # fmt: skip
 
     class Network(models.TextChoices):
         FILTERED = "filtered", "filtered (the farm's egress policy)"

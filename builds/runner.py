@@ -15,7 +15,7 @@ from django.conf import settings
 from pool import egress, health
 from pool.tls import InsecureEngineAddress, client_settings
 
-from . import context_store, transitions
+from . import builders, context_store, transitions
 from .dispatch import dispatch
 from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
 from .limits import contained, limits_for
@@ -163,19 +163,8 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
             contained(daemon.name, job.id, job.attempt, limits, network=network) as containment,
         ):
             log.write(f"[generator] {containment.summary}")
-            image_id = log.pump(
-                lambda emit: session.build(
-                    context,
-                    tag=str(target),
-                    dockerfile=dockerfile,
-                    buildargs=buildargs,
-                    labels=job.labels,
-                    nocache=job.no_cache,
-                    on_line=emit,
-                    **containment.engine_options,
-                ),
-                tick=watch.tick,
-                abort=session.abort,
+            image_id = builders.build(
+                job, session, access, context, dockerfile, buildargs, containment, log, watch, str(target)
             )
         log.write(f"[generator] Built {image_id}")
         for tag in job.extra_tags:

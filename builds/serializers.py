@@ -39,6 +39,8 @@ class BuildJobSerializer(serializers.ModelSerializer):
             "build_args",
             "labels",
             "no_cache",
+            "builder",
+            "target",
             "retry_of",
             "superseded_by",
             "cancelled_by",
@@ -81,6 +83,11 @@ class BuildCreateSerializer(serializers.Serializer):
     build_args = StringMap(required=False, default=dict)
     labels = StringMap(required=False, default=dict)
     no_cache = serializers.BooleanField(required=False, default=False)
+    builder = serializers.ChoiceField(
+        choices=["classic", "buildkit"], required=False, default="",
+        help_text="classic or buildkit; default: the repository's, else the farm's (GENERATOR_DEFAULT_BUILDER).",
+    )  # fmt: skip
+    target = serializers.CharField(required=False, default="", help_text="The stage of a multi-stage build to stop at.")
 
 
 class BuildRuleSerializer(serializers.ModelSerializer):
@@ -116,6 +123,7 @@ class RepositorySerializer(serializers.ModelSerializer):
             "build_cpus",
             "build_pids",
             "daemon_group",
+            "builder",
             "hook_verified_at",
             "rules",
         ]

@@ -36,6 +36,8 @@ __all__ = [
 _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 # No leading '-': a ref reaches git's command line.
 _REF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}")
+# A Dockerfile stage name, as BuildKit and the classic builder accept it.
+_STAGE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")
 
 
 def submit_build(*, image: str, dockerfile: str, submitted_by=None) -> BuildJob:
@@ -57,6 +59,8 @@ class BuildRequest:
     build_args: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     no_cache: bool = False
+    builder: str = ""  # empty: the repository's, else the farm's default
+    target: str = ""
 
 
 def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | None = None) -> BuildJob:
@@ -87,6 +91,20 @@ def _check_options(request: BuildRequest) -> None:
     for name, mapping in (("build args", request.build_args), ("labels", request.labels)):
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
             raise SubmissionError(f"{name} must map strings to strings")
+    if request.target and not _STAGE.fullmatch(request.target):
+        raise SubmissionError(f"{request.target!r} is not a build stage name")
+    builder = builder_for(request)
+    if builder not in settings.GENERATOR_BUILDERS:
+        raise SubmissionError(
+            f"the {builder} builder is not enabled on this farm (it has {', '.join(settings.GENERATOR_BUILDERS)}): "
+            "an operator enables it with GENERATOR_BUILDERS"
+        )
+
+
+def builder_for(request: BuildRequest) -> str:
+    """The build's own choice, else its repository's, else the farm's default."""
+    repository = request.repository.builder if request.repository else ""
+    return request.builder or repository or settings.GENERATOR_DEFAULT_BUILDER
 
 
 def _create(job_id: str, target, request: BuildRequest, stored: dict | None, submitted_by, retry_of) -> BuildJob:
@@ -102,6 +120,8 @@ def _create(job_id: str, target, request: BuildRequest, stored: dict | None, sub
             build_args=request.build_args,
             labels=request.labels,
             no_cache=request.no_cache,
+            builder=builder_for(request),
+            target=request.target,
             submitted_by=submitted_by,
             retry_of=retry_of,
         )
@@ -135,6 +155,8 @@ def retry_build(job: BuildJob, user) -> BuildJob:
             build_args=dict(job.build_args),
             labels=dict(job.labels),
             no_cache=job.no_cache,
+            builder=job.builder,
+            target=job.target,
         )
         return submit(request, submitted_by=user, retry_of=job)
 

@@ -125,6 +125,7 @@ def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github, clea
         "GENERATOR_SECRET_KEY": "end-to-end-tests-only",
         "GENERATOR_DEBUG": "false",
         "GENERATOR_VAR_DIR": str(services_dir / "var"),
+        "GENERATOR_BUILDERS": "classic,buildkit",  # BuildKit is the operator's to enable
         **FAST_TIMINGS,
     }
     registry_port = lf.free_port()

@@ -1,17 +1,22 @@
-"""builds/buildkit.py on a real sandboxed daemon of the test farm: the
-Dockerfile features teams use today, and failures said plainly. (Not yet the
-farm's engine: issue 14; cancelling a BuildKit build on Docker 20.10 is not
-reliable yet, see docs/security.md.)"""
+"""BuildKit on the test farm's sandboxed daemons: builds/buildkit.py directly
+(the Dockerfile features teams use today, failures said plainly), and builds
+that ask for `builder: buildkit` through the REST API. BuildKit is an opt-in
+builder (GENERATOR_BUILDERS), not yet the farm's default: see docs/security.md."""
 
 from __future__ import annotations
 
 import io
+import json
 import tarfile
+import urllib.request
 
 import pytest
 
 from builds.buildkit import BuildKitSession, BuildRequest, DaemonAddress, find_client
 from builds.engine import BuildFailed, DaemonUnavailable
+from builds.models import BuildJob
+
+from .conftest import follow, registry_digest
 
 pytestmark = pytest.mark.farm
 
@@ -82,3 +87,53 @@ def test_an_unreachable_daemon_is_the_daemons_fault_not_the_builds(tmp_path):
     session = BuildKitSession(find_client(), DaemonAddress(f"unix://{tmp_path}/none.sock"))
     with pytest.raises(DaemonUnavailable, match="(?i)cannot connect"):
         session.build(context({"Dockerfile": "FROM busybox\n"}), BuildRequest(tag="x/y"), on_line=lambda _: None)
+
+
+def test_a_rest_build_with_buildkit_builds_its_target_and_pushes(farm, token):
+    dockerfile = (
+        "FROM busybox AS base\n"
+        "RUN --mount=type=cache,target=/cache date > /cache/stamp && ls /cache > /seen\n"
+        "FROM busybox AS release\n"
+        "COPY --from=base --chmod=700 /seen /seen\n"
+        'CMD ["cat", "/seen"]\n'
+        "FROM release AS broken\n"
+        "RUN false\n"
+    )
+    body = {"image": f"{farm.registry}/buildkit/app:1", "dockerfile": dockerfile, "builder": "buildkit"}
+    job_id = api_build(farm, token, {**body, "target": "release"})
+    done = follow(farm, job_id, token)
+    job = BuildJob.objects.get(pk=job_id)
+    assert done.end["status"] == job.status == "succeeded", job.error
+    assert job.builder == "buildkit" and job.digest == registry_digest(farm, "buildkit/app", "1")
+    text = "\n".join(line for _, line in done.lines)
+    assert "[generator] BuildKit (/usr/bin/docker 20.10" in text and "#1 " in text
+
+
+def test_a_heredoc_fails_at_once_naming_the_feature(farm, token):
+    body = {"image": f"{farm.registry}/buildkit/heredoc", "builder": "buildkit"}
+    job_id = api_build(farm, token, {**body, "dockerfile": "FROM busybox\nRUN <<EOF\necho hi\nEOF\n"})
+    follow(farm, job_id, token)
+    job = BuildJob.objects.get(pk=job_id)
+    assert job.status == "failed" and "heredoc" in job.error and "frontend 1.4" in job.error
+    assert "unknown instruction" not in job.error
+
+
+def test_the_classic_builder_builds_a_target_too(farm, token):
+    dockerfile = "FROM busybox AS ok\nRUN echo fine\nFROM ok AS broken\nRUN false\n"
+    job_id = api_build(
+        farm, token, {"image": f"{farm.registry}/classic/target", "dockerfile": dockerfile, "target": "ok"}
+    )
+    follow(farm, job_id, token)
+    job = BuildJob.objects.get(pk=job_id)
+    assert job.status == "succeeded" and job.builder == "classic", job.error
+
+
+def api_build(farm, token, body: dict) -> str:
+    request = urllib.request.Request(
+        f"http://{farm.web}/api/v1/builds/",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["id"]

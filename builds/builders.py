@@ -1,0 +1,102 @@
+"""The build step of an attempt, by the job's builder: the Engine API's classic
+build (builds/engine.py) or BuildKit through Docker's own CLI (builds/buildkit.py).
+Both stream lines into the log, stop on the watch's abort, and answer the
+image id; the push is the same for both (docker-py)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tarfile
+from typing import BinaryIO
+
+from django.conf import settings
+
+from .buildkit import BuildKitSession, BuildRequest, DaemonAddress, NoBuildKitClient, find_client, unsupported_features
+from .engine import BuildFailed, DaemonUnavailable, EngineSession
+from .limits import Containment
+
+logger = logging.getLogger(__name__)
+
+BUILDKIT_LIMITS_NOTE = (
+    "BuildKit on Docker 20.10 takes no per-build cgroup: the daemon's own limits apply, "
+    "not this build's (docs/security.md)"
+)
+
+
+@functools.cache
+def buildkit_client():
+    """Found once per worker process, and said in its log (NoBuildKitClient if none)."""
+    client = find_client(settings.GENERATOR_DOCKER_CLI)
+    logger.info("BuildKit client: %s", client.describe())
+    return client
+
+
+def build(
+    job,
+    engine: EngineSession,
+    access: dict,
+    context: BinaryIO,
+    dockerfile: str,
+    buildargs: dict[str, str],
+    containment: Containment,
+    log,
+    watch,
+    tag: str,
+) -> str:
+    if job.builder != "buildkit":
+        return log.pump(
+            lambda emit: engine.build(
+                context,
+                tag=tag,
+                dockerfile=dockerfile,
+                buildargs=buildargs,
+                labels=job.labels,
+                nocache=job.no_cache,
+                target=job.target or None,
+                on_line=emit,
+                **containment.engine_options,
+            ),
+            tick=watch.tick,
+            abort=engine.abort,
+        )
+    if reason := unsupported_features(job.dockerfile or _dockerfile_in(context, dockerfile)):
+        raise BuildFailed(reason)
+    try:
+        client = buildkit_client()
+    except NoBuildKitClient as exc:  # this worker's host, not the build: another may have one
+        raise DaemonUnavailable(str(exc)) from exc
+    log.write(f"[generator] BuildKit ({client.describe()}); {BUILDKIT_LIMITS_NOTE}")
+    session = BuildKitSession(client, daemon_address(access))
+    request = BuildRequest(
+        tag=tag,
+        dockerfile=dockerfile,
+        buildargs=buildargs,
+        labels=job.labels,
+        nocache=job.no_cache,
+        target=job.target,
+        network="none" if containment.engine_options.get("network_mode") == "none" else "",
+    )
+    return log.pump(lambda emit: session.build(context, request, on_line=emit), tick=watch.tick, abort=session.abort)
+
+
+def daemon_address(access: dict) -> DaemonAddress:
+    """The CLI's way to the daemon from docker-py's client settings (pool/tls.py)."""
+    tls = access.get("tls")
+    if not tls:
+        return DaemonAddress(access["base_url"])
+    cert, key = tls.cert
+    return DaemonAddress(access["base_url"], tls_ca=tls.ca_cert, tls_cert=cert, tls_key=key)
+
+
+def _dockerfile_in(context: BinaryIO, path: str, limit: int = 1 << 20) -> str:
+    """The Dockerfile's text from a tar context, which is left at its start."""
+    try:
+        with tarfile.open(fileobj=context, mode="r:*") as tar:
+            member = tar.getmember(path.lstrip("./") or "Dockerfile")
+            data = tar.extractfile(member).read(limit) if member.isfile() else b""
+    except (tarfile.TarError, KeyError, OSError):
+        data = b""  # the builder says what is missing, in its own words
+    finally:
+        context.seek(0)
+    return data.decode(errors="replace")
