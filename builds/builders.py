@@ -6,6 +6,7 @@ image id; the push is the same for both (docker-py)."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import tarfile
 from typing import BinaryIO
@@ -60,7 +61,7 @@ def build(
             tick=watch.tick,
             abort=engine.abort,
         )
-    if reason := unsupported_features(job.dockerfile or _dockerfile_in(context, dockerfile)):
+    if reason := unsupported_features(job.dockerfile or _dockerfile_in(context, dockerfile), buildargs):
         raise BuildFailed(reason)
     try:
         client = buildkit_client()
@@ -76,8 +77,15 @@ def build(
         nocache=job.no_cache,
         target=job.target,
         network="none" if containment.engine_options.get("network_mode") == "none" else "",
+        cache_namespace=cache_namespace(job),
     )
     return log.pump(lambda emit: session.build(context, request, on_line=emit), tick=watch.tick, abort=session.abort)
+
+
+def cache_namespace(job) -> str:
+    """Per repository, else per image repository: never a "/", so never a path."""
+    owner = f"repository-{job.repository_id}" if job.repository_id else f"image-{job.image_repository}"
+    return hashlib.sha256(owner.encode()).hexdigest()[:24]
 
 
 def daemon_address(access: dict) -> DaemonAddress:

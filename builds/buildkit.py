@@ -17,6 +17,7 @@ alone is not trusted: these machines put a docker 28 CLI without buildx first.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -31,9 +32,7 @@ from typing import BinaryIO
 from .engine import BuildFailed, DaemonUnavailable, LineSink
 
 DEBIAN_CLI = "/usr/bin/docker"
-# A step that is still running when the build is aborted gets this long to stop
-# after SIGINT (the CLI then asks the daemon to cancel the build) before SIGKILL.
-ABORT_GRACE_SECONDS = 10
+PR_SET_PDEATHSIG = 1
 
 
 class NoBuildKitClient(RuntimeError):
@@ -128,10 +127,14 @@ class BuildRequest:
     ssh: str = ""  # an SSH agent socket for RUN --mount=type=ssh
     cache_from: list[str] = field(default_factory=list)
     inline_cache: bool = True
+    # Cache mounts are the daemon's, keyed by id: a namespace per repository keeps
+    # one repository's `RUN --mount=type=cache` out of another's (docs/security.md).
+    cache_namespace: str = ""
 
 
 # `<<WORD` or `<<-"WORD"` in RUN, COPY or ADD; not `<<<` (a shell here-string).
 _HEREDOC = re.compile(r"^\s*(RUN|COPY|ADD)\b.*(?<!<)<<-?(?!<)\s*[\"']?[A-Za-z_][A-Za-z0-9_]*", re.IGNORECASE)
+_DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 # The CLI's words for a daemon it cannot reach, or lost in the middle of a build.
 _DAEMON_GONE = (
     "cannot connect to the docker daemon",
@@ -142,31 +145,51 @@ _DAEMON_GONE = (
 )
 
 
-def unsupported_features(dockerfile_text: str) -> str | None:
-    """Why the daemon's built-in Dockerfile frontend cannot build this, said at once.
+def unsupported_features(dockerfile_text: str, buildargs: dict[str, str] | None = None) -> str | None:
+    """Why the farm will not build this with BuildKit, said at once.
 
-    Docker 20.10's built-in frontend (BuildKit 0.8) predates heredocs, which
-    need frontend 1.4; it would answer "unknown instruction" for the heredoc's
-    body. A `# syntax=` line asks for a newer frontend image instead.
+    - A syntax directive (or BUILDKIT_* build args) would run another frontend
+      image, which emits its own build graph: any cache mount id, any cache
+      wipe, past the farm's per-repository namespace. Only the daemon's built-in
+      frontend runs here.
+    - Docker 20.10's built-in frontend (BuildKit 0.8) predates heredocs, which
+      need frontend 1.4; it would answer "unknown instruction" for their body.
     """
+    reserved = sorted(name for name in (buildargs or {}) if name.upper().startswith("BUILDKIT_"))
+    if reserved:
+        return f"build args named BUILDKIT_* are the farm's to set: {', '.join(reserved)}"
     lines = dockerfile_text.splitlines()
-    if lines and lines[0].lower().replace(" ", "").startswith("#syntax="):
-        return None
+    for line in lines:  # directives: the leading `# name=value` comment lines, as BuildKit reads them
+        directive = _DIRECTIVE.match(line)
+        if not directive:
+            break
+        if directive[1].lower() == "syntax":
+            return (
+                f"the Dockerfile asks for another frontend ({line.strip()[:80]}): the farm builds with the "
+                "daemon's built-in Dockerfile frontend only, since a frontend image decides what the build "
+                "may touch on the daemon. Remove the line."
+            )
     for number, line in enumerate(lines, start=1):
         if _HEREDOC.match(line):
             return (
                 f"line {number} uses a heredoc ({line.strip()[:60]}): heredocs need Dockerfile frontend 1.4 "
                 "or later, and this daemon's built-in frontend (Docker 20.10, BuildKit 0.8) predates them. "
-                "Put the script in a file and COPY it, or add `# syntax=docker/dockerfile:1.4` as the first "
-                "line where the daemon can pull that frontend image."
+                "Put the script in a file and COPY it, or chain the commands with &&."
             )
     return None
 
 
 class BuildKitSession:
-    """One BuildKit build on one daemon. `abort()` from another thread stops it:
-    the CLI, sent SIGINT, asks the daemon to cancel the build, so no step is
-    left running there."""
+    """One BuildKit build on one daemon. `abort()` from another thread stops it.
+
+    How a build is stopped on Docker 20.10 (measured, docs/security.md): not by
+    SIGINT or SIGTERM to the CLI, which ask the daemon to cancel by build id, and
+    the daemon keeps the wrong cancel function for a context sent on stdin (a
+    race between the CLI's two /build requests, in builder-next's Build). The
+    build request's connection is what the daemon's solve hangs on: SIGKILL
+    closes it, and the daemon cancels the build. A worker that dies takes its
+    CLI with it (PR_SET_PDEATHSIG).
+    """
 
     def __init__(self, client: BuildKitClient, daemon: DaemonAddress) -> None:
         self.client, self.daemon = client, daemon
@@ -190,7 +213,7 @@ class BuildKitSession:
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     env=self._env(),
-                    preexec_fn=_default_sigint,
+                    preexec_fn=_die_with_parent,
                 )
             if self._process.stdin is not None:  # not a file: fed in chunks from a thread
                 threading.Thread(target=_feed, args=(context, self._process.stdin), daemon=True).start()
@@ -214,10 +237,8 @@ class BuildKitSession:
         with self._lock:
             self._aborted = True
             process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGINT)
-        threading.Thread(target=_kill_after, args=(process, ABORT_GRACE_SECONDS), daemon=True).start()
+        if process is not None and process.poll() is None:
+            process.kill()
 
     def _argv(self, request: BuildRequest, iidfile: Path) -> list[str]:
         client = self.client.build_argv()
@@ -229,6 +250,8 @@ class BuildKitSession:
             argv += ["--label", f"{name}={value}"]
         if request.inline_cache:
             argv += ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
+        if request.cache_namespace:  # after the build's own args: the last one of a name wins
+            argv += ["--build-arg", f"BUILDKIT_CACHE_MOUNT_NS={request.cache_namespace}"]
         for image in request.cache_from:
             argv += ["--cache-from", image]
         for secret_id, path in request.secrets.items():
@@ -270,16 +293,10 @@ def _feed(source: BinaryIO, sink) -> None:
             sink.close()
 
 
-def _default_sigint() -> None:
-    """The CLI cancels the build on SIGINT; a worker may have inherited SIGINT ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _kill_after(process: subprocess.Popen, seconds: float) -> None:
-    try:
-        process.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        process.kill()
+def _die_with_parent() -> None:
+    """In the CLI, before exec: SIGKILL when the thread that started it ends
+    (the worker's build thread, alive for the whole build, or the worker)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _failure(code: int, tail: list[str], host: str) -> Exception:

@@ -51,6 +51,7 @@ def test_the_cli_is_given_the_daemon_the_options_and_no_environment_of_the_worke
         secrets={"npmrc": "/run/secrets/x"},
         cache_from=["localhost:5000/team/app:latest"],
         nocache=True,
+        cache_namespace="abc123",
     )
     argv = session._argv(request, Path("/tmp/iid"))
     assert argv[:7] == [
@@ -76,6 +77,8 @@ def test_the_cli_is_given_the_daemon_the_options_and_no_environment_of_the_worke
     ]:
         assert part in joined
     assert argv[-1] == "-"
+    namespace = argv.index("BUILDKIT_CACHE_MOUNT_NS=abc123")
+    assert namespace > argv.index("VERSION=1")  # after the build's own args: it wins
     env = session._env()
     assert env["DOCKER_BUILDKIT"] == "1" and "DOCKER_HOST" not in env
 
@@ -85,10 +88,30 @@ def test_the_cli_is_given_the_daemon_the_options_and_no_environment_of_the_worke
     [
         ("FROM busybox\nRUN <<EOF\necho hi\nEOF\n", "line 2 uses a heredoc"),
         ("FROM busybox\nCOPY <<-'END' /x\nhi\nEND\n", "line 2 uses a heredoc"),
-        ("# syntax=docker/dockerfile:1.4\nFROM busybox\nRUN <<EOF\necho\nEOF\n", None),
         ("FROM busybox\nRUN cat <<< word && echo done\n", None),
     ],
 )
 def test_heredocs_are_refused_at_once_naming_the_feature(dockerfile, refused):
     reason = unsupported_features(dockerfile)
     assert (reason is None) if refused is None else (refused in reason and "frontend 1.4" in reason)
+
+
+@pytest.mark.parametrize(
+    "dockerfile",
+    [
+        "# syntax=docker/dockerfile:1.4\nFROM busybox\n",
+        "#\tsyntax = registry.example/frontend@sha256:abc\nFROM busybox\n",
+        "# escape=`\n# SYNTAX=docker/dockerfile:1\nFROM busybox\n",
+    ],
+)
+def test_another_frontend_is_refused_wherever_buildkit_would_read_the_directive(dockerfile):
+    assert "another frontend" in unsupported_features(dockerfile)
+
+
+def test_a_syntax_comment_after_the_directives_is_only_a_comment():
+    assert unsupported_features("FROM busybox\n# syntax=docker/dockerfile:1\nRUN true\n") is None
+
+
+def test_buildkit_build_args_are_the_farms():
+    reason = unsupported_features("FROM busybox\n", {"BUILDKIT_SYNTAX": "x", "buildkit_cache_mount_ns": "y", "V": "1"})
+    assert "BUILDKIT_SYNTAX" in reason and "buildkit_cache_mount_ns" in reason

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import tarfile
+import time
 import urllib.request
+import uuid
+from pathlib import Path
 
 import pytest
 
 from builds.buildkit import BuildKitSession, BuildRequest, DaemonAddress, find_client
 from builds.engine import BuildFailed, DaemonUnavailable
-from builds.models import BuildJob
+from builds.models import BuildJob, BuildLogLine
+from pool.models import DockerDaemon
 
 from .conftest import follow, registry_digest
 
@@ -137,3 +142,57 @@ def api_build(farm, token, body: dict) -> str:
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())["id"]
+
+
+def test_a_cancelled_buildkit_build_leaves_no_step_running_on_its_daemon(farm, token):
+    seconds = random.randrange(3000, 3999)  # names this build's step among the host's processes
+    body = {"image": f"{farm.registry}/buildkit/cancelled", "builder": "buildkit"}
+    job_id = api_build(farm, token, {**body, "dockerfile": f"FROM busybox\nRUN echo started && sleep {seconds}\n"})
+    wait_for(lambda: BuildLogLine.objects.filter(job_id=job_id, text__endswith=" started").exists(), "the step")
+    assert steps_running(seconds) == 1
+    request = urllib.request.Request(
+        f"http://{farm.web}/api/v1/builds/{job_id}/cancel/", method="POST", headers={"Authorization": f"Token {token}"}
+    )
+    urllib.request.urlopen(request, timeout=30).close()
+    assert follow(farm, job_id, token).end["status"] == "cancelled"
+    wait_for(lambda: steps_running(seconds) == 0, "the step to stop on the daemon")
+
+
+def test_cache_mounts_are_shared_within_an_image_and_not_across_images(farm, farm_pool, token):
+    stamp = uuid.uuid4().hex
+    only, *others = farm_pool  # one daemon: cache mounts belong to a daemon
+    DockerDaemon.objects.filter(pk__in=[d.pk for d in others]).update(enabled=False)
+    try:
+        write = f"FROM busybox\nRUN --mount=type=cache,target=/c touch /c/{stamp} && echo wrote\n"
+        look = f"FROM busybox\nRUN --mount=type=cache,target=/c ls /c # {uuid.uuid4().hex}\n"
+        mine, other = f"{farm.registry}/buildkit/mine", f"{farm.registry}/buildkit/other"
+        logs = {}
+        for name, image, dockerfile in [("write", mine, write), ("other", other, look), ("mine", mine, look)]:
+            job_id = api_build(farm, token, {"image": image, "dockerfile": dockerfile, "builder": "buildkit"})
+            done = follow(farm, job_id, token)
+            assert done.end["status"] == "succeeded", BuildJob.objects.get(pk=job_id).error
+            logs[name] = "\n".join(text for _, text in done.lines)
+    finally:
+        DockerDaemon.objects.filter(pk__in=[d.pk for d in others]).update(enabled=True)
+    assert stamp in logs["mine"]
+    assert stamp not in logs["other"]
+
+
+def steps_running(seconds: int) -> int:
+    return sum(1 for cmdline in Path("/proc").glob("[0-9]*/cmdline") if _read(cmdline) == f"sleep\0{seconds}\0")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def wait_for(check, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"waited {timeout} s for {what}")
