@@ -21,12 +21,15 @@ import json
 import os
 import sys
 import tarfile
+import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
+RESUME_TRIES = 3  # connections in a row that bring no new line
+RESUME_PAUSE_SECONDS = 1.0
 
 
 class CliError(Exception):
@@ -59,25 +62,44 @@ class Farm:
             raise CliError(f"cannot reach the farm at {self.server}: {exc.reason}") from None
 
     def follow(self, job_id: str, out) -> str:
-        """Prints the log as it comes; answers the job's final status."""
+        """Prints the log as it comes; answers the job's final status.
+
+        A connection that drops before the end (the farm closes one whose
+        client stopped reading, 4408; a restart) is opened again after the last
+        line printed, a few times over if nothing new arrives in between."""
+        from websockets.exceptions import ConnectionClosed
         from websockets.sync.client import connect
 
         ws_url = self.server.replace("https://", "wss://").replace("http://", "ws://")
-        with connect(
-            f"{ws_url}/b1/build/log/ws/{job_id}", additional_headers={"Authorization": f"Token {self.token}"}
-        ) as ws:
-            for message in ws:
-                frame = json.loads(message)
-                if frame["type"] == "log":
-                    for line in frame["lines"]:
-                        print(line["text"], file=out, flush=True)
-                elif frame["type"] == "end":
-                    if frame["error"]:
-                        print(f"error: {frame['error']}", file=sys.stderr)
-                    return frame["status"]
-                elif frame["type"] == "error":
-                    raise CliError(frame["message"])
-        raise CliError("the log stream closed before the build ended")
+        last_seq, failures, why = 0, 0, "the log stream closed before the build ended"
+        while failures < RESUME_TRIES:
+            if failures:
+                time.sleep(RESUME_PAUSE_SECONDS)
+            printed = last_seq
+            try:
+                with connect(
+                    f"{ws_url}/b1/build/log/ws/{job_id}?after={last_seq}",
+                    additional_headers={"Authorization": f"Token {self.token}"},
+                ) as ws:
+                    for message in ws:
+                        frame = json.loads(message)
+                        if frame["type"] == "log":
+                            for line in frame["lines"]:
+                                if line["seq"] > last_seq:
+                                    print(line["text"], file=out, flush=True)
+                                    last_seq = line["seq"]
+                        elif frame["type"] == "end":
+                            if frame["error"]:
+                                print(f"error: {frame['error']}", file=sys.stderr)
+                            return frame["status"]
+                        elif frame["type"] == "error":
+                            raise CliError(frame["message"])
+            except ConnectionClosed as exc:
+                why = f"the log stream closed before the build ended ({exc})"
+            except OSError as exc:
+                why = f"cannot follow the log at {ws_url}: {exc}"
+            failures = 0 if last_seq > printed else failures + 1
+        raise CliError(why)
 
 
 def ignored_by(root: Path) -> list[tuple[str, bool]]:

@@ -6,31 +6,49 @@ Frames are JSON:
   {"type": "end", "status": "succeeded", "error": "", "image_id": "...", "digest": "...", "lines": 42}
   {"type": "error", "message": "..."}   (then the server closes with a 44xx code)
 After "end" the server closes with 1000. `?after=N` resumes after line N.
+
+A log frame holds at most GENERATOR_LOG_FRAME_BYTES of JSON (builds/frames.py).
+
+A client that leaves GENERATOR_WS_SEND_BUFFER_BYTES unread is sent nothing more
+until it reads; one that does not read for GENERATOR_WS_SLOW_CLIENT_SECONDS is
+closed with 4408 (builds/backpressure.py). It may reconnect with `?after=N`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
+from collections.abc import Iterable
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from generator_site.access import can_read_logs
 
-from .logs import group_name, lines_after
+from . import live
+from .backpressure import ClientTooSlow, SendBuffer, give_back_memory_soon
+from .frames import Batch, batch_frames, log_frames
+from .logs import read_lines
 from .models import BuildJob
 
-BACKLOG_BATCH = 2000
+logger = logging.getLogger(__name__)
+
+BACKLOG_BATCH = 2000  # lines read from the database at once, at most (and half a frame of text: catch_up)
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_BAD_REQUEST = 4400
+CLOSE_TOO_SLOW = 4408
 
 
 class BuildLogConsumer(AsyncJsonWebsocketConsumer):
+    # No channel per consumer: live events come through this process's one
+    # subscription to the job (builds/live.py).
+    channel_layer_alias = None
+
     # While no event arrives for this long, the database is read again: an event
     # lost on the way (a worker that died with its publisher's queue, a full
     # channel) must not leave a viewer waiting forever, least of all for the end.
@@ -38,12 +56,16 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         self.job_id = self.scope["url_route"]["kwargs"]["job_id"]
-        self.group = None
+        self.viewer: live.Viewer | None = None
+        self.stream: asyncio.Task | None = None
         self.sent = 0
+        self.status = None
         self.ended = False
-        self.lock = asyncio.Lock()  # one catch-up or event at a time: no line twice
-        self.last_event = time.monotonic()
-        self.recheck = None
+        self.client = SendBuffer.of(
+            self.base_send,
+            high=settings.GENERATOR_WS_SEND_BUFFER_BYTES,
+            patience=settings.GENERATOR_WS_SLOW_CLIENT_SECONDS,
+        )
         # Accept first so that a refusal can carry a message a person reads:
         # daphne drops close reasons.
         await self.accept()
@@ -57,50 +79,124 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
         self.sent = int(after)
         if not await job_exists(self.job_id):
             return await self.refuse(CLOSE_NOT_FOUND, f"no build job with id {self.job_id!r}")
-        # Join before reading the backlog: a line stored after the read is
-        # published after the join, so it reaches this consumer (builds/logs.py).
-        self.group = group_name(self.job_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        async with self.lock:
-            await self.catch_up()
-        if not self.ended:
-            self.recheck = asyncio.create_task(self.recheck_while_quiet())
+        # Watch before reading the backlog: a line stored after the read is
+        # published after the watch began, so it reaches this viewer (builds/logs.py).
+        self.viewer = await live.watch(self.job_id)
+        self.stream = asyncio.create_task(self.follow(), name=f"log-stream-{self.job_id}")
 
     async def refuse(self, code: int, message: str) -> None:
         await self.send_json({"type": "error", "message": message})
         await self.close(code=code)
 
-    async def disconnect(self, code) -> None:
-        if self.recheck:
-            self.recheck.cancel()
-        if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+    async def receive(self, text_data=None, bytes_data=None) -> None:
+        """The stream goes one way: whatever a client sends is ignored."""
 
-    async def recheck_while_quiet(self) -> None:
-        while not self.ended:
-            await asyncio.sleep(self.recheck_seconds)
-            if time.monotonic() - self.last_event >= self.recheck_seconds:
-                async with self.lock:
+    async def disconnect(self, code) -> None:
+        if self.stream and not self.stream.done():
+            self.stream.cancel()
+            await asyncio.wait([self.stream])
+        if self.viewer:
+            self.viewer.leave()
+        give_back_memory_soon()  # a connection's buffers, a slow client's above all
+
+    async def follow(self) -> None:
+        """The backlog, then the events as they come, until the end or the client goes."""
+        try:
+            await self.catch_up()
+            while not self.ended:
+                quiet = self.recheck_seconds if self.viewer.live else min(self.recheck_seconds, 1.0)
+                events = await self.viewer.take(timeout=quiet, max_bytes=settings.GENERATOR_LOG_FRAME_BYTES)
+                if not events:
                     await self.catch_up()
+                else:
+                    await self.handle(events)
+        except ClientTooSlow as exc:
+            logger.info("closing the log stream of job %s: %s", self.job_id, exc)
+            await self.close(code=CLOSE_TOO_SLOW)
+        except Exception:
+            logger.exception("the log stream of job %s failed", self.job_id)
+            await self.close(code=1011)
+        finally:
+            self.viewer.leave()
+
+    async def handle(self, events: list[dict]) -> None:
+        """Events in order; consecutive batches of lines go out together."""
+        lines: list[dict] = []
+        for event in events:
+            if event["type"] == "log.lines":
+                lines.append(event)
+                continue
+            if lines:
+                await self.live_lines(lines)
+                lines = []
+            if event is live.MISSED:
+                await self.catch_up()
+            elif event["type"] == "job.status":
+                await self.live_status(event["status"])
+            if self.ended:
+                return
+        if lines:
+            await self.live_lines(lines)
 
     async def catch_up(self) -> None:
         """Sends every stored line after the last one sent; ends the stream if the job has ended."""
         if self.ended:
             return
-        while True:
-            # Status first: if the job had ended, all its lines were stored before.
-            job = await job_state(self.job_id)
-            lines = await database_sync_to_async(lines_after)(self.job_id, self.sent, BACKLOG_BATCH)
+        more = True
+        while more:
+            # Room first: a client that stopped reading keeps no page of its log in memory.
+            await self.client.wait_for_room()
+            # Half a frame of text: with JSON's overhead a page still goes in one frame,
+            # so a client that stops reading after it leaves no page waiting here.
+            page = settings.GENERATOR_LOG_FRAME_BYTES // 2
+            job, lines, more = await state_and_lines(self.job_id, self.sent, page)
             await self.send_lines(lines)
-            if len(lines) < BACKLOG_BATCH:
-                break
         if job.is_terminal:
             await self.send_end(job)
+        elif self.status is None:
+            self.status = job.status  # as of the connection: no frame for it
+        else:
+            await self.send_status(job.status)  # its event may have been missed
+
+    async def live_lines(self, events: list[dict]) -> None:
+        batches: list[Batch] = []
+        last = self.sent
+        for event in events:
+            lines = event["lines"]
+            if lines[-1][0] <= last:
+                continue  # sent already (from the database)
+            if lines[0][0] > last + 1:
+                # Missed a message (layer capacity, a reconnect): the database has it.
+                return await self.catch_up()
+            if lines[0][0] == last + 1:
+                batches.append(Batch.of(event))
+            else:
+                batches.append(Batch([(seq, text) for seq, text in lines if seq > last]))
+            last = lines[-1][0]
+        if batches:
+            await self.send_frames(batch_frames(batches, settings.GENERATOR_LOG_FRAME_BYTES))
+            self.sent = last
+
+    async def live_status(self, status: str) -> None:
+        if status in BuildJob.TERMINAL:
+            await self.catch_up()
+        else:
+            await self.send_status(status)
 
     async def send_lines(self, lines) -> None:
         if lines:
-            await self.send_json({"type": "log", "lines": [{"seq": s, "text": t} for s, t in lines]})
+            await self.send_frames(log_frames(lines, settings.GENERATOR_LOG_FRAME_BYTES))
             self.sent = lines[-1][0]
+
+    async def send_frames(self, frames: Iterable[str]) -> None:
+        for frame in frames:
+            await self.client.wait_for_room()
+            await self.send(text_data=frame)
+
+    async def send_status(self, status: str) -> None:
+        if status != self.status:
+            self.status = status
+            await self.send_json({"type": "status", "status": status})
 
     async def send_end(self, job: BuildJob) -> None:
         self.ended = True
@@ -116,27 +212,6 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
         )
         await self.close(code=1000)
 
-    # Channel-layer events, published by builds/logs.py and builds/transitions.py.
-
-    async def log_lines(self, event) -> None:
-        self.last_event = time.monotonic()
-        async with self.lock:
-            if self.ended:
-                return
-            fresh = [(seq, text) for seq, text in event["lines"] if seq > self.sent]
-            if fresh and fresh[0][0] != self.sent + 1:
-                # Missed a message (layer capacity, a reconnect): the database has it.
-                return await self.catch_up()
-            await self.send_lines(fresh)
-
-    async def job_status(self, event) -> None:
-        self.last_event = time.monotonic()
-        async with self.lock:
-            if event["status"] in BuildJob.TERMINAL:
-                await self.catch_up()
-            elif not self.ended:
-                await self.send_json({"type": "status", "status": event["status"]})
-
 
 @database_sync_to_async
 def job_exists(job_id: str) -> bool:
@@ -144,5 +219,10 @@ def job_exists(job_id: str) -> bool:
 
 
 @database_sync_to_async
-def job_state(job_id: str) -> BuildJob:
-    return BuildJob.objects.only("status", "error", "image_id", "digest", "log_line_count").get(pk=job_id)
+def state_and_lines(job_id: str, after: int, max_bytes: int) -> tuple[BuildJob, list[tuple[int, str]], bool]:
+    """The job's state, then its stored lines after `after` (a page: and whether
+    more may follow). Status first: if the job had ended, all its lines were
+    stored before."""
+    job = BuildJob.objects.only("status", "error", "image_id", "digest", "log_line_count").get(pk=job_id)
+    lines, more = read_lines(job_id, after, max_lines=BACKLOG_BATCH, max_bytes=max_bytes)
+    return job, lines, more

@@ -5,6 +5,11 @@ consumer joins the group before it reads the stored backlog. So a line is either
 in the backlog the consumer reads or in a message it receives after joining
 (or both, which the sequence numbers sort out): none can fall between.
 The channel layer is transport, never storage.
+
+A line longer than GENERATOR_MAX_LOG_LINE_BYTES is cut here, before it is
+stored, with a marker saying how long it was: the stored log, its replay and the
+live stream show the same text, and no WebSocket frame has to carry a line
+larger than that (builds/consumers.py).
 """
 
 from __future__ import annotations
@@ -132,6 +137,42 @@ def lines_after(job_id: str, after: int, limit: int) -> list[tuple[int, str]]:
     return list(rows.values_list("seq", "text"))
 
 
+def read_lines(job_id: str, after: int, *, max_lines: int, max_bytes: int) -> tuple[list[tuple[int, str]], bool]:
+    """The lines after `after`, up to `max_lines` lines or about `max_bytes` of
+    text (always at least one line), and whether more may follow.
+
+    Rows come from the cursor a chunk at a time and reading stops at the byte
+    budget: a log of long lines never sits in a viewer's memory whole.
+    """
+    rows = BuildLogLine.objects.filter(job_id=job_id, seq__gt=after).order_by("seq")[:max_lines]
+    lines: list[tuple[int, str]] = []
+    size = 0
+    for seq, text in rows.values_list("seq", "text").iterator(chunk_size=100):
+        lines.append((seq, text))
+        size += text_bytes(text)
+        if size >= max_bytes:
+            return lines, True
+    return lines, len(lines) == max_lines
+
+
+def text_bytes(text: str) -> int:
+    """The UTF-8 size of `text` (isascii is O(1) on CPython: no copy for the common case)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def fit_line(text: str, max_bytes: int) -> str:
+    """`text`, or its head and a marker saying how long it was, in at most `max_bytes` of UTF-8."""
+    if len(text) * 4 <= max_bytes:  # no UTF-8 character is longer than 4 bytes
+        return text
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return text
+    marker = f"… [line cut: {len(data):,} bytes]"
+    keep = max(0, max_bytes - len(marker.encode()))
+    # "ignore" drops a character cut in two at the boundary.
+    return data[:keep].decode("utf-8", "ignore") + marker
+
+
 @functools.cache
 def _insert_lines_sql() -> str:
     meta = BuildLogLine._meta
@@ -161,17 +202,29 @@ class LogWriter:
     MIN_FLUSH_GAP = 0.02  # at most 50 transactions a second per job
 
     def __init__(
-        self, job_id: str, *, last_seq: int, batch_lines: int, flush_seconds: float, max_lines: int | None = None
+        self,
+        job_id: str,
+        *,
+        last_seq: int,
+        batch_lines: int,
+        flush_seconds: float,
+        max_lines: int | None = None,
+        max_line_bytes: int | None = None,
+        batch_bytes: int | None = None,
     ) -> None:
         self.job_id = job_id
         self.last_seq = last_seq
         # Past the cap one marker line is stored and the rest dropped: a runaway
         # build must not fill the database.
         self.max_lines = max_lines or settings.GENERATOR_MAX_LOG_LINES
+        self.max_line_bytes = max_line_bytes or settings.GENERATOR_MAX_LOG_LINE_BYTES
         self._truncated = last_seq >= self.max_lines
         self.batch_lines = batch_lines
+        # A batch is also one channel-layer message: about one WebSocket frame of text.
+        self.batch_bytes = batch_bytes or settings.GENERATOR_LOG_FRAME_BYTES
         self.flush_seconds = flush_seconds
         self._pending: list[tuple[int, str]] = []
+        self._pending_bytes = 0
         self._last_flush = float("-inf")  # the first line goes out at once
 
     def write(self, text: str) -> None:
@@ -184,15 +237,21 @@ class LogWriter:
             )
         self.last_seq += 1
         # PostgreSQL's text cannot hold NUL, which a build may well print.
-        self._pending.append((self.last_seq, text.replace("\x00", "\ufffd")))
-        if len(self._pending) >= self.batch_lines or time.monotonic() - self._last_flush >= self.flush_seconds:
+        text = fit_line(text.replace("\x00", "\ufffd"), self.max_line_bytes)
+        self._pending.append((self.last_seq, text))
+        self._pending_bytes += text_bytes(text)
+        if (
+            len(self._pending) >= self.batch_lines
+            or self._pending_bytes >= self.batch_bytes
+            or time.monotonic() - self._last_flush >= self.flush_seconds
+        ):
             self.flush()
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()
         if not self._pending:
             return
-        batch, self._pending = self._pending, []
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
         with transaction.atomic():
             _insert_lines(self.job_id, batch)
             BuildJob.objects.filter(pk=self.job_id).update(log_line_count=batch[-1][0])

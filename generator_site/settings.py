@@ -159,7 +159,11 @@ CELERY_TASK_ROUTES = {"farm.*": {"queue": "farm"}}
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels-redis's layer with a pool that waits for a free connection
+        # rather than failing past redis-py's 100 (generator_site/channel_layer.py).
+        # A daphne process joins each followed job's group once, for all its
+        # viewers (builds/live.py).
+        "BACKEND": "generator_site.channel_layer.PooledRedisChannelLayer",
         "CONFIG": {
             # redis-py 8 reads with a 5 s socket timeout by default, the same 5 s
             # that channels-redis blocks waiting for a message: a consumer of a
@@ -176,9 +180,31 @@ CHANNEL_LAYERS = {
             ],
             "capacity": 1000,
             "expiry": 60,
+            "max_connections": env_int("GENERATOR_CHANNEL_LAYER_CONNECTIONS", 20),
         },
     }
 }
+
+# Live logs. The `websockets` client (the CLI's, many scripts') refuses messages
+# over 1 MiB by default: a log frame holds at most GENERATOR_LOG_FRAME_BYTES of
+# JSON, and a line is cut, with a marker, at GENERATOR_MAX_LOG_LINE_BYTES before
+# it is stored. JSON escapes can make a line six times longer, so the two caps
+# keep every frame under 1 MiB.
+GENERATOR_LOG_FRAME_BYTES = env_int("GENERATOR_LOG_FRAME_BYTES", 256 * 1024)
+GENERATOR_MAX_LOG_LINE_BYTES = env_int("GENERATOR_MAX_LOG_LINE_BYTES", 64 * 1024)
+if not 4096 <= GENERATOR_LOG_FRAME_BYTES <= 768 * 1024:
+    raise ImproperlyConfigured("GENERATOR_LOG_FRAME_BYTES must be between 4096 and 786432")
+if not 256 <= GENERATOR_MAX_LOG_LINE_BYTES <= 160 * 1024:
+    raise ImproperlyConfigured("GENERATOR_MAX_LOG_LINE_BYTES must be between 256 and 163840")
+# A viewer whose client leaves this many bytes unread is sent nothing more until
+# it reads; one that does not read for GENERATOR_WS_SLOW_CLIENT_SECONDS is closed
+# (4408): daphne would otherwise buffer the whole log for it.
+GENERATOR_WS_SEND_BUFFER_BYTES = env_int("GENERATOR_WS_SEND_BUFFER_BYTES", 512 * 1024)
+GENERATOR_WS_SLOW_CLIENT_SECONDS = env_float("GENERATOR_WS_SLOW_CLIENT_SECONDS", 30)
+if GENERATOR_WS_SEND_BUFFER_BYTES < 64 * 1024 or GENERATOR_WS_SLOW_CLIENT_SECONDS <= 0:
+    raise ImproperlyConfigured(
+        "GENERATOR_WS_SEND_BUFFER_BYTES must be at least 65536 and GENERATOR_WS_SLOW_CLIENT_SECONDS above 0"
+    )
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

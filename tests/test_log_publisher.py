@@ -1,15 +1,19 @@
 """The worker's log publisher: events from plain threads reach the channel layer in
-order, over the publisher's own long-lived connection (not one per event)."""
+order, over the publisher's own long-lived connection (not one per event); and the
+farm's channel layer keeps to a bounded pool of connections."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 
 import redis
 from channels_redis.core import RedisChannelLayer
+from django.utils.module_loading import import_string
 
 from builds.logs import Publisher
+from generator_site import settings as site_settings
 
 
 def connections_received(redis_url: str) -> int:
@@ -62,3 +66,25 @@ def test_a_failing_send_is_logged_and_later_events_still_go(redis_url, caplog):
     assert loop.run_until_complete(asyncio.wait_for(layer.receive(channel), timeout=10))["n"] == 1
     assert "could not publish lost" in caplog.text
     loop.close()  # the publisher's loop keeps its own connections
+
+
+def test_the_farms_layer_waits_for_a_pooled_connection_instead_of_failing_past_the_pool(redis_url):
+    # The layer as settings.py configures it, on the suite's Redis. redis-py 8's
+    # own pool raised "Too many connections" for the 101st command at once.
+    config = copy.deepcopy(site_settings.CHANNEL_LAYERS["default"])
+    config["CONFIG"]["hosts"][0]["address"] = redis_url
+    layer = import_string(config["BACKEND"])(**config["CONFIG"])
+    before = connections_received(redis_url)
+
+    async def join_300_at_once():
+        channels = [await layer.new_channel() for _ in range(300)]
+        await asyncio.gather(*(layer.group_add("build-log.pool-test", channel) for channel in channels))
+        return await layer.connection(0).zcard(layer._group_key("build-log.pool-test"))
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(join_300_at_once()) == 300
+    finally:
+        loop.close()
+    # The pool's connections, and the one that asks Redis for the count.
+    assert connections_received(redis_url) - before <= config["CONFIG"]["max_connections"] + 1

@@ -120,3 +120,30 @@ def test_a_nul_in_the_output_is_stored_as_a_replacement_character(job):
     writer.write("binary\x00garbage")
     writer.flush()
     assert stored(job) == [(1, "binary\ufffdgarbage")]
+
+
+def test_a_line_over_the_cap_is_stored_cut_with_a_marker_saying_how_long_it_was(job):
+    writer = LogWriter(job.id, last_seq=0, batch_lines=10, flush_seconds=60, max_line_bytes=1000)
+    writer.write("a" * 1000)  # at the cap: kept whole
+    writer.write("é" * 5000)  # 10,000 bytes of two-byte characters
+    writer.write("b" * 1_234_567)
+    writer.flush()
+    (_, at_cap), (_, accents), (_, long) = stored(job)
+    assert at_cap == "a" * 1000
+    assert accents.endswith("… [line cut: 10,000 bytes]")
+    assert accents.startswith("éé") and set(accents.removesuffix("… [line cut: 10,000 bytes]")) == {"é"}
+    assert long == "b" * (1000 - len("… [line cut: 1,234,567 bytes]".encode())) + "… [line cut: 1,234,567 bytes]"
+    assert all(len(text.encode()) <= 1000 for _, text in stored(job))
+
+
+def test_lines_go_out_in_batches_of_about_one_frame_of_text(job):
+    writer = LogWriter(job.id, last_seq=0, batch_lines=500, flush_seconds=60, batch_bytes=10_000)
+    flushes = []
+    flush = writer.flush
+    writer.flush = lambda: (flushes.append(len(writer._pending)), flush())
+    for i in range(100):
+        writer.write(f"{i:>4} " + "x" * 995)  # 1,000 bytes each
+    writer.flush()
+    # The first line at once, then a batch per 10,000 bytes, long before 500 lines.
+    assert [n for n in flushes if n] == [1, 10, 10, 10, 10, 10, 10, 10, 10, 10, 9]
+    assert len(stored(job)) == 100
