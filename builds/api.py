@@ -15,7 +15,7 @@ from rest_framework.response import Response
 
 from generator_site.api_parsers import BoundedJSONParser
 
-from .logs import lines_after
+from .logs import read_lines
 from .models import BuildJob, Registry, Repository
 from .serializers import BuildCreateSerializer, BuildJobSerializer, RegistrySerializer, RepositorySerializer
 from .services import BuildRequest, SubmissionError, TooLarge, cancel_build, retry_build, submit
@@ -162,7 +162,8 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         offset = request.query_params.get("offset", "0")
         if not offset.isdigit():
             return Response({"detail": f"offset must be a whole number from 0, not {offset!r}"}, status=400)
-        lines = lines_after(job.id, int(offset), limit=100_000)
+        # A page is at most 100,000 lines or about 16 MiB: lines may be up to 64 KiB each.
+        lines, _ = read_lines(job.id, int(offset), max_lines=100_000, max_bytes=16 << 20)
         text = "".join(f"{line}\n" for _, line in lines)
         response = HttpResponse(text, content_type="text/plain; charset=utf-8")
         response["X-Log-Next-Offset"] = str(lines[-1][0] if lines else int(offset))

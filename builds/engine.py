@@ -93,17 +93,22 @@ class LineAssembler:
     """Joins stream fragments into whole lines.
 
     The daemon's chunks are not lines: `Step 1/3 : FROM busybox` can arrive apart
-    from its newline, and one chunk can carry two lines.
+    from its newline, and one chunk can carry two lines. A line that never ends
+    is kept to `max_line` characters (the log cuts it shorter still, with a
+    marker): a build printing megabytes without a newline costs the worker
+    neither memory nor quadratic re-joining.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_line: int = 1 << 20) -> None:
         self._partial = ""
+        self.max_line = max_line
 
     def feed(self, text: str) -> Iterator[str]:
         text = self._partial + text
-        *lines, self._partial = text.split("\n")
+        *lines, partial = text.split("\n")
+        self._partial = partial[: self.max_line]
         for line in lines:
-            yield line.rstrip("\r")
+            yield line[: self.max_line].rstrip("\r")
 
     def flush(self) -> Iterator[str]:
         if self._partial:

@@ -132,11 +132,6 @@ def publish_status(job: BuildJob) -> None:
     publish(job.id, {"type": "job.status", "status": job.status})
 
 
-def lines_after(job_id: str, after: int, limit: int) -> list[tuple[int, str]]:
-    rows = BuildLogLine.objects.filter(job_id=job_id, seq__gt=after).order_by("seq")[:limit]
-    return list(rows.values_list("seq", "text"))
-
-
 def read_lines(job_id: str, after: int, *, max_lines: int, max_bytes: int) -> tuple[list[tuple[int, str]], bool]:
     """The lines after `after`, up to `max_lines` lines or about `max_bytes` of
     text (always at least one line), and whether more may follow.

@@ -59,3 +59,12 @@ def test_a_dockerfile_becomes_a_one_file_context():
     with tarfile.open(fileobj=io.BytesIO(dockerfile_context("FROM busybox\n"))) as tar:
         assert tar.getnames() == ["Dockerfile"]
         assert tar.extractfile("Dockerfile").read() == b"FROM busybox\n"
+
+
+def test_a_line_that_never_ends_is_kept_to_a_bound():
+    assembler = LineAssembler(max_line=1000)
+    for _ in range(5000):  # 5 MB with no newline
+        assert list(assembler.feed("x" * 1000)) == []
+    assert len(assembler._partial) == 1000
+    assert list(assembler.feed("end\nnext")) == ["x" * 1000]
+    assert list(assembler.flush()) == ["next"]
