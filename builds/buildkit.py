@@ -218,7 +218,8 @@ class BuildKitSession:
             if self._process.stdin is not None:  # not a file: fed in chunks from a thread
                 threading.Thread(target=_feed, args=(context, self._process.stdin), daemon=True).start()
             assert self._process.stdout is not None
-            for raw in self._process.stdout:
+            # At most 1 MiB a read: a step printing without newlines costs no more (the log cuts it shorter).
+            while raw := self._process.stdout.readline(1 << 20):
                 line = raw.decode(errors="replace").rstrip("\r\n")
                 on_line(line)
                 tail = [*tail[-19:], line]
