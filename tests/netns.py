@@ -135,6 +135,13 @@ class Outside:
     urls: dict[str, str]
     allowed: list[str]
     spare_ports: list[int]  # allowed on loopback, nobody listens: tests bind their own servers there
+    veth: str = ""
+
+    def routes_metadata_here(self) -> bool:
+        """Whether 169.254.169.254 still leads to this namespace (another test session
+        on the machine may have taken the host route): never probe it otherwise."""
+        out = subprocess.run(["ip", "route", "get", "169.254.169.254"], capture_output=True, text=True).stdout
+        return f"dev {self.veth} " in out
 
 
 @contextlib.contextmanager
@@ -176,10 +183,15 @@ def outside_host(tag: str) -> Iterator[Outside]:
                 argv = ["nsenter", f"--net=/run/netns/{netns}", "--", *argv]
             processes.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         urls = {name: f"http://{address}:{port}/probe.txt" for name, (_, address, port) in listeners.items()}
-        _wait_for(urls.values())
         spare = [_free_port(), _free_port()]
         allowed = [f"{prefix}.2:8081", f"127.0.0.1:{loopback_port}", *(f"127.0.0.1:{port}" for port in spare)]
-        yield Outside(urls=urls, allowed=allowed, spare_ports=spare)
+        outside = Outside(urls=urls, allowed=allowed, spare_ports=spare, veth=veth)
+        if not outside.routes_metadata_here():
+            raise RuntimeError(
+                "169.254.169.254 does not lead to the test's namespace: is another test session running?"
+            )
+        _wait_for(urls.values())
+        yield outside
     finally:
         for process in processes:
             process.kill()

@@ -90,6 +90,8 @@ def _netns_of(farm) -> list[str]:
 )
 def test_add_cannot_fetch_from_the_farm_or_private_addresses(farm, token, target):
     url = _targets(farm)[target]
+    if target == "metadata":  # only ever to the test's own namespace, never the machine's real network
+        assert farm.outside.routes_metadata_here(), "another test session took the 169.254.169.254 route"
     if target in ("web", "metadata", "private"):
         assert _reachable_from_here(url), f"the test's own {target} listener must answer the test"
     job, log = _build(farm, token, f"FROM busybox\nADD {url} /stolen\nRUN cat /stolen\n")
