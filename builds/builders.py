@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 
+from . import secrets as build_secrets
 from .buildkit import BuildKitSession, BuildRequest, DaemonAddress, NoBuildKitClient, find_client, unsupported_features
 from .engine import BuildFailed, DaemonUnavailable, EngineSession
 from .limits import Containment
@@ -45,7 +46,11 @@ def build(
     watch,
     tag: str,
 ) -> str:
+    secrets = build_secrets.for_job(job)
+    log.hide(list(secrets.values()))
     if job.builder != "buildkit":
+        if secrets:
+            log.write(f"[generator] Secrets ({', '.join(sorted(secrets))}) are mounted by BuildKit only: not passed")
         return log.pump(
             lambda emit: engine.build(
                 context,
@@ -69,7 +74,19 @@ def build(
         raise DaemonUnavailable(str(exc)) from exc
     log.write(f"[generator] BuildKit ({client.describe()}); {BUILDKIT_LIMITS_NOTE}")
     session = BuildKitSession(client, daemon_address(access))
-    request = BuildRequest(
+    with build_secrets.as_files(secrets) as files:
+        request = _request(job, tag, dockerfile, buildargs, containment, files)
+        try:
+            return log.pump(
+                lambda emit: session.build(context, request, on_line=emit), tick=watch.tick, abort=session.abort
+            )
+        except BuildFailed as exc:  # an error line may quote a secret, like any other line
+            hidden = [v for v in secrets.values() if len(v) >= build_secrets.MIN_MASKED]
+            raise BuildFailed(build_secrets.masked(str(exc), hidden)) from None
+
+
+def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> BuildRequest:
+    return BuildRequest(
         tag=tag,
         dockerfile=dockerfile,
         buildargs=buildargs,
@@ -78,8 +95,17 @@ def build(
         target=job.target,
         network="none" if containment.engine_options.get("network_mode") == "none" else "",
         cache_namespace=cache_namespace(job),
+        cache_from=pool_cache(job),
+        secrets=secret_files,
     )
-    return log.pump(lambda emit: session.build(context, request, on_line=emit), tick=watch.tick, abort=session.abort)
+
+
+def pool_cache(job) -> list[str]:
+    """Where the pool's layers for this build may already be: the image's own
+    tags as pushed before (every push carries BuildKit's inline cache), so a
+    daemon that never built it reuses them from the registry. A tag that does not
+    exist yet costs one manifest request."""
+    return list(dict.fromkeys(f"{job.image_repository}:{tag}" for tag in [*job.tags, "latest"]))
 
 
 def cache_namespace(job) -> str:

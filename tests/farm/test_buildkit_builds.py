@@ -18,10 +18,10 @@ import pytest
 
 from builds.buildkit import BuildKitSession, BuildRequest, DaemonAddress, find_client
 from builds.engine import BuildFailed, DaemonUnavailable
-from builds.models import BuildJob, BuildLogLine
+from builds.models import BuildJob, BuildLogLine, BuildSecret
 from pool.models import DockerDaemon
 
-from .conftest import follow, registry_digest
+from .conftest import engine, follow, registry_digest
 
 pytestmark = pytest.mark.farm
 
@@ -196,3 +196,44 @@ def wait_for(check, what: str, timeout: float = 30) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"waited {timeout} s for {what}")
+
+
+def test_a_daemon_that_never_built_the_image_reuses_the_pools_layers(farm, farm_pool, token):
+    nonce = uuid.uuid4().hex
+    dockerfile = f"FROM busybox\nRUN echo {nonce} > /nonce && sleep 2\nRUN echo second > /second\n"
+    body = {"image": f"{farm.registry}/buildkit/shared:{nonce[:8]}", "dockerfile": dockerfile, "builder": "buildkit"}
+    first_daemon, second_daemon = farm_pool[0], farm_pool[1]
+    runs = []
+    for build_on, idle in [(first_daemon, second_daemon), (second_daemon, first_daemon)]:
+        DockerDaemon.objects.filter(pk=idle.pk).update(enabled=False)
+        try:
+            job_id = api_build(farm, token, body)
+            done = follow(farm, job_id, token)
+        finally:
+            DockerDaemon.objects.filter(pk=idle.pk).update(enabled=True)
+        job = BuildJob.objects.get(pk=job_id)
+        assert job.status == "succeeded" and job.daemon_id == build_on.pk, job.error
+        runs.append("\n".join(text for _, text in done.lines))
+    assert "importing cache manifest" in runs[1]
+    assert runs[1].count(" CACHED") >= 2, runs[1]  # both RUN steps from the registry's layers
+
+
+def test_a_builds_secret_is_mounted_masked_in_its_log_and_gone_when_it_ends(farm, token):
+    value = f"token-{uuid.uuid4().hex}"
+    # A secret is no part of the step's cache key: the nonce makes the step run.
+    step = (
+        f"RUN --mount=type=secret,id=npm cat /run/secrets/npm && echo && wc -c < /run/secrets/npm # {uuid.uuid4().hex}"
+    )
+    dockerfile = f"FROM busybox\n{step}\n"
+    body = {"image": f"{farm.registry}/buildkit/secret", "dockerfile": dockerfile, "builder": "buildkit"}
+    job_id = api_build(farm, token, {**body, "secrets": {"npm": value}})
+    done = follow(farm, job_id, token)
+    job = BuildJob.objects.get(pk=job_id)
+    assert done.end["status"] == "succeeded", job.error
+    text = "\n".join(line for _, line in done.lines)
+    assert value not in text, [line for line in text.splitlines() if value in line]
+    assert "***" in text and f" {len(value)}" in text  # mounted, whole, and masked
+    assert not BuildSecret.objects.filter(job_id=job_id).exists()
+    daemon_url = dict((name, url) for name, url in farm.daemons)[job.daemon.name]
+    history = engine(daemon_url).api.history(job.image_id)
+    assert value not in json.dumps(history)
