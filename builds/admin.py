@@ -3,8 +3,9 @@ from django.conf import settings
 from django.contrib import admin
 from django.utils.html import format_html
 
+from . import secrets as build_secrets
 from .limits import caps_help
-from .models import REGISTRY_HELP, BuildJob, BuildRule, Registry, Repository, WebhookDelivery
+from .models import REGISTRY_HELP, BuildJob, BuildRule, BuildSecret, Registry, Repository, WebhookDelivery
 from .services import SubmissionError, cancel_build, retry_build
 
 
@@ -86,10 +87,53 @@ class BuildRuleInline(admin.TabularInline):
     extra = 1
 
 
+class BuildSecretForm(forms.ModelForm):
+    """The value is write-only: never rendered back; left empty on a change, it is kept."""
+
+    value = forms.CharField(
+        widget=forms.PasswordInput(render_value=False),
+        required=False,
+        help_text="Stored encrypted and never shown again. Leave empty to keep the stored value.",
+    )
+
+    class Meta:
+        model = BuildSecret
+        fields = ["name", "value"]
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("value") and not self.instance.pk and data.get("name"):
+            raise forms.ValidationError({"value": "a new secret needs a value"})
+        try:
+            build_secrets.check({data["name"]: data.get("value") or "kept"} if data.get("name") else {})
+        except build_secrets.SecretError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return data
+
+    def save(self, commit=True):
+        value = self.cleaned_data.get("value")
+        secret = super().save(commit=False)
+        if value:
+            secret.value = build_secrets.encrypt(value)
+        elif secret.pk:
+            secret.value = BuildSecret.objects.get(pk=secret.pk).value
+        if commit:
+            secret.save()
+        return secret
+
+
+class BuildSecretInline(admin.TabularInline):
+    model = BuildSecret
+    form = BuildSecretForm
+    fk_name = "repository"
+    extra = 0
+    verbose_name = "build secret (BuildKit: RUN --mount=type=secret,id=NAME)"
+
+
 @admin.register(Repository)
 class RepositoryAdmin(admin.ModelAdmin):
     form = RepositoryForm
-    inlines = [BuildRuleInline]
+    inlines = [BuildRuleInline, BuildSecretInline]
     list_display = ["full_name", "image", "daemon_group", "hook_verified_at", "created_at"]
     search_fields = ["full_name", "image"]
     readonly_fields = ["hook_verified_at", "webhook_url"]

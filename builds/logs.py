@@ -33,6 +33,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from .models import BuildJob, BuildLogLine
+from .secrets import MIN_MASKED, masked
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +222,12 @@ class LogWriter:
         self._pending: list[tuple[int, str]] = []
         self._pending_bytes = 0
         self._last_flush = float("-inf")  # the first line goes out at once
+        self._hidden: list[str] = []
+
+    def hide(self, values: list[str]) -> None:
+        """Values (the build's secrets) written as *** in every line from now on."""
+        # Shorter values would blank out ordinary words of the log.
+        self._hidden = sorted({v for v in values if len(v) >= MIN_MASKED}, key=len, reverse=True)
 
     def write(self, text: str) -> None:
         if self.last_seq >= self.max_lines and not text.startswith("[generator] "):
@@ -232,7 +239,7 @@ class LogWriter:
             )
         self.last_seq += 1
         # PostgreSQL's text cannot hold NUL, which a build may well print.
-        text = fit_line(text.replace("\x00", "\ufffd"), self.max_line_bytes)
+        text = fit_line(masked(text, self._hidden).replace("\x00", "\ufffd"), self.max_line_bytes)
         self._pending.append((self.last_seq, text))
         self._pending_bytes += text_bytes(text)
         if (

@@ -364,3 +364,28 @@ REGISTRY_HELP = {
     "username": "Only for a registry that asks for credentials; leave both empty to push without auth.",
     "password": "Write-only: never shown again.",
 }
+
+
+class BuildSecret(models.Model):
+    """A secret for `RUN --mount=type=secret,id=NAME` (BuildKit): a repository's,
+    or one build's own (deleted when that build ends). The value is encrypted
+    (builds/secrets.py) and never shown: admin and the API take it, write-only."""
+
+    repository = models.ForeignKey(Repository, null=True, blank=True, on_delete=models.CASCADE, related_name="secrets")
+    job = models.ForeignKey(BuildJob, null=True, blank=True, on_delete=models.CASCADE, related_name="secrets")
+    name = models.CharField(max_length=64, help_text="The id a Dockerfile mounts: RUN --mount=type=secret,id=NAME")
+    value = models.TextField(help_text="Encrypted.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "name"], name="one_secret_per_repository_name"),
+            models.UniqueConstraint(fields=["job", "name"], name="one_secret_per_job_name"),
+            models.CheckConstraint(
+                condition=models.Q(repository__isnull=True) ^ models.Q(job__isnull=True), name="secret_has_one_owner"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name

@@ -20,7 +20,7 @@ from .dispatch import dispatch
 from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
 from .limits import contained, limits_for
 from .logs import LogWriter
-from .models import BuildContext, BuildJob, Registry
+from .models import BuildContext, BuildJob, BuildSecret, Registry
 from .references import parse_build_target
 from .sources import GitSource, SourceError
 
@@ -271,3 +271,5 @@ def _end(job: BuildJob, log: LogWriter, last_line: str, transition) -> None:
         # The state matters more than the line: record it regardless.
         logger.exception("could not store the last log lines of job %s", job.id)
     transition(job.id, job.attempt)
+    # A build's own secrets live only while it may still run (a requeued attempt keeps them).
+    BuildSecret.objects.filter(job_id=job.id, job__status__in=BuildJob.TERMINAL).delete()

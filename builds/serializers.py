@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
+from . import secrets as build_secrets
 from .models import REGISTRY_HELP, BuildJob, BuildRule, Registry, Repository
 
 
@@ -88,6 +89,11 @@ class BuildCreateSerializer(serializers.Serializer):
         help_text="classic or buildkit; default: the repository's, else the farm's (GENERATOR_DEFAULT_BUILDER).",
     )  # fmt: skip
     target = serializers.CharField(required=False, default="", help_text="The stage of a multi-stage build to stop at.")
+    secrets = StringMap(
+        required=False, default=dict, write_only=True,
+        help_text="This build's own secrets, name -> value, for RUN --mount=type=secret,id=NAME (BuildKit); "
+        "stored encrypted until the build ends, never shown.",
+    )  # fmt: skip
 
 
 class BuildRuleSerializer(serializers.ModelSerializer):
@@ -102,6 +108,15 @@ class BuildRuleSerializer(serializers.ModelSerializer):
 
 class RepositorySerializer(serializers.ModelSerializer):
     rules = BuildRuleSerializer(many=True, required=False)
+    secrets = StringMap(
+        required=False, write_only=True,
+        help_text="Build secrets, name -> value (BuildKit's RUN --mount=type=secret,id=NAME): set or replaced, "
+        "stored encrypted, never shown; an empty value removes one.",
+    )  # fmt: skip
+    secret_names = serializers.SerializerMethodField()
+
+    def get_secret_names(self, repository: Repository) -> list[str]:
+        return [secret.name for secret in repository.secrets.all()]
 
     class Meta:
         model = Repository
@@ -126,12 +141,18 @@ class RepositorySerializer(serializers.ModelSerializer):
             "builder",
             "hook_verified_at",
             "rules",
+            "secrets",
+            "secret_names",
         ]
         read_only_fields = ["hook_verified_at"]
         extra_kwargs = {"webhook_secret": {"write_only": True}, "access_token": {"write_only": True}}
 
     def validate(self, data):
-        candidate = Repository(**{k: v for k, v in data.items() if k != "rules"})
+        candidate = Repository(**{k: v for k, v in data.items() if k not in ("rules", "secrets")})
+        try:
+            build_secrets.check({k: v for k, v in data.get("secrets", {}).items() if v})
+        except build_secrets.SecretError as exc:
+            raise serializers.ValidationError({"secrets": str(exc)}) from None
         if self.instance:
             for name in ("build_args", "context_dir", "dockerfile_path"):
                 if name not in data:
@@ -141,17 +162,27 @@ class RepositorySerializer(serializers.ModelSerializer):
 
     def create(self, data):
         rules = data.pop("rules", [])
+        secrets = data.pop("secrets", {})
         repository = Repository.objects.create(**data)
         BuildRule.objects.bulk_create(BuildRule(repository=repository, **rule) for rule in rules)
+        _set_secrets(repository, secrets)
         return repository
 
     def update(self, repository, data):
         rules = data.pop("rules", None)
+        secrets = data.pop("secrets", {})
         repository = super().update(repository, data)
         if rules is not None:
             repository.rules.all().delete()
             BuildRule.objects.bulk_create(BuildRule(repository=repository, **rule) for rule in rules)
+        _set_secrets(repository, secrets)
         return repository
+
+
+def _set_secrets(repository: Repository, secrets: dict[str, str]) -> None:
+    removed = [name for name, value in secrets.items() if not value]
+    repository.secrets.filter(name__in=removed).delete()
+    build_secrets.store({"repository": repository}, {k: v for k, v in secrets.items() if v})
 
 
 class RegistrySerializer(serializers.ModelSerializer):

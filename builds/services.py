@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import transaction
 
 from . import context_store, transitions
+from . import secrets as build_secrets
 from .dispatch import NoDaemonAvailable, dispatch, ensure_pool_exists
 from .errors import Conflict, PoolUnavailable, RegistryNotAllowed, SubmissionError, TooLarge
 from .logs import append_line
@@ -61,6 +62,7 @@ class BuildRequest:
     no_cache: bool = False
     builder: str = ""  # empty: the repository's, else the farm's default
     target: str = ""
+    secrets: dict[str, str] = field(default_factory=dict)  # this build's own, kept until it ends
 
 
 def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | None = None) -> BuildJob:
@@ -94,6 +96,13 @@ def _check_options(request: BuildRequest) -> None:
     if request.target and not _STAGE.fullmatch(request.target):
         raise SubmissionError(f"{request.target!r} is not a build stage name")
     builder = builder_for(request)
+    if request.secrets:
+        try:
+            build_secrets.check(request.secrets)
+        except build_secrets.SecretError as exc:
+            raise SubmissionError(str(exc)) from None
+        if builder != "buildkit":
+            raise SubmissionError("build secrets are mounted by BuildKit only: ask for builder buildkit")
     if builder not in settings.GENERATOR_BUILDERS:
         raise SubmissionError(
             f"the {builder} builder is not enabled on this farm (it has {', '.join(settings.GENERATOR_BUILDERS)}): "
@@ -127,6 +136,8 @@ def _create(job_id: str, target, request: BuildRequest, stored: dict | None, sub
         )
         if stored is not None:
             BuildContext.objects.create(job=job, **stored)
+        if request.secrets:
+            build_secrets.store({"job": job}, request.secrets)
         # The job waits in the farm's queue until a daemon has room.
         transaction.on_commit(dispatch)
     return job

@@ -13,7 +13,7 @@ from generator_site.structured_logs import log_fields
 from pool import health
 from pool.models import DockerDaemon
 
-from . import context_store, dispatch, reaper, runner, statuses
+from . import context_store, dispatch, reaper, runner, secrets, statuses
 
 
 @shared_task(
@@ -47,6 +47,8 @@ def reap_lost_workers() -> None:
 def prune_contexts() -> None:
     # Uploaded contexts of jobs that ended more than GENERATOR_CONTEXT_RETENTION_HOURS ago.
     context_store.prune()
+    # And the secrets of builds that have ended (normally gone as the build ends).
+    secrets.forget_ended()
 
 
 @shared_task(name="farm.check_health", bind=True, ignore_result=True)

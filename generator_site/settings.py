@@ -259,6 +259,9 @@ if not set(GENERATOR_BUILDERS) <= {"classic", "buildkit"} or GENERATOR_DEFAULT_B
     raise ImproperlyConfigured("GENERATOR_BUILDERS lists classic and/or buildkit, and holds GENERATOR_DEFAULT_BUILDER")
 # The docker CLI that drives BuildKit; empty: found at worker start (builds/buildkit.py).
 GENERATOR_DOCKER_CLI = env_str("GENERATOR_DOCKER_CLI", "")
+# Fernet keys for build secrets at rest, newest first (builds/secrets.py); empty:
+# one derived from GENERATOR_SECRET_KEY.
+GENERATOR_SECRETS_KEYS = env_list("GENERATOR_SECRETS_KEYS", [])
 # Plain TCP to a daemon is refused everywhere (pool/tls.py); bench/scale.py's
 # simulated engines, which are no Docker API, are the one exception.
 GENERATOR_INSECURE_LOOPBACK_ENGINES = env_bool("GENERATOR_INSECURE_LOOPBACK_ENGINES", False)
