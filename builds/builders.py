@@ -13,6 +13,8 @@ from typing import BinaryIO
 
 from django.conf import settings
 
+from pool.models import DockerDaemon
+
 from . import secrets as build_secrets
 from .buildkit import BuildKitSession, BuildRequest, DaemonAddress, NoBuildKitClient, find_client, unsupported_features
 from .engine import BuildFailed, DaemonUnavailable, EngineSession
@@ -32,6 +34,17 @@ def buildkit_client():
     client = find_client(settings.GENERATOR_DOCKER_CLI)
     logger.info("BuildKit client: %s", client.describe())
     return client
+
+
+def report_client(daemon_names: list[str]) -> str:
+    """Said at worker start, in its log and on its daemons' rows (the pool page)."""
+    try:
+        found = buildkit_client().describe()
+    except NoBuildKitClient as exc:
+        found = f"none: {exc}"
+        logger.warning("BuildKit client: %s", found)
+    DockerDaemon.objects.filter(name__in=daemon_names).update(buildkit_client=found[:255])
+    return found
 
 
 def build(

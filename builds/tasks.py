@@ -6,14 +6,16 @@ dispatch.py); the `farm.*` tasks run from beat on the "farm" queue.
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import shared_task, signals
 from django.conf import settings
 
 from generator_site.structured_logs import log_fields
 from pool import health
-from pool.models import DockerDaemon
+from pool.models import DockerDaemon, queue_for
 
-from . import context_store, dispatch, reaper, runner, secrets, statuses
+from . import builders, context_store, dispatch, reaper, runner, secrets, statuses
+
+QUEUE_PREFIX = queue_for("")  # "build.": a daemon's queue is its name after it
 
 
 @shared_task(
@@ -76,3 +78,12 @@ def check_health(task) -> None:
 )
 def report_status(job_id: str) -> None:
     statuses.report(job_id)
+
+
+@signals.worker_ready.connect
+def report_buildkit_client(sender, **kwargs) -> None:
+    """A build worker says which docker CLI it drives BuildKit with, for its daemons."""
+    queues = [queue.name for queue in sender.task_consumer.queues]
+    daemons = [name.removeprefix(QUEUE_PREFIX) for name in queues if name.startswith(QUEUE_PREFIX)]
+    if daemons:
+        builders.report_client(daemons)

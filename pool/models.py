@@ -83,6 +83,8 @@ class DockerDaemon(models.Model):
     last_error = models.TextField(blank=True)
     # Whether a live Celery worker consumes this daemon's queue (seen by the health check).
     worker_online = models.BooleanField(default=True)
+    # The docker CLI its worker found for BuildKit builds at start (builds/builders.py).
+    buildkit_client = models.CharField("BuildKit client", max_length=255, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -121,6 +123,7 @@ HEALTH_FIELDS = (
     "latency_ms",
     "engine_version",
     "last_error",
+    "buildkit_client",
 )
 
 

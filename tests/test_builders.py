@@ -72,3 +72,22 @@ def test_the_cli_reaches_a_tls_daemon_with_the_farms_own_certificate_files(tmp_p
         f"--tlskey={files['key']}",
     ]
     assert daemon_address({"base_url": "unix:///run/d.sock", "tls": False}).argv() == ["--host", "unix:///run/d.sock"]
+
+
+def test_a_worker_says_which_buildkit_client_it_found_on_its_daemons_rows(db, settings, tmp_path):
+    from builds import builders
+    from pool.models import DockerDaemon
+
+    DockerDaemon.objects.create(name="d1", url="unix:///run/d1.sock")
+    DockerDaemon.objects.create(name="d2", url="unix:///run/d2.sock")
+    builders.buildkit_client.cache_clear()
+    assert builders.report_client(["d1"]).startswith("/usr/bin/docker 20.10")
+    assert DockerDaemon.objects.get(name="d1").buildkit_client.startswith("/usr/bin/docker 20.10")
+    assert DockerDaemon.objects.get(name="d2").buildkit_client == ""
+    settings.GENERATOR_DOCKER_CLI = str(tmp_path / "no-docker")
+    builders.buildkit_client.cache_clear()
+    try:
+        assert builders.report_client(["d2"]).startswith("none: no docker CLI")
+    finally:
+        builders.buildkit_client.cache_clear()
+    assert DockerDaemon.objects.get(name="d2").buildkit_client.startswith("none: no docker CLI")
