@@ -204,6 +204,10 @@ class BuildKitSession:
             iidfile = Path(scratch) / "iid"
             argv = self._argv(request, iidfile)
             tail: list[str] = []
+            if _has_fileno(context):
+                # The CLI reads the descriptor, whose offset is not a buffered reader's position
+                # (a seek inside its buffer moves no offset): set it where the reader stands.
+                os.lseek(context.fileno(), context.tell(), os.SEEK_SET)
             with self._lock:
                 if self._aborted:
                     raise BuildFailed("the build was stopped before it started")

@@ -237,3 +237,21 @@ def test_a_builds_secret_is_mounted_masked_in_its_log_and_gone_when_it_ends(farm
     daemon_url = dict((name, url) for name, url in farm.daemons)[job.daemon.name]
     history = engine(daemon_url).api.history(job.image_id)
     assert value not in json.dumps(history)
+
+
+def test_an_uploaded_context_builds_with_buildkit(farm, token):
+    files = {"app/Dockerfile": f"FROM busybox\nCOPY hello.txt /\nRUN cat /hello.txt # {uuid.uuid4().hex}\n"}
+    files["hello.txt"] = "uploaded for buildkit\n"
+    data = context(files).getvalue()
+    request = urllib.request.Request(
+        f"http://{farm.web}/api/v1/builds/?image={farm.registry}/buildkit/upload&builder=buildkit"
+        "&dockerfile_path=app/Dockerfile",
+        data=data,
+        method="POST",
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/x-tar"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        job_id = json.loads(response.read())["id"]
+    done = follow(farm, job_id, token)
+    assert done.end["status"] == "succeeded", BuildJob.objects.get(pk=job_id).error
+    assert any(text.endswith("uploaded for buildkit") for _, text in done.lines)
