@@ -230,6 +230,18 @@ def submit(farm: Farm, token: str, image: str, dockerfile: str, *, seed_mode: bo
     return body
 
 
+def api_build(farm: Farm, token: str, body: dict) -> str:
+    """A build submitted as JSON to the REST API: its job id."""
+    request = urllib.request.Request(
+        f"http://{farm.web}/api/v1/builds/",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["id"]
+
+
 @dataclass
 class Followed:
     lines: list[tuple[int, str]]

@@ -21,7 +21,7 @@ from builds.engine import BuildFailed, DaemonUnavailable
 from builds.models import BuildJob, BuildLogLine, BuildSecret
 from pool.models import DockerDaemon
 
-from .conftest import engine, follow, registry_digest
+from .conftest import api_build, engine, follow, registry_digest
 
 pytestmark = pytest.mark.farm
 
@@ -131,17 +131,6 @@ def test_the_classic_builder_builds_a_target_too(farm, token):
     follow(farm, job_id, token)
     job = BuildJob.objects.get(pk=job_id)
     assert job.status == "succeeded" and job.builder == "classic", job.error
-
-
-def api_build(farm, token, body: dict) -> str:
-    request = urllib.request.Request(
-        f"http://{farm.web}/api/v1/builds/",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())["id"]
 
 
 def test_a_cancelled_buildkit_build_leaves_no_step_running_on_its_daemon(farm, token):

@@ -12,7 +12,6 @@ private address and stands in for 169.254.169.254.
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import subprocess
@@ -27,7 +26,7 @@ import pytest
 from builds.models import BuildJob, BuildLogLine, Registry
 from pool.models import DockerDaemon
 
-from .conftest import follow, submit
+from .conftest import api_build, follow, submit
 
 pytestmark = pytest.mark.farm
 
@@ -200,17 +199,6 @@ def test_a_push_redirect_cannot_reach_the_host(farm, token, where):
     assert all(d.healthy for d in DockerDaemon.objects.filter(name__in=[n for n, _ in farm.daemons]))
 
 
-def _api_build(farm, token, body: dict) -> str:
-    request = urllib.request.Request(
-        f"http://{farm.web}/api/v1/builds/",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())["id"]
-
-
 def test_a_build_cannot_see_another_builds_processes_or_build_args(farm, farm_pool, token):
     """Two builds at once on one daemon: the second looks for the first's secret
     build arg in every process it can see."""
@@ -218,7 +206,7 @@ def test_a_build_cannot_see_another_builds_processes_or_build_args(farm, farm_po
     only, *others = farm_pool
     DockerDaemon.objects.filter(pk__in=[d.pk for d in others]).update(enabled=False)
     try:
-        victim = _api_build(
+        victim = api_build(
             farm,
             token,
             {
