@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
+from builds.cgroups import daemon_cgroup  # noqa: E402
 from scripts import localfarm as lf  # noqa: E402
 from scripts import sandbox  # noqa: E402
 
@@ -209,10 +210,12 @@ def _start(
     lf.start_registry(sup, registry_port, root / "registry")
     sandbox.apply_rules(policy)
     sockets = [root / f"s{index}" / "docker.sock" for index in range(daemons)]
+    names = [f"bench-{index}" for index in range(daemons)]
     for index, socket_path in enumerate(sockets):
         lf.start_sandboxed_dockerd(
-            sup, policy, index, f"dockerd-{index}", root / f"d{index}", root / f"x{index}", socket_path
-        )
+            sup, policy, index, f"dockerd-{index}", root / f"d{index}", root / f"x{index}", socket_path,
+            cgroup_parent=daemon_cgroup(names[index]),
+        )  # fmt: skip
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
@@ -227,7 +230,6 @@ def _start(
     }
     (root / "var" / "static").mkdir(parents=True)
     manage(env, "migrate", "--noinput")
-    names = [f"bench-{index}" for index in range(daemons)]
     pool = {
         "docker": [
             {"name": n, "engine": f"unix://{p}", "capacity": capacity} for n, p in zip(names, sockets, strict=True)

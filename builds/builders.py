@@ -22,12 +22,6 @@ from .limits import Containment
 
 logger = logging.getLogger(__name__)
 
-BUILDKIT_LIMITS_NOTE = (
-    "BuildKit on Docker 20.10 takes no per-build cgroup: the daemon's own limits apply, "
-    "not this build's (docs/security.md)"
-)
-
-
 @functools.cache
 def buildkit_client():
     """Found once per worker process, and said in its log (NoBuildKitClient if none)."""
@@ -85,7 +79,7 @@ def build(
         client = buildkit_client()
     except NoBuildKitClient as exc:  # this worker's host, not the build: another may have one
         raise DaemonUnavailable(str(exc)) from exc
-    log.write(f"[generator] BuildKit ({client.describe()}); {BUILDKIT_LIMITS_NOTE}")
+    log.write(f"[generator] BuildKit ({client.describe()})")
     session = BuildKitSession(client, daemon_address(access))
     with build_secrets.as_files(secrets) as files:
         request = _request(job, tag, dockerfile, buildargs, containment, files)
@@ -95,7 +89,7 @@ def build(
             )
         except BuildFailed as exc:  # an error line may quote a secret, like any other line
             hidden = [v for v in secrets.values() if len(v) >= build_secrets.MIN_MASKED]
-            raise BuildFailed(build_secrets.masked(str(exc), hidden)) from None
+            raise BuildFailed(build_secrets.masked(str(exc), hidden), exit_code=exc.exit_code) from None
 
 
 def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> BuildRequest:

@@ -310,4 +310,5 @@ def _failure(code: int, tail: list[str], host: str) -> Exception:
     message = re.sub(r"^#\d+ ", "", message)
     if any(sign in line.lower() for sign in _DAEMON_GONE for line in tail[-3:]):
         return DaemonUnavailable(f"lost the Docker daemon at {host} during the build: {message}")
-    return BuildFailed(message)
+    step_exit = re.search(r"exit code: (\d+)\s*$", message)  # a RUN step's, as the classic builder reports it
+    return BuildFailed(message, exit_code=int(step_exit.group(1)) if step_exit else None)

@@ -13,6 +13,7 @@ build's containers under a cgroup parent can use it.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -31,9 +32,21 @@ class CgroupUnavailable(EngineError):
     """The worker cannot make the build's cgroup: the build must not run unlimited."""
 
 
+def daemon_cgroup(daemon: str) -> str:
+    """The daemon's own cgroup: its builds' cgroups sit below it, and its dockerd
+    is started with it as `--cgroup-parent` (scripts/localfarm.py)."""
+    return f"/generator/{re.sub(r'[^A-Za-z0-9_.-]', '_', daemon)}"
+
+
 def cgroup_name(daemon: str, job_id: str, attempt: int) -> str:
     """The build's cgroup, as dockerd takes it: one per attempt, grouped by daemon."""
-    return f"/generator/{re.sub(r'[^A-Za-z0-9_.-]', '_', daemon)}/{job_id}-{attempt}"
+    return f"{daemon_cgroup(daemon)}/{job_id}-{attempt}"
+
+
+def buildkit_cgroup_name(daemon: str) -> str:
+    """Where BuildKit runs the RUN steps of a daemon started with
+    `--cgroup-parent=<daemon_cgroup>`: it takes no cgroup per build."""
+    return f"{daemon_cgroup(daemon)}/buildkit"
 
 
 class BuildCgroup:
@@ -43,6 +56,8 @@ class BuildCgroup:
 
     # Seconds to keep trying to remove it while the daemon tears the last container down.
     remove_within = 5.0
+    # After a limit's figure in explain(): whom else the limit holds.
+    sharing = ""
 
     def __init__(
         self,
@@ -133,11 +148,15 @@ class BuildCgroup:
         ):
             mib = self.memory_bytes // 2**20
             if exit_code == KILLED:
-                reasons.append(f"the build ran out of memory: its limit is {mib} MiB (RUN steps were killed)")
+                reasons.append(
+                    f"the build ran out of memory: its limit is {mib} MiB{self.sharing} (RUN steps were killed)"
+                )
             else:
-                reasons.append(f"the build reached its memory limit of {mib} MiB, so a process may have been killed")
+                reasons.append(
+                    f"the build reached its memory limit of {mib} MiB{self.sharing}, so a process may have been killed"
+                )
         if self._number("pids", "pids.peak") >= self.pids or self._field("pids", "pids.events", "max"):
-            reasons.append(f"the build reached its limit of {self.pids} processes")
+            reasons.append(f"the build reached its limit of {self.pids} processes{self.sharing}")
         return "; ".join(reasons) or None
 
     def remove(self, within: float | None = None) -> bool:
@@ -176,3 +195,56 @@ def _remove_tree(path: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+class SharedBuildKitCgroup(BuildCgroup):
+    """The one cgroup a daemon's BuildKit runs every RUN step in, limited for the
+    time of a build.
+
+    Docker 20.10's BuildKit ignores a build's cgroup parent and puts each RUN
+    step in `<dockerd's --cgroup-parent>/buildkit/<step>`: the kernel can only
+    hold all of a daemon's BuildKit builds together. The worker limits that
+    directory to the build's figures times the builds the daemon runs at once
+    (`share`: its capacity), so with capacity 1 the daemon's limits are the
+    build's own.
+
+    The directory is never removed while a build may use it: runc would make it
+    again, unlimited, for the next step. A build that finds itself alone (an
+    exclusive lock on `lock_file`; each build holds it shared) starts it afresh,
+    so the high-water marks that explain() reads are this build's.
+    """
+
+    def __init__(self, root: Path, name: str, *, lock_file: Path, share: int, **limits) -> None:
+        super().__init__(root, name, **limits)
+        self.lock_file, self.share = Path(lock_file), share
+        self.sharing = f", shared with the daemon's other BuildKit builds ({share} at most)" if share > 1 else ""
+        self._lock = None
+        self._alone = True
+
+    def create(self) -> None:
+        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.lock_file, "a")  # noqa: SIM115 (held until remove())
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._alone = True
+        except BlockingIOError:
+            self._alone = False
+        if self._alone:
+            super().remove(within=0)  # its counters; children left by a dead build stop it, harmlessly
+        super().create()
+        fcntl.flock(self._lock, fcntl.LOCK_SH)
+
+    def _write(self, controller: str, file: str, value: int) -> None:
+        """Alone, the build's figures; beside other builds, never lower than
+        what holds them (the kernel refuses a memory limit under the usage)."""
+        if not self._alone and self._number(controller, file) >= value:
+            return
+        super()._write(controller, file, value)
+
+    def remove(self, within: float | None = None) -> bool:
+        """Leaves the directory (and its limits) in place; lets the next build
+        that finds itself alone start it afresh."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        return True

@@ -30,6 +30,7 @@ from pool.models import DockerDaemon
 from pool.scheduler import choose_daemon, groups_with_room
 
 from . import transitions
+from .limits import needs_whole_daemon
 from .models import BuildJob
 
 logger = logging.getLogger(__name__)
@@ -59,13 +60,20 @@ def ensure_pool_exists(group: str = "") -> None:
     )
 
 
-def active_builds_by_daemon() -> dict[int, int]:
+def slots_in_use(daemons) -> dict[int, int]:
+    """The slots of each daemon its active builds take: one each, or all of
+    them for a build that must have its daemon to itself (limits.py)."""
+    capacity = {daemon.pk: daemon.capacity for daemon in daemons}
     rows = (
         BuildJob.objects.filter(status__in=BuildJob.ACTIVE, daemon__isnull=False)
-        .values("daemon")
+        .values("daemon", "builder")
         .annotate(active=Count("id"))
     )
-    return {row["daemon"]: row["active"] for row in rows}
+    load: dict[int, int] = {}
+    for row in rows:
+        slots = capacity.get(row["daemon"], 1) if needs_whole_daemon(row["builder"]) else 1
+        load[row["daemon"]] = load.get(row["daemon"], 0) + row["active"] * slots
+    return load
 
 
 def active_builds_by_image() -> dict[str, int]:
@@ -189,7 +197,7 @@ def _pass(*, wait: bool) -> int | None:
         daemons = list(DockerDaemon.objects.filter(enabled=True, draining=False, healthy=True))
         if not daemons:
             return 0
-        load = active_builds_by_daemon()
+        load = slots_in_use(daemons)
         open_groups = groups_with_room(daemons, load)
         if not open_groups:
             return 0  # the pool is full
@@ -211,14 +219,16 @@ def _pass(*, wait: bool) -> int | None:
             if _over_limit(job, per_image, per_repository):
                 continue  # it has its share of the pool; later jobs of others may go
             prefer = _preferred_daemon(job, group, daemons, load, warm)
-            daemon = choose_daemon(daemons, load, prefer=prefer, group=group)
+            whole = needs_whole_daemon(job.builder)
+            daemon = choose_daemon(daemons, load, prefer=prefer, group=group, whole=whole)
             if daemon is None:
-                open_groups.discard(group)
+                if not whole:  # a build that needs a whole daemon may wait while others fit
+                    open_groups.discard(group)
                 if not open_groups:
                     break  # the pool is full
                 continue
             if transitions.assign(job.id, daemon.pk):
-                load[daemon.pk] = load.get(daemon.pk, 0) + 1
+                load[daemon.pk] = load.get(daemon.pk, 0) + (daemon.capacity if whole else 1)
                 per_image[job.image] = per_image.get(job.image, 0) + 1
                 if job.repository_id:
                     per_repository[job.repository_id] = per_repository.get(job.repository_id, 0) + 1

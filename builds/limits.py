@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from .cgroups import BuildCgroup, cgroup_name
+from .cgroups import BuildCgroup, SharedBuildKitCgroup, buildkit_cgroup_name, cgroup_name
 from .engine import BuildFailed
 
 CPU_PERIOD_US = 100_000
@@ -81,6 +81,19 @@ def caps_help() -> dict[str, str]:
     }
 
 
+def needs_whole_daemon(builder: str) -> bool:
+    """BuildKit takes no cgroup per build (cgroups.py, SharedBuildKitCgroup): a
+    daemon's BuildKit builds share one. So that a build's limits are its own, a
+    BuildKit build has its daemon to itself, unless the operator lets a daemon's
+    BuildKit builds share capacity x their limits (GENERATOR_BUILDKIT_SHARED_DAEMONS)."""
+    return builder == "buildkit" and not settings.GENERATOR_BUILDKIT_SHARED_DAEMONS
+
+
+def buildkit_share(builder: str, capacity: int) -> int:
+    """How many builds the daemon's BuildKit cgroup holds at once."""
+    return 1 if builder != "buildkit" or needs_whole_daemon(builder) else capacity
+
+
 @dataclass(frozen=True)
 class Containment:
     """What the engine's build takes, and the line the build log gets about it."""
@@ -91,32 +104,41 @@ class Containment:
 
 @contextmanager
 def contained(
-    daemon_name: str, job_id: str, attempt: int, limits: BuildLimits, *, network: str = ""
+    daemon_name: str,
+    job_id: str,
+    attempt: int,
+    limits: BuildLimits,
+    *,
+    network: str = "",
+    builder: str = "classic",
+    share: int = 1,
 ) -> Iterator[Containment]:
     """The build's cgroup for the time of the block, or only the daemon's
     per-container limits when GENERATOR_BUILD_CGROUPS is off.
 
+    BuildKit takes no cgroup per build: its builds on a daemon share one, held
+    to `share` (the daemon's capacity) times the build's figures (cgroups.py,
+    SharedBuildKitCgroup); with a share of 1 that is the build's own limit.
+
     A BuildFailed raised in the block leaves it with the limit it hit, if the
     cgroup says one was, in front of the daemon's message.
     """
-    cgroup = None
-    if settings.GENERATOR_BUILD_CGROUPS:
-        cgroup = BuildCgroup(
-            settings.GENERATOR_CGROUP_ROOT,
-            cgroup_name(daemon_name, job_id, attempt),
-            memory_bytes=limits.memory_bytes,
-            cpu_period_us=CPU_PERIOD_US,
-            cpu_quota_us=limits.cpu_quota_us,
-            pids=limits.pids,
-        )
+    buildkit = builder == "buildkit"
+    cgroup = _cgroup(daemon_name, job_id, attempt, limits, buildkit=buildkit, share=share)
     summary = limits.describe(processes=cgroup is not None)
     if cgroup is None:
-        summary += " per RUN step; no process limit (GENERATOR_BUILD_CGROUPS=false)"
+        summary += (
+            ": not held (BuildKit takes no per-container limits and GENERATOR_BUILD_CGROUPS=false)"
+            if buildkit
+            else " per RUN step; no process limit (GENERATOR_BUILD_CGROUPS=false)"
+        )
+    elif buildkit and share > 1:
+        summary += f"; BuildKit holds this daemon's builds to {share} x these together"
     no_network = network == "none"
     if no_network:
         summary += "; no network"
     options = {
-        "cgroup_parent": cgroup.name if cgroup else None,
+        "cgroup_parent": cgroup.name if cgroup and not buildkit else None,
         "memory_bytes": limits.memory_bytes,
         "cpu_period_us": CPU_PERIOD_US,
         "cpu_quota_us": limits.cpu_quota_us,
@@ -130,3 +152,28 @@ def contained(
             if why:
                 raise BuildFailed(f"{why}; {exc}", exit_code=exc.exit_code) from exc
             raise
+
+
+def _cgroup(daemon_name, job_id, attempt, limits: BuildLimits, *, buildkit: bool, share: int) -> BuildCgroup | None:
+    if not settings.GENERATOR_BUILD_CGROUPS:
+        return None
+    if not buildkit:
+        return BuildCgroup(
+            settings.GENERATOR_CGROUP_ROOT,
+            cgroup_name(daemon_name, job_id, attempt),
+            memory_bytes=limits.memory_bytes,
+            cpu_period_us=CPU_PERIOD_US,
+            cpu_quota_us=limits.cpu_quota_us,
+            pids=limits.pids,
+        )
+    name = buildkit_cgroup_name(daemon_name)
+    return SharedBuildKitCgroup(
+        settings.GENERATOR_CGROUP_ROOT,
+        name,
+        lock_file=settings.VAR_DIR / "locks" / f"{name.strip('/').replace('/', '.')}.lock",
+        share=share,
+        memory_bytes=limits.memory_bytes * share,
+        cpu_period_us=CPU_PERIOD_US,
+        cpu_quota_us=limits.cpu_quota_us * share,
+        pids=limits.pids * share,
+    )

@@ -18,7 +18,7 @@ from pool.tls import InsecureEngineAddress, client_settings
 from . import builders, context_store, transitions
 from .dispatch import dispatch
 from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
-from .limits import contained, limits_for
+from .limits import buildkit_share, contained, limits_for
 from .logs import LogWriter
 from .models import BuildContext, BuildJob, BuildSecret, Registry
 from .references import parse_build_target
@@ -160,7 +160,15 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
         limits = limits_for(daemon, job.repository)
         with (
             _source(job, log, watch) as (context, dockerfile, buildargs),
-            contained(daemon.name, job.id, job.attempt, limits, network=network) as containment,
+            contained(
+                daemon.name,
+                job.id,
+                job.attempt,
+                limits,
+                network=network,
+                builder=job.builder,
+                share=buildkit_share(job.builder, daemon.capacity),
+            ) as containment,
         ):
             log.write(f"[generator] {containment.summary}")
             image_id = builders.build(

@@ -277,6 +277,10 @@ GENERATOR_BUILD_CPUS_MAX = env_float("GENERATOR_BUILD_CPUS_MAX", 4.0)
 GENERATOR_BUILD_PIDS_MAX = env_int("GENERATOR_BUILD_PIDS_MAX", 4096)
 GENERATOR_BUILD_CGROUPS = env_bool("GENERATOR_BUILD_CGROUPS", True)
 GENERATOR_CGROUP_ROOT = Path(env_str("GENERATOR_CGROUP_ROOT", "/sys/fs/cgroup"))
+# BuildKit's RUN steps share one cgroup per daemon: off, a BuildKit build has its
+# daemon to itself (its limits are its own); on, up to `capacity` of them share
+# capacity x their limits (builds/limits.py).
+GENERATOR_BUILDKIT_SHARED_DAEMONS = env_bool("GENERATOR_BUILDKIT_SHARED_DAEMONS", False)
 
 # The pool under load and failure (docs/architecture.md, "Failures").
 GENERATOR_MAX_ATTEMPTS = env_int("GENERATOR_MAX_ATTEMPTS", 3)

@@ -8,18 +8,24 @@ from .models import DockerDaemon
 
 
 def choose_daemon(
-    daemons: Iterable[DockerDaemon], running: Mapping[int, int], prefer: int | None = None, group: str = ""
+    daemons: Iterable[DockerDaemon],
+    running: Mapping[int, int],
+    prefer: int | None = None,
+    group: str = "",
+    *,
+    whole: bool = False,
 ) -> DockerDaemon | None:
-    """A daemon of `group` that takes builds and has a free slot, or None if all are full.
+    """A daemon of `group` that takes builds and has a free slot (all of its
+    slots free, for a build that needs a `whole` daemon), or None if all are full.
 
     `group` '' is the shared pool (daemons without a group); a named group's
     daemons are chosen only for that group, and it only gets them.
-    `running` maps a daemon's primary key to its active builds. The daemon with
+    `running` maps a daemon's primary key to the slots its active builds take. The daemon with
     primary key `prefer` (the one whose layer cache is warm for this image) wins
     when it has room; otherwise the least loaded for its capacity, ties to fewer
     builds in absolute terms, then to the older row, so the choice is stable.
     """
-    with_room = [d for d in daemons if d.group == group and _has_room(d, running)]
+    with_room = [d for d in daemons if d.group == group and _has_room(d, running, whole=whole)]
     for daemon in with_room:
         if daemon.pk == prefer:
             return daemon
@@ -33,5 +39,6 @@ def groups_with_room(daemons: Iterable[DockerDaemon], running: Mapping[int, int]
     return {d.group for d in daemons if _has_room(d, running)}
 
 
-def _has_room(daemon: DockerDaemon, running: Mapping[int, int]) -> bool:
-    return daemon.takes_builds and running.get(daemon.pk, 0) < daemon.capacity
+def _has_room(daemon: DockerDaemon, running: Mapping[int, int], *, whole: bool = False) -> bool:
+    taken = running.get(daemon.pk, 0)
+    return daemon.takes_builds and (taken == 0 if whole else taken < daemon.capacity)

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from builds.cgroups import daemon_cgroup  # noqa: E402
 from pool.seed_pool import local_socket  # noqa: E402
 from scripts import localfarm as lf  # noqa: E402
 from scripts import sandbox  # noqa: E402
@@ -97,7 +98,10 @@ def up() -> None:
     sandbox.apply_rules(policy)
     for index, entry in enumerate(local):
         data, run = VAR / "docker" / str(entry.port), run_dir(entry.port)
-        lf.start_sandboxed_dockerd(sup, policy, index, dockerd_name(entry), data, run / "exec", run / "docker.sock")
+        lf.start_sandboxed_dockerd(
+            sup, policy, index, dockerd_name(entry), data, run / "exec", run / "docker.sock",
+            cgroup_parent=daemon_cgroup(entry.name),
+        )  # fmt: skip
     rootfs = lf.busybox_rootfs()
 
     def ready(entry) -> None:

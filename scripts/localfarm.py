@@ -250,6 +250,7 @@ def dockerd_argv(
     tls: DaemonTLS | None = None,
     bridge: bool = False,
     insecure_registries: tuple[str, ...] = (),
+    cgroup_parent: str = "",
 ) -> list[str]:
     """A daemon reached through its unix socket; with `tls`, also on `tcp`
     (HOST:PORT), by clients that show a certificate of tls.ca. Never plain TCP:
@@ -258,7 +259,9 @@ def dockerd_argv(
     Root in a RUN step is not root on the host (user-namespace remapping).
     `bridge` gives RUN steps a network (the daemon's own docker0, NATed out of
     its namespace: only inside a sandbox, scripts/sandbox.py); without it they
-    have none."""
+    have none. `cgroup_parent` is where containers and BuildKit's RUN steps go
+    that name no cgroup of their own (builds/cgroups.py, daemon_cgroup): the
+    worker limits BuildKit's there."""
     if tcp and tls is None:
         raise StartError(f"refusing to open a Docker API on tcp://{tcp} without TLS client authentication")
     argv = [
@@ -275,6 +278,7 @@ def dockerd_argv(
         "--log-level=warn",
     ]
     argv += [] if bridge else ["--iptables=false", "--bridge=none"]
+    argv += [f"--cgroup-parent={cgroup_parent}"] if cgroup_parent else []
     if tls:
         argv += ["--host", f"tcp://{tcp}", "--tlsverify"]
         argv += [f"--tlscacert={tls.ca}", f"--tlscert={tls.cert}", f"--tlskey={tls.key}"]
@@ -286,7 +290,7 @@ def start_dockerd(
 ) -> str:
     """Starts a daemon (in network namespace `netns` if given); answers its engine
     URL: the TLS address when it has one, else its socket. `options` go to
-    dockerd_argv (tcp, tls, bridge, insecure_registries)."""
+    dockerd_argv (tcp, tls, bridge, insecure_registries, cgroup_parent)."""
     for directory in (data_dir, exec_dir, socket_path.parent):
         directory.mkdir(parents=True, exist_ok=True)
     allow_traverse(data_dir)
@@ -316,6 +320,7 @@ def start_sandboxed_dockerd(
     tls_port: int = 0,
     tls: DaemonTLS | None = None,
     insecure_registries: tuple[str, ...] = (),
+    cgroup_parent: str = "",
 ) -> str:
     """A daemon in a network namespace of its own behind `policy`
     (scripts/sandbox.py; apply_rules first), with relays to the loopback
@@ -326,7 +331,7 @@ def start_sandboxed_dockerd(
     for destination in policy.loopback_allowed:
         sup.start(f"relay-{destination.port}", sandbox.relay_out_argv(policy, destination))
         sup.start(f"relay-{destination.port}-{name}", sandbox.relay_in_argv(policy, box, destination))
-    options: dict = {"insecure_registries": insecure_registries}
+    options: dict = {"insecure_registries": insecure_registries, "cgroup_parent": cgroup_parent}
     if tls:
         options.update(tcp=f"{box.address}:{tls_port}", tls=tls)
         sandbox.publish(policy, tls_port, box)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builds.cgroups import BuildCgroup, CgroupUnavailable, cgroup_name
+from builds.cgroups import BuildCgroup, CgroupUnavailable, SharedBuildKitCgroup, buildkit_cgroup_name, cgroup_name
 
 NAME = "/generator/farm-0/abc123-1"
 MiB = 2**20
@@ -160,6 +160,53 @@ def test_a_failure_within_every_limit_is_not_explained(root):
         record(root, "pids", pids_peak="12", pids_events="max 0\n")
         assert build.explain(1) is None
         kernel_forgets_files(root)
+
+
+SHARED = buildkit_cgroup_name("farm-0")
+
+
+def shared(root: Path, **figures) -> SharedBuildKitCgroup:
+    figures = {"memory_bytes": 512 * MiB, "cpu_period_us": 100_000, "cpu_quota_us": 100_000, "pids": 256, **figures}
+    return SharedBuildKitCgroup(root, SHARED, lock_file=root / "locks" / "farm-0.lock", share=1, **figures)
+
+
+def shared_control(root: Path, hierarchy: str, file: str) -> Path:
+    return root / hierarchy / SHARED.lstrip("/") / file
+
+
+def test_buildkit_runs_a_daemons_steps_below_the_daemons_own_cgroup():
+    assert SHARED == "/generator/farm-0/buildkit"
+
+
+def test_a_buildkit_build_alone_on_its_daemon_starts_the_shared_cgroup_afresh_and_leaves_it(root):
+    old_step = shared_control(root, "pids", "0ld5tep")
+    old_step.mkdir(parents=True)  # what an earlier build left: its high-water marks with it
+    with shared(root, pids=64) as build:
+        assert not old_step.exists()  # made anew, so the kernel's counters are this build's
+        assert shared_control(root, "pids", "pids.max").read_text() == "64"
+        shared_control(root, "pids", "pids.peak").write_text("64")
+        assert build.explain(2) == "the build reached its limit of 64 processes"
+    # Left with its limits: runc would make it again, unlimited, for another build's next step.
+    assert shared_control(root, "pids", "pids.max").read_text() == "64"
+
+
+def test_beside_another_buildkit_build_it_keeps_the_cgroup_and_never_lowers_its_limits(root):
+    with shared(root, memory_bytes=1024 * MiB, pids=100):
+        running_step = shared_control(root, "pids", "st3p")
+        running_step.mkdir()
+        with shared(root, memory_bytes=256 * MiB, pids=400):
+            assert running_step.is_dir()  # not started afresh under the running build
+            assert shared_control(root, "memory", "memory.limit_in_bytes").read_text() == str(1024 * MiB)
+            assert shared_control(root, "pids", "pids.max").read_text() == "400"
+        assert running_step.is_dir()
+
+
+def test_a_shared_limit_says_whom_it_holds():
+    build = SharedBuildKitCgroup(
+        Path("/nonexistent"), SHARED, lock_file=Path("/nonexistent/l"), share=2,
+        memory_bytes=1024 * MiB, cpu_period_us=100_000, cpu_quota_us=200_000, pids=128,
+    )  # fmt: skip
+    assert build.sharing == ", shared with the daemon's other BuildKit builds (2 at most)"
 
 
 V1 = Path("/sys/fs/cgroup")

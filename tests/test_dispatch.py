@@ -56,6 +56,32 @@ def test_jobs_wait_in_order_until_a_daemon_has_room(redis_url):
     assert BuildJob.objects.get(pk=jobs[3].pk).daemon_id == jobs[0].daemon_id
 
 
+@override_settings(GENERATOR_MAX_BUILDS_PER_IMAGE=0, GENERATOR_BUILDERS=["classic", "buildkit"])
+def test_a_buildkit_build_has_its_daemon_to_itself_unless_the_operator_shares_them():
+    # BuildKit's RUN steps share one cgroup per daemon (builds/limits.py): alone
+    # on it, a build's limits are its own.
+    one = daemon("one", capacity=2)
+    classic = waiting(1, image="localhost:5000/a:1")
+    buildkit = waiting(2, image="localhost:5000/b:1")
+    BuildJob.objects.filter(pk__in=[j.pk for j in buildkit]).update(builder="buildkit")
+    later_classic = waiting(1, image="localhost:5000/c:1")
+    assert dispatch() == 2  # the classic builds fill the daemon's two slots; BuildKit waits for a whole one
+    assert [j.daemon_id for j in refreshed(classic + buildkit + later_classic)] == [one.pk, None, None, one.pk]
+
+    for job in classic + later_classic:
+        transitions.claim(job.id, 1, one.pk, "w", 60)
+        transitions.fail(job.id, 1, "done")
+    assert dispatch() == 1
+    assert [j.daemon_id for j in refreshed(buildkit)] == [one.pk, None]
+    more = waiting(1, image="localhost:5000/d:1")
+    assert dispatch() == 0  # a free slot, but the BuildKit build has the daemon
+    assert refreshed(more)[0].daemon_id is None
+
+    with override_settings(GENERATOR_BUILDKIT_SHARED_DAEMONS=True):
+        assert dispatch() == 1
+    assert [j.daemon_id for j in refreshed(buildkit)] == [one.pk, one.pk]
+
+
 def test_sick_draining_and_disabled_daemons_get_nothing():
     daemon("sick", healthy=False)
     daemon("draining", draining=True)

@@ -126,6 +126,14 @@ def test_the_daemon_with_a_warm_cache_wins_while_it_has_room():
     assert choose_daemon([cold, warm], {2: 2}, prefer=2) == cold
 
 
+def test_a_build_that_needs_a_whole_daemon_gets_only_an_idle_one():
+    busy = DockerDaemon(pk=1, name="busy", url="unix:///b", capacity=4)
+    idle = DockerDaemon(pk=2, name="idle", url="unix:///i", capacity=2)
+    assert choose_daemon([busy, idle], {1: 1}, prefer=1, whole=True) == idle
+    assert choose_daemon([busy, idle], {1: 1, 2: 1}, whole=True) is None
+    assert choose_daemon([busy, idle], {1: 1, 2: 1}) == busy  # 1/4 beats 1/2
+
+
 def test_a_daemon_has_its_own_queue():
     assert DockerDaemon(name="127.0.0.1:19000").queue == "build.127.0.0.1:19000"
 

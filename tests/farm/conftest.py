@@ -21,6 +21,7 @@ from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from builds.cgroups import daemon_cgroup
 from builds.models import Registry
 from pool.egress import parse_destinations
 from pool.models import DockerDaemon, queue_for
@@ -53,10 +54,12 @@ class Farm:
             lf.start_redis(sup, self.redis_port, root / "redis")
         lf.start_registry(sup, self.registry_port, root / "registry")
         sandbox.apply_rules(self.policy)
-        for index, (_, url) in enumerate(self.daemons):
+        for index, (name, url) in enumerate(self.daemons):
             socket_path = Path(url.removeprefix("unix://"))
             dirs = root / f"d{index}", root / f"x{index}", socket_path
-            lf.start_sandboxed_dockerd(sup, self.policy, index, f"dockerd-{index}", *dirs)
+            lf.start_sandboxed_dockerd(
+                sup, self.policy, index, f"dockerd-{index}", *dirs, cgroup_parent=daemon_cgroup(name)
+            )
         for index, (_, url) in enumerate(self.daemons):
             lf.wait_for_dockerd(sup, f"dockerd-{index}", url)
             lf.ensure_busybox_image(url, BUSYBOX_ROOTFS())

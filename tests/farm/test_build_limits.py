@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from builds.models import BuildJob, Repository
 from pool.models import DockerDaemon
 from tests.gitrepos import Repo
 
-from .conftest import engine, follow, submit
+from .conftest import api_build, engine, follow, submit
 
 pytestmark = pytest.mark.farm
 
@@ -81,6 +82,35 @@ def test_a_memory_hog_and_a_fork_loop_fail_naming_their_limit_and_the_builds_bes
     assert engine(daemon.url).ping()
     after, _ = build(farm, token, "after", normal("after"))
     assert after.status == "succeeded" and after.daemon_id == daemon.pk
+
+
+def test_a_buildkit_build_is_held_to_its_own_limits_with_its_daemon_to_itself(farm, token, one_daemon_with_low_limits):
+    # BuildKit runs every RUN step of a daemon in one cgroup, which the worker
+    # limits to the build's figures: the dispatcher gives each BuildKit build a
+    # whole daemon, so those are the build's own (builds/limits.py).
+    daemon = one_daemon_with_low_limits
+    dockerfiles = {"hog": HOG, "forks": FORKS, "next": normal("bk")}
+    submitted = {
+        name: api_build(
+            farm, token, {"image": f"{farm.registry}/limits/bk-{name}", "dockerfile": df, "builder": "buildkit"}
+        )
+        for name, df in dockerfiles.items()
+    }
+    logs = {name: [text for _, text in follow(farm, job_id, token).lines] for name, job_id in submitted.items()}
+    jobs = {name: BuildJob.objects.get(pk=job_id) for name, job_id in submitted.items()}
+
+    hog, forks = jobs["hog"], jobs["forks"]
+    assert hog.status == "failed" and hog.builder == "buildkit"
+    assert hog.error.startswith("the build ran out of memory: its limit is 64 MiB (RUN steps were killed); "), hog.error
+    assert hog.error.endswith("exit code: 137"), hog.error
+    assert forks.status == "failed"
+    assert forks.error.startswith("the build reached its limit of 64 processes; "), forks.error
+    assert "[generator] Limits: 64 MiB memory, 1 CPU, 64 processes" in logs["hog"]
+    assert jobs["next"].status == "succeeded", jobs["next"].error
+    assert {job.daemon_id for job in jobs.values()} == {daemon.pk}
+    # One at a time on the daemon: each started after the one before had ended.
+    ordered = sorted(jobs.values(), key=lambda job: job.started_at)
+    assert all(later.started_at >= earlier.finished_at for earlier, later in pairwise(ordered))
 
 
 def test_a_repository_with_network_none_builds_with_no_network_under_its_own_limits(farm, token, tmp_path):

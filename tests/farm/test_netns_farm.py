@@ -33,6 +33,7 @@ import psycopg
 import pytest
 from django.conf import settings
 
+from builds.cgroups import daemon_cgroup
 from pool.egress import parse_destinations
 from scripts import localfarm as lf
 from scripts import sandbox
@@ -95,6 +96,7 @@ def netns_farm(services_dir, tmp_path_factory):
                 sup, policies[host], 0, f"dockerd-{host}", here / f"d{host}", here / f"x{host}",
                 here / f"s{host}" / "docker.sock", tls_port=DOCKERD_PORT, tls=certs.server,
                 insecure_registries=(registry,),  # a plain-HTTP registry on the private network
+                cgroup_parent=daemon_cgroup(f"build-{host}"),
             )  # fmt: skip
         pool = {"docker": [_pool_entry(net, host, certs) for host in HOSTS]}
         (root / "pool.json").write_text(json.dumps(pool))
