@@ -23,8 +23,10 @@ import re
 import shutil
 import signal
 import subprocess
+import tarfile
 import tempfile
 import threading
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -204,6 +206,8 @@ class BuildKitSession:
             iidfile = Path(scratch) / "iid"
             argv = self._argv(request, iidfile)
             tail: list[str] = []
+            if _starts_with_extension_header(context):
+                context = _Gzipped(context)
             if _has_fileno(context):
                 # The CLI reads the descriptor, whose offset is not a buffered reader's position
                 # (a seek inside its buffer moves no offset): set it where the reader stands.
@@ -277,6 +281,37 @@ class BuildKitSession:
         # No DOCKER_* of the worker's own environment, and no user config with credentials.
         env.update(DOCKER_BUILDKIT="1", DOCKER_CONFIG=tempfile.gettempdir() + "/generator-docker-config")
         return env
+
+
+def _starts_with_extension_header(context: BinaryIO) -> bool:
+    """Whether the tar's first member is a PAX or GNU extension (git archive's
+    global header, a long or non-ASCII name): the CLI reads 1 KiB of stdin to
+    tell a tar from a Dockerfile, and sees no tar header there then. A gzip it
+    knows by its magic bytes."""
+    start = context.tell()
+    header = context.read(tarfile.BLOCKSIZE)
+    context.seek(start)
+    return (
+        len(header) == tarfile.BLOCKSIZE and header[:2] != b"\x1f\x8b" and header[156:157] in (b"x", b"g", b"L", b"K")
+    )
+
+
+class _Gzipped:
+    """A stream's bytes gzipped on the fly (fastest level): read, never seek."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw, self._done = raw, False
+        self._deflate = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+
+    def read(self, size: int = 1 << 16) -> bytes:
+        while not self._done:
+            chunk = self._raw.read(size)
+            if not chunk:
+                self._done = True
+                return self._deflate.flush()
+            if out := self._deflate.compress(chunk):
+                return out
+        return b""
 
 
 def _has_fileno(stream: BinaryIO) -> bool:

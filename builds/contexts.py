@@ -86,7 +86,8 @@ def _rewrite(
         elif not (member.isfile() or member.isdir()):
             raise SubmissionError(f"the build context has a member of an unknown type: {name!r}")
         copy = tarfile.TarInfo(name)
-        copy.type, copy.mode, copy.mtime = member.type, member.mode & 0o7777, member.mtime
+        # A whole-second mtime needs no PAX header (the docker CLI's archive check reads only 1 KiB).
+        copy.type, copy.mode, copy.mtime = member.type, member.mode & 0o7777, int(member.mtime)
         copy.size = member.size if member.isfile() else 0
         copy.linkname = member.linkname if member.issym() else ""
         if copy.type not in (tarfile.DIRTYPE, tarfile.SYMTYPE):

@@ -250,11 +250,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = GENERATOR_MAX_DOCKERFILE_BYTES * 4 // 3 + 64 * 102
 # asking for a version the pool's daemons refuse.
 GENERATOR_DOCKER_API_VERSION = env_str("GENERATOR_DOCKER_API_VERSION", "1.41")
 GENERATOR_DOCKER_TIMEOUT = env_int("GENERATOR_DOCKER_TIMEOUT", 300)
-# Builders: classic (the Engine API's own build) and BuildKit (through the docker
-# CLI, builds/buildkit.py). BuildKit is the operator's to enable: on Docker 20.10
-# it neither takes a per-build cgroup nor cancels reliably (docs/security.md).
-GENERATOR_BUILDERS = env_list("GENERATOR_BUILDERS", ["classic"])
-GENERATOR_DEFAULT_BUILDER = env_choice("GENERATOR_DEFAULT_BUILDER", "classic", ("classic", "buildkit"))
+# Builders: BuildKit (through the docker CLI, builds/buildkit.py), the default,
+# and classic (the Engine API's own build), for Dockerfiles that depend on it.
+GENERATOR_BUILDERS = env_list("GENERATOR_BUILDERS", ["buildkit", "classic"])
+GENERATOR_DEFAULT_BUILDER = env_choice("GENERATOR_DEFAULT_BUILDER", "buildkit", ("buildkit", "classic"))
 if not set(GENERATOR_BUILDERS) <= {"classic", "buildkit"} or GENERATOR_DEFAULT_BUILDER not in GENERATOR_BUILDERS:
     raise ImproperlyConfigured("GENERATOR_BUILDERS lists classic and/or buildkit, and holds GENERATOR_DEFAULT_BUILDER")
 # The docker CLI that drives BuildKit; empty: found at worker start (builds/buildkit.py).

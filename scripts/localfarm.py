@@ -241,6 +241,12 @@ class DaemonTLS:
     key: Path
 
 
+# BuildKit in dockerd clips a step's log at 1 MiB, and at a rate it sees as too
+# fast, unless told otherwise; the farm keeps whole logs under its own limits
+# (GENERATOR_MAX_LOG_LINES). Docker 20.10 reads -1 as a limit of -1 bytes: 1 GiB each.
+DOCKERD_ENV = {"BUILDKIT_STEP_LOG_MAX_SIZE": str(2**30), "BUILDKIT_STEP_LOG_MAX_SPEED": str(2**30)}
+
+
 def dockerd_argv(
     data_dir: Path,
     exec_dir: Path,
@@ -294,7 +300,7 @@ def start_dockerd(
     for directory in (data_dir, exec_dir, socket_path.parent):
         directory.mkdir(parents=True, exist_ok=True)
     allow_traverse(data_dir)
-    sup.start(name, in_netns(netns, dockerd_argv(data_dir, exec_dir, socket_path, **options)))
+    sup.start(name, in_netns(netns, dockerd_argv(data_dir, exec_dir, socket_path, **options)), env=DOCKERD_ENV)
     return f"tcp://{options['tcp']}" if options.get("tls") else f"unix://{socket_path}"
 
 

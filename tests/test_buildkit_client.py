@@ -4,7 +4,10 @@ tests/farm/test_buildkit_builds.py."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,8 @@ from builds.buildkit import (
     BuildRequest,
     DaemonAddress,
     NoBuildKitClient,
+    _Gzipped,
+    _starts_with_extension_header,
     find_client,
     unsupported_features,
 )
@@ -115,3 +120,41 @@ def test_a_syntax_comment_after_the_directives_is_only_a_comment():
 def test_buildkit_build_args_are_the_farms():
     reason = unsupported_features("FROM busybox\n", {"BUILDKIT_SYNTAX": "x", "buildkit_cache_mount_ns": "y", "V": "1"})
     assert "BUILDKIT_SYNTAX" in reason and "buildkit_cache_mount_ns" in reason
+
+
+def tar_of(names: list[str], *, fmt=tarfile.USTAR_FORMAT, mtime: float = 1700000000) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = 2, mtime
+            tar.addfile(info, io.BytesIO(b"hi"))
+    buffer.seek(0)
+    return buffer
+
+
+@pytest.mark.parametrize(
+    ("context", "extended"),
+    [
+        (tar_of(["Dockerfile"]), False),
+        (tar_of(["Dockerfile"], fmt=tarfile.PAX_FORMAT), False),  # PAX without a reason for a header
+        (tar_of(["Dockerfile"], fmt=tarfile.PAX_FORMAT, mtime=1700000000.5), True),  # Python's tar.add
+        (tar_of(["d" * 120 + "/Dockerfile"], fmt=tarfile.GNU_FORMAT), True),  # a GNU long name
+        (
+            io.BytesIO(gzip.compress(tar_of(["ö" * 200], fmt=tarfile.PAX_FORMAT).getvalue())),
+            False,
+        ),  # gzip: the CLI knows its magic
+    ],
+)
+def test_a_context_the_cli_would_take_for_a_dockerfile_is_recognised(context, extended):
+    # The docker CLI reads 1 KiB of stdin to tell a tar from a Dockerfile: an
+    # extension header before the first member hides the tar header from it.
+    assert _starts_with_extension_header(context) is extended
+    assert context.tell() == 0
+
+
+def test_such_a_context_reaches_the_cli_gzipped_whole():
+    raw = tar_of(["x" * 150 + str(n) for n in range(50)], fmt=tarfile.PAX_FORMAT)
+    gzipped = _Gzipped(raw)
+    chunks = iter(lambda: gzipped.read(1000), b"")
+    assert gzip.decompress(b"".join(chunks)) == raw.getvalue()

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,7 +129,6 @@ def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github, clea
         "GENERATOR_SECRET_KEY": "end-to-end-tests-only",
         "GENERATOR_DEBUG": "false",
         "GENERATOR_VAR_DIR": str(services_dir / "var"),
-        "GENERATOR_BUILDERS": "classic,buildkit",  # BuildKit is the operator's to enable
         **FAST_TIMINGS,
     }
     registry_port = lf.free_port()
@@ -243,6 +243,28 @@ def api_build(farm: Farm, token: str, body: dict) -> str:
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())["id"]
+
+
+# BuildKit's plain progress puts its step and time before each line a RUN step prints.
+_BUILDKIT_PREFIX = re.compile(r"^#\d+ \d+\.\d+ ")
+
+
+def printed(lines: list[str]) -> list[str]:
+    """The log's lines with BuildKit's `#5 0.412 ` prefix taken off what RUN steps
+    printed (the classic builder prints them bare): for tests of the build's output."""
+    return [_BUILDKIT_PREFIX.sub("", text) for text in lines]
+
+
+def build_processes(daemon_name: str) -> list[str]:
+    """The command lines of the processes running in a daemon's builds: RUN steps
+    of either builder run below the daemon's cgroup (builds/cgroups.py), and
+    BuildKit's show in no `docker ps`."""
+    commands = []
+    for procs in Path("/sys/fs/cgroup/pids", daemon_cgroup(daemon_name).lstrip("/")).rglob("cgroup.procs"):
+        for pid in procs.read_text().split():
+            with suppress(OSError):  # it ended meanwhile
+                commands.append(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip())
+    return commands
 
 
 @dataclass

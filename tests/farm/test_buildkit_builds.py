@@ -1,7 +1,7 @@
 """BuildKit on the test farm's sandboxed daemons: builds/buildkit.py directly
 (the Dockerfile features teams use today, failures said plainly), and builds
-that ask for `builder: buildkit` through the REST API. BuildKit is an opt-in
-builder (GENERATOR_BUILDERS), not yet the farm's default: see docs/security.md."""
+that ask for `builder: buildkit` through the REST API. BuildKit is the farm's
+default builder; classic is there on request: see docs/security.md."""
 
 from __future__ import annotations
 
@@ -126,7 +126,9 @@ def test_a_heredoc_fails_at_once_naming_the_feature(farm, token):
 def test_the_classic_builder_builds_a_target_too(farm, token):
     dockerfile = "FROM busybox AS ok\nRUN echo fine\nFROM ok AS broken\nRUN false\n"
     job_id = api_build(
-        farm, token, {"image": f"{farm.registry}/classic/target", "dockerfile": dockerfile, "target": "ok"}
+        farm,
+        token,
+        {"image": f"{farm.registry}/classic/target", "dockerfile": dockerfile, "target": "ok", "builder": "classic"},
     )
     follow(farm, job_id, token)
     job = BuildJob.objects.get(pk=job_id)

@@ -46,7 +46,7 @@ def test_submit_a_failing_dockerfile_exits_1(farm, token, tmp_path):
     dockerfile.write_text("FROM busybox\nRUN echo about to fail && exit 4\n")
     result = cli(farm, token, "submit", str(dockerfile), "--image", f"{farm.registry}/cli/broken")
     assert result.returncode == 1
-    assert "about to fail" in result.stdout and "returned a non-zero code: 4" in result.stderr
+    assert "about to fail" in result.stdout and "exit code: 4" in result.stderr
 
 
 def test_a_bad_token_or_image_is_a_clear_error(farm, token, tmp_path):

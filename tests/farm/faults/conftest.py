@@ -4,6 +4,7 @@ after it."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -48,8 +49,9 @@ def wait_until_printed(job_id: str, line: str, timeout: float = 60) -> None:
     """Until the build itself printed `line`: its RUN container is running then.
     (The Dockerfile step that prints it is logged earlier, before the container
     exists, and a line is stored as soon as the output pauses.)"""
+    either = rf"^(#[0-9]+ [0-9]+\.[0-9]+ )?{re.escape(line)}$"  # BuildKit's prefix, or the classic builder's none
     wait_for(
-        lambda: BuildLogLine.objects.filter(job_id=job_id, text=line).exists(),
+        lambda: BuildLogLine.objects.filter(job_id=job_id, text__regex=either).exists(),
         timeout=timeout,
         what=f"the build printing {line!r} ({job_id})",
     )

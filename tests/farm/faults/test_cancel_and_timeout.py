@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ..conftest import engine, follow, submit
+from ..conftest import build_processes, engine, follow, submit
 from .conftest import assert_gapless_log, job, log_texts, wait_for, wait_until_printed
 
 pytestmark = pytest.mark.farm
@@ -25,11 +25,16 @@ def containers_on(farm, daemon_name: str):
     return engine(dict(farm.daemons)[daemon_name]).api.containers(all=True)
 
 
+def build_gone(farm, daemon_name: str) -> bool:
+    """No RUN step process left (BuildKit's show in no container list) and no container."""
+    return not build_processes(daemon_name) and not containers_on(farm, daemon_name)
+
+
 def test_an_operator_cancels_a_running_build_from_admin(farm, token, operator, client):
     job_id = submit(farm, token, f"{farm.registry}/faults/cancelled", ENDLESS.format(tag="cancel"))
     wait_until_printed(job_id, "cancel sleeping")
     daemon_name = job(job_id).daemon.name
-    assert containers_on(farm, daemon_name)  # the RUN step's container
+    assert "sleep 300" in build_processes(daemon_name)  # the RUN step, running
 
     client.force_login(operator)
     assert admin_cancel(client, job_id) == [f"{job_id[:8]}: stopping"]
@@ -40,7 +45,7 @@ def test_an_operator_cancels_a_running_build_from_admin(farm, token, operator, c
     assert final.cancelled_by == operator and final.finished_at and final.cancel_requested_at
     assert log_texts(job_id)[-1] == "[generator] Cancelled by operator"
     assert_gapless_log(job_id)
-    wait_for(lambda: not containers_on(farm, daemon_name), timeout=30, what="the build's containers going")
+    wait_for(lambda: build_gone(farm, daemon_name), timeout=30, what="the build's processes going")
 
 
 def test_cancelling_a_finished_build_changes_nothing(farm, token, operator, client):
@@ -59,4 +64,4 @@ def test_a_build_past_its_timeout_is_stopped_and_fails(farm, token):
     assert done.end["status"] == final.status == "failed"
     assert final.error == "timed out after 20 s" and final.attempt == 1
     assert log_texts(job_id)[-1] == "[generator] Build failed: timed out after 20 s"
-    wait_for(lambda: not containers_on(farm, final.daemon.name), timeout=30, what="the build's containers going")
+    wait_for(lambda: build_gone(farm, final.daemon.name), timeout=30, what="the build's processes going")

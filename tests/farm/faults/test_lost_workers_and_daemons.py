@@ -7,7 +7,7 @@ import pytest
 
 from pool.models import DockerDaemon
 
-from ..conftest import engine, follow, registry_digest, submit
+from ..conftest import build_processes, engine, follow, registry_digest, submit
 from .conftest import assert_gapless_log, job, log_texts, wait_for, wait_until_printed, wait_until_status
 
 pytestmark = pytest.mark.farm
@@ -38,9 +38,14 @@ def test_a_killed_worker_is_noticed_and_its_build_runs_again_elsewhere(restore, 
     assert [t.rsplit("(", 1)[1] for t in attempts_started(job_id)] == ["attempt 1)", "attempt 2)"]
     assert_gapless_log(job_id)
     assert final.digest == registry_digest(farm, "faults/killed-worker", "latest")
-    # The dead worker's connection closed, so its daemon stopped that build and removed its containers.
+    # The dead worker's connection closed (its docker CLI died with it), so the
+    # daemon stopped that build: no process of it is left, no container either.
     old_daemon = engine(dict(farm.daemons)[first.daemon.name])
-    wait_for(lambda: not old_daemon.api.containers(all=True), timeout=30, what="the old build's containers going")
+    wait_for(
+        lambda: not build_processes(first.daemon.name) and not old_daemon.api.containers(all=True),
+        timeout=30,
+        what="the old build's processes going",
+    )
 
 
 def test_a_killed_dockerd_is_taken_out_of_service_and_the_build_moves(restore, token):
