@@ -22,6 +22,7 @@ from .limits import Containment
 
 logger = logging.getLogger(__name__)
 
+
 @functools.cache
 def buildkit_client():
     """Found once per worker process, and said in its log (NoBuildKitClient if none)."""
@@ -89,7 +90,10 @@ def build(
             )
         except BuildFailed as exc:  # an error line may quote a secret, like any other line
             hidden = [v for v in secrets.values() if len(v) >= build_secrets.MIN_MASKED]
-            raise BuildFailed(build_secrets.masked(str(exc), hidden), exit_code=exc.exit_code) from None
+            message = build_secrets.masked(str(exc), hidden)
+            if not engine.answers():  # the CLI's last words when its daemon dies vary: ask the daemon
+                raise DaemonUnavailable(f"lost the Docker daemon at {engine.url} during the build: {message}") from None
+            raise BuildFailed(message, exit_code=exc.exit_code) from None
 
 
 def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> BuildRequest:

@@ -144,6 +144,7 @@ _DAEMON_GONE = (
     "code = unavailable",
     "transport is closing",
     "failed to receive status",
+    "unexpected eof",  # the CLI's last word when the daemon dies mid-build
 )
 
 
@@ -227,10 +228,14 @@ class BuildKitSession:
                 threading.Thread(target=_feed, args=(context, self._process.stdin), daemon=True).start()
             assert self._process.stdout is not None
             # At most 1 MiB a read: a step printing without newlines costs no more (the log cuts it shorter).
+            cache_steps: set[str] = set()
             while raw := self._process.stdout.readline(1 << 20):
                 line = raw.decode(errors="replace").rstrip("\r\n")
                 on_line(line)
-                tail = [*tail[-19:], line]
+                if found := _CACHE_IMPORT.match(line):
+                    cache_steps.add(found[1])
+                elif not (found := _STEP_ERROR.match(line)) or found[1] not in cache_steps:
+                    tail = [*tail[-19:], line]  # a cache source's error is no failure: BuildKit goes on
             code = self._process.wait()
             if code != 0:
                 raise _failure(code, tail, self.daemon.host)
@@ -337,6 +342,10 @@ def _die_with_parent() -> None:
     """In the CLI, before exec: SIGKILL when the thread that started it ends
     (the worker's build thread, alive for the whole build, or the worker)."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+_CACHE_IMPORT = re.compile(r"^#(\d+) importing cache manifest from ")
+_STEP_ERROR = re.compile(r"^#(\d+) ERROR\b")
 
 
 def _failure(code: int, tail: list[str], host: str) -> Exception:

@@ -13,10 +13,12 @@ build's containers under a cgroup parent can use it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -159,6 +161,42 @@ class BuildCgroup:
             reasons.append(f"the build reached its limit of {self.pids} processes{self.sharing}")
         return "; ".join(reasons) or None
 
+    def kill_processes(self, within: float = 5.0) -> int:
+        """SIGKILLs every process left in the cgroup and below it: what a daemon
+        that died mid-build leaves running (its RUN steps outlive it, in
+        sessions of their own). Frozen first where the freezer hierarchy has the
+        cgroup, so a fork loop cannot outrun it; a frozen process dies on thaw.
+        Answers how many were sent the signal."""
+        freezer = self.root / "freezer" / self.name.lstrip("/") / "freezer.state"
+        frozen = _try_write(freezer, "FROZEN")
+        killed = 0
+        deadline = time.monotonic() + within
+        try:
+            while pids := self._processes():
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                        killed += 1
+                if frozen:
+                    frozen = not _try_write(freezer, "THAWED")
+                if time.monotonic() >= deadline:
+                    logger.warning("%s: processes left after SIGKILL: %s", self.name, pids)
+                    break
+                time.sleep(0.05)
+        finally:
+            if frozen:
+                _try_write(freezer, "THAWED")
+        return killed
+
+    def _processes(self) -> set[int]:
+        here = self._dir("pids")
+        return {
+            int(pid)
+            for procs in (here.rglob("cgroup.procs") if here.is_dir() else ())
+            for pid in _read_quietly(procs).split()
+            if pid.isdigit()
+        }
+
     def remove(self, within: float | None = None) -> bool:
         """Removes the build's cgroup (and any child left) from every hierarchy.
 
@@ -183,6 +221,21 @@ class BuildCgroup:
         except OSError:
             return []
         return [path for hierarchy in sorted(hierarchies) if (path := self._dir(hierarchy)).is_dir()]
+
+
+def _try_write(path: Path, text: str) -> bool:
+    try:
+        path.write_text(text)
+    except OSError:
+        return False
+    return True
+
+
+def _read_quietly(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def _remove_tree(path: Path) -> bool:

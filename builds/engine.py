@@ -163,6 +163,13 @@ class EngineSession:
         """Closing the connection also stops a build still running in the daemon."""
         self._api.close()
 
+    def answers(self, timeout: float = 5.0) -> bool:
+        """Whether the daemon answers a ping now (a failure may be the daemon's)."""
+        try:
+            return self._api.get(self._api._url("/_ping"), timeout=timeout).ok
+        except Exception:  # any way of not answering
+            return False
+
     def abort(self) -> None:
         """Stops the build or push in progress, from another thread.
 

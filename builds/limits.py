@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from .cgroups import BuildCgroup, SharedBuildKitCgroup, buildkit_cgroup_name, cgroup_name
-from .engine import BuildFailed
+from .engine import BuildFailed, DaemonUnavailable
 
 CPU_PERIOD_US = 100_000
 # The kernel refuses a CFS quota under 1 ms.
@@ -151,6 +151,12 @@ def contained(
             why = cgroup and cgroup.explain(exc.exit_code)
             if why:
                 raise BuildFailed(f"{why}; {exc}", exit_code=exc.exit_code) from exc
+            raise
+        except DaemonUnavailable:
+            # A daemon that died leaves its RUN steps running, unowned. (A cgroup
+            # that BuildKit builds share holds others' steps too: left alone.)
+            if cgroup and share == 1:
+                cgroup.kill_processes()
             raise
 
 

@@ -4,6 +4,9 @@ directory (files where the kernel has them), and once against this host's own.""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from contextlib import suppress
 from pathlib import Path
 
@@ -224,5 +227,29 @@ def test_this_hosts_kernel_takes_every_limit_and_the_cgroup_goes():
         assert build.explain(137) is None  # nothing ran in it
     assert not any(path.exists() for path in here.values())
     for hierarchy in V1.iterdir():  # runc is not involved here: only the three were made
+        with suppress(OSError):
+            os.rmdir(hierarchy / "generator" / "unit-test")
+
+
+# Root and cgroup v1, as above.
+def test_what_a_dead_daemon_left_running_in_the_cgroup_is_killed_even_a_fork_loop():
+    name = f"/generator/unit-test/{os.getpid()}-kill"
+    build = BuildCgroup(V1, name, memory_bytes=64 * MiB, cpu_period_us=100_000, cpu_quota_us=50_000, pids=64)
+    with build:
+        step = V1 / "pids" / name.lstrip("/") / "step"
+        step.mkdir()
+        freezer = V1 / "freezer" / name.lstrip("/")
+        freezer.mkdir(parents=True, exist_ok=True)
+        loop = "while true; do sleep 100 & sleep 0.01; done"
+        orphan = subprocess.Popen(["sh", "-c", loop], start_new_session=True)
+        for cgroup in (step, freezer):
+            (cgroup / "cgroup.procs").write_text(str(orphan.pid))
+        time.sleep(0.3)  # it forks a child every 10 ms meanwhile, each in the cgroup
+        assert len(build._processes()) > 5
+        assert build.kill_processes() > 5
+        assert build._processes() == set()
+        assert orphan.wait(timeout=5) == -signal.SIGKILL
+        os.rmdir(step)
+    for hierarchy in V1.iterdir():
         with suppress(OSError):
             os.rmdir(hierarchy / "generator" / "unit-test")
