@@ -62,14 +62,15 @@ class SecretTextarea(forms.Textarea):
 
 
 class RepositoryForm(forms.ModelForm):
-    deploy_key = forms.CharField(
+    new_deploy_key = forms.CharField(
+        label="Deploy key",
         required=False,
         strip=False,
         widget=SecretTextarea(attrs={"rows": 4, "autocomplete": "off", "spellcheck": "false"}),
         help_text="An SSH private key without a passphrase (-----BEGIN OPENSSH PRIVATE KEY-----...), for ssh:// "
         "and git@ clone URLs: stored encrypted and never shown again. Leave empty to keep the stored one.",
     )
-    remove_deploy_key = forms.BooleanField(required=False, help_text="Removes the stored deploy key.")
+    remove_deploy_key = forms.BooleanField(required=False, help_text="Removes the stored deploy key, if any.")
 
     class Meta:
         model = Repository
@@ -85,19 +86,16 @@ class RepositoryForm(forms.ModelForm):
                 self.fields[name].required = False
                 self.fields[name].help_text += " Leave empty to keep the stored value."
         if self.instance.deploy_key_fingerprint:
-            self.fields["deploy_key"].help_text += f" Stored: {self.instance.deploy_key_fingerprint}."
-        else:
-            del self.fields["remove_deploy_key"]
+            self.fields["new_deploy_key"].help_text += f" Stored: {self.instance.deploy_key_fingerprint}."
 
     def clean(self):
         data = keep_stored_secrets(self, super().clean(), ("webhook_secret", "access_token"))
         self.new_deploy_key = None
-        if data.get("deploy_key"):
+        if data.get("new_deploy_key"):
             try:
-                self.new_deploy_key = deploy_keys.check(data["deploy_key"])
+                self.new_deploy_key = deploy_keys.check(data["new_deploy_key"])
             except deploy_keys.DeployKeyError as exc:
-                self.add_error("deploy_key", str(exc))
-        data["deploy_key"] = ""  # checked; the form keeps no clear text past here
+                self.add_error("new_deploy_key", str(exc))
         return data
 
     def save(self, commit=True):

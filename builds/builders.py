@@ -95,7 +95,8 @@ def build(
     # The deploy key for RUN --mount=type=ssh: a 0600 file the CLI loads into its agent, gone after the build.
     with build_secrets.as_files(secrets) as files, build_secrets.as_files({"ssh": ssh_key} if ssh_key else {}) as ssh:
         request = _request(job, tag, dockerfile, buildargs, containment, files)
-        if request.ssh := ssh.get("ssh", ""):
+        request.ssh = ssh.get("ssh", "")
+        if request.ssh:
             fingerprint = job.repository.deploy_key_fingerprint
             log.write(f"[generator] RUN --mount=type=ssh gets an SSH agent with the deploy key ({fingerprint})")
         try:

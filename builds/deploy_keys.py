@@ -33,7 +33,7 @@ GITHUB_KNOWN_HOSTS = """\
 github.com,[ssh.github.com]:443 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl
 github.com,[ssh.github.com]:443 ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBEmKSENjQEezOmxkZMy7opKgwFB9nkt5YRrYMjNuG5N87uRgg6CLrbo5wAdT/y6v0mKV0U2w0WZ2YB/++Tpockg=
 github.com,[ssh.github.com]:443 ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQCj7ndNxQowgcQnjshcLrqPEiiphnt+VTTvDP6mHBL9j1aNUkY4Ue1gvwnGLVlOhGeYrnZaMgRK6+PKCUXaDbC7qtbW8gIkhL7aGCsOr/C56SJMy/BCZfxd1nWzAOxSDPgVsmerOBYfNqltV9/hWCqBywINIR+5dIg6JTJ72pcEpEjcYgXkE2YEFXV1JHnsKgbLWNlhScqb2UmyRkQyytRLtL+38TGxkxCflmO+5Z8CSSNY7GidjMIZ7Q4zMjA2n1nGrlTDkzwDCsw+wqFPGQA179cnfGWOWRVruj16z6XyvxvjJwbz0wQZ75XK5tKSb7FNyeIEs4TT4jk+S4dhPeAUC5y+bDYirYgM4GC7uEnztnZyaVWQ7B381AK4Qdrwt51ZqExKbQpTUNn+EjqoTwvqNj4kqx5QUCI0ThS/YkOxJCXmPUWZbhjpCg56i+2aB6CmK2JGhn57K5mj0MNdBXA4/WnwH6XoPWJzK5Nyu2zB3nAZp+S5hpQs+p1vN1/wsjk=
-"""
+"""  # noqa: E501 (key lines are as long as they are)
 _MARKERS = ("@cert-authority", "@revoked")
 # RUN --mount=type=ssh[,...]: the options of each ssh mount.
 _SSH_MOUNT = re.compile(r"--mount=(?P<options>\S*\btype=ssh\b\S*)")
@@ -138,7 +138,9 @@ def ssh_mount_refusal(dockerfile_text: str, repository, *, forwarded: bool) -> s
     later in ssh's own words; an explicit `required=false` is taken at its word."""
     wanted = [m["options"] for m in _SSH_MOUNT.finditer(dockerfile_text) if "required=false" not in m["options"]]
     if forwarded:
-        others = [options for options in wanted if (named := re.search(r"\bid=([^,]+)", options)) and named[1] != "default"]
+        others = [
+            options for options in wanted if (named := re.search(r"\bid=([^,]+)", options)) and named[1] != "default"
+        ]
         if others:
             return (
                 f"RUN --mount={others[0]} names an SSH agent id the farm does not give: "

@@ -18,9 +18,7 @@ SSHD = "/usr/sbin/sshd"
 
 def keygen(path: Path, *, passphrase: str = "", kind: str = "ed25519") -> tuple[str, str]:
     """A new key pair at `path`: its private text and its public line."""
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", kind, "-N", passphrase, "-C", path.name, "-f", str(path)], check=True
-    )
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", passphrase, "-C", path.name, "-f", str(path)], check=True)
     return path.read_text(), path.with_suffix(".pub").read_text().strip()
 
 
@@ -72,6 +70,10 @@ class SshServer:
 
     def url(self, bare: Path, host: str | None = None) -> str:
         return f"ssh://{self.user}@{host or self.address}:{self.port}{bare}"
+
+    def connections(self) -> int:
+        """TCP connections sshd accepted, but for the one that saw it listening."""
+        return self.log.read_text().count("Connection from ") - 1
 
     def close(self) -> None:
         self._process.terminate()
