@@ -15,6 +15,7 @@ from django.conf import settings
 
 from pool.models import DockerDaemon
 
+from . import deploy_keys
 from . import secrets as build_secrets
 from .buildkit import BuildKitSession, BuildRequest, DaemonAddress, NoBuildKitClient, find_client, unsupported_features
 from .engine import BuildFailed, DaemonUnavailable, EngineSession
@@ -73,7 +74,11 @@ def build(
             tick=watch.tick,
             abort=engine.abort,
         )
-    if reason := unsupported_features(job.dockerfile or _dockerfile_in(context, dockerfile), buildargs):
+    text = job.dockerfile or _dockerfile_in(context, dockerfile)
+    ssh_key = deploy_keys.forwarded(job)
+    if reason := unsupported_features(text, buildargs) or deploy_keys.ssh_mount_refusal(
+        text, job.repository, forwarded=bool(ssh_key)
+    ):
         raise BuildFailed(reason)
     try:
         client = buildkit_client()
@@ -81,8 +86,13 @@ def build(
         raise DaemonUnavailable(str(exc)) from exc
     log.write(f"[generator] BuildKit ({client.describe()})")
     session = BuildKitSession(client, daemon_address(access))
-    with build_secrets.as_files(secrets) as files:
+    # The deploy key for RUN --mount=type=ssh: a 0600 file the CLI loads into its agent, gone after the build.
+    with build_secrets.as_files(secrets) as files, build_secrets.as_files({"ssh": ssh_key} if ssh_key else {}) as ssh:
         request = _request(job, tag, dockerfile, buildargs, containment, files)
+        request.ssh = ssh.get("ssh", "")
+        if request.ssh:
+            fingerprint = job.repository.deploy_key_fingerprint
+            log.write(f"[generator] RUN --mount=type=ssh gets an SSH agent with the deploy key ({fingerprint})")
         try:
             return log.pump(
                 lambda emit: session.build(context, request, on_line=emit), tick=watch.tick, abort=session.abort

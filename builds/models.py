@@ -11,6 +11,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from .deploy_keys import DeployKeyError, check_known_hosts
 from .errors import RegistryNotAllowed
 from .limits import over_the_caps
 from .outbound import RefusedURL, check_url
@@ -232,6 +233,21 @@ class Repository(models.Model):
     build_pids = models.PositiveIntegerField(
         "processes per build", null=True, blank=True, validators=[MinValueValidator(16)]
     )
+    # The SSH deploy key, encrypted (builds/deploy_keys.py): set through admin's and the API's
+    # write-only field, never shown; its public fingerprint is.
+    deploy_key = models.TextField(blank=True, editable=False)
+    deploy_key_fingerprint = models.CharField(max_length=100, blank=True, editable=False)
+    known_hosts = models.TextField(
+        blank=True,
+        help_text="SSH host keys of the clone URL's host (and of ssh submodules), in known_hosts form "
+        "(ssh-keyscan HOST, checked against its published fingerprints). GitHub's published keys are always known.",
+    )
+    forward_ssh_to_build = models.BooleanField(
+        "forward the deploy key to builds",
+        default=False,
+        help_text="Lets RUN --mount=type=ssh (BuildKit) use the deploy key through an SSH agent. "
+        "Any Dockerfile of this repository can then use the key for as long as its build runs.",
+    )
     hook_verified_at = models.DateTimeField(null=True, blank=True, help_text="When GitHub's ping arrived.")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -251,6 +267,10 @@ class Repository(models.Model):
             value = getattr(self, field)
             if value.startswith("/") or ".." in value.split("/"):
                 raise ValidationError({field: "a path inside the repository: no leading / and no .."})
+        try:
+            check_known_hosts(self.known_hosts)
+        except DeployKeyError as exc:
+            raise ValidationError({"known_hosts": str(exc)}) from None
         if errors := over_the_caps(self):
             raise ValidationError(errors)
         self._check_registry()

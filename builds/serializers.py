@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
+from . import deploy_keys
 from . import secrets as build_secrets
 from .models import REGISTRY_HELP, BuildJob, BuildRule, Registry, Repository
 
@@ -114,6 +115,11 @@ class RepositorySerializer(serializers.ModelSerializer):
         "stored encrypted, never shown; an empty value removes one.",
     )  # fmt: skip
     secret_names = serializers.SerializerMethodField()
+    deploy_key = serializers.CharField(
+        required=False, allow_blank=True, write_only=True, trim_whitespace=False,
+        help_text="An SSH private key without a passphrase, for ssh:// and git@ clone URLs (and, with "
+        "forward_ssh_to_build, RUN --mount=type=ssh): stored encrypted, never shown; empty removes it.",
+    )  # fmt: skip
 
     def get_secret_names(self, repository: Repository) -> list[str]:
         return [secret.name for secret in repository.secrets.all()]
@@ -143,16 +149,25 @@ class RepositorySerializer(serializers.ModelSerializer):
             "rules",
             "secrets",
             "secret_names",
+            "deploy_key",
+            "deploy_key_fingerprint",
+            "known_hosts",
+            "forward_ssh_to_build",
         ]
-        read_only_fields = ["hook_verified_at"]
+        read_only_fields = ["hook_verified_at", "deploy_key_fingerprint"]
         extra_kwargs = {"webhook_secret": {"write_only": True}, "access_token": {"write_only": True}}
 
     def validate(self, data):
-        candidate = Repository(**{k: v for k, v in data.items() if k not in ("rules", "secrets")})
+        candidate = Repository(**{k: v for k, v in data.items() if k not in ("rules", "secrets", "deploy_key")})
         try:
             build_secrets.check({k: v for k, v in data.get("secrets", {}).items() if v})
         except build_secrets.SecretError as exc:
             raise serializers.ValidationError({"secrets": str(exc)}) from None
+        if data.get("deploy_key"):
+            try:
+                data["deploy_key"] = deploy_keys.check(data["deploy_key"])
+            except deploy_keys.DeployKeyError as exc:
+                raise serializers.ValidationError({"deploy_key": str(exc)}) from None
         if self.instance:
             for name in ("build_args", "context_dir", "dockerfile_path"):
                 if name not in data:
@@ -163,7 +178,9 @@ class RepositorySerializer(serializers.ModelSerializer):
     def create(self, data):
         rules = data.pop("rules", [])
         secrets = data.pop("secrets", {})
-        repository = Repository.objects.create(**data)
+        repository = Repository(**{k: v for k, v in data.items() if k != "deploy_key"})
+        deploy_keys.assign(repository, data.get("deploy_key") or None)
+        repository.save()
         BuildRule.objects.bulk_create(BuildRule(repository=repository, **rule) for rule in rules)
         _set_secrets(repository, secrets)
         return repository
@@ -171,6 +188,8 @@ class RepositorySerializer(serializers.ModelSerializer):
     def update(self, repository, data):
         rules = data.pop("rules", None)
         secrets = data.pop("secrets", {})
+        if "deploy_key" in data:  # left out: the stored key stays
+            deploy_keys.assign(repository, data.pop("deploy_key") or None)
         repository = super().update(repository, data)
         if rules is not None:
             repository.rules.all().delete()
