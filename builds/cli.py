@@ -158,7 +158,7 @@ def submit(farm: Farm, args, out) -> int:
         "extra_tags": args.tag,
         "build_args": dict(item.split("=", 1) for item in args.build_arg),
         "no_cache": args.no_cache,
-        "team": args.team,
+        **({"team": args.team} if args.team else {}),
     }
     if source.is_dir():
         fields = [("image", args.image), ("dockerfile_path", args.file), ("no_cache", str(args.no_cache).lower())]

@@ -101,7 +101,7 @@ class BuildCreateSerializer(serializers.Serializer):
     dockerfile_path = serializers.CharField(required=False, default="Dockerfile")
     repository = ReadableRepositoryField(slug_field="full_name", required=False)
     team = serializers.CharField(
-        required=False, default="", max_length=50,
+        required=False, default="", allow_blank=True, max_length=50,
         help_text="The team (slug) the build is for; default: the repository's, else the one of your teams that "
         "owns the image's namespace.",
     )  # fmt: skip
