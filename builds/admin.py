@@ -12,8 +12,8 @@ from .services import SubmissionError, cancel_build, retry_build
 
 @admin.register(BuildJob)
 class BuildJobAdmin(admin.ModelAdmin):
-    list_display = ["id", "image", "status", "repository", "ref", "daemon", "attempt", "created_at", "position"]
-    list_filter = ["status", "daemon", "repository"]
+    list_display = ["id", "image", "status", "team", "repository", "ref", "daemon", "attempt", "created_at", "position"]
+    list_filter = ["status", "team", "daemon", "repository"]
     search_fields = ["id", "image", "digest", "commit_sha"]
     # A job's history is what happened: the admin shows it, it does not rewrite it.
     readonly_fields = [f.name for f in BuildJob._meta.fields] + ["position", "log_text"]
@@ -166,7 +166,8 @@ class BuildSecretInline(admin.TabularInline):
 class RepositoryAdmin(admin.ModelAdmin):
     form = RepositoryForm
     inlines = [BuildRuleInline, BuildSecretInline]
-    list_display = ["full_name", "image", "daemon_group", "hook_verified_at", "created_at"]
+    list_display = ["full_name", "team", "public", "image", "daemon_group", "hook_verified_at", "created_at"]
+    list_filter = ["team", "public"]
     search_fields = ["full_name", "image"]
     readonly_fields = ["hook_verified_at", "webhook_url", "deploy_key_fingerprint"]
 

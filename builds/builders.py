@@ -23,6 +23,7 @@ from .limits import Containment
 
 logger = logging.getLogger(__name__)
 
+
 @functools.cache
 def buildkit_client():
     """Found once per worker process, and said in its log (NoBuildKitClient if none)."""

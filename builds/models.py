@@ -11,6 +11,8 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from teams.models import namespace_refusal
+
 from .deploy_keys import DeployKeyError, check_known_hosts
 from .errors import RegistryNotAllowed
 from .limits import over_the_caps
@@ -65,6 +67,8 @@ class BuildJob(models.Model):
     submitted_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The team it was built for: its members read it (builds/ownership.py). None: staff only.
+    team = models.ForeignKey("teams.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     # When the build's task message was sent to its daemon's queue.
     dispatched_at = models.DateTimeField(null=True, blank=True)
@@ -184,6 +188,11 @@ class Repository(models.Model):
     """A GitHub repository whose pushes build an image."""
 
     full_name = models.CharField(max_length=200, unique=True, help_text="owner/name, as GitHub spells it.")
+    # Only its team builds it, and its webhook builds for that team. None: an operator's own.
+    team = models.ForeignKey("teams.Team", null=True, blank=True, on_delete=models.PROTECT, related_name="repositories")
+    public = models.BooleanField(
+        default=False, help_text="Anyone may read its builds' logs and badges (as GENERATOR_PUBLIC_LOGS does for all)."
+    )
     # Registered by an operator and never taken from a payload: a webhook must not
     # make the farm read file:///etc or an internal host.
     clone_url = models.CharField(max_length=500, validators=[validate_clone_url])
@@ -274,6 +283,18 @@ class Repository(models.Model):
         if errors := over_the_caps(self):
             raise ValidationError(errors)
         self._check_registry()
+        self._check_namespace()
+
+    def _check_namespace(self) -> None:
+        """A team's repository pushes only into its team's namespaces (checked again at each push)."""
+        if self.team_id is None:
+            return  # an operator's own repository
+        try:
+            repository = parse_reference(self.image).repository
+        except InvalidReference:
+            return
+        if refusal := namespace_refusal(self.team, repository):
+            raise ValidationError({"image": refusal})
 
     def _check_registry(self) -> None:
         """Pushes go only to allowed registries: a repository may not name another.
