@@ -20,6 +20,7 @@ from . import secrets as build_secrets
 from .buildkit import BuildKitSession, BuildRequest, DaemonAddress, NoBuildKitClient, find_client, unsupported_features
 from .engine import BuildFailed, DaemonUnavailable, EngineSession
 from .limits import Containment
+from .models import BuildJob
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +121,27 @@ def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> Buil
 
 def pool_cache(job) -> list[str]:
     """Where the pool's layers for this build may already be: the image's own
-    tags as pushed before (every push carries BuildKit's inline cache), so a
-    daemon that never built it reuses them from the registry. A tag that does not
-    exist yet costs one manifest request."""
-    return list(dict.fromkeys(f"{job.image_repository}:{tag}" for tag in [*job.tags, "latest"]))
+    tags as pushed before (every push carries BuildKit's inline cache), and its
+    repository's default branch's last image, so a daemon that never built it,
+    or a branch's first build, reuses them from the registry. A tag that does
+    not exist yet costs one manifest request."""
+    own = [f"{job.image_repository}:{tag}" for tag in [*job.tags, "latest"]]
+    return list(dict.fromkeys([*own, *_default_branch_image(job)]))
+
+
+def _default_branch_image(job) -> list[str]:
+    repository = job.repository
+    if repository is None or not repository.default_branch:
+        return []
+    last = (
+        BuildJob.objects.filter(
+            repository=repository, ref=f"refs/heads/{repository.default_branch}", status=BuildJob.Status.SUCCEEDED
+        )
+        .order_by("-finished_at")
+        .values_list("image", flat=True)
+        .first()
+    )
+    return [last] if last else []
 
 
 def cache_namespace(job) -> str:

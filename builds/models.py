@@ -257,6 +257,11 @@ class Repository(models.Model):
         help_text="Lets RUN --mount=type=ssh (BuildKit) use the deploy key through an SSH agent. "
         "Any Dockerfile of this repository can then use the key for as long as its build runs.",
     )
+    default_branch = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Its default branch, as GitHub's last push said: that branch's last image is every build's cache.",
+    )
     hook_verified_at = models.DateTimeField(null=True, blank=True, help_text="When GitHub's ping arrived.")
     created_at = models.DateTimeField(auto_now_add=True)
 
