@@ -3,6 +3,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.utils.html import format_html
 
+from . import deploy_keys
 from . import secrets as build_secrets
 from .limits import caps_help
 from .models import REGISTRY_HELP, BuildJob, BuildRule, BuildSecret, Registry, Repository, WebhookDelivery
@@ -11,8 +12,8 @@ from .services import SubmissionError, cancel_build, retry_build
 
 @admin.register(BuildJob)
 class BuildJobAdmin(admin.ModelAdmin):
-    list_display = ["id", "image", "status", "repository", "ref", "daemon", "attempt", "created_at", "position"]
-    list_filter = ["status", "daemon", "repository"]
+    list_display = ["id", "image", "status", "team", "repository", "ref", "daemon", "attempt", "created_at", "position"]
+    list_filter = ["status", "team", "daemon", "repository"]
     search_fields = ["id", "image", "digest", "commit_sha"]
     # A job's history is what happened: the admin shows it, it does not rewrite it.
     readonly_fields = [f.name for f in BuildJob._meta.fields] + ["position", "log_text"]
@@ -53,7 +54,24 @@ class SecretInput(forms.PasswordInput):
         super().__init__(render_value=False, attrs={"autocomplete": "new-password"})
 
 
+class SecretTextarea(forms.Textarea):
+    """A multi-line secret (a private key): the page never shows what is stored."""
+
+    def format_value(self, value):
+        return None
+
+
 class RepositoryForm(forms.ModelForm):
+    new_deploy_key = forms.CharField(
+        label="Deploy key",
+        required=False,
+        strip=False,
+        widget=SecretTextarea(attrs={"rows": 4, "autocomplete": "off", "spellcheck": "false"}),
+        help_text="An SSH private key without a passphrase (-----BEGIN OPENSSH PRIVATE KEY-----...), for ssh:// "
+        "and git@ clone URLs: stored encrypted and never shown again. Leave empty to keep the stored one.",
+    )
+    remove_deploy_key = forms.BooleanField(required=False, help_text="Removes the stored deploy key, if any.")
+
     class Meta:
         model = Repository
         fields = "__all__"
@@ -67,9 +85,23 @@ class RepositoryForm(forms.ModelForm):
             for name in ("webhook_secret", "access_token"):
                 self.fields[name].required = False
                 self.fields[name].help_text += " Leave empty to keep the stored value."
+        if self.instance.deploy_key_fingerprint:
+            self.fields["new_deploy_key"].help_text += f" Stored: {self.instance.deploy_key_fingerprint}."
 
     def clean(self):
-        return keep_stored_secrets(self, super().clean(), ("webhook_secret", "access_token"))
+        data = keep_stored_secrets(self, super().clean(), ("webhook_secret", "access_token"))
+        self.new_deploy_key = None
+        if data.get("new_deploy_key"):
+            try:
+                self.new_deploy_key = deploy_keys.check(data["new_deploy_key"])
+            except deploy_keys.DeployKeyError as exc:
+                self.add_error("new_deploy_key", str(exc))
+        return data
+
+    def save(self, commit=True):
+        if self.new_deploy_key or self.cleaned_data.get("remove_deploy_key"):
+            deploy_keys.assign(self.instance, self.new_deploy_key)
+        return super().save(commit)
 
 
 def keep_stored_secrets(form: forms.ModelForm, data: dict, names: tuple[str, ...]) -> dict:
@@ -134,9 +166,10 @@ class BuildSecretInline(admin.TabularInline):
 class RepositoryAdmin(admin.ModelAdmin):
     form = RepositoryForm
     inlines = [BuildRuleInline, BuildSecretInline]
-    list_display = ["full_name", "image", "daemon_group", "hook_verified_at", "created_at"]
+    list_display = ["full_name", "team", "public", "image", "daemon_group", "hook_verified_at", "created_at"]
+    list_filter = ["team", "public"]
     search_fields = ["full_name", "image"]
-    readonly_fields = ["hook_verified_at", "webhook_url"]
+    readonly_fields = ["hook_verified_at", "webhook_url", "deploy_key_fingerprint"]
 
     @admin.display(description="webhook URL (payload URL on GitHub, content type application/json)")
     def webhook_url(self, repository) -> str:

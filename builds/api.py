@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException
@@ -15,8 +15,9 @@ from rest_framework.response import Response
 
 from generator_site.api_parsers import BoundedJSONParser
 
+from . import ownership
 from .logs import read_lines
-from .models import BuildJob, Registry, Repository
+from .models import Registry
 from .serializers import BuildCreateSerializer, BuildJobSerializer, RegistrySerializer, RepositorySerializer
 from .services import BuildRequest, SubmissionError, TooLarge, cancel_build, retry_build, submit
 
@@ -80,7 +81,8 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return super().initialize_request(request, *args, **kwargs)
 
     def get_queryset(self):
-        jobs = BuildJob.objects.select_related("repository", "daemon", "cancelled_by")
+        # Another team's build is a 404, as an id that does not exist (builds/ownership.py).
+        jobs = ownership.readable_jobs(self.request.user).select_related("repository", "daemon", "cancelled_by", "team")
         params = self.request.query_params
         if value := params.get("status"):
             jobs = jobs.filter(status=value)
@@ -90,6 +92,8 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             jobs = jobs.filter(image__startswith=value)
         if value := params.get("daemon"):
             jobs = jobs.filter(daemon__name=value)
+        if value := params.get("team"):
+            jobs = jobs.filter(team__slug=value)
         return jobs.order_by("-created_at")
 
     @extend_schema(
@@ -98,12 +102,21 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             OpenApiParameter("repository", str, description="owner/name"),
             OpenApiParameter("image", str, description="image reference prefix"),
             OpenApiParameter("daemon", str, description="daemon name"),
-        ]
+            OpenApiParameter("team", str, description="team slug"),
+        ],
+        description="The builds you may read: your teams', public repositories' (all of them for staff,"
+        " or for anyone with GENERATOR_PUBLIC_LOGS).",
     )
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
-    @extend_schema(request=BuildCreateSerializer, responses={201: BuildJobSerializer})
+    @extend_schema(
+        request=BuildCreateSerializer,
+        responses={201: BuildJobSerializer},
+        description="Needs the permission builds.add_buildjob. The build is for one of your teams (`team`, else"
+        " the repository's, else the one owning the image's namespace) and pushes only into that team's"
+        " namespaces: 403 naming the namespace or repository otherwise. Staff build anything.",
+    )
     def create(self, request):
         declared = request.META.get("CONTENT_LENGTH") or "0"
         limit = settings.GENERATOR_MAX_UPLOAD_BYTES
@@ -115,7 +128,7 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         data = request.data
         if "file" in data:  # a raw tar body; the other fields come in the query string
             data = {**request.query_params.dict(), "context": data["file"]}
-        form = BuildCreateSerializer(data=data)
+        form = BuildCreateSerializer(data=data, context={"request": request})
         form.is_valid(raise_exception=True)
         fields = dict(form.validated_data)
         upload = fields.pop("context", None)  # a temporary file, read as a stream
@@ -131,19 +144,31 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
                 upload.close()
         return Response(BuildJobSerializer(job).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses={200: BuildJobSerializer})
+    @extend_schema(
+        request=None,
+        responses={200: BuildJobSerializer},
+        description="Its submitter, an admin of its team, or staff; 404 for a build you may not read.",
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         job = self.get_object()
-        if job.submitted_by_id != request.user.pk and not request.user.has_perm("builds.change_buildjob"):
-            return Response({"detail": "only its submitter or an operator may cancel this build"}, status=403)
+        if not ownership.may_cancel(request.user, job):
+            return Response(
+                {"detail": "only its submitter, an admin of its team or an operator may cancel this build"},
+                status=403,
+            )
         outcome = cancel_build(job, request.user)
         if outcome.startswith("already"):
             return Response({"detail": f"the build is {outcome}"}, status=status.HTTP_409_CONFLICT)
         job.refresh_from_db()
         return Response(BuildJobSerializer(job).data)
 
-    @extend_schema(request=None, responses={201: BuildJobSerializer})
+    @extend_schema(
+        request=None,
+        responses={201: BuildJobSerializer},
+        description="A new build by you, for the old build's team, with the checks of a submit: a member of"
+        " that team (or staff) with builds.add_buildjob; 404 for a build you may not read.",
+    )
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
         try:
@@ -171,12 +196,28 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return response
 
 
+@extend_schema_view(
+    list=extend_schema(description="Your teams' repositories and public ones (staff: all)."),
+    create=extend_schema(description="Needs builds.add_repository; `team` one of yours (default: your only one)."),
+    update=extend_schema(description="Needs builds.change_repository and a repository of your team."),
+    partial_update=extend_schema(description="Needs builds.change_repository and a repository of your team."),
+    destroy=extend_schema(description="Needs builds.delete_repository and a repository of your team."),
+)
 class RepositoryViewSet(viewsets.ModelViewSet):
-    """Registered GitHub repositories. Reading needs a login; writing, the model permissions."""
+    """Registered GitHub repositories, each of a team. Reading needs a login
+    (another team's private repository is a 404); writing, the model permissions
+    and a repository of your team."""
 
     serializer_class = RepositorySerializer
     permission_classes = [permissions.IsAuthenticated, permissions.DjangoModelPermissionsOrAnonReadOnly]
-    queryset = Repository.objects.prefetch_related("rules").order_by("full_name")
+
+    def get_queryset(self):
+        user = self.request.user
+        if self.request.method in permissions.SAFE_METHODS:
+            repositories = ownership.readable_repositories(user)
+        else:
+            repositories = ownership.team_repositories(user)
+        return repositories.select_related("team").prefetch_related("rules", "secrets").order_by("full_name")
 
 
 class StaffOnly(permissions.BasePermission):

@@ -1,6 +1,8 @@
 """Status badges (SVG) for README files: the outcome of the latest finished build
-of a repository or an image. Public, like Docker Hub's and Read the Docs': they
-tell only whether the last build passed."""
+of a repository or an image. A public repository's are anyone's, like Docker
+Hub's and Read the Docs'; otherwise only the builds the viewer may read count
+(builds/ownership.py), so another team's badge is "unknown", as for a name
+nobody registered."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
 from .models import BuildJob
+from .ownership import readable_jobs
 
 _LOOK = {
     "succeeded": ("passing", "#2da44e"),
@@ -42,8 +45,8 @@ def _latest(jobs) -> BuildJob | None:
 
 
 def repository_badge(request: HttpRequest, owner: str, name: str) -> HttpResponse:
-    return _badge(_latest(BuildJob.objects.filter(repository__full_name=f"{owner}/{name}")))
+    return _badge(_latest(readable_jobs(request.user).filter(repository__full_name=f"{owner}/{name}")))
 
 
 def image_badge(request: HttpRequest, image: str) -> HttpResponse:
-    return _badge(_latest(BuildJob.objects.filter(image__startswith=f"{image}:")))
+    return _badge(_latest(readable_jobs(request.user).filter(image__startswith=f"{image}:")))

@@ -15,10 +15,12 @@ from django.conf import settings
 
 from pool.models import DockerDaemon
 
+from . import deploy_keys
 from . import secrets as build_secrets
 from .buildkit import BuildKitSession, BuildRequest, DaemonAddress, NoBuildKitClient, find_client, unsupported_features
 from .engine import BuildFailed, DaemonUnavailable, EngineSession
 from .limits import Containment
+from .models import BuildJob
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +76,11 @@ def build(
             tick=watch.tick,
             abort=engine.abort,
         )
-    if reason := unsupported_features(job.dockerfile or _dockerfile_in(context, dockerfile), buildargs):
+    text = job.dockerfile or _dockerfile_in(context, dockerfile)
+    ssh_key = deploy_keys.forwarded(job)
+    if reason := unsupported_features(text, buildargs) or deploy_keys.ssh_mount_refusal(
+        text, job.repository, forwarded=bool(ssh_key)
+    ):
         raise BuildFailed(reason)
     try:
         client = buildkit_client()
@@ -82,8 +88,13 @@ def build(
         raise DaemonUnavailable(str(exc)) from exc
     log.write(f"[generator] BuildKit ({client.describe()})")
     session = BuildKitSession(client, daemon_address(access))
-    with build_secrets.as_files(secrets) as files:
+    # The deploy key for RUN --mount=type=ssh: a 0600 file the CLI loads into its agent, gone after the build.
+    with build_secrets.as_files(secrets) as files, build_secrets.as_files({"ssh": ssh_key} if ssh_key else {}) as ssh:
         request = _request(job, tag, dockerfile, buildargs, containment, files)
+        request.ssh = ssh.get("ssh", "")
+        if request.ssh:
+            fingerprint = job.repository.deploy_key_fingerprint
+            log.write(f"[generator] RUN --mount=type=ssh gets an SSH agent with the deploy key ({fingerprint})")
         try:
             return log.pump(
                 lambda emit: session.build(context, request, on_line=emit), tick=watch.tick, abort=session.abort
@@ -113,10 +124,27 @@ def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> Buil
 
 def pool_cache(job) -> list[str]:
     """Where the pool's layers for this build may already be: the image's own
-    tags as pushed before (every push carries BuildKit's inline cache), so a
-    daemon that never built it reuses them from the registry. A tag that does not
-    exist yet costs one manifest request."""
-    return list(dict.fromkeys(f"{job.image_repository}:{tag}" for tag in [*job.tags, "latest"]))
+    tags as pushed before (every push carries BuildKit's inline cache), and its
+    repository's default branch's last image, so a daemon that never built it,
+    or a branch's first build, reuses them from the registry. A tag that does
+    not exist yet costs one manifest request."""
+    own = [f"{job.image_repository}:{tag}" for tag in [*job.tags, "latest"]]
+    return list(dict.fromkeys([*own, *_default_branch_image(job)]))
+
+
+def _default_branch_image(job) -> list[str]:
+    repository = job.repository
+    if repository is None or not repository.default_branch:
+        return []
+    last = (
+        BuildJob.objects.filter(
+            repository=repository, ref=f"refs/heads/{repository.default_branch}", status=BuildJob.Status.SUCCEEDED
+        )
+        .order_by("-finished_at")
+        .values_list("image", flat=True)
+        .first()
+    )
+    return [last] if last else []
 
 
 def cache_namespace(job) -> str:

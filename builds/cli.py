@@ -1,6 +1,7 @@
 """`python -m builds.cli`: build on the farm from a terminal, like `gcloud builds submit`.
 
     python -m builds.cli submit [PATH] --image REF [--tag T] [--build-arg K=V] [--file Dockerfile] [--no-cache]
+                                [--team SLUG]
     python -m builds.cli logs JOB_ID
     python -m builds.cli status JOB_ID
 
@@ -157,9 +158,11 @@ def submit(farm: Farm, args, out) -> int:
         "extra_tags": args.tag,
         "build_args": dict(item.split("=", 1) for item in args.build_arg),
         "no_cache": args.no_cache,
+        **({"team": args.team} if args.team else {}),
     }
     if source.is_dir():
         fields = [("image", args.image), ("dockerfile_path", args.file), ("no_cache", str(args.no_cache).lower())]
+        fields += [("team", args.team)] if args.team else []
         fields += [("extra_tags", tag) for tag in args.tag]
         fields += [(f"build_args.{key}", value) for key, value in options["build_args"].items()]
         body, content_type = multipart(fields, "context", "context.tar.gz", pack(source))
@@ -190,6 +193,7 @@ def main(argv: list[str] | None = None, out=sys.stdout) -> int:
     build.add_argument("--tag", action="append", default=[], help="another tag to push (repeatable)")
     build.add_argument("--build-arg", action="append", default=[], metavar="K=V")
     build.add_argument("--no-cache", action="store_true")
+    build.add_argument("--team", default="", help="the team the build is for (default: the image namespace's)")
     for name in ("logs", "status"):
         commands.add_parser(name).add_argument("job_id")
     args = parser.parse_args(argv)

@@ -32,6 +32,7 @@ from .backpressure import ClientTooSlow, SendBuffer, give_back_memory_soon
 from .frames import Batch, batch_frames, log_frames
 from .logs import read_lines
 from .models import BuildJob
+from .ownership import readable_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +72,16 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         if problem := self.scope.get("auth_problem"):
             return await self.refuse(CLOSE_UNAUTHORIZED, problem)
-        if not can_read_logs(self.scope["user"]):
-            return await self.refuse(CLOSE_UNAUTHORIZED, "authentication required to read build logs")
+        user = self.scope["user"]
         after = parse_qs(self.scope.get("query_string", b"").decode()).get("after", ["0"])[0]
+        if not await job_readable(user, self.job_id):
+            # Another team's build reads as one that does not exist (builds/ownership.py).
+            if not can_read_logs(user):
+                return await self.refuse(CLOSE_UNAUTHORIZED, "authentication required to read build logs")
+            return await self.refuse(CLOSE_NOT_FOUND, f"no build job with id {self.job_id!r}")
         if not after.isdigit():
             return await self.refuse(CLOSE_BAD_REQUEST, f"after must be a whole number, not {after!r}")
         self.sent = int(after)
-        if not await job_exists(self.job_id):
-            return await self.refuse(CLOSE_NOT_FOUND, f"no build job with id {self.job_id!r}")
         # Watch before reading the backlog: a line stored after the read is
         # published after the watch began, so it reaches this viewer (builds/logs.py).
         self.viewer = await live.watch(self.job_id)
@@ -214,8 +217,8 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
 
 
 @database_sync_to_async
-def job_exists(job_id: str) -> bool:
-    return BuildJob.objects.filter(pk=job_id).exists()
+def job_readable(user, job_id: str) -> bool:
+    return readable_jobs(user).filter(pk=job_id).exists()
 
 
 @database_sync_to_async

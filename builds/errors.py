@@ -30,3 +30,10 @@ class RegistryNotAllowed(SubmissionError):
             f"registry {host} is not one the farm pushes to:"
             " an operator adds it under Registries (admin or /api/v1/registries/)"
         )
+
+
+class Forbidden(SubmissionError):
+    """The request is well formed, but its user's team may not do it: pushing into
+    another team's namespace, building another team's repository."""
+
+    status = 403

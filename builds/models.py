@@ -11,6 +11,9 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from teams.models import namespace_refusal
+
+from .deploy_keys import DeployKeyError, check_known_hosts
 from .errors import RegistryNotAllowed
 from .limits import over_the_caps
 from .outbound import RefusedURL, check_url
@@ -64,6 +67,8 @@ class BuildJob(models.Model):
     submitted_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The team it was built for: its members read it (builds/ownership.py). None: staff only.
+    team = models.ForeignKey("teams.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     # When the build's task message was sent to its daemon's queue.
     dispatched_at = models.DateTimeField(null=True, blank=True)
@@ -183,6 +188,11 @@ class Repository(models.Model):
     """A GitHub repository whose pushes build an image."""
 
     full_name = models.CharField(max_length=200, unique=True, help_text="owner/name, as GitHub spells it.")
+    # Only its team builds it, and its webhook builds for that team. None: an operator's own.
+    team = models.ForeignKey("teams.Team", null=True, blank=True, on_delete=models.PROTECT, related_name="repositories")
+    public = models.BooleanField(
+        default=False, help_text="Anyone may read its builds' logs and badges (as GENERATOR_PUBLIC_LOGS does for all)."
+    )
     # Registered by an operator and never taken from a payload: a webhook must not
     # make the farm read file:///etc or an internal host.
     clone_url = models.CharField(max_length=500, validators=[validate_clone_url])
@@ -232,6 +242,26 @@ class Repository(models.Model):
     build_pids = models.PositiveIntegerField(
         "processes per build", null=True, blank=True, validators=[MinValueValidator(16)]
     )
+    # The SSH deploy key, encrypted (builds/deploy_keys.py): set through admin's and the API's
+    # write-only field, never shown; its public fingerprint is.
+    deploy_key = models.TextField(blank=True, editable=False)
+    deploy_key_fingerprint = models.CharField(max_length=100, blank=True, editable=False)
+    known_hosts = models.TextField(
+        blank=True,
+        help_text="SSH host keys of the clone URL's host (and of ssh submodules), in known_hosts form "
+        "(ssh-keyscan HOST, checked against its published fingerprints). GitHub's published keys are always known.",
+    )
+    forward_ssh_to_build = models.BooleanField(
+        "forward the deploy key to builds",
+        default=False,
+        help_text="Lets RUN --mount=type=ssh (BuildKit) use the deploy key through an SSH agent. "
+        "Any Dockerfile of this repository can then use the key for as long as its build runs.",
+    )
+    default_branch = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Its default branch, as GitHub's last push said: that branch's last image is every build's cache.",
+    )
     hook_verified_at = models.DateTimeField(null=True, blank=True, help_text="When GitHub's ping arrived.")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -251,9 +281,25 @@ class Repository(models.Model):
             value = getattr(self, field)
             if value.startswith("/") or ".." in value.split("/"):
                 raise ValidationError({field: "a path inside the repository: no leading / and no .."})
+        try:
+            check_known_hosts(self.known_hosts)
+        except DeployKeyError as exc:
+            raise ValidationError({"known_hosts": str(exc)}) from None
         if errors := over_the_caps(self):
             raise ValidationError(errors)
         self._check_registry()
+        self._check_namespace()
+
+    def _check_namespace(self) -> None:
+        """A team's repository pushes only into its team's namespaces (checked again at each push)."""
+        if self.team_id is None:
+            return  # an operator's own repository
+        try:
+            repository = parse_reference(self.image).repository
+        except InvalidReference:
+            return
+        if refusal := namespace_refusal(self.team, repository):
+            raise ValidationError({"image": refusal})
 
     def _check_registry(self) -> None:
         """Pushes go only to allowed registries: a repository may not name another.

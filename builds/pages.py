@@ -1,6 +1,8 @@
 """Pages for people: the build list, a build's live log, the pool. Server-rendered,
 with a little plain JavaScript (builds/static/builds/). They need a login unless
-an operator makes logs public (GENERATOR_PUBLIC_LOGS)."""
+an operator makes logs public (GENERATOR_PUBLIC_LOGS); a public repository's
+build pages are anyone's. Each person sees the builds of their teams
+(builds/ownership.py): another team's build is a 404."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from generator_site.access import can_read_logs
 from pool.models import DockerDaemon
 
 from .models import BuildJob
+from .ownership import readable_jobs
 
 LIST_SIZE = 100
 
@@ -32,7 +35,7 @@ def readers_only(view):
 @readers_only
 def job_list(request: HttpRequest) -> HttpResponse:
     filters = {name: request.GET.get(name, "").strip() for name in ("status", "repository", "image")}
-    jobs = BuildJob.objects.select_related("daemon", "repository").order_by("-created_at")
+    jobs = readable_jobs(request.user).select_related("daemon", "repository", "team").order_by("-created_at")
     if filters["status"]:
         jobs = jobs.filter(status=filters["status"])
     if filters["repository"]:
@@ -52,10 +55,11 @@ def job_list(request: HttpRequest) -> HttpResponse:
     return response
 
 
-@readers_only
 def job_page(request: HttpRequest, job_id: str) -> HttpResponse:
-    job = BuildJob.objects.select_related("daemon", "repository").filter(pk=job_id).first()
+    job = readable_jobs(request.user).select_related("daemon", "repository", "team").filter(pk=job_id).first()
     if job is None:
+        if not can_read_logs(request.user):
+            return redirect_to_login(request.get_full_path())
         raise Http404(f"no build job with id {job_id!r}")
     return render(request, "builds/job.html", {"job": job, "position": job.queue_position()})
 

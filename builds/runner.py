@@ -15,7 +15,7 @@ from django.conf import settings
 from pool import egress, health
 from pool.tls import InsecureEngineAddress, client_settings
 
-from . import builders, context_store, transitions
+from . import builders, context_store, deploy_keys, transitions
 from .dispatch import dispatch
 from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
 from .limits import buildkit_share, contained, limits_for
@@ -207,6 +207,8 @@ def _source(job: BuildJob, log: LogWriter, watch: Watch) -> Iterator[tuple[Binar
         token=repository.access_token,
         cache_dir=settings.GENERATOR_GIT_CACHE_DIR,
         allow_local=settings.GENERATOR_ALLOW_LOCAL_REPOSITORIES,
+        ssh_key=deploy_keys.private_key(repository),
+        known_hosts=deploy_keys.known_hosts_for(repository),
     )
     if not job.commit_sha:  # a build of a ref (REST API): the commit it points to now
         job.commit_sha = log.pump(lambda emit: source.resolve(job.ref, on_line=emit), tick=watch.tick)

@@ -9,7 +9,8 @@ from django.views.decorators.http import require_http_methods
 from generator_site.access import TOKEN_HINT, Identity, can_read_logs, can_submit, user_for_token_header
 
 from .encoding import decode_base64_text
-from .models import BuildJob, BuildLogLine
+from .models import BuildLogLine
+from .ownership import readable_jobs
 from .services import SubmissionError, submit_build
 
 
@@ -36,7 +37,9 @@ def build(request: HttpRequest) -> HttpResponse:
     """`/b1/build?imagename=REF&dockerfile=BASE64`, or `mode=dockerfile&context=BASE64`.
 
     POST with the same fields as a form takes Dockerfiles too long for a URL.
-    Answers the 32-hex job id.
+    Answers the 32-hex job id. `team=SLUG`, which the seed did not have, says
+    which of the user's teams the build is for; without it, the team that owns
+    the image's namespace (builds/ownership.py).
     """
     identity = user_for_token_header(request.headers.get("Authorization", ""))
     if refusal := _refusal(identity, can_submit(identity.user), "submit builds"):
@@ -48,6 +51,7 @@ def build(request: HttpRequest) -> HttpResponse:
             image=params.get("imagename", "").strip(),
             dockerfile=dockerfile,
             submitted_by=identity.user if identity.user.is_authenticated else None,
+            team=params.get("team", "").strip(),
         )
     except SubmissionError as exc:
         return plain(str(exc), exc.status)
@@ -77,10 +81,13 @@ def build_log_line(request: HttpRequest, job_id: str) -> HttpResponse:
     identity = user_for_token_header(request.headers.get("Authorization", ""))
     if identity.user.is_anonymous and not identity.problem:
         identity = Identity(request.user)
-    if refusal := _refusal(identity, can_read_logs(identity.user), "read build logs"):
-        return refusal
-    job = BuildJob.objects.filter(pk=job_id).only("status", "log_line_count").first()
+    if identity.problem:
+        return _refusal(identity, False, "read build logs")
+    job = readable_jobs(identity.user).filter(pk=job_id).only("status", "log_line_count").first()
     if job is None:
+        # Another team's build reads as one that does not exist; an anonymous caller is asked to log in.
+        if refusal := _refusal(identity, can_read_logs(identity.user), "read build logs"):
+            return refusal
         return plain(f"no build job with id {job_id!r}", 404)
     raw_count = request.GET.get("count", "0")
     if not raw_count.isdigit():

@@ -5,8 +5,27 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
+from teams.models import Team
+
+from . import deploy_keys, ownership
 from . import secrets as build_secrets
 from .models import REGISTRY_HELP, BuildJob, BuildRule, Registry, Repository
+
+
+class ReadableRepositoryField(serializers.SlugRelatedField):
+    """A repository by owner/name among those the requester may read: another
+    team's private repository reads as one that does not exist."""
+
+    def get_queryset(self):
+        return ownership.readable_repositories(self.context["request"].user)
+
+
+class MyTeamField(serializers.SlugRelatedField):
+    """A team by slug among the requester's (staff: any)."""
+
+    def get_queryset(self):
+        user = self.context["request"].user
+        return Team.objects.all() if ownership.is_staff(user) else Team.objects.of(user)
 
 
 class BuildJobSerializer(serializers.ModelSerializer):
@@ -14,6 +33,7 @@ class BuildJobSerializer(serializers.ModelSerializer):
     repository = serializers.SlugRelatedField(slug_field="full_name", read_only=True)
     daemon = serializers.SlugRelatedField(slug_field="name", read_only=True)
     cancelled_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    team = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     queue_position = serializers.SerializerMethodField()
     links = serializers.SerializerMethodField()
 
@@ -25,6 +45,7 @@ class BuildJobSerializer(serializers.ModelSerializer):
             "image",
             "tags",
             "repository",
+            "team",
             "ref",
             "commit_sha",
             "daemon",
@@ -78,7 +99,12 @@ class BuildCreateSerializer(serializers.Serializer):
     dockerfile = serializers.CharField(required=False, allow_blank=False, trim_whitespace=False)
     context = serializers.FileField(required=False, help_text="A .tar or .tar.gz build context.")
     dockerfile_path = serializers.CharField(required=False, default="Dockerfile")
-    repository = serializers.SlugRelatedField(slug_field="full_name", queryset=Repository.objects.all(), required=False)
+    repository = ReadableRepositoryField(slug_field="full_name", required=False)
+    team = serializers.CharField(
+        required=False, default="", allow_blank=True, max_length=50,
+        help_text="The team (slug) the build is for; default: the repository's, else the one of your teams that "
+        "owns the image's namespace.",
+    )  # fmt: skip
     ref = serializers.CharField(required=False, default="", help_text="Branch, tag or commit of the repository.")
     extra_tags = serializers.ListField(child=serializers.CharField(), required=False, default=list)
     build_args = StringMap(required=False, default=dict)
@@ -114,6 +140,15 @@ class RepositorySerializer(serializers.ModelSerializer):
         "stored encrypted, never shown; an empty value removes one.",
     )  # fmt: skip
     secret_names = serializers.SerializerMethodField()
+    team = MyTeamField(
+        slug_field="slug", required=False, allow_null=True,
+        help_text="The team (slug) that owns it, one of yours; default: your only team. Only staff leave it empty.",
+    )  # fmt: skip
+    deploy_key = serializers.CharField(
+        required=False, allow_blank=True, write_only=True, trim_whitespace=False,
+        help_text="An SSH private key without a passphrase, for ssh:// and git@ clone URLs (and, with "
+        "forward_ssh_to_build, RUN --mount=type=ssh): stored encrypted, never shown; empty removes it.",
+    )  # fmt: skip
 
     def get_secret_names(self, repository: Repository) -> list[str]:
         return [secret.name for secret in repository.secrets.all()]
@@ -123,6 +158,8 @@ class RepositorySerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "full_name",
+            "team",
+            "public",
             "clone_url",
             "webhook_secret",
             "access_token",
@@ -143,27 +180,53 @@ class RepositorySerializer(serializers.ModelSerializer):
             "rules",
             "secrets",
             "secret_names",
+            "deploy_key",
+            "deploy_key_fingerprint",
+            "known_hosts",
+            "forward_ssh_to_build",
         ]
-        read_only_fields = ["hook_verified_at"]
+        read_only_fields = ["hook_verified_at", "deploy_key_fingerprint"]
         extra_kwargs = {"webhook_secret": {"write_only": True}, "access_token": {"write_only": True}}
 
     def validate(self, data):
-        candidate = Repository(**{k: v for k, v in data.items() if k not in ("rules", "secrets")})
+        candidate = Repository(**{k: v for k, v in data.items() if k not in ("rules", "secrets", "deploy_key")})
         try:
             build_secrets.check({k: v for k, v in data.get("secrets", {}).items() if v})
         except build_secrets.SecretError as exc:
             raise serializers.ValidationError({"secrets": str(exc)}) from None
+        if data.get("deploy_key"):
+            try:
+                data["deploy_key"] = deploy_keys.check(data["deploy_key"])
+            except deploy_keys.DeployKeyError as exc:
+                raise serializers.ValidationError({"deploy_key": str(exc)}) from None
         if self.instance:
-            for name in ("build_args", "context_dir", "dockerfile_path"):
+            for name in ("build_args", "context_dir", "dockerfile_path", "team", "image"):
                 if name not in data:
                     setattr(candidate, name, getattr(self.instance, name))
+        elif "team" not in data:
+            data["team"] = candidate.team = self._default_team()
+        if candidate.team is None and not ownership.is_staff(self.context["request"].user):
+            raise serializers.ValidationError({"team": "name the team that owns it: one of yours"})
         candidate.clean()
         return data
+
+    def _default_team(self) -> Team | None:
+        user = self.context["request"].user
+        if ownership.is_staff(user):
+            return None
+        teams = list(Team.objects.of(user)[:2])
+        if len(teams) != 1:
+            raise serializers.ValidationError(
+                {"team": "you are in no team" if not teams else "you are in several teams: name one"}
+            )
+        return teams[0]
 
     def create(self, data):
         rules = data.pop("rules", [])
         secrets = data.pop("secrets", {})
-        repository = Repository.objects.create(**data)
+        repository = Repository(**{k: v for k, v in data.items() if k != "deploy_key"})
+        deploy_keys.assign(repository, data.get("deploy_key") or None)
+        repository.save()
         BuildRule.objects.bulk_create(BuildRule(repository=repository, **rule) for rule in rules)
         _set_secrets(repository, secrets)
         return repository
@@ -171,6 +234,8 @@ class RepositorySerializer(serializers.ModelSerializer):
     def update(self, repository, data):
         rules = data.pop("rules", None)
         secrets = data.pop("secrets", {})
+        if "deploy_key" in data:  # left out: the stored key stays
+            deploy_keys.assign(repository, data.pop("deploy_key") or None)
         repository = super().update(repository, data)
         if rules is not None:
             repository.rules.all().delete()

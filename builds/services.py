@@ -15,16 +15,17 @@ from typing import BinaryIO
 from django.conf import settings
 from django.db import transaction
 
-from . import context_store, transitions
+from . import context_store, ownership, transitions
 from . import secrets as build_secrets
 from .dispatch import NoDaemonAvailable, dispatch, ensure_pool_exists
-from .errors import Conflict, PoolUnavailable, RegistryNotAllowed, SubmissionError, TooLarge
+from .errors import Conflict, Forbidden, PoolUnavailable, RegistryNotAllowed, SubmissionError, TooLarge
 from .logs import append_line
 from .models import BuildContext, BuildJob, Registry, Repository, new_job_id
 from .references import InvalidReference, parse_build_target, registry_host
 
 __all__ = [
     "Conflict",
+    "Forbidden",
     "PoolUnavailable",
     "RegistryNotAllowed",
     "SubmissionError",
@@ -41,8 +42,8 @@ _REF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}")
 _STAGE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")
 
 
-def submit_build(*, image: str, dockerfile: str, submitted_by=None) -> BuildJob:
-    return submit(BuildRequest(image=image, dockerfile=dockerfile), submitted_by=submitted_by)
+def submit_build(*, image: str, dockerfile: str, submitted_by=None, team: str = "") -> BuildJob:
+    return submit(BuildRequest(image=image, dockerfile=dockerfile, team=team), submitted_by=submitted_by)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class BuildRequest:
     builder: str = ""  # empty: the repository's, else the farm's default
     target: str = ""
     secrets: dict[str, str] = field(default_factory=dict)  # this build's own, kept until it ends
+    team: str = ""  # a team's slug; empty: the one builds/ownership.py picks
 
 
 def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | None = None) -> BuildJob:
@@ -78,10 +80,11 @@ def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | Non
             checked = stack.enter_context(context_store.checked(request.context, dockerfile=request.dockerfile_path))
         _check_options(request)
         check_registry_allowed(target.repository)
+        team = ownership.team_for_build(submitted_by, request.team, target.repository, request.repository)
         ensure_pool_exists_or_raise(request.repository.daemon_group if request.repository else "")
         job_id = new_job_id()
         stored = stack.enter_context(context_store.kept_for(job_id, checked)) if checked else None
-        return _create(job_id, target, request, stored, submitted_by, retry_of)
+        return _create(job_id, target, request, stored, submitted_by, retry_of, team)
 
 
 def _check_options(request: BuildRequest) -> None:
@@ -116,7 +119,7 @@ def builder_for(request: BuildRequest) -> str:
     return request.builder or repository or settings.GENERATOR_DEFAULT_BUILDER
 
 
-def _create(job_id: str, target, request: BuildRequest, stored: dict | None, submitted_by, retry_of) -> BuildJob:
+def _create(job_id: str, target, request: BuildRequest, stored: dict | None, submitted_by, retry_of, team) -> BuildJob:
     with transaction.atomic():
         job = BuildJob.objects.create(
             id=job_id,
@@ -132,6 +135,7 @@ def _create(job_id: str, target, request: BuildRequest, stored: dict | None, sub
             builder=builder_for(request),
             target=request.target,
             submitted_by=submitted_by,
+            team=team,
             retry_of=retry_of,
         )
         if stored is not None:
@@ -144,7 +148,8 @@ def _create(job_id: str, target, request: BuildRequest, stored: dict | None, sub
 
 
 def retry_build(job: BuildJob, user) -> BuildJob:
-    """A new job from the same source and options, linked to the old one."""
+    """A new job from the same source and options, linked to the old one: a
+    submit by `user` for the old build's team, with every check of a submit."""
     if not job.is_terminal:
         raise Conflict(f"the build is {job.status}: only a finished build can be retried")
     uploaded = not job.dockerfile and not job.ref  # its source was an uploaded context
@@ -168,6 +173,7 @@ def retry_build(job: BuildJob, user) -> BuildJob:
             no_cache=job.no_cache,
             builder=job.builder,
             target=job.target,
+            team=job.team.slug if job.team_id else "",
         )
         return submit(request, submitted_by=user, retry_of=job)
 
@@ -179,12 +185,14 @@ def submit_push_build(*, repository, ref: str, sha: str, tags: list[str]) -> Bui
     too, if the repository says so): only the newest commit of a ref matters.
     """
     check_registry_allowed(repository.image)  # the row may have gone since the repository was saved
+    ownership.check_push_build(repository, repository.image)  # so may its team's namespace
     ensure_pool_exists_or_raise(repository.daemon_group)
     with transaction.atomic():
         job = BuildJob.objects.create(
             image=f"{repository.image}:{tags[0]}",
             extra_tags=tags[1:],
             repository=repository,
+            team_id=repository.team_id,
             ref=ref,
             commit_sha=sha,
         )

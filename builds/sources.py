@@ -16,6 +16,14 @@ An access token goes to git in the environment (GIT_CONFIG_*), never in a URL
 or an argument, and only for the clone URL's own origin (scheme, host, port): a
 submodule on another host never gets it. It is scrubbed from any message this
 module raises.
+
+ssh (`ssh://` and `git@host:` URLs) runs with an ssh_config of the farm's own
+(`ssh -F`: neither the worker's ~/.ssh nor its agent): each host checked is
+pinned to its checked address (HostName, with HostKeyAlias so the host key is
+still looked up by name), any other host is refused, host keys are checked
+strictly against the known_hosts given, and only the clone URL's host is
+offered the deploy key. The key and that config live in a 0700 folder for one
+git command and are removed after it, whatever happened.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import hashlib
 import ipaddress
 import os
 import re
+import shlex
 import socket
 import subprocess
 import tarfile
@@ -39,6 +48,8 @@ from urllib.parse import urlsplit
 
 from pool.egress import refusal_reason
 
+from . import secrets
+
 LineSink = Callable[[str], None]
 # (host, port) -> the addresses it resolves to; the system's resolver unless a test gives another.
 Resolver = Callable[[str, int], list[str]]
@@ -48,6 +59,8 @@ MAX_SUBMODULE_DEPTH = 5
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ssh": 22, "git": 9418}
 # user@host:path, git's scp-like syntax for ssh
 _SCP_LIKE = re.compile(r"(?:[^@/]+@)?(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?!//)")
+# What may stand after `Host` and `HostName` in the farm's ssh_config: a name or an address, nothing else.
+_SSH_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:_-]*")
 
 
 class SourceError(Exception):
@@ -96,15 +109,22 @@ class GitSource:
         cache_dir: Path,
         allow_local: bool,
         resolver: Resolver = system_resolver,
+        ssh_key: str = "",
+        known_hosts: str = "",
     ) -> None:
+        """`ssh_key`: a private key in clear for the clone URL's ssh host;
+        `known_hosts`: the host keys ssh accepts (no others)."""
         self.clone_url = clone_url
         self.token = token
         self.allow_local = allow_local
         self.resolver = resolver
-        key = hashlib.sha256(clone_url.encode()).hexdigest()[:24]
-        self.mirror = Path(cache_dir) / f"{key}.git"
+        self.ssh_key, self.known_hosts = ssh_key, known_hosts
+        # A mirror fetched with a key is that key's: a repository without it must not read it.
+        owner = clone_url + ("\0" + hashlib.sha256(ssh_key.encode()).hexdigest() if ssh_key else "")
+        self.mirror = Path(cache_dir) / f"{hashlib.sha256(owner.encode()).hexdigest()[:24]}.git"
         self.remote = parse_remote(clone_url)
         self._pins: list[str] = []  # http.curloptResolve entries: host:port:addresses checked
+        self._ssh_pins: dict[str, tuple[str, int]] = {}  # ssh host -> (address checked, port)
         self._clone_host_checked = False
 
     def context(self, sha: str, context_dir: str, *, max_bytes: int, on_line: LineSink) -> BinaryIO:
@@ -260,6 +280,10 @@ class GitSource:
         if remote.origin and not _is_address(remote.host):
             listed = ",".join(f"[{a}]" if ":" in a else a for a in addresses)
             self._pins.append(f"{remote.host}:{remote.port}:{listed}")
+        elif remote.scheme == "ssh":
+            if not _SSH_HOST.fullmatch(remote.host):
+                raise SourceError(f"{what} {self._scrub(url)} does not name a host ssh can be held to")
+            self._ssh_pins.setdefault(remote.host, (addresses[0], remote.port))
 
     def _env(self) -> dict[str, str]:
         env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
@@ -280,18 +304,93 @@ class GitSource:
         if network and not self._clone_host_checked:  # resolved when git is about to connect, not before
             self._pin(self.clone_url, what="the clone URL")
             self._clone_host_checked = True
-        try:
-            result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, env=self._env(), timeout=GIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise SourceError(f"git {args[0]} took longer than {GIT_TIMEOUT} s") from None
+        with self._ssh() if network else _no_ssh() as ssh_env:
+            try:
+                result = subprocess.run(
+                    ["git", *args], cwd=cwd, capture_output=True, env={**self._env(), **ssh_env}, timeout=GIT_TIMEOUT
+                )
+            except subprocess.TimeoutExpired:
+                raise SourceError(f"git {args[0]} took longer than {GIT_TIMEOUT} s") from None
         if result.returncode != 0:
             message = result.stderr.decode(errors="replace").strip().splitlines()
-            detail = message[-1] if message else f"exit status {result.returncode}"
+            detail = self._ssh_failure(message) or (message[-1] if message else f"exit status {result.returncode}")
             raise SourceError(f"git {args[0]} failed: {self._scrub(detail)}")
         return result.stdout if capture else b""
 
+    @contextmanager
+    def _ssh(self) -> Iterator[dict[str, str]]:
+        """GIT_SSH_COMMAND for one git command: ssh with the farm's own config, the
+        deploy key and the known hosts, in files removed when the command ends."""
+        files = {"config": "", "known_hosts": self.known_hosts}
+        if self.ssh_key:
+            files["key"] = self.ssh_key
+        with secrets.as_files(files) as paths:
+            Path(paths["config"]).write_text(self._ssh_config(paths))
+            yield {"GIT_SSH_COMMAND": f"ssh -F {shlex.quote(paths['config'])}", "GIT_SSH_VARIANT": "ssh"}
+
+    def _ssh_config(self, paths: dict[str, str]) -> str:
+        """First match wins in ssh_config: each checked host's block, then the
+        farm's rules for all, then a refusal of any host not checked."""
+        clone_host = self.remote.host if self.remote and self.remote.scheme == "ssh" else None
+        lines = []
+        for host, (address, port) in self._ssh_pins.items():
+            alias = host if port == 22 else f"[{host}]:{port}"  # how known_hosts names it
+            lines += [f"Host {host}", f"  HostName {address}", f"  HostKeyAlias {alias}", "  ProxyCommand none"]
+            if host == clone_host and "key" in paths:
+                lines += [f'  IdentityFile "{paths["key"]}"']
+            else:
+                lines += ["  PubkeyAuthentication no"]
+        lines += [
+            "Host *",
+            "  BatchMode yes",
+            "  IdentitiesOnly yes",
+            "  IdentityAgent none",
+            "  PasswordAuthentication no",
+            "  KbdInteractiveAuthentication no",
+            "  StrictHostKeyChecking yes",
+            f'  UserKnownHostsFile "{paths["known_hosts"]}"',
+            "  GlobalKnownHostsFile /dev/null",
+            "  UpdateHostKeys no",
+            "  CheckHostIP no",
+            "  ForwardAgent no",
+            "  ClearAllForwardings yes",
+            "  PermitLocalCommand no",
+            "  ControlMaster no",
+            "  ControlPath none",
+            "  ConnectTimeout 30",
+            "  LogLevel ERROR",
+            # Reached only by a host that was never checked against the egress rules.
+            # (No %h in it: ssh 9.2 would give the shell a host name as written in .gitmodules.)
+            "  ProxyCommand sh -c 'echo the host was not checked against the egress rules of the farm >&2; exit 1'",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def _ssh_failure(self, stderr: list[str]) -> str | None:
+        """ssh's reason in words a user can act on; git's own last lines say only
+        "Could not read from remote repository"."""
+        text = "\n".join(stderr)
+        host = self.remote.host if self.remote else "the host"
+        if "Host key verification failed" in text or "host key is known for" in text:
+            if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text:
+                return f"the SSH host key of {host} is not the one in the repository's known_hosts"
+            return (
+                f"no SSH host key of {host} is known: add it to the repository's known_hosts "
+                "(ssh-keyscan prints it; check it against the host's published fingerprints)"
+            )
+        if "Permission denied (" in text:
+            if self.ssh_key:
+                return f"{host} refused the repository's deploy key (Permission denied): is it a deploy key there?"
+            return f"{host} asks for an SSH key (Permission denied) and the repository has no deploy key"
+        reasons = [line for line in stderr if line.startswith(("ssh:", "kex_", "Connection ")) or "egress" in line]
+        return reasons[0] if reasons else None
+
     def _scrub(self, text: str) -> str:
         return text.replace(self.token, "***") if self.token else text
+
+
+@contextmanager
+def _no_ssh() -> Iterator[dict[str, str]]:
+    yield {}
 
 
 class _Bounded:

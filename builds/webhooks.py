@@ -227,6 +227,17 @@ def _handle(event: str, repository: Repository, payload: dict) -> tuple[int, str
     return 202, f"ignored: {event or 'unnamed'} events do not build", []
 
 
+def _note_default_branch(repository: Repository, payload: dict) -> None:
+    """GitHub names the repository's default branch in every push: kept for the
+    pool-wide cache (builders.pool_cache)."""
+    field = payload.get("repository")
+    branch = field.get("default_branch") if isinstance(field, dict) else None
+    valid = isinstance(branch, str) and 0 < len(branch) <= 200 and is_ref_text(f"refs/heads/{branch}")
+    if valid and branch != repository.default_branch:
+        Repository.objects.filter(pk=repository.pk).update(default_branch=branch)
+        repository.default_branch = branch
+
+
 def _handle_push(repository: Repository, payload: dict) -> tuple[int, str, list[str]]:
     ref, sha = payload.get("ref"), str(payload.get("after", ""))
     if not isinstance(ref, str):
@@ -237,6 +248,7 @@ def _handle_push(repository: Repository, payload: dict) -> tuple[int, str, list[
         return 400, "the payload's ref has characters git refuses in a ref name", []
     if payload.get("deleted") or set(sha) == {"0"}:
         return 202, f"ignored: the push deleted {ref}", []
+    _note_default_branch(repository, payload)
     pushed = parse_ref(ref)
     if pushed is None:
         return 202, f"ignored: {ref} is neither a branch nor a tag", []

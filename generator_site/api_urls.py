@@ -6,12 +6,15 @@ from rest_framework.routers import DefaultRouter
 
 from builds.api import BuildViewSet, RegistryViewSet, RepositoryViewSet
 from pool.api import DaemonViewSet
+from teams.api import NamespaceViewSet, TeamViewSet
 
 router = DefaultRouter()
 router.register("builds", BuildViewSet, basename="build")
 router.register("daemons", DaemonViewSet, basename="daemon")
 router.register("repositories", RepositoryViewSet, basename="repository")
 router.register("registries", RegistryViewSet, basename="registry")
+router.register("teams", TeamViewSet, basename="team")
+router.register("namespaces", NamespaceViewSet, basename="namespace")
 
 urlpatterns = [
     path("api/v1/", include(router.urls)),

@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 requirements="${1:-requirements/base.txt}"
 # busybox-static, not busybox: the base image needs a statically linked binary.
 # nftables, socat, iproute2: each daemon's sandbox (scripts/sandbox.py).
-packages=(docker.io docker-registry redis-server busybox-static docker-compose git nftables socat iproute2)
-# The browser tests drive Debian's Chromium (Playwright's own download cannot run here).
-if [ "$(basename "$requirements")" = test.txt ]; then packages+=(chromium); fi
+# openssh-client: ssh clone URLs with deploy keys (builds/sources.py).
+packages=(docker.io docker-registry redis-server busybox-static docker-compose git nftables socat iproute2 openssh-client)
+# The browser tests drive Debian's Chromium (Playwright's own download cannot run here);
+# the deploy key tests clone from a test-owned sshd (tests/ssh_server.py; the service stays off).
+if [ "$(basename "$requirements")" = test.txt ]; then packages+=(chromium openssh-server); fi
 
 missing=()
 for package in "${packages[@]}"; do

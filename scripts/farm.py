@@ -121,6 +121,18 @@ def up() -> None:
     admin = manage("ensureadmin", "--password-file", str(VAR / "admin-password"), env=env)
     print(indent(admin))
     print(indent(manage("allowregistry", f"localhost:{REGISTRY_PORT}", env=env)))
+    # One team owns the whole local registry, so the README's first build pushes as before.
+    team = (
+        "ensureteam",
+        "default",
+        "--name",
+        "Default",
+        "--namespace",
+        f"localhost:{REGISTRY_PORT}/",
+        "--admin",
+        "admin",
+    )
+    print(indent(manage(*team, env=env)))
 
     lf.start_web(sup, WEB_PORT, env)
     step(f"daphne serves http://localhost:{WEB_PORT}")

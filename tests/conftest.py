@@ -148,8 +148,67 @@ def operator(database, allowed_registry):
 
 
 @pytest.fixture
-def reader(database):
-    return _user("reader")
+def team(database, allowed_registry):
+    """The team that owns the test registry's namespace (as `make up` makes one)."""
+    from teams.models import Namespace, Team
+
+    team = Team.objects.get_or_create(slug="default", defaults={"name": "Default"})[0]
+    Namespace.objects.get_or_create(prefix="localhost:5000/", defaults={"team": team})
+    return team
+
+
+def member_of(team, user, role: str = "member"):
+    from teams.models import Membership
+
+    Membership.objects.get_or_create(team=team, user=user, defaults={"role": role})
+    return user
+
+
+@pytest.fixture
+def reader(database, team):
+    # A member of the default team without the right to build: reads its builds.
+    return member_of(team, _user("reader"))
+
+
+@pytest.fixture
+def teams(db, allowed_registry):
+    """Team A owns localhost:5000/team-a/, team B localhost:5000/team-b/ (tests/test_teams.py)."""
+    from teams.models import Namespace, Team
+
+    a = Team.objects.create(slug="team-a", name="Team A")
+    b = Team.objects.create(slug="team-b", name="Team B")
+    Namespace.objects.create(team=a, prefix="localhost:5000/team-a/")
+    Namespace.objects.create(team=b, prefix="localhost:5000/team-b/")
+    return a, b
+
+
+def builder(name: str, team, role: str = "member"):
+    """A member of `team` with the right to build."""
+    from django.contrib.auth.models import Permission
+
+    user = member_of(team, _user(name), role)
+    user.user_permissions.add(Permission.objects.get(codename="add_buildjob"))
+    return user
+
+
+@pytest.fixture
+def alice(teams):
+    return builder("alice", teams[0])
+
+
+@pytest.fixture
+def bob(teams):
+    return builder("bob", teams[1])
+
+
+@pytest.fixture
+def carol(teams):
+    return builder("carol", teams[0], role="admin")
+
+
+@pytest.fixture
+def dave(teams):
+    return builder("dave", teams[0])
 
 
 def pytest_collection_modifyitems(items):

@@ -151,9 +151,11 @@ def test_an_unknown_repository_is_a_field_error(api, operator, daemon):
     assert response.status_code == 400 and "repository" in response.json()
 
 
-def test_list_filters_and_paginates(api, reader, daemon):
-    BuildJob.objects.create(image="localhost:5000/a/b:1", dockerfile=DOCKERFILE, status="succeeded", daemon=daemon)
-    BuildJob.objects.create(image="localhost:5000/x/y:1", dockerfile=DOCKERFILE, status="failed")
+def test_list_filters_and_paginates(api, reader, daemon, team):
+    BuildJob.objects.create(
+        image="localhost:5000/a/b:1", dockerfile=DOCKERFILE, status="succeeded", daemon=daemon, team=team
+    )
+    BuildJob.objects.create(image="localhost:5000/x/y:1", dockerfile=DOCKERFILE, status="failed", team=team)
     as_user(api, reader)
     assert api.get("/api/v1/builds/").json()["count"] == 2
     assert [b["image"] for b in api.get("/api/v1/builds/?status=failed").json()["results"]] == ["localhost:5000/x/y:1"]
@@ -161,8 +163,10 @@ def test_list_filters_and_paginates(api, reader, daemon):
     assert api.get(f"/api/v1/builds/?daemon={daemon.name}").json()["count"] == 1
 
 
-def test_detail_and_log_with_an_offset(api, reader, daemon):
-    job = BuildJob.objects.create(image="a/b:latest", dockerfile=DOCKERFILE, status="building", log_line_count=3)
+def test_detail_and_log_with_an_offset(api, reader, daemon, team):
+    job = BuildJob.objects.create(
+        image="a/b:latest", dockerfile=DOCKERFILE, status="building", log_line_count=3, team=team
+    )
     BuildLogLine.objects.bulk_create(BuildLogLine(job=job, seq=i, text=f"line {i}") for i in (1, 2, 3))
     as_user(api, reader)
     assert api.get(f"/api/v1/builds/{job.id}/").json()["log_line_count"] == 3
@@ -186,8 +190,8 @@ def test_cancel_and_retry(api, operator, daemon):
     assert BuildJob.objects.get(pk=retried.json()["id"]).dockerfile == DOCKERFILE
 
 
-def test_a_reader_may_not_build_or_cancel(api, reader, operator, daemon):
-    job = BuildJob.objects.create(image="a/b:latest", dockerfile=DOCKERFILE, submitted_by=operator)
+def test_a_reader_may_not_build_or_cancel(api, reader, operator, daemon, team):
+    job = BuildJob.objects.create(image="a/b:latest", dockerfile=DOCKERFILE, submitted_by=operator, team=team)
     as_user(api, reader)
     assert api.post("/api/v1/builds/", {"image": "a/b", "dockerfile": DOCKERFILE}, format="json").status_code == 403
     assert api.post(f"/api/v1/builds/{job.id}/cancel/").status_code == 403

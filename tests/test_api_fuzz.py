@@ -60,13 +60,19 @@ def operations_with_a_json_body():
 
 @pytest.mark.parametrize(("method", "path"), sorted(operations_with_a_json_body()))
 @pytest.mark.parametrize(("body", "expected"), [(DEEP, 400), (HUGE, 413)], ids=["deep", "huge"])
-def test_deep_or_huge_json_is_a_4xx_for_every_operation(method, path, body, expected, operator, daemon):
+def test_deep_or_huge_json_is_a_4xx_for_every_operation(method, path, body, expected, operator, daemon, team):
     repository = Repository.objects.create(
         full_name="o/r", clone_url="https://github.com/o/r.git", image="localhost:5000/o/r", webhook_secret="s"
     )
-    ids = {"daemons": daemon.pk, "registries": Registry.objects.get().pk, "repositories": repository.pk}
+    ids = {
+        "daemons": daemon.pk,
+        "registries": Registry.objects.get().pk,
+        "repositories": repository.pk,
+        "namespaces": team.namespaces.get().pk,
+    }
     collection = path.split("/")[3]
     url = path.replace("{id}", str(ids[collection])) if "{id}" in path else path
+    url = url.replace("{slug}", team.slug)
     client = APIClient(raise_request_exception=False)
     client.credentials(HTTP_AUTHORIZATION=f"Token {operator.api_token}")
     response = client.generic(method, url, body, content_type="application/json")

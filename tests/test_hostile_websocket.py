@@ -15,6 +15,7 @@ from channels.testing import WebsocketCommunicator
 from builds.models import BuildJob
 from generator_site.asgi import application
 from generator_site.websocket_auth import parse_origin
+from teams.models import Team
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,7 +32,10 @@ def communicator(path: str, token: str, origin: str | None = None, host: str | N
 
 
 def make_job(daemon) -> BuildJob:
-    return BuildJob.objects.create(image="a/b:latest", dockerfile="FROM busybox\n", daemon=daemon, status="queued")
+    team = Team.objects.get_or_create(slug="default", defaults={"name": "Default"})[0]  # the reader's
+    return BuildJob.objects.create(
+        image="a/b:latest", dockerfile="FROM busybox\n", daemon=daemon, status="queued", team=team
+    )
 
 
 ORIGINS = [

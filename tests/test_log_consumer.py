@@ -36,12 +36,16 @@ from builds.logs import LogWriter
 from builds.models import BuildJob, BuildLogLine
 from generator_site import settings as site_settings
 from generator_site.asgi import application
+from teams.models import Team
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def make_job(daemon, lines: int = 0, status: str = "building") -> BuildJob:
-    job = BuildJob.objects.create(image="a/b:latest", dockerfile="FROM busybox\n", daemon=daemon, status=status)
+    team = Team.objects.get_or_create(slug="default", defaults={"name": "Default"})[0]  # the reader's
+    job = BuildJob.objects.create(
+        image="a/b:latest", dockerfile="FROM busybox\n", daemon=daemon, status=status, team=team
+    )
     writer = LogWriter(job.id, last_seq=0, batch_lines=1000, flush_seconds=60)
     for i in range(1, lines + 1):
         writer.write(f"backlog {i}")

@@ -6,11 +6,18 @@ from django.test import override_settings
 from django.utils import timezone
 
 from builds.models import BuildJob, Repository
+from teams.models import Team
+
+
+def reader_team(user) -> Team:
+    return Team.objects.of(user).get()
 
 
 def make_job(daemon, **fields):
+    # A build of the default team, which the reader fixture is in.
+    team = Team.objects.get_or_create(slug="default", defaults={"name": "Default"})[0]
     return BuildJob.objects.create(
-        image="localhost:5000/a/b:latest", dockerfile="FROM busybox\n", daemon=daemon, **fields
+        image="localhost:5000/a/b:latest", dockerfile="FROM busybox\n", daemon=daemon, team=team, **fields
     )
 
 
@@ -39,7 +46,7 @@ def test_an_unknown_job_is_404(client, reader, db):
 
 def test_the_list_filters_and_shows_queue_positions(client, reader, daemon):
     make_job(daemon, status="succeeded", started_at=timezone.now(), finished_at=timezone.now())
-    BuildJob.objects.create(image="localhost:5000/x/waiting:1", dockerfile="FROM busybox\n")
+    BuildJob.objects.create(image="localhost:5000/x/waiting:1", dockerfile="FROM busybox\n", team=reader_team(reader))
     client.force_login(reader)
     page = client.get("/builds/").content.decode()
     assert "localhost:5000/a/b:latest" in page and "localhost:5000/x/waiting:1" in page and "#1" in page
@@ -57,8 +64,13 @@ def test_the_pool_page_shows_health_and_load(client, reader, daemon):
 
 
 def test_badges_tell_the_latest_finished_build(client, db, daemon):
+    # A public repository's badges are anyone's (tests/test_teams.py: a private one's are its team's).
     repository = Repository.objects.create(
-        full_name="team/app", clone_url="https://x.invalid/a.git", webhook_secret="s", image="localhost:5000/team/app"
+        full_name="team/app",
+        clone_url="https://x.invalid/a.git",
+        webhook_secret="s",
+        image="localhost:5000/team/app",
+        public=True,
     )
     assert "unknown" in client.get("/badges/team/app.svg").content.decode()
     BuildJob.objects.create(

@@ -167,8 +167,8 @@ def test_an_operator_can_open_anonymous_submissions(client, pool, allowed_regist
 
 
 @pytest.fixture
-def logged_job(pool):
-    job = BuildJob.objects.create(image="a/b:latest", dockerfile=DOCKERFILE, daemon=pool, status="building")
+def logged_job(pool, team):
+    job = BuildJob.objects.create(image="a/b:latest", dockerfile=DOCKERFILE, daemon=pool, status="building", team=team)
     BuildLogLine.objects.bulk_create(BuildLogLine(job=job, seq=i + 1, text=f"line {i}") for i in range(3))
     BuildJob.objects.filter(pk=job.pk).update(log_line_count=3)
     return job

@@ -9,8 +9,10 @@ import json
 import jsonschema
 import pytest
 from django.test import override_settings
+from django.utils import timezone
 from referencing import Registry, Resource
 
+from builds.builders import pool_cache
 from builds.models import BuildJob, BuildLogLine, BuildRule, Repository, WebhookDelivery
 from builds.webhooks import BAD_SIGNATURE, signature_of
 from tests.conftest import SHARED
@@ -263,3 +265,24 @@ def test_an_empty_pool_is_503_and_recorded(client, repository):
     response = deliver(client, push_to_existing_branch())
     assert response.status_code == 503
     assert WebhookDelivery.objects.get().status_code == 503
+
+
+def test_the_default_branch_a_push_names_is_kept_and_its_last_image_is_every_builds_cache(client, repository):
+    # GitHub says the repository's default branch in every push (its example: master).
+    payload = example("api.github.com/push/with-new-branch.payload.json")
+    assert deliver(client, payload).status_code == 202
+    repository.refresh_from_db()
+    assert repository.default_branch == payload["repository"]["default_branch"] == "master"
+    main = BuildJob.objects.get(repository=repository)
+    BuildJob.objects.filter(pk=main.pk).update(status="succeeded", finished_at=timezone.now())
+
+    feature = copy.deepcopy(payload) | {"ref": "refs/heads/feature/x", "after": "b" * 40, "before": "0" * 40}
+    BuildRule.objects.create(repository=repository, source="branch", pattern="/feature/.*/", tags="wip")
+    assert deliver(client, feature).status_code == 202
+    branch_build = BuildJob.objects.get(repository=repository, ref="refs/heads/feature/x")
+    assert pool_cache(branch_build) == [
+        "localhost:5000/codertocat/hello-world:wip",
+        "localhost:5000/codertocat/hello-world:latest",  # the default branch's last image, among the image's own
+    ]
+    BuildJob.objects.filter(pk=main.pk).update(image="localhost:5000/codertocat/hello-world:sha-6113728")
+    assert pool_cache(branch_build)[-1] == "localhost:5000/codertocat/hello-world:sha-6113728"

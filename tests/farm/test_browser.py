@@ -1,20 +1,23 @@
 """The pages in a real browser (Debian's Chromium, driven by Playwright) against the
-real farm: a live log arriving, escaping, a reconnect, a 100,000-line build.
+real farm: a live log arriving, escaping, a reconnect, a 100,000-line build, the
+log grouped by build step (BuildKit's and the classic builder's).
 Screenshots of each page go to var/test-output/screenshots/."""
 
 from __future__ import annotations
 
 import os
+import re
 import urllib.request
+import uuid
 
 import pytest
 from django.contrib.auth import get_user_model
 from playwright.sync_api import expect, sync_playwright
 
-from builds.models import BuildJob
+from builds.models import BuildJob, BuildLogLine
 from tests.conftest import ROOT
 
-from .conftest import submit
+from .conftest import api_build, follow, submit
 
 pytestmark = pytest.mark.farm
 
@@ -70,8 +73,8 @@ def seqs_on(page) -> list[int]:
     return page.eval_on_selector_all("#log .line", "lines => lines.map(l => Number(l.dataset.seq))")
 
 
-def wait_for_end(page, job_id: str, timeout_ms: int = 120_000) -> BuildJob:
-    expect(page.locator("#status")).to_have_text("succeeded", timeout=timeout_ms)
+def wait_for_end(page, job_id: str, timeout_ms: int = 120_000, status: str = "succeeded") -> BuildJob:
+    expect(page.locator("#status")).to_have_text(status, timeout=timeout_ms)
     job = BuildJob.objects.get(pk=job_id)
     page.wait_for_function(f"window.generatorLog.count === {job.log_line_count}", timeout=timeout_ms)
     return job
@@ -84,8 +87,12 @@ def test_a_running_build_streams_into_the_page_and_turns_succeeded(page, farm, t
     page.wait_for_function(
         "window.generatorLog.count > 0 && document.getElementById('status').textContent !== 'succeeded'"
     )
+    # The step still running is open and says so, while its lines arrive.
+    expect(page.locator("#log details.step-running[open]")).to_contain_text("line 3", timeout=60_000)
     shot(page, "job-running")
     job = wait_for_end(page, job_id)
+    assert page.locator("#log details.step-group").count() == 2
+    assert page.locator("#log details.step-group[open]").count() == 0  # finished steps fold
     assert page.text_content("#line-count") == str(job.log_line_count)
     assert seqs_on(page) == list(range(1, job.log_line_count + 1))
     expect(page.locator("#digest")).to_have_text(job.digest)
@@ -128,11 +135,22 @@ def test_a_dropped_connection_resumes_without_gaps_or_duplicates(page, farm, tok
     assert seqs_on(page) == list(range(1, job.log_line_count + 1))
 
 
-def test_a_build_printing_100000_lines_ends_with_the_right_count(page, farm, token):
-    job_id = submit(farm, token, f"{farm.registry}/browser/huge", "FROM busybox\nRUN seq 1 100000\n")
+# BuildKit clips a step's output that comes too fast (`seq 1 100000` kept about
+# 36,000 lines here): its build prints 100,000 short lines 5,000 at a time.
+HUGE = {"classic": "RUN seq 1 100000", "buildkit": "RUN for i in $(seq 1 20); do yes | head -n 5000; sleep 0.2; done"}
+
+
+@pytest.mark.parametrize("builder", ["classic", "buildkit"])
+def test_a_build_printing_100000_lines_ends_with_the_right_count(page, farm, token, builder):
+    body = {"image": f"{farm.registry}/browser/huge", "dockerfile": f"FROM busybox\n{HUGE[builder]}\n"}
+    job_id = api_build(farm, token, {**body, "builder": builder})
     page.goto(f"/builds/{job_id}/")
     job = wait_for_end(page, job_id, timeout_ms=240_000)
-    assert job.log_line_count > 100_000
+    tail = BuildLogLine.objects.filter(job_id=job_id).order_by("-seq").values_list("text", flat=True)[:30]
+    assert job.log_line_count > 100_000, list(tail)
+    # All of them in their step, folded once it is done.
+    huge = group(page, HUGE[builder])
+    assert huge.locator(".step-body .line").count() > 100_000 and huge.get_attribute("open") is None
     assert page.text_content("#line-count") == str(job.log_line_count)
     # The raw log comes in pages of at most 100,000 lines: follow X-Log-Next-Offset.
     offset, lines = 0, 0
@@ -148,4 +166,81 @@ def test_a_build_printing_100000_lines_ends_with_the_right_count(page, farm, tok
             break
         offset = next_offset
     assert lines == job.log_line_count
-    shot(page, "job-100000-lines")
+    shot(page, f"job-100000-lines-{builder}")
+
+
+def group(page, title_part: str):
+    return page.locator("#log details.step-group", has=page.locator("summary", has_text=title_part))
+
+
+def test_buildkit_steps_are_grouped_timed_cached_folded_and_the_failure_is_linked(page, farm, token):
+    image, nonce = f"{farm.registry}/browser/steps", uuid.uuid4().hex[:8]
+    base = f"FROM busybox\nRUN echo prepared {nonce} > /prepared\n"
+    first = api_build(farm, token, {"image": image, "dockerfile": base, "builder": "buildkit"})
+    assert follow(farm, first, token).end["status"] == "succeeded"
+    dockerfile = base + "RUN echo normal step && sleep 1\nRUN echo about to fail && exit 3\n"
+    job_id = api_build(farm, token, {"image": image, "dockerfile": dockerfile, "builder": "buildkit"})
+    page.goto(f"/builds/{job_id}/")
+    job = wait_for_end(page, job_id, status="failed")
+    stored = list(BuildLogLine.objects.filter(job_id=job_id).order_by("seq").values_list("text", flat=True))
+    assert page.locator("#log .line").count() == len(stored) == job.log_line_count
+
+    cached, normal, failing = group(page, "RUN echo prepared"), group(page, "RUN echo normal"), group(page, "exit 3")
+    expect(cached.locator("summary .badge.cached")).to_have_text("CACHED")
+    normal_seconds = normal.locator("summary .badge.time").text_content()
+    assert re.fullmatch(r"\d+\.\d s", normal_seconds) and float(normal_seconds[:-2]) >= 1.0, normal_seconds
+    expect(failing.locator("summary .badge.failed")).to_have_text("ERROR")
+    # The failing step is the only one open; its output is in it, by its #N prefix.
+    open_groups = page.locator("#log details.step-group[open]")
+    expect(open_groups).to_have_count(1)
+    expect(open_groups.first).to_contain_text("about to fail")
+    number = failing.locator("summary .line").text_content().split(" ")[0]
+    assert all(t.startswith(number + " ") for t in failing.locator(".step-body .line").all_text_contents())
+    assert normal.get_attribute("open") is None and cached.get_attribute("open") is None
+    # The farm's lines and BuildKit's closing excerpt stay outside the steps, in order.
+    outside = page.eval_on_selector_all("#log > .line", "lines => lines.map(l => l.textContent)")
+    assert outside == [t for t in stored if not t.startswith("#") and t != ""]
+    assert outside[0].startswith("[generator] Building") and outside[-1].startswith("[generator] Build failed")
+    shot(page, "job-buildkit-steps")
+
+    # The first error, linked from the top of the page.
+    page.evaluate("document.getElementById('log').scrollTop = 0; window.scrollTo(0, 0)")
+    link = page.locator("#first-error")
+    expect(link).to_be_visible()
+    expect(link).to_contain_text(f"{number} [4/4] RUN echo about to fail && exit 3 \u2014 ERROR: ")
+    link.click()
+    target = page.locator("#log .line.target")
+    expect(target).to_have_text(re.compile(rf"^{number} ERROR: .*exit code: 3"))
+    expect(target).to_be_in_viewport()
+    shot(page, "job-buildkit-first-error")
+
+    # A folded step opens on a click; the plain log is every line in the order it came.
+    normal.locator("summary").click()
+    expect(normal.locator(".step-body")).to_contain_text("normal step")
+    page.click("#view")
+    expect(page.locator("#log details")).to_have_count(0)
+    assert page.eval_on_selector_all("#log .line", "lines => lines.map(l => l.textContent)") == stored
+    assert seqs_on(page) == list(range(1, job.log_line_count + 1))
+    page.click("#view")
+    expect(page.locator("#log details.step-group[open]")).to_have_count(1)
+
+
+def test_classic_builds_are_grouped_by_their_step_lines(page, farm, token):
+    dockerfile = f"FROM busybox\nRUN echo classic {uuid.uuid4().hex}\nRUN echo about to fail && exit 3\n"
+    job_id = api_build(
+        farm, token, {"image": f"{farm.registry}/browser/classic-steps", "dockerfile": dockerfile, "builder": "classic"}
+    )
+    page.goto(f"/builds/{job_id}/")
+    wait_for_end(page, job_id, status="failed")
+    titles = page.eval_on_selector_all("#log summary .line", "lines => lines.map(l => l.textContent)")
+    assert [t.split(" : ")[0] for t in titles] == ["Step 1/3", "Step 2/3", "Step 3/3"]
+    failing = group(page, "Step 3/3")
+    expect(failing.locator("summary .badge.failed")).to_have_text("ERROR")
+    expect(page.locator("#log details.step-group[open]")).to_have_count(1)
+    expect(failing.locator(".step-body")).to_contain_text("about to fail")
+    link = page.locator("#first-error")
+    expect(link).to_contain_text("Step 3/3 : RUN echo about to fail && exit 3")
+    expect(link).to_contain_text("returned a non-zero code: 3")
+    link.click()
+    expect(page.locator("#log .line.target")).to_have_text(re.compile(r"^\[generator\] Build failed: "))
+    shot(page, "job-classic-steps")

@@ -1,6 +1,7 @@
 // The live build log: backlog then live lines over the WebSocket, resuming after
 // the last line received when the connection drops. Text goes in with
-// textContent only: a build's output is never HTML.
+// textContent only: a build's output is never HTML. Lines are grouped by build
+// step (steps.js says which line goes where); "Plain log" shows them as they came.
 "use strict";
 
 (function () {
@@ -10,10 +11,22 @@
   const statusEl = document.getElementById("status");
   const pausedEl = document.getElementById("paused");
   const followBtn = document.getElementById("follow");
+  const viewBtn = document.getElementById("view");
+  const firstError = document.getElementById("first-error");
   const jobId = root.dataset.job;
   const wsBase = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
 
-  const state = { lastSeq: 0, count: 0, ended: false, following: true, socket: null, pending: [], reconnects: 0 };
+  const state = {
+    lastSeq: 0, count: 0, ended: false, following: true, socket: null, reconnects: 0,
+    parser: new window.GeneratorSteps.StepParser(),
+    entries: [], // [seq, text, step, role] of every line received, for redrawing
+    pending: [], // entries not drawn yet
+    touched: new Set(), // steps whose summary changed since the last frame
+    views: new Map(), // step -> its drawn group {details, badges, body}
+    pinned: new Set(), // steps the viewer opened or closed: left as they are
+    plain: false,
+    failureText: null,
+  };
   window.generatorLog = state;
 
   const ANSI = /\x1b\[([0-9;]*)([A-Za-z])/g;
@@ -22,7 +35,6 @@
     // SGR colours and bold become spans; other escape sequences are dropped.
     const line = document.createElement("div");
     line.className = "line";
-    if (/^Step \d+\/\d+ :/.test(text)) line.classList.add("step");
     if (text.startsWith("[generator] ")) line.classList.add("farm");
     let fg = null, bold = false, last = 0, match;
     const add = (chunk) => {
@@ -52,19 +64,73 @@
     return line;
   }
 
+  function drawGroup(step, head) {
+    // <details>: folding and keyboard access for free; its summary is the step's first line.
+    const details = document.createElement("details");
+    details.className = "step-group";
+    details.dataset.step = step.id;
+    const summary = document.createElement("summary");
+    const badges = document.createElement("span");
+    badges.className = "badges";
+    summary.append(head, badges);
+    const body = document.createElement("div");
+    body.className = "step-body";
+    details.append(summary, body);
+    const view = { details, badges, body };
+    state.views.set(step, view);
+    return view;
+  }
+
+  function badge(text, kind) {
+    const span = document.createElement("span");
+    span.className = "badge " + kind;
+    span.textContent = text;
+    return span;
+  }
+
+  function updateGroup(step) {
+    const view = state.views.get(step);
+    if (!view) return;
+    const badges = [];
+    if (step.seconds !== null) badges.push(badge(step.seconds.toFixed(1) + " s", "time"));
+    if (step.cached) badges.push(badge("CACHED", "cached"));
+    if (step.failed) badges.push(badge("ERROR", "failed"));
+    if (step.ignoredError) badges.push(badge("ERROR, ignored: BuildKit went on", "ignored"));
+    if (step.stopped) badges.push(badge("stopped", "stopped"));
+    if (!step.finished) badges.push(badge("running", "running"));
+    view.badges.replaceChildren(...badges);
+    view.details.classList.toggle("step-failed", step.failed);
+    view.details.classList.toggle("step-running", !step.finished);
+    // Finished steps fold, the failing one and those still running stay open.
+    if (!state.pinned.has(step)) view.details.open = !step.finished || step.failed;
+  }
+
   function flush() {
     // One DOM update per animation frame, however many lines arrived.
     state.scheduled = false;
-    if (!state.pending.length) return;
-    const fragment = document.createDocumentFragment();
-    for (const [seq, text] of state.pending) {
-      const line = render(text);
-      line.dataset.seq = seq;
-      fragment.appendChild(line);
+    if (state.pending.length) {
+      const top = document.createDocumentFragment();
+      const bodies = new Map(); // a fragment per group already on the page
+      for (const [seq, text, step, role] of state.pending) {
+        const line = render(text);
+        line.dataset.seq = seq;
+        if (role === "head") line.classList.add("step");
+        if (state.plain || !step) { top.appendChild(line); continue; }
+        if (role === "head") { top.appendChild(drawGroup(step, line).details); state.touched.add(step); continue; }
+        if (role === "noise") line.classList.add("noise");
+        const body = state.views.get(step).body;
+        if (!body.isConnected) { body.appendChild(line); continue; }
+        if (!bodies.has(body)) bodies.set(body, document.createDocumentFragment());
+        bodies.get(body).appendChild(line);
+      }
+      state.pending = [];
+      for (const [body, fragment] of bodies) body.appendChild(fragment);
+      box.appendChild(top);
     }
-    state.pending = [];
-    box.appendChild(fragment);
+    if (!state.plain) for (const step of state.touched) updateGroup(step);
+    state.touched.clear();
     countEl.textContent = state.count;
+    showFailure();
     if (state.following) box.scrollTop = box.scrollHeight;
   }
 
@@ -77,9 +143,54 @@
       if (line.seq <= state.lastSeq) continue; // never twice
       state.lastSeq = line.seq;
       state.count += 1;
-      state.pending.push([line.seq, line.text]);
+      const { step, role } = state.parser.line(line.seq, line.text);
+      if (step) state.touched.add(step);
+      const failure = state.parser.failure;
+      if (failure && failure.seq === line.seq) {
+        state.failureText = line.text.replace(/^(\[generator\] |#\d+ )/, "");
+        if (failure.step) state.touched.add(failure.step);
+        for (const other of state.parser.steps) if (other.failed) state.touched.add(other);
+      }
+      const entry = [line.seq, line.text, step, role];
+      state.entries.push(entry);
+      state.pending.push(entry);
     }
     schedule();
+  }
+
+  function showFailure() {
+    // The first line that says the build failed, linked from the top of the page.
+    const failure = state.parser.failure;
+    if (!failure || failure.seq === null || firstError.dataset.seq) return;
+    firstError.dataset.seq = failure.seq;
+    firstError.textContent = (failure.step ? failure.step.title + " \u2014 " : "") + state.failureText;
+    firstError.closest(".field").hidden = false;
+  }
+
+  function jumpToFailure(event) {
+    event.preventDefault();
+    const failure = state.parser.failure;
+    if (!state.plain && failure.step) {
+      state.pinned.add(failure.step);
+      state.views.get(failure.step).details.open = true;
+    }
+    const line = box.querySelector('.line[data-seq="' + failure.seq + '"]');
+    for (const old of box.querySelectorAll(".line.target")) old.classList.remove("target");
+    line.classList.add("target");
+    state.following = false;
+    pausedEl.classList.add("on");
+    line.scrollIntoView({ block: "center" });
+  }
+
+  function redraw() {
+    // The other view, drawn again from the lines received.
+    box.replaceChildren();
+    box.classList.toggle("plain", state.plain);
+    state.views.clear();
+    state.pinned.clear();
+    state.pending = state.entries.slice();
+    for (const step of state.parser.steps) state.touched.add(step);
+    flush();
   }
 
   function setStatus(status) {
@@ -126,5 +237,16 @@
     pausedEl.classList.toggle("on", !atEnd);
   });
   followBtn.addEventListener("click", () => { state.following = true; box.scrollTop = box.scrollHeight; pausedEl.classList.remove("on"); });
+  box.addEventListener("click", (event) => {
+    const summary = event.target.closest("summary");
+    if (summary) state.pinned.add(state.parser.steps[Number(summary.parentElement.dataset.step)]);
+  });
+  viewBtn.addEventListener("click", () => {
+    state.plain = !state.plain;
+    viewBtn.textContent = state.plain ? "Steps" : "Plain log";
+    viewBtn.setAttribute("aria-pressed", String(state.plain));
+    redraw();
+  });
+  firstError.addEventListener("click", jumpToFailure);
   connect();
 })();

@@ -1,0 +1,46 @@
+"""`manage.py ensureteam SLUG [--namespace PREFIX...] [--admin USER...] [--member USER...]`:
+a team, its namespaces and members (for `make up`); running it again adds what
+is missing and changes nothing else."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from builds.references import InvalidReference
+from teams.models import Membership, Namespace, Team, parse_namespace
+
+
+class Command(BaseCommand):
+    help = "Create a team (once), give it namespaces and members."
+
+    def add_arguments(self, parser):
+        parser.add_argument("slug")
+        parser.add_argument("--name", help="default: the slug")
+        parser.add_argument("--namespace", action="append", default=[], help="e.g. localhost:5000/ or r.io/team-a/")
+        parser.add_argument("--admin", action="append", default=[], help="a username, made the team's admin")
+        parser.add_argument("--member", action="append", default=[], help="a username, made a member")
+
+    def handle(
+        self, *args, slug: str, name: str | None, namespace: list[str], admin: list[str], member: list[str], **options
+    ):
+        team, created = Team.objects.get_or_create(slug=slug, defaults={"name": name or slug})
+        self.stdout.write(f"team {slug} {'created' if created else 'exists'}")
+        for text in namespace:
+            try:
+                prefix = parse_namespace(text)
+            except InvalidReference as exc:
+                raise CommandError(str(exc)) from None
+            owned, made = Namespace.objects.get_or_create(prefix=prefix, defaults={"team": team})
+            if owned.team_id != team.pk:
+                raise CommandError(f"namespace {prefix} belongs to team {owned.team.slug}")
+            self.stdout.write(f"team {slug} {'now owns' if made else 'owns'} namespace {prefix}")
+        users = get_user_model().objects
+        for username, role in [(u, Membership.Role.ADMIN) for u in admin] + [
+            (u, Membership.Role.MEMBER) for u in member
+        ]:
+            user = users.filter(username=username).first()
+            if user is None:
+                raise CommandError(f"no user named {username!r}")
+            Membership.objects.get_or_create(team=team, user=user, defaults={"role": role})
+            self.stdout.write(f"{username} is in team {slug}")

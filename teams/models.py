@@ -1,0 +1,148 @@
+"""Teams (organisations), their members, and the image namespaces they own.
+
+A team owns repositories and builds (builds/models.py points here); this module
+knows no jobs. An image belongs to the team whose namespace is the longest
+prefix of it, at a path boundary: `localhost:5000/` may be one team's while
+`localhost:5000/team-a/` is another's, and `localhost:5000/team-a/app` then
+belongs to the second.
+"""
+
+from __future__ import annotations
+
+import re
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from builds.references import DOCKER_HUB, DOCKER_HUB_SPELLINGS, InvalidReference, parse_registry_host, registry_host
+
+_PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
+
+
+class TeamQuerySet(models.QuerySet):
+    def of(self, user) -> TeamQuerySet:
+        """The teams `user` is a member of (none for an anonymous user)."""
+        if user is None or not user.is_authenticated:
+            return self.none()
+        return self.filter(memberships__user=user)
+
+    def administered_by(self, user) -> TeamQuerySet:
+        return self.of(user).filter(memberships__role=Membership.Role.ADMIN)
+
+
+class Team(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=50, unique=True, help_text="How builds and the API name the team.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TeamQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    def has_member(self, user) -> bool:
+        return bool(user and user.is_authenticated) and self.memberships.filter(user=user).exists()
+
+    def has_admin(self, user) -> bool:
+        return (
+            bool(user and user.is_authenticated)
+            and self.memberships.filter(user=user, role=Membership.Role.ADMIN).exists()
+        )
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        MEMBER = "member", "member (builds, reads, cancels their own builds)"
+        ADMIN = "admin", "admin (also manages members and cancels any of the team's builds)"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+
+    class Meta:
+        ordering = ["team", "user"]
+        constraints = [models.UniqueConstraint(fields=["team", "user"], name="one_membership_per_team_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team} ({self.role})"
+
+
+def canonical_image(image_repository: str) -> str:
+    """An image repository as a namespace prefix reads it: the registry host as
+    Docker reads it, the path with Docker Hub's `library/`, and a closing '/'
+    (`busybox` -> `docker.io/library/busybox/`)."""
+    host = registry_host(image_repository)
+    first, slash, rest = image_repository.partition("/")
+    if host != DOCKER_HUB:
+        path = rest
+    else:
+        path = rest if slash and first in DOCKER_HUB_SPELLINGS else image_repository
+        if "/" not in path:
+            path = f"library/{path}"
+    return f"{host}/{path}/"
+
+
+def parse_namespace(text: str) -> str:
+    """`localhost:5000/team-a` -> `localhost:5000/team-a/`; a registry alone is
+    all of it (`localhost:5000/`). Raises InvalidReference with the reason."""
+    host, _, path = text.strip().strip("/").partition("/")
+    host = parse_registry_host(host)
+    components = [c for c in path.split("/") if c] if path else []
+    for component in components:
+        if not _PATH_COMPONENT.fullmatch(component):
+            raise InvalidReference(f"{component!r} is not an image path component (lowercase letters, digits, . _ -)")
+    return "/".join([host, *components]) + "/"
+
+
+class NamespaceQuerySet(models.QuerySet):
+    def owning(self, image_repository: str) -> Namespace | None:
+        """The namespace an image repository is in: the longest prefix of it, at a '/'."""
+        canonical = canonical_image(image_repository)
+        parts = canonical.rstrip("/").split("/")
+        prefixes = ["/".join(parts[:n]) + "/" for n in range(1, len(parts) + 1)]
+        return self.filter(prefix__in=prefixes).select_related("team").order_by("-prefix").first()
+
+
+class Namespace(models.Model):
+    """Where a team's builds may push: a registry host and a path prefix. The
+    longest prefix that matches an image decides whose it is."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="namespaces")
+    prefix = models.CharField(
+        max_length=300,
+        unique=True,
+        help_text="A registry host and a path prefix, e.g. localhost:5000/team-a/ (or localhost:5000/ for all of it).",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = NamespaceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["prefix"]
+
+    def __str__(self) -> str:
+        return self.prefix
+
+    def clean(self) -> None:
+        try:
+            self.prefix = parse_namespace(self.prefix)
+        except InvalidReference as exc:
+            raise ValidationError({"prefix": str(exc)}) from None
+
+
+def namespace_refusal(team: Team | None, image_repository: str) -> str:
+    """Why `team` may not push to `image_repository`, or '' if it may."""
+    namespace = Namespace.objects.owning(image_repository)
+    if namespace is None:
+        return (
+            f"{image_repository} is in no team's namespace: builds push only into their team's namespaces"
+            " (an operator adds them under Teams)"
+        )
+    if team is None or namespace.team_id != team.pk:
+        whose = f"team {team.slug}" if team else "none of your teams"
+        return f"{image_repository} is in namespace {namespace.prefix}, which {whose} does not own"
+    return ""
