@@ -17,7 +17,7 @@ from playwright.sync_api import expect, sync_playwright
 from builds.models import BuildJob, BuildLogLine
 from tests.conftest import ROOT
 
-from .conftest import api_build, follow, submit
+from .conftest import api_build, follow, printed, submit
 
 pytestmark = pytest.mark.farm
 
@@ -82,7 +82,9 @@ def wait_for_end(page, job_id: str, timeout_ms: int = 120_000, status: str = "su
 
 def test_a_running_build_streams_into_the_page_and_turns_succeeded(page, farm, token):
     chatty = "FROM busybox\nRUN for i in $(seq 1 30); do echo line $i; sleep 0.1; done\n"
-    job_id = submit(farm, token, f"{farm.registry}/browser/live", chatty)
+    # The classic builder's two steps; BuildKit's grouping has a test of its own below.
+    body = {"image": f"{farm.registry}/browser/live", "dockerfile": chatty, "builder": "classic"}
+    job_id = api_build(farm, token, body)
     page.goto(f"/builds/{job_id}/")
     page.wait_for_function(
         "window.generatorLog.count > 0 && document.getElementById('status').textContent !== 'succeeded'"
@@ -116,7 +118,7 @@ def test_log_text_is_text_and_ansi_colours_are_rendered(page, farm, token):
     job_id = submit(farm, token, f"{farm.registry}/browser/escape", dockerfile)
     page.goto(f"/builds/{job_id}/")
     wait_for_end(page, job_id)
-    texts = page.eval_on_selector_all("#log .line", "lines => lines.map(l => l.textContent)")
+    texts = printed(page.eval_on_selector_all("#log .line", "lines => lines.map(l => l.textContent)"))
     assert "<script>alert(1)</script>" in texts and "<img src=x onerror=alert(2)>" in texts
     assert page.locator("#log script, #log img").count() == 0
     assert page.locator("#log span.ansi-fg-31").first.text_content() == "red"
@@ -135,9 +137,10 @@ def test_a_dropped_connection_resumes_without_gaps_or_duplicates(page, farm, tok
     assert seqs_on(page) == list(range(1, job.log_line_count + 1))
 
 
-# BuildKit clips a step's output that comes too fast (`seq 1 100000` kept about
-# 36,000 lines here): its build prints 100,000 short lines 5,000 at a time.
-HUGE = {"classic": "RUN seq 1 100000", "buildkit": "RUN for i in $(seq 1 20); do yes | head -n 5000; sleep 0.2; done"}
+# BuildKit in dockerd clips a step's log at 1 MiB and at a speed unless told
+# otherwise (`seq 1 100000` kept about 36,000 lines): the farm's daemons are
+# (scripts/localfarm.py, DOCKERD_ENV), so it prints all of them at once here too.
+HUGE = {"classic": "RUN seq 1 100000", "buildkit": "RUN seq 1 100000"}
 
 
 @pytest.mark.parametrize("builder", ["classic", "buildkit"])
