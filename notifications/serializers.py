@@ -27,7 +27,9 @@ class EndpointSerializer(serializers.ModelSerializer):
         "empty removes it.",
     )  # fmt: skip
     has_secret = serializers.BooleanField(read_only=True)
-    events = serializers.MultipleChoiceField(choices=EVENTS, help_text="Which build events to send.")
+    events = serializers.MultipleChoiceField(
+        choices=EVENTS, required=False, help_text="Which build events to send; default succeeded, failed, cancelled."
+    )
 
     class Meta:
         model = Endpoint
@@ -57,7 +59,7 @@ class EndpointSerializer(serializers.ModelSerializer):
         return data
 
     def _merged(self, data: dict) -> dict:
-        current = {}
+        current = {"events": Endpoint().events}  # the model's defaults
         if self.instance is not None:
             current = {
                 f: getattr(self.instance, f)
@@ -79,7 +81,7 @@ class EndpointSerializer(serializers.ModelSerializer):
         return endpoint
 
     def create(self, data: dict) -> Endpoint:
-        return self._apply(Endpoint(), data)
+        return self._apply(Endpoint(), {"events": Endpoint().events, **data})
 
     def update(self, endpoint: Endpoint, data: dict) -> Endpoint:
         return self._apply(endpoint, data)
