@@ -340,6 +340,8 @@ GENERATOR_NOTIFY_RESPONSE_BYTES = env_int("GENERATOR_NOTIFY_RESPONSE_BYTES", 409
 GENERATOR_NOTIFY_MAX_TRIES = env_int("GENERATOR_NOTIFY_MAX_TRIES", 6)
 GENERATOR_NOTIFY_BACKOFF_SECONDS = env_float("GENERATOR_NOTIFY_BACKOFF_SECONDS", 10)
 GENERATOR_NOTIFY_BACKOFF_MAX_SECONDS = env_float("GENERATOR_NOTIFY_BACKOFF_MAX_SECONDS", 3600)
+# Deliveries and their tries are kept this long, then pruned (beat, hourly).
+GENERATOR_NOTIFY_RETENTION_DAYS = env_float("GENERATOR_NOTIFY_RETENTION_DAYS", 30)
 # E-mail goes through Django's mail settings (SMTP by default).
 EMAIL_BACKEND = env_str("GENERATOR_EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = env_str("GENERATOR_EMAIL_HOST", "localhost")
@@ -395,6 +397,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_float("GENERATOR_NOTIFY_SWEEP_INTERVAL", 5),
         "options": {"expires": 30},
     },
+    "prune-notifications": {"task": "notify.prune", "schedule": 3600, "options": {"expires": 600}},
     "prune-contexts": {
         "task": "farm.prune_contexts",
         "schedule": env_float("GENERATOR_CONTEXT_PRUNE_INTERVAL", 600),

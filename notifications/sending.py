@@ -105,6 +105,13 @@ def due(limit: int = 200) -> list[str]:
     return [str(pk) for pk in rows.order_by("next_try_at").values_list("pk", flat=True)[:limit]]
 
 
+def prune() -> int:
+    """Deliveries (and their tries) older than GENERATOR_NOTIFY_RETENTION_DAYS go."""
+    cutoff = timezone.now() - timedelta(days=settings.GENERATOR_NOTIFY_RETENTION_DAYS)
+    _, deleted = Delivery.objects.filter(created_at__lt=cutoff).exclude(state=Delivery.State.PENDING).delete()
+    return deleted.get(Delivery._meta.label, 0)
+
+
 def redeliver(delivery: Delivery) -> Delivery:
     """The same body to the same endpoint again, as a new delivery (its own id
     and tries), sent at once."""

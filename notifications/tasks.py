@@ -22,3 +22,8 @@ def deliver(delivery_id: str) -> None:
 @shared_task(name="notify.retry_due", ignore_result=True)
 def retry_due() -> None:
     events.send_now(sending.due())
+
+
+@shared_task(name="notify.prune", ignore_result=True)
+def prune() -> None:
+    sending.prune()

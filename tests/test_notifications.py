@@ -369,3 +369,16 @@ def test_the_fan_out_task_creates_deliveries_and_queues_them(notify_settings, re
     assert delivery.event == "failed" and delivery.state == "pending"
     # Sent now (a message per delivery); the sweep would find it due too.
     assert sending.due() == [str(delivery.pk)]
+
+
+def test_old_finished_deliveries_are_pruned_and_pending_ones_kept(notify_settings, receiver, job):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    webhook(job.repository, receiver.url)
+    old_done, old_pending, recent = (only_delivery(job, "failed") for _ in range(3))
+    Delivery.objects.filter(pk=old_done.pk).update(state="delivered", created_at=timezone.now() - timedelta(days=31))
+    Delivery.objects.filter(pk=old_pending.pk).update(created_at=timezone.now() - timedelta(days=31))
+    assert sending.prune() == 1
+    assert set(Delivery.objects.values_list("pk", flat=True)) == {old_pending.pk, recent.pk}
