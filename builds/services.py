@@ -15,7 +15,7 @@ from typing import BinaryIO
 from django.conf import settings
 from django.db import transaction
 
-from . import context_store, ownership, transitions
+from . import context_store, ownership, signals, transitions
 from . import secrets as build_secrets
 from .dispatch import NoDaemonAvailable, dispatch, ensure_pool_exists
 from .errors import Conflict, Forbidden, PoolUnavailable, RegistryNotAllowed, SubmissionError, TooLarge
@@ -142,7 +142,7 @@ def _create(job_id: str, target, request: BuildRequest, stored: dict | None, sub
             BuildContext.objects.create(job=job, **stored)
         if request.secrets:
             build_secrets.store({"job": job}, request.secrets)
-        transitions.announce(job.id, "queued")
+        signals.announce(job.id, "queued")
         # The job waits in the farm's queue until a daemon has room.
         transaction.on_commit(dispatch)
     return job
@@ -199,7 +199,7 @@ def submit_push_build(*, repository, ref: str, sha: str, tags: list[str], pusher
             pusher_email=pusher_email,
         )
         _supersede(job)
-        transitions.announce(job.id, "queued")
+        signals.announce(job.id, "queued")
         transaction.on_commit(lambda: transitions.report_on_github(job.id))
         transaction.on_commit(dispatch)
     return job

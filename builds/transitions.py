@@ -16,9 +16,9 @@ from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
+from . import signals
 from .logs import publish
 from .models import BuildJob
-from .signals import job_event
 
 logger = logging.getLogger(__name__)
 
@@ -38,31 +38,9 @@ def _swap(filters: dict, to_status: str | None = None, **fields) -> bool:
         transaction.on_commit(lambda: publish(job_id, {"type": "job.status", "status": to_status}))
         if to_status in BuildJob.TERMINAL:
             transaction.on_commit(lambda: report_on_github(job_id))
-        if event := _EVENTS.get(to_status):
-            announce(job_id, event)
+        if event := signals.EVENTS.get(to_status):
+            signals.announce(job_id, event)
     return bool(changed)
-
-
-# The events notifications see: pushing is a step inside a build, not news.
-_EVENTS = {
-    Status.QUEUED: "queued",
-    Status.BUILDING: "started",
-    Status.SUCCEEDED: "succeeded",
-    Status.FAILED: "failed",
-    Status.CANCELLED: "cancelled",
-}
-
-
-def announce(job_id: str, event: str) -> None:
-    """Tells listeners (notifications/) of `event` once the transaction commits;
-    a failing listener is logged and changes nothing about the job."""
-
-    def send() -> None:
-        for _receiver, result in job_event.send_robust(sender=BuildJob, job_id=job_id, event=event):
-            if isinstance(result, Exception):
-                logger.warning("a listener of job %s's %s event failed: %r", job_id, event, result)
-
-    transaction.on_commit(send)
 
 
 def report_on_github(job_id: str) -> None:
