@@ -46,6 +46,8 @@ class BuildJob(models.Model):
     repository = models.ForeignKey("Repository", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     ref = models.CharField(max_length=255, blank=True, help_text="The pushed git ref, e.g. refs/heads/main.")
     commit_sha = models.CharField(max_length=40, blank=True)
+    # From a push webhook's `pusher`, for notifications' e-mail (notifications/).
+    pusher_email = models.EmailField(blank=True)
     superseded_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
     # For an uploaded context (BuildContext): the Dockerfile's path inside it.

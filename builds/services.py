@@ -15,7 +15,7 @@ from typing import BinaryIO
 from django.conf import settings
 from django.db import transaction
 
-from . import context_store, ownership, transitions
+from . import context_store, ownership, signals, transitions
 from . import secrets as build_secrets
 from .dispatch import NoDaemonAvailable, dispatch, ensure_pool_exists
 from .errors import Conflict, Forbidden, PoolUnavailable, RegistryNotAllowed, SubmissionError, TooLarge
@@ -142,6 +142,7 @@ def _create(job_id: str, target, request: BuildRequest, stored: dict | None, sub
             BuildContext.objects.create(job=job, **stored)
         if request.secrets:
             build_secrets.store({"job": job}, request.secrets)
+        signals.announce(job.id, "queued")
         # The job waits in the farm's queue until a daemon has room.
         transaction.on_commit(dispatch)
     return job
@@ -178,7 +179,7 @@ def retry_build(job: BuildJob, user) -> BuildJob:
         return submit(request, submitted_by=user, retry_of=job)
 
 
-def submit_push_build(*, repository, ref: str, sha: str, tags: list[str]) -> BuildJob:
+def submit_push_build(*, repository, ref: str, sha: str, tags: list[str], pusher_email: str = "") -> BuildJob:
     """A build of a pushed commit, tagged with every tag its rules gave.
 
     Builds of the same ref still waiting are superseded by it (and running ones
@@ -195,8 +196,10 @@ def submit_push_build(*, repository, ref: str, sha: str, tags: list[str]) -> Bui
             team_id=repository.team_id,
             ref=ref,
             commit_sha=sha,
+            pusher_email=pusher_email,
         )
         _supersede(job)
+        signals.announce(job.id, "queued")
         transaction.on_commit(lambda: transitions.report_on_github(job.id))
         transaction.on_commit(dispatch)
     return job

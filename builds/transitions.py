@@ -16,6 +16,7 @@ from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
+from . import signals
 from .logs import publish
 from .models import BuildJob
 
@@ -37,6 +38,8 @@ def _swap(filters: dict, to_status: str | None = None, **fields) -> bool:
         transaction.on_commit(lambda: publish(job_id, {"type": "job.status", "status": to_status}))
         if to_status in BuildJob.TERMINAL:
             transaction.on_commit(lambda: report_on_github(job_id))
+        if event := signals.EVENTS.get(to_status):
+            signals.announce(job_id, event)
     return bool(changed)
 
 

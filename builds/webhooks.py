@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
@@ -238,6 +240,19 @@ def _note_default_branch(repository: Repository, payload: dict) -> None:
         repository.default_branch = branch
 
 
+def _pusher_email(payload: dict) -> str:
+    """The pusher's e-mail as GitHub sent it, if it is one (notifications mail it)."""
+    pusher = payload.get("pusher")
+    email = pusher.get("email") if isinstance(pusher, dict) else None
+    if not isinstance(email, str) or len(email) > 254:
+        return ""
+    try:
+        validate_email(email)
+    except ValidationError:
+        return ""
+    return email
+
+
 def _handle_push(repository: Repository, payload: dict) -> tuple[int, str, list[str]]:
     ref, sha = payload.get("ref"), str(payload.get("after", ""))
     if not isinstance(ref, str):
@@ -265,7 +280,7 @@ def _handle_push(repository: Repository, payload: dict) -> tuple[int, str, list[
     if not tags:
         return 202, f"ignored: no build rule matches {pushed.source} {pushed.name}", []
     try:
-        job = submit_push_build(repository=repository, ref=ref, sha=sha, tags=tags)
+        job = submit_push_build(repository=repository, ref=ref, sha=sha, tags=tags, pusher_email=_pusher_email(payload))
     except SubmissionError as exc:
         return exc.status, str(exc), []
     return 202, f"building {pushed.source} {pushed.name} at {sha[:12]} as {', '.join(tags)}", [job.id]

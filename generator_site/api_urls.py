@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from builds.api import BuildViewSet, RegistryViewSet, RepositoryViewSet
+from notifications.api import EndpointViewSet
 from pool.api import DaemonViewSet
 from teams.api import NamespaceViewSet, TeamViewSet
 
@@ -15,6 +16,7 @@ router.register("repositories", RepositoryViewSet, basename="repository")
 router.register("registries", RegistryViewSet, basename="registry")
 router.register("teams", TeamViewSet, basename="team")
 router.register("namespaces", NamespaceViewSet, basename="namespace")
+router.register("notification-endpoints", EndpointViewSet, basename="notification-endpoint")
 
 urlpatterns = [
     path("api/v1/", include(router.urls)),

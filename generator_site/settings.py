@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "teams",
     "pool",
     "builds",
+    "notifications",
 ]
 
 MIDDLEWARE = [
@@ -156,7 +157,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 5, "socket_timeout"
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # The farm's own bookkeeping runs on the "farm" queue, served by the control
 # worker that also runs beat (`make up`: control; compose: beat).
-CELERY_TASK_ROUTES = {"farm.*": {"queue": "farm"}}
+# Notifications (notifications/) go to the control worker too unless an operator
+# gives them a worker of their own (a slow receiver holds a worker for up to
+# GENERATOR_NOTIFY_TIMEOUT seconds).
+GENERATOR_NOTIFY_QUEUE = env_str("GENERATOR_NOTIFY_QUEUE", "farm")
+CELERY_TASK_ROUTES = {"farm.*": {"queue": "farm"}, "notify.*": {"queue": GENERATOR_NOTIFY_QUEUE}}
 
 CHANNEL_LAYERS = {
     "default": {
@@ -323,6 +328,31 @@ STORAGES = {
 # (builds/outbound.py): for tests and single-machine setups only; off by default.
 GENERATOR_ALLOW_LOCAL_REPOSITORIES = env_bool("GENERATOR_ALLOW_LOCAL_REPOSITORIES", False)
 
+# Notifications of build events (notifications/): webhooks, Slack, e-mail. Each
+# send connects within GENERATOR_NOTIFY_CONNECT_TIMEOUT and is given up after
+# GENERATOR_NOTIFY_TIMEOUT seconds in all; at most GENERATOR_NOTIFY_RESPONSE_BYTES
+# of the answer are read and kept. A failed try is tried again after
+# GENERATOR_NOTIFY_BACKOFF_SECONDS, doubled each time up to the max, up to
+# GENERATOR_NOTIFY_MAX_TRIES tries.
+GENERATOR_NOTIFY_CONNECT_TIMEOUT = env_float("GENERATOR_NOTIFY_CONNECT_TIMEOUT", 3)
+GENERATOR_NOTIFY_TIMEOUT = env_float("GENERATOR_NOTIFY_TIMEOUT", 5)
+GENERATOR_NOTIFY_RESPONSE_BYTES = env_int("GENERATOR_NOTIFY_RESPONSE_BYTES", 4096)
+GENERATOR_NOTIFY_MAX_TRIES = env_int("GENERATOR_NOTIFY_MAX_TRIES", 6)
+GENERATOR_NOTIFY_BACKOFF_SECONDS = env_float("GENERATOR_NOTIFY_BACKOFF_SECONDS", 10)
+GENERATOR_NOTIFY_BACKOFF_MAX_SECONDS = env_float("GENERATOR_NOTIFY_BACKOFF_MAX_SECONDS", 3600)
+# Deliveries and their tries are kept this long, then pruned (beat, hourly).
+GENERATOR_NOTIFY_RETENTION_DAYS = env_float("GENERATOR_NOTIFY_RETENTION_DAYS", 30)
+# E-mail goes through Django's mail settings (SMTP by default).
+EMAIL_BACKEND = env_str("GENERATOR_EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("GENERATOR_EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("GENERATOR_EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("GENERATOR_EMAIL_USER", "")
+EMAIL_HOST_PASSWORD = env_str("GENERATOR_EMAIL_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("GENERATOR_EMAIL_STARTTLS", False)
+EMAIL_USE_SSL = env_bool("GENERATOR_EMAIL_SSL", False)
+EMAIL_TIMEOUT = env_float("GENERATOR_EMAIL_TIMEOUT", 10)
+DEFAULT_FROM_EMAIL = env_str("GENERATOR_EMAIL_FROM", "generator@localhost")
+
 # --- The web tier's front door (issue 13) --------------------------------------
 
 # Request heads: a longer URL is a 414, more header bytes a 431, each with a reason
@@ -362,6 +392,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_float("GENERATOR_HEALTH_INTERVAL", 10),
         "options": {"expires": 30},
     },
+    "retry-notifications": {
+        "task": "notify.retry_due",
+        "schedule": env_float("GENERATOR_NOTIFY_SWEEP_INTERVAL", 5),
+        "options": {"expires": 30},
+    },
+    "prune-notifications": {"task": "notify.prune", "schedule": 3600, "options": {"expires": 600}},
     "prune-contexts": {
         "task": "farm.prune_contexts",
         "schedule": env_float("GENERATOR_CONTEXT_PRUNE_INTERVAL", 600),

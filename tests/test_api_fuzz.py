@@ -22,6 +22,7 @@ from rest_framework.test import APIClient
 from schemathesis.checks import not_a_server_error
 
 from builds.models import Registry, Repository
+from notifications.models import Endpoint
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", get_wsgi_application()).exclude(
     path_regex=r"/check/$"
@@ -69,6 +70,7 @@ def test_deep_or_huge_json_is_a_4xx_for_every_operation(method, path, body, expe
         "registries": Registry.objects.get().pk,
         "repositories": repository.pk,
         "namespaces": team.namespaces.get().pk,
+        "notification-endpoints": Endpoint.objects.create(name="n", repository=repository, url="https://h.invalid/").pk,
     }
     collection = path.split("/")[3]
     url = path.replace("{id}", str(ids[collection])) if "{id}" in path else path
