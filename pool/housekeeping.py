@@ -24,7 +24,7 @@ import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import docker
 from django.db.models import Q
@@ -163,7 +163,7 @@ def _last_use(api, image: dict) -> datetime | None:
     except NotFound:
         return None
     tagged = parse_datetime((details.get("Metadata") or {}).get("LastTagTime") or "")
-    created = timezone.make_aware(datetime.fromtimestamp(int(image.get("Created") or 0)), timezone.utc)
+    created = datetime.fromtimestamp(int(image.get("Created") or 0), UTC)
     return max(created, tagged) if tagged else created
 
 

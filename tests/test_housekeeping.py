@@ -284,3 +284,21 @@ def test_the_pool_page_and_metrics_show_each_daemons_disk(client, operator, daem
 
 def test_beat_prunes_the_daemons(settings):
     assert settings.CELERY_BEAT_SCHEDULE["prune-daemons"]["task"] == "farm.prune_daemons"
+
+
+def test_admin_shows_the_disk_and_prunes_on_request(client, operator, local_daemon):
+    client.force_login(operator)
+    page = client.get("/admin/pool/dockerdaemon/").content.decode()
+    assert '<td class="field-disk">not measured yet</td>' in page
+    response = client.post(
+        "/admin/pool/dockerdaemon/", {"action": "prune_now", "_selected_action": [local_daemon.pk]}, follow=True
+    )
+    [message] = [str(m) for m in response.context["messages"]]
+    assert message.startswith("local: ConnectionError: "), message
+    assert DockerDaemon.objects.get(pk=local_daemon.pk).disk_error.startswith("prune failed: ")
+
+    DockerDaemon.objects.filter(pk=local_daemon.pk).update(
+        disk_farm_images_bytes=2 * MIB, disk_build_cache_bytes=0, disk_measured_at=timezone.now(), disk_full=True
+    )
+    page = client.get("/admin/pool/dockerdaemon/").content.decode()
+    assert '<td class="field-disk">2.0\xa0MB / 0\xa0bytes FULL</td>' in page
