@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 
+from pool.housekeeping import FARM_LABEL, FARM_LABEL_VALUE
 from pool.models import DockerDaemon
 
 from . import deploy_keys
@@ -67,7 +68,7 @@ def build(
                 tag=tag,
                 dockerfile=dockerfile,
                 buildargs=buildargs,
-                labels=job.labels,
+                labels=farm_labels(job),
                 nocache=job.no_cache,
                 target=job.target or None,
                 on_line=emit,
@@ -112,7 +113,7 @@ def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> Buil
         tag=tag,
         dockerfile=dockerfile,
         buildargs=buildargs,
-        labels=job.labels,
+        labels=farm_labels(job),
         nocache=job.no_cache,
         target=job.target,
         network="none" if containment.engine_options.get("network_mode") == "none" else "",
@@ -120,6 +121,12 @@ def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> Buil
         cache_from=pool_cache(job),
         secrets=secret_files,
     )
+
+
+def farm_labels(job) -> dict[str, str]:
+    """The build's labels and the farm's own, which marks the images housekeeping
+    may prune (pool/housekeeping.py); a build cannot take the farm's off."""
+    return {**job.labels, FARM_LABEL: FARM_LABEL_VALUE}
 
 
 def pool_cache(job) -> list[str]:

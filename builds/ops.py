@@ -13,6 +13,7 @@ from django.db import connection
 from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from pool import housekeeping
 from pool.models import DockerDaemon
 
 from .models import BuildJob, WebhookDelivery
@@ -106,7 +107,17 @@ def metrics(request: HttpRequest) -> HttpResponse:
     deliveries = WebhookDelivery.objects.values_list("event", "status_code").annotate(n=Count("id"))
     for event, status_code, n in deliveries:
         lines.append(f'generator_webhook_deliveries_total{{event="{_escape(event)}",status="{status_code}"}} {n}')
+    lines += daemon_disk_lines()
     return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def daemon_disk_lines() -> list[str]:
+    """Each daemon's disk use, limits and last prune (pool/housekeeping.py), as gauges."""
+    lines = []
+    for name, help_text, samples in housekeeping.disk_gauges():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        lines += [f'{name}{{daemon="{_escape(daemon)}"}} {value:.0f}' for daemon, value in samples]
+    return lines
 
 
 def _histogram(lines, family, name: str, help_text: str, pairs) -> None:

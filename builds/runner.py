@@ -12,7 +12,7 @@ from typing import BinaryIO, NoReturn
 
 from django.conf import settings
 
-from pool import egress, health
+from pool import egress, health, housekeeping
 from pool.tls import InsecureEngineAddress, client_settings
 
 from . import builders, context_store, deploy_keys, transitions
@@ -129,7 +129,9 @@ def _record(job: BuildJob, log: LogWriter) -> None:
     except SourceError as exc:
         _fail(job, log, str(exc))
     except EngineError as exc:
-        if exc.transient:
+        if _out_of_disk(exc):
+            _disk_full(job, log, exc)
+        elif exc.transient:
             _retry_elsewhere(job, log, exc)
         else:
             _fail(job, log, str(exc))
@@ -247,6 +249,25 @@ def _push(session: EngineSession, target, log: LogWriter, watch: Watch) -> PushR
             log.flush()
             watch.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _out_of_disk(exc: EngineError) -> bool:
+    """The daemon's own error said its disk is full. Not a push's (that is the
+    registry's disk), nor a RUN step's exit (what a step prints is the build's to
+    say, and the step failed with its own message)."""
+    if isinstance(exc, PushFailed) or getattr(exc, "exit_code", None) is not None:
+        return False
+    return housekeeping.is_disk_full(str(exc))
+
+
+def _disk_full(job: BuildJob, log: LogWriter, exc: EngineError) -> None:
+    """The daemon's disk filled during the build: the daemon's fault, not the
+    Dockerfile's. It takes no builds until a prune brings it under its limits,
+    and the build goes to another daemon as its next attempt (failing with the
+    reason when attempts run out), as when a daemon is lost."""
+    reason = f"the Docker daemon {job.daemon.name} ran out of disk space ({exc})"
+    housekeeping.mark_disk_full(job.daemon_id, reason)
+    _retry_elsewhere(job, log, EngineError(reason, transient=True))
 
 
 def _retry_elsewhere(job: BuildJob, log: LogWriter, exc: EngineError) -> None:

@@ -13,7 +13,7 @@ from generator_site.structured_logs import log_fields
 from pool import health
 from pool.models import DockerDaemon, queue_for
 
-from . import builders, context_store, dispatch, reaper, runner, secrets, statuses
+from . import builders, context_store, dispatch, housekeeping, reaper, runner, secrets, statuses
 
 QUEUE_PREFIX = queue_for("")  # "build.": a daemon's queue is its name after it
 
@@ -51,6 +51,14 @@ def prune_contexts() -> None:
     context_store.prune()
     # And the secrets of builds that have ended (normally gone as the build ends).
     secrets.forget_ended()
+
+
+@shared_task(name="farm.prune_daemons", ignore_result=True)
+def prune_daemons() -> None:
+    # Each daemon's images and build cache down to its disk policy; a daemon that
+    # was full and is under it now takes builds again.
+    housekeeping.prune_daemons()
+    dispatch.dispatch()
 
 
 @shared_task(name="farm.check_health", bind=True, ignore_result=True)

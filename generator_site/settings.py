@@ -316,6 +316,12 @@ GENERATOR_MAX_CONTEXT_FILES = env_int("GENERATOR_MAX_CONTEXT_FILES", 100_000)
 # options as JSON (docs/deploy.md). Kept this long after the job ends, for retries.
 GENERATOR_CONTEXT_DIR = Path(env_str("GENERATOR_CONTEXT_DIR", str(VAR_DIR / "contexts")))
 GENERATOR_CONTEXT_RETENTION_HOURS = env_float("GENERATOR_CONTEXT_RETENTION_HOURS", 24)
+
+# Each daemon's disk policy (pool/housekeeping.py), unless its row says otherwise:
+# the images the farm built and BuildKit's build cache are pruned, least recently
+# used first, down to these sizes every GENERATOR_DISK_PRUNE_INTERVAL seconds.
+GENERATOR_DISK_IMAGES_LIMIT_MB = env_int("GENERATOR_DISK_IMAGES_LIMIT_MB", 20480)
+GENERATOR_DISK_BUILD_CACHE_LIMIT_MB = env_int("GENERATOR_DISK_BUILD_CACHE_LIMIT_MB", 10240)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
@@ -398,6 +404,11 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": 30},
     },
     "prune-notifications": {"task": "notify.prune", "schedule": 3600, "options": {"expires": 600}},
+    "prune-daemons": {
+        "task": "farm.prune_daemons",
+        "schedule": env_float("GENERATOR_DISK_PRUNE_INTERVAL", 600),
+        "options": {"expires": 600},
+    },
     "prune-contexts": {
         "task": "farm.prune_contexts",
         "schedule": env_float("GENERATOR_CONTEXT_PRUNE_INTERVAL", 600),

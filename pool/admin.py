@@ -1,9 +1,10 @@
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q
+from django.template.defaultfilters import filesizeformat
 
 from . import health
-from .models import HEALTH_FIELDS, DockerDaemon
+from .models import DISK_FIELDS, HEALTH_FIELDS, DockerDaemon
 
 
 class DockerDaemonForm(forms.ModelForm):
@@ -36,6 +37,7 @@ class DockerDaemonAdmin(admin.ModelAdmin):
         "group",
         "load",
         "limits",
+        "disk",
         "enabled",
         "draining",
         "healthy",
@@ -44,10 +46,10 @@ class DockerDaemonAdmin(admin.ModelAdmin):
         "last_seen_at",
         "consecutive_failures",
     ]
-    list_filter = ["enabled", "draining", "healthy", "group"]
+    list_filter = ["enabled", "draining", "healthy", "disk_full", "group"]
     search_fields = ["name", "url"]
-    readonly_fields = ["queue", *HEALTH_FIELDS, "created_at", "updated_at"]
-    actions = ["drain", "enable", "disable", "check_now"]
+    readonly_fields = ["queue", *HEALTH_FIELDS, *DISK_FIELDS, "created_at", "updated_at"]
+    actions = ["drain", "enable", "disable", "check_now", "prune_now"]
 
     def get_queryset(self, request):
         # Admin is an entry point, above both apps: it may count the jobs a daemon holds.
@@ -61,6 +63,14 @@ class DockerDaemonAdmin(admin.ModelAdmin):
     @admin.display(description="per build")
     def limits(self, daemon) -> str:
         return f"{daemon.build_memory_mb} MiB, {daemon.build_cpus:g} CPU, {daemon.build_pids} processes"
+
+    @admin.display(description="disk (farm images / build cache)")
+    def disk(self, daemon) -> str:
+        if daemon.disk_measured_at is None:
+            return "not measured yet"
+        full = " FULL" if daemon.disk_full else ""
+        images, cache = daemon.disk_farm_images_bytes, daemon.disk_build_cache_bytes
+        return f"{filesizeformat(images)} / {filesizeformat(cache)}{full}"
 
     @admin.action(description="Drain: finish running builds, take no new ones")
     def drain(self, request, queryset):
@@ -85,3 +95,14 @@ class DockerDaemonAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{daemon}: Docker {result.version}, {result.latency_ms} ms")
             else:
                 self.message_user(request, f"{daemon}: {result.error}", level=messages.WARNING)
+
+    @admin.action(description="Prune disk now (images and build cache down to the daemon's limits)")
+    def prune_now(self, request, queryset):
+        # Admin is an entry point above both apps: the builds layer says what running builds use.
+        from builds.housekeeping import prune_daemons
+
+        for name, result in prune_daemons(queryset).items():
+            if result.error:
+                self.message_user(request, f"{name}: {result.error}", level=messages.WARNING)
+            else:
+                self.message_user(request, f"{name}: {result.summary()}")

@@ -8,20 +8,24 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from . import health
-from .models import HEALTH_FIELDS, DockerDaemon
+from .models import DISK_FIELDS, HEALTH_FIELDS, DockerDaemon
 from .tls import TLS_FIELDS
 
 
 class DaemonSerializer(serializers.ModelSerializer):
     queue = serializers.CharField(read_only=True)
     uses_tls = serializers.BooleanField(read_only=True)
+    # The limits in force: the row's, or the farm's default where it has none.
+    images_limit_bytes = serializers.IntegerField(read_only=True)
+    build_cache_limit_bytes = serializers.IntegerField(read_only=True)
 
     class Meta:
         model = DockerDaemon
         fields = ["id", "name", "url", "group", "capacity", "enabled", "draining", "queue", *TLS_FIELDS, "uses_tls"]
         fields += ["build_memory_mb", "build_cpus", "build_pids"]
-        fields += HEALTH_FIELDS
-        read_only_fields = list(HEALTH_FIELDS)
+        fields += ["images_limit_mb", "build_cache_limit_mb", "images_limit_bytes", "build_cache_limit_bytes"]
+        fields += HEALTH_FIELDS + DISK_FIELDS
+        read_only_fields = list(HEALTH_FIELDS + DISK_FIELDS)
         extra_kwargs = {"tls_key": {"write_only": True, "style": {"input_type": "password"}}}
 
     def validate(self, data):
@@ -69,6 +73,19 @@ class DaemonViewSet(viewsets.ModelViewSet):
         health.check_now(daemon)
         daemon.refresh_from_db()
         return Response(DaemonSerializer(daemon).data)
+
+    @extend_schema(request=None, responses={200: DaemonSerializer})
+    @action(detail=True, methods=["post"])
+    def prune(self, request, pk=None):
+        """Prunes the daemon's images and build cache to its limits now, as beat does."""
+        # An entry point, above both apps (as admin is): the builds layer says what running builds use.
+        from builds.housekeeping import prune_daemons
+
+        daemon = self.get_object()
+        result = prune_daemons(DockerDaemon.objects.filter(pk=daemon.pk))[daemon.name]
+        daemon.refresh_from_db()  # like check: the outcome is on the row (disk_error when it failed)
+        outcome = f"failed: {result.error}" if result.error else result.summary()
+        return Response({**DaemonSerializer(daemon).data, "prune": outcome})
 
     def _set(self, **fields) -> Response:
         daemon = self.get_object()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
@@ -72,6 +73,20 @@ class DockerDaemon(models.Model):
     )
     build_cpus = models.FloatField("CPUs per build", default=1.0, validators=[MinValueValidator(0.01)])
     build_pids = models.PositiveIntegerField("processes per build", default=1024, validators=[MinValueValidator(16)])
+    # Disk policy (pool/housekeeping.py): what the farm leaves on the daemon between
+    # builds. Empty: the farm-wide default (GENERATOR_DISK_*_LIMIT_MB).
+    images_limit_mb = models.PositiveIntegerField(
+        "images kept (MiB)",
+        null=True,
+        blank=True,
+        help_text="Images the farm built, pruned least recently tagged first above this. Empty: the farm's default.",
+    )
+    build_cache_limit_mb = models.PositiveIntegerField(
+        "build cache kept (MiB)",
+        null=True,
+        blank=True,
+        help_text="BuildKit's build cache, pruned least recently used first above this. Empty: the farm's default.",
+    )
 
     # Written by the periodic health check (pool/health.py) and by workers that lose the daemon.
     healthy = models.BooleanField(default=True)
@@ -85,6 +100,18 @@ class DockerDaemon(models.Model):
     worker_online = models.BooleanField(default=True)
     # The docker CLI its worker found for BuildKit builds at start (builds/builders.py).
     buildkit_client = models.CharField("BuildKit client", max_length=255, blank=True)
+
+    # Written by housekeeping (pool/housekeeping.py): the daemon's disk as `docker
+    # system df` sees it, in bytes, and when the farm last pruned it.
+    disk_images_bytes = models.BigIntegerField(null=True, blank=True)
+    disk_farm_images_bytes = models.BigIntegerField(null=True, blank=True)
+    disk_build_cache_bytes = models.BigIntegerField(null=True, blank=True)
+    disk_volumes_bytes = models.BigIntegerField(null=True, blank=True)
+    disk_measured_at = models.DateTimeField(null=True, blank=True)
+    last_pruned_at = models.DateTimeField(null=True, blank=True)
+    # A build met "no space left on device" here: no builds until a prune brings it under its limits.
+    disk_full = models.BooleanField(default=False)
+    disk_error = models.TextField(blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -105,7 +132,17 @@ class DockerDaemon(models.Model):
 
     @property
     def takes_builds(self) -> bool:
-        return self.enabled and not self.draining and self.healthy and self.worker_online
+        return self.enabled and not self.draining and self.healthy and self.worker_online and not self.disk_full
+
+    @property
+    def images_limit_bytes(self) -> int:
+        mb = self.images_limit_mb
+        return (settings.GENERATOR_DISK_IMAGES_LIMIT_MB if mb is None else mb) << 20
+
+    @property
+    def build_cache_limit_bytes(self) -> int:
+        mb = self.build_cache_limit_mb
+        return (settings.GENERATOR_DISK_BUILD_CACHE_LIMIT_MB if mb is None else mb) << 20
 
     @property
     def queue(self) -> str:
@@ -124,6 +161,18 @@ HEALTH_FIELDS = (
     "engine_version",
     "last_error",
     "buildkit_client",
+)
+
+# What housekeeping writes (pool/housekeeping.py): shown everywhere, edited nowhere.
+DISK_FIELDS = (
+    "disk_images_bytes",
+    "disk_farm_images_bytes",
+    "disk_build_cache_bytes",
+    "disk_volumes_bytes",
+    "disk_measured_at",
+    "last_pruned_at",
+    "disk_full",
+    "disk_error",
 )
 
 

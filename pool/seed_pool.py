@@ -3,7 +3,9 @@
 Beyond the seed's keys an entry may carry `name`, `capacity`, and, instead of
 url/port, `engine`: a full engine URL such as unix:///run/dind/docker.sock; and
 `tls`: {"ca": PATH, "cert": PATH, "key": PATH}, PEM files (relative to the pool
-file) for a daemon started with --tlsverify.
+file) for a daemon started with --tlsverify; and `disk`: {"images_mb": N,
+"build_cache_mb": N}, the daemon's disk policy (pool/housekeeping.py), a key left
+out meaning the farm's default (an entry without "disk" keeps what admin set).
 
 A seed entry on loopback without "tls" (`{"url": "127.0.0.1", "port": "19000"}`)
 names a daemon on this host, reached through its unix socket
@@ -35,6 +37,8 @@ class PoolEntry:
     # PEM text of tls.ca, tls.cert, tls.key; None when the entry has no "tls".
     tls: dict[str, str] | None = field(default=None, repr=False)
     group: str | None = None  # None: the entry does not say, and an operator's choice stays
+    # {"images_limit_mb": N or None, "build_cache_limit_mb": ...}; None when the entry has no "disk".
+    disk: dict[str, int | None] | None = None
 
 
 def read_pool_file(path: str | Path) -> list[PoolEntry]:
@@ -61,11 +65,12 @@ def _entry(path: str | Path, index: int, member: object) -> PoolEntry:
     group = member.get("group")
     if group is not None and not isinstance(group, str):
         raise PoolFileError(f'{where}: group must be a string ("" for the shared pool)')
+    disk = _disk_policy(where, member["disk"]) if "disk" in member else None
     if "engine" in member:
         if not member.get("name"):
             raise PoolFileError(f"{where}: an entry with engine needs a name")
         url = str(member["engine"])
-        return PoolEntry(str(member["name"]), url, "", 0, capacity, tls, group)
+        return PoolEntry(str(member["name"]), url, "", 0, capacity, tls, group, disk)
     host = str(member.get("url", "")).strip()
     # The seed wrote ports as strings; numbers are accepted too.
     port_text = str(member.get("port", "")).strip()
@@ -74,7 +79,22 @@ def _entry(path: str | Path, index: int, member: object) -> PoolEntry:
     port = int(port_text)
     name = str(member.get("name") or f"{host}:{port}")
     url = f"tcp://{host}:{port}" if tls or not _is_loopback(host) else f"unix://{local_socket(port)}"
-    return PoolEntry(name, url, host, port, capacity, tls, group)
+    return PoolEntry(name, url, host, port, capacity, tls, group, disk)
+
+
+_DISK_KEYS = {"images_mb": "images_limit_mb", "build_cache_mb": "build_cache_limit_mb"}
+
+
+def _disk_policy(where: str, disk: object) -> dict[str, int | None]:
+    if not isinstance(disk, dict) or not set(disk) <= set(_DISK_KEYS):
+        raise PoolFileError(f'{where}: disk must be {{"images_mb": N, "build_cache_mb": N}} (either may be left out)')
+    policy = {}
+    for key, field_name in _DISK_KEYS.items():
+        value = disk.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise PoolFileError(f"{where}: disk.{key} must be a whole number of MiB, 0 or more")
+        policy[field_name] = value
+    return policy
 
 
 def local_socket(port: int) -> Path:

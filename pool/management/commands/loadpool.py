@@ -29,6 +29,8 @@ class Command(BaseCommand):
                 daemon.url, daemon.capacity = entry.url, entry.capacity
                 if entry.group is not None:
                     daemon.group = entry.group
+                for name, limit in (entry.disk or {}).items():  # an entry without "disk" keeps what admin set
+                    setattr(daemon, name, limit)
                 for name, pem in (entry.tls or {}).items():  # an entry without "tls" keeps what admin set
                     setattr(daemon, name, pem)
                 try:

@@ -1,0 +1,38 @@
+"""Daemon housekeeping as the farm sees it: the pool prunes (pool/housekeeping.py),
+this names what the builds running on each daemon use, so that none of it goes."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db.models import Min
+from django.utils import timezone
+
+from pool import housekeeping
+from pool.models import DockerDaemon
+
+from .models import BuildJob
+
+
+def protected_on(daemon: DockerDaemon) -> housekeeping.Protected:
+    """The tags and image ids of the daemon's active builds, and the moment from
+    which anything tagged is kept: when the oldest of them started, or now (a build
+    that starts during the prune tags its image after it)."""
+    active = BuildJob.objects.filter(daemon=daemon, status__in=BuildJob.ACTIVE)
+    references, image_ids = set(), set()
+    for job in active.only("image", "extra_tags", "image_id"):
+        references.update(f"{job.image_repository}:{tag}" for tag in job.tags)
+        if job.image_id:
+            image_ids.add(job.image_id)
+    oldest = active.aggregate(oldest=Min("started_at"))["oldest"]
+    now = timezone.now()
+    return housekeeping.Protected(frozenset(references), frozenset(image_ids), min(oldest or now, now))
+
+
+def prune_daemons(daemons=None) -> dict[str, housekeeping.PruneResult]:
+    """The given daemons (a queryset), or every enabled or full one (beat's pass)."""
+    return housekeeping.prune_pool(
+        protected_on,
+        daemons=daemons,
+        api_version=settings.GENERATOR_DOCKER_API_VERSION,
+        timeout=settings.GENERATOR_DOCKER_TIMEOUT,
+    )
