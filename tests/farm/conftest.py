@@ -28,6 +28,7 @@ from pool.egress import parse_destinations
 from pool.models import DockerDaemon, queue_for
 from scripts import localfarm as lf
 from scripts import sandbox
+from teams.models import Namespace, Team
 from tests.fake_github import FakeGitHub
 from tests.netns import Outside, outside_host
 
@@ -190,9 +191,12 @@ def database(farm_db):
 
 @pytest.fixture
 def farm_pool(farm, farm_db):
-    """The farm's daemons as rows, enabled and not draining; its registry allowed."""
+    """The farm's daemons as rows, enabled and not draining; its registry allowed
+    and owned by team `default` (as `make up` does), so its members read its builds."""
     for host in (farm.registry, "localhost:1"):  # localhost:1: test_end_to_end pushes there to fail on purpose
         Registry.objects.get_or_create(host=host)
+        team = Team.objects.get_or_create(slug="default", defaults={"name": "Default"})[0]
+        Namespace.objects.get_or_create(prefix=f"{host}/", defaults={"team": team})
     return [
         DockerDaemon.objects.update_or_create(
             name=name, defaults={"url": url, "capacity": 2, "enabled": True, "draining": False}

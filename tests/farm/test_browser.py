@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from playwright.sync_api import expect, sync_playwright
 
 from builds.models import BuildJob, BuildLogLine
+from teams.models import Membership, Team
 from tests.conftest import ROOT
 
 from .conftest import api_build, follow, printed, submit
@@ -52,6 +53,8 @@ def page(browser, farm, farm_pool):
     viewer, _ = get_user_model().objects.get_or_create(username="viewer")
     viewer.set_password("a long viewer password")
     viewer.save()
+    # A member of the team that owns the farm's registry (tests/farm/conftest.py): it reads the team's builds.
+    Membership.objects.get_or_create(team=Team.objects.get(slug="default"), user=viewer)
     context = browser.new_context(base_url=f"http://{farm.web}", viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.on("dialog", lambda dialog: pytest.fail(f"the page ran a script from the log: {dialog.message}"))
