@@ -15,7 +15,7 @@ from django.conf import settings
 from pool import egress, health
 from pool.tls import InsecureEngineAddress, client_settings
 
-from . import builders, context_store, deploy_keys, transitions
+from . import builders, context_store, deploy_keys, metrics, transitions
 from .dispatch import dispatch
 from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
 from .limits import buildkit_share, contained, limits_for
@@ -25,6 +25,8 @@ from .references import parse_build_target
 from .sources import GitSource, SourceError
 
 logger = logging.getLogger(__name__)
+
+LOG_LINES, PUSH_RETRIES = "generator_worker_log_lines_written_total", "generator_worker_push_retries_total"
 
 
 class Interrupted(Exception):
@@ -99,11 +101,13 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
         return
     logger.info("job %s attempt %s claimed by %s", job_id, attempt, worker)
     job = BuildJob.objects.select_related("daemon", "cancelled_by", "repository").get(pk=job_id)
+    daemon_name = job.daemon.name if job.daemon else ""
     log = LogWriter(
         job.id,
         last_seq=job.log_line_count,
         batch_lines=settings.GENERATOR_LOG_BATCH_LINES,
         flush_seconds=settings.GENERATOR_LOG_FLUSH_SECONDS,
+        on_stored=lambda lines: metrics.count_worker(LOG_LINES, daemon_name, lines),
     )
     try:
         _record(job, log)
@@ -181,7 +185,9 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
         if not transitions.start_push(job.id, job.attempt, image_id):
             watch.stop()
         # Every tag of the build; they share one manifest, so one digest.
-        pushed = [_push(session, replace(target, tag=tag), log, watch) for tag in [target.tag, *job.extra_tags]]
+        pushed = [
+            _push(session, replace(target, tag=tag), log, watch, daemon.name) for tag in [target.tag, *job.extra_tags]
+        ]
         return pushed[0]
 
 
@@ -224,7 +230,7 @@ def _source(job: BuildJob, log: LogWriter, watch: Watch) -> Iterator[tuple[Binar
         yield context, repository.dockerfile_path, {**repository.build_args, **job.build_args}
 
 
-def _push(session: EngineSession, target, log: LogWriter, watch: Watch) -> PushResult:
+def _push(session: EngineSession, target, log: LogWriter, watch: Watch, daemon_name: str) -> PushResult:
     tries = settings.GENERATOR_PUSH_TRIES
     registry = target.registry
     account = Registry.objects.allowing(registry).exclude(username="").first()
@@ -244,6 +250,7 @@ def _push(session: EngineSession, target, log: LogWriter, watch: Watch) -> PushR
                 raise PushFailed(f"registry {registry} did not take the push after {tries} tries: {exc}") from exc
             delay = settings.GENERATOR_PUSH_BACKOFF_SECONDS * 2 ** (number - 1)
             log.write(f"[generator] {exc}; trying again in {delay:g} s")
+            metrics.count_worker(PUSH_RETRIES, daemon_name)
             log.flush()
             watch.sleep(delay)
     raise AssertionError("unreachable")
