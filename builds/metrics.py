@@ -6,7 +6,8 @@ A Prometheus scrape (builds/ops.py) and the insights page never read per-job row
   (builds/transitions.py), to the counters of finished jobs per repository and
   status, to histograms of its wait, run, build and push seconds per repository
   (one row per bucket), and to the day's figures per repository and daemon
-  (DailyJobStats, for /insights/). One read of the job and three upserts.
+  (DailyJobStats, DailyDaemonStats: for /insights/). One read of the job and
+  four upserts.
 - Jobs not yet ended are counted by status with one GROUP BY over the status
   index, restricted to the active states: a bounded number of rows.
 - The workers' own figures (log lines written, push retries) are counted in
@@ -39,7 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from pool.metrics import daemon_families
 from pool.models import DockerDaemon
 
-from .models import BuildJob, DailyJobStats, MetricBucket, MetricCounter
+from .models import BuildJob, DailyDaemonStats, DailyJobStats, MetricBucket, MetricCounter
 
 logger = logging.getLogger(__name__)
 
@@ -135,20 +136,33 @@ def _observe(observations: list[tuple[str, str, float]]) -> None:
 
 
 def _add_daily(when, repository, daemon, status, started, push_started, observed: dict[str, float]) -> None:
-    table = connection.ops.quote_name(DailyJobStats._meta.db_table)
     sums = ("wait_seconds", "build_seconds", "push_seconds", "run_seconds")
-    values = [
-        when.date(), repository, daemon, status, 1, int(bool(started)), int(bool(push_started)),
-        *(observed.get(f"generator_job_{name}", 0.0) for name in sums),
-    ]  # fmt: skip
-    added = ("count", "started", "pushed", *sums)
-    columns = ", ".join(("day", "repository", "daemon", "status", *added))
+    _upsert(
+        DailyJobStats,
+        {"day": when.date(), "repository": repository, "status": status},
+        {
+            "count": 1, "started": int(bool(started)), "pushed": int(bool(push_started)),
+            **{name: observed.get(f"generator_job_{name}", 0.0) for name in sums},
+        },
+    )  # fmt: skip
+    if daemon and started:
+        _upsert(
+            DailyDaemonStats,
+            {"day": when.date(), "daemon": daemon},
+            {"count": 1, "run_seconds": observed.get("generator_job_run_seconds", 0.0)},
+        )
+
+
+def _upsert(model, key: dict, added: dict) -> None:
+    """INSERT, or add to the row of that key (both PostgreSQL and SQLite take ON CONFLICT)."""
+    table = connection.ops.quote_name(model._meta.db_table)
+    columns = [*key, *added]
     updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in added)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(values))})"
-            f" ON CONFLICT (day, repository, daemon, status) DO UPDATE SET {updates}",
-            values,
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+            f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}",
+            [*key.values(), *added.values()],
         )
 
 
@@ -248,16 +262,15 @@ def _counters(counters: list[tuple[str, dict, float]]) -> Iterator[Metric]:
 
 
 def _histograms() -> Iterator[Metric]:
-    rows: dict[tuple[str, str], dict[int, tuple[int, float]]] = defaultdict(dict)
+    rows: dict[str, dict[str, dict[int, tuple[int, float]]]] = defaultdict(lambda: defaultdict(dict))
     for name, labels, bucket, count, total in MetricBucket.objects.values_list(
         "name", "labels", "bucket", "count", "sum"
     ):
-        rows[(name, labels)][bucket] = (count, total)
+        rows[name][labels][bucket] = (count, total)
     for name, help_text in HISTOGRAMS.items():
         family = HistogramMetricFamily(name, help_text, labels=["repository"])
-        for (row_name, labels), buckets in sorted(rows.items()):
-            if row_name == name:
-                family.add_metric([json.loads(labels).get("repository", "")], *_cumulative(buckets))
+        for labels, buckets in sorted(rows[name].items()):
+            family.add_metric([json.loads(labels).get("repository", "")], *_cumulative(buckets))
         yield family
 
 

@@ -470,12 +470,11 @@ class MetricBucket(models.Model):
 
 
 class DailyJobStats(models.Model):
-    """The jobs that ended on one day (UTC), per repository, daemon and status:
-    what the insights page draws. '' is no repository (or no daemon)."""
+    """The jobs that ended on one day (UTC), per repository and status: what the
+    insights page draws. '' is the builds without a repository."""
 
     day = models.DateField()
     repository = models.CharField(max_length=200, blank=True)
-    daemon = models.CharField(max_length=100, blank=True)
     status = models.CharField(max_length=16)
     count = models.PositiveIntegerField(default=0)
     started = models.PositiveIntegerField(default=0, help_text="Of them, how many a worker claimed.")
@@ -483,14 +482,28 @@ class DailyJobStats(models.Model):
     wait_seconds = models.FloatField(default=0, help_text="Sum, submit to claim, of the started ones.")
     build_seconds = models.FloatField(default=0, help_text="Sum, claim to push (or end).")
     push_seconds = models.FloatField(default=0)
-    run_seconds = models.FloatField(default=0, help_text="Sum, claim to end: the daemon's busy time.")
+    run_seconds = models.FloatField(default=0, help_text="Sum, claim to end.")
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["day", "repository", "daemon", "status"], name="one_stats_row_per_key")
-        ]
-        indexes = [models.Index(fields=["repository", "day"]), models.Index(fields=["daemon", "day"])]
+        constraints = [models.UniqueConstraint(fields=["repository", "day", "status"], name="one_stats_row_per_key")]
         verbose_name_plural = "daily job stats"
 
     def __str__(self) -> str:
-        return f"{self.day} {self.repository or '-'} {self.daemon or '-'} {self.status}: {self.count}"
+        return f"{self.day} {self.repository or '-'} {self.status}: {self.count}"
+
+
+class DailyDaemonStats(models.Model):
+    """A daemon's builds that ended on one day (UTC) and their claim-to-end time:
+    its busy time, counted on the day a build ended."""
+
+    day = models.DateField()
+    daemon = models.CharField(max_length=100)
+    count = models.PositiveIntegerField(default=0)
+    run_seconds = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["daemon", "day"], name="one_stats_row_per_daemon_day")]
+        verbose_name_plural = "daily daemon stats"
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.daemon}: {self.count}"

@@ -173,3 +173,38 @@ def test_metrics_need_no_login_as_before(client, db):
     # Like most exporters: counts, no contents (docs/deploy.md).
     client.logout()
     assert client.get("/metrics").status_code == 200
+
+
+def test_the_days_figures_per_repository_and_daemon(daemon, repository):
+    from builds.models import DailyDaemonStats
+
+    run_job(daemon, wait=2, build=10, push=4, repository=repository)
+    run_job(daemon, wait=6, build=30, push=None, repository=repository, outcome="fail")
+    rows = {row.status: row for row in DailyJobStats.objects.filter(repository="o/app")}
+    assert (rows["succeeded"].count, rows["succeeded"].pushed, rows["failed"].pushed) == (1, 1, 0)
+    assert rows["succeeded"].wait_seconds == pytest.approx(2, abs=0.01)
+    assert rows["failed"].build_seconds == pytest.approx(30, abs=0.5)
+    busy = DailyDaemonStats.objects.get(daemon="unit-daemon", day=timezone.now().date())
+    assert busy.count == 2 and busy.run_seconds == pytest.approx(44, abs=1)
+
+
+def test_the_migration_counts_the_jobs_that_ended_before_figures_were_kept(client, daemon, repository):
+    import importlib
+
+    from django.apps import apps
+
+    seed = importlib.import_module("builds.migrations.0015_figures_of_jobs_ended_before").seed
+    now = timezone.now()
+    for wait, run, status in [(2, 50, "succeeded"), (20, 400, "failed"), (0, 0, "cancelled")]:
+        started = now - timedelta(seconds=run) if status != "cancelled" else None
+        job = BuildJob.objects.create(image="a/b:1", repository=repository, daemon=daemon, status=status)
+        BuildJob.objects.filter(pk=job.pk).update(
+            created_at=(started or now) - timedelta(seconds=wait), started_at=started, finished_at=now
+        )
+    seed(apps, None)
+    samples = scrape(client)
+    assert value(samples, "generator_jobs_finished_total", repository="o/app", status="cancelled") == 1
+    assert value(samples, "generator_job_run_seconds_bucket", repository="o/app", le="60") == 1
+    assert value(samples, "generator_job_run_seconds_bucket", repository="o/app", le="600") == 2
+    assert value(samples, "generator_job_wait_seconds_sum", repository="o/app") == pytest.approx(22)
+    assert DailyJobStats.objects.get(repository="o/app", status="failed").run_seconds == pytest.approx(400)

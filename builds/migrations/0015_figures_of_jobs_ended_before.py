@@ -21,9 +21,11 @@ def seed(apps, schema_editor):
     MetricCounter = apps.get_model("builds", "MetricCounter")
     MetricBucket = apps.get_model("builds", "MetricBucket")
     DailyJobStats = apps.get_model("builds", "DailyJobStats")
+    DailyDaemonStats = apps.get_model("builds", "DailyDaemonStats")
     counters = defaultdict(float)
     buckets = defaultdict(lambda: [0, 0.0])
     daily = defaultdict(lambda: defaultdict(float))
+    daemon_daily = defaultdict(lambda: [0, 0.0])
     jobs = BuildJob.objects.filter(status__in=TERMINAL).values_list(
         "status", "repository__full_name", "daemon__name", "created_at", "started_at", "push_started_at", "finished_at"
     )
@@ -43,7 +45,11 @@ def seed(apps, schema_editor):
             row = buckets[(f"generator_job_{name}_seconds", _labels(repository=repository), bisect.bisect_left(BOUNDS, seconds))]
             row[0] += 1
             row[1] += seconds
-        day = daily[((finished or started or created).date(), repository, daemon, status)]
+        when = (finished or started or created).date()
+        if daemon and started:
+            daemon_daily[(when, daemon)][0] += 1
+            daemon_daily[(when, daemon)][1] += observed.get("run", 0.0)
+        day = daily[(when, repository, status)]
         day["count"] += 1
         day["started"] += bool(started)
         day["pushed"] += bool(push_started)
@@ -61,9 +67,13 @@ def seed(apps, schema_editor):
     )
     DailyJobStats.objects.bulk_create(
         [
-            DailyJobStats(day=day, repository=repository, daemon=daemon, status=status, **{k: v for k, v in figures.items()})
-            for (day, repository, daemon, status), figures in daily.items()
+            DailyJobStats(day=day, repository=repository, status=status, **figures)
+            for (day, repository, status), figures in daily.items()
         ],
+        batch_size=1000,
+    )
+    DailyDaemonStats.objects.bulk_create(
+        [DailyDaemonStats(day=day, daemon=d, count=c, run_seconds=s) for (day, d), (c, s) in daemon_daily.items()],
         batch_size=1000,
     )
 
