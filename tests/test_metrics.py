@@ -208,3 +208,25 @@ def test_the_migration_counts_the_jobs_that_ended_before_figures_were_kept(clien
     assert value(samples, "generator_job_run_seconds_bucket", repository="o/app", le="600") == 2
     assert value(samples, "generator_job_wait_seconds_sum", repository="o/app") == pytest.approx(22)
     assert DailyJobStats.objects.get(repository="o/app", status="failed").run_seconds == pytest.approx(400)
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_the_farm_exposes(client, daemon, repository):
+    import json
+    import re
+    from pathlib import Path
+
+    run_job(daemon, wait=1, build=1, push=1, repository=repository)
+    metrics.count_worker("generator_worker_log_lines_written_total", "unit-daemon")
+    metrics.count_worker("generator_worker_push_retries_total", "unit-daemon")
+    metrics.add_counter(metrics.DELIVERIES, 1, event="push", status="202")
+    DockerDaemon.objects.filter(pk=daemon.pk).update(latency_ms=3)
+    exposed = set(scrape(client))
+    dashboard = json.loads((Path(__file__).parent.parent / "docs" / "grafana-dashboard.json").read_text())
+    asked = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"generator_[a-z_]+", target["expr"])
+    }
+    assert len(dashboard["panels"]) >= 10 and asked
+    assert asked - exposed == set()
