@@ -45,18 +45,22 @@ def line_chart(
     return _svg(title, parts)
 
 
-def bar_chart(title: str, bars: Sequence[tuple[str, float]], unit: str = "", top: float | None = None) -> SafeString:
-    """Horizontal bars, one per (label, value)."""
+def bar_chart(
+    title: str, bars: Sequence[tuple[str, float]], unit: str = "", top: float | None = None, label_width: int = 160
+) -> SafeString:
+    """Horizontal bars, one per (label, value), the labels in `label_width` pixels."""
     height = TOP + BOTTOM + 22 * max(len(bars), 1)
     top = top or _nice(max((v for _, v in bars), default=0))
-    plot_w = WIDTH - LEFT - RIGHT - 60
+    plot_w = WIDTH - label_width - 70
     parts = [f"<title>{escape(title)}</title>"]
     for n, (label, value) in enumerate(bars):
         y = TOP + 22 * n
         width = max(value / top, 0) * plot_w
-        parts.append(f'<text x="{LEFT + 104}" y="{y + 14}" text-anchor="end">{escape(_short(label))}</text>')
-        parts.append(f'<rect x="{LEFT + 110}" y="{y + 3}" width="{width:.1f}" height="14" fill="{COLOURS[0]}"/>')
-        parts.append(f'<text x="{LEFT + 116 + width:.1f}" y="{y + 14}">{_format(value, unit)}</text>')
+        short = _short(label, label_width // 6)
+        parts.append(f'<text x="{label_width - 6}" y="{y + 14}" text-anchor="end">{escape(short)}')
+        parts.append(f"<title>{escape(label)}</title></text>")
+        parts.append(f'<rect x="{label_width}" y="{y + 3}" width="{width:.1f}" height="14" fill="{COLOURS[0]}"/>')
+        parts.append(f'<text x="{label_width + 6 + width:.1f}" y="{y + 14}">{_format(value, unit)}</text>')
     return _svg(title, parts, height)
 
 

@@ -7,9 +7,8 @@ queries, each bounded by days x repositories shown.
 
 Staff see every repository (and the builds without one); anyone else, their
 teams' repositories only (builds/ownership.py), and the pool's utilisation,
-which the pool page shows them too. The slowest BuildKit steps are not drawn:
-their timings are only in the log lines, and reading those as builds end costs
-more than it is worth here (the job page times a build's own steps).
+which the pool page shows them too. The slowest BuildKit steps come from
+StepStats, timed by the worker from the log lines it stores (builds/steps.py).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.contrib.auth.views import redirect_to_login
-from django.db.models import Q, Sum
+from django.db.models import ExpressionWrapper, F, FloatField, Q, Sum
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
@@ -26,12 +25,13 @@ from generator_site.errors import error_response
 from pool.models import DockerDaemon
 
 from .charts import bar_chart, line_chart
-from .models import DailyDaemonStats, DailyJobStats
+from .models import DailyDaemonStats, DailyJobStats, StepStats
 from .ownership import is_staff, team_repositories
 
 DEFAULT_DAYS, MAX_DAYS = 30, 90
 LINES = 8  # repositories drawn as lines: the busiest
 TABLE = 25  # repositories listed with their figures
+STEPS = 10
 NO_REPOSITORY = "(builds without a repository)"
 
 
@@ -52,6 +52,10 @@ def insights_page(request: HttpRequest) -> HttpResponse:
     context = {"days": days, "max_days": MAX_DAYS, "labels": [d.isoformat() for d in dates]}
     context.update(_repositories(stats, dates))
     context["utilisation"] = _utilisation(dates)
+    steps = StepStats.objects.filter(last_seen__gte=dates[0])
+    if not is_staff(request.user):
+        steps = steps.filter(repository__in=team_repositories(request.user).values("full_name"))
+    context["steps"] = _slowest_steps(steps)
     return render(request, "builds/insights.html", context)
 
 
@@ -110,6 +114,14 @@ def _utilisation(dates):
         for daemon in DockerDaemon.objects.order_by("name").only("name", "capacity")
     ]
     return bar_chart("Pool utilisation per daemon", bars, "%", top=max(100.0, *(v for _, v in bars))) if bars else ""
+
+
+def _slowest_steps(steps):
+    """The steps of the longest mean, among those run in the window (their figures are of all time)."""
+    mean = ExpressionWrapper(F("seconds") / F("count"), output_field=FloatField())
+    rows = steps.filter(count__gt=0).annotate(mean=mean).order_by("-mean")[:STEPS]
+    bars = [(f"{row.repository or NO_REPOSITORY}: {row.step}", row.mean) for row in rows]
+    return bar_chart("Slowest BuildKit steps (mean)", bars, "s", label_width=420) if bars else ""
 
 
 def _mean(total, count):

@@ -40,7 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from pool.metrics import daemon_families
 from pool.models import DockerDaemon
 
-from .models import BuildJob, DailyDaemonStats, DailyJobStats, MetricBucket, MetricCounter
+from .models import BuildJob, DailyDaemonStats, DailyJobStats, MetricBucket, MetricCounter, StepStats
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +163,24 @@ def _upsert(model, key: dict, added: dict) -> None:
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
             f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}",
             [*key.values(), *added.values()],
+        )
+
+
+def record_steps(repository: str, timings: dict[str, float], day) -> None:
+    """Adds one build's step timings (builds/steps.py) to its repository's: one statement."""
+    if not timings:
+        return
+    table = connection.ops.quote_name(StepStats._meta.db_table)
+    rows = [(repository, step, 1, seconds, seconds, day) for step, seconds in timings.items()]
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(rows))
+    greatest = "GREATEST" if connection.vendor == "postgresql" else "MAX"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (repository, step, count, seconds, max_seconds, last_seen) VALUES {values}"
+            f" ON CONFLICT (repository, step) DO UPDATE SET count = {table}.count + excluded.count,"
+            f" seconds = {table}.seconds + excluded.seconds,"
+            f" max_seconds = {greatest}({table}.max_seconds, excluded.max_seconds), last_seen = excluded.last_seen",
+            [value for row in rows for value in row],
         )
 
 

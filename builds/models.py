@@ -507,3 +507,22 @@ class DailyDaemonStats(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.daemon}: {self.count}"
+
+
+class StepStats(models.Model):
+    """A repository's BuildKit step (its title, as `[2/3] RUN make`), timed over
+    its builds (builds/steps.py): for the insights page's slowest steps."""
+
+    repository = models.CharField(max_length=200, blank=True)
+    step = models.CharField(max_length=200)
+    count = models.PositiveIntegerField(default=0)
+    seconds = models.FloatField(default=0, help_text="Sum.")
+    max_seconds = models.FloatField(default=0)
+    last_seen = models.DateField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["repository", "step"], name="one_stats_row_per_step")]
+        verbose_name_plural = "step stats"
+
+    def __str__(self) -> str:
+        return f"{self.repository or '-'} {self.step}: {self.count}"

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import BinaryIO, NoReturn
 
 from django.conf import settings
+from django.utils import timezone
 
 from pool import egress, health
 from pool.tls import InsecureEngineAddress, client_settings
@@ -23,6 +24,7 @@ from .logs import LogWriter
 from .models import BuildContext, BuildJob, BuildSecret, Registry
 from .references import parse_build_target
 from .sources import GitSource, SourceError
+from .steps import StepTimes
 
 logger = logging.getLogger(__name__)
 
@@ -102,15 +104,23 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
     logger.info("job %s attempt %s claimed by %s", job_id, attempt, worker)
     job = BuildJob.objects.select_related("daemon", "cancelled_by", "repository").get(pk=job_id)
     daemon_name = job.daemon.name if job.daemon else ""
+    steps = StepTimes()
+
+    def stored(batch: list[tuple[int, str]]) -> None:
+        metrics.count_worker(LOG_LINES, daemon_name, len(batch))
+        for _, text in batch:
+            steps.feed(text)
+
     log = LogWriter(
         job.id,
         last_seq=job.log_line_count,
         batch_lines=settings.GENERATOR_LOG_BATCH_LINES,
         flush_seconds=settings.GENERATOR_LOG_FLUSH_SECONDS,
-        on_stored=lambda lines: metrics.count_worker(LOG_LINES, daemon_name, lines),
+        on_stored=stored,
     )
     try:
         _record(job, log)
+        _record_steps(job, steps)
     finally:
         try:
             dispatch()  # a slot is free: start the next waiting job now, not at the next beat
@@ -142,6 +152,14 @@ def _record(job: BuildJob, log: LogWriter) -> None:
         _fail(job, log, f"internal error in the build worker: {exc.__class__.__name__}: {exc}")
     else:
         _end(job, log, f"Pushed {job.image}@{pushed.digest}", lambda i, a: transitions.succeed(i, a, pushed.digest))
+
+
+def _record_steps(job: BuildJob, steps: StepTimes) -> None:
+    """The attempt's BuildKit step timings, for /insights/: never fails the build."""
+    try:
+        metrics.record_steps(job.repository.full_name if job.repository else "", steps.timings, timezone.now().date())
+    except Exception:
+        logger.warning("could not record the step timings of job %s", job.id, exc_info=True)
 
 
 def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:

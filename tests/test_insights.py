@@ -99,3 +99,18 @@ def test_a_line_chart_escapes_names_and_leaves_gaps():
     svg = str(charts.line_chart("t", ["d1", "d2", "d3", "d4"], [("<script>", [1.0, None, 3.0, 4.0])], "s"))
     assert "<script>" not in svg and "&lt;script&gt;" in svg
     assert svg.count("<polyline") == 1 and svg.count("<circle") == 1  # the gap splits the line
+
+
+def test_the_slowest_steps_of_ones_own_repositories(client, alice, repositories, daemon):
+    from builds.models import StepStats
+
+    today = timezone.now().date()
+    StepStats.objects.create(
+        repository="org/alpha-app", step="[2/3] RUN make all", count=2, seconds=90, last_seen=today
+    )
+    StepStats.objects.create(
+        repository="org/beta-app", step="[1/1] RUN secret-team-b", count=1, seconds=500, last_seen=today
+    )
+    client.force_login(alice)
+    page = client.get("/insights/").content.decode()
+    assert "RUN make all" in page and "45 s" in page and "secret-team-b" not in page

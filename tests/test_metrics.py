@@ -135,7 +135,7 @@ def test_the_workers_figures_come_through_redis(client, daemon):
     assert value(samples, "generator_worker_push_retries_total", daemon="unit-daemon") == 1
 
 
-def test_a_log_writer_tells_how_many_lines_it_stored(daemon):
+def test_a_log_writer_hands_each_stored_batch_on(daemon):
     from builds.logs import LogWriter
 
     job = BuildJob.objects.create(image="a/b:1")
@@ -144,7 +144,9 @@ def test_a_log_writer_tells_how_many_lines_it_stored(daemon):
     for n in range(5):
         writer.write(f"line {n}")
     writer.flush()
-    assert sum(stored) == 5 and BuildJob.objects.get(pk=job.pk).log_line_count == 5
+    assert [seq for batch in stored for seq, _ in batch] == [1, 2, 3, 4, 5]
+    assert [len(batch) for batch in stored] == [1, 2, 2]  # the first line at once, then batches of 2
+    assert BuildJob.objects.get(pk=job.pk).log_line_count == 5
 
 
 def test_a_scrape_reads_no_job_rows_however_many_ended(client, daemon, repository, django_assert_max_num_queries):
