@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--daemons", type=int, default=32)
     parser.add_argument("--postgres", default="", help="a PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432")
     parser.add_argument("--scrapes", type=int, default=20, help="scrapes timed after (before: 3)")
+    parser.add_argument("--profile", action="store_true", help="print where one scrape spends its time")
     parser.add_argument("--no-before", action="store_true", help="skip main's scrape (minutes at a million jobs)")
     args = parser.parse_args()
     print(rig.machine_note())
@@ -104,6 +105,13 @@ def run(args: argparse.Namespace) -> None:
         f"after:  /metrics median {ms(after)} (min {min(after) * 1000:.1f} ms, {len(after)} scrapes),"
         f" {len(body):,} bytes"
     )
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profile = cProfile.Profile()
+        profile.runcall(lambda: [ops.metrics(request) for _ in range(10)])
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(25)
     if not args.no_before:
         before_view = main_metrics_view()
         before = timed(lambda: before_view(request), 3)

@@ -46,12 +46,14 @@ logger = logging.getLogger(__name__)
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 
-# Histogram families: name -> help. All labelled by repository ('' for builds without one).
+# Histogram families: name -> (help, labels). `repository` is '' for builds without one.
+# A scrape costs about its number of samples (13 per histogram and label set):
+# the run time, which is build plus push, is the farm's only.
 HISTOGRAMS = {
-    "generator_job_wait_seconds": "From submit to a worker's claim, for jobs that ended.",
-    "generator_job_run_seconds": "From claim to the end, for jobs that ended.",
-    "generator_job_build_seconds": "From claim to the push (or the end, for a build that failed).",
-    "generator_job_push_seconds": "From the start of the push to the end.",
+    "generator_job_wait_seconds": ("From submit to a worker's claim, for jobs that ended.", ("repository",)),
+    "generator_job_run_seconds": ("From claim to the end, for jobs that ended.", ()),
+    "generator_job_build_seconds": ("From claim to the push (or the end, for a build that failed).", ("repository",)),
+    "generator_job_push_seconds": ("From the start of the push to the end.", ("repository",)),
 }
 FINISHED = "generator_jobs_finished_total"
 DELIVERIES = "generator_webhook_deliveries_total"
@@ -88,14 +90,14 @@ def record_end(job_id: str) -> None:
             "started_at",
             "push_started_at",
             "finished_at",
-        )  # fmt: skip
+        )
         .first()
     )
     if row is None:
         return
     status, repository, daemon, created, started, push_started, finished = row
     repository, daemon = repository or "", daemon or ""
-    by_repository = _labels(repository=repository)
+    labels = {name: _labels(**({"repository": repository} if names else {})) for name, (_, names) in HISTOGRAMS.items()}
     observed: dict[str, float] = {}
     if started and finished:
         observed["generator_job_wait_seconds"] = max((started - created).total_seconds(), 0.0)
@@ -104,7 +106,7 @@ def record_end(job_id: str) -> None:
         if push_started:
             observed["generator_job_push_seconds"] = max((finished - push_started).total_seconds(), 0.0)
     add_counter(FINISHED, 1, repository=repository, status=status)
-    _observe([(name, by_repository, seconds) for name, seconds in observed.items()])
+    _observe([(name, labels[name], seconds) for name, seconds in observed.items()])
     _add_daily(finished or started or created, repository, daemon, status, started, push_started, observed)
 
 
@@ -285,10 +287,11 @@ def _histograms() -> Iterator[Metric]:
         "name", "labels", "bucket", "count", "sum"
     ):
         rows[name][labels][bucket] = (count, total)
-    for name, help_text in HISTOGRAMS.items():
-        family = HistogramMetricFamily(name, help_text, labels=["repository"])
+    for name, (help_text, names) in HISTOGRAMS.items():
+        family = HistogramMetricFamily(name, help_text, labels=names)
         for labels, buckets in sorted(rows[name].items()):
-            family.add_metric([json.loads(labels).get("repository", "")], *_cumulative(buckets))
+            values = json.loads(labels)
+            family.add_metric([values.get(label, "") for label in names], *_cumulative(buckets))
         yield family
 
 

@@ -42,7 +42,8 @@ def seed(apps, schema_editor):
             if push_started:
                 observed["push"] = max((finished - push_started).total_seconds(), 0.0)
         for name, seconds in observed.items():
-            row = buckets[(f"generator_job_{name}_seconds", _labels(repository=repository), bisect.bisect_left(BOUNDS, seconds))]
+            labels = _labels() if name == "run" else _labels(repository=repository)  # run: the farm's only
+            row = buckets[(f"generator_job_{name}_seconds", labels, bisect.bisect_left(BOUNDS, seconds))]
             row[0] += 1
             row[1] += seconds
         when = (finished or started or created).date()
