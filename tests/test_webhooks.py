@@ -263,3 +263,16 @@ def test_an_empty_pool_is_503_and_recorded(client, repository):
     response = deliver(client, push_to_existing_branch())
     assert response.status_code == 503
     assert WebhookDelivery.objects.get().status_code == 503
+
+
+def test_deliveries_are_counted_for_metrics_once_each(client, repository):
+    from builds.models import MetricCounter
+
+    payload = example("api.github.com/push/with-new-branch.payload.json")
+    deliver(client, payload, delivery="counted")
+    deliver(client, payload, delivery="counted")  # a redelivery of the same id: one delivery
+    deliver(client, payload, delivery="a-copy")  # the same push again: answered 202, built nothing
+    counted = MetricCounter.objects.get(
+        name="generator_webhook_deliveries_total", labels='{"event":"push","status":"202"}'
+    )
+    assert counted.value == 2 == WebhookDelivery.objects.filter(event="push", status_code=202).count()
