@@ -117,6 +117,9 @@ def run(args: argparse.Namespace) -> None:
         before = timed(lambda: before_view(request), 3)
         print(f"before: /metrics median {ms(before)} (min {min(before) * 1000:.1f} ms, 3 scrapes)")
     print(f"ending a job (transitions.fail, figures included): median {ms(end_jobs(200))} over 200 jobs")
+    from builds.logs import _background_publisher
+
+    _background_publisher().drain(timeout=30)  # the status events of those jobs, before Redis stops
 
 
 def fill(args: argparse.Namespace) -> None:
