@@ -19,7 +19,9 @@ def line_chart(
 ) -> SafeString:
     """One line per series over the x `labels` (days); None is a gap."""
     values = [v for _, points in series for v in points if v is not None]
-    top = _nice(max(values, default=0))
+    highest = max(values, default=0)
+    # Minutes on the axis when minutes are shown: round ones (2, 5, 10 min...).
+    top = _nice(highest / 60) * 60 if unit == "s" and highest >= 120 else _nice(highest)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     step = plot_w / max(len(labels) - 1, 1)
 
