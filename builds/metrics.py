@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from functools import cache
@@ -195,12 +196,21 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
 
 
+_REDIS_PAUSE = 30.0  # seconds without counting after Redis failed to answer
+_redis_down_until = 0.0
+
+
 def count_worker(name: str, daemon: str, amount: int = 1) -> None:
-    """A worker's counter (WORKER_COUNTERS): never fails or slows a build for long."""
+    """A worker's counter (WORKER_COUNTERS): never fails a build, and slows it
+    at most once per pause while Redis does not answer (each log batch counts)."""
+    global _redis_down_until
+    if time.monotonic() < _redis_down_until:
+        return
     try:
         _redis().hincrby(REDIS_PREFIX + name, daemon, amount)
     except redis.RedisError:
-        logger.debug("could not count %s", name, exc_info=True)
+        _redis_down_until = time.monotonic() + _REDIS_PAUSE
+        logger.warning("could not count %s in Redis; not counting for %g s", name, _REDIS_PAUSE, exc_info=True)
 
 
 # --- read on a scrape ---------------------------------------------------------------

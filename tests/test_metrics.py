@@ -234,3 +234,26 @@ def test_the_grafana_dashboard_asks_only_for_metrics_the_farm_exposes(client, da
     }
     assert len(dashboard["panels"]) >= 10 and asked
     assert asked - exposed == set()
+
+
+def test_a_worker_counts_nothing_for_a_while_once_redis_fails(settings, monkeypatch):
+    import time
+
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"  # nothing listens there
+    client = metrics._redis
+    client.cache_clear()
+    monkeypatch.setattr(metrics, "_redis_down_until", 0.0)
+    try:
+        metrics.count_worker("generator_worker_log_lines_written_total", "d", 5)  # fails, pauses
+        assert metrics._redis_down_until > time.monotonic() + 25
+        asked = []
+        monkeypatch.setattr(metrics, "_redis", lambda: asked.append(1))
+        for _ in range(100):
+            metrics.count_worker("generator_worker_log_lines_written_total", "d", 5)
+        assert asked == []  # no connection tried during the pause
+        monkeypatch.setattr(metrics, "_redis_down_until", time.monotonic() - 1)
+        with pytest.raises(AttributeError):  # after it, Redis is asked again (here: the stand-in)
+            metrics.count_worker("generator_worker_log_lines_written_total", "d", 5)
+        assert asked == [1]
+    finally:
+        client.cache_clear()  # the next test's client, with its Redis
