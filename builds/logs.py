@@ -207,8 +207,10 @@ class LogWriter:
         max_lines: int | None = None,
         max_line_bytes: int | None = None,
         batch_bytes: int | None = None,
+        on_stored: Callable[[list[tuple[int, str]]], None] | None = None,
     ) -> None:
         self.job_id = job_id
+        self.on_stored = on_stored  # given each batch once stored (the runner counts lines, times steps)
         self.last_seq = last_seq
         # Past the cap one marker line is stored and the rest dropped: a runaway
         # build must not fill the database.
@@ -258,6 +260,8 @@ class LogWriter:
             _insert_lines(self.job_id, batch)
             BuildJob.objects.filter(pk=self.job_id).update(log_line_count=batch[-1][0])
             transaction.on_commit(partial(publish, self.job_id, {"type": "log.lines", "lines": batch}))
+        if self.on_stored:
+            self.on_stored(batch)
 
     def _flush_if_quiet(self, lines: queue.SimpleQueue) -> None:
         """Stores what is pending when no next line is waiting, unless a batch went out just now."""

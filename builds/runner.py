@@ -11,11 +11,12 @@ from dataclasses import replace
 from typing import BinaryIO, NoReturn
 
 from django.conf import settings
+from django.utils import timezone
 
 from pool import egress, health, housekeeping
 from pool.tls import InsecureEngineAddress, client_settings
 
-from . import builders, context_store, deploy_keys, transitions
+from . import builders, context_store, deploy_keys, metrics, transitions
 from .dispatch import dispatch
 from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
 from .limits import buildkit_share, contained, limits_for
@@ -23,8 +24,11 @@ from .logs import LogWriter
 from .models import BuildContext, BuildJob, BuildSecret, Registry
 from .references import parse_build_target
 from .sources import GitSource, SourceError
+from .steps import StepTimes
 
 logger = logging.getLogger(__name__)
+
+LOG_LINES, PUSH_RETRIES = "generator_worker_log_lines_written_total", "generator_worker_push_retries_total"
 
 
 class Interrupted(Exception):
@@ -99,14 +103,24 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
         return
     logger.info("job %s attempt %s claimed by %s", job_id, attempt, worker)
     job = BuildJob.objects.select_related("daemon", "cancelled_by", "repository").get(pk=job_id)
+    daemon_name = job.daemon.name if job.daemon else ""
+    steps = StepTimes()
+
+    def stored(batch: list[tuple[int, str]]) -> None:
+        metrics.count_worker(LOG_LINES, daemon_name, len(batch))
+        for _, text in batch:
+            steps.feed(text)
+
     log = LogWriter(
         job.id,
         last_seq=job.log_line_count,
         batch_lines=settings.GENERATOR_LOG_BATCH_LINES,
         flush_seconds=settings.GENERATOR_LOG_FLUSH_SECONDS,
+        on_stored=stored,
     )
     try:
         _record(job, log)
+        _record_steps(job, steps)
     finally:
         try:
             dispatch()  # a slot is free: start the next waiting job now, not at the next beat
@@ -140,6 +154,14 @@ def _record(job: BuildJob, log: LogWriter) -> None:
         _fail(job, log, f"internal error in the build worker: {exc.__class__.__name__}: {exc}")
     else:
         _end(job, log, f"Pushed {job.image}@{pushed.digest}", lambda i, a: transitions.succeed(i, a, pushed.digest))
+
+
+def _record_steps(job: BuildJob, steps: StepTimes) -> None:
+    """The attempt's BuildKit step timings, for /insights/: never fails the build."""
+    try:
+        metrics.record_steps(job.repository.full_name if job.repository else "", steps.timings, timezone.now().date())
+    except Exception:
+        logger.warning("could not record the step timings of job %s", job.id, exc_info=True)
 
 
 def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
@@ -183,7 +205,9 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
         if not transitions.start_push(job.id, job.attempt, image_id):
             watch.stop()
         # Every tag of the build; they share one manifest, so one digest.
-        pushed = [_push(session, replace(target, tag=tag), log, watch) for tag in [target.tag, *job.extra_tags]]
+        pushed = [
+            _push(session, replace(target, tag=tag), log, watch, daemon.name) for tag in [target.tag, *job.extra_tags]
+        ]
         return pushed[0]
 
 
@@ -226,7 +250,7 @@ def _source(job: BuildJob, log: LogWriter, watch: Watch) -> Iterator[tuple[Binar
         yield context, repository.dockerfile_path, {**repository.build_args, **job.build_args}
 
 
-def _push(session: EngineSession, target, log: LogWriter, watch: Watch) -> PushResult:
+def _push(session: EngineSession, target, log: LogWriter, watch: Watch, daemon_name: str) -> PushResult:
     tries = settings.GENERATOR_PUSH_TRIES
     registry = target.registry
     account = Registry.objects.allowing(registry).exclude(username="").first()
@@ -246,6 +270,7 @@ def _push(session: EngineSession, target, log: LogWriter, watch: Watch) -> PushR
                 raise PushFailed(f"registry {registry} did not take the push after {tries} tries: {exc}") from exc
             delay = settings.GENERATOR_PUSH_BACKOFF_SECONDS * 2 ** (number - 1)
             log.write(f"[generator] {exc}; trying again in {delay:g} s")
+            metrics.count_worker(PUSH_RETRIES, daemon_name)
             log.flush()
             watch.sleep(delay)
     raise AssertionError("unreachable")

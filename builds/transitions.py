@@ -10,13 +10,14 @@ to the job's watchers once the transaction commits.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from datetime import timedelta
 
 from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
-from . import signals
+from . import metrics, signals
 from .logs import publish
 from .models import BuildJob
 
@@ -32,7 +33,12 @@ REPORT_STATUS_TASK = "farm.report_status"
 def _swap(filters: dict, to_status: str | None = None, **fields) -> bool:
     if to_status is not None:
         fields["status"] = to_status
-    changed = BuildJob.objects.filter(**filters).update(**fields)
+    ends = to_status in BuildJob.TERMINAL
+    # An ending job is counted (builds/metrics.py) in the transaction that ends it.
+    with transaction.atomic() if ends else nullcontext():
+        changed = BuildJob.objects.filter(**filters).update(**fields)
+        if changed and ends:
+            metrics.record_end(filters["pk"])
     if changed and to_status is not None:
         job_id = filters["pk"]
         transaction.on_commit(lambda: publish(job_id, {"type": "job.status", "status": to_status}))

@@ -44,6 +44,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from . import metrics
 from .models import BuildJob, Repository, WebhookDelivery
 from .payloads import PayloadError, load_object
 from .rules import MAX_REF_LENGTH, RuleError, is_ref_text, parse_ref, tags_for
@@ -154,6 +155,7 @@ def _deliver(repository: Repository, event: str, delivery_id: str, payload: dict
         if key and (first := _first_delivery(repository, push, key)):
             status, result, jobs = 202, _duplicate_result(push, first), first.response.get("jobs", [])
             _record(delivery_id, event, repository, status, result, jobs)
+            metrics.add_counter(metrics.DELIVERIES, 1, event=event, status=str(status))
             return answer(status, result, jobs)
         delivery = _record(delivery_id, event, repository, 202, "handling", [], push_key=key)
         status, result, jobs = _handle(event, repository, payload)
@@ -161,6 +163,7 @@ def _deliver(repository: Repository, event: str, delivery_id: str, payload: dict
         delivery.push_key = key if jobs else None
         delivery.status_code, delivery.result, delivery.response = status, result, {"result": result, "jobs": jobs}
         delivery.save(update_fields=["push_key", "status_code", "result", "response"])
+        metrics.add_counter(metrics.DELIVERIES, 1, event=event, status=str(status))
     return answer(status, result, jobs)
 
 

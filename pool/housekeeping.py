@@ -239,10 +239,10 @@ _DISK_GAUGES = (
 )
 
 
-def disk_gauges() -> list[tuple[str, str, list[tuple[str, float]]]]:
+def disk_gauges(daemons=None) -> list[tuple[str, str, list[tuple[str, float]]]]:
     """Each daemon's disk figures as gauge families: (name, help, [(daemon name,
     value)]); a daemon not measured yet has no sample."""
-    daemons = list(DockerDaemon.objects.order_by("name"))
+    daemons = list(DockerDaemon.objects.order_by("name")) if daemons is None else daemons
     families = []
     for name, attribute, help_text in _DISK_GAUGES:
         samples = []

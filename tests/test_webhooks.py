@@ -286,3 +286,16 @@ def test_the_default_branch_a_push_names_is_kept_and_its_last_image_is_every_bui
     ]
     BuildJob.objects.filter(pk=main.pk).update(image="localhost:5000/codertocat/hello-world:sha-6113728")
     assert pool_cache(branch_build)[-1] == "localhost:5000/codertocat/hello-world:sha-6113728"
+
+
+def test_deliveries_are_counted_for_metrics_once_each(client, repository):
+    from builds.models import MetricCounter
+
+    payload = example("api.github.com/push/with-new-branch.payload.json")
+    deliver(client, payload, delivery="counted")
+    deliver(client, payload, delivery="counted")  # a redelivery of the same id: one delivery
+    deliver(client, payload, delivery="a-copy")  # the same push again: answered 202, built nothing
+    counted = MetricCounter.objects.get(
+        name="generator_webhook_deliveries_total", labels='{"event":"push","status":"202"}'
+    )
+    assert counted.value == 2 == WebhookDelivery.objects.filter(event="push", status_code=202).count()
