@@ -124,11 +124,42 @@ class BuildJob(models.Model):
         return self.image.rsplit(":", 1)[0] if ":" in self.image.rsplit("/", 1)[-1] else self.image
 
     def queue_position(self) -> int | None:
-        """1 for the next job the farm will dispatch; None once it has a daemon."""
+        """1 for the next job the farm will dispatch; None once it has a daemon.
+
+        Its place under the dispatcher's fair share (builds/dispatch.py), as if
+        no build ended in between and the pool were one: with k its place among
+        its own team's waiting builds and r its team's running builds, a
+        waiting build of another team with r' running goes before it if it is
+        that team's j-th with r' + j < r + k, or r' + j = r + k and it is older
+        (the dispatcher's tie). Only what would go before it counts. Two queries.
+        """
         if self.status != self.Status.QUEUED or self.daemon_id is not None:
             return None
         waiting = BuildJob.objects.filter(status=self.Status.QUEUED, daemon__isnull=True)
-        return waiting.filter(created_at__lt=self.created_at).count() + 1
+        rows = list(
+            waiting.values("team").annotate(
+                waiting=models.Count("id"), older=models.Count("id", filter=models.Q(created_at__lt=self.created_at))
+            )
+        )
+        running_rows = (
+            BuildJob.objects.filter(status__in=self.ACTIVE, daemon__isnull=False)
+            .values("team")
+            .annotate(running=models.Count("id"))
+        )
+        running = {row["team"]: row["running"] for row in running_rows}
+        mine = running.get(self.team_id, 0)
+        before = sum(row["older"] for row in rows if row["team"] == self.team_id)
+        own_place = before + 1
+        for row in rows:
+            if row["team"] == self.team_id:
+                continue
+            theirs = running.get(row["team"], 0)
+            tie = mine + own_place - theirs  # their j-th waiting build ties with this one
+            ahead = min(row["waiting"], max(0, tie - 1))
+            if 1 <= tie <= min(row["waiting"], row["older"]):
+                ahead += 1
+            before += ahead
+        return before + 1
 
 
 class BuildContext(models.Model):
