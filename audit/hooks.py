@@ -15,8 +15,12 @@ SECRET_KINDS = {"secrets": "secret", "deploy_key": "deploy key", "new_deploy_key
                 "remove_deploy_key": "deploy key"}  # fmt: skip
 
 
+# The names events use for rows whose model's name reads otherwise.
+KINDS = {"pool.dockerdaemon": "daemon", "builds.buildsecret": "secret"}
+
+
 def kind_of(obj) -> str:
-    return getattr(obj, "audit_kind", None) or str(obj._meta.verbose_name)
+    return KINDS.get(obj._meta.label_lower) or str(obj._meta.verbose_name).lower()
 
 
 def team_of(obj):

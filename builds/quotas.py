@@ -44,7 +44,9 @@ def check_submit(team: Team | None) -> None:
             )
     if limit := team.max_builds_per_hour:
         now = timezone.now()
-        recent = list(jobs.filter(created_at__gt=now - HOUR).order_by("-created_at").values_list("created_at", flat=True)[:limit])
+        recent = list(
+            jobs.filter(created_at__gt=now - HOUR).order_by("-created_at").values_list("created_at", flat=True)[:limit]
+        )
         if len(recent) >= limit:
             # The oldest of the last `limit` submissions leaves the sliding hour first.
             wait = (recent[-1] + HOUR - now).total_seconds()

@@ -91,8 +91,10 @@ class TeamAccess(permissions.BasePermission):
     list=extend_schema(description="Your teams (staff: all), with namespaces and members."),
     retrieve=extend_schema(description="One of your teams; another team is a 404."),
     create=extend_schema(description="Staff only."),
-    update=extend_schema(description="The team's admins or staff; its limits (max_concurrent_builds, "
-                         "max_builds_per_hour, max_log_lines, over_limit): staff only."),
+    update=extend_schema(
+        description="The team's admins or staff; its limits (max_concurrent_builds, "
+        "max_builds_per_hour, max_log_lines, over_limit): staff only."
+    ),
     partial_update=extend_schema(description="The team's admins or staff; its limits: staff only."),
     destroy=extend_schema(description="Staff only; a team that still owns repositories cannot be deleted (409)."),
 )
