@@ -11,7 +11,8 @@ that group, and every other job only to the shared daemons (no group).
 
 Fair share between teams: free slots go to the team with the fewest builds
 running (on a daemon) that has a build waiting, and inside a team to its oldest
-build; a tie goes to the team whose next build is older. So one team's 500
+build; a tie goes to the team whose last build started longest ago (teams take
+turns), then to the team whose next build is older. So one team's 500
 waiting builds do not hold another team's one build behind them: that build
 starts at the next free slot. A team at its concurrency limit, or (queue mode)
 at its hourly limit of started builds, gets no more (teams/models.py,
@@ -27,13 +28,13 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import deque
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import redis
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Q, Window
+from django.db.models import Count, F, Max, Q, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -116,15 +117,17 @@ def running_builds_by_team() -> dict[int, int]:
     return {row["team"] or 0: row["active"] for row in rows}
 
 
-def started_this_hour_by_team(team_ids: list[int]) -> dict[int, int]:
-    """Builds given a daemon in the sliding hour before now, per team id (queue mode's hourly limit)."""
+def recent_starts_by_team() -> dict[int, tuple[int, datetime]]:
+    """Per team id (0: no team): how many of its builds were given a daemon in the
+    sliding hour before now, and when the last was. The count holds queue
+    mode's hourly limit; the time breaks the fair share's ties."""
     since = timezone.now() - timedelta(hours=1)
     rows = (
-        BuildJob.objects.filter(team__in=team_ids, dispatched_at__gte=since)
+        BuildJob.objects.filter(dispatched_at__gte=since)
         .values("team")
-        .annotate(started=Count("id"))
+        .annotate(started=Count("id"), last=Max("dispatched_at"))
     )
-    return {row["team"]: row["started"] for row in rows}
+    return {row["team"] or 0: (row["started"], row["last"]) for row in rows}
 
 
 def _team_limits(jobs: list[BuildJob]) -> dict[int, tuple[int | None, int | None]]:
@@ -141,24 +144,34 @@ def _team_limits(jobs: list[BuildJob]) -> dict[int, tuple[int | None, int | None
     return limits
 
 
-def fair_order(jobs: list[BuildJob], running: dict[int, int]):
+NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def fair_order(jobs: list[BuildJob], running: dict[int, int], last_start: dict[int, datetime]):
     """Yields `jobs` in fair-share order: next, the oldest job of the team with
-    the fewest running builds (a tie: the team whose next job is older). The
-    caller sends back True for a job it started, which counts for its team from
-    then on, and "team" to stop taking that team's jobs in this pass."""
+    the fewest running builds; at a tie, the team whose last build started
+    longest ago (so teams take turns, on a one-slot pool too), then the team
+    whose next job is older. The caller sends back True for a job it started,
+    which counts for its team from then on, and "team" to stop taking that
+    team's jobs in this pass. Team ids: 0 for no team."""
     lines: dict[int, deque[BuildJob]] = {}
     for job in jobs:  # oldest first inside each team
         lines.setdefault(job.team_id or 0, deque()).append(job)
-    heap = [(running.get(team, 0), line[0].created_at, team) for team, line in lines.items()]
+
+    def turn(team: int) -> tuple:
+        return (running.get(team, 0), last_start.get(team, NEVER), lines[team][0].created_at, team)
+
+    heap = [turn(team) for team in lines]
     heapq.heapify(heap)
     while heap:
-        _, _, team = heapq.heappop(heap)
+        team = heapq.heappop(heap)[-1]
         line = lines[team]
         outcome = yield line.popleft()
         if outcome is True:
             running[team] = running.get(team, 0) + 1
+            last_start[team] = timezone.now()
         if line and outcome != "team":
-            heapq.heappush(heap, (running.get(team, 0), line[0].created_at, team))
+            heapq.heappush(heap, turn(team))
 
 
 def _over_limit(job: BuildJob, per_image: dict[str, int], per_repository: dict[int, int]) -> bool:
@@ -284,10 +297,11 @@ def _pass(*, wait: bool) -> int | None:
         )
         batch = list(waiting[:DISPATCH_BATCH])
         limits = _team_limits(batch)
-        hourly = [team for team, (_, per_hour) in limits.items() if per_hour]
-        started = started_this_hour_by_team(hourly) if hourly else {}
+        recent = recent_starts_by_team()
+        started = {team: count for team, (count, _) in recent.items()}
+        last_start = {team: last for team, (_, last) in recent.items()}
         warm: dict[str, int | None] = {}
-        order = fair_order(batch, running)
+        order = fair_order(batch, running, last_start)
         outcome = None
         while True:
             try:
@@ -299,8 +313,8 @@ def _pass(*, wait: bool) -> int | None:
             if group not in open_groups:
                 continue  # its group filled up during this pass
             concurrent, per_hour = limits.get(job.team_id, (None, None))
-            if (concurrent and running.get(job.team_id, 0) >= concurrent) or (
-                per_hour and started.get(job.team_id, 0) >= per_hour
+            if (concurrent and running.get(job.team_id or 0, 0) >= concurrent) or (
+                per_hour and started.get(job.team_id or 0, 0) >= per_hour
             ):
                 outcome = "team"  # the team has its share: its jobs wait, others' may go
                 continue
@@ -321,8 +335,7 @@ def _pass(*, wait: bool) -> int | None:
                 per_image[job.image] = per_image.get(job.image, 0) + 1
                 if job.repository_id:
                     per_repository[job.repository_id] = per_repository.get(job.repository_id, 0) + 1
-                if job.team_id in limits:
-                    started[job.team_id] = started.get(job.team_id, 0) + 1
+                started[job.team_id or 0] = started.get(job.team_id or 0, 0) + 1
                 sends.append((job.id, job.attempt, daemon.pk, daemon.queue))
         for send in sends:
             transaction.on_commit(lambda send=send: send_build_task(*send))

@@ -71,7 +71,8 @@ class BuildJob(models.Model):
     team = models.ForeignKey("teams.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     # When the build's task message was sent to its daemon's queue.
-    dispatched_at = models.DateTimeField(null=True, blank=True)
+    # Indexed: the dispatcher reads the last hour's starts per team (fair share, hourly limits).
+    dispatched_at = models.DateTimeField(null=True, blank=True, db_index=True)
     # The running attempt's worker renews this; past it, the reaper takes the worker for dead.
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
@@ -130,11 +131,15 @@ class BuildJob(models.Model):
         no build ended in between and the pool were one: with k its place among
         its own team's waiting builds and r its team's running builds, a
         waiting build of another team with r' running goes before it if it is
-        that team's j-th with r' + j < r + k, or r' + j = r + k and it is older
-        (the dispatcher's tie). Only what would go before it counts. Two queries.
+        that team's j-th with r' + j < r + k; at r' + j = r + k (a tie), if
+        that team's last start is older than this team's (teams take turns),
+        or as old and the build is older. Only what would go before it counts.
+        Three queries, whatever the queue's length.
         """
         if self.status != self.Status.QUEUED or self.daemon_id is not None:
             return None
+        from datetime import timedelta
+
         waiting = BuildJob.objects.filter(status=self.Status.QUEUED, daemon__isnull=True)
         rows = list(
             waiting.values("team").annotate(
@@ -147,16 +152,20 @@ class BuildJob(models.Model):
             .annotate(running=models.Count("id"))
         )
         running = {row["team"]: row["running"] for row in running_rows}
-        mine = running.get(self.team_id, 0)
+        # As the dispatcher reads them: the last start in the past hour, else never.
+        recent = BuildJob.objects.filter(dispatched_at__gte=timezone.now() - timedelta(hours=1))
+        last_start = dict(recent.values("team").annotate(last=models.Max("dispatched_at")).values_list("team", "last"))
+        never = timezone.now() - timedelta(days=365 * 100)
+        mine, my_last = running.get(self.team_id, 0), last_start.get(self.team_id, never)
         before = sum(row["older"] for row in rows if row["team"] == self.team_id)
         own_place = before + 1
         for row in rows:
             if row["team"] == self.team_id:
                 continue
-            theirs = running.get(row["team"], 0)
-            tie = mine + own_place - theirs  # their j-th waiting build ties with this one
+            theirs, their_last = running.get(row["team"], 0), last_start.get(row["team"], never)
+            tie = mine + own_place - theirs  # their tie-th waiting build ties with this one
             ahead = min(row["waiting"], max(0, tie - 1))
-            if 1 <= tie <= min(row["waiting"], row["older"]):
+            if 1 <= tie <= row["waiting"] and (their_last < my_last or (their_last == my_last and tie <= row["older"])):
                 ahead += 1
             before += ahead
         return before + 1
