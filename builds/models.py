@@ -4,6 +4,7 @@ rules, and the webhook deliveries received."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -138,8 +139,6 @@ class BuildJob(models.Model):
         """
         if self.status != self.Status.QUEUED or self.daemon_id is not None:
             return None
-        from datetime import timedelta
-
         waiting = BuildJob.objects.filter(status=self.Status.QUEUED, daemon__isnull=True)
         rows = list(
             waiting.values("team").annotate(

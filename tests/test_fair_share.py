@@ -277,3 +277,46 @@ def test_staff_set_a_teams_limits_and_its_admin_and_outsiders_may_not(operator, 
     assert bad.status_code == 400 and set(bad.json()) == {"over_limit", "max_log_lines"}
     teams[0].refresh_from_db()
     assert teams[0].max_concurrent_builds == 3 and teams[0].over_limit_mode == "queue"
+
+
+@override_settings(GENERATOR_MAX_BUILDS_PER_IMAGE=0)
+def test_on_a_one_slot_pool_the_teams_take_turns(teams):
+    # Both teams at 0 running whenever the slot frees: the tie goes to the team
+    # served longest ago, not to the older build (which would be A's every time).
+    a, b = teams
+    DockerDaemon.objects.create(name="small", url="tcp://127.0.0.1:9", capacity=1)
+    jobs_a = waiting(a, 3)
+    dispatch()
+    jobs_b = waiting(b, 2)
+    order = []
+    for _ in range(4):
+        [running] = BuildJob.objects.filter(daemon__isnull=False, status="queued")
+        end([running.id])
+        dispatch()
+        [now] = BuildJob.objects.filter(daemon__isnull=False, status="queued")
+        order.append((now.team.slug, now.pk))
+    assert order == [
+        ("team-b", jobs_b[0].pk),
+        ("team-a", jobs_a[1].pk),
+        ("team-b", jobs_b[1].pk),
+        ("team-a", jobs_a[2].pk),
+    ]
+
+
+def test_a_webhook_push_over_its_teams_limit_is_refused_with_429(teams, pool):
+    from builds.errors import TooManyBuilds
+    from builds.models import Repository
+    from builds.services import submit_push_build
+
+    a, _ = teams
+    a.max_builds_per_hour = 1
+    a.save()
+    repository = Repository.objects.create(
+        full_name="team-a/app", clone_url="https://github.com/team-a/app.git", webhook_secret="hook",
+        image="localhost:5000/team-a/app", team=a,
+    )  # fmt: skip
+    submit_push_build(repository=repository, ref="refs/heads/main", sha="a" * 40, tags=["main"])
+    with pytest.raises(TooManyBuilds) as refused:
+        submit_push_build(repository=repository, ref="refs/heads/dev", sha="b" * 40, tags=["dev"])
+    assert refused.value.status == 429 and "max_builds_per_hour" in str(refused.value)
+    assert 3590 <= refused.value.retry_after <= 3600
