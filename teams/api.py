@@ -49,8 +49,10 @@ class TeamSerializer(serializers.ModelSerializer):
 
     def validate(self, data):
         user = self.context["request"].user
-        if not _staff(user) and (asked := sorted(set(data) & set(LIMIT_FIELDS))):
-            raise exceptions.PermissionDenied(f"only staff set a team's limits ({', '.join(asked)})")
+        # A team's admin may send its limits back as they stand (a PUT of what GET gave), not change them.
+        changed = [f for f in LIMIT_FIELDS if f in data and data[f] != getattr(self.instance, f, None)]
+        if changed and not _staff(user):
+            raise exceptions.PermissionDenied(f"only staff set a team's limits ({', '.join(changed)})")
         return data
 
 

@@ -273,6 +273,8 @@ def test_staff_set_a_teams_limits_and_its_admin_and_outsiders_may_not(operator, 
     refused = api_as(carol).patch("/api/v1/teams/team-a/", {"max_concurrent_builds": 99}, format="json")
     assert refused.status_code == 403 and "only staff set a team's limits" in refused.json()["detail"]
     assert api_as(carol).patch("/api/v1/teams/team-a/", {"name": "A team"}, format="json").status_code == 200
+    as_read = api_as(carol).get("/api/v1/teams/team-a/").json()  # limits sent back as they stand
+    assert api_as(carol).put("/api/v1/teams/team-a/", as_read, format="json").status_code == 200
     assert api_as(bob).patch("/api/v1/teams/team-a/", {"max_concurrent_builds": 99}, format="json").status_code == 404
     bad = api_as(operator).patch("/api/v1/teams/team-a/", {"over_limit": "maybe", "max_log_lines": 0}, format="json")
     assert bad.status_code == 400 and set(bad.json()) == {"over_limit", "max_log_lines"}
