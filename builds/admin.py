@@ -3,6 +3,8 @@ from django.conf import settings
 from django.contrib import admin
 from django.utils.html import format_html
 
+from audit.hooks import AuditedAdmin
+
 from . import deploy_keys
 from . import secrets as build_secrets
 from .limits import caps_help
@@ -163,7 +165,7 @@ class BuildSecretInline(admin.TabularInline):
 
 
 @admin.register(Repository)
-class RepositoryAdmin(admin.ModelAdmin):
+class RepositoryAdmin(AuditedAdmin, admin.ModelAdmin):
     form = RepositoryForm
     inlines = [BuildRuleInline, BuildSecretInline]
     list_display = ["full_name", "team", "public", "image", "daemon_group", "hook_verified_at", "created_at"]
@@ -212,7 +214,7 @@ class RegistryForm(forms.ModelForm):
 
 
 @admin.register(Registry)
-class RegistryAdmin(admin.ModelAdmin):
+class RegistryAdmin(AuditedAdmin, admin.ModelAdmin):
     form = RegistryForm
     list_display = ["host", "credentials", "created_at"]
     search_fields = ["host"]

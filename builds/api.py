@@ -13,6 +13,7 @@ from rest_framework.exceptions import APIException
 from rest_framework.parsers import FileUploadParser, FormParser, MultiPartParser
 from rest_framework.response import Response
 
+from audit.hooks import AuditedViewSet
 from generator_site.api_parsers import BoundedJSONParser
 
 from . import ownership
@@ -25,6 +26,8 @@ from .services import BuildRequest, SubmissionError, TooLarge, cancel_build, ret
 class Refused(APIException):
     def __init__(self, error: SubmissionError) -> None:
         self.status_code = error.status
+        # DRF's exception handler turns `wait` into Retry-After (429: a team's limit).
+        self.wait = getattr(error, "retry_after", None)
         super().__init__(detail=str(error))
 
 
@@ -203,7 +206,7 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     partial_update=extend_schema(description="Needs builds.change_repository and a repository of your team."),
     destroy=extend_schema(description="Needs builds.delete_repository and a repository of your team."),
 )
-class RepositoryViewSet(viewsets.ModelViewSet):
+class RepositoryViewSet(AuditedViewSet, viewsets.ModelViewSet):
     """Registered GitHub repositories, each of a team. Reading needs a login
     (another team's private repository is a 404); writing, the model permissions
     and a repository of your team."""
@@ -227,7 +230,7 @@ class StaffOnly(permissions.BasePermission):
         return bool(request.user.is_staff)
 
 
-class RegistryViewSet(viewsets.ModelViewSet):
+class RegistryViewSet(AuditedViewSet, viewsets.ModelViewSet):
     """The registries builds may push to (the allow-list), with credentials for
     those that ask. Staff only; passwords are write-only."""
 

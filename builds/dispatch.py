@@ -9,6 +9,15 @@ daemon that may be about to fail.
 Daemon groups: a job of a repository pinned to a group goes only to daemons of
 that group, and every other job only to the shared daemons (no group).
 
+Fair share between teams: free slots go to the team with the fewest builds
+running (on a daemon) that has a build waiting, and inside a team to its oldest
+build; a tie goes to the team whose last build started longest ago (teams take
+turns), then to the team whose next build is older. So one team's 500
+waiting builds do not hold another team's one build behind them: that build
+starts at the next free slot. A team at its concurrency limit, or (queue mode)
+at its hourly limit of started builds, gets no more (teams/models.py,
+builds/quotas.py). Builds of no team count as one team.
+
 `dispatch()` runs after every submit and every finished build, and every few
 seconds from beat (which also catches what a lost message or a sick daemon left
 behind: see `rescue_stranded`).
@@ -16,18 +25,22 @@ behind: see `rescue_stranded`).
 
 from __future__ import annotations
 
+import heapq
 import logging
-from datetime import timedelta
+from collections import deque
+from datetime import UTC, datetime, timedelta
 
 import redis
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Max, Q, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from pool.models import DockerDaemon
 from pool.scheduler import choose_daemon, groups_with_room
+from teams.models import Team
 
 from . import transitions
 from .limits import needs_whole_daemon
@@ -94,6 +107,73 @@ def active_builds_by_repository() -> dict[int, int]:
     return {row["repository"]: row["active"] for row in rows}
 
 
+def running_builds_by_team() -> dict[int, int]:
+    """Builds on a daemon (given one, building or pushing) per team id; 0 for no team."""
+    rows = (
+        BuildJob.objects.filter(status__in=BuildJob.ACTIVE, daemon__isnull=False)
+        .values("team")
+        .annotate(active=Count("id"))
+    )
+    return {row["team"] or 0: row["active"] for row in rows}
+
+
+def recent_starts_by_team() -> dict[int, tuple[int, datetime]]:
+    """Per team id (0: no team): how many of its builds were given a daemon in the
+    sliding hour before now, and when the last was. The count holds queue
+    mode's hourly limit; the time breaks the fair share's ties."""
+    since = timezone.now() - timedelta(hours=1)
+    rows = (
+        BuildJob.objects.filter(dispatched_at__gte=since)
+        .values("team")
+        .annotate(started=Count("id"), last=Max("dispatched_at"))
+    )
+    return {row["team"] or 0: (row["started"], row["last"]) for row in rows}
+
+
+def _team_limits(jobs: list[BuildJob]) -> dict[int, tuple[int | None, int | None]]:
+    """Per team id: its concurrency limit and (queue mode only) its hourly limit
+    of started builds, as the dispatcher holds them. Teams with neither are left out."""
+    limits = {}
+    for job in jobs:
+        team = job.team
+        if team is None or team.pk in limits:
+            continue
+        hourly = team.max_builds_per_hour if team.over_limit_mode == Team.OverLimit.QUEUE else None
+        if team.max_concurrent_builds or hourly:
+            limits[team.pk] = (team.max_concurrent_builds, hourly)
+    return limits
+
+
+NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def fair_order(jobs: list[BuildJob], running: dict[int, int], last_start: dict[int, datetime]):
+    """Yields `jobs` in fair-share order: next, the oldest job of the team with
+    the fewest running builds; at a tie, the team whose last build started
+    longest ago (so teams take turns, on a one-slot pool too), then the team
+    whose next job is older. The caller sends back True for a job it started,
+    which counts for its team from then on, and "team" to stop taking that
+    team's jobs in this pass. Team ids: 0 for no team."""
+    lines: dict[int, deque[BuildJob]] = {}
+    for job in jobs:  # oldest first inside each team
+        lines.setdefault(job.team_id or 0, deque()).append(job)
+
+    def turn(team: int) -> tuple:
+        return (running.get(team, 0), last_start.get(team, NEVER), lines[team][0].created_at, team)
+
+    heap = [turn(team) for team in lines]
+    heapq.heapify(heap)
+    while heap:
+        team = heapq.heappop(heap)[-1]
+        line = lines[team]
+        outcome = yield line.popleft()
+        if outcome is True:
+            running[team] = running.get(team, 0) + 1
+            last_start[team] = timezone.now()
+        if line and outcome != "team":
+            heapq.heappush(heap, turn(team))
+
+
 def _over_limit(job: BuildJob, per_image: dict[str, int], per_repository: dict[int, int]) -> bool:
     """One busy image or repository may not take the whole pool."""
     repository_limit = job.repository.max_concurrent_builds if job.repository else None
@@ -136,7 +216,7 @@ PASSES_ASKED = "generator:dispatch:asked"
 
 
 def dispatch() -> int:
-    """Gives waiting jobs, oldest first, to daemons with room. Answers how many.
+    """Gives waiting jobs, in fair-share order, to daemons with room. Answers how many.
 
     One dispatcher at a time, so two never fill the same free slot twice.
     Nothing waiting (most finished builds, on a quiet farm): nothing to do.
@@ -203,19 +283,41 @@ def _pass(*, wait: bool) -> int | None:
             return 0  # the pool is full
         per_image = active_builds_by_image()
         per_repository = active_builds_by_repository()
+        running = running_builds_by_team()
         # Only jobs some daemon could take now: a long queue of a full group must
-        # not fill the batch ahead of jobs the rest of the pool could build.
+        # not fill the batch ahead of jobs the rest of the pool could build. Each
+        # team's oldest come first (ranked inside their team), so every team with
+        # jobs waiting is in the batch however long another team's queue is.
         waiting = (
             BuildJob.objects.filter(status=BuildJob.Status.QUEUED, daemon__isnull=True)
             .filter(_pinned_to(open_groups))
-            .select_related("repository")
-            .order_by("created_at")
+            .select_related("repository", "team")
+            .annotate(team_rank=Window(RowNumber(), partition_by=[F("team_id")], order_by=[F("created_at"), F("id")]))
+            .order_by("team_rank", "created_at", "id")
         )
+        batch = list(waiting[:DISPATCH_BATCH])
+        limits = _team_limits(batch)
+        recent = recent_starts_by_team()
+        started = {team: count for team, (count, _) in recent.items()}
+        last_start = {team: last for team, (_, last) in recent.items()}
         warm: dict[str, int | None] = {}
-        for job in waiting[:DISPATCH_BATCH]:
+        order = fair_order(batch, running, last_start)
+        outcome = None
+        while True:
+            try:
+                job = order.send(outcome)
+            except StopIteration:
+                break
+            outcome = False
             group = job.daemon_group
             if group not in open_groups:
                 continue  # its group filled up during this pass
+            concurrent, per_hour = limits.get(job.team_id, (None, None))
+            if (concurrent and running.get(job.team_id or 0, 0) >= concurrent) or (
+                per_hour and started.get(job.team_id or 0, 0) >= per_hour
+            ):
+                outcome = "team"  # the team has its share: its jobs wait, others' may go
+                continue
             if _over_limit(job, per_image, per_repository):
                 continue  # it has its share of the pool; later jobs of others may go
             prefer = _preferred_daemon(job, group, daemons, load, warm)
@@ -228,10 +330,12 @@ def _pass(*, wait: bool) -> int | None:
                     break  # the pool is full
                 continue
             if transitions.assign(job.id, daemon.pk):
+                outcome = True
                 load[daemon.pk] = load.get(daemon.pk, 0) + (daemon.capacity if whole else 1)
                 per_image[job.image] = per_image.get(job.image, 0) + 1
                 if job.repository_id:
                     per_repository[job.repository_id] = per_repository.get(job.repository_id, 0) + 1
+                started[job.team_id or 0] = started.get(job.team_id or 0, 0) + 1
                 sends.append((job.id, job.attempt, daemon.pk, daemon.queue))
         for send in sends:
             transaction.on_commit(lambda send=send: send_build_task(*send))

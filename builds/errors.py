@@ -37,3 +37,14 @@ class Forbidden(SubmissionError):
     another team's namespace, building another team's repository."""
 
     status = 403
+
+
+class TooManyBuilds(SubmissionError):
+    """The team is over one of its limits (teams/models.py) and its operator chose
+    "reject": try again after `retry_after` seconds."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)

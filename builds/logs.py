@@ -6,6 +6,10 @@ in the backlog the consumer reads or in a message it receives after joining
 (or both, which the sequence numbers sort out): none can fall between.
 The channel layer is transport, never storage.
 
+A log longer than GENERATOR_MAX_LOG_LINES is cut with a marker line and the
+build goes on; a team's own, lower limit (Team.max_log_lines) fails the build
+instead: the writer stores a line saying so and raises LogLimitExceeded.
+
 A line longer than GENERATOR_MAX_LOG_LINE_BYTES is cut here, before it is
 stored, with a marker saying how long it was: the stored log, its replay and the
 live stream show the same text, and no WebSocket frame has to carry a line
@@ -39,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 LineSink = Callable[[str], None]
+
+
+class LogLimitExceeded(Exception):
+    """The build printed more lines than its team allows; str() says so."""
 
 
 def group_name(job_id: str) -> str:
@@ -208,6 +216,7 @@ class LogWriter:
         max_line_bytes: int | None = None,
         batch_bytes: int | None = None,
         on_stored: Callable[[list[tuple[int, str]]], None] | None = None,
+        team_max_lines: int | None = None,
     ) -> None:
         self.job_id = job_id
         self.on_stored = on_stored  # given each batch once stored (the runner counts lines, times steps)
@@ -215,6 +224,10 @@ class LogWriter:
         # Past the cap one marker line is stored and the rest dropped: a runaway
         # build must not fill the database.
         self.max_lines = max_lines or settings.GENERATOR_MAX_LOG_LINES
+        # A team's lower limit fails the build where the farm's would cut its log.
+        self.fails_past_limit = bool(team_max_lines) and team_max_lines <= self.max_lines
+        if self.fails_past_limit:
+            self.max_lines = team_max_lines
         self.max_line_bytes = max_line_bytes or settings.GENERATOR_MAX_LOG_LINE_BYTES
         self._truncated = last_seq >= self.max_lines
         self.batch_lines = batch_lines
@@ -236,9 +249,16 @@ class LogWriter:
             if self._truncated:
                 return  # the farm's own lines (the outcome) are still stored
             self._truncated = True
+            if self.fails_past_limit:
+                reason = f"more than {self.max_lines} log lines, its team's limit (max_log_lines)"
+                self._store(f"[generator] Log limit passed: {reason}; the build is stopped")
+                raise LogLimitExceeded(reason)
             text = (
                 f"[generator] Log truncated: more than {self.max_lines} lines; the build's further output is not stored"
             )
+        self._store(text)
+
+    def _store(self, text: str) -> None:
         self.last_seq += 1
         # PostgreSQL's text cannot hold NUL, which a build may well print.
         text = fit_line(masked(text, self._hidden).replace("\x00", "\ufffd"), self.max_line_bytes)

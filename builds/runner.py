@@ -20,7 +20,7 @@ from . import builders, context_store, deploy_keys, metrics, transitions
 from .dispatch import dispatch
 from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
 from .limits import buildkit_share, contained, limits_for
-from .logs import LogWriter
+from .logs import LogLimitExceeded, LogWriter
 from .models import BuildContext, BuildJob, BuildSecret, Registry
 from .references import parse_build_target
 from .sources import GitSource, SourceError
@@ -102,7 +102,7 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
         logger.info("job %s attempt %s is not queued for daemon %s any more; nothing to do", job_id, attempt, daemon_id)
         return
     logger.info("job %s attempt %s claimed by %s", job_id, attempt, worker)
-    job = BuildJob.objects.select_related("daemon", "cancelled_by", "repository").get(pk=job_id)
+    job = BuildJob.objects.select_related("daemon", "cancelled_by", "repository", "team").get(pk=job_id)
     daemon_name = job.daemon.name if job.daemon else ""
     steps = StepTimes()
 
@@ -117,6 +117,7 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
         batch_lines=settings.GENERATOR_LOG_BATCH_LINES,
         flush_seconds=settings.GENERATOR_LOG_FLUSH_SECONDS,
         on_stored=stored,
+        team_max_lines=job.team.max_log_lines if job.team else None,
     )
     try:
         _record(job, log)
@@ -140,6 +141,8 @@ def _record(job: BuildJob, log: LogWriter) -> None:
         _end(job, log, f"Cancelled by {who}", transitions.finish_cancelled)
     except TimedOut:
         _fail(job, log, f"timed out after {watch.timeout} s")
+    except LogLimitExceeded as exc:
+        _fail(job, log, str(exc))
     except SourceError as exc:
         _fail(job, log, str(exc))
     except EngineError as exc:

@@ -54,6 +54,8 @@ def build(request: HttpRequest) -> HttpResponse:
             team=params.get("team", "").strip(),
         )
     except SubmissionError as exc:
+        if retry_after := getattr(exc, "retry_after", None):
+            return plain(str(exc), exc.status, Retry_After=str(retry_after))
         return plain(str(exc), exc.status)
     return plain(job.id)
 

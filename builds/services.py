@@ -15,10 +15,12 @@ from typing import BinaryIO
 from django.conf import settings
 from django.db import transaction
 
-from . import context_store, ownership, signals, transitions
+from audit.log import record as audit
+
+from . import context_store, ownership, quotas, signals, transitions
 from . import secrets as build_secrets
 from .dispatch import NoDaemonAvailable, dispatch, ensure_pool_exists
-from .errors import Conflict, Forbidden, PoolUnavailable, RegistryNotAllowed, SubmissionError, TooLarge
+from .errors import Conflict, Forbidden, PoolUnavailable, RegistryNotAllowed, SubmissionError, TooLarge, TooManyBuilds
 from .logs import append_line
 from .models import BuildContext, BuildJob, Registry, Repository, new_job_id
 from .references import InvalidReference, parse_build_target, registry_host
@@ -30,6 +32,7 @@ __all__ = [
     "RegistryNotAllowed",
     "SubmissionError",
     "TooLarge",
+    "TooManyBuilds",
     "submit",
     "submit_build",
 ]
@@ -81,6 +84,7 @@ def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | Non
         _check_options(request)
         check_registry_allowed(target.repository)
         team = ownership.team_for_build(submitted_by, request.team, target.repository, request.repository)
+        quotas.check_submit(team)
         ensure_pool_exists_or_raise(request.repository.daemon_group if request.repository else "")
         job_id = new_job_id()
         stored = stack.enter_context(context_store.kept_for(job_id, checked)) if checked else None
@@ -143,6 +147,10 @@ def _create(job_id: str, target, request: BuildRequest, stored: dict | None, sub
         if request.secrets:
             build_secrets.store({"job": job}, request.secrets)
         signals.announce(job.id, "queued")
+        details = {"image": job.image, "retry_of": retry_of.id} if retry_of else {"image": job.image}
+        if request.secrets:
+            details["secrets"] = sorted(request.secrets)  # names only
+        audit("retry" if retry_of else "submit", "build", job, actor=submitted_by, team=team, details=details)
         # The job waits in the farm's queue until a daemon has room.
         transaction.on_commit(dispatch)
     return job
@@ -187,6 +195,7 @@ def submit_push_build(*, repository, ref: str, sha: str, tags: list[str], pusher
     """
     check_registry_allowed(repository.image)  # the row may have gone since the repository was saved
     ownership.check_push_build(repository, repository.image)  # so may its team's namespace
+    quotas.check_submit(repository.team)
     ensure_pool_exists_or_raise(repository.daemon_group)
     with transaction.atomic():
         job = BuildJob.objects.create(
@@ -200,6 +209,7 @@ def submit_push_build(*, repository, ref: str, sha: str, tags: list[str], pusher
         )
         _supersede(job)
         signals.announce(job.id, "queued")
+        audit("submit", "build", job, actor=None, details={"image": job.image, "webhook": ref, "commit": sha})
         transaction.on_commit(lambda: transitions.report_on_github(job.id))
         transaction.on_commit(dispatch)
     return job
@@ -234,14 +244,19 @@ def ensure_pool_exists_or_raise(group: str = "") -> None:
 def cancel_build(job: BuildJob, user) -> str:
     """Cancels a waiting job at once, or asks the worker of a running one to stop
     it (within a heartbeat). Answers what happened, for a person to read."""
+    outcome = None
     with transaction.atomic():
         if transitions.cancel_waiting(job.id, user):
             append_line(job.id, f"[generator] Cancelled by {user} before it started")
-            return "cancelled"
-    if transitions.request_cancel(job.id, user):
-        return "stopping"
-    job.refresh_from_db(fields=["status"])
-    return f"already {job.status}"
+            outcome = "cancelled"
+    if outcome is None:
+        if transitions.request_cancel(job.id, user):
+            outcome = "stopping"
+        else:
+            job.refresh_from_db(fields=["status"])
+            outcome = f"already {job.status}"
+    audit("cancel", "build", job, actor=user, details={"outcome": outcome})
+    return outcome
 
 
 def _build_target(image: str):

@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "pool",
     "builds",
     "notifications",
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -63,6 +64,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "generator_site.login_throttle.LoginThrottleMiddleware",
+    "audit.middleware.AuditRequestMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -414,6 +416,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_float("GENERATOR_CONTEXT_PRUNE_INTERVAL", 600),
         "options": {"expires": 600},
     },
+    "prune-audit": {
+        "task": "audit.prune",
+        "schedule": env_float("GENERATOR_AUDIT_PRUNE_INTERVAL", 3600),
+        "options": {"expires": 3600},
+    },
 }
 
 # Log lines are stored and published in batches: each channel-layer message costs
@@ -421,6 +428,15 @@ CELERY_BEAT_SCHEDULE = {
 GENERATOR_LOG_BATCH_LINES = env_int("GENERATOR_LOG_BATCH_LINES", 500)
 GENERATOR_LOG_FLUSH_SECONDS = env_int("GENERATOR_LOG_FLUSH_MS", 100) / 1000
 GENERATOR_MAX_LOG_LINES = env_int("GENERATOR_MAX_LOG_LINES", 200_000)
+
+# A team over its concurrency or hourly limit (teams/models.py): its submit gets
+# 429 with Retry-After ("reject"), or is taken and waits its turn ("queue").
+# A team may choose for itself.
+GENERATOR_TEAM_OVER_LIMIT = env_choice("GENERATOR_TEAM_OVER_LIMIT", "reject", ("reject", "queue"))
+# Retry-After for a team at its concurrency limit: nobody knows when a build ends.
+GENERATOR_TEAM_RETRY_AFTER_SECONDS = env_int("GENERATOR_TEAM_RETRY_AFTER_SECONDS", 30)
+# The audit log (audit/) keeps events this many days; beat prunes older ones.
+GENERATOR_AUDIT_RETENTION_DAYS = env_int("GENERATOR_AUDIT_RETENTION_DAYS", 365)
 
 # One line per record, with fields (generator_site/structured_logs.py): logfmt by
 # default, JSON lines for a log collector. Celery workers and beat use this too.

@@ -3,6 +3,8 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.template.defaultfilters import filesizeformat
 
+from audit.hooks import AuditedAdmin, record_change
+
 from . import health
 from .models import DISK_FIELDS, HEALTH_FIELDS, DockerDaemon
 
@@ -29,7 +31,7 @@ class DockerDaemonForm(forms.ModelForm):
 
 
 @admin.register(DockerDaemon)
-class DockerDaemonAdmin(admin.ModelAdmin):
+class DockerDaemonAdmin(AuditedAdmin, admin.ModelAdmin):
     form = DockerDaemonForm
     list_display = [
         "name",
@@ -74,16 +76,19 @@ class DockerDaemonAdmin(admin.ModelAdmin):
 
     @admin.action(description="Drain: finish running builds, take no new ones")
     def drain(self, request, queryset):
+        _audit(request, queryset, ["draining"])
         count = queryset.update(draining=True)
         self.message_user(request, f"{count} daemon(s) draining; their waiting jobs move to other daemons.")
 
     @admin.action(description="Enable: take builds again")
     def enable(self, request, queryset):
+        _audit(request, queryset, ["enabled", "draining"])
         count = queryset.update(enabled=True, draining=False)
         self.message_user(request, f"{count} daemon(s) enabled.")
 
     @admin.action(description="Disable: take no new builds")
     def disable(self, request, queryset):
+        _audit(request, queryset, ["enabled"])
         count = queryset.update(enabled=False)
         self.message_user(request, f"{count} daemon(s) disabled.")
 
@@ -106,3 +111,8 @@ class DockerDaemonAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{name}: {result.error}", level=messages.WARNING)
             else:
                 self.message_user(request, f"{name}: {result.summary()}")
+
+
+def _audit(request, queryset, fields: list[str]) -> None:
+    for daemon in queryset:
+        record_change("change", daemon, fields, actor=request.user)

@@ -7,6 +7,8 @@ from rest_framework import permissions, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from audit.hooks import AuditedViewSet, record_change
+
 from . import health
 from .models import DISK_FIELDS, HEALTH_FIELDS, DockerDaemon
 from .tls import TLS_FIELDS
@@ -46,7 +48,7 @@ class StaffWrites(permissions.BasePermission):
         return request.method in permissions.SAFE_METHODS or bool(request.user.is_staff)
 
 
-class DaemonViewSet(viewsets.ModelViewSet):
+class DaemonViewSet(AuditedViewSet, viewsets.ModelViewSet):
     serializer_class = DaemonSerializer
     permission_classes = [permissions.IsAuthenticated, StaffWrites]
     queryset = DockerDaemon.objects.order_by("name")
@@ -91,4 +93,5 @@ class DaemonViewSet(viewsets.ModelViewSet):
         daemon = self.get_object()
         DockerDaemon.objects.filter(pk=daemon.pk).update(**fields)
         daemon.refresh_from_db()
+        record_change("change", daemon, list(fields))
         return Response(DaemonSerializer(daemon).data)

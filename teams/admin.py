@@ -3,6 +3,8 @@ namespaces each team pushes into."""
 
 from django.contrib import admin
 
+from audit.hooks import AuditedAdmin
+
 from .models import Membership, Namespace, Team
 
 
@@ -18,8 +20,8 @@ class NamespaceInline(admin.TabularInline):
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "members", "namespace_list", "created_at"]
+class TeamAdmin(AuditedAdmin, admin.ModelAdmin):
+    list_display = ["slug", "name", "members", "namespace_list", "limits", "created_at"]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline, NamespaceInline]
@@ -27,6 +29,11 @@ class TeamAdmin(admin.ModelAdmin):
     @admin.display(description="members")
     def members(self, team: Team) -> int:
         return team.memberships.count()
+
+    @admin.display(description="limits (running, per hour, log lines)")
+    def limits(self, team: Team) -> str:
+        figures = (team.max_concurrent_builds, team.max_builds_per_hour, team.max_log_lines)
+        return ", ".join(str(f) if f else "-" for f in figures) + f" ({team.over_limit_mode})"
 
     @admin.display(description="namespaces")
     def namespace_list(self, team: Team) -> str:
@@ -37,7 +44,7 @@ class TeamAdmin(admin.ModelAdmin):
 
 
 @admin.register(Namespace)
-class NamespaceAdmin(admin.ModelAdmin):
+class NamespaceAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ["prefix", "team", "created_at"]
     list_filter = ["team"]
     search_fields = ["prefix"]

@@ -1,9 +1,10 @@
 """REST API v1 for teams, their members and namespaces.
 
 Everyone logged in reads their own teams (staff: all); another team is a 404.
-Staff create and delete teams and give out namespaces (a namespace decides who
-may push where, so a team may not claim one); a team's admins rename it and
-manage its members.
+Staff create and delete teams, give out namespaces (a namespace decides who
+may push where, so a team may not claim one) and set a team's limits (its fair
+share of the farm); a team's admins rename it and manage its members. Every
+change is in the audit log (audit/).
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import mixins, permissions, serializers, status, viewsets
+from rest_framework import exceptions, mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from audit.hooks import AuditedViewSet
+from audit.log import record
+
 from .models import Membership, Namespace, Team
+
+LIMIT_FIELDS = ["max_concurrent_builds", "max_builds_per_hour", "max_log_lines", "over_limit"]
 
 
 def _staff(user) -> bool:
@@ -38,8 +44,16 @@ class TeamSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Team
-        fields = ["id", "slug", "name", "namespaces", "members", "created_at"]
+        fields = ["id", "slug", "name", "namespaces", "members", *LIMIT_FIELDS, "created_at"]
         read_only_fields = ["created_at"]
+
+    def validate(self, data):
+        user = self.context["request"].user
+        # A team's admin may send its limits back as they stand (a PUT of what GET gave), not change them.
+        changed = [f for f in LIMIT_FIELDS if f in data and data[f] != getattr(self.instance, f, None)]
+        if changed and not _staff(user):
+            raise exceptions.PermissionDenied(f"only staff set a team's limits ({', '.join(changed)})")
+        return data
 
 
 class NamespaceSerializer(serializers.ModelSerializer):
@@ -79,11 +93,14 @@ class TeamAccess(permissions.BasePermission):
     list=extend_schema(description="Your teams (staff: all), with namespaces and members."),
     retrieve=extend_schema(description="One of your teams; another team is a 404."),
     create=extend_schema(description="Staff only."),
-    update=extend_schema(description="The team's admins or staff."),
-    partial_update=extend_schema(description="The team's admins or staff."),
+    update=extend_schema(
+        description="The team's admins or staff; its limits (max_concurrent_builds, "
+        "max_builds_per_hour, max_log_lines, over_limit): staff only."
+    ),
+    partial_update=extend_schema(description="The team's admins or staff; its limits: staff only."),
     destroy=extend_schema(description="Staff only; a team that still owns repositories cannot be deleted (409)."),
 )
-class TeamViewSet(viewsets.ModelViewSet):
+class TeamViewSet(AuditedViewSet, viewsets.ModelViewSet):
     serializer_class = TeamSerializer
     permission_classes = [permissions.IsAuthenticated, TeamAccess]
     lookup_field = "slug"
@@ -109,9 +126,10 @@ class TeamViewSet(viewsets.ModelViewSet):
         team = self.get_object()
         form = MembershipSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        Membership.objects.update_or_create(
-            team=team, user=form.validated_data["user"], defaults={"role": form.validated_data["role"]}
-        )
+        user, role = form.validated_data["user"], form.validated_data["role"]
+        _, created = Membership.objects.update_or_create(team=team, user=user, defaults={"role": role})
+        details = {"members": [user.get_username()], "role": role}
+        record("create" if created else "change", "membership", team, team=team, details=details)
         return Response(TeamSerializer(self.get_object()).data)
 
     @extend_schema(
@@ -129,6 +147,7 @@ class TeamViewSet(viewsets.ModelViewSet):
         if membership.role == Membership.Role.ADMIN and admins.count() == 1 and not _staff(request.user):
             return Response({"detail": "the team's last admin cannot be removed: make another admin first"}, 409)
         membership.delete()
+        record("delete", "membership", team, team=team, details={"members": [username]})
         return Response(TeamSerializer(self.get_object()).data, status=status.HTTP_200_OK)
 
 
@@ -147,6 +166,7 @@ class StaffWrites(permissions.BasePermission):
     destroy=extend_schema(description="Staff only."),
 )
 class NamespaceViewSet(
+    AuditedViewSet,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     mixins.CreateModelMixin,

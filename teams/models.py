@@ -13,6 +13,7 @@ import re
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 
 from builds.references import DOCKER_HUB, DOCKER_HUB_SPELLINGS, InvalidReference, parse_registry_host, registry_host
@@ -32,8 +33,33 @@ class TeamQuerySet(models.QuerySet):
 
 
 class Team(models.Model):
+    """A team, and its fair share of the farm: limits an operator sets (empty: none).
+    builds/quotas.py enforces them at submit, builds/dispatch.py in the queue and
+    builds/logs.py in the log writer."""
+
+    class OverLimit(models.TextChoices):
+        FARM = "", "the farm's setting (GENERATOR_TEAM_OVER_LIMIT)"
+        REJECT = "reject", "reject (429 with Retry-After)"
+        QUEUE = "queue", "queue (the build waits its turn)"
+
     name = models.CharField(max_length=100, unique=True)
     slug = models.SlugField(max_length=50, unique=True, help_text="How builds and the API name the team.")
+    max_concurrent_builds = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Builds of the team running at once; empty: no limit.",
+    )  # fmt: skip
+    max_builds_per_hour = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Builds submitted in any sliding hour (queue mode: started); empty: no limit.",
+    )  # fmt: skip
+    max_log_lines = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Log lines per build: a build past it fails. The farm's GENERATOR_MAX_LOG_LINES still holds.",
+    )  # fmt: skip
+    over_limit = models.CharField(
+        max_length=8, blank=True, choices=OverLimit.choices, default=OverLimit.FARM,
+        help_text="Over the concurrency or hourly limit, a submit is refused or waits its turn.",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = TeamQuerySet.as_manager()
@@ -43,6 +69,10 @@ class Team(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+    @property
+    def over_limit_mode(self) -> str:
+        return self.over_limit or settings.GENERATOR_TEAM_OVER_LIMIT
 
     def has_member(self, user) -> bool:
         return bool(user and user.is_authenticated) and self.memberships.filter(user=user).exists()
