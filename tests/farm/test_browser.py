@@ -96,13 +96,13 @@ def test_a_running_build_streams_into_the_page_and_turns_succeeded(page, farm, t
     expect(page.locator("#log details.step-running[open]")).to_contain_text("line 3", timeout=60_000)
     shot(page, "job-running")
     job = wait_for_end(page, job_id)
-    assert page.locator("#log details.step-group").count() == 2
+    assert page.locator("#log details.step-group").count() == 3  # FROM, RUN and the farm's LABEL
     assert page.locator("#log details.step-group[open]").count() == 0  # finished steps fold
     assert page.text_content("#line-count") == str(job.log_line_count)
     assert seqs_on(page) == list(range(1, job.log_line_count + 1))
     expect(page.locator("#digest")).to_have_text(job.digest)
     expect(page.locator("#push-duration")).to_have_text(f"{job.push_seconds:.1f} s")
-    assert page.locator("#log .line.step").count() == 2  # Docker's "Step N/M" lines are marked
+    assert page.locator("#log .line.step").count() == 3  # Docker's "Step N/M" lines are marked
     shot(page, "job-succeeded")
     page.goto("/builds/")
     expect(page.locator("#jobs")).to_contain_text(f"{farm.registry}/browser/live:latest")
