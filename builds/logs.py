@@ -32,7 +32,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
 
-from .models import BuildJob, BuildLogLine
+from . import log_archive
+from .models import BuildJob, BuildLogArchive, BuildLogLine
 from .secrets import MIN_MASKED, masked
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,9 @@ def publish_status(job: BuildJob) -> None:
 
 def read_lines(job_id: str, after: int, *, max_lines: int, max_bytes: int) -> tuple[list[tuple[int, str]], bool]:
     """The lines after `after`, up to `max_lines` lines or about `max_bytes` of
-    text (always at least one line), and whether more may follow.
+    text (always at least one line), and whether more may follow. Every reader
+    of a log comes here: the lines are in the table, or, for a job that ended
+    long ago, in its archive (builds/log_archive.py).
 
     Rows come from the cursor a chunk at a time and reading stops at the byte
     budget: a log of long lines never sits in a viewer's memory whole.
@@ -148,6 +151,12 @@ def read_lines(job_id: str, after: int, *, max_lines: int, max_bytes: int) -> tu
         size += text_bytes(text)
         if size >= max_bytes:
             return lines, True
+    if not lines or lines[0][0] != after + 1:
+        # Archiving deletes a job's rows and records its archive in one
+        # transaction: rows missing here are in the archive read now.
+        archive = BuildLogArchive.objects.filter(job_id=job_id).first()
+        if archive is not None and after < archive.last_seq:
+            return log_archive.read(archive, after, max_lines=max_lines, max_bytes=max_bytes)
     return lines, len(lines) == max_lines
 
 

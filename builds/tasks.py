@@ -13,7 +13,7 @@ from generator_site.structured_logs import log_fields
 from pool import health
 from pool.models import DockerDaemon, queue_for
 
-from . import builders, context_store, dispatch, reaper, runner, secrets, statuses
+from . import builders, context_store, dispatch, log_archive, reaper, runner, secrets, statuses
 
 QUEUE_PREFIX = queue_for("")  # "build.": a daemon's queue is its name after it
 
@@ -51,6 +51,12 @@ def prune_contexts() -> None:
     context_store.prune()
     # And the secrets of builds that have ended (normally gone as the build ends).
     secrets.forget_ended()
+
+
+@shared_task(name="farm.archive_logs", ignore_result=True)
+def archive_logs() -> None:
+    # Logs of jobs that ended more than GENERATOR_LOG_RETENTION_DAYS ago, a bounded batch per run.
+    log_archive.archive_due()
 
 
 @shared_task(name="farm.check_health", bind=True, ignore_result=True)

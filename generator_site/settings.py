@@ -311,12 +311,24 @@ GENERATOR_MAX_CONTEXT_FILES = env_int("GENERATOR_MAX_CONTEXT_FILES", 100_000)
 # options as JSON (docs/deploy.md). Kept this long after the job ends, for retries.
 GENERATOR_CONTEXT_DIR = Path(env_str("GENERATOR_CONTEXT_DIR", str(VAR_DIR / "contexts")))
 GENERATOR_CONTEXT_RETENTION_HOURS = env_float("GENERATOR_CONTEXT_RETENTION_HOURS", 24)
+# Logs of jobs that ended more than this many days ago leave the per-line table
+# for one gzipped object per job in the log store (STORAGES["logs"]: a folder by
+# default, any Django storage that web and beat both reach), a batch at a time.
+GENERATOR_LOG_RETENTION_DAYS = env_float("GENERATOR_LOG_RETENTION_DAYS", 14)
+GENERATOR_LOG_ARCHIVE_DIR = Path(env_str("GENERATOR_LOG_ARCHIVE_DIR", str(VAR_DIR / "logs")))
+GENERATOR_LOG_ARCHIVE_BATCH_JOBS = env_int("GENERATOR_LOG_ARCHIVE_BATCH_JOBS", 200)
+GENERATOR_LOG_ARCHIVE_BATCH_LINES = env_int("GENERATOR_LOG_ARCHIVE_BATCH_LINES", 1_000_000)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     "contexts": {
         "BACKEND": env_str("GENERATOR_CONTEXT_STORAGE", "django.core.files.storage.FileSystemStorage"),
         "OPTIONS": env_json_object("GENERATOR_CONTEXT_STORAGE_OPTIONS", {"location": str(GENERATOR_CONTEXT_DIR)}),
+    },
+    # Archived logs (builds/log_archive.py): read by the web tier, written by beat.
+    "logs": {
+        "BACKEND": env_str("GENERATOR_LOG_STORAGE", "django.core.files.storage.FileSystemStorage"),
+        "OPTIONS": env_json_object("GENERATOR_LOG_STORAGE_OPTIONS", {"location": str(GENERATOR_LOG_ARCHIVE_DIR)}),
     },
 }
 # file:// clone URLs, and clone URLs and a GitHub API base on local addresses
@@ -361,6 +373,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "farm.check_health",
         "schedule": env_float("GENERATOR_HEALTH_INTERVAL", 10),
         "options": {"expires": 30},
+    },
+    "archive-logs": {
+        "task": "farm.archive_logs",
+        "schedule": env_float("GENERATOR_LOG_ARCHIVE_INTERVAL", 300),
+        "options": {"expires": 300},
     },
     "prune-contexts": {
         "task": "farm.prune_contexts",
