@@ -33,6 +33,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from . import log_archive
+from .db_sessions import Sessions, retrying
 from .models import BuildJob, BuildLogArchive, BuildLogLine
 from .secrets import MIN_MASKED, masked
 
@@ -232,6 +233,8 @@ class LogWriter:
         self._pending_bytes = 0
         self._last_flush = float("-inf")  # the first line goes out at once
         self._hidden: list[str] = []
+        # No session held while the build is quiet (builds/db_sessions.py).
+        self.sessions = Sessions()
 
     def hide(self, values: list[str]) -> None:
         """Values (the build's secrets) written as *** in every line from now on."""
@@ -263,6 +266,10 @@ class LogWriter:
         if not self._pending:
             return
         batch, self._pending, self._pending_bytes = self._pending, [], 0
+        retrying(partial(self._store, batch), f"store log lines of job {self.job_id}")
+        self.sessions.used()
+
+    def _store(self, batch: list[tuple[int, str]]) -> None:
         with transaction.atomic():
             _insert_lines(self.job_id, batch)
             BuildJob.objects.filter(pk=self.job_id).update(log_line_count=batch[-1][0])
@@ -324,7 +331,9 @@ class LogWriter:
         return outcome["value"]
 
     def _next(self, lines: queue.SimpleQueue):
-        """The next line; None after a pause (pending lines are then stored, and the heartbeat ticks)."""
+        """The next line; None after a pause (pending lines are then stored, and
+        the heartbeat ticks). A pause long enough lets the database session go:
+        a build waiting on its daemon holds none."""
         timeout = self.flush_seconds
         if self._pending:  # held back only by the gap since the last batch
             timeout = max(0.0, self._last_flush + self.MIN_FLUSH_GAP - time.monotonic())
@@ -332,6 +341,7 @@ class LogWriter:
             return lines.get(timeout=timeout)
         except queue.Empty:
             self.flush()
+            self.sessions.release_if_idle()
             return None
 
     def _drain(self, lines: queue.SimpleQueue, done: object) -> None:
