@@ -296,6 +296,10 @@ GENERATOR_DISPATCH_STALE_SECONDS = env_float("GENERATOR_DISPATCH_STALE_SECONDS",
 GENERATOR_PUSH_TRIES = env_int("GENERATOR_PUSH_TRIES", 4)
 GENERATOR_PUSH_BACKOFF_SECONDS = env_float("GENERATOR_PUSH_BACKOFF_SECONDS", 2)
 GENERATOR_HEALTH_TIMEOUT = env_float("GENERATOR_HEALTH_TIMEOUT", 5)
+# Each Celery worker says which queues it consumes this often (in Redis); a queue
+# none has named for the stale time has no live worker (pool/workers.py).
+GENERATOR_WORKER_HEARTBEAT_SECONDS = env_float("GENERATOR_WORKER_HEARTBEAT_SECONDS", 5)
+GENERATOR_WORKER_STALE_SECONDS = env_float("GENERATOR_WORKER_STALE_SECONDS", 15)
 GENERATOR_UNHEALTHY_AFTER = env_int("GENERATOR_UNHEALTHY_AFTER", 2)
 
 # GitHub (issue 3): webhooks, the git sources of builds, commit statuses.

@@ -19,8 +19,10 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from .models import DockerDaemon
+from .models import DockerDaemon, queue_for
 from .tls import client_settings
+
+QUEUE_PREFIX = queue_for("")
 
 
 @dataclass(frozen=True)
@@ -93,12 +95,12 @@ def check_pool(*, api_version: str, timeout: float, unhealthy_after: int) -> dic
 
 
 def record_workers(served_queues: set[str]) -> None:
-    """Which daemons have a live worker on their queue: a daemon without one takes
-    no builds (they would wait for nobody)."""
-    for daemon in DockerDaemon.objects.all():
-        online = daemon.queue in served_queues
-        if online != daemon.worker_online:
-            DockerDaemon.objects.filter(pk=daemon.pk).update(worker_online=online)
+    """Which daemons have a live worker on their queue (pool/workers.py): a daemon
+    without one takes no builds (they would wait for nobody). Two UPDATEs that
+    change only the rows whose answer changed, whatever the pool's size."""
+    served = [queue.removeprefix(QUEUE_PREFIX) for queue in served_queues if queue.startswith(QUEUE_PREFIX)]
+    DockerDaemon.objects.filter(name__in=served, worker_online=False).update(worker_online=True)
+    DockerDaemon.objects.exclude(name__in=served).filter(worker_online=True).update(worker_online=False)
 
 
 def check_now(daemon: DockerDaemon) -> Probe:
