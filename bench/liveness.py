@@ -1,7 +1,8 @@
 """What knowing which daemons have a live worker costs, from 8 to 1,000 daemons.
 
 The health check asks it every GENERATOR_HEALTH_INTERVAL (10 s). Now: one Redis
-read of the workers' heartbeats (pool/workers.py) and two UPDATEs
+read of the workers' heartbeats (pool/workers.py), a read of the daemons'
+names and an UPDATE of those whose answer changed
 (pool/health.py:record_workers). Before: a Celery broadcast (`inspect
 active_queues`, waiting its 1 s timeout for replies, since it cannot know how
 many will come) and a read of every daemon row, an UPDATE per changed one.
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
 
     call_command("migrate", verbosity=0)
     print(f"database: {connection.vendor}; {args.passes} passes per pool size; medians and maxima in ms\n")
-    header = ["daemons", "heartbeats read (Redis)", "record_workers (2 UPDATEs)", "now: total p50 / max"]
+    header = ["daemons", "heartbeats read (Redis)", "record_workers (read, UPDATE the changed)", "now: total p50 / max"]
     header += ["before: per-row loop p50", "before: broadcast p50"]
     print("| " + " | ".join(header) + " |")
     print("| --- | --- | --- | --- | --- | --- |")

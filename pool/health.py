@@ -96,11 +96,16 @@ def check_pool(*, api_version: str, timeout: float, unhealthy_after: int) -> dic
 
 def record_workers(served_queues: set[str]) -> None:
     """Which daemons have a live worker on their queue (pool/workers.py): a daemon
-    without one takes no builds (they would wait for nobody). Two UPDATEs that
-    change only the rows whose answer changed, whatever the pool's size."""
-    served = [queue.removeprefix(QUEUE_PREFIX) for queue in served_queues if queue.startswith(QUEUE_PREFIX)]
-    DockerDaemon.objects.filter(name__in=served, worker_online=False).update(worker_online=True)
-    DockerDaemon.objects.exclude(name__in=served).filter(worker_online=True).update(worker_online=False)
+    without one takes no builds (they would wait for nobody). One read of the
+    names, and an UPDATE for those whose answer changed (none most of the time)."""
+    served = {queue.removeprefix(QUEUE_PREFIX) for queue in served_queues if queue.startswith(QUEUE_PREFIX)}
+    changed: dict[bool, list[str]] = {True: [], False: []}
+    for name, online in DockerDaemon.objects.values_list("name", "worker_online").iterator(chunk_size=2000):
+        if (name in served) != online:
+            changed[not online].append(name)
+    for online, names in changed.items():
+        if names:
+            DockerDaemon.objects.filter(name__in=names).update(worker_online=online)
 
 
 def check_now(daemon: DockerDaemon) -> Probe:
