@@ -290,7 +290,7 @@ GENERATOR_HEARTBEAT_SECONDS = env_float("GENERATOR_HEARTBEAT_SECONDS", 10)
 # A running build lets its database session go after this many idle seconds and
 # opens one for its next write; a write that finds no session (too many
 # connections) is tried again for this long (builds/db_sessions.py).
-GENERATOR_DB_IDLE_SECONDS = env_float("GENERATOR_DB_IDLE_SECONDS", 1)
+GENERATOR_DB_IDLE_SECONDS = env_float("GENERATOR_DB_IDLE_SECONDS", 0.25)
 GENERATOR_DB_RETRY_SECONDS = env_float("GENERATOR_DB_RETRY_SECONDS", 120)
 GENERATOR_DISPATCH_STALE_SECONDS = env_float("GENERATOR_DISPATCH_STALE_SECONDS", 60)
 GENERATOR_PUSH_TRIES = env_int("GENERATOR_PUSH_TRIES", 4)
