@@ -22,7 +22,8 @@ Phases:
    (created_at -> started_at), submit latency, and whether the farm keeps up;
 4. long builds: `--long-seconds` builds filling every slot of `--long-daemons`
    daemons, against the database's connection limit (`--connection-limit`,
-   also what the bench takes of the shared server at most).
+   also what the bench takes of the shared server at most); `--only-long`
+   runs this phase alone.
 CPU of each process group is read from /proc around every phase, and the
 connections to PostgreSQL are counted per process with `ss`. docs/scaling.md
 reads the figures.
@@ -133,6 +134,9 @@ def start_stack(root: Path, args: argparse.Namespace) -> Stack:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+    from builds.models import Registry
+
+    Registry.objects.get_or_create(host="localhost:5000")  # the allow-list: the simulated engines push anywhere
     stack = Stack(root, sup, f"http://127.0.0.1:{web_port}", [], env)
     stack.daemon_names = make_pool(ports_file.read_text().split())
     lf.start_web(sup, web_port, env)
@@ -308,7 +312,7 @@ def backlog_phase(stack: Stack, size: int, backlog: int, lines: int, timeout: fl
     started = time.perf_counter()
     for index in range(backlog):
         labels = {"fake-engine.lines": str(lines)}
-        submit(BuildRequest(image=image_for(run, index), dockerfile=DOCKERFILE, labels=labels))
+        submit(BuildRequest(image=image_for(run, index), dockerfile=DOCKERFILE, labels=labels, builder="classic"))
     submit_rate = backlog / (time.perf_counter() - started)
     jobs = BuildJob.objects.filter(image__contains=f":{run}-")
     say(f"{backlog} jobs waiting; opening {size} daemons")
@@ -474,7 +478,7 @@ def long_builds_phase(stack: Stack, args: argparse.Namespace) -> dict:
     run = f"long{seconds:g}"
     labels = {"fake-engine.seconds": str(seconds)}
     for index in range(builds):
-        submit(BuildRequest(image=image_for(run, index), dockerfile=DOCKERFILE, labels=labels))
+        submit(BuildRequest(image=image_for(run, index), dockerfile=DOCKERFILE, labels=labels, builder="classic"))
     jobs = BuildJob.objects.filter(image__contains=f":{run}-")
     say(f"{builds} builds of {seconds:g} s waiting; opening {size} daemons, connection limit {args.connection_limit}")
     open_pool(stack, size, draining=False)
@@ -501,8 +505,22 @@ def long_builds_phase(stack: Stack, args: argparse.Namespace) -> dict:
         "max_running": max((r for r, _ in samples), default=0),
         "max_sessions": max((c for _, c in samples), default=0),
         "refused": refused,
+        "whole_logs": whole_logs(jobs),
         "by_group": by_group,
     }
+
+
+def whole_logs(jobs) -> int:
+    """Jobs whose stored lines are exactly 1..log_line_count: nothing lost, nothing twice."""
+    from django.db.models import Count, Max
+
+    from builds.models import BuildLogLine
+
+    expected = dict(jobs.values_list("id", "log_line_count"))
+    rows = (
+        BuildLogLine.objects.filter(job_id__in=list(expected)).values("job_id").annotate(n=Count("id"), last=Max("seq"))
+    )
+    return sum(1 for row in rows if row["n"] == row["last"] == expected[row["job_id"]])
 
 
 def pct(values: list[float], fraction: float) -> float:
@@ -708,6 +726,11 @@ def report(
     )
 
     if long:
+        report_long(long)
+
+
+def report_long(long: dict) -> None:
+    if long:
         print(f"### Builds that take {long['seconds']:g} s, every slot of {long['daemons']} daemons at once\n")
         table(
             [
@@ -718,6 +741,7 @@ def report(
                 "succeeded",
                 "took a second attempt",
                 "connections refused (log lines)",
+                "logs whole (seq 1..N, N = the job's count)",
                 "first submit to last end",
             ],
             [
@@ -729,6 +753,7 @@ def report(
                     long["succeeded"],
                     long["retried"],
                     long["refused"],
+                    long["whole_logs"],
                     f"{long['elapsed']:.0f} s",
                 ]
             ],
@@ -805,6 +830,7 @@ def main() -> None:
     parser.add_argument("--long-daemons", type=int, default=32, help="daemons (x2 slots) the long builds fill")
     parser.add_argument("--connection-limit", type=int, default=40, help="connections the bench's database takes")
     parser.add_argument("--conn-max-age", type=int, default=0, help="GENERATOR_DB_CONN_MAX_AGE of every process")
+    parser.add_argument("--only-long", action="store_true", help="run the long builds phase only")
     parser.add_argument("--keep", action="store_true", help="keep the database and the folder afterwards")
     args = parser.parse_args()
     machine = machine_facts(sys.argv[1:])
@@ -816,6 +842,13 @@ def main() -> None:
         stack = start_stack(root, args)
         say("farm up")
         token = operator_token()
+        if args.only_long:
+            long = long_builds_phase(stack, args)
+            machine["load_after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+            print(f"## Measured {machine['date']} on {machine['host']}\n\n`{machine['command']}`\n")
+            print(f"Load average before {machine['load_before']}, after {machine['load_after']}.\n")
+            report_long(long)
+            return
         empty = database_figures()
         health = health_passes(stack, args.daemons)
         backlogs = [backlog_phase(stack, size, args.backlog, args.lines, timeout=600) for size in args.daemons]

@@ -8,6 +8,7 @@ from audit.hooks import AuditedAdmin
 from . import deploy_keys
 from . import secrets as build_secrets
 from .limits import caps_help
+from .logs import read_lines
 from .models import REGISTRY_HELP, BuildJob, BuildRule, BuildSecret, Registry, Repository, WebhookDelivery
 from .services import SubmissionError, cancel_build, retry_build
 
@@ -30,8 +31,8 @@ class BuildJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="log")
     def log_text(self, job: BuildJob) -> str:
-        lines = job.log_lines.values_list("text", flat=True)[:5000]
-        return format_html("<pre>{}</pre>", "\n".join(lines))
+        lines, _ = read_lines(job.id, 0, max_lines=5000, max_bytes=16 << 20)
+        return format_html("<pre>{}</pre>", "\n".join(text for _, text in lines))
 
     @admin.action(description="Retry the selected builds (new jobs, linked to these)")
     def retry(self, request, queryset):

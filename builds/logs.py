@@ -36,7 +36,9 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
 
-from .models import BuildJob, BuildLogLine
+from . import log_archive
+from .db_sessions import Sessions, retrying
+from .models import BuildJob, BuildLogArchive, BuildLogLine
 from .secrets import MIN_MASKED, masked
 
 logger = logging.getLogger(__name__)
@@ -143,7 +145,9 @@ def publish_status(job: BuildJob) -> None:
 
 def read_lines(job_id: str, after: int, *, max_lines: int, max_bytes: int) -> tuple[list[tuple[int, str]], bool]:
     """The lines after `after`, up to `max_lines` lines or about `max_bytes` of
-    text (always at least one line), and whether more may follow.
+    text (always at least one line), and whether more may follow. Every reader
+    of a log comes here: the lines are in the table, or, for a job that ended
+    long ago, in its archive (builds/log_archive.py).
 
     Rows come from the cursor a chunk at a time and reading stops at the byte
     budget: a log of long lines never sits in a viewer's memory whole.
@@ -156,6 +160,12 @@ def read_lines(job_id: str, after: int, *, max_lines: int, max_bytes: int) -> tu
         size += text_bytes(text)
         if size >= max_bytes:
             return lines, True
+    if not lines or lines[0][0] != after + 1:
+        # Archiving deletes a job's rows and records its archive in one
+        # transaction: rows missing here are in the archive read now.
+        archive = BuildLogArchive.objects.filter(job_id=job_id).first()
+        if archive is not None and after < archive.last_seq:
+            return log_archive.read(archive, after, max_lines=max_lines, max_bytes=max_bytes)
     return lines, len(lines) == max_lines
 
 
@@ -238,6 +248,8 @@ class LogWriter:
         self._pending_bytes = 0
         self._last_flush = float("-inf")  # the first line goes out at once
         self._hidden: list[str] = []
+        # No session held while the build is quiet (builds/db_sessions.py).
+        self.sessions = Sessions()
 
     def hide(self, values: list[str]) -> None:
         """Values (the build's secrets) written as *** in every line from now on."""
@@ -276,6 +288,10 @@ class LogWriter:
         if not self._pending:
             return
         batch, self._pending, self._pending_bytes = self._pending, [], 0
+        retrying(partial(self._store, batch), f"store log lines of job {self.job_id}")
+        self.sessions.used()
+
+    def _store(self, batch: list[tuple[int, str]]) -> None:
         with transaction.atomic():
             _insert_lines(self.job_id, batch)
             BuildJob.objects.filter(pk=self.job_id).update(log_line_count=batch[-1][0])
@@ -339,7 +355,9 @@ class LogWriter:
         return outcome["value"]
 
     def _next(self, lines: queue.SimpleQueue):
-        """The next line; None after a pause (pending lines are then stored, and the heartbeat ticks)."""
+        """The next line; None after a pause (pending lines are then stored, and
+        the heartbeat ticks). A pause long enough lets the database session go:
+        a build waiting on its daemon holds none."""
         timeout = self.flush_seconds
         if self._pending:  # held back only by the gap since the last batch
             timeout = max(0.0, self._last_flush + self.MIN_FLUSH_GAP - time.monotonic())
@@ -347,6 +365,7 @@ class LogWriter:
             return lines.get(timeout=timeout)
         except queue.Empty:
             self.flush()
+            self.sessions.release_if_idle()
             return None
 
     def _drain(self, lines: queue.SimpleQueue, done: object) -> None:

@@ -204,6 +204,25 @@ class BuildLogLine(models.Model):
         return f"{self.job_id}#{self.seq}"
 
 
+class BuildLogArchive(models.Model):
+    """A finished job's log moved out of BuildLogLine into one compressed object in
+    the log store (builds/log_archive.py): its lines `first_seq`..`last_seq`, as
+    gzipped JSON lines `[seq, text]`. While this row exists the job has no rows in
+    BuildLogLine up to `last_seq`; readers go through builds/logs.py:read_lines."""
+
+    job = models.OneToOneField(BuildJob, on_delete=models.CASCADE, primary_key=True, related_name="log_archive")
+    name = models.CharField(max_length=255, help_text="Its object in the log store (STORAGES['logs']).")
+    first_seq = models.PositiveIntegerField()
+    last_seq = models.PositiveIntegerField()
+    lines = models.PositiveIntegerField()
+    text_bytes = models.PositiveBigIntegerField(help_text="UTF-8 bytes of the lines' text.")
+    stored_bytes = models.PositiveBigIntegerField(help_text="Bytes of the compressed object.")
+    archived_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"log archive of {self.job_id}"
+
+
 def validate_image_repository(value: str) -> None:
     try:
         reference = parse_reference(value)

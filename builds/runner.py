@@ -8,15 +8,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from typing import BinaryIO, NoReturn
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from pool import egress, health, housekeeping
 from pool.tls import InsecureEngineAddress, client_settings
 
-from . import builders, context_store, deploy_keys, metrics, transitions
+from . import builders, context_store, db_sessions, deploy_keys, metrics, transitions
 from .dispatch import dispatch
 from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
 from .limits import buildkit_share, contained, limits_for
@@ -68,7 +70,16 @@ class Watch:
         if now - self.last_beat < settings.GENERATOR_HEARTBEAT_SECONDS:
             return
         self.last_beat = now
-        if not transitions.renew_lease(self.job_id, self.attempt, settings.GENERATOR_LEASE_SECONDS):
+        try:
+            renewed = transitions.renew_lease(self.job_id, self.attempt, settings.GENERATOR_LEASE_SECONDS)
+        except (OperationalError, InterfaceError) as exc:
+            # No session to be had (too many connections): the lease outlasts a
+            # few missed beats, so try again in a second rather than fail the build.
+            logger.warning("job %s: could not renew the lease (%s)", self.job_id, str(exc).strip()[:200])
+            db_sessions.release()
+            self.last_beat = now - settings.GENERATOR_HEARTBEAT_SECONDS + 1
+            return
+        if not renewed:
             self.stop()
 
     def stop(self) -> NoReturn:
@@ -79,6 +90,7 @@ class Watch:
         raise AttemptLost()
 
     def sleep(self, seconds: float) -> None:
+        db_sessions.release()  # a wait: the heartbeat opens one when it beats
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             time.sleep(min(0.2, max(end - time.monotonic(), 0)))
@@ -98,7 +110,8 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
        (succeeded, failed with the reason, cancelled) or goes back to the farm's
        queue as the next attempt when the daemon was lost.
     """
-    if not transitions.claim(job_id, attempt, daemon_id, worker, settings.GENERATOR_LEASE_SECONDS):
+    claim = partial(transitions.claim, job_id, attempt, daemon_id, worker, settings.GENERATOR_LEASE_SECONDS)
+    if not db_sessions.retrying(claim, f"claim job {job_id}"):
         logger.info("job %s attempt %s is not queued for daemon %s any more; nothing to do", job_id, attempt, daemon_id)
         return
     logger.info("job %s attempt %s claimed by %s", job_id, attempt, worker)
@@ -329,6 +342,7 @@ def _end(job: BuildJob, log: LogWriter, last_line: str, transition) -> None:
     except Exception:
         # The state matters more than the line: record it regardless.
         logger.exception("could not store the last log lines of job %s", job.id)
-    transition(job.id, job.attempt)
+    # Retried while no session can be had: a build that ran must not be built again for it.
+    db_sessions.retrying(partial(transition, job.id, job.attempt), f"record the outcome of job {job.id}")
     # A build's own secrets live only while it may still run (a requeued attempt keeps them).
     BuildSecret.objects.filter(job_id=job.id, job__status__in=BuildJob.TERMINAL).delete()

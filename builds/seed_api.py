@@ -9,7 +9,7 @@ from django.views.decorators.http import require_http_methods
 from generator_site.access import TOKEN_HINT, Identity, can_read_logs, can_submit, user_for_token_header
 
 from .encoding import decode_base64_text
-from .models import BuildLogLine
+from .logs import read_lines
 from .ownership import readable_jobs
 from .services import SubmissionError, submit_build
 
@@ -95,9 +95,9 @@ def build_log_line(request: HttpRequest, job_id: str) -> HttpResponse:
     if not raw_count.isdigit():
         return plain(f"count must be a whole number from 0, not {raw_count!r}", 400)
     index = int(raw_count)
-    text = BuildLogLine.objects.filter(job_id=job.id, seq=index + 1).values_list("text", flat=True).first()
-    if text is not None:
-        return plain(text, X_Build_Status=job.status)
+    lines, _ = read_lines(job.id, index, max_lines=1, max_bytes=1)
+    if lines and lines[0][0] == index + 1:
+        return plain(lines[0][1], X_Build_Status=job.status)
     if job.is_terminal:
         return plain(
             f"line {index} does not exist: the log of this {job.status} build has {job.log_line_count} lines"

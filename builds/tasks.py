@@ -10,10 +10,21 @@ from celery import shared_task, signals
 from django.conf import settings
 
 from generator_site.structured_logs import log_fields
-from pool import health
+from pool import health, workers
 from pool.models import DockerDaemon, queue_for
 
-from . import builders, context_store, dispatch, housekeeping, reaper, runner, secrets, statuses
+from . import (
+    builders,
+    context_store,
+    db_sessions,
+    dispatch,
+    housekeeping,
+    log_archive,
+    reaper,
+    runner,
+    secrets,
+    statuses,
+)
 
 QUEUE_PREFIX = queue_for("")  # "build.": a daemon's queue is its name after it
 
@@ -28,7 +39,8 @@ QUEUE_PREFIX = queue_for("")  # "build.": a daemon's queue is its name after it
 )
 def run_build(job_id: str, attempt: int, daemon_id: int) -> None:
     # Every record logged during this run names the job, the attempt and the daemon.
-    daemon = DockerDaemon.objects.filter(pk=daemon_id).values_list("name", flat=True).first() or daemon_id
+    name = DockerDaemon.objects.filter(pk=daemon_id).values_list("name", flat=True).first
+    daemon = db_sessions.retrying(name, f"read daemon {daemon_id}") or daemon_id
     with log_fields(job=job_id, daemon=daemon, attempt=attempt):
         runner.run_build(job_id, attempt, daemon_id, worker=run_build.request.hostname or "")
 
@@ -61,16 +73,21 @@ def prune_daemons() -> None:
     dispatch.dispatch()
 
 
-@shared_task(name="farm.check_health", bind=True, ignore_result=True)
-def check_health(task) -> None:
+@shared_task(name="farm.archive_logs", ignore_result=True)
+def archive_logs() -> None:
+    # Logs of jobs that ended more than GENERATOR_LOG_RETENTION_DAYS ago, a bounded batch per run.
+    log_archive.archive_due()
+
+
+@shared_task(name="farm.check_health", ignore_result=True)
+def check_health() -> None:
     health.check_pool(
         api_version=settings.GENERATOR_DOCKER_API_VERSION,
         timeout=settings.GENERATOR_HEALTH_TIMEOUT,
         unhealthy_after=settings.GENERATOR_UNHEALTHY_AFTER,
     )
-    # Celery's own broadcast says which workers live and what they consume.
-    replies = task.app.control.inspect(timeout=1.0).active_queues() or {}
-    health.record_workers({queue["name"] for queues in replies.values() for queue in queues})
+    # The workers' own heartbeats say which queues have a live worker (one Redis read).
+    health.record_workers(workers.live_queues())
     # Jobs given to a daemon that just fell sick go to another.
     dispatch.rescue_stranded()
     dispatch.dispatch()
@@ -86,6 +103,23 @@ def check_health(task) -> None:
 )
 def report_status(job_id: str) -> None:
     statuses.report(job_id)
+
+
+_heartbeat: workers.Heartbeat | None = None
+
+
+@signals.worker_ready.connect
+def start_heartbeat(sender, **kwargs) -> None:
+    """Every worker says which queues it consumes, until it stops (pool/workers.py)."""
+    global _heartbeat
+    queues = [queue.name for queue in sender.task_consumer.queues]
+    _heartbeat = workers.Heartbeat(queues, sender.hostname).start()
+
+
+@signals.worker_shutdown.connect
+def stop_heartbeat(sender, **kwargs) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
 
 
 @signals.worker_ready.connect

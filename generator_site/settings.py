@@ -294,10 +294,19 @@ GENERATOR_MAX_ATTEMPTS = env_int("GENERATOR_MAX_ATTEMPTS", 3)
 GENERATOR_MAX_BUILDS_PER_IMAGE = env_int("GENERATOR_MAX_BUILDS_PER_IMAGE", 2)
 GENERATOR_LEASE_SECONDS = env_float("GENERATOR_LEASE_SECONDS", 60)
 GENERATOR_HEARTBEAT_SECONDS = env_float("GENERATOR_HEARTBEAT_SECONDS", 10)
+# A running build lets its database session go after this many idle seconds and
+# opens one for its next write; a write that finds no session (too many
+# connections) is tried again for this long (builds/db_sessions.py).
+GENERATOR_DB_IDLE_SECONDS = env_float("GENERATOR_DB_IDLE_SECONDS", 0.25)
+GENERATOR_DB_RETRY_SECONDS = env_float("GENERATOR_DB_RETRY_SECONDS", 120)
 GENERATOR_DISPATCH_STALE_SECONDS = env_float("GENERATOR_DISPATCH_STALE_SECONDS", 60)
 GENERATOR_PUSH_TRIES = env_int("GENERATOR_PUSH_TRIES", 4)
 GENERATOR_PUSH_BACKOFF_SECONDS = env_float("GENERATOR_PUSH_BACKOFF_SECONDS", 2)
 GENERATOR_HEALTH_TIMEOUT = env_float("GENERATOR_HEALTH_TIMEOUT", 5)
+# Each Celery worker says which queues it consumes this often (in Redis); a queue
+# none has named for the stale time has no live worker (pool/workers.py).
+GENERATOR_WORKER_HEARTBEAT_SECONDS = env_float("GENERATOR_WORKER_HEARTBEAT_SECONDS", 5)
+GENERATOR_WORKER_STALE_SECONDS = env_float("GENERATOR_WORKER_STALE_SECONDS", 15)
 GENERATOR_UNHEALTHY_AFTER = env_int("GENERATOR_UNHEALTHY_AFTER", 2)
 
 # GitHub (issue 3): webhooks, the git sources of builds, commit statuses.
@@ -324,12 +333,25 @@ GENERATOR_CONTEXT_RETENTION_HOURS = env_float("GENERATOR_CONTEXT_RETENTION_HOURS
 # used first, down to these sizes every GENERATOR_DISK_PRUNE_INTERVAL seconds.
 GENERATOR_DISK_IMAGES_LIMIT_MB = env_int("GENERATOR_DISK_IMAGES_LIMIT_MB", 20480)
 GENERATOR_DISK_BUILD_CACHE_LIMIT_MB = env_int("GENERATOR_DISK_BUILD_CACHE_LIMIT_MB", 10240)
+
+# Logs of jobs that ended more than this many days ago leave the per-line table
+# for one gzipped object per job in the log store (STORAGES["logs"]: a folder by
+# default, any Django storage that web and beat both reach), a batch at a time.
+GENERATOR_LOG_RETENTION_DAYS = env_float("GENERATOR_LOG_RETENTION_DAYS", 14)
+GENERATOR_LOG_ARCHIVE_DIR = Path(env_str("GENERATOR_LOG_ARCHIVE_DIR", str(VAR_DIR / "logs")))
+GENERATOR_LOG_ARCHIVE_BATCH_JOBS = env_int("GENERATOR_LOG_ARCHIVE_BATCH_JOBS", 200)
+GENERATOR_LOG_ARCHIVE_BATCH_LINES = env_int("GENERATOR_LOG_ARCHIVE_BATCH_LINES", 1_000_000)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     "contexts": {
         "BACKEND": env_str("GENERATOR_CONTEXT_STORAGE", "django.core.files.storage.FileSystemStorage"),
         "OPTIONS": env_json_object("GENERATOR_CONTEXT_STORAGE_OPTIONS", {"location": str(GENERATOR_CONTEXT_DIR)}),
+    },
+    # Archived logs (builds/log_archive.py): read by the web tier, written by beat.
+    "logs": {
+        "BACKEND": env_str("GENERATOR_LOG_STORAGE", "django.core.files.storage.FileSystemStorage"),
+        "OPTIONS": env_json_object("GENERATOR_LOG_STORAGE_OPTIONS", {"location": str(GENERATOR_LOG_ARCHIVE_DIR)}),
     },
 }
 # file:// clone URLs, and clone URLs and a GitHub API base on local addresses
@@ -410,6 +432,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "farm.prune_daemons",
         "schedule": env_float("GENERATOR_DISK_PRUNE_INTERVAL", 600),
         "options": {"expires": 600},
+    },
+    "archive-logs": {
+        "task": "farm.archive_logs",
+        "schedule": env_float("GENERATOR_LOG_ARCHIVE_INTERVAL", 300),
+        "options": {"expires": 300},
     },
     "prune-contexts": {
         "task": "farm.prune_contexts",

@@ -19,8 +19,10 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from .models import DockerDaemon
+from .models import DockerDaemon, queue_for
 from .tls import client_settings
+
+QUEUE_PREFIX = queue_for("")
 
 
 @dataclass(frozen=True)
@@ -93,12 +95,17 @@ def check_pool(*, api_version: str, timeout: float, unhealthy_after: int) -> dic
 
 
 def record_workers(served_queues: set[str]) -> None:
-    """Which daemons have a live worker on their queue: a daemon without one takes
-    no builds (they would wait for nobody)."""
-    for daemon in DockerDaemon.objects.all():
-        online = daemon.queue in served_queues
-        if online != daemon.worker_online:
-            DockerDaemon.objects.filter(pk=daemon.pk).update(worker_online=online)
+    """Which daemons have a live worker on their queue (pool/workers.py): a daemon
+    without one takes no builds (they would wait for nobody). One read of the
+    names, and an UPDATE for those whose answer changed (none most of the time)."""
+    served = {queue.removeprefix(QUEUE_PREFIX) for queue in served_queues if queue.startswith(QUEUE_PREFIX)}
+    changed: dict[bool, list[str]] = {True: [], False: []}
+    for name, online in DockerDaemon.objects.values_list("name", "worker_online").iterator(chunk_size=2000):
+        if (name in served) != online:
+            changed[not online].append(name)
+    for online, names in changed.items():
+        if names:
+            DockerDaemon.objects.filter(name__in=names).update(worker_online=online)
 
 
 def check_now(daemon: DockerDaemon) -> Probe:

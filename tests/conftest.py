@@ -66,7 +66,8 @@ def _isolated_settings(redis_url, services_dir):
     settings.STATIC_ROOT = services_dir / "static"
     settings.STATIC_ROOT.mkdir()
     contexts = {**settings.STORAGES["contexts"], "OPTIONS": {"location": str(services_dir / "contexts")}}
-    settings.STORAGES = {**settings.STORAGES, "contexts": contexts}
+    logs = {**settings.STORAGES["logs"], "OPTIONS": {"location": str(services_dir / "logs")}}
+    settings.STORAGES = {**settings.STORAGES, "contexts": contexts, "logs": logs}
     settings.REDIS_URL = redis_url
     settings.CELERY_BROKER_URL = redis_url
     app.conf.broker_url = redis_url

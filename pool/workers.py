@@ -1,0 +1,95 @@
+"""Which daemons' queues have a live Celery worker, from the workers' own heartbeats.
+
+Each worker process writes, every GENERATOR_WORKER_HEARTBEAT_SECONDS, one entry
+per queue it consumes into a Redis sorted set: member "queue worker-hostname",
+score the time. A queue is served while some entry of it is younger than
+GENERATOR_WORKER_STALE_SECONDS; a worker that stops cleanly removes its own
+entries at once. Knowing which daemons have a worker is then one Redis read,
+whatever the size of the pool, where a Celery broadcast (`inspect
+active_queues`) waited a second for replies from every worker on every health
+check. This module knows no jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+import redis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+KEY = "generator:worker-queues"
+
+_clients: dict[str, redis.Redis] = {}
+
+
+def _redis() -> redis.Redis:
+    url = settings.REDIS_URL
+    if url not in _clients:
+        _clients[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    return _clients[url]
+
+
+def _members(queues: Iterable[str], worker: str) -> list[str]:
+    return [f"{queue} {worker}" for queue in queues]
+
+
+def beat(queues: Iterable[str], worker: str, now: float | None = None) -> None:
+    """Says that `worker` consumes `queues` now."""
+    now = time.time() if now is None else now
+    _redis().zadd(KEY, dict.fromkeys(_members(queues, worker), now))
+
+
+def leave(queues: Iterable[str], worker: str) -> None:
+    """A worker stopping cleanly: its queues are unserved at once, not after the stale time."""
+    members = _members(queues, worker)
+    if members:
+        _redis().zrem(KEY, *members)
+
+
+def live_queues(now: float | None = None) -> set[str]:
+    """The queues some worker said it consumes within the stale time."""
+    now = time.time() if now is None else now
+    stale = now - settings.GENERATOR_WORKER_STALE_SECONDS
+    client = _redis()
+    with client.pipeline(transaction=False) as pipe:
+        pipe.zremrangebyscore(KEY, "-inf", stale - 24 * 3600)  # workers gone for a day: forget them
+        pipe.zrangebyscore(KEY, stale, "+inf")
+        _, members = pipe.execute()
+    return {member.decode().split(" ", 1)[0] for member in members}
+
+
+class Heartbeat:
+    """A worker's heartbeat thread. A beat that cannot reach Redis is logged and
+    tried again at the next; the health check then sees the worker as gone
+    only if it stays unreachable past the stale time."""
+
+    def __init__(self, queues: list[str], worker: str, interval: float | None = None) -> None:
+        self.queues, self.worker = queues, worker
+        self.interval = interval or settings.GENERATOR_WORKER_HEARTBEAT_SECONDS
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="worker-heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+        try:
+            leave(self.queues, self.worker)
+        except redis.RedisError:
+            logger.warning("could not remove the heartbeat of %s", self.worker, exc_info=True)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                beat(self.queues, self.worker)
+            except redis.RedisError:
+                logger.warning("worker heartbeat failed", exc_info=True)
+            self._stopped.wait(self.interval)
