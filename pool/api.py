@@ -19,7 +19,7 @@ class DaemonSerializer(serializers.ModelSerializer):
     class Meta:
         model = DockerDaemon
         fields = ["id", "name", "url", "group", "capacity", "enabled", "draining", "queue", *TLS_FIELDS, "uses_tls"]
-        fields += ["build_memory_mb", "build_cpus", "build_pids"]
+        fields += ["build_memory_mb", "build_cpus", "build_pids", "emulated_platforms", "builds_platforms"]
         fields += HEALTH_FIELDS
         read_only_fields = list(HEALTH_FIELDS)
         extra_kwargs = {"tls_key": {"write_only": True, "style": {"input_type": "password"}}}

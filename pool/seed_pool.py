@@ -2,7 +2,8 @@
 
 Beyond the seed's keys an entry may carry `name`, `capacity`, and, instead of
 url/port, `engine`: a full engine URL such as unix:///run/dind/docker.sock; and
-`tls`: {"ca": PATH, "cert": PATH, "key": PATH}, PEM files (relative to the pool
+`emulated_platforms`: the platforms it builds under QEMU (["linux/arm64"], or "none"; without the key
+its worker detects them); `tls`: {"ca": PATH, "cert": PATH, "key": PATH}, PEM files (relative to the pool
 file) for a daemon started with --tlsverify.
 
 A seed entry on loopback without "tls" (`{"url": "127.0.0.1", "port": "19000"}`)
@@ -35,6 +36,7 @@ class PoolEntry:
     # PEM text of tls.ca, tls.cert, tls.key; None when the entry has no "tls".
     tls: dict[str, str] | None = field(default=None, repr=False)
     group: str | None = None  # None: the entry does not say, and an operator's choice stays
+    emulated_platforms: str | None = None  # likewise; "linux/arm64,...", or "none"
 
 
 def read_pool_file(path: str | Path) -> list[PoolEntry]:
@@ -61,11 +63,17 @@ def _entry(path: str | Path, index: int, member: object) -> PoolEntry:
     group = member.get("group")
     if group is not None and not isinstance(group, str):
         raise PoolFileError(f'{where}: group must be a string ("" for the shared pool)')
+    emulated = member.get("emulated_platforms")
+    if emulated is not None:
+        if isinstance(emulated, list) and all(isinstance(p, str) for p in emulated):
+            emulated = ",".join(emulated) or "none"
+        if not isinstance(emulated, str):
+            raise PoolFileError(f'{where}: emulated_platforms must be a list such as ["linux/arm64"], or "none"')
     if "engine" in member:
         if not member.get("name"):
             raise PoolFileError(f"{where}: an entry with engine needs a name")
         url = str(member["engine"])
-        return PoolEntry(str(member["name"]), url, "", 0, capacity, tls, group)
+        return PoolEntry(str(member["name"]), url, "", 0, capacity, tls, group, emulated)
     host = str(member.get("url", "")).strip()
     # The seed wrote ports as strings; numbers are accepted too.
     port_text = str(member.get("port", "")).strip()
@@ -74,7 +82,7 @@ def _entry(path: str | Path, index: int, member: object) -> PoolEntry:
     port = int(port_text)
     name = str(member.get("name") or f"{host}:{port}")
     url = f"tcp://{host}:{port}" if tls or not _is_loopback(host) else f"unix://{local_socket(port)}"
-    return PoolEntry(name, url, host, port, capacity, tls, group)
+    return PoolEntry(name, url, host, port, capacity, tls, group, emulated)
 
 
 def local_socket(port: int) -> Path:

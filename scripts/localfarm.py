@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -383,10 +384,12 @@ def unmount_below(root: Path) -> None:
         subprocess.run(["umount", "-l", mount], capture_output=True)
 
 
-def busybox_rootfs() -> bytes:
+def busybox_rootfs(binary: str | Path | None = None) -> bytes:
     """A root file system of Debian's static busybox and its applet links.
 
     Docker Hub is out of reach here; `docker import` of this gives `FROM busybox`.
+    `binary`: another architecture's static busybox (of the same Debian release,
+    so the host's lists its applets).
     """
     busybox = shutil.which("busybox")
     if busybox is None:
@@ -398,7 +401,7 @@ def busybox_rootfs() -> bytes:
             info = tarfile.TarInfo(directory)
             info.type, info.mode = tarfile.DIRTYPE, mode
             tar.addfile(info)
-        tar.add(busybox, arcname="bin/busybox")
+        tar.add(binary or busybox, arcname="bin/busybox")
         for applet in applets:
             if applet == "busybox":
                 continue
@@ -422,6 +425,71 @@ def ensure_busybox_image(engine_url: str, rootfs: bytes | None = None, *, tls=No
         )
     finally:
         api.close()
+
+
+# Where scripts/bootstrap.sh puts Debian's busybox-static:arm64 (apt-get download).
+FOREIGN_DEBS = Path(os.environ.get("GENERATOR_FOREIGN_DEBS", "/var/cache/generator/debs"))
+BASE_PLATFORMS = ("linux/amd64", "linux/arm64")
+
+
+def foreign_busybox(arch: str, into: Path) -> Path:
+    """Debian's static busybox for `arch`, unpacked from the .deb bootstrap.sh downloaded."""
+    debs = sorted(FOREIGN_DEBS.glob(f"busybox-static_*_{arch}.deb"))
+    if not debs:
+        raise StartError(
+            f"no busybox-static:{arch} package in {FOREIGN_DEBS}: run scripts/bootstrap.sh "
+            f"(dpkg --add-architecture {arch}; apt-get download busybox-static:{arch})"
+        )
+    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(into)], check=True)
+    return into / "bin" / "busybox"
+
+
+def publish_busybox_index(engine_url: str, registry: str) -> str:
+    """`REGISTRY/library/busybox:latest` as a two-platform index (amd64, arm64),
+    for `FROM REGISTRY/library/busybox` in multi-platform builds. Each platform's
+    image is built on `engine_url` with BuildKit (`FROM scratch` + `ADD
+    rootfs.tar /`: `docker import --platform` records amd64 whatever it is told)
+    and pushed under its architecture's tag; then the index is written. Does
+    nothing if the registry has it. Answers the index's digest."""
+    from builds.buildkit import find_client
+    from builds.registry_api import DOCKER_LIST, IndexEntry, RegistryAPI
+
+    name = "library/busybox"
+    with RegistryAPI(registry) as api:
+        head = api.http.head(f"{api.base}/{name}/manifests/latest", headers={"Accept": DOCKER_LIST})
+        if head.status_code == 200 and head.headers.get("Content-Type", "").startswith(DOCKER_LIST):
+            return head.headers["Docker-Content-Digest"]
+        client = find_client()
+        engine = docker.APIClient(base_url=engine_url, version=DOCKER_API_VERSION, timeout=120)
+        entries = []
+        try:
+            with tempfile.TemporaryDirectory(prefix="busybox-") as scratch:
+                for platform in BASE_PLATFORMS:
+                    arch = platform.split("/")[1]
+                    binary = None if arch == "amd64" else foreign_busybox(arch, Path(scratch) / arch)
+                    context = io.BytesIO()
+                    with tarfile.open(fileobj=context, mode="w") as tar:
+                        for member, data in (
+                            ("Dockerfile", b'FROM scratch\nADD rootfs.tar /\nCMD ["sh"]\n'),
+                            ("rootfs.tar", busybox_rootfs(binary)),
+                        ):
+                            info = tarfile.TarInfo(member)
+                            info.size = len(data)
+                            tar.addfile(info, io.BytesIO(data))
+                    tag = f"{registry}/{name}:{arch}"
+                    argv = [client.build_argv()[0], "--host", engine_url, *client.build_argv()[1:]]
+                    argv += ["--platform", platform, "--tag", tag, "-"]
+                    env = {"PATH": os.environ.get("PATH", ""), "DOCKER_BUILDKIT": "1", "HOME": scratch}
+                    result = subprocess.run(argv, input=context.getvalue(), capture_output=True, env=env)
+                    if result.returncode != 0:
+                        raise StartError(f"building the {platform} busybox failed: {result.stdout.decode()[-500:]}")
+                    for line in engine.push(f"{registry}/{name}", tag=arch, stream=True, decode=True):
+                        if "error" in line:
+                            raise StartError(f"pushing {tag}: {line['error']}")
+                    entries.append(IndexEntry(api.manifest(name, arch), platform))
+        finally:
+            engine.close()
+        return api.put_index(name, "latest", entries)
 
 
 # --- Generator's own processes -------------------------------------------------

@@ -29,6 +29,8 @@ class Command(BaseCommand):
                 daemon.url, daemon.capacity = entry.url, entry.capacity
                 if entry.group is not None:
                     daemon.group = entry.group
+                if entry.emulated_platforms is not None:
+                    daemon.emulated_platforms = entry.emulated_platforms
                 for name, pem in (entry.tls or {}).items():  # an entry without "tls" keeps what admin set
                     setattr(daemon, name, pem)
                 try:
