@@ -108,6 +108,34 @@ class RegistryAPI:
             raise RegistryError(f"the registry stored the index of {name}:{tag} as {said}, not {digest}")
         return digest
 
+    def push_blob(self, name: str, data: bytes) -> str:
+        """Uploads a blob (monolithic: one POST, one PUT); answers its digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if self._request("HEAD", name, f"blobs/{digest}").status_code == 200:
+            return digest
+        started = self._request("POST", name, "blobs/uploads/")
+        self._check(started, f"start a blob upload to {name}")
+        location = started.headers["Location"]
+        url = location if location.startswith("http") else f"{self.base.removesuffix('/v2')}{location}"
+        separator = "&" if "?" in url else "?"
+        response = self.http.put(
+            f"{url}{separator}digest={digest}",
+            data=data,
+            headers={"Content-Type": "application/octet-stream", **self._bearer()},
+            auth=self.credentials if not self._token else None,
+            timeout=self.timeout,
+        )
+        self._check(response, f"upload a blob to {name}")
+        return digest
+
+    def put_manifest(self, name: str, tag: str, media_type: str, body: bytes) -> Manifest:
+        response = self._request("PUT", name, f"manifests/{tag}", data=body, headers={"Content-Type": media_type})
+        self._check(response, f"write the manifest {name}:{tag}")
+        return Manifest(media_type, "sha256:" + hashlib.sha256(body).hexdigest(), len(body))
+
+    def _bearer(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
     def delete_tag(self, name: str, tag: str) -> bool:
         """Removes a tag only, never the manifest it names (others may name that
         too). False where the registry cannot: distribution 2.x deletes only by

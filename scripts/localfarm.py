@@ -444,51 +444,46 @@ def foreign_busybox(arch: str, into: Path) -> Path:
     return into / "bin" / "busybox"
 
 
-def publish_busybox_index(engine_url: str, registry: str) -> str:
+def publish_busybox_index(registry: str) -> str:
     """`REGISTRY/library/busybox:latest` as a two-platform index (amd64, arm64),
     for `FROM REGISTRY/library/busybox` in multi-platform builds. Each platform's
-    image is built on `engine_url` with BuildKit (`FROM scratch` + `ADD
-    rootfs.tar /`: `docker import --platform` records amd64 whatever it is told)
-    and pushed under its architecture's tag; then the index is written. Does
-    nothing if the registry has it. Answers the index's digest."""
-    from builds.buildkit import find_client
-    from builds.registry_api import DOCKER_LIST, IndexEntry, RegistryAPI
+    image is written straight into the registry (a layer of busybox_rootfs, a
+    config naming its platform, a manifest, under its architecture's tag): no
+    daemon is involved, so no daemon's user namespace ends up in the layer's
+    owners, and `docker import --platform` (which records amd64 whatever it is
+    told) is avoided. Does nothing if the registry has it. Answers its digest."""
+    import gzip
+    import hashlib
+    import json
+
+    from builds.registry_api import DOCKER_LIST, DOCKER_MANIFEST, IndexEntry, RegistryAPI
 
     name = "library/busybox"
     with RegistryAPI(registry) as api:
         head = api.http.head(f"{api.base}/{name}/manifests/latest", headers={"Accept": DOCKER_LIST})
         if head.status_code == 200 and head.headers.get("Content-Type", "").startswith(DOCKER_LIST):
             return head.headers["Docker-Content-Digest"]
-        client = find_client()
-        engine = docker.APIClient(base_url=engine_url, version=DOCKER_API_VERSION, timeout=120)
         entries = []
-        try:
-            with tempfile.TemporaryDirectory(prefix="busybox-") as scratch:
-                for platform in BASE_PLATFORMS:
-                    arch = platform.split("/")[1]
-                    binary = None if arch == "amd64" else foreign_busybox(arch, Path(scratch) / arch)
-                    context = io.BytesIO()
-                    with tarfile.open(fileobj=context, mode="w") as tar:
-                        for member, data in (
-                            ("Dockerfile", b'FROM scratch\nADD rootfs.tar /\nCMD ["sh"]\n'),
-                            ("rootfs.tar", busybox_rootfs(binary)),
-                        ):
-                            info = tarfile.TarInfo(member)
-                            info.size = len(data)
-                            tar.addfile(info, io.BytesIO(data))
-                    tag = f"{registry}/{name}:{arch}"
-                    argv = [client.build_argv()[0], "--host", engine_url, *client.build_argv()[1:]]
-                    argv += ["--platform", platform, "--tag", tag, "-"]
-                    env = {"PATH": os.environ.get("PATH", ""), "DOCKER_BUILDKIT": "1", "HOME": scratch}
-                    result = subprocess.run(argv, input=context.getvalue(), capture_output=True, env=env)
-                    if result.returncode != 0:
-                        raise StartError(f"building the {platform} busybox failed: {result.stdout.decode()[-500:]}")
-                    for line in engine.push(f"{registry}/{name}", tag=arch, stream=True, decode=True):
-                        if "error" in line:
-                            raise StartError(f"pushing {tag}: {line['error']}")
-                    entries.append(IndexEntry(api.manifest(name, arch), platform))
-        finally:
-            engine.close()
+        with tempfile.TemporaryDirectory(prefix="busybox-") as scratch:
+            for platform in BASE_PLATFORMS:
+                os_name, arch = platform.split("/")
+                binary = None if arch == "amd64" else foreign_busybox(arch, Path(scratch) / arch)
+                rootfs = busybox_rootfs(binary)
+                layer = gzip.compress(rootfs, mtime=0)
+                config = json.dumps({
+                    "architecture": arch, "os": os_name,
+                    "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+                    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(rootfs).hexdigest()]},
+                    "history": [{"created_by": f"generator: Debian's busybox-static:{arch}"}],
+                }).encode()  # fmt: skip
+                manifest = json.dumps({
+                    "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+                    "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                               "size": len(config), "digest": api.push_blob(name, config)},
+                    "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                                "size": len(layer), "digest": api.push_blob(name, layer)}],
+                }).encode()  # fmt: skip
+                entries.append(IndexEntry(api.put_manifest(name, arch, DOCKER_MANIFEST, manifest), platform))
         return api.put_index(name, "latest", entries)
 
 
