@@ -472,7 +472,7 @@ def publish_busybox_index(registry: str) -> str:
                 layer = gzip.compress(rootfs, mtime=0)
                 config = json.dumps({
                     "architecture": arch, "os": os_name,
-                    "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+                    "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]},
                     "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(rootfs).hexdigest()]},
                     "history": [{"created_by": f"generator: Debian's busybox-static:{arch}"}],
                 }).encode()  # fmt: skip

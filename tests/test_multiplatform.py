@@ -209,4 +209,6 @@ def test_children_write_into_the_parents_log_each_line_with_its_platform(operato
     assert BuildJob.objects.get(pk=parent.pk).log_line_count == 7
     # Each child's own log is its own, unprefixed.
     child = parent.children.get(platform="linux/arm64")
-    assert list(BuildLogLine.objects.filter(job=child).values_list("text", flat=True)) == [f"line {n}" for n in range(3)]
+    assert list(BuildLogLine.objects.filter(job=child).values_list("text", flat=True)) == [
+        f"line {n}" for n in range(3)
+    ]

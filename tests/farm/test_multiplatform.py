@@ -37,7 +37,9 @@ def two_platform_pool(farm, farm_pool, base):
     """The daemons as their health check and workers report them: native amd64,
     arm64 emulated. Workers report emulation when they start: rows the test made
     after that are reported by restarting them."""
-    if not all("linux/arm64" in d.detected_emulation for d in DockerDaemon.objects.filter(pk__in=[d.pk for d in farm_pool])):
+    if not all(
+        "linux/arm64" in d.detected_emulation for d in DockerDaemon.objects.filter(pk__in=[d.pk for d in farm_pool])
+    ):
         for index in range(len(farm.daemons)):
             farm.supervisor.stop(f"worker-{index}")
         farm.ensure_running()
@@ -135,8 +137,13 @@ def test_cancelling_a_two_platform_build_stops_both_children(farm, token, two_pl
 def test_a_platform_no_daemon_builds_is_refused_at_submit(farm, token, two_platform_pool):
     request = urllib.request.Request(
         f"http://{farm.web}/api/v1/builds/",
-        data=json.dumps({"image": f"{farm.registry}/multi/riscv:1", "dockerfile": "FROM scratch\n",
-                         "platforms": ["linux/amd64", "linux/riscv64"]}).encode(),  # fmt: skip
+        data=json.dumps(
+            {
+                "image": f"{farm.registry}/multi/riscv:1",
+                "dockerfile": "FROM scratch\n",
+                "platforms": ["linux/amd64", "linux/riscv64"],
+            }
+        ).encode(),  # fmt: skip
         method="POST",
         headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
     )
