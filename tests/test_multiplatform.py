@@ -12,9 +12,9 @@ from rest_framework.test import APIClient
 from builds import transitions
 from builds.dispatch import dispatch
 from builds.logs import LogWriter, append_shared
-from builds.models import BuildJob, BuildLogLine
+from builds.models import BuildJob, BuildLogLine, Repository
 from builds.multiplatform import CHILD_TAG_PREFIX, mirror_into_parent, settle
-from builds.services import BuildRequest, SubmissionError, cancel_build, submit
+from builds.services import BuildRequest, SubmissionError, cancel_build, submit, submit_push_build
 from pool.models import DockerDaemon
 from pool.platforms import detect_emulation, from_engine
 from pool.scheduler import platform_daemons
@@ -212,3 +212,36 @@ def test_children_write_into_the_parents_log_each_line_with_its_platform(operato
     assert list(BuildLogLine.objects.filter(job=child).values_list("text", flat=True)) == [
         f"line {n}" for n in range(3)
     ]
+
+
+def test_a_repository_with_platforms_builds_each_push_for_them(allowed_registry):
+    amd64_daemon("one")
+    repository = Repository.objects.create(
+        full_name="team/app", clone_url="https://git.example.invalid/team/app.git", webhook_secret="s",
+        image="localhost:5000/team/app", platforms="linux/amd64,linux/arm64",
+    )  # fmt: skip
+    job = submit_push_build(repository=repository, ref="refs/heads/main", sha="a" * 40, tags=["latest", "sha-aaa"])
+    assert job.platforms == BOTH and job.builder == "buildkit"
+    children = job.children.order_by("platform")
+    assert [(c.platform, c.commit_sha, c.ref) for c in children] == [(p, "a" * 40, "refs/heads/main") for p in BOTH]
+    # A platform the pool lost since the repository was saved: the push is refused, naming it.
+    DockerDaemon.objects.update(emulated_platforms="none")
+    with pytest.raises(SubmissionError, match="linux/arm64"):
+        submit_push_build(repository=repository, ref="refs/heads/main", sha="b" * 40, tags=["latest"])
+    repository.builder = "classic"
+    with pytest.raises(Exception, match="BuildKit"):
+        repository.full_clean()
+
+
+def test_the_pages_show_platforms_and_link_parent_and_children(client, operator):
+    amd64_daemon("one")
+    parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                    submitted_by=operator)  # fmt: skip
+    client.force_login(operator)
+    page = client.get(f"/builds/{parent.id}/").content.decode()
+    arm = parent.children.get(platform="linux/arm64")
+    assert f'<a href="/builds/{arm.id}/">linux/arm64</a> queued' in page
+    child_page = client.get(f"/builds/{arm.id}/").content.decode()
+    assert f'<a href="/builds/{parent.id}/">{parent.id}</a>' in child_page
+    pool = client.get("/pool/").content.decode()
+    assert "linux/amd64, linux/arm64 (emulated)" in pool
