@@ -166,6 +166,8 @@ def retry_build(job: BuildJob, user) -> BuildJob:
     submit by `user` for the old build's team, with every check of a submit."""
     if not job.is_terminal:
         raise Conflict(f"the build is {job.status}: only a finished build can be retried")
+    if job.parent_id:
+        raise Conflict(f"this is the {job.platform} part of build {job.parent_id}: retry that build")
     uploaded = not job.dockerfile and not job.ref  # its source was an uploaded context
     with ExitStack() as stack:
         context = None

@@ -14,7 +14,7 @@ from builds.dispatch import dispatch
 from builds.logs import LogWriter, append_shared
 from builds.models import BuildJob, BuildLogLine, Repository
 from builds.multiplatform import CHILD_TAG_PREFIX, mirror_into_parent, settle
-from builds.services import BuildRequest, SubmissionError, cancel_build, submit, submit_push_build
+from builds.services import BuildRequest, SubmissionError, cancel_build, retry_build, submit, submit_push_build
 from pool.models import DockerDaemon
 from pool.platforms import detect_emulation, from_engine
 from pool.scheduler import platform_daemons
@@ -245,3 +245,15 @@ def test_the_pages_show_platforms_and_link_parent_and_children(client, operator)
     assert f'<a href="/builds/{parent.id}/">{parent.id}</a>' in child_page
     pool = client.get("/pool/").content.decode()
     assert "linux/amd64, linux/arm64 (emulated)" in pool
+
+
+def test_a_platforms_part_is_not_retried_alone_and_a_retry_keeps_the_platforms(operator):
+    amd64_daemon("one")
+    parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                    submitted_by=operator)  # fmt: skip
+    cancel_build(parent, operator)
+    child = parent.children.first()
+    with pytest.raises(SubmissionError, match="retry that build"):
+        retry_build(BuildJob.objects.get(pk=child.pk), operator)
+    again = retry_build(BuildJob.objects.get(pk=parent.pk), operator)
+    assert again.platforms == BOTH and again.children.count() == 2
