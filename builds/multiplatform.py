@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import logging
 
+from django.db import transaction
+
 from pool.models import DockerDaemon
 from pool.platforms import check as check_platform
 
@@ -125,15 +127,13 @@ def settle(parent_id: str) -> None:
     failed = [c for c in children if c.status == Status.FAILED]
     if failed:
         reason = f"{failed[0].platform}: {failed[0].error}"
-        if transitions.parent_ends(parent.id, Status.FAILED, error=reason):
-            append_shared(parent.id, [f"[generator] Build failed: {reason}; nothing was tagged"])
+        if _end(parent.id, Status.FAILED, f"Build failed: {reason}; nothing was tagged", error=reason):
             _stop(children, parent)
         return
     cancelled = [c for c in children if c.status == Status.CANCELLED]
     if cancelled:
-        if transitions.parent_ends(parent.id, Status.CANCELLED):
-            who = cancelled[0].cancelled_by or parent.cancelled_by or "an operator"
-            append_shared(parent.id, [f"[generator] Cancelled by {who}; nothing was tagged"])
+        who = cancelled[0].cancelled_by or parent.cancelled_by or "an operator"
+        if _end(parent.id, Status.CANCELLED, f"Cancelled by {who}; nothing was tagged"):
             _stop(children, parent)
         return
     if children and all(c.status == Status.SUCCEEDED for c in children):
@@ -191,14 +191,21 @@ def _publish_index(parent: BuildJob, children: list[BuildJob]) -> None:
             digests = {api.put_index(name, tag, entries) for tag in parent.tags}
     except RegistryError as exc:
         reason = f"could not write the image index: {exc}"
-        if transitions.parent_ends(parent.id, Status.FAILED, error=reason):
-            append_shared(parent.id, [f"[generator] Build failed: {reason}"])
+        _end(parent.id, Status.FAILED, f"Build failed: {reason}", error=reason)
         return
+    _drop_child_tags(parent, children)
     digest = digests.pop()
     platforms = ", ".join(c.platform for c in by_platform)
-    append_shared(parent.id, [f"[generator] Pushed {parent.image}@{digest}: an image index of {platforms}"])
-    transitions.parent_ends(parent.id, Status.SUCCEEDED, digest=digest)
-    _drop_child_tags(parent, children)
+    _end(parent.id, Status.SUCCEEDED, f"Pushed {parent.image}@{digest}: an image index of {platforms}", digest=digest)
+
+
+def _end(parent_id: str, status: str, last_line: str, **fields) -> bool:
+    """The parent's last line and its end, in one transaction: a viewer who sees the end has the line."""
+    with transaction.atomic():
+        ended = transitions.parent_ends(parent_id, status, **fields)
+        if ended:
+            append_shared(parent_id, [f"[generator] {last_line}"])
+    return ended
 
 
 def _drop_child_tags(parent: BuildJob, children: list[BuildJob]) -> None:
