@@ -43,7 +43,7 @@ from pool.platforms import check as check_platform
 from . import transitions
 from .errors import SubmissionError
 from .logs import append_shared
-from .models import BuildJob, Registry
+from .models import WAITING, BuildJob, Registry
 from .references import parse_reference
 from .registry_api import IndexEntry, RegistryAPI, RegistryError, repository_path
 
@@ -143,6 +143,23 @@ def settle(parent_id: str) -> None:
         return
     if any(c.status != Status.QUEUED for c in children):
         transitions.parent_moves(parent.id, Status.QUEUED, Status.BUILDING)
+
+
+def fail_unbuildable() -> int:
+    """Waiting children whose platform no enabled daemon of their group builds any
+    more (the pool changed since the submit) fail at once, and so their builds."""
+    waiting = list(BuildJob.objects.filter(WAITING, parent__isnull=False).select_related("repository"))
+    if not waiting:
+        return 0
+    able: dict[str, set[str]] = {}
+    for daemon in DockerDaemon.objects.filter(enabled=True):
+        able.setdefault(daemon.group, set()).update(daemon.builds_platforms)
+    failed = 0
+    for child in waiting:
+        if child.platform not in able.get(child.daemon_group, set()):
+            reason = f"no enabled daemon builds {child.platform} any more (the pool changed after the submit)"
+            failed += transitions.fail(child.id, child.attempt, reason)
+    return failed
 
 
 def cancel(parent: BuildJob, user) -> str:

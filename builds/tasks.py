@@ -13,7 +13,7 @@ from generator_site.structured_logs import log_fields
 from pool import health
 from pool.models import DockerDaemon, queue_for
 
-from . import builders, context_store, dispatch, reaper, runner, secrets, statuses
+from . import builders, context_store, dispatch, multiplatform, reaper, runner, secrets, statuses
 
 QUEUE_PREFIX = queue_for("")  # "build.": a daemon's queue is its name after it
 
@@ -36,6 +36,7 @@ def run_build(job_id: str, attempt: int, daemon_id: int) -> None:
 @shared_task(name="farm.dispatch", ignore_result=True)
 def dispatch_waiting() -> None:
     dispatch.rescue_stranded()
+    multiplatform.fail_unbuildable()
     dispatch.dispatch()
 
 

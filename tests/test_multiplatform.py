@@ -13,7 +13,7 @@ from builds import transitions
 from builds.dispatch import dispatch
 from builds.logs import LogWriter, append_shared
 from builds.models import BuildJob, BuildLogLine, Repository
-from builds.multiplatform import CHILD_TAG_PREFIX, mirror_into_parent, settle
+from builds.multiplatform import CHILD_TAG_PREFIX, fail_unbuildable, mirror_into_parent, settle
 from builds.services import BuildRequest, SubmissionError, cancel_build, retry_build, submit, submit_push_build
 from pool.models import DockerDaemon
 from pool.platforms import detect_emulation, from_engine
@@ -257,3 +257,15 @@ def test_a_platforms_part_is_not_retried_alone_and_a_retry_keeps_the_platforms(o
         retry_build(BuildJob.objects.get(pk=child.pk), operator)
     again = retry_build(BuildJob.objects.get(pk=parent.pk), operator)
     assert again.platforms == BOTH and again.children.count() == 2
+
+
+def test_a_waiting_platform_the_pool_no_longer_builds_fails_at_once(operator):
+    amd64_daemon("one")
+    parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                    submitted_by=operator)  # fmt: skip
+    assert fail_unbuildable() == 0
+    DockerDaemon.objects.update(emulated_platforms="none")
+    assert fail_unbuildable() == 1
+    parent.refresh_from_db()
+    assert parent.status == "failed" and parent.error.startswith("linux/arm64: no enabled daemon builds linux/arm64")
+    assert parent.children.get(platform="linux/amd64").status == "cancelled"
