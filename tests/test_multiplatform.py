@@ -269,3 +269,20 @@ def test_a_waiting_platform_the_pool_no_longer_builds_fails_at_once(operator):
     parent.refresh_from_db()
     assert parent.status == "failed" and parent.error.startswith("linux/arm64: no enabled daemon builds linux/arm64")
     assert parent.children.get(platform="linux/amd64").status == "cancelled"
+
+
+def test_the_daemons_api_shows_platforms_and_takes_emulated_ones(operator):
+    daemon = amd64_daemon("one")
+    DockerDaemon.objects.filter(pk=daemon.pk).update(url="unix:///run/generator/one/docker.sock")
+    api = APIClient()
+    api.force_authenticate(operator)
+    shown = api.get(f"/api/v1/daemons/{daemon.pk}/").json()
+    assert shown["native_platform"] == "linux/amd64" and shown["builds_platforms"] == BOTH
+    changed = api.patch(f"/api/v1/daemons/{daemon.pk}/", {"emulated_platforms": "linux/riscv64"}, format="json")
+    assert changed.status_code == 200, changed.json()
+    assert changed.json()["builds_platforms"] == ["linux/amd64", "linux/riscv64"]
+    refused = api.patch(f"/api/v1/daemons/{daemon.pk}/", {"emulated_platforms": "riscv"}, format="json")
+    assert refused.status_code == 400 and "not a platform" in json.dumps(refused.json())
+    # What the engine and the worker report is theirs to write.
+    api.patch(f"/api/v1/daemons/{daemon.pk}/", {"native_platform": "linux/s390x"}, format="json")
+    assert DockerDaemon.objects.get(pk=daemon.pk).native_platform == "linux/amd64"
