@@ -15,6 +15,7 @@ from django.conf import settings
 
 from pool.housekeeping import FARM_LABEL, FARM_LABEL_VALUE
 from pool.models import DockerDaemon
+from pool.platforms import detect_emulation
 
 from . import deploy_keys
 from . import secrets as build_secrets
@@ -41,7 +42,9 @@ def report_client(daemon_names: list[str]) -> str:
     except NoBuildKitClient as exc:
         found = f"none: {exc}"
         logger.warning("BuildKit client: %s", found)
-    DockerDaemon.objects.filter(name__in=daemon_names).update(buildkit_client=found[:255])
+    # Its host's QEMU handlers: a worker runs where its daemon runs (or an operator sets emulated_platforms).
+    emulation = ",".join(detect_emulation())
+    DockerDaemon.objects.filter(name__in=daemon_names).update(buildkit_client=found[:255], detected_emulation=emulation)
     return found
 
 
@@ -118,8 +121,10 @@ def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> Buil
         target=job.target,
         network="none" if containment.engine_options.get("network_mode") == "none" else "",
         cache_namespace=cache_namespace(job),
-        cache_from=pool_cache(job),
+        # A platform's child: the image's tags may be indexes, not this platform's layers.
+        cache_from=[] if job.platform else pool_cache(job),
         secrets=secret_files,
+        platform=job.platform,
     )
 
 

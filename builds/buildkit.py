@@ -132,6 +132,7 @@ class BuildRequest:
     # Cache mounts are the daemon's, keyed by id: a namespace per repository keeps
     # one repository's `RUN --mount=type=cache` out of another's (docs/security.md).
     cache_namespace: str = ""
+    platform: str = ""  # os/arch to build for (QEMU runs its RUN steps on another host); "": the daemon's
 
 
 # `<<WORD` or `<<-"WORD"` in RUN, COPY or ADD; not `<<<` (a shell here-string).
@@ -278,6 +279,8 @@ class BuildKitSession:
             argv += ["--target", request.target]
         if request.network:
             argv += ["--network", request.network]
+        if request.platform:
+            argv += ["--platform", request.platform]
         return [*argv, "-"]
 
     def _env(self) -> dict[str, str]:

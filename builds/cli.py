@@ -159,10 +159,12 @@ def submit(farm: Farm, args, out) -> int:
         "build_args": dict(item.split("=", 1) for item in args.build_arg),
         "no_cache": args.no_cache,
         **({"team": args.team} if args.team else {}),
+        **({"platforms": platforms_of(args.platform)} if args.platform else {}),
     }
     if source.is_dir():
         fields = [("image", args.image), ("dockerfile_path", args.file), ("no_cache", str(args.no_cache).lower())]
         fields += [("team", args.team)] if args.team else []
+        fields += [("platforms", ",".join(platforms_of(args.platform)))] if args.platform else []
         fields += [("extra_tags", tag) for tag in args.tag]
         fields += [(f"build_args.{key}", value) for key, value in options["build_args"].items()]
         body, content_type = multipart(fields, "context", "context.tar.gz", pack(source))
@@ -174,6 +176,11 @@ def submit(farm: Farm, args, out) -> int:
         raise CliError(f"{source} is neither a directory nor a Dockerfile")
     print(f"job {job['id']}: {job['links']['page']}", file=sys.stderr)
     return finish(farm.follow(job["id"], out))
+
+
+def platforms_of(values: list[str]) -> list[str]:
+    """--platform linux/amd64,linux/arm64 (or given twice): one list."""
+    return [p.strip() for value in values for p in value.split(",") if p.strip()]
 
 
 def finish(status: str) -> int:
@@ -194,6 +201,11 @@ def main(argv: list[str] | None = None, out=sys.stdout) -> int:
     build.add_argument("--build-arg", action="append", default=[], metavar="K=V")
     build.add_argument("--no-cache", action="store_true")
     build.add_argument("--team", default="", help="the team the build is for (default: the image namespace's)")
+    build.add_argument(
+        "--platform", action="append", default=[], metavar="OS/ARCH,...",
+        help="build for these platforms into one image index (linux/amd64,linux/arm64); "
+        "each log line then starts with its platform",
+    )  # fmt: skip
     for name in ("logs", "status"):
         commands.add_parser(name).add_argument("job_id")
     args = parser.parse_args(argv)

@@ -39,12 +39,12 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from pool.models import DockerDaemon
-from pool.scheduler import choose_daemon, groups_with_room
+from pool.scheduler import choose_daemon, groups_with_room, platform_daemons
 from teams.models import Team
 
 from . import transitions
 from .limits import needs_whole_daemon
-from .models import BuildJob
+from .models import WAITING, BuildJob
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def dispatch() -> int:
     freed slot, or it sees the count change and passes again. On SQLite (and
     if Redis cannot be reached) dispatchers wait for each other's write lock.
     """
-    if not BuildJob.objects.filter(status=BuildJob.Status.QUEUED, daemon__isnull=True).exists():
+    if not BuildJob.objects.filter(WAITING).exists():
         return 0
     if connection.vendor != "postgresql":
         return _pass(wait=True)
@@ -289,7 +289,7 @@ def _pass(*, wait: bool) -> int | None:
         # team's oldest come first (ranked inside their team), so every team with
         # jobs waiting is in the batch however long another team's queue is.
         waiting = (
-            BuildJob.objects.filter(status=BuildJob.Status.QUEUED, daemon__isnull=True)
+            BuildJob.objects.filter(WAITING)
             .filter(_pinned_to(open_groups))
             .select_related("repository", "team")
             .annotate(team_rank=Window(RowNumber(), partition_by=[F("team_id")], order_by=[F("created_at"), F("id")]))
@@ -322,7 +322,8 @@ def _pass(*, wait: bool) -> int | None:
                 continue  # it has its share of the pool; later jobs of others may go
             prefer = _preferred_daemon(job, group, daemons, load, warm)
             whole = needs_whole_daemon(job.builder)
-            daemon = choose_daemon(daemons, load, prefer=prefer, group=group, whole=whole)
+            able = platform_daemons(daemons, job.platform, load, whole=whole)  # a multi-platform child's
+            daemon = choose_daemon(able, load, prefer=prefer, group=group, whole=whole)
             if daemon is None:
                 if not whole:  # a build that needs a whole daemon may wait while others fit
                     open_groups.discard(group)

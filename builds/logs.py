@@ -35,6 +35,7 @@ from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
 
 from . import log_archive
 from .db_sessions import Sessions, retrying
@@ -250,6 +251,8 @@ class LogWriter:
         self._hidden: list[str] = []
         # No session held while the build is quiet (builds/db_sessions.py).
         self.sessions = Sessions()
+        # Also given each stored batch, in its transaction: a multi-platform child's parent log.
+        self.mirror: Callable[[list[str]], None] | None = None
 
     def hide(self, values: list[str]) -> None:
         """Values (the build's secrets) written as *** in every line from now on."""
@@ -295,6 +298,8 @@ class LogWriter:
         with transaction.atomic():
             _insert_lines(self.job_id, batch)
             BuildJob.objects.filter(pk=self.job_id).update(log_line_count=batch[-1][0])
+            if self.mirror is not None:
+                self.mirror([text for _, text in batch])
             transaction.on_commit(partial(publish, self.job_id, {"type": "log.lines", "lines": batch}))
         if self.on_stored:
             self.on_stored(batch)
@@ -378,6 +383,21 @@ class LogWriter:
             if item is not done:
                 self.write(item)
         self.flush()
+
+
+def append_shared(job_id: str, texts: list[str]) -> None:
+    """Lines into a log that several writers share (a multi-platform build's, which
+    each child writes into): the sequence numbers are taken by one update of the
+    job's line count, so two writers never take the same ones. Run inside a
+    transaction, the row stays locked until it commits."""
+    if not texts:
+        return
+    with transaction.atomic():
+        BuildJob.objects.filter(pk=job_id).update(log_line_count=F("log_line_count") + len(texts))
+        last = BuildJob.objects.filter(pk=job_id).values_list("log_line_count", flat=True).get()
+        batch = list(zip(range(last - len(texts) + 1, last + 1), texts, strict=True))
+        _insert_lines(job_id, batch)
+        transaction.on_commit(partial(publish, job_id, {"type": "log.lines", "lines": batch}))
 
 
 def append_line(job_id: str, text: str) -> None:

@@ -12,6 +12,8 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from pool.platforms import check as check_platform
+from pool.platforms import split as split_platforms
 from teams.models import namespace_refusal
 
 from .deploy_keys import DeployKeyError, check_known_hosts
@@ -61,6 +63,11 @@ class BuildJob(models.Model):
         help_text="The builder that ran (or will run) the build.",
     )  # fmt: skip
     target = models.CharField(max_length=128, blank=True, help_text="The build stage to stop at (multi-stage).")
+    # A multi-platform build is a parent (its `platforms`, no daemon of its own, its
+    # digest the image index's) and one child per platform (builds/multiplatform.py).
+    platforms = models.JSONField(default=list, blank=True, help_text="A parent's platforms, e.g. linux/arm64.")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    platform = models.CharField(max_length=64, blank=True, help_text="A child's platform; empty: the daemon's own.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     daemon = models.ForeignKey(
         "pool.DockerDaemon", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
@@ -113,6 +120,10 @@ class BuildJob(models.Model):
         return None
 
     @property
+    def is_parent(self) -> bool:
+        return bool(self.platforms) and self.parent_id is None
+
+    @property
     def tags(self) -> list[str]:
         return [self.image.rsplit(":", 1)[1], *self.extra_tags]
 
@@ -139,9 +150,9 @@ class BuildJob(models.Model):
         or as old and the build is older. Only what would go before it counts.
         Three queries, whatever the queue's length.
         """
-        if self.status != self.Status.QUEUED or self.daemon_id is not None:
+        if self.status != self.Status.QUEUED or self.daemon_id is not None or self.is_parent:
             return None
-        waiting = BuildJob.objects.filter(status=self.Status.QUEUED, daemon__isnull=True)
+        waiting = BuildJob.objects.filter(WAITING)
         rows = list(
             waiting.values("team").annotate(
                 waiting=models.Count("id"), older=models.Count("id", filter=models.Q(created_at__lt=self.created_at))
@@ -170,6 +181,10 @@ class BuildJob(models.Model):
                 ahead += 1
             before += ahead
         return before + 1
+
+
+# Jobs waiting for a daemon: not a multi-platform parent, whose children are built instead.
+WAITING = models.Q(status=BuildJob.Status.QUEUED, daemon__isnull=True, platforms=[])
 
 
 class BuildContext(models.Model):
@@ -288,6 +303,12 @@ class Repository(models.Model):
         max_length=16, blank=True, choices=[("classic", "classic"), ("buildkit", "BuildKit")],
         help_text="Empty: the farm's default builder (GENERATOR_DEFAULT_BUILDER).",
     )  # fmt: skip
+    platforms = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Build every push for these platforms into one image index, e.g. linux/amd64,linux/arm64 "
+        "(BuildKit); empty: the daemon's own platform.",
+    )
 
     class Network(models.TextChoices):
         FILTERED = "filtered", "filtered (the farm's egress policy)"
@@ -347,6 +368,12 @@ class Repository(models.Model):
             raise ValidationError({"known_hosts": str(exc)}) from None
         if errors := over_the_caps(self):
             raise ValidationError(errors)
+        try:
+            self.platforms = ",".join(check_platform(p) for p in split_platforms(self.platforms))
+        except ValueError as exc:
+            raise ValidationError({"platforms": str(exc)}) from None
+        if self.platforms and self.builder == "classic":
+            raise ValidationError({"platforms": "multi-platform builds are BuildKit's: choose that builder"})
         self._check_registry()
         self._check_namespace()
 

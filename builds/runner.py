@@ -24,6 +24,7 @@ from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, P
 from .limits import buildkit_share, contained, limits_for
 from .logs import LogLimitExceeded, LogWriter
 from .models import BuildContext, BuildJob, BuildSecret, Registry
+from .multiplatform import mirror_into_parent
 from .references import parse_build_target
 from .sources import GitSource, SourceError
 from .steps import StepTimes
@@ -132,6 +133,8 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
         on_stored=stored,
         team_max_lines=job.team.max_log_lines if job.team else None,
     )
+    if job.parent_id:  # a platform of a multi-platform build: its lines in the parent's log too
+        log.mirror = mirror_into_parent(job)
     try:
         _record(job, log)
         _record_steps(job, steps)
@@ -195,7 +198,8 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
         timeout=settings.GENERATOR_DOCKER_TIMEOUT,
     )
     with session:
-        log.write(f"[generator] Building {target} on {daemon.name} (attempt {job.attempt})")
+        platform = f" for {job.platform}" if job.platform else ""
+        log.write(f"[generator] Building {target}{platform} on {daemon.name} (attempt {job.attempt})")
         network = job.repository.network if job.repository else ""
         limits = limits_for(daemon, job.repository)
         with (
@@ -234,7 +238,9 @@ def _source(job: BuildJob, log: LogWriter, watch: Watch) -> Iterator[tuple[Binar
     repository = job.repository
     if not job.dockerfile and not job.ref:  # an uploaded context, from the context store
         try:
-            with context_store.opened(BuildContext.objects.filter(job=job).first()) as context:
+            # A multi-platform child builds its parent's upload.
+            upload = BuildContext.objects.filter(job_id=job.parent_id or job.id).first()
+            with context_store.opened(upload) as context:
                 yield context, job.dockerfile_path, dict(job.build_args)
         except context_store.ContextGone as exc:
             raise SourceError(f"the build cannot run: {exc}") from None

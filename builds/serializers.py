@@ -36,6 +36,7 @@ class BuildJobSerializer(serializers.ModelSerializer):
     team = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     queue_position = serializers.SerializerMethodField()
     links = serializers.SerializerMethodField()
+    children = serializers.SerializerMethodField()
 
     class Meta:
         model = BuildJob
@@ -63,12 +64,26 @@ class BuildJobSerializer(serializers.ModelSerializer):
             "no_cache",
             "builder",
             "target",
+            "platforms",
+            "platform",
+            "parent",
+            "children",
             "retry_of",
             "superseded_by",
             "cancelled_by",
             "log_line_count",
             "links",
         ]
+
+    def get_children(self, job: BuildJob) -> list[dict]:
+        """A multi-platform build's builds, one per platform."""
+        if not job.platforms or job.parent_id:
+            return []
+        return [
+            {"id": c.id, "platform": c.platform, "status": c.status, "daemon": c.daemon.name if c.daemon else None,
+             "digest": c.digest, "error": c.error}
+            for c in job.children.select_related("daemon").order_by("platform")
+        ]  # fmt: skip
 
     def get_tags(self, job: BuildJob) -> list[str]:
         return [job.image.rsplit(":", 1)[1], *job.extra_tags]
@@ -89,6 +104,20 @@ class BuildJobSerializer(serializers.ModelSerializer):
 
 class StringMap(serializers.DictField):
     child = serializers.CharField(allow_blank=True)
+
+
+class PlatformsField(serializers.Field):
+    """A list of os/arch, or (in a multipart form) one comma-separated string."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            data = [p for p in (part.strip() for part in data.split(",")) if p]
+        if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
+            raise serializers.ValidationError('a list of platforms such as ["linux/amd64", "linux/arm64"]')
+        return data
+
+    def to_representation(self, value):
+        return value
 
 
 class BuildCreateSerializer(serializers.Serializer):
@@ -115,6 +144,11 @@ class BuildCreateSerializer(serializers.Serializer):
         help_text="classic or buildkit; default: the repository's, else the farm's (GENERATOR_DEFAULT_BUILDER).",
     )  # fmt: skip
     target = serializers.CharField(required=False, default="", help_text="The stage of a multi-stage build to stop at.")
+    platforms = PlatformsField(
+        required=False, default=list,
+        help_text="Build for these platforms (os/arch) into one image index, e.g. [\"linux/amd64\", \"linux/arm64\"]; "
+        "default: the daemon's own platform.",
+    )  # fmt: skip
     secrets = StringMap(
         required=False, default=dict, write_only=True,
         help_text="This build's own secrets, name -> value, for RUN --mount=type=secret,id=NAME (BuildKit); "
@@ -176,6 +210,7 @@ class RepositorySerializer(serializers.ModelSerializer):
             "build_pids",
             "daemon_group",
             "builder",
+            "platforms",
             "hook_verified_at",
             "rules",
             "secrets",

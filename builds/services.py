@@ -16,8 +16,9 @@ from django.conf import settings
 from django.db import transaction
 
 from audit.log import record as audit
+from pool.platforms import split as split_platforms
 
-from . import context_store, ownership, quotas, signals, transitions
+from . import context_store, multiplatform, ownership, quotas, signals, transitions
 from . import secrets as build_secrets
 from .dispatch import NoDaemonAvailable, dispatch, ensure_pool_exists
 from .errors import Conflict, Forbidden, PoolUnavailable, RegistryNotAllowed, SubmissionError, TooLarge, TooManyBuilds
@@ -68,6 +69,8 @@ class BuildRequest:
     target: str = ""
     secrets: dict[str, str] = field(default_factory=dict)  # this build's own, kept until it ends
     team: str = ""  # a team's slug; empty: the one builds/ownership.py picks
+    # Several: one image index with an image per platform (builds/multiplatform.py); empty: the daemon's own.
+    platforms: list[str] = field(default_factory=list)
 
 
 def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | None = None) -> BuildJob:
@@ -85,7 +88,10 @@ def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | Non
         check_registry_allowed(target.repository)
         team = ownership.team_for_build(submitted_by, request.team, target.repository, request.repository)
         quotas.check_submit(team)
-        ensure_pool_exists_or_raise(request.repository.daemon_group if request.repository else "")
+        group = request.repository.daemon_group if request.repository else ""
+        ensure_pool_exists_or_raise(group)
+        if request.platforms:
+            request.platforms = multiplatform.checked_platforms(request.platforms, group)
         job_id = new_job_id()
         stored = stack.enter_context(context_store.kept_for(job_id, checked)) if checked else None
         return _create(job_id, target, request, stored, submitted_by, retry_of, team)
@@ -110,6 +116,8 @@ def _check_options(request: BuildRequest) -> None:
             raise SubmissionError(str(exc)) from None
         if builder != "buildkit":
             raise SubmissionError("build secrets are mounted by BuildKit only: ask for builder buildkit")
+    if request.platforms and builder != "buildkit":
+        raise SubmissionError("multi-platform builds are BuildKit's: ask for builder buildkit, or no platforms")
     if builder not in settings.GENERATOR_BUILDERS:
         raise SubmissionError(
             f"the {builder} builder is not enabled on this farm (it has {', '.join(settings.GENERATOR_BUILDERS)}): "
@@ -120,6 +128,8 @@ def _check_options(request: BuildRequest) -> None:
 def builder_for(request: BuildRequest) -> str:
     """The build's own choice, else its repository's, else the farm's default."""
     repository = request.repository.builder if request.repository else ""
+    if request.platforms and not request.builder:
+        repository = "buildkit"  # only BuildKit builds for another platform
     return request.builder or repository or settings.GENERATOR_DEFAULT_BUILDER
 
 
@@ -141,11 +151,14 @@ def _create(job_id: str, target, request: BuildRequest, stored: dict | None, sub
             submitted_by=submitted_by,
             team=team,
             retry_of=retry_of,
+            platforms=request.platforms,
         )
         if stored is not None:
             BuildContext.objects.create(job=job, **stored)
-        if request.secrets:
-            build_secrets.store({"job": job}, request.secrets)
+        children = multiplatform.create_children(job) if request.platforms else []
+        for owner in children or [job]:  # the builds that mount them
+            if request.secrets:
+                build_secrets.store({"job": owner}, request.secrets)
         signals.announce(job.id, "queued")
         details = {"image": job.image, "retry_of": retry_of.id} if retry_of else {"image": job.image}
         if request.secrets:
@@ -161,6 +174,8 @@ def retry_build(job: BuildJob, user) -> BuildJob:
     submit by `user` for the old build's team, with every check of a submit."""
     if not job.is_terminal:
         raise Conflict(f"the build is {job.status}: only a finished build can be retried")
+    if job.parent_id:
+        raise Conflict(f"this is the {job.platform} part of build {job.parent_id}: retry that build")
     uploaded = not job.dockerfile and not job.ref  # its source was an uploaded context
     with ExitStack() as stack:
         context = None
@@ -183,6 +198,7 @@ def retry_build(job: BuildJob, user) -> BuildJob:
             builder=job.builder,
             target=job.target,
             team=job.team.slug if job.team_id else "",
+            platforms=list(job.platforms),
         )
         return submit(request, submitted_by=user, retry_of=job)
 
@@ -197,6 +213,9 @@ def submit_push_build(*, repository, ref: str, sha: str, tags: list[str], pusher
     ownership.check_push_build(repository, repository.image)  # so may its team's namespace
     quotas.check_submit(repository.team)
     ensure_pool_exists_or_raise(repository.daemon_group)
+    platforms = split_platforms(repository.platforms)
+    if platforms:
+        platforms = multiplatform.checked_platforms(platforms, repository.daemon_group)
     with transaction.atomic():
         job = BuildJob.objects.create(
             image=f"{repository.image}:{tags[0]}",
@@ -206,8 +225,12 @@ def submit_push_build(*, repository, ref: str, sha: str, tags: list[str], pusher
             ref=ref,
             commit_sha=sha,
             pusher_email=pusher_email,
+            platforms=platforms,
+            **({"builder": "buildkit"} if platforms else {}),
         )
         _supersede(job)
+        if platforms:
+            multiplatform.create_children(job)
         signals.announce(job.id, "queued")
         audit("submit", "build", job, actor=None, details={"image": job.image, "webhook": ref, "commit": sha})
         transaction.on_commit(lambda: transitions.report_on_github(job.id))
@@ -244,6 +267,8 @@ def ensure_pool_exists_or_raise(group: str = "") -> None:
 def cancel_build(job: BuildJob, user) -> str:
     """Cancels a waiting job at once, or asks the worker of a running one to stop
     it (within a heartbeat). Answers what happened, for a person to read."""
+    if job.is_parent:
+        return multiplatform.cancel(job, user)
     outcome = None
     with transaction.atomic():
         if transitions.cancel_waiting(job.id, user):

@@ -20,6 +20,7 @@ from . import (
     dispatch,
     housekeeping,
     log_archive,
+    multiplatform,
     reaper,
     runner,
     secrets,
@@ -48,6 +49,7 @@ def run_build(job_id: str, attempt: int, daemon_id: int) -> None:
 @shared_task(name="farm.dispatch", ignore_result=True)
 def dispatch_waiting() -> None:
     dispatch.rescue_stranded()
+    multiplatform.fail_unbuildable()
     dispatch.dispatch()
 
 

@@ -46,12 +46,28 @@ def _swap(filters: dict, to_status: str | None = None, **fields) -> bool:
             transaction.on_commit(lambda: report_on_github(job_id))
         if event := signals.EVENTS.get(to_status):
             signals.announce(job_id, event)
+        if parent_id := BuildJob.objects.filter(pk=job_id).values_list("parent_id", flat=True).first():
+            transaction.on_commit(lambda: _settle_parent(parent_id))
     return bool(changed)
+
+
+def _settle_parent(parent_id: str) -> None:
+    """A child of a multi-platform build moved: its parent follows (builds/multiplatform.py,
+    imported here, late, since it writes through the functions below)."""
+    from .multiplatform import settle
+
+    try:
+        settle(parent_id)
+    except Exception:
+        # The next child's move, or the reaper's pass, settles it again.
+        logger.exception("could not settle multi-platform build %s", parent_id)
 
 
 def report_on_github(job_id: str) -> None:
     """Queues the commit status of a job built from a push (others have none)."""
-    if BuildJob.objects.filter(pk=job_id, repository__isnull=False).exclude(commit_sha="").exists():
+    # A platform's child is not reported: its multi-platform build is.
+    reported = BuildJob.objects.filter(pk=job_id, repository__isnull=False, parent__isnull=True)
+    if reported.exclude(commit_sha="").exists():
         try:
             current_app.send_task(REPORT_STATUS_TASK, args=[job_id])
         except Exception:
@@ -147,3 +163,16 @@ def request_cancel(job_id: str, user, superseded_by: str | None = None) -> bool:
 def finish_cancelled(job_id: str, attempt: int) -> bool:
     filters = {"pk": job_id, "attempt": attempt, "status__in": RUNNING, "cancel_requested_at__isnull": False}
     return _swap(filters, Status.CANCELLED, finished_at=timezone.now(), lease_expires_at=None)
+
+
+def parent_moves(job_id: str, from_status: str, to_status: str) -> bool:
+    """A multi-platform build's own progress, which its children make: queued ->
+    building when one starts, building -> pushing while the index is written."""
+    fields = {"started_at": timezone.now()} if to_status == Status.BUILDING else {"push_started_at": timezone.now()}
+    return _swap({"pk": job_id, "status": from_status, "parent__isnull": True}, to_status, **fields)
+
+
+def parent_ends(job_id: str, to_status: str, *, digest: str = "", error: str = "") -> bool:
+    """A multi-platform build ends, once, whatever state it was in."""
+    filters = {"pk": job_id, "status__in": BuildJob.ACTIVE, "parent__isnull": True}
+    return _swap(filters, to_status, digest=digest, error=error, finished_at=timezone.now())

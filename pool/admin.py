@@ -44,6 +44,7 @@ class DockerDaemonAdmin(AuditedAdmin, admin.ModelAdmin):
         "draining",
         "healthy",
         "engine_version",
+        "platforms",
         "latency_ms",
         "last_seen_at",
         "consecutive_failures",
@@ -52,6 +53,10 @@ class DockerDaemonAdmin(AuditedAdmin, admin.ModelAdmin):
     search_fields = ["name", "url"]
     readonly_fields = ["queue", *HEALTH_FIELDS, *DISK_FIELDS, "created_at", "updated_at"]
     actions = ["drain", "enable", "disable", "check_now", "prune_now"]
+
+    @admin.display(description="platforms")
+    def platforms(self, daemon: DockerDaemon) -> str:
+        return ", ".join(daemon.builds_platforms) or "not reported"
 
     def get_queryset(self, request):
         # Admin is an entry point, above both apps: it may count the jobs a daemon holds.

@@ -24,7 +24,7 @@ class DaemonSerializer(serializers.ModelSerializer):
     class Meta:
         model = DockerDaemon
         fields = ["id", "name", "url", "group", "capacity", "enabled", "draining", "queue", *TLS_FIELDS, "uses_tls"]
-        fields += ["build_memory_mb", "build_cpus", "build_pids"]
+        fields += ["build_memory_mb", "build_cpus", "build_pids", "emulated_platforms", "builds_platforms"]
         fields += ["images_limit_mb", "build_cache_limit_mb", "images_limit_bytes", "build_cache_limit_bytes"]
         fields += HEALTH_FIELDS + DISK_FIELDS
         read_only_fields = list(HEALTH_FIELDS + DISK_FIELDS)

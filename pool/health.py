@@ -20,6 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from .models import DockerDaemon, queue_for
+from .platforms import from_engine
 from .tls import client_settings
 
 QUEUE_PREFIX = queue_for("")
@@ -31,6 +32,7 @@ class Probe:
     latency_ms: float | None = None
     version: str = ""
     error: str = ""
+    platform: str = ""
 
 
 def probe(daemon: DockerDaemon, *, api_version: str, timeout: float) -> Probe:
@@ -40,7 +42,10 @@ def probe(daemon: DockerDaemon, *, api_version: str, timeout: float) -> Probe:
         try:
             api.ping()
             latency = (time.monotonic() - started) * 1000
-            version = api.version().get("Version", "")
+            report = api.version()
+            version = report.get("Version", "")
+            # The engine's own word on what it runs natively (Go's names: linux, amd64).
+            platform = from_engine(report.get("Os", ""), report.get("Arch", ""))
         finally:
             api.close()
     except requests.exceptions.SSLError as exc:
@@ -48,7 +53,7 @@ def probe(daemon: DockerDaemon, *, api_version: str, timeout: float) -> Probe:
         return Probe(ok=False, error=f"TLS handshake failed: {reason} (check the pool entry's CA, certificate and key)")
     except Exception as exc:  # any failure to answer is the daemon's ill health
         return Probe(ok=False, error=f"{exc.__class__.__name__}: {exc}"[:500])
-    return Probe(ok=True, latency_ms=round(latency, 2), version=version)
+    return Probe(ok=True, latency_ms=round(latency, 2), version=version, platform=platform)
 
 
 def _ssl_reason(message: str) -> str:
@@ -69,6 +74,7 @@ def record(daemon: DockerDaemon, result: Probe, *, unhealthy_after: int) -> None
             last_seen_at=now,
             latency_ms=result.latency_ms,
             engine_version=result.version,
+            native_platform=result.platform,
             last_error="",
         )
         return

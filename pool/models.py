@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
+from . import platforms
 from .tls import TLS_FIELDS, check_engine_access
 
 _TCP_URL = re.compile(r"^tcp://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>[0-9]{1,5})$")
@@ -100,6 +101,17 @@ class DockerDaemon(models.Model):
     worker_online = models.BooleanField(default=True)
     # The docker CLI its worker found for BuildKit builds at start (builds/builders.py).
     buildkit_client = models.CharField("BuildKit client", max_length=255, blank=True)
+    # The platform its engine runs images of, as it reports it (health check): linux/amd64.
+    native_platform = models.CharField(max_length=64, blank=True)
+    # The platforms QEMU's binfmt handlers on its host run, as its worker found them at start.
+    detected_emulation = models.CharField("emulation detected", max_length=255, blank=True)
+    emulated_platforms = models.CharField(
+        max_length=255,
+        blank=True,
+        validators=[platforms.validate_list],
+        help_text="Platforms it builds under emulation, e.g. linux/arm64,linux/riscv64; "
+        "empty: those its worker detects (QEMU binfmt on its host); 'none' for no emulation.",
+    )
 
     # Written by housekeeping (pool/housekeeping.py): the daemon's disk as `docker
     # system df` sees it, in bytes, and when the farm last pruned it.
@@ -145,6 +157,23 @@ class DockerDaemon(models.Model):
         return (settings.GENERATOR_DISK_BUILD_CACHE_LIMIT_MB if mb is None else mb) << 20
 
     @property
+    def emulated(self) -> list[str]:
+        """The platforms it builds under emulation: the operator's list, else the detected one."""
+        configured = self.emulated_platforms.strip()
+        if configured == "none":
+            return []
+        return platforms.split(configured or self.detected_emulation)
+
+    @property
+    def builds_platforms(self) -> list[str]:
+        """Every platform it builds, its native one first."""
+        native = [self.native_platform] if self.native_platform else []
+        return list(dict.fromkeys([*native, *self.emulated]))
+
+    def builds_platform(self, platform: str) -> bool:
+        return platform in self.builds_platforms
+
+    @property
     def queue(self) -> str:
         """The Celery queue whose worker builds on this daemon."""
         return queue_for(self.name)
@@ -161,6 +190,8 @@ HEALTH_FIELDS = (
     "engine_version",
     "last_error",
     "buildkit_client",
+    "native_platform",
+    "detected_emulation",
 )
 
 # What housekeeping writes (pool/housekeeping.py): shown everywhere, edited nowhere.

@@ -34,6 +34,20 @@ def choose_daemon(
     return min(with_room, key=lambda d: (running.get(d.pk, 0) / d.capacity, running.get(d.pk, 0), d.pk))
 
 
+def platform_daemons(
+    daemons: Iterable[DockerDaemon], platform: str, running: Mapping[int, int], *, whole: bool = False
+) -> list[DockerDaemon]:
+    """The daemons that may take a build for `platform` ('' : any): those that run
+    it natively while one of them has room, else those that emulate it too."""
+    daemons = list(daemons)
+    if not platform:
+        return daemons
+    native = [d for d in daemons if d.native_platform == platform]
+    if any(_has_room(d, running, whole=whole) for d in native):
+        return native
+    return [d for d in daemons if d.builds_platform(platform)]
+
+
 def groups_with_room(daemons: Iterable[DockerDaemon], running: Mapping[int, int]) -> set[str]:
     """The daemon groups ('' for the shared pool) with a daemon that could take a build now."""
     return {d.group for d in daemons if _has_room(d, running)}

@@ -2,7 +2,8 @@
 
 Beyond the seed's keys an entry may carry `name`, `capacity`, and, instead of
 url/port, `engine`: a full engine URL such as unix:///run/dind/docker.sock; and
-`tls`: {"ca": PATH, "cert": PATH, "key": PATH}, PEM files (relative to the pool
+`emulated_platforms`: the platforms it builds under QEMU (["linux/arm64"], or "none"; without the key
+its worker detects them); `tls`: {"ca": PATH, "cert": PATH, "key": PATH}, PEM files (relative to the pool
 file) for a daemon started with --tlsverify; and `disk`: {"images_mb": N,
 "build_cache_mb": N}, the daemon's disk policy (pool/housekeeping.py), a key left
 out meaning the farm's default (an entry without "disk" keeps what admin set).
@@ -39,6 +40,7 @@ class PoolEntry:
     group: str | None = None  # None: the entry does not say, and an operator's choice stays
     # {"images_limit_mb": N or None, "build_cache_limit_mb": ...}; None when the entry has no "disk".
     disk: dict[str, int | None] | None = None
+    emulated_platforms: str | None = None  # likewise; "linux/arm64,...", or "none"
 
 
 def read_pool_file(path: str | Path) -> list[PoolEntry]:
@@ -66,11 +68,17 @@ def _entry(path: str | Path, index: int, member: object) -> PoolEntry:
     if group is not None and not isinstance(group, str):
         raise PoolFileError(f'{where}: group must be a string ("" for the shared pool)')
     disk = _disk_policy(where, member["disk"]) if "disk" in member else None
+    emulated = member.get("emulated_platforms")
+    if emulated is not None:
+        if isinstance(emulated, list) and all(isinstance(p, str) for p in emulated):
+            emulated = ",".join(emulated) or "none"
+        if not isinstance(emulated, str):
+            raise PoolFileError(f'{where}: emulated_platforms must be a list such as ["linux/arm64"], or "none"')
     if "engine" in member:
         if not member.get("name"):
             raise PoolFileError(f"{where}: an entry with engine needs a name")
         url = str(member["engine"])
-        return PoolEntry(str(member["name"]), url, "", 0, capacity, tls, group, disk)
+        return PoolEntry(str(member["name"]), url, "", 0, capacity, tls, group, disk, emulated)
     host = str(member.get("url", "")).strip()
     # The seed wrote ports as strings; numbers are accepted too.
     port_text = str(member.get("port", "")).strip()
@@ -79,7 +87,7 @@ def _entry(path: str | Path, index: int, member: object) -> PoolEntry:
     port = int(port_text)
     name = str(member.get("name") or f"{host}:{port}")
     url = f"tcp://{host}:{port}" if tls or not _is_loopback(host) else f"unix://{local_socket(port)}"
-    return PoolEntry(name, url, host, port, capacity, tls, group, disk)
+    return PoolEntry(name, url, host, port, capacity, tls, group, disk, emulated)
 
 
 _DISK_KEYS = {"images_mb": "images_limit_mb", "build_cache_mb": "build_cache_limit_mb"}

@@ -9,7 +9,9 @@ requirements="${1:-requirements/base.txt}"
 # busybox-static, not busybox: the base image needs a statically linked binary.
 # nftables, socat, iproute2: each daemon's sandbox (scripts/sandbox.py).
 # openssh-client: ssh clone URLs with deploy keys (builds/sources.py).
-packages=(docker.io docker-registry redis-server busybox-static docker-compose git nftables socat iproute2 openssh-client)
+# qemu-user-static, binfmt-support: RUN steps of other platforms (multi-platform builds) under QEMU.
+packages=(docker.io docker-registry redis-server busybox-static docker-compose git nftables socat iproute2 openssh-client
+  qemu-user-static binfmt-support)
 # The browser tests drive Debian's Chromium (Playwright's own download cannot run here);
 # the deploy key tests clone from a test-owned sshd (tests/ssh_server.py; the service stays off).
 if [ "$(basename "$requirements")" = test.txt ]; then packages+=(chromium openssh-server); fi
@@ -23,6 +25,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# QEMU's handlers, registered with the kernel (a container or a fresh boot may have none mounted).
+mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
+if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || ! grep -q enabled /proc/sys/fs/binfmt_misc/qemu-aarch64; then
+  update-binfmts --enable qemu-aarch64 >/dev/null
+fi
+
+# The arm64 busybox of the two-platform base image (scripts/localfarm.py publish_busybox_index).
+debs="${GENERATOR_FOREIGN_DEBS:-/var/cache/generator/debs}"
+if ! ls "$debs"/busybox-static_*_arm64.deb >/dev/null 2>&1; then
+  echo "==> downloading busybox-static:arm64 into $debs"
+  dpkg --print-foreign-architectures | grep -qx arm64 || { dpkg --add-architecture arm64; apt-get update -q >/dev/null; }
+  mkdir -p "$debs"
+  (cd "$debs" && apt-get download -q busybox-static:arm64 >/dev/null 2>&1) \
+    || { apt-get update -q >/dev/null; (cd "$debs" && apt-get download -q busybox-static:arm64 >/dev/null 2>&1); }
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -111,6 +111,8 @@ def up() -> None:
     with ThreadPoolExecutor() as pool:
         list(pool.map(ready, local))
     step(f"Docker daemons ready with busybox:latest: {', '.join(e.url for e in local) or 'none local'}")
+    digest = lf.publish_busybox_index(f"localhost:{REGISTRY_PORT}")
+    step(f"localhost:{REGISTRY_PORT}/library/busybox: linux/amd64 and linux/arm64 ({digest[:19]})")
     allowed = ", ".join(str(d) for d in policy.allow)
     step(f"builds reach the public internet and {allowed}; nothing else of this host or network")
 

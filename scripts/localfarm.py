@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -383,10 +384,12 @@ def unmount_below(root: Path) -> None:
         subprocess.run(["umount", "-l", mount], capture_output=True)
 
 
-def busybox_rootfs() -> bytes:
+def busybox_rootfs(binary: str | Path | None = None) -> bytes:
     """A root file system of Debian's static busybox and its applet links.
 
     Docker Hub is out of reach here; `docker import` of this gives `FROM busybox`.
+    `binary`: another architecture's static busybox (of the same Debian release,
+    so the host's lists its applets).
     """
     busybox = shutil.which("busybox")
     if busybox is None:
@@ -398,7 +401,7 @@ def busybox_rootfs() -> bytes:
             info = tarfile.TarInfo(directory)
             info.type, info.mode = tarfile.DIRTYPE, mode
             tar.addfile(info)
-        tar.add(busybox, arcname="bin/busybox")
+        tar.add(binary or busybox, arcname="bin/busybox")
         for applet in applets:
             if applet == "busybox":
                 continue
@@ -422,6 +425,66 @@ def ensure_busybox_image(engine_url: str, rootfs: bytes | None = None, *, tls=No
         )
     finally:
         api.close()
+
+
+# Where scripts/bootstrap.sh puts Debian's busybox-static:arm64 (apt-get download).
+FOREIGN_DEBS = Path(os.environ.get("GENERATOR_FOREIGN_DEBS", "/var/cache/generator/debs"))
+BASE_PLATFORMS = ("linux/amd64", "linux/arm64")
+
+
+def foreign_busybox(arch: str, into: Path) -> Path:
+    """Debian's static busybox for `arch`, unpacked from the .deb bootstrap.sh downloaded."""
+    debs = sorted(FOREIGN_DEBS.glob(f"busybox-static_*_{arch}.deb"))
+    if not debs:
+        raise StartError(
+            f"no busybox-static:{arch} package in {FOREIGN_DEBS}: run scripts/bootstrap.sh "
+            f"(dpkg --add-architecture {arch}; apt-get download busybox-static:{arch})"
+        )
+    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(into)], check=True)
+    return into / "bin" / "busybox"
+
+
+def publish_busybox_index(registry: str) -> str:
+    """`REGISTRY/library/busybox:latest` as a two-platform index (amd64, arm64),
+    for `FROM REGISTRY/library/busybox` in multi-platform builds. Each platform's
+    image is written straight into the registry (a layer of busybox_rootfs, a
+    config naming its platform, a manifest, under its architecture's tag): no
+    daemon is involved, so no daemon's user namespace ends up in the layer's
+    owners, and `docker import --platform` (which records amd64 whatever it is
+    told) is avoided. Does nothing if the registry has it. Answers its digest."""
+    import gzip
+    import hashlib
+    import json
+
+    from builds.registry_api import DOCKER_LIST, DOCKER_MANIFEST, IndexEntry, RegistryAPI
+
+    name = "library/busybox"
+    with RegistryAPI(registry) as api:
+        head = api.http.head(f"{api.base}/{name}/manifests/latest", headers={"Accept": DOCKER_LIST})
+        if head.status_code == 200 and head.headers.get("Content-Type", "").startswith(DOCKER_LIST):
+            return head.headers["Docker-Content-Digest"]
+        entries = []
+        with tempfile.TemporaryDirectory(prefix="busybox-") as scratch:
+            for platform in BASE_PLATFORMS:
+                os_name, arch = platform.split("/")
+                binary = None if arch == "amd64" else foreign_busybox(arch, Path(scratch) / arch)
+                rootfs = busybox_rootfs(binary)
+                layer = gzip.compress(rootfs, mtime=0)
+                config = json.dumps({
+                    "architecture": arch, "os": os_name,
+                    "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]},
+                    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(rootfs).hexdigest()]},
+                    "history": [{"created_by": f"generator: Debian's busybox-static:{arch}"}],
+                }).encode()  # fmt: skip
+                manifest = json.dumps({
+                    "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+                    "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                               "size": len(config), "digest": api.push_blob(name, config)},
+                    "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                                "size": len(layer), "digest": api.push_blob(name, layer)}],
+                }).encode()  # fmt: skip
+                entries.append(IndexEntry(api.put_manifest(name, arch, DOCKER_MANIFEST, manifest), platform))
+        return api.put_index(name, "latest", entries)
 
 
 # --- Generator's own processes -------------------------------------------------

@@ -31,6 +31,8 @@ class Command(BaseCommand):
                     daemon.group = entry.group
                 for name, limit in (entry.disk or {}).items():  # an entry without "disk" keeps what admin set
                     setattr(daemon, name, limit)
+                if entry.emulated_platforms is not None:
+                    daemon.emulated_platforms = entry.emulated_platforms
                 for name, pem in (entry.tls or {}).items():  # an entry without "tls" keeps what admin set
                     setattr(daemon, name, pem)
                 try:

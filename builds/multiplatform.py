@@ -1,0 +1,248 @@
+"""Multi-platform builds: one parent job, one child job per platform.
+
+The parent holds what the user asked for (its image and tags, `platforms`) and
+is never dispatched (models.WAITING leaves it out). Each child is an ordinary
+BuildJob with its `platform`: dispatched like any job to a daemon that builds
+that platform (pool/scheduler.py `platform_daemons`, native preferred), built
+with BuildKit `--platform`, and pushed under a temporary tag of the parent's
+image repository (`child_tag`), which gives its manifest a digest in that
+repository. Its attempts, lease, reaper and retries are its own: a lost worker
+retries only its child.
+
+Each change of a child's state settles the parent (`settle`, called by
+builds/transitions.py after commit):
+
+1. a child failed: the parent fails with that platform's reason, the other
+   children are cancelled, nothing is tagged;
+2. a child was cancelled (the parent's cancel, a newer push): the parent is
+   cancelled, and so are the rest;
+3. every child pushed: the one caller whose building -> pushing swap wins
+   writes the image index (a Docker manifest list of the children's manifests,
+   with their platforms and sizes) under every tag of the build, through the
+   registry's HTTP API, and the parent succeeds with the index's digest;
+4. otherwise, once a child runs, the parent is building.
+
+The swaps make two children finishing at once harmless: one writes the index.
+
+Logs: each child writes its own log, and every batch of it also into the
+parent's, each line prefixed with `[os/arch] ` (logs.append_shared takes the
+parent's sequence numbers under a row lock, since children write at once). So
+the parent's page, its WebSocket and `/b1/build/log/ws/ID` carry all platforms
+with no change to them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+
+from pool.models import DockerDaemon
+from pool.platforms import check as check_platform
+
+from . import transitions
+from .errors import SubmissionError
+from .logs import append_shared
+from .models import WAITING, BuildJob, Registry
+from .references import parse_reference
+from .registry_api import IndexEntry, RegistryAPI, RegistryError, repository_path
+
+logger = logging.getLogger(__name__)
+
+Status = BuildJob.Status
+CHILD_TAG_PREFIX = "generator-platform-"
+
+
+class PlatformUnavailable(SubmissionError):
+    pass
+
+
+def child_tag(child_id: str) -> str:
+    """The tag a child pushes its platform's image under, before the index names it."""
+    return f"{CHILD_TAG_PREFIX}{child_id}"
+
+
+def checked_platforms(platforms: list[str], group: str) -> list[str]:
+    """The platforms as the farm spells them, each one that some enabled daemon of
+    `group` builds (natively or emulated); SubmissionError naming any other."""
+    if not isinstance(platforms, list) or not all(isinstance(p, str) for p in platforms):
+        raise SubmissionError("platforms is a list of os/arch strings, e.g. ['linux/amd64', 'linux/arm64']")
+    try:
+        wanted = list(dict.fromkeys(check_platform(p) for p in platforms))
+    except ValueError as exc:
+        raise SubmissionError(str(exc)) from None
+    if len(wanted) > 8:
+        raise SubmissionError("at most 8 platforms in one build")
+    able: set[str] = set()
+    for daemon in DockerDaemon.objects.filter(enabled=True, group=group):
+        able.update(daemon.builds_platforms)
+    if missing := [p for p in wanted if p not in able]:
+        where = f"daemon group {group!r}" if group else "the pool"
+        known = ", ".join(sorted(able)) or "none reported yet"
+        raise PlatformUnavailable(
+            f"no daemon of {where} builds {', '.join(missing)} (it builds: {known}); "
+            "an operator adds a daemon of that platform, or QEMU emulation (emulated_platforms)"
+        )
+    return wanted
+
+
+def create_children(parent: BuildJob) -> list[BuildJob]:
+    """One child per platform of `parent`, with its source and options (inside the caller's transaction)."""
+    children = []
+    for platform in parent.platforms:
+        child = BuildJob(
+            parent=parent,
+            platform=platform,
+            dockerfile=parent.dockerfile,
+            dockerfile_path=parent.dockerfile_path,
+            repository=parent.repository,
+            ref=parent.ref,
+            commit_sha=parent.commit_sha,
+            build_args=parent.build_args,
+            labels=parent.labels,
+            no_cache=parent.no_cache,
+            builder="buildkit",
+            target=parent.target,
+            submitted_by=parent.submitted_by,
+            team=parent.team,
+        )
+        child.image = f"{parent.image_repository}:{child_tag(child.id)}"
+        child.save(force_insert=True)
+        children.append(child)
+    return children
+
+
+def mirror_into_parent(child: BuildJob):
+    """The child's LogWriter.mirror: its lines into the parent's log, with its platform."""
+    prefix = f"[{child.platform}] "
+    return lambda texts: append_shared(child.parent_id, [prefix + text for text in texts])
+
+
+def settle(parent_id: str) -> None:
+    """The parent follows its children (see the module's doc)."""
+    parent = BuildJob.objects.filter(pk=parent_id).first()
+    if parent is None or parent.is_terminal:
+        return
+    children = list(parent.children.order_by("finished_at", "platform"))
+    failed = [c for c in children if c.status == Status.FAILED]
+    if failed:
+        reason = f"{failed[0].platform}: {failed[0].error}"
+        if _end(parent.id, Status.FAILED, f"Build failed: {reason}; nothing was tagged", error=reason):
+            _stop(children, parent)
+        return
+    cancelled = [c for c in children if c.status == Status.CANCELLED]
+    if cancelled:
+        who = cancelled[0].cancelled_by or parent.cancelled_by or "an operator"
+        if _end(parent.id, Status.CANCELLED, f"Cancelled by {who}; nothing was tagged"):
+            _stop(children, parent)
+        return
+    if children and all(c.status == Status.SUCCEEDED for c in children):
+        transitions.parent_moves(parent.id, Status.QUEUED, Status.BUILDING)
+        if transitions.parent_moves(parent.id, Status.BUILDING, Status.PUSHING):
+            _publish_index(parent, children)
+        return
+    if any(c.status != Status.QUEUED for c in children):
+        transitions.parent_moves(parent.id, Status.QUEUED, Status.BUILDING)
+
+
+def fail_unbuildable() -> int:
+    """Waiting children whose platform no enabled daemon of their group builds any
+    more (the pool changed since the submit) fail at once, and so their builds."""
+    waiting = list(BuildJob.objects.filter(WAITING, parent__isnull=False).select_related("repository"))
+    if not waiting:
+        return 0
+    able: dict[str, set[str]] = {}
+    for daemon in DockerDaemon.objects.filter(enabled=True):
+        able.setdefault(daemon.group, set()).update(daemon.builds_platforms)
+    failed = 0
+    for child in waiting:
+        if child.platform not in able.get(child.daemon_group, set()):
+            reason = f"no enabled daemon builds {child.platform} any more (the pool changed after the submit)"
+            failed += transitions.fail(child.id, child.attempt, reason)
+    return failed
+
+
+def cancel(parent: BuildJob, user) -> str:
+    """The parent's cancel reaches every child: waiting ones end at once, running ones at their next heartbeat."""
+    if transitions.cancel_waiting(parent.id, user):
+        outcome = "cancelled"
+        append_shared(parent.id, [f"[generator] Cancelled by {user} before it started"])
+    elif transitions.request_cancel(parent.id, user) or _parent_started_and_active(parent.id):
+        outcome = "stopping"
+    else:
+        parent.refresh_from_db(fields=["status"])
+        return f"already {parent.status}"
+    for child in parent.children.all():
+        if not transitions.cancel_waiting(child.id, user):
+            transitions.request_cancel(child.id, user)
+    return outcome
+
+
+def _parent_started_and_active(parent_id: str) -> bool:
+    return BuildJob.objects.filter(pk=parent_id, status__in=BuildJob.ACTIVE).exists()
+
+
+def _stop(children: list[BuildJob], parent: BuildJob) -> None:
+    """The rest of the children stop: waiting ones at once, running ones at their next heartbeat."""
+    for child in children:
+        if child.is_terminal:
+            continue
+        if transitions.cancel_waiting(child.id, parent.cancelled_by):
+            continue
+        transitions.request_cancel(child.id, parent.cancelled_by)
+    _drop_child_tags(parent, children)
+
+
+def _publish_index(parent: BuildJob, children: list[BuildJob]) -> None:
+    """Writes the index under every tag of the build, then the parent succeeds (or fails, untagged)."""
+    reference = parse_reference(parent.image_repository)
+    host = reference.registry
+    name = repository_path(reference.repository, host)
+    account = Registry.objects.allowing(host).exclude(username="").first()
+    by_platform = sorted(children, key=lambda c: parent.platforms.index(c.platform))
+    try:
+        with RegistryAPI(
+            host, username=account.username if account else "", password=account.password if account else ""
+        ) as api:
+            entries = [IndexEntry(api.manifest(name, child.digest), child.platform) for child in by_platform]
+            digests = {api.put_index(name, tag, entries) for tag in parent.tags}
+    except RegistryError as exc:
+        reason = f"could not write the image index: {exc}"
+        _end(parent.id, Status.FAILED, f"Build failed: {reason}", error=reason)
+        return
+    _drop_child_tags(parent, children)
+    digest = digests.pop()
+    platforms = ", ".join(c.platform for c in by_platform)
+    _end(parent.id, Status.SUCCEEDED, f"Pushed {parent.image}@{digest}: an image index of {platforms}", digest=digest)
+
+
+def _end(parent_id: str, status: str, last_line: str, **fields) -> bool:
+    """The parent's last line and its end, in one transaction: a viewer who sees the end has the line."""
+    with transaction.atomic():
+        ended = transitions.parent_ends(parent_id, status, **fields)
+        if ended:
+            append_shared(parent_id, [f"[generator] {last_line}"])
+    return ended
+
+
+def _drop_child_tags(parent: BuildJob, children: list[BuildJob]) -> None:
+    """The children's temporary tags go where the registry can delete a tag alone
+    (distribution 2.x cannot: there they stay, named generator-platform-ID)."""
+    pushed = [c for c in children if c.digest]
+    if not pushed:
+        return
+    reference = parse_reference(parent.image_repository)
+    account = Registry.objects.allowing(reference.registry).exclude(username="").first()
+    try:
+        with RegistryAPI(
+            reference.registry,
+            username=account.username if account else "",
+            password=account.password if account else "",
+        ) as api:
+            name = repository_path(reference.repository, reference.registry)
+            kept = [child_tag(c.id) for c in pushed if not api.delete_tag(name, child_tag(c.id))]
+    except RegistryError as exc:
+        logger.warning("could not drop the temporary tags of %s: %s", parent.id, exc)
+        return
+    if kept:
+        append_shared(parent.id, [f"[generator] The registry keeps the platforms' temporary tags: {', '.join(kept)}"])

@@ -1,0 +1,189 @@
+"""Multi-platform builds on the test farm: two amd64 daemons, arm64 under the
+host's QEMU, a two-platform busybox base in the farm's registry
+(scripts/localfarm.py `publish_busybox_index`, made once here: the farm's own
+start does not pay for it)."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from builds.models import BuildJob, BuildLogLine
+from pool.models import DockerDaemon
+from scripts import localfarm as lf
+
+from .conftest import api_build, engine, follow, registry_digest
+
+pytestmark = pytest.mark.farm
+
+LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+
+
+@pytest.fixture(scope="module")
+def base(farm) -> str:
+    """`FROM` this: busybox for linux/amd64 and linux/arm64."""
+    lf.publish_busybox_index(farm.registry)
+    return f"{farm.registry}/library/busybox"
+
+
+@pytest.fixture
+def two_platform_pool(farm, farm_pool, base):
+    """The daemons as their health check and workers report them: native amd64,
+    arm64 emulated. Workers report emulation when they start: rows the test made
+    after that are reported by restarting them."""
+    if not all(
+        "linux/arm64" in d.detected_emulation for d in DockerDaemon.objects.filter(pk__in=[d.pk for d in farm_pool])
+    ):
+        for index in range(len(farm.daemons)):
+            farm.supervisor.stop(f"worker-{index}")
+        farm.ensure_running()
+    wait_for(
+        lambda: all(
+            d.builds_platforms == ["linux/amd64", "linux/arm64"]
+            for d in DockerDaemon.objects.filter(pk__in=[d.pk for d in farm_pool])
+        ),
+        "the daemons to report linux/amd64 and linux/arm64",
+    )
+    return farm_pool
+
+
+def test_a_two_platform_build_is_one_index_whose_images_run_on_their_platform(farm, token, two_platform_pool, base):
+    image = f"{farm.registry}/multi/app"
+    dockerfile = f"FROM {base}\nRUN echo built on $(uname -m) > /built && cat /built\n"
+    job_id = api_build(
+        farm, token, {"image": f"{image}:1", "extra_tags": ["stable"], "dockerfile": dockerfile,
+                      "platforms": ["linux/amd64", "linux/arm64"]},
+    )  # fmt: skip
+    done = follow(farm, job_id, token)
+    parent = BuildJob.objects.get(pk=job_id)
+    assert done.end["status"] == "succeeded", "\n".join(text for _, text in done.lines)
+    children = {c.platform: c for c in parent.children.all()}
+    assert set(children) == {"linux/amd64", "linux/arm64"}
+    assert all(c.status == "succeeded" and c.digest for c in children.values())
+
+    # The parent's stream carried both platforms' lines, each with its platform.
+    texts = [text for _, text in done.lines]
+    assert any(t.startswith("[linux/arm64] ") and t.endswith("built on aarch64") for t in texts), texts
+    assert any(t.startswith("[linux/amd64] ") and t.endswith("built on x86_64") for t in texts), texts
+    assert [seq for seq, _ in done.lines] == list(range(1, len(done.lines) + 1))
+
+    # Both tags name one index of the two children's manifests; its digest is the job's.
+    index = manifest_list(farm, "multi/app", "1")
+    assert index["digest"] == parent.digest == manifest_list(farm, "multi/app", "stable")["digest"]
+    platforms = {(m["platform"]["os"], m["platform"]["architecture"]): m["digest"] for m in index["body"]["manifests"]}
+    assert platforms == {("linux", "amd64"): children["linux/amd64"].digest,
+                         ("linux", "arm64"): children["linux/arm64"].digest}  # fmt: skip
+
+    # Each platform pulled and run where it belongs: arm64 under QEMU says aarch64.
+    client = engine(farm.daemons[1][1])
+    try:
+        for platform, machine in (("linux/arm64", "aarch64"), ("linux/amd64", "x86_64")):
+            pulled = client.images.pull(image, tag="1", platform=platform)
+            output = client.containers.run(pulled.id, "uname -m", network_mode="none", remove=True, platform=platform)
+            assert output.decode().strip() == machine
+            assert pulled.attrs["Architecture"] == platform.split("/")[1]
+    finally:
+        client.close()
+
+
+def test_one_platform_failing_fails_the_build_and_tags_nothing(farm, token, two_platform_pool, base):
+    tag = uuid.uuid4().hex[:12]
+    dockerfile = f"FROM {base}\nRUN if [ $(uname -m) = aarch64 ]; then echo no arm here; exit 3; fi\n"
+    job_id = api_build(
+        farm, token, {"image": f"{farm.registry}/multi/failing:{tag}", "dockerfile": dockerfile,
+                      "platforms": ["linux/amd64", "linux/arm64"]},
+    )  # fmt: skip
+    done = follow(farm, job_id, token)
+    parent = BuildJob.objects.get(pk=job_id)
+    assert done.end["status"] == "failed"
+    assert parent.error.startswith("linux/arm64: "), parent.error
+    assert "exit code: 3" in parent.error
+    assert registry_digest(farm, "multi/failing", tag) is None
+    assert manifest_list(farm, "multi/failing", tag) is None
+    assert BuildJob.objects.get(parent=parent, platform="linux/arm64").status == "failed"
+    # The other child either finished before the failure (untagged) or was stopped by it.
+    assert BuildJob.objects.get(parent=parent, platform="linux/amd64").status in ("succeeded", "cancelled")
+
+
+def test_cancelling_a_two_platform_build_stops_both_children(farm, token, two_platform_pool, base):
+    seconds = random.randrange(4000, 4999)  # names this build's steps among the host's processes
+    tag = uuid.uuid4().hex[:12]
+    dockerfile = f"FROM {base}\nRUN echo started && sleep {seconds}\n"
+    job_id = api_build(
+        farm, token, {"image": f"{farm.registry}/multi/cancelled:{tag}", "dockerfile": dockerfile,
+                      "platforms": ["linux/amd64", "linux/arm64"]},
+    )  # fmt: skip
+    wait_for(
+        lambda: BuildLogLine.objects.filter(job__parent_id=job_id, text__endswith=" started").count() == 2,
+        "both platforms' step to start",
+    )
+    assert steps_running(seconds) == 2
+    request = urllib.request.Request(
+        f"http://{farm.web}/api/v1/builds/{job_id}/cancel/", method="POST", headers={"Authorization": f"Token {token}"}
+    )
+    urllib.request.urlopen(request, timeout=30).close()
+    assert follow(farm, job_id, token).end["status"] == "cancelled"
+    assert {c.status for c in BuildJob.objects.filter(parent_id=job_id)} == {"cancelled"}
+    wait_for(lambda: steps_running(seconds) == 0, "both steps to stop on their daemons")
+    assert manifest_list(farm, "multi/cancelled", tag) is None
+
+
+def test_a_platform_no_daemon_builds_is_refused_at_submit(farm, token, two_platform_pool):
+    request = urllib.request.Request(
+        f"http://{farm.web}/api/v1/builds/",
+        data=json.dumps(
+            {
+                "image": f"{farm.registry}/multi/riscv:1",
+                "dockerfile": "FROM scratch\n",
+                "platforms": ["linux/amd64", "linux/riscv64"],
+            }
+        ).encode(),  # fmt: skip
+        method="POST",
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 400
+    assert "linux/riscv64" in refused.value.read().decode()
+
+
+def manifest_list(farm, repository: str, tag: str) -> dict | None:
+    request = urllib.request.Request(
+        f"http://{farm.registry}/v2/{repository}/manifests/{tag}", headers={"Accept": LIST}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            if not response.headers["Content-Type"].startswith(LIST):
+                return None
+            return {"digest": response.headers["Docker-Content-Digest"], "body": json.loads(response.read())}
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def steps_running(seconds: int) -> int:
+    """`sleep SECONDS` processes, natively or under QEMU (whose command line puts the interpreter first)."""
+    return sum(1 for cmdline in Path("/proc").glob("[0-9]*/cmdline") if _read(cmdline).endswith(f"sleep\0{seconds}\0"))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def wait_for(check, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"waited {timeout} s for {what}")

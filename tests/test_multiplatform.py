@@ -1,0 +1,288 @@
+"""Multi-platform builds without a daemon: platforms of the pool, the submit, the
+dispatch to a daemon of each child's platform, and how the parent follows its
+children (the registry side is in tests/farm/test_multiplatform.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rest_framework.test import APIClient
+
+from builds import transitions
+from builds.dispatch import dispatch
+from builds.logs import LogWriter, append_shared
+from builds.models import BuildJob, BuildLogLine, Repository
+from builds.multiplatform import CHILD_TAG_PREFIX, fail_unbuildable, mirror_into_parent, settle
+from builds.services import BuildRequest, SubmissionError, cancel_build, retry_build, submit, submit_push_build
+from pool.models import DockerDaemon
+from pool.platforms import detect_emulation, from_engine
+from pool.scheduler import platform_daemons
+from pool.seed_pool import read_pool_file
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BOTH = ["linux/amd64", "linux/arm64"]
+
+
+def amd64_daemon(name: str, **fields) -> DockerDaemon:
+    fields.setdefault("detected_emulation", "linux/arm64")
+    return DockerDaemon.objects.create(
+        name=name, url="tcp://127.0.0.1:9", capacity=1, native_platform="linux/amd64", **fields
+    )
+
+
+def test_the_engine_report_names_the_native_platform():
+    assert from_engine("linux", "x86_64") == "linux/amd64"
+    assert from_engine("linux", "amd64") == "linux/amd64"
+    assert from_engine("linux", "aarch64") == "linux/arm64"
+    assert from_engine("", "") == ""
+
+
+def test_enabled_qemu_handlers_are_the_emulated_platforms(tmp_path):
+    (tmp_path / "qemu-aarch64").write_text("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\n")
+    (tmp_path / "qemu-riscv64").write_text("disabled\n")
+    assert detect_emulation(tmp_path) == ["linux/arm64"]
+    assert detect_emulation(tmp_path / "missing") == []
+
+
+def test_an_operator_sets_or_turns_off_emulation(db):
+    daemon = amd64_daemon("d", detected_emulation="linux/arm64")
+    assert daemon.builds_platforms == BOTH
+    daemon.emulated_platforms = "linux/riscv64"
+    assert daemon.builds_platforms == ["linux/amd64", "linux/riscv64"]
+    daemon.emulated_platforms = "none"
+    assert daemon.builds_platforms == ["linux/amd64"]
+    daemon.emulated_platforms = "linux/arm64, bogus"
+    with pytest.raises(Exception, match="not a platform"):
+        daemon.full_clean()
+
+
+def test_the_pool_file_sets_emulated_platforms(tmp_path):
+    path = tmp_path / "pool.json"
+    path.write_text(json.dumps({"docker": [{"url": "10.0.0.1", "port": 2376, "emulated_platforms": ["linux/arm64"]},
+                                           {"url": "10.0.0.2", "port": 2376}]}))  # fmt: skip
+    first, second = read_pool_file(path)
+    assert first.emulated_platforms == "linux/arm64" and second.emulated_platforms is None
+
+
+def test_a_native_daemon_is_preferred_while_it_has_room(db):
+    emulating = amd64_daemon("emulating")
+    native = DockerDaemon.objects.create(name="arm", url="tcp://127.0.0.1:9", capacity=1, native_platform="linux/arm64")
+    daemons = [emulating, native]
+    assert platform_daemons(daemons, "linux/arm64", {}) == [native]
+    # Full: the emulating daemons may take it.
+    assert set(platform_daemons(daemons, "linux/arm64", {native.pk: 1})) == {emulating, native}
+    assert platform_daemons(daemons, "linux/riscv64", {}) == []
+    assert platform_daemons(daemons, "", {}) == daemons
+
+
+def test_a_multi_platform_submit_makes_a_parent_and_a_child_per_platform(operator):
+    amd64_daemon("one")
+    parent = submit(
+        BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", extra_tags=["x"], platforms=BOTH),
+        submitted_by=operator,
+    )
+    assert parent.platforms == BOTH and parent.builder == "buildkit" and parent.is_parent
+    children = list(parent.children.order_by("platform"))
+    assert [c.platform for c in children] == BOTH
+    for child in children:
+        assert child.image == f"localhost:5000/team/app:{CHILD_TAG_PREFIX}{child.id}"
+        assert child.extra_tags == [] and child.builder == "buildkit" and child.dockerfile == "FROM busybox\n"
+    assert parent.queue_position() is None
+
+
+def test_a_platform_no_daemon_builds_is_refused_naming_it(operator):
+    amd64_daemon("one", detected_emulation="")
+    with pytest.raises(SubmissionError, match="linux/arm64"):
+        submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+               submitted_by=operator)  # fmt: skip
+    with pytest.raises(SubmissionError, match="not a platform"):
+        submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=["amd64"]),
+               submitted_by=operator)  # fmt: skip
+    with pytest.raises(SubmissionError, match="BuildKit"):
+        submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n",
+                            platforms=["linux/amd64"], builder="classic"), submitted_by=operator)  # fmt: skip
+    assert not BuildJob.objects.exists()
+
+
+def test_the_rest_api_takes_platforms_and_answers_400_naming_the_missing_one(operator):
+    amd64_daemon("one", detected_emulation="")
+    api = APIClient()
+    api.force_authenticate(operator)
+    body = {"image": "localhost:5000/team/app:1", "dockerfile": "FROM busybox\n", "platforms": BOTH}
+    refused = api.post("/api/v1/builds/", body, format="json")
+    assert refused.status_code == 400 and "linux/arm64" in json.dumps(refused.json())
+    DockerDaemon.objects.update(emulated_platforms="linux/arm64")
+    created = api.post("/api/v1/builds/", body, format="json")
+    assert created.status_code == 201, created.json()
+    shown = api.get(f"/api/v1/builds/{created.json()['id']}/").json()
+    assert shown["platforms"] == BOTH
+    assert sorted(c["platform"] for c in shown["children"]) == BOTH
+
+
+def test_children_are_dispatched_to_daemons_of_their_platform_and_the_parent_never(operator):
+    amd64_daemon("native-only", detected_emulation="", emulated_platforms="none")  # older: first choice of amd64
+    amd64_daemon("emulates", detected_emulation="linux/arm64")
+    parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                    submitted_by=operator)  # fmt: skip
+    dispatch()
+    parent.refresh_from_db()
+    assert parent.daemon is None and parent.status == "queued"
+    arm = parent.children.get(platform="linux/arm64")
+    assert arm.daemon.name == "emulates"
+    assert parent.children.get(platform="linux/amd64").daemon.name == "native-only"
+
+
+def _running(child: BuildJob) -> None:
+    transitions.claim(child.id, child.attempt, child.daemon_id, "w", 60)
+
+
+def test_a_failing_child_fails_the_parent_with_its_platform_and_stops_the_rest(operator):
+    amd64_daemon("one")
+    amd64_daemon("two")
+    parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                    submitted_by=operator)  # fmt: skip
+    dispatch()
+    amd, arm = parent.children.get(platform="linux/amd64"), parent.children.get(platform="linux/arm64")
+    _running(amd)
+    _running(arm)
+    assert BuildJob.objects.get(pk=parent.pk).status == "building"
+    transitions.fail(arm.id, 1, "exit code: 3")
+    parent.refresh_from_db()
+    assert parent.status == "failed" and parent.error == "linux/arm64: exit code: 3"
+    assert BuildJob.objects.get(pk=amd.pk).cancel_requested_at is not None  # its worker stops at its next beat
+    assert not parent.digest
+
+
+def test_cancelling_the_parent_reaches_every_child(operator):
+    amd64_daemon("one")
+    amd64_daemon("two")
+    parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                    submitted_by=operator)  # fmt: skip
+    dispatch()
+    amd, arm = parent.children.get(platform="linux/amd64"), parent.children.get(platform="linux/arm64")
+    _running(amd)  # arm waits for its worker
+    assert cancel_build(BuildJob.objects.get(pk=parent.pk), operator) == "stopping"
+    assert BuildJob.objects.get(pk=arm.pk).status == "cancelled"
+    assert BuildJob.objects.get(pk=amd.pk).cancel_requested_at is not None
+    transitions.finish_cancelled(amd.id, 1)  # what its worker does at its next heartbeat
+    assert BuildJob.objects.get(pk=parent.pk).status == "cancelled"
+
+
+def test_a_lost_worker_requeues_only_its_child(operator):
+    amd64_daemon("one")
+    amd64_daemon("two")
+    parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                    submitted_by=operator)  # fmt: skip
+    dispatch()
+    amd, arm = parent.children.get(platform="linux/amd64"), parent.children.get(platform="linux/arm64")
+    _running(amd)
+    _running(arm)
+    transitions.requeue(arm.id, 1, "worker lost")
+    settle(parent.id)
+    assert BuildJob.objects.get(pk=arm.pk).attempt == 2
+    assert BuildJob.objects.get(pk=amd.pk).status == "building"
+    assert BuildJob.objects.get(pk=parent.pk).status == "building"
+
+
+def test_children_write_into_the_parents_log_each_line_with_its_platform(operator):
+    amd64_daemon("one")
+    parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                    submitted_by=operator)  # fmt: skip
+    writers = []
+    for child in parent.children.order_by("platform"):
+        writer = LogWriter(child.id, last_seq=0, batch_lines=2, flush_seconds=60)
+        writer.mirror = mirror_into_parent(child)
+        writers.append(writer)
+    for number in range(3):  # interleaved, as two workers write at once
+        for writer in writers:
+            writer.write(f"line {number}")
+    for writer in writers:
+        writer.flush()
+    append_shared(parent.id, ["[generator] done"])
+    lines = list(BuildLogLine.objects.filter(job=parent).values_list("seq", "text"))
+    assert [seq for seq, _ in lines] == list(range(1, 8))
+    texts = [text for _, text in lines]
+    assert sorted(texts[:-1]) == sorted(f"[{p}] line {n}" for p in BOTH for n in range(3))
+    assert texts[-1] == "[generator] done"
+    assert BuildJob.objects.get(pk=parent.pk).log_line_count == 7
+    # Each child's own log is its own, unprefixed.
+    child = parent.children.get(platform="linux/arm64")
+    assert list(BuildLogLine.objects.filter(job=child).values_list("text", flat=True)) == [
+        f"line {n}" for n in range(3)
+    ]
+
+
+def test_a_repository_with_platforms_builds_each_push_for_them(allowed_registry):
+    amd64_daemon("one")
+    repository = Repository.objects.create(
+        full_name="team/app", clone_url="https://git.example.invalid/team/app.git", webhook_secret="s",
+        image="localhost:5000/team/app", platforms="linux/amd64,linux/arm64",
+    )  # fmt: skip
+    job = submit_push_build(repository=repository, ref="refs/heads/main", sha="a" * 40, tags=["latest", "sha-aaa"])
+    assert job.platforms == BOTH and job.builder == "buildkit"
+    children = job.children.order_by("platform")
+    assert [(c.platform, c.commit_sha, c.ref) for c in children] == [(p, "a" * 40, "refs/heads/main") for p in BOTH]
+    # A platform the pool lost since the repository was saved: the push is refused, naming it.
+    DockerDaemon.objects.update(emulated_platforms="none")
+    with pytest.raises(SubmissionError, match="linux/arm64"):
+        submit_push_build(repository=repository, ref="refs/heads/main", sha="b" * 40, tags=["latest"])
+    repository.builder = "classic"
+    with pytest.raises(Exception, match="BuildKit"):
+        repository.full_clean()
+
+
+def test_the_pages_show_platforms_and_link_parent_and_children(client, operator):
+    amd64_daemon("one")
+    parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                    submitted_by=operator)  # fmt: skip
+    client.force_login(operator)
+    page = client.get(f"/builds/{parent.id}/").content.decode()
+    arm = parent.children.get(platform="linux/arm64")
+    assert f'<a href="/builds/{arm.id}/">linux/arm64</a> queued' in page
+    child_page = client.get(f"/builds/{arm.id}/").content.decode()
+    assert f'<a href="/builds/{parent.id}/">{parent.id}</a>' in child_page
+    pool = client.get("/pool/").content.decode()
+    assert "linux/amd64, linux/arm64 (emulated)" in pool
+
+
+def test_a_platforms_part_is_not_retried_alone_and_a_retry_keeps_the_platforms(operator):
+    amd64_daemon("one")
+    parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                    submitted_by=operator)  # fmt: skip
+    cancel_build(parent, operator)
+    child = parent.children.first()
+    with pytest.raises(SubmissionError, match="retry that build"):
+        retry_build(BuildJob.objects.get(pk=child.pk), operator)
+    again = retry_build(BuildJob.objects.get(pk=parent.pk), operator)
+    assert again.platforms == BOTH and again.children.count() == 2
+
+
+def test_a_waiting_platform_the_pool_no_longer_builds_fails_at_once(operator):
+    amd64_daemon("one")
+    parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                    submitted_by=operator)  # fmt: skip
+    assert fail_unbuildable() == 0
+    DockerDaemon.objects.update(emulated_platforms="none")
+    assert fail_unbuildable() == 1
+    parent.refresh_from_db()
+    assert parent.status == "failed" and parent.error.startswith("linux/arm64: no enabled daemon builds linux/arm64")
+    assert parent.children.get(platform="linux/amd64").status == "cancelled"
+
+
+def test_the_daemons_api_shows_platforms_and_takes_emulated_ones(operator):
+    daemon = amd64_daemon("one")
+    DockerDaemon.objects.filter(pk=daemon.pk).update(url="unix:///run/generator/one/docker.sock")
+    api = APIClient()
+    api.force_authenticate(operator)
+    shown = api.get(f"/api/v1/daemons/{daemon.pk}/").json()
+    assert shown["native_platform"] == "linux/amd64" and shown["builds_platforms"] == BOTH
+    changed = api.patch(f"/api/v1/daemons/{daemon.pk}/", {"emulated_platforms": "linux/riscv64"}, format="json")
+    assert changed.status_code == 200, changed.json()
+    assert changed.json()["builds_platforms"] == ["linux/amd64", "linux/riscv64"]
+    refused = api.patch(f"/api/v1/daemons/{daemon.pk}/", {"emulated_platforms": "riscv"}, format="json")
+    assert refused.status_code == 400 and "not a platform" in json.dumps(refused.json())
+    # What the engine and the worker report is theirs to write.
+    api.patch(f"/api/v1/daemons/{daemon.pk}/", {"native_platform": "linux/s390x"}, format="json")
+    assert DockerDaemon.objects.get(pk=daemon.pk).native_platform == "linux/amd64"
