@@ -291,10 +291,10 @@ class LogWriter:
         if not self._pending:
             return
         batch, self._pending, self._pending_bytes = self._pending, [], 0
-        retrying(partial(self._store, batch), f"store log lines of job {self.job_id}")
+        retrying(partial(self._store_batch, batch), f"store log lines of job {self.job_id}")
         self.sessions.used()
 
-    def _store(self, batch: list[tuple[int, str]]) -> None:
+    def _store_batch(self, batch: list[tuple[int, str]]) -> None:
         with transaction.atomic():
             _insert_lines(self.job_id, batch)
             BuildJob.objects.filter(pk=self.job_id).update(log_line_count=batch[-1][0])
