@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
-from rest_framework import mixins, permissions, status, viewsets
+from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException
 from rest_framework.parsers import FileUploadParser, FormParser, MultiPartParser
@@ -87,6 +87,9 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         # Another team's build is a 404, as an id that does not exist (builds/ownership.py).
         jobs = ownership.readable_jobs(self.request.user).select_related("repository", "daemon", "cancelled_by", "team")
         params = self.request.query_params
+        for name in ("status", "repository", "image", "daemon", "team"):
+            if "\x00" in params.get(name, ""):  # PostgreSQL's text cannot hold it: a 400, not a 500
+                raise serializers.ValidationError({name: "must not contain NUL characters"})
         if value := params.get("status"):
             jobs = jobs.filter(status=value)
         if value := params.get("repository"):

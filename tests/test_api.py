@@ -286,3 +286,10 @@ def test_registries_are_staff_only_and_passwords_write_only(api, operator, reade
     registry_id = created.json()["id"]
     assert api.patch(f"/api/v1/registries/{registry_id}/", {"username": "v"}, format="json").status_code == 200
     assert Registry.objects.get(pk=registry_id).password == "p4ss"  # untouched when not given
+
+
+def test_a_filter_with_a_nul_character_is_a_400_on_every_database(client, operator):
+    # Found by the API fuzz test on PostgreSQL, whose text cannot hold NUL: it was a 500.
+    client.force_login(operator)
+    response = client.get("/api/v1/builds/", {"repository": "a\x00b"})
+    assert response.status_code == 400 and "must not contain NUL" in str(response.json())

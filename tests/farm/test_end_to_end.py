@@ -49,7 +49,11 @@ def test_the_seed_example_is_built_pushed_and_runs(farm, token):
     step = r'#\d+ \[2/2\] RUN echo "hello from the farm" > /hello.txt'  # BuildKit counts FROM and RUN
     assert any(re.fullmatch(step, t) for t in texts), texts
     # Built before pushed: the push's first line comes after the build's last.
-    named = max(i for i, t in enumerate(texts) if re.fullmatch(rf"#\d+ naming to {re.escape(image)}:latest done", t))
+    named = max(
+        (i for i, t in enumerate(texts) if re.fullmatch(rf"#\d+ naming to {re.escape(image)}:latest done", t)),
+        default=None,
+    )
+    assert named is not None, [t for t in texts if "naming" in t or "writing" in t]
     assert named < texts.index(f"The push refers to repository [{image}]")
     assert job.digest == registry_digest(farm, "cts/example", "latest")
     assert job.image_id.startswith("sha256:") and job.started_at and job.finished_at

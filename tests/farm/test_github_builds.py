@@ -11,6 +11,7 @@ import pytest
 
 from builds.models import BuildJob, BuildRule, Repository
 from builds.webhooks import signature_of
+from teams.models import Membership, Team
 from tests.conftest import SHARED
 from tests.gitrepos import Repo
 
@@ -62,6 +63,7 @@ def github_repo(farm, farm_pool, tmp_path):
             image=f"{farm.registry}/codertocat/hello",
             context_dir="docker",
             build_args={"GREETING": "hello from a push"},
+            team=_team(),  # the team that owns the farm's registry (tests/farm/conftest.py)
         ),
     )
     repository.rules.all().delete()
@@ -147,4 +149,9 @@ def _token(farm) -> str:
     from rest_framework.authtoken.models import Token
 
     user, _ = get_user_model().objects.get_or_create(username="watcher")
+    Membership.objects.get_or_create(team=_team(), user=user)  # reads its team's builds
     return Token.objects.get_or_create(user=user)[0].key
+
+
+def _team() -> Team:
+    return Team.objects.get_or_create(slug="default", defaults={"name": "Default"})[0]
