@@ -107,8 +107,12 @@ def test_one_platform_failing_fails_the_build_and_tags_nothing(farm, token, two_
     assert registry_digest(farm, "multi/failing", tag) is None
     assert manifest_list(farm, "multi/failing", tag) is None
     assert BuildJob.objects.get(parent=parent, platform="linux/arm64").status == "failed"
-    # The other child either finished before the failure (untagged) or was stopped by it.
-    assert BuildJob.objects.get(parent=parent, platform="linux/amd64").status in ("succeeded", "cancelled")
+    # The other child either finished before the failure (untagged) or was stopped by it; a
+    # push under way when the parent failed ends first (to its temporary tag only).
+    other = BuildJob.objects.filter(parent=parent, platform="linux/amd64")
+    wait_for(lambda: other.get().status in BuildJob.TERMINAL, "the other platform's child to end")
+    assert other.get().status in ("succeeded", "cancelled")
+    assert registry_digest(farm, "multi/failing", tag) is None and manifest_list(farm, "multi/failing", tag) is None
 
 
 def test_cancelling_a_two_platform_build_stops_both_children(farm, token, two_platform_pool, base):
