@@ -271,6 +271,29 @@ def build_processes(daemon_name: str) -> list[str]:
     return commands
 
 
+def wait_for(predicate, what: str, *, timeout: float = 60, interval: float = 0.2):
+    """Poll until `predicate()` is truthy and return its value, or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def steps_running(seconds: int) -> int:
+    """`sleep SECONDS` processes on this host, natively or under QEMU (whose
+    command line puts the interpreter first): a RUN step of a build, seen from below."""
+    return sum(1 for cmdline in Path("/proc").glob("[0-9]*/cmdline") if _read(cmdline).endswith(f"sleep\0{seconds}\0"))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 @dataclass
 class Followed:
     lines: list[tuple[int, str]]

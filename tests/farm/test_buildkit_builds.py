@@ -9,10 +9,8 @@ import io
 import json
 import random
 import tarfile
-import time
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +19,7 @@ from builds.engine import BuildFailed, DaemonUnavailable
 from builds.models import BuildJob, BuildLogLine, BuildSecret
 from pool.models import DockerDaemon
 
-from .conftest import api_build, engine, follow, registry_digest
+from .conftest import api_build, engine, follow, registry_digest, steps_running, wait_for
 
 pytestmark = pytest.mark.farm
 
@@ -167,26 +165,6 @@ def test_cache_mounts_are_shared_within_an_image_and_not_across_images(farm, far
         DockerDaemon.objects.filter(pk__in=[d.pk for d in others]).update(enabled=True)
     assert stamp in logs["mine"]
     assert stamp not in logs["other"]
-
-
-def steps_running(seconds: int) -> int:
-    return sum(1 for cmdline in Path("/proc").glob("[0-9]*/cmdline") if _read(cmdline) == f"sleep\0{seconds}\0")
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
-def wait_for(check, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"waited {timeout} s for {what}")
 
 
 def test_a_daemon_that_never_built_the_image_reuses_the_pools_layers(farm, farm_pool, token):

@@ -167,7 +167,7 @@ def test_the_websocket_refuses_unknown_jobs_and_strangers(farm, token):
 def test_the_health_check_records_each_daemon(farm, farm_pool):
     from pool.models import DockerDaemon
 
-    from .faults.conftest import wait_for
+    from .conftest import wait_for
 
     for daemon in farm_pool:
         seen = wait_for(

@@ -15,8 +15,7 @@ from teams.models import Membership, Team
 from tests.conftest import SHARED
 from tests.gitrepos import Repo
 
-from .conftest import engine, follow, registry_digest
-from .faults.conftest import wait_for
+from .conftest import engine, follow, registry_digest, wait_for
 
 pytestmark = pytest.mark.farm
 

@@ -4,7 +4,6 @@ pushes; a daemon marked full takes no builds until the prune clears it."""
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import docker
@@ -15,21 +14,12 @@ from builds.models import BuildJob, BuildLogLine
 from pool.housekeeping import FARM_LABEL, disk_use, mark_disk_full
 from pool.models import DockerDaemon
 
-from .conftest import api_build, engine, follow, registry_digest
+from .conftest import api_build, engine, follow, registry_digest, wait_for
 
 pytestmark = pytest.mark.farm
 
 LIMIT_MB = 30
 LAYER_MB = 20
-
-
-def wait_for(check, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"waited {timeout} s for {what}")
 
 
 def big_image(nonce: str, then: str = "") -> str:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import random
-import time
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +16,7 @@ from builds.models import BuildJob, BuildLogLine
 from pool.models import DockerDaemon
 from scripts import localfarm as lf
 
-from .conftest import api_build, engine, follow, registry_digest
+from .conftest import api_build, engine, follow, registry_digest, steps_running, wait_for
 
 pytestmark = pytest.mark.farm
 
@@ -170,24 +168,3 @@ def manifest_list(farm, repository: str, tag: str) -> dict | None:
         if exc.code == 404:
             return None
         raise
-
-
-def steps_running(seconds: int) -> int:
-    """`sleep SECONDS` processes, natively or under QEMU (whose command line puts the interpreter first)."""
-    return sum(1 for cmdline in Path("/proc").glob("[0-9]*/cmdline") if _read(cmdline).endswith(f"sleep\0{seconds}\0"))
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
-def wait_for(check, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"waited {timeout} s for {what}")

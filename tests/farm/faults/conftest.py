@@ -5,26 +5,18 @@ after it."""
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
 from builds.models import BuildJob, BuildLogLine
+
+from ..conftest import wait_for  # noqa: F401  (the fault tests import it from here)
 
 
 @pytest.fixture
 def restore(farm):
     yield farm
     farm.ensure_running()
-
-
-def wait_for(predicate, *, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def job(job_id: str) -> BuildJob:
