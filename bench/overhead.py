@@ -27,6 +27,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -42,13 +43,41 @@ from rig import small_build_context  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
 from builds.buildkit import find_client  # noqa: E402
+from builds.models import BuildJob  # noqa: E402
 from pool.models import DockerDaemon  # noqa: E402
 
 WEB = os.environ.get("GENERATOR_BENCH_WEB", "http://localhost:8080")
+
+
+@dataclass
+class Plain:
+    build: float
+    push: float
+
+    @property
+    def total(self) -> float:
+        return self.build + self.push
+
+
+@dataclass
+class Farm:
+    """Seconds: `total` as the client sees it (submit to the end frame); the
+    parts from the job's own timestamps: the submit's answer, created to the
+    worker's claim (dispatch), claimed to the push's start (the worker's setup
+    and the build), the push (until the job is recorded as pushed)."""
+
+    total: float
+    first_line: float
+    answer: float
+    to_start: float
+    build: float
+    push: float
+
+
 REGISTRY = os.environ.get("GENERATOR_BENCH_REGISTRY", "localhost:5000")
 
 
-def plain(api: docker.APIClient, image: str, data: bytes, builder: str = "classic", engine_url: str = "") -> float:
+def plain(api: docker.APIClient, image: str, data: bytes, builder: str = "classic", engine_url: str = "") -> Plain:
     started = time.perf_counter()
     if builder == "buildkit":
         cli = find_client()
@@ -61,15 +90,16 @@ def plain(api: docker.APIClient, image: str, data: bytes, builder: str = "classi
         for chunk in api.build(fileobj=io.BytesIO(data), custom_context=True, tag=image, rm=True, decode=True):
             if "error" in chunk:
                 raise SystemExit(chunk["error"])
+    built = time.perf_counter()
     repository, tag = image.rsplit(":", 1)
     for chunk in api.push(repository, tag=tag, stream=True, decode=True):
         if "error" in chunk:
             raise SystemExit(chunk["error"])
-    return time.perf_counter() - started
+    return Plain(build=built - started, push=time.perf_counter() - built)
 
 
-def farm(token: str, image: str, data: bytes, builder: str = "classic") -> tuple[float, float]:
-    """Seconds from submit to pushed, and from submit to the first log line."""
+def farm(token: str, image: str, data: bytes, builder: str = "classic") -> Farm:
+    """Seconds from submit to pushed, to the first log line, and where the time went."""
     started = time.perf_counter()
     request = urllib.request.Request(
         f"{WEB}/api/v1/builds/?image={image}&builder={builder}",
@@ -79,6 +109,7 @@ def farm(token: str, image: str, data: bytes, builder: str = "classic") -> tuple
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         job = json.loads(response.read())
+    answered = time.perf_counter() - started
     first_line = None
     ws = WEB.replace("http://", "ws://")
     with connect(f"{ws}/b1/build/log/ws/{job['id']}", additional_headers={"Authorization": f"Token {token}"}) as socket:
@@ -90,7 +121,16 @@ def farm(token: str, image: str, data: bytes, builder: str = "classic") -> tuple
                 if frame["status"] != "succeeded":
                     raise SystemExit(f"job {job['id']} {frame['status']}: {frame['error']}")
                 break
-    return time.perf_counter() - started, first_line
+    total = time.perf_counter() - started
+    row = BuildJob.objects.get(pk=job["id"])
+    return Farm(
+        total=total,
+        first_line=first_line,
+        answer=answered,
+        to_start=(row.started_at - row.created_at).total_seconds(),
+        build=(row.push_started_at - row.started_at).total_seconds(),
+        push=(row.finished_at - row.push_started_at).total_seconds(),
+    )
 
 
 def main() -> None:
@@ -105,11 +145,12 @@ def main() -> None:
     target, others = daemons[0], [d.pk for d in daemons[1:]]
     DockerDaemon.objects.filter(pk__in=others).update(enabled=False)
     api = docker.APIClient(base_url=target.url, version="1.41")
-    plain_times, farm_times, latencies = [], [], []
+    plains: list[Plain] = []
+    farms: list[Farm] = []
     try:
         for run in range(args.runs):
             nonce = uuid.uuid4().hex
-            plain_times.append(
+            plains.append(
                 plain(
                     api,
                     f"{REGISTRY}/bench/plain:{nonce[:12]}",
@@ -118,18 +159,26 @@ def main() -> None:
                     target.url,
                 )
             )
-            total, first = farm(
-                token,
-                f"{REGISTRY}/bench/farm:{nonce[:12]}",
-                small_build_context(nonce + "f", args.sleep),
-                args.builder,
+            farms.append(
+                farm(
+                    token,
+                    f"{REGISTRY}/bench/farm:{nonce[:12]}",
+                    small_build_context(nonce + "f", args.sleep),
+                    args.builder,
+                )
             )
-            farm_times.append(total)
-            latencies.append(first)
-            print(f"run {run + 1}: plain {plain_times[-1]:.3f} s, farm {total:.3f} s, first line {first * 1000:.0f} ms")
+            print(
+                f"run {run + 1}: plain {plains[-1].total:.3f} s, farm {farms[-1].total:.3f} s, "
+                f"first line {farms[-1].first_line * 1000:.0f} ms"
+            )
     finally:
         DockerDaemon.objects.filter(pk__in=others).update(enabled=True)
-    plain_median, farm_median = statistics.median(plain_times), statistics.median(farm_times)
+
+    def ms(values) -> str:
+        return f"{statistics.median(values) * 1000:.0f} ms"
+
+    plain_median = statistics.median(p.total for p in plains)
+    farm_median = statistics.median(f.total for f in farms)
     print()
     print(f"{args.runs} runs on {target.name}, {args.builder} builder on both sides; medians")
     print("| measure | value |")
@@ -137,7 +186,12 @@ def main() -> None:
     print(f"| plain {args.builder} build + push | {plain_median:.3f} s |")
     print(f"| farm: submit to pushed | {farm_median:.3f} s |")
     print(f"| farm / plain | {farm_median / plain_median:.2f} |")
-    print(f"| dispatch latency: submit to first log line (p50) | {statistics.median(latencies) * 1000:.0f} ms |")
+    print(f"| dispatch latency: submit to first log line (p50) | {ms(f.first_line for f in farms)} |")
+    print(f"| plain: build / push | {ms(p.build for p in plains)} / {ms(p.push for p in plains)} |")
+    print(f"| farm: submit answered | {ms(f.answer for f in farms)} |")
+    print(f"| farm: created to claimed by the worker | {ms(f.to_start for f in farms)} |")
+    print(f"| farm: claimed to push started (setup + build) | {ms(f.build for f in farms)} |")
+    print(f"| farm: push, until recorded | {ms(f.push for f in farms)} |")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,12 @@ Each run uses a Dockerfile no daemon has seen: a first (cold) build, then the
 same Dockerfile again twice: once as the dispatcher chooses (it prefers the warm
 daemon), once with that daemon disabled so that another, cold one must build it.
 Times are the job's own, from submit (created_at) to pushed (finished_at).
+
+Before the cold rebuild, the image is pulled by hand (`docker pull`, the SDK)
+on the cold daemon and removed again: the time the engine itself takes to fetch
+and unpack those layers, the floor under any rebuild that reuses the pool's
+layers on a daemon that does not hold them (Docker 20.10's BuildKit must unpack
+every layer into the daemon's image store).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import django  # noqa: E402
 
 django.setup()
 
+import docker  # noqa: E402
 from rest_framework.authtoken.models import Token  # noqa: E402
 
 from builds.models import BuildJob  # noqa: E402
@@ -64,6 +71,20 @@ def build(token: str, image: str, text: str) -> BuildJob:
     raise SystemExit(f"job {job_id} did not finish within 10 minutes")
 
 
+def pull_and_remove(daemon: DockerDaemon, image: str) -> float:
+    """Seconds for the daemon to pull `image` by hand; then it is removed, so the
+    daemon is as cold as before for the farm's rebuild."""
+    api = docker.APIClient(base_url=daemon.url, version="1.41")
+    repository, tag = image.rsplit(":", 1)
+    started = time.perf_counter()
+    for chunk in api.pull(repository, tag=tag, stream=True, decode=True):
+        if "error" in chunk:
+            raise SystemExit(chunk["error"])
+    took = time.perf_counter() - started
+    api.remove_image(image)
+    return took
+
+
 def seconds(job: BuildJob) -> float:
     return (job.finished_at - job.created_at).total_seconds()
 
@@ -77,7 +98,7 @@ def main() -> None:
     token = Token.objects.get(user__username="admin").key
     if DockerDaemon.objects.filter(enabled=True).count() < 2:
         raise SystemExit("needs two enabled daemons (make up)")
-    first, warm, cold = [], [], []
+    first, warm, cold, pulls = [], [], [], []
     for run in range(args.runs):
         text = dockerfile(uuid.uuid4().hex, args.steps)
         image = f"{REGISTRY}/bench/warm-rebuild:run{run}"
@@ -86,6 +107,8 @@ def main() -> None:
         assert again.daemon == built.daemon, "the dispatcher did not prefer the warm daemon"
         DockerDaemon.objects.filter(pk=built.daemon.pk).update(enabled=False)
         try:
+            cold_daemon = DockerDaemon.objects.filter(enabled=True).order_by("name").first()
+            pulls.append(pull_and_remove(cold_daemon, image))
             elsewhere = build(token, image, text)
         finally:
             DockerDaemon.objects.filter(pk=built.daemon.pk).update(enabled=True)
@@ -93,7 +116,10 @@ def main() -> None:
         first.append(seconds(built))
         warm.append(seconds(again))
         cold.append(seconds(elsewhere))
-        print(f"run {run + 1}: first {first[-1]:.2f} s, warm rebuild {warm[-1]:.2f} s, cold rebuild {cold[-1]:.2f} s")
+        print(
+            f"run {run + 1}: first {first[-1]:.2f} s, warm rebuild {warm[-1]:.2f} s, "
+            f"cold rebuild {cold[-1]:.2f} s, docker pull there {pulls[-1]:.2f} s"
+        )
 
     def median(values):
         return statistics.median(values)
@@ -106,6 +132,8 @@ def main() -> None:
     print(f"| rebuild on the warm daemon (what the dispatcher chooses) | {median(warm):.2f} |")
     print(f"| rebuild on a cold daemon | {median(cold):.2f} |")
     print(f"| cold / warm | {median(cold) / median(warm):.1f}x |")
+    print(f"| docker pull of the image on the cold daemon (the engine's floor) | {median(pulls):.2f} |")
+    print(f"| (cold - pull) / warm | {(median(cold) - median(pulls)) / median(warm):.1f}x |")
 
 
 if __name__ == "__main__":
