@@ -19,6 +19,7 @@ import math
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from teams.models import Team
@@ -30,9 +31,17 @@ HOUR = timedelta(hours=1)
 
 
 def check_submit(team: Team | None) -> None:
-    """Raises TooManyBuilds if `team` may not submit one more build now."""
+    """Raises TooManyBuilds if `team` may not submit one more build now.
+
+    Called once early (a refused submit stores nothing) and again inside the
+    transaction that creates the job, where it first locks the team's row: two
+    submits at once then count one after the other, so neither passes on a count
+    that the other is about to change. (SQLite's IMMEDIATE transactions are
+    serial anyway; PostgreSQL needs the row lock.)"""
     if team is None or team.over_limit_mode != Team.OverLimit.REJECT:
         return
+    if transaction.get_connection().in_atomic_block:
+        Team.objects.select_for_update().filter(pk=team.pk).values_list("pk", flat=True).first()
     jobs = BuildJob.objects.filter(team=team)
     if limit := team.max_concurrent_builds:
         active = jobs.filter(status__in=BuildJob.ACTIVE).count()

@@ -135,6 +135,7 @@ def builder_for(request: BuildRequest) -> str:
 
 def _create(job_id: str, target, request: BuildRequest, stored: dict | None, submitted_by, retry_of, team) -> BuildJob:
     with transaction.atomic():
+        quotas.check_submit(team)  # again, now with the team's row locked until the job is in
         job = BuildJob.objects.create(
             id=job_id,
             image=str(target),
@@ -217,6 +218,7 @@ def submit_push_build(*, repository, ref: str, sha: str, tags: list[str], pusher
     if platforms:
         platforms = multiplatform.checked_platforms(platforms, repository.daemon_group)
     with transaction.atomic():
+        quotas.check_submit(repository.team)  # again, with the team's row locked (builds/quotas.py)
         job = BuildJob.objects.create(
             image=f"{repository.image}:{tags[0]}",
             extra_tags=tags[1:],

@@ -323,3 +323,46 @@ def test_a_webhook_push_over_its_teams_limit_is_refused_with_429(teams, pool):
         submit_push_build(repository=repository, ref="refs/heads/dev", sha="b" * 40, tags=["dev"])
     assert refused.value.status == 429 and "max_builds_per_hour" in str(refused.value)
     assert 3590 <= refused.value.retry_after <= 3600
+
+
+def test_submits_at_once_cannot_both_pass_a_teams_concurrency_limit(alice, teams, pool, monkeypatch):
+    """Every submit passes the early check before any job exists (a pause after
+    it makes sure); the check in the creating transaction, under the team's row
+    lock, lets one in and refuses the rest."""
+    from django.db import connection
+
+    from builds import services
+    from builds.errors import TooManyBuilds
+
+    a, _ = teams
+    a.max_concurrent_builds = 1
+    a.save()
+    submitters = 4
+    everyone_checked = threading.Barrier(submitters)
+    pool_check = services.ensure_pool_exists_or_raise
+
+    def after_the_early_check(group=""):
+        everyone_checked.wait(timeout=10)
+        pool_check(group)
+
+    monkeypatch.setattr(services, "ensure_pool_exists_or_raise", after_the_early_check)
+    outcomes = []
+
+    def submit(n: int) -> None:
+        try:
+            services.submit_build(
+                image=f"localhost:5000/team-a/app:{n}", dockerfile=DOCKERFILE, submitted_by=alice, team="team-a"
+            )
+            outcomes.append("taken")
+        except TooManyBuilds:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(submitters)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(outcomes) == ["refused"] * (submitters - 1) + ["taken"]
+    assert BuildJob.objects.filter(team=a).count() == 1
