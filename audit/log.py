@@ -15,6 +15,9 @@ address is empty.
 from __future__ import annotations
 
 import contextvars
+import getpass
+import os
+import socket
 from datetime import timedelta
 
 from django.conf import settings
@@ -28,12 +31,21 @@ current_request: contextvars.ContextVar = contextvars.ContextVar("audit_request"
 
 
 def record(
-    action: str, kind: str, obj=None, *, actor=None, team=None, details: dict | None = None, label: str = ""
+    action: str,
+    kind: str,
+    obj=None,
+    *,
+    actor=None,
+    team=None,
+    details: dict | None = None,
+    label: str = "",
+    via: str = "",
 ) -> AuditEvent:
     """Stores one event. `obj` is the row acted on (its pk and str are kept);
     `label` stands for a row whose pk or str is itself a secret (an API token's
     key), which is then not kept; `team` a Team or a slug; `details` names
-    (fields, members), never values."""
+    (fields, members), never values; `via` names who acted when no user did (a
+    management command: `command_actor()`)."""
     request = current_request.get()
     if actor is None and request is not None:
         actor = getattr(request, "user", None)
@@ -43,7 +55,7 @@ def record(
         team = getattr(obj, "team", None) if obj is not None else None
     return AuditEvent.objects.create(
         actor=actor,
-        actor_name=actor.get_username() if actor else "",
+        actor_name=(actor.get_username() if actor else via)[:150],
         action=action,
         kind=kind,
         object_id=str(obj.pk) if obj is not None and obj.pk is not None and not label else "",
@@ -52,6 +64,16 @@ def record(
         details=details or {},
         remote_address=client_address(request) if request is not None else "",
     )
+
+
+def command_actor(command: str) -> str:
+    """Who ran a management command, as the audit log names them: the command,
+    the operating system's user and the host (the shell is its "from where")."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid
+        user = f"uid {os.getuid()}"
+    return f"manage.py {command} ({user}@{socket.gethostname()})"
 
 
 def prune(now=None) -> int:

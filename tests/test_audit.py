@@ -226,3 +226,36 @@ def test_events_older_than_the_retention_are_pruned_by_beat(db, settings):
 
     app.loader.import_default_modules()
     assert "audit.prune" in app.tasks
+
+
+def test_the_operators_management_commands_are_recorded_as_who_ran_them(db, tmp_path):
+    """make up's commands change the pool, the registries and teams from a shell:
+    the events name the command, the OS user and the host; a rerun that changes
+    nothing records nothing."""
+    pool = tmp_path / "pool.json"
+    pool.write_text('{"docker": [{"url": "127.0.0.1", "port": "19000"}]}')
+    for _ in range(2):
+        call_command("loadpool", str(pool), stdout=io.StringIO())
+        call_command("allowregistry", "localhost:5000", stdout=io.StringIO())
+        call_command("ensureadmin", "--password-file", str(tmp_path / "pw"), stdout=io.StringIO())
+        call_command(
+            "ensureteam", "crew", "--namespace", "localhost:5000/crew/", "--admin", "admin", stdout=io.StringIO()
+        )
+    pool.write_text('{"docker": [{"url": "127.0.0.1", "port": "19000", "capacity": 3}]}')
+    call_command("loadpool", str(pool), stdout=io.StringIO())
+
+    events = list(AuditEvent.objects.exclude(kind="token").order_by("id"))
+    assert [(e.action, e.kind) for e in events] == [
+        ("create", "daemon"),
+        ("create", "registry"),
+        ("create", "user"),
+        ("create", "team"),
+        ("create", "namespace"),
+        ("create", "membership"),
+        ("change", "daemon"),
+    ]
+    assert all(e.actor_name.startswith("manage.py ") and "@" in e.actor_name for e in events)
+    assert events[0].actor_name.startswith("manage.py loadpool (")
+    assert events[-1].details == {"fields": ["capacity"]}
+    assert events[3].team == events[4].team == events[5].team == "crew"
+    assert events[5].details == {"members": ["admin"], "role": "admin"}

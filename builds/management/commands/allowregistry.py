@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.log import command_actor, record
 from builds.models import Registry
 
 
@@ -28,5 +29,7 @@ class Command(BaseCommand):
             if Registry.objects.allowing(candidate.host).exists():
                 self.stdout.write(f"registry {candidate.host} is already allowed")
                 continue
-            Registry.objects.get_or_create(host=candidate.host)  # another run may add it at the same moment
+            registry, created = Registry.objects.get_or_create(host=candidate.host)  # another run may add it now
+            if created:
+                record("create", "registry", registry, via=command_actor("allowregistry"))
             self.stdout.write(f"builds may push to registry {candidate.host} (no credentials)")

@@ -14,6 +14,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from rest_framework.authtoken.models import Token
 
+from audit.log import command_actor, record
+
 
 class Command(BaseCommand):
     help = "Create the admin account (once) and print its API token."
@@ -28,6 +30,7 @@ class Command(BaseCommand):
         if user is None:
             password = secrets.token_urlsafe(12)
             user = users.objects.create_superuser(username=username, email="", password=password)
+            record("create", "user", user, details={"superuser": True}, via=command_actor("ensureadmin"))
             path = Path(password_file)
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

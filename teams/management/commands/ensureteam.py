@@ -7,6 +7,7 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.log import command_actor, record
 from builds.references import InvalidReference
 from teams.models import Membership, Namespace, Team, parse_namespace
 
@@ -24,7 +25,10 @@ class Command(BaseCommand):
     def handle(
         self, *args, slug: str, name: str | None, namespace: list[str], admin: list[str], member: list[str], **options
     ):
+        via = command_actor("ensureteam")
         team, created = Team.objects.get_or_create(slug=slug, defaults={"name": name or slug})
+        if created:
+            record("create", "team", team, team=team, via=via)
         self.stdout.write(f"team {slug} {'created' if created else 'exists'}")
         for text in namespace:
             try:
@@ -34,6 +38,8 @@ class Command(BaseCommand):
             owned, made = Namespace.objects.get_or_create(prefix=prefix, defaults={"team": team})
             if owned.team_id != team.pk:
                 raise CommandError(f"namespace {prefix} belongs to team {owned.team.slug}")
+            if made:
+                record("create", "namespace", owned, team=team, via=via)
             self.stdout.write(f"team {slug} {'now owns' if made else 'owns'} namespace {prefix}")
         users = get_user_model().objects
         for username, role in [(u, Membership.Role.ADMIN) for u in admin] + [
@@ -42,5 +48,8 @@ class Command(BaseCommand):
             user = users.filter(username=username).first()
             if user is None:
                 raise CommandError(f"no user named {username!r}")
-            Membership.objects.get_or_create(team=team, user=user, defaults={"role": role})
+            _, joined = Membership.objects.get_or_create(team=team, user=user, defaults={"role": role})
+            if joined:
+                details = {"members": [username], "role": role}
+                record("create", "membership", team, team=team, details=details, via=via)
             self.stdout.write(f"{username} is in team {slug}")
