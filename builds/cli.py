@@ -7,8 +7,9 @@
 
 PATH is a directory (sent as a gzipped context, honouring .dockerignore) or a
 Dockerfile (sent as text). The log streams as it happens; `submit` and `logs`
-exit 0 only if the image was pushed. The farm and the token come from
---server/--token or GENERATOR_URL/GENERATOR_TOKEN. Only the standard library
+exit 0 only if the image was pushed; a multi-platform build's lines each start
+with their platform (`[linux/arm64] ...`), as the frames' text has it. The farm
+and the token come from --server/--token or GENERATOR_URL/GENERATOR_TOKEN. Only the standard library
 and `websockets` are needed, so it runs from any machine.
 """
 

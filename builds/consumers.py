@@ -2,6 +2,7 @@
 
 Frames are JSON:
   {"type": "log", "lines": [{"seq": 1, "text": "..."}, ...]}
+      (a multi-platform parent's lines also have "platform": "linux/arm64", builds/frames.py)
   {"type": "status", "status": "pushing"}
   {"type": "end", "status": "succeeded", "error": "", "image_id": "...", "digest": "...", "lines": 42}
   {"type": "error", "message": "..."}   (then the server closes with a 44xx code)
@@ -29,7 +30,7 @@ from generator_site.access import can_read_logs
 
 from . import live
 from .backpressure import ClientTooSlow, SendBuffer, give_back_memory_soon
-from .frames import Batch, batch_frames, log_frames
+from .frames import NO_PLATFORMS, Batch, batch_frames, log_frames
 from .logs import read_lines
 from .models import BuildJob
 from .ownership import readable_jobs
@@ -62,6 +63,7 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
         self.sent = 0
         self.status = None
         self.ended = False
+        self.platforms = NO_PLATFORMS
         self.client = SendBuffer.of(
             self.base_send,
             high=settings.GENERATOR_WS_SEND_BUFFER_BYTES,
@@ -74,7 +76,8 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
             return await self.refuse(CLOSE_UNAUTHORIZED, problem)
         user = self.scope["user"]
         after = parse_qs(self.scope.get("query_string", b"").decode()).get("after", ["0"])[0]
-        if not await job_readable(user, self.job_id):
+        platforms = await readable_platforms(user, self.job_id)
+        if platforms is None:
             # Another team's build reads as one that does not exist (builds/ownership.py).
             if not can_read_logs(user):
                 return await self.refuse(CLOSE_UNAUTHORIZED, "authentication required to read build logs")
@@ -82,6 +85,7 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
         if not after.isdigit():
             return await self.refuse(CLOSE_BAD_REQUEST, f"after must be a whole number, not {after!r}")
         self.sent = int(after)
+        self.platforms = platforms
         # Watch before reading the backlog: a line stored after the read is
         # published after the watch began, so it reaches this viewer (builds/logs.py).
         self.viewer = await live.watch(self.job_id)
@@ -172,9 +176,9 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
                 # Missed a message (layer capacity, a reconnect): the database has it.
                 return await self.catch_up()
             if lines[0][0] == last + 1:
-                batches.append(Batch.of(event))
+                batches.append(Batch.of(event, self.platforms))
             else:
-                batches.append(Batch([(seq, text) for seq, text in lines if seq > last]))
+                batches.append(Batch([(seq, text) for seq, text in lines if seq > last], self.platforms))
             last = lines[-1][0]
         if batches:
             await self.send_frames(batch_frames(batches, settings.GENERATOR_LOG_FRAME_BYTES))
@@ -188,7 +192,7 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
 
     async def send_lines(self, lines) -> None:
         if lines:
-            await self.send_frames(log_frames(lines, settings.GENERATOR_LOG_FRAME_BYTES))
+            await self.send_frames(log_frames(lines, settings.GENERATOR_LOG_FRAME_BYTES, self.platforms))
             self.sent = lines[-1][0]
 
     async def send_frames(self, frames: Iterable[str]) -> None:
@@ -217,8 +221,14 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
 
 
 @database_sync_to_async
-def job_readable(user, job_id: str) -> bool:
-    return readable_jobs(user).filter(pk=job_id).exists()
+def readable_platforms(user, job_id: str) -> frozenset[str] | None:
+    """None if the user may not read the job; else the platforms its lines carry
+    (a multi-platform parent's: they never change; none for any other job)."""
+    row = readable_jobs(user).filter(pk=job_id).values_list("platforms", "parent_id").first()
+    if row is None:
+        return None
+    platforms, parent_id = row
+    return frozenset(platforms) if platforms and parent_id is None else NO_PLATFORMS
 
 
 @database_sync_to_async

@@ -27,8 +27,9 @@ The swaps make two children finishing at once harmless: one writes the index.
 Logs: each child writes its own log, and every batch of it also into the
 parent's, each line prefixed with `[os/arch] ` (logs.append_shared takes the
 parent's sequence numbers under a row lock, since children write at once). So
-the parent's page, its WebSocket and `/b1/build/log/ws/ID` carry all platforms
-with no change to them.
+`/b1/build/log/ws/ID` and the REST log carry all platforms as text; the
+WebSocket's frames add each line's `platform`, read from that prefix
+(builds/frames.py), and the page draws a section per platform (steps.js).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import ExitStack, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
@@ -300,11 +300,12 @@ class Followed:
     statuses: list[str]
     end: dict | None
     close_code: int | None
+    platforms: dict[int, str] = field(default_factory=dict)  # seq -> the platform its line carried
 
 
 def follow(farm: Farm, job_id: str, token: str | None, *, after: int = 0, headers: dict | None = None) -> Followed:
     """Reads the WebSocket log until the server closes it."""
-    lines, statuses, end = [], [], None
+    lines, statuses, end, platforms = [], [], None, {}
     all_headers = {"Authorization": f"Token {token}"} if token else {}
     all_headers.update(headers or {})
     url = f"ws://{farm.web}/b1/build/log/ws/{job_id}" + (f"?after={after}" if after else "")
@@ -313,11 +314,12 @@ def follow(farm: Farm, job_id: str, token: str | None, *, after: int = 0, header
             frame = json.loads(message)
             if frame["type"] == "log":
                 lines += [(line["seq"], line["text"]) for line in frame["lines"]]
+                platforms.update((line["seq"], line["platform"]) for line in frame["lines"] if "platform" in line)
             elif frame["type"] == "status":
                 statuses.append(frame["status"])
             else:
                 end = frame
-    return Followed(lines, statuses, end, ws.close_code)
+    return Followed(lines, statuses, end, ws.close_code, platforms)
 
 
 def _messages(ws, limit: float = 120):

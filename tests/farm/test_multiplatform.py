@@ -70,6 +70,11 @@ def test_a_two_platform_build_is_one_index_whose_images_run_on_their_platform(fa
     assert any(t.startswith("[linux/arm64] ") and t.endswith("built on aarch64") for t in texts), texts
     assert any(t.startswith("[linux/amd64] ") and t.endswith("built on x86_64") for t in texts), texts
     assert [seq for seq, _ in done.lines] == list(range(1, len(done.lines) + 1))
+    # Each child's line names its platform in the frame too; the farm's own lines of the parent none.
+    assert done.platforms == {
+        seq: text[1 : text.index("] ")] for seq, text in done.lines if not text.startswith("[generator] ")
+    }
+    assert set(done.platforms.values()) == {"linux/amd64", "linux/arm64"}
 
     # Both tags name one index of the two children's manifests; its digest is the job's.
     index = manifest_list(farm, "multi/app", "1")

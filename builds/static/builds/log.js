@@ -2,6 +2,8 @@
 // the last line received when the connection drops. Text goes in with
 // textContent only: a build's output is never HTML. Lines are grouped by build
 // step (steps.js says which line goes where); "Plain log" shows them as they came.
+// A multi-platform build's page has a section per platform, each line in its
+// platform's (the frame's `platform`), its prefix dropped, with steps of its own.
 "use strict";
 
 (function () {
@@ -14,15 +16,18 @@
   const viewBtn = document.getElementById("view");
   const firstError = document.getElementById("first-error");
   const jobId = root.dataset.job;
+  const platforms = (root.dataset.platforms || "").split(" ").filter(Boolean);
+  const Steps = window.GeneratorSteps;
   const wsBase = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
 
   const state = {
     lastSeq: 0, count: 0, ended: false, following: true, socket: null, reconnects: 0,
-    parser: new window.GeneratorSteps.StepParser(),
-    entries: [], // [seq, text, step, role] of every line received, for redrawing
+    parser: platforms.length ? new Steps.PlatformSections(platforms) : new Steps.StepParser(),
+    entries: [], // [seq, text, step, role, section, shown] of every line received, for redrawing
     pending: [], // entries not drawn yet
     touched: new Set(), // steps whose summary changed since the last frame
     views: new Map(), // step -> its drawn group {details, badges, body}
+    sectionViews: new Map(), // platform section -> its drawn {details, status, body}
     pinned: new Set(), // steps the viewer opened or closed: left as they are
     plain: false,
     failureText: null,
@@ -81,6 +86,30 @@
     return view;
   }
 
+  function drawSection(section) {
+    // Open by default; a click on its platform folds it.
+    const details = document.createElement("details");
+    details.className = "platform";
+    details.dataset.platform = section.platform;
+    details.open = true;
+    const summary = document.createElement("summary");
+    const name = document.createElement("strong");
+    name.textContent = section.platform;
+    const status = document.createElement("span");
+    const body = document.createElement("div");
+    body.className = "platform-body";
+    summary.append(name, " ", status);
+    details.append(summary, body);
+    box.appendChild(details);
+    const view = { details, status, body };
+    state.sectionViews.set(section, view);
+    return view;
+  }
+
+  function sectionBody(section) {
+    return (state.sectionViews.get(section) || drawSection(section)).body;
+  }
+
   function badge(text, kind) {
     const span = document.createElement("span");
     span.className = "badge " + kind;
@@ -109,25 +138,30 @@
     // One DOM update per animation frame, however many lines arrived.
     state.scheduled = false;
     if (state.pending.length) {
-      const top = document.createDocumentFragment();
-      const bodies = new Map(); // a fragment per group already on the page
-      for (const [seq, text, step, role] of state.pending) {
-        const line = render(text);
+      const fragments = new Map(); // a fragment per container already on the page
+      const add = (container, node) => {
+        if (!container.isConnected) { container.appendChild(node); return; }
+        if (!fragments.has(container)) fragments.set(container, document.createDocumentFragment());
+        fragments.get(container).appendChild(node);
+      };
+      for (const [seq, text, step, role, section, shown] of state.pending) {
+        const line = render(state.plain ? text : shown);
         line.dataset.seq = seq;
         if (role === "head") line.classList.add("step");
-        if (state.plain || !step) { top.appendChild(line); continue; }
-        if (role === "head") { top.appendChild(drawGroup(step, line).details); state.touched.add(step); continue; }
+        const outside = state.plain || !section ? box : sectionBody(section);
+        if (state.plain || !step) { add(outside, line); continue; }
+        if (role === "head") { add(outside, drawGroup(step, line).details); state.touched.add(step); continue; }
         if (role === "noise") line.classList.add("noise");
-        const body = state.views.get(step).body;
-        if (!body.isConnected) { body.appendChild(line); continue; }
-        if (!bodies.has(body)) bodies.set(body, document.createDocumentFragment());
-        bodies.get(body).appendChild(line);
+        add(state.views.get(step).body, line);
       }
       state.pending = [];
-      for (const [body, fragment] of bodies) body.appendChild(fragment);
-      box.appendChild(top);
+      for (const [container, fragment] of fragments) container.appendChild(fragment);
     }
     if (!state.plain) for (const step of state.touched) updateGroup(step);
+    for (const [section, view] of state.sectionViews) {
+      view.status.textContent = section.status;
+      view.status.className = "status " + section.status;
+    }
     state.touched.clear();
     countEl.textContent = state.count;
     showFailure();
@@ -143,15 +177,16 @@
       if (line.seq <= state.lastSeq) continue; // never twice
       state.lastSeq = line.seq;
       state.count += 1;
-      const { step, role } = state.parser.line(line.seq, line.text);
+      // A StepParser reads no platform; PlatformSections also answers the section and the text without its prefix.
+      const { step, role, section = null, text: shown = line.text } = state.parser.line(line.seq, line.text, line.platform);
       if (step) state.touched.add(step);
       const failure = state.parser.failure;
       if (failure && failure.seq === line.seq) {
-        state.failureText = line.text.replace(/^(\[generator\] |#\d+ )/, "");
+        state.failureText = shown.replace(/^(\[generator\] |#\d+ )/, "");
         if (failure.step) state.touched.add(failure.step);
         for (const other of state.parser.steps) if (other.failed) state.touched.add(other);
       }
-      const entry = [line.seq, line.text, step, role];
+      const entry = [line.seq, line.text, step, role, section, shown];
       state.entries.push(entry);
       state.pending.push(entry);
     }
@@ -163,7 +198,8 @@
     const failure = state.parser.failure;
     if (!failure || failure.seq === null || firstError.dataset.seq) return;
     firstError.dataset.seq = failure.seq;
-    firstError.textContent = (failure.step ? failure.step.title + " \u2014 " : "") + state.failureText;
+    const where = failure.step ? (failure.step.platform ? failure.step.platform + ": " : "") + failure.step.title : "";
+    firstError.textContent = (where ? where + " \u2014 " : "") + state.failureText;
     firstError.closest(".field").hidden = false;
   }
 
@@ -171,6 +207,7 @@
     event.preventDefault();
     const failure = state.parser.failure;
     if (!state.plain && failure.step) {
+      for (const [section, view] of state.sectionViews) if (section.platform === failure.step.platform) view.details.open = true;
       state.pinned.add(failure.step);
       state.views.get(failure.step).details.open = true;
     }
@@ -187,7 +224,9 @@
     box.replaceChildren();
     box.classList.toggle("plain", state.plain);
     state.views.clear();
+    state.sectionViews.clear();
     state.pinned.clear();
+    if (!state.plain) for (const section of state.parser.sections || []) drawSection(section);
     state.pending = state.entries.slice();
     for (const step of state.parser.steps) state.touched.add(step);
     flush();
@@ -206,6 +245,11 @@
       const el = document.getElementById(field);
       if (el && job[field]) { el.textContent = job[field]; el.closest(".field").hidden = false; }
     }
+    for (const child of job.children || []) {
+      // Each platform's own end (a child cancelled before it started wrote no line).
+      if (state.parser.section) state.parser.section(child.platform).status = child.status;
+    }
+    schedule();
     const tags = document.getElementById("tags");
     tags.textContent = job.tags.join(", ");
     const seconds = (a, b) => (a && b ? ((new Date(b) - new Date(a)) / 1000).toFixed(1) + " s" : "");
@@ -239,7 +283,9 @@
   followBtn.addEventListener("click", () => { state.following = true; box.scrollTop = box.scrollHeight; pausedEl.classList.remove("on"); });
   box.addEventListener("click", (event) => {
     const summary = event.target.closest("summary");
-    if (summary) state.pinned.add(state.parser.steps[Number(summary.parentElement.dataset.step)]);
+    if (summary && summary.parentElement.classList.contains("step-group")) {
+      state.pinned.add(state.parser.steps[Number(summary.parentElement.dataset.step)]);
+    }
   });
   viewBtn.addEventListener("click", () => {
     state.plain = !state.plain;
@@ -248,5 +294,6 @@
     redraw();
   });
   firstError.addEventListener("click", jumpToFailure);
+  for (const section of state.parser.sections || []) drawSection(section); // in the build's order, before any line
   connect();
 })();

@@ -1,8 +1,12 @@
 // Which build step each log line belongs to: BuildKit's `--progress=plain`
 // (`#5 [stage-1 2/4] RUN make`, `#5 0.412 ...`, `#5 DONE 1.2s`, `#5 CACHED`,
 // `#5 ERROR: ...`) and the classic builder's `Step N/M : INSTRUCTION`.
+// A multi-platform build's log (each line of a child's with its `platform`,
+// from the WebSocket frame) goes to one section per platform, each with steps
+// of its own (PlatformSections).
 // Pure (no DOM): the page (log.js) draws what it says, and node runs it in
-// tests/test_log_steps.py on logs captured from real farm builds.
+// tests/test_log_steps.py and tests/test_platform_logs.py on logs captured
+// from real farm builds.
 "use strict";
 
 (function (exports) {
@@ -19,8 +23,12 @@
   // blank separators: hidden in the steps view, kept in the plain one) or
   // "outside" (before the first step, between steps, the farm's own lines).
   class StepParser {
-    constructor() {
+    // all: where step ids are counted (a multi-platform log's sections share one
+    // list, so that an id names one step of the page); platform: the section's.
+    constructor(all = null, platform = null) {
       this.steps = [];
+      this._all = all || this.steps;
+      this.platform = platform;
       this.failure = null; // {seq, step}: the first line that says the build failed
       this._numbered = new Map(); // BuildKit's #N -> step, for this attempt
       this._classic = null; // the classic step that the next lines belong to
@@ -99,10 +107,11 @@
 
     _open(seq, title, kind) {
       const step = {
-        id: this.steps.length, kind, title, headSeq: seq, resumedAt: null,
+        id: this._all.length, kind, title, headSeq: seq, resumedAt: null, platform: this.platform,
         seconds: null, cached: false, finished: false, failed: false, stopped: false, ignoredError: false,
       };
       this.steps.push(step);
+      if (this._all !== this.steps) this._all.push(step);
       return step;
     }
 
@@ -117,5 +126,58 @@
     }
   }
 
+  // A platform's state, from its child's own farm lines (the page asks the API
+  // for the children's statuses once the build has ended).
+  const PLATFORM_STATUS = [
+    [FARM + "Building ", "building"], [FARM + "Pushing ", "pushing"], [FARM + "Pushed ", "succeeded"],
+    [FARM + "Build failed: ", "failed"], [FARM + "Cancelled", "cancelled"],
+  ];
+
+  // A multi-platform parent's log: the lines that carry a platform go, without
+  // their `[platform] ` prefix, to that platform's section and its own
+  // StepParser (each child's BuildKit numbers its steps from #1); the parent's
+  // own lines (`[generator] ...`: the outcome, the index) stay outside, in a
+  // parser of their own. The same questions as a StepParser's are answered:
+  // line() also says the section and the text without the prefix, steps lists
+  // every section's, failure is the first line of any that says a build failed.
+  class PlatformSections {
+    constructor(platforms = []) {
+      this.steps = [];
+      this.sections = [];
+      this._byPlatform = new Map();
+      this._outside = new StepParser(this.steps);
+      for (const platform of platforms) this.section(platform);
+    }
+
+    section(platform) {
+      let section = this._byPlatform.get(platform);
+      if (!section) {
+        section = { platform, parser: new StepParser(this.steps, platform), status: "waiting" };
+        this._byPlatform.set(platform, section);
+        this.sections.push(section);
+      }
+      return section;
+    }
+
+    line(seq, text, platform) {
+      if (!platform) return { ...this._outside.line(seq, text), section: null, text };
+      const section = this.section(platform);
+      const prefix = "[" + platform + "] ";
+      const own = text.startsWith(prefix) ? text.slice(prefix.length) : text;
+      for (const [start, status] of PLATFORM_STATUS) if (own.startsWith(start)) section.status = status;
+      return { ...section.parser.line(seq, own), section, text: own };
+    }
+
+    get failure() {
+      let first = null;
+      for (const parser of [this._outside, ...this.sections.map((s) => s.parser)]) {
+        const failure = parser.failure;
+        if (failure && (!first || failure.seq < first.seq)) first = failure;
+      }
+      return first;
+    }
+  }
+
   exports.StepParser = StepParser;
+  exports.PlatformSections = PlatformSections;
 })(typeof module === "object" ? module.exports : (window.GeneratorSteps = {}));
