@@ -159,10 +159,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 5, "socket_timeout"
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # The farm's own bookkeeping runs on the "farm" queue, served by the control
 # worker that also runs beat (`make up`: control; compose: beat).
-# Notifications (notifications/) go to the control worker too unless an operator
-# gives them a worker of their own (a slow receiver holds a worker for up to
-# GENERATOR_NOTIFY_TIMEOUT seconds).
-GENERATOR_NOTIFY_QUEUE = env_str("GENERATOR_NOTIFY_QUEUE", "farm")
+# Notifications (notifications/) have a queue and a worker of their own (`make up`
+# and compose: notify): a slow receiver holds a sender for up to
+# GENERATOR_NOTIFY_TIMEOUT seconds a try, which on the control worker would hold
+# up dispatch, health checks and the reaper.
+GENERATOR_NOTIFY_QUEUE = env_str("GENERATOR_NOTIFY_QUEUE", "notify")
 CELERY_TASK_ROUTES = {"farm.*": {"queue": "farm"}, "notify.*": {"queue": GENERATOR_NOTIFY_QUEUE}}
 
 CHANNEL_LAYERS = {
