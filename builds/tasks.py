@@ -81,6 +81,12 @@ def archive_logs() -> None:
     log_archive.archive_due()
 
 
+@shared_task(name="farm.prune_log_store", ignore_result=True)
+def prune_log_store() -> None:
+    # Objects of the log store no archive row names (crashed runs, deleted jobs), past a grace time.
+    log_archive.prune_orphans()
+
+
 @shared_task(name="farm.check_health", ignore_result=True)
 def check_health() -> None:
     health.check_pool(

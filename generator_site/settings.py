@@ -342,6 +342,10 @@ GENERATOR_LOG_RETENTION_DAYS = env_float("GENERATOR_LOG_RETENTION_DAYS", 14)
 GENERATOR_LOG_ARCHIVE_DIR = Path(env_str("GENERATOR_LOG_ARCHIVE_DIR", str(VAR_DIR / "logs")))
 GENERATOR_LOG_ARCHIVE_BATCH_JOBS = env_int("GENERATOR_LOG_ARCHIVE_BATCH_JOBS", 200)
 GENERATOR_LOG_ARCHIVE_BATCH_LINES = env_int("GENERATOR_LOG_ARCHIVE_BATCH_LINES", 1_000_000)
+# Objects of the log store that no job's archive names (a crashed run's, a deleted
+# job's) are deleted by beat once older than this: a run writes its object before
+# its transaction names it.
+GENERATOR_LOG_ORPHAN_GRACE_HOURS = env_float("GENERATOR_LOG_ORPHAN_GRACE_HOURS", 1)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
@@ -438,6 +442,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "farm.archive_logs",
         "schedule": env_float("GENERATOR_LOG_ARCHIVE_INTERVAL", 300),
         "options": {"expires": 300},
+    },
+    "prune-log-store": {
+        "task": "farm.prune_log_store",
+        "schedule": env_float("GENERATOR_LOG_ORPHAN_INTERVAL", 3600),
+        "options": {"expires": 3600},
     },
     "prune-contexts": {
         "task": "farm.prune_contexts",
