@@ -15,7 +15,8 @@ for each:
 Runs may overlap or die half way: a job with an archive row is not a candidate,
 the row is the one-to-one key so a second run's insert fails and its object is
 deleted, and a run that died before its transaction left at most an object no
-row names (overwritten by nothing, listed by `orphans`). Job rows stay.
+row names (overwritten by nothing, listed by `orphans`). Job rows stay
+(unless builds/job_retention.py prunes them, with their objects).
 
 `prune_orphans` (beat, `farm.prune_log_store`, hourly) deletes the objects no
 row names, those runs' leftovers and the objects of jobs deleted since, once

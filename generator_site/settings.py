@@ -346,6 +346,13 @@ GENERATOR_LOG_ARCHIVE_BATCH_LINES = env_int("GENERATOR_LOG_ARCHIVE_BATCH_LINES",
 # job's) are deleted by beat once older than this: a run writes its object before
 # its transaction names it.
 GENERATOR_LOG_ORPHAN_GRACE_HOURS = env_float("GENERATOR_LOG_ORPHAN_GRACE_HOURS", 1)
+# Finished jobs that ended more than this many days ago are deleted, with their
+# log lines and archived logs (builds/job_retention.py), at most
+# GENERATOR_JOB_PRUNE_BATCH_JOBS a run. 0: kept forever.
+GENERATOR_JOB_RETENTION_DAYS = env_float("GENERATOR_JOB_RETENTION_DAYS", 0)
+if GENERATOR_JOB_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured("GENERATOR_JOB_RETENTION_DAYS must be 0 (keep forever) or a number of days")
+GENERATOR_JOB_PRUNE_BATCH_JOBS = env_int("GENERATOR_JOB_PRUNE_BATCH_JOBS", 1000)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
@@ -447,6 +454,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "farm.prune_log_store",
         "schedule": env_float("GENERATOR_LOG_ORPHAN_INTERVAL", 3600),
         "options": {"expires": 3600},
+    },
+    "prune-jobs": {
+        "task": "farm.prune_jobs",
+        "schedule": env_float("GENERATOR_JOB_PRUNE_INTERVAL", 300),
+        "options": {"expires": 300},
     },
     "prune-contexts": {
         "task": "farm.prune_contexts",
