@@ -68,6 +68,16 @@ def test_the_shipped_pool_files_load(db, pool_file):
     assert DockerDaemon.objects.count() == 2
 
 
+def test_compose_web_and_beat_share_the_log_store_and_nothing_else_mounts_it():
+    """Beat archives old logs (and prunes them), web reads them back: one volume
+    at GENERATOR_LOG_ARCHIVE_DIR's default under the image's GENERATOR_VAR_DIR."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    on_it = {name for name, service in services.items() if "logs:/var/lib/generator/logs" in service.get("volumes", [])}
+    assert on_it == {"web", "beat"}
+    assert "GENERATOR_VAR_DIR=/var/lib/generator" in (ROOT / "Dockerfile").read_text()
+    assert "/var/lib/generator/logs" in (ROOT / "Dockerfile").read_text()  # made, and owned by the app's user
+
+
 def test_compose_runs_the_notify_worker_as_make_up_does():
     """The same command line as scripts/localfarm.py's: the "notify" queue
     (notify.* tasks' default route), threads, several sends at once."""
