@@ -84,3 +84,11 @@ def test_compose_runs_the_notify_worker_as_make_up_does():
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     assert services["notify"]["command"] == " ".join(["celery", *lf.notify_argv()[1:]])
     assert "--queues notify " in services["notify"]["command"]
+
+
+def test_make_status_expects_the_notify_worker():
+    """`make up` starts it (scripts/farm.py), so `make status` reports it missing
+    when it is not running."""
+    from scripts import farm
+
+    assert {"control", "notify", "web"} <= set(farm.expected_names())
