@@ -15,7 +15,12 @@ for each:
 Runs may overlap or die half way: a job with an archive row is not a candidate,
 the row is the one-to-one key so a second run's insert fails and its object is
 deleted, and a run that died before its transaction left at most an object no
-row names (overwritten by nothing, listed by `orphans`). Job rows stay.
+row names (overwritten by nothing, listed by `orphans`). Job rows stay
+(unless builds/job_retention.py prunes them, with their objects).
+
+`prune_orphans` (beat, `farm.prune_log_store`, hourly) deletes the objects no
+row names, those runs' leftovers and the objects of jobs deleted since, once
+they are older than GENERATOR_LOG_ORPHAN_GRACE_HOURS.
 
 Readers never come here directly: builds/logs.py:read_lines reads the table and
 falls back to the archive, so the REST log, `/b1` line reads, the WebSocket
@@ -204,15 +209,52 @@ _cache = _Cache(CACHE_BYTES)
 
 def orphans() -> list[str]:
     """Objects of the log store that no archive row names: left by a run that
-    died between writing its object and its transaction."""
-    named = set(BuildLogArchive.objects.exclude(name="").values_list("name", flat=True))
+    died between writing its object and its transaction (whole, or cut short
+    mid-write), or whose job is gone (deleted in admin, or pruned) and its
+    archive row with it. Any depth; one query per folder of the store."""
     found = []
-    try:
-        folders = store().listdir("")[0]
-    except FileNotFoundError:
-        return found
-    for folder in folders:
-        for file in store().listdir(folder)[1]:
-            if f"{folder}/{file}" not in named:
-                found.append(f"{folder}/{file}")
+    for folder, files in _walk(""):
+        # An object's name starts with its job's id (archive_job); a stray file
+        # of another shape matches no row and is found all the same.
+        ids = sorted({file.partition("-")[0] for file in files})
+        named = set()
+        for start in range(0, len(ids), 500):
+            rows = BuildLogArchive.objects.filter(job_id__in=ids[start : start + 500])
+            named.update(rows.values_list("name", flat=True))
+        found += [name for name in (f"{folder}{file}" for file in files) if name not in named]
     return found
+
+
+def _walk(folder: str) -> Iterator[tuple[str, list[str]]]:
+    """(folder with its trailing slash, its files) for `folder` and every folder below it."""
+    try:
+        folders, files = store().listdir(folder)
+    except FileNotFoundError:  # no store yet, or the folder went meanwhile
+        return
+    prefix = f"{folder}/" if folder else ""
+    yield prefix, files
+    for below in folders:
+        yield from _walk(f"{prefix}{below}")
+
+
+def prune_orphans(now: datetime | None = None) -> int:
+    """Deletes the orphans older than GENERATOR_LOG_ORPHAN_GRACE_HOURS. Answers
+    how many.
+
+    A run writes its object before its transaction names it, so a young object
+    no row names may be one a run is about to commit: it is left alone. The
+    age is the object's last write, so a run that is still writing is young
+    too. An object named by a row (its job's own) is never an orphan."""
+    cutoff = (now or timezone.now()) - timedelta(hours=settings.GENERATOR_LOG_ORPHAN_GRACE_HOURS)
+    removed = 0
+    for name in orphans():
+        try:
+            if store().get_modified_time(name) >= cutoff:
+                continue
+            store().delete(name)
+        except FileNotFoundError:  # deleted meanwhile (another run)
+            continue
+        removed += 1
+    if removed:
+        logger.info("deleted %d orphaned objects of the log store", removed)
+    return removed

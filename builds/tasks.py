@@ -19,6 +19,7 @@ from . import (
     db_sessions,
     dispatch,
     housekeeping,
+    job_retention,
     log_archive,
     multiplatform,
     reaper,
@@ -79,6 +80,18 @@ def prune_daemons() -> None:
 def archive_logs() -> None:
     # Logs of jobs that ended more than GENERATOR_LOG_RETENTION_DAYS ago, a bounded batch per run.
     log_archive.archive_due()
+
+
+@shared_task(name="farm.prune_log_store", ignore_result=True)
+def prune_log_store() -> None:
+    # Objects of the log store no archive row names (crashed runs, deleted jobs), past a grace time.
+    log_archive.prune_orphans()
+
+
+@shared_task(name="farm.prune_jobs", ignore_result=True)
+def prune_jobs() -> None:
+    # Finished jobs past GENERATOR_JOB_RETENTION_DAYS (0: none), a bounded batch per run.
+    job_retention.prune_due()
 
 
 @shared_task(name="farm.check_health", ignore_result=True)

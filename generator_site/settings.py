@@ -159,10 +159,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 5, "socket_timeout"
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # The farm's own bookkeeping runs on the "farm" queue, served by the control
 # worker that also runs beat (`make up`: control; compose: beat).
-# Notifications (notifications/) go to the control worker too unless an operator
-# gives them a worker of their own (a slow receiver holds a worker for up to
-# GENERATOR_NOTIFY_TIMEOUT seconds).
-GENERATOR_NOTIFY_QUEUE = env_str("GENERATOR_NOTIFY_QUEUE", "farm")
+# Notifications (notifications/) have a queue and a worker of their own (`make up`
+# and compose: notify): a slow receiver holds a sender for up to
+# GENERATOR_NOTIFY_TIMEOUT seconds a try, which on the control worker would hold
+# up dispatch, health checks and the reaper.
+GENERATOR_NOTIFY_QUEUE = env_str("GENERATOR_NOTIFY_QUEUE", "notify")
 CELERY_TASK_ROUTES = {"farm.*": {"queue": "farm"}, "notify.*": {"queue": GENERATOR_NOTIFY_QUEUE}}
 
 CHANNEL_LAYERS = {
@@ -341,6 +342,17 @@ GENERATOR_LOG_RETENTION_DAYS = env_float("GENERATOR_LOG_RETENTION_DAYS", 14)
 GENERATOR_LOG_ARCHIVE_DIR = Path(env_str("GENERATOR_LOG_ARCHIVE_DIR", str(VAR_DIR / "logs")))
 GENERATOR_LOG_ARCHIVE_BATCH_JOBS = env_int("GENERATOR_LOG_ARCHIVE_BATCH_JOBS", 200)
 GENERATOR_LOG_ARCHIVE_BATCH_LINES = env_int("GENERATOR_LOG_ARCHIVE_BATCH_LINES", 1_000_000)
+# Objects of the log store that no job's archive names (a crashed run's, a deleted
+# job's) are deleted by beat once older than this: a run writes its object before
+# its transaction names it.
+GENERATOR_LOG_ORPHAN_GRACE_HOURS = env_float("GENERATOR_LOG_ORPHAN_GRACE_HOURS", 1)
+# Finished jobs that ended more than this many days ago are deleted, with their
+# log lines and archived logs (builds/job_retention.py), at most
+# GENERATOR_JOB_PRUNE_BATCH_JOBS a run. 0: kept forever.
+GENERATOR_JOB_RETENTION_DAYS = env_float("GENERATOR_JOB_RETENTION_DAYS", 0)
+if GENERATOR_JOB_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured("GENERATOR_JOB_RETENTION_DAYS must be 0 (keep forever) or a number of days")
+GENERATOR_JOB_PRUNE_BATCH_JOBS = env_int("GENERATOR_JOB_PRUNE_BATCH_JOBS", 1000)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
@@ -436,6 +448,16 @@ CELERY_BEAT_SCHEDULE = {
     "archive-logs": {
         "task": "farm.archive_logs",
         "schedule": env_float("GENERATOR_LOG_ARCHIVE_INTERVAL", 300),
+        "options": {"expires": 300},
+    },
+    "prune-log-store": {
+        "task": "farm.prune_log_store",
+        "schedule": env_float("GENERATOR_LOG_ORPHAN_INTERVAL", 3600),
+        "options": {"expires": 3600},
+    },
+    "prune-jobs": {
+        "task": "farm.prune_jobs",
+        "schedule": env_float("GENERATOR_JOB_PRUNE_INTERVAL", 300),
         "options": {"expires": 300},
     },
     "prune-contexts": {

@@ -1,10 +1,10 @@
 """From a build's event to deliveries: cheap where the build runs, the rest on
-the control side.
+the notify worker.
 
 builds/transitions.py sends `job_event` after the status change committed. Here,
 in whatever process made the change (a build worker, daphne, the reaper), one
 query asks whether any endpoint wants the event, and if so one task message
-goes to the notify queue (GENERATOR_NOTIFY_QUEUE, "farm" by default). Nothing
+goes to the notify queue (GENERATOR_NOTIFY_QUEUE, "notify" by default). Nothing
 here may raise into the build: a broken database or broker is logged and the
 event is lost, the build goes on.
 """

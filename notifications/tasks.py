@@ -1,5 +1,5 @@
-"""Notification tasks, on GENERATOR_NOTIFY_QUEUE ("farm", the control worker,
-by default): never on a build worker."""
+"""Notification tasks, on GENERATOR_NOTIFY_QUEUE ("notify", the notify worker,
+by default): never on a build worker or the control worker."""
 
 from __future__ import annotations
 

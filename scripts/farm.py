@@ -143,6 +143,8 @@ def up() -> None:
     step(f"a Celery worker per daemon: {', '.join(worker_name(e) for e in entries)}")
     lf.start_control(sup, env)
     step("the control worker runs beat: dispatch, health checks, lost-worker reaper")
+    lf.start_notify(sup, env)
+    step(f"the notify worker sends notifications, {lf.NOTIFY_CONCURRENCY} at once")
 
     token = admin.rsplit(":", 1)[-1].strip()
     print(
@@ -163,7 +165,7 @@ def down() -> None:
     sup = lf.Supervisor(RUN)
     workers = [n for n in sup.names() if n.startswith("worker-")]
     # Workers first, so none starts a build on a daemon that is going away.
-    sup.stop_all(first=["control", *workers, "web"])
+    sup.stop_all(first=["control", *workers, "notify", "web"])
     lf.unmount_below(VAR / "docker")
     lf.remove_sandboxes(egress_policy())
     step("stopped everything make up started")
@@ -185,7 +187,7 @@ def status() -> int:
 
 def expected_names() -> list[str]:
     entries = pool_entries()
-    names = ["web", "registry", "control"]
+    names = ["web", "registry", "control", "notify"]
     names += [dockerd_name(e) for e in entries if e.host in LOCAL_HOSTS]
     names += [worker_name(e) for e in entries]
     return names

@@ -507,24 +507,18 @@ def start_web(sup: Supervisor, port: int, env: dict[str, str], name: str = "web"
     )
 
 
+def celery_worker_argv(queue: str, node: str, concurrency: int, *options: str) -> list[str]:
+    """A Celery worker of the farm consuming `queue`, named `node@host`."""
+    return [
+        venv_bin("celery"), "-A", "generator_site", "worker", *options,
+        "--queues", queue, "--hostname", f"{node}@%h", "--concurrency", str(concurrency),
+        "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
 def worker_argv(daemon_name: str, queue: str, concurrency: int) -> list[str]:
     node = "worker-" + "".join(c if c.isalnum() else "-" for c in daemon_name)
-    return [
-        venv_bin("celery"),
-        "-A",
-        "generator_site",
-        "worker",
-        "--queues",
-        queue,
-        "--hostname",
-        f"{node}@%h",
-        "--concurrency",
-        str(concurrency),
-        "--loglevel",
-        "INFO",
-        "--without-gossip",
-        "--without-mingle",
-    ]
+    return celery_worker_argv(queue, node, concurrency)
 
 
 def start_worker(
@@ -537,30 +531,29 @@ def start_worker(
 def control_argv(schedule_file: Path) -> list[str]:
     """The farm's bookkeeping (dispatch, reaper, health checks): one worker on
     the "farm" queue with beat inside it. There must be exactly one beat."""
-    return [
-        venv_bin("celery"),
-        "-A",
-        "generator_site",
-        "worker",
-        "--beat",
-        "--schedule",
-        str(schedule_file),
-        "--queues",
-        "farm",
-        "--hostname",
-        "control@%h",
-        "--concurrency",
-        "1",
-        "--loglevel",
-        "INFO",
-        "--without-gossip",
-        "--without-mingle",
-    ]
+    return celery_worker_argv("farm", "control", 1, "--beat", "--schedule", str(schedule_file))
 
 
 def start_control(sup: Supervisor, env: dict, name: str = "control") -> None:
     sup.start(name, control_argv(sup.run_dir / "celerybeat-schedule"), env=env)
     _wait_for_worker(sup, name, "the control worker (beat)")
+
+
+# Sends wait on receivers (HTTP, SMTP), not the CPU: threads, several at once in
+# one process. Each try ends by its own timeouts (GENERATOR_NOTIFY_TIMEOUT,
+# GENERATOR_EMAIL_TIMEOUT), so the pool needs no time limits (which threads lack).
+NOTIFY_CONCURRENCY = 8
+
+
+def notify_argv(concurrency: int = NOTIFY_CONCURRENCY) -> list[str]:
+    """Notifications (notifications/): a worker of their own on the "notify"
+    queue, so a slow receiver never holds the control worker."""
+    return celery_worker_argv("notify", "notify", concurrency, "--pool", "threads")
+
+
+def start_notify(sup: Supervisor, env: dict, name: str = "notify", concurrency: int = NOTIFY_CONCURRENCY) -> None:
+    sup.start(name, notify_argv(concurrency), env=env)
+    _wait_for_worker(sup, name, "the notify worker")
 
 
 def _wait_for_worker(sup: Supervisor, name: str, what: str) -> None:

@@ -46,7 +46,7 @@ def supervisor(services_dir):
     sup = lf.Supervisor(services_dir / "run")
     yield sup
     workers = [n for n in sup.names() if n.startswith("worker")]
-    sup.stop_all(first=["control", *workers, "web"])
+    sup.stop_all(first=["control", "notify", *workers, "web"])
     lf.unmount_below(services_dir)
 
 

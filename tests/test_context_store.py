@@ -214,6 +214,8 @@ def test_every_compose_service_that_runs_the_farm_shares_the_context_store():
     farm = {
         name: service for name, service in compose["services"].items() if service.get("image") == "generator:latest"
     }
-    assert {"web", "beat", "worker-0", "worker-1"} <= set(farm)
+    assert {"web", "beat", "worker-0", "worker-1", "notify"} <= set(farm)
+    # The notify worker reads job rows and sends; it never opens a context, and has no volume.
+    assert "volumes" not in farm.pop("notify")
     for name, service in farm.items():
         assert "contexts:/var/lib/generator/contexts" in service.get("volumes", []), name

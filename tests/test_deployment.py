@@ -10,6 +10,7 @@ import yaml
 from django.core.management import call_command
 
 from pool.models import DockerDaemon
+from scripts import localfarm as lf
 from tests.conftest import ROOT
 
 
@@ -28,7 +29,10 @@ def test_compose_describes_every_service_of_the_farm():
     result = compose_config(POSTGRES_PASSWORD="pw", GENERATOR_SECRET_KEY="key")
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
-    assert set(services) == {"web", "beat", "redis", "postgres", "registry", "dind-0", "worker-0", "dind-1", "worker-1"}
+    assert set(services) == {
+        *("web", "beat", "notify", "redis", "postgres", "registry"),
+        *("dind-0", "worker-0", "dind-1", "worker-1"),
+    }
     assert services["web"]["environment"]["DATABASE_URL"].startswith("postgres://generator:pw@postgres")
     # A worker shares only its own daemon's socket volume (and the context store,
     # no daemon's), and no daemon publishes a port.
@@ -62,3 +66,29 @@ def test_each_compose_worker_serves_its_daemons_queue(db):
 def test_the_shipped_pool_files_load(db, pool_file):
     call_command("loadpool", str(ROOT / "conf" / pool_file))
     assert DockerDaemon.objects.count() == 2
+
+
+def test_compose_web_and_beat_share_the_log_store_and_nothing_else_mounts_it():
+    """Beat archives old logs (and prunes them), web reads them back: one volume
+    at GENERATOR_LOG_ARCHIVE_DIR's default under the image's GENERATOR_VAR_DIR."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    on_it = {name for name, service in services.items() if "logs:/var/lib/generator/logs" in service.get("volumes", [])}
+    assert on_it == {"web", "beat"}
+    assert "GENERATOR_VAR_DIR=/var/lib/generator" in (ROOT / "Dockerfile").read_text()
+    assert "/var/lib/generator/logs" in (ROOT / "Dockerfile").read_text()  # made, and owned by the app's user
+
+
+def test_compose_runs_the_notify_worker_as_make_up_does():
+    """The same command line as scripts/localfarm.py's: the "notify" queue
+    (notify.* tasks' default route), threads, several sends at once."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["notify"]["command"] == " ".join(["celery", *lf.notify_argv()[1:]])
+    assert "--queues notify " in services["notify"]["command"]
+
+
+def test_make_status_expects_the_notify_worker():
+    """`make up` starts it (scripts/farm.py), so `make status` reports it missing
+    when it is not running."""
+    from scripts import farm
+
+    assert {"control", "notify", "web"} <= set(farm.expected_names())

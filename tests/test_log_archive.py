@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from datetime import timedelta
 
 import pytest
@@ -17,7 +18,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from builds import log_archive
+from builds import log_archive, tasks
 from builds.logs import LogWriter, read_lines
 from builds.models import BuildJob, BuildLogArchive, BuildLogLine
 from tests.test_log_consumer import communicator
@@ -178,6 +179,76 @@ def test_a_run_that_died_before_its_transaction_leaves_only_an_orphan(team):
     archive = log_archive.archive_job(job.id)
     assert archive.name != left
     assert read_lines(job.id, 0, max_lines=10, max_bytes=100) == ([(1, "a")], False)
+
+
+def _age(log_store, name: str, hours: float) -> None:
+    """Backdates an object's last write, as time passing would."""
+    then = (timezone.now() - timedelta(hours=hours)).timestamp()
+    os.utime(log_store / name, (then, then))
+
+
+def test_orphans_past_the_grace_are_deleted_and_young_ones_and_a_jobs_own_kept(team, log_store, settings):
+    settings.GENERATOR_LOG_ORPHAN_GRACE_HOURS = 1
+    kept, deleted, pruned = (finished_job(team, [f"{n}"]) for n in range(3))
+    own = log_archive.archive_job(kept.id).name
+    deleted_name = log_archive.archive_job(deleted.id).name
+    pruned_name = log_archive.archive_job(pruned.id).name
+    BuildJob.objects.filter(pk__in=[deleted.pk, pruned.pk]).delete()  # in admin, or by job retention
+    for name in (own, pruned_name):
+        _age(log_store, name, hours=3)
+    _age(log_store, deleted_name, hours=0.5)  # young: could be a run about to commit
+
+    assert sorted(log_archive.orphans()) == sorted([deleted_name, pruned_name])
+    assert log_archive.prune_orphans() == 1
+    assert _stored_objects() == {own, deleted_name}
+    assert read_lines(kept.id, 0, max_lines=10, max_bytes=100) == ([(1, "0")], False)
+    # An hour on, the young one is an orphan past the grace too; the job's own never is.
+    assert log_archive.prune_orphans(now=timezone.now() + timedelta(hours=1)) == 1
+    assert _stored_objects() == {own}
+    assert log_archive.prune_orphans(now=timezone.now() + timedelta(days=365)) == 0
+
+
+class Killed(BaseException):
+    """The archive run's process dying: nothing of it runs after this."""
+
+
+def test_a_crashed_runs_leftovers_are_deleted_past_the_grace_and_its_job_archived_again(team, log_store, monkeypatch):
+    job = finished_job(team, ["a", "b"])
+
+    def die(**fields):
+        raise Killed
+
+    # A run that wrote its object and died before its transaction ...
+    with monkeypatch.context() as patch:
+        patch.setattr(BuildLogArchive.objects, "create", die)
+        with pytest.raises(Killed):
+            log_archive.archive_job(job.id)
+    (whole,) = _stored_objects()
+    # ... one killed while writing (a cut-short object), and a stray temporary file.
+    cut = log_archive.store().save(f"{job.id[:2]}/{job.id}-0badc0de.jsonl.gz", _gz(b'[1, "a"]\n'[:5]))
+    stray = log_archive.store().save("tmpk2x9q1.upload", _gz(b""))
+    assert sorted(log_archive.orphans()) == sorted([whole, cut, stray])
+
+    assert log_archive.prune_orphans() == 0  # all younger than the grace
+    for name in (whole, cut, stray):
+        _age(log_store, name, hours=2)
+    assert log_archive.prune_orphans() == 3
+    assert _stored_objects() == set() and not (log_store / stray).exists()
+    # The job's lines never left the table; the next run archives them.
+    assert log_archive.archive_due() == (1, 2)
+    assert log_archive.orphans() == []
+    assert read_lines(job.id, 0, max_lines=10, max_bytes=100) == ([(1, "a"), (2, "b")], False)
+
+
+def test_beat_prunes_the_log_store(team, log_store, settings):
+    schedule = {entry["task"]: entry for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert schedule["farm.prune_log_store"]["schedule"] == 3600
+    job = finished_job(team, ["a"])
+    name = log_archive.archive_job(job.id).name
+    job.delete()
+    _age(log_store, name, hours=2)
+    tasks.prune_log_store()
+    assert _stored_objects() == set()
 
 
 def _gz(data: bytes):

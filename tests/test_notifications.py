@@ -316,26 +316,42 @@ def test_refused_receivers_cannot_be_saved(settings, repository, url, says):
     assert says in str(refused.value)
 
 
-def test_a_status_change_queues_one_message_on_the_farm_queue(
+def test_every_notification_task_is_routed_to_the_notify_queue_and_the_farms_own_to_farm():
+    """By default: beat's sweeps and prunes too, so no send ever waits on or holds
+    the control worker (dispatch, health checks, reaper)."""
+    from celery import current_app
+
+    def queue_of(name: str) -> str:
+        return current_app.amqp.router.route({}, name)["queue"].name
+
+    notify = [name for name in current_app.tasks if name.startswith("notify.")]
+    assert {"notify.fan_out", "notify.deliver", "notify.retry_due", "notify.prune"} <= set(notify)
+    assert {queue_of(name) for name in notify} == {"notify"}
+    assert {queue_of(name) for name in ("farm.dispatch", "farm.reap", "farm.check_health")} == {"farm"}
+
+
+def test_a_status_change_queues_one_message_on_the_notify_queue_not_the_control_workers(
     notify_settings, receiver, job, daemon, django_capture_on_commit_callbacks
 ):
     """The build's own path: the transition commits, one task message goes to the
-    notify queue ("farm"), nothing is sent from the build's process."""
+    notify queue (by default "notify", served by the notify worker, not the control
+    worker's "farm"), nothing is sent from the build's process."""
     import redis as redis_client
 
     receiver.behaviour = Behaviour(silent=True)  # would hold a sender for the whole timeout
     webhook(job.repository, receiver.url, on_started=True)
     BuildJob.objects.filter(pk=job.pk).update(status="queued", daemon=daemon, error="")
     broker = redis_client.Redis.from_url(notify_settings.CELERY_BROKER_URL)
-    before = broker.llen("farm")
+    before, farm_before = broker.llen("notify"), broker.llen("farm")
 
     started = time.monotonic()
     with django_capture_on_commit_callbacks(execute=True):
         assert transitions.claim(job.id, 1, daemon.pk, "w", 60)
     assert time.monotonic() - started < 0.5
     assert receiver.received == []
-    assert broker.llen("farm") == before + 1
-    message = json.loads(broker.lindex("farm", 0))
+    assert broker.llen("notify") == before + 1
+    assert broker.llen("farm") == farm_before
+    message = json.loads(broker.lindex("notify", 0))
     assert message["headers"]["task"] == "notify.fan_out"
     args, _, _ = json.loads(base64.b64decode(message["body"]))
     assert args == [job.id, "started"]

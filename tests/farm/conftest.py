@@ -1,6 +1,7 @@
-"""The whole farm, for real: a registry, two dockerd, daphne and a Celery worker per
-daemon, all started by the same code as `make up` (scripts/localfarm.py), on free
-ports, sharing the test database file and the test Redis."""
+"""The whole farm, for real: a registry, two dockerd, daphne, a Celery worker per
+daemon, the control worker (beat) and the notify worker, all started by the same
+code as `make up` (scripts/localfarm.py), on free ports, sharing the test
+database file and the test Redis."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ class Farm:
         for index, (name, _) in enumerate(self.daemons):
             lf.start_worker(sup, f"worker-{index}", name, queue_for(name), 2, self.env)
         lf.start_control(sup, self.env)
+        lf.start_notify(sup, self.env, concurrency=2)  # a lean farm: two sends at once are enough here
 
     def worker_of(self, daemon_name: str) -> str:
         return f"worker-{[name for name, _ in self.daemons].index(daemon_name)}"
@@ -131,6 +133,9 @@ def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github, clea
         "GENERATOR_DEBUG": "false",
         "GENERATOR_VAR_DIR": str(services_dir / "var"),
         **FAST_TIMINGS,
+        # Long enough that a build waiting behind a hung notification would show
+        # (test_notifications.py); a send never waits on it otherwise.
+        "GENERATOR_NOTIFY_TIMEOUT": "15",
     }
     registry_port = lf.free_port()
     tag = secrets.token_hex(2)
@@ -162,7 +167,7 @@ def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github, clea
     yield farm
     # The processes that hold database connections stop before pytest-django
     # drops the test database (PostgreSQL refuses while anyone is connected).
-    for name in ["control", "web", *(f"worker-{i}" for i in range(len(farm.daemons)))]:
+    for name in ["control", "notify", "web", *(f"worker-{i}" for i in range(len(farm.daemons)))]:
         supervisor.stop(name)
 
 

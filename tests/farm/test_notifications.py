@@ -1,6 +1,7 @@
 """Notifications on the real farm: a build's events reach a signed webhook
-receiver from the control worker, in order, while a failing receiver beside it
-changes nothing about the build."""
+receiver from the notify worker, in order, while a failing receiver beside it
+changes nothing about the build, and a hung one delays nothing the control
+worker does."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import time
 import urllib.request
 
 import pytest
+from django.utils import timezone
 
 from builds.models import BuildJob
 from notifications import signing
 from notifications.models import Delivery, Endpoint
+from pool.models import DockerDaemon
 from tests.receivers import Behaviour, Receiver
 
-from .conftest import follow, submit
+from .conftest import follow, submit, wait_for
 
 pytestmark = pytest.mark.farm
 
@@ -62,3 +65,39 @@ def test_a_builds_events_reach_a_signed_receiver_and_a_failing_one_changes_nothi
         Endpoint.objects.filter(pk__in=ids).delete()
         good.close()
         bad.close()
+
+
+def test_a_hung_receiver_holds_up_no_dispatch(farm, farm_pool, token):
+    """A receiver that answers after longer than a build takes. Its send holds a
+    notify thread for the farm's whole GENERATOR_NOTIFY_TIMEOUT (15 s); meanwhile
+    a job waiting for a free daemon is dispatched by beat (the control worker's
+    `farm.dispatch`, every second here) within moments, and builds and succeeds
+    before that send gives up. On the control worker, the send would have held
+    the dispatch for those 15 s."""
+    hung = Receiver(Behaviour(delay=60)).start()
+    endpoint = make_endpoint(farm, token, {"name": "hung", "repository": None, "url": hung.url, "events": ["queued"]})
+    daemons = DockerDaemon.objects.filter(pk__in=[d.pk for d in farm_pool])
+    try:
+        # No daemon takes builds: the submit's own dispatch leaves the job waiting.
+        daemons.update(draining=True)
+        job_id = submit(farm, token, f"{farm.registry}/notify/hung", "FROM busybox\nRUN echo not held up\n")
+        wait_for(lambda: hung.received, "the queued event reaching the hung receiver", timeout=30)
+        sent = time.monotonic()
+        assert BuildJob.objects.get(pk=job_id).status == "queued"
+
+        # Room again, told to nobody: only beat's next dispatch can start the job.
+        freed = timezone.now()
+        daemons.update(draining=False)
+        job = wait_for(
+            lambda: BuildJob.objects.filter(pk=job_id, started_at__isnull=False).first(),
+            "the waiting job starting",
+            timeout=30,
+        )
+        assert (job.started_at - freed).total_seconds() < 5
+        assert follow(farm, job_id, token).end["status"] == "succeeded"
+        assert time.monotonic() - sent < 15  # the hung send has not given up yet
+        assert len(hung.received) == 1
+    finally:
+        daemons.update(draining=False)
+        Endpoint.objects.filter(pk=endpoint).delete()
+        hung.close()
