@@ -101,10 +101,10 @@ def test_the_runner_pushes_with_the_builds_teams_account(teams):
     assert sent == [{"username": "a", "password": "a-pw"}, None]
 
 
-def test_the_multiplatform_index_writes_with_the_teams_account(teams, monkeypatch):
+def test_the_multiplatform_index_is_written_with_the_teams_account(teams, monkeypatch):
     a, _ = teams
     credential(a, "registry.example.com", "a", "a-pw")
-    opened = []
+    opened, ended = [], []
 
     class API:
         def __init__(self, host, *, username, password):
@@ -116,13 +116,24 @@ def test_the_multiplatform_index_writes_with_the_teams_account(teams, monkeypatc
         def __exit__(self, *exc):
             return False
 
+        def manifest(self, name, digest):
+            return digest
+
+        def put_index(self, name, tag, entries):
+            return "sha256:" + "2" * 64
+
         def delete_tag(self, name, tag):
             return True
 
     monkeypatch.setattr(multiplatform, "RegistryAPI", API)
-    parent = BuildJob.objects.create(image="registry.example.com/team-a/app:1", dockerfile="FROM scratch\n", team=a)
-    multiplatform._drop_child_tags(parent, [SimpleNamespace(id="c" * 32, digest="sha256:" + "1" * 64)])
-    assert opened == [("registry.example.com", "a", "a-pw")]
+    monkeypatch.setattr(multiplatform, "_end", lambda parent_id, status, line, **fields: ended.append(status))
+    parent = BuildJob.objects.create(
+        image="registry.example.com/team-a/app:1", dockerfile="FROM scratch\n", team=a, platforms=["linux/amd64"]
+    )
+    child = SimpleNamespace(id="c" * 32, digest="sha256:" + "1" * 64, platform="linux/amd64")
+    multiplatform._publish_index(parent, [child])
+    assert ended == ["succeeded"]
+    assert opened == [("registry.example.com", "a", "a-pw")] * 2  # the index, then the children's tags dropped
 
 
 def test_existing_registry_passwords_are_encrypted_by_the_migration(db):
