@@ -117,6 +117,16 @@ def keep_stored_secrets(form: forms.ModelForm, data: dict, names: tuple[str, ...
     return data
 
 
+def keep_or_encrypt(form: forms.ModelForm, data: dict, name: str) -> dict:
+    """A secret typed in is stored encrypted (builds/secrets.py); left empty on an
+    existing row, the stored one is kept."""
+    typed = data.get(name)
+    data = keep_stored_secrets(form, data, (name,))
+    if typed:
+        data[name] = build_secrets.encrypt(typed)
+    return data
+
+
 class BuildRuleInline(admin.TabularInline):
     model = BuildRule
     extra = 1
@@ -211,7 +221,7 @@ class RegistryForm(forms.ModelForm):
         if not data.get("username") and not data.get("password"):
             data["password"] = ""  # both cleared: the registry is allowed without credentials
             return data
-        return keep_stored_secrets(self, data, ("password",))
+        return keep_or_encrypt(self, data, "password")
 
 
 @admin.register(Registry)

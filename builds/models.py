@@ -462,13 +462,15 @@ class RegistryQuerySet(models.QuerySet):
 class Registry(models.Model):
     """A registry builds may push to (the allow-list), with push credentials if it
     asks for them. The password is write-only: admin and the API accept it and
-    never show it; it goes to the daemon with each push."""
+    never show it; it is stored encrypted (builds/secrets.py) and goes to the
+    daemon with each push (builds/registry_accounts.py), unless the build's team
+    has its own account for the registry."""
 
     host = models.CharField(
         max_length=255, unique=True, help_text="As in image references: registry.example.com:5000, or docker.io."
     )
     username = models.CharField(max_length=200, blank=True)
-    password = models.CharField(max_length=500, blank=True)
+    password = models.TextField(blank=True, help_text="Encrypted.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = RegistryQuerySet.as_manager()

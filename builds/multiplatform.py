@@ -44,8 +44,9 @@ from pool.platforms import check as check_platform
 from . import transitions
 from .errors import SubmissionError
 from .logs import append_shared
-from .models import WAITING, BuildJob, Registry
+from .models import WAITING, BuildJob
 from .references import parse_reference
+from .registry_accounts import push_account
 from .registry_api import IndexEntry, RegistryAPI, RegistryError, repository_path
 
 logger = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def _publish_index(parent: BuildJob, children: list[BuildJob]) -> None:
     reference = parse_reference(parent.image_repository)
     host = reference.registry
     name = repository_path(reference.repository, host)
-    account = Registry.objects.allowing(host).exclude(username="").first()
+    account = push_account(host, parent.team_id)
     by_platform = sorted(children, key=lambda c: parent.platforms.index(c.platform))
     try:
         with RegistryAPI(
@@ -233,7 +234,7 @@ def _drop_child_tags(parent: BuildJob, children: list[BuildJob]) -> None:
     if not pushed:
         return
     reference = parse_reference(parent.image_repository)
-    account = Registry.objects.allowing(reference.registry).exclude(username="").first()
+    account = push_account(reference.registry, parent.team_id)
     try:
         with RegistryAPI(
             reference.registry,

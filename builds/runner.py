@@ -23,9 +23,10 @@ from .dispatch import dispatch
 from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
 from .limits import buildkit_share, contained, limits_for
 from .logs import LogLimitExceeded, LogWriter
-from .models import BuildContext, BuildJob, BuildSecret, Registry
+from .models import BuildContext, BuildJob, BuildSecret
 from .multiplatform import mirror_into_parent
 from .references import parse_build_target
+from .registry_accounts import push_account
 from .sources import GitSource, SourceError
 from .steps import StepTimes
 
@@ -226,7 +227,8 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
             watch.stop()
         # Every tag of the build; they share one manifest, so one digest.
         pushed = [
-            _push(session, replace(target, tag=tag), log, watch, daemon.name) for tag in [target.tag, *job.extra_tags]
+            _push(session, replace(target, tag=tag), log, watch, daemon.name, job.team_id)
+            for tag in [target.tag, *job.extra_tags]
         ]
         return pushed[0]
 
@@ -272,11 +274,13 @@ def _source(job: BuildJob, log: LogWriter, watch: Watch) -> Iterator[tuple[Binar
         yield context, repository.dockerfile_path, {**repository.build_args, **job.build_args}
 
 
-def _push(session: EngineSession, target, log: LogWriter, watch: Watch, daemon_name: str) -> PushResult:
+def _push(
+    session: EngineSession, target, log: LogWriter, watch: Watch, daemon_name: str, team_id: int | None
+) -> PushResult:
     tries = settings.GENERATOR_PUSH_TRIES
     registry = target.registry
-    account = Registry.objects.allowing(registry).exclude(username="").first()
-    credentials = {"username": account.username, "password": account.password} if account else None
+    account = push_account(registry, team_id)  # the team's own account for the registry, else the farm's
+    credentials = account.auth_config() if account else None
     for number in range(1, tries + 1):
         log.write(f"[generator] Pushing {target}" + (f" (try {number} of {tries})" if number > 1 else ""))
         try:

@@ -287,8 +287,8 @@ def _set_secrets(repository: Repository, secrets: dict[str, str]) -> None:
 
 class RegistrySerializer(serializers.ModelSerializer):
     """A registry builds may push to: the rows are the allow-list. Credentials are
-    optional (both or neither); the password is write-only, and an update that
-    leaves it out keeps the stored one unless it clears the username."""
+    optional (both or neither); the password is write-only and stored encrypted,
+    and an update that leaves it out keeps the stored one unless it clears the username."""
 
     class Meta:
         model = Registry
@@ -303,10 +303,11 @@ class RegistrySerializer(serializers.ModelSerializer):
     def validate(self, data):
         stored = self.instance
         username = data.get("username", stored.username if stored else "")
-        password = data.get("password") or (stored.password if stored and username else "")
+        typed = data.get("password")
+        password = typed or (stored.password if stored and username else "")
         candidate = Registry(host=data.get("host", stored.host if stored else ""), username=username, password=password)
         candidate.clean()  # the host as Docker writes it; both credentials or neither
         if Registry.objects.filter(host=candidate.host).exclude(pk=stored.pk if stored else None).exists():
             raise serializers.ValidationError({"host": f"{candidate.host} is already listed"})
-        data.update(host=candidate.host, password=password)
+        data.update(host=candidate.host, password=build_secrets.encrypt(typed) if typed else password)
         return data

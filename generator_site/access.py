@@ -1,6 +1,9 @@
 """Who may do what, for the plain Django views and the WebSocket consumers.
 
-API tokens use DRF's model and header (`Authorization: Token <key>`). Writes
+API tokens use DRF's header (`Authorization: Token <key>`): a user's key is
+DRF's model, a team's (`gtt_...`) is teams/tokens.py's; `TokenAuthentication`
+below takes both for the REST API, `user_for_token_header` for `/b1` and the
+WebSocket handshake. Writes
 through the seed's GET endpoint accept a token only, never the session cookie:
 a GET that a browser sends with its cookies (an <img> on another site) must not
 start a build on a logged-in operator's behalf.
@@ -12,7 +15,11 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions
 from rest_framework.authtoken.models import Token
+
+from teams import tokens as team_tokens
 
 TOKEN_HINT = "send 'Authorization: Token <key>' (manage.py drf_create_token USER prints a key)"
 
@@ -30,10 +37,28 @@ def user_for_token_header(header: str) -> Identity:
     key = key.strip()
     if scheme.lower() != "token" or not key:
         return Identity(AnonymousUser(), "the Authorization header must read 'Token <key>'")
+    user, problem = user_for_key(key)
+    return Identity(user, "") if user is not None else Identity(AnonymousUser(), problem)
+
+
+def user_for_key(key: str):
+    """(the user a key acts as, None), or (None, why it is refused)."""
+    if team_tokens.is_team_key(key):
+        return team_tokens.authenticate(key)
     token = Token.objects.select_related("user").filter(key=key).first()
     if token is None or not token.user.is_active:
-        return Identity(AnonymousUser(), "invalid or inactive API token")
-    return Identity(token.user)
+        return None, "invalid or inactive API token"
+    return token.user, None
+
+
+class TokenAuthentication(authentication.TokenAuthentication):
+    """DRF's, taking team tokens too: a refused key is a 401 with the reason."""
+
+    def authenticate_credentials(self, key: str):
+        user, problem = user_for_key(key)
+        if user is None:
+            raise exceptions.AuthenticationFailed(problem)
+        return user, key
 
 
 def can_submit(user) -> bool:
@@ -44,3 +69,21 @@ def can_submit(user) -> bool:
 
 def can_read_logs(user) -> bool:
     return settings.GENERATOR_PUBLIC_LOGS or bool(user.is_authenticated)
+
+
+class TokenScheme(OpenApiAuthenticationExtension):
+    """How the OpenAPI schema describes the header (drf-spectacular finds it by its target)."""
+
+    target_class = TokenAuthentication
+    name = "tokenAuth"
+    priority = 1
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "`Token <key>`: a user's key (acts as that user), or a team's `gtt_...` key, made "
+            "under /api/v1/teams/{slug}/tokens/ (acts as a member, not admin, of that team alone). "
+            "A revoked or expired key is a 401.",
+        }

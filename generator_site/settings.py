@@ -217,7 +217,7 @@ if GENERATOR_WS_SEND_BUFFER_BYTES < 64 * 1024 or GENERATOR_WS_SLOW_CLIENT_SECOND
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "generator_site.access.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

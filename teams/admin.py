@@ -1,11 +1,15 @@
-"""Teams in admin (staff only, as all of admin): members and their roles, and the
-namespaces each team pushes into."""
+"""Teams in admin (staff only, as all of admin): members and their roles, the
+namespaces each team pushes into, its API tokens and its registry accounts."""
 
+from django import forms
 from django.contrib import admin
+from django.template.response import TemplateResponse
 
 from audit.hooks import AuditedAdmin
+from builds.admin import SecretInput, keep_or_encrypt
 
-from .models import Membership, Namespace, Team
+from . import tokens
+from .models import Membership, Namespace, RegistryCredential, Team, TeamToken
 
 
 class MembershipInline(admin.TabularInline):
@@ -17,6 +21,31 @@ class MembershipInline(admin.TabularInline):
 class NamespaceInline(admin.TabularInline):
     model = Namespace
     extra = 1
+
+
+class RegistryCredentialForm(forms.ModelForm):
+    class Meta:
+        model = RegistryCredential
+        fields = ["team", "host", "username", "password"]
+        widgets = {"password": SecretInput()}
+        help_texts = {"password": "Write-only: never shown again. Leave empty to keep the stored one."}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["password"].required = not self.instance.pk
+
+    def clean(self):
+        return keep_or_encrypt(self, super().clean(), "password")
+
+
+@admin.register(RegistryCredential)
+class RegistryCredentialAdmin(AuditedAdmin, admin.ModelAdmin):
+    """A team's own accounts on registries: its builds push with them, over the farm's (Registries)."""
+
+    form = RegistryCredentialForm
+    list_display = ["host", "team", "username", "updated_at"]
+    list_filter = ["team"]
+    search_fields = ["host", "username"]
 
 
 @admin.register(Team)
@@ -48,3 +77,38 @@ class NamespaceAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ["prefix", "team", "created_at"]
     list_filter = ["team"]
     search_fields = ["prefix"]
+
+
+@admin.register(TeamToken)
+class TeamTokenAdmin(admin.ModelAdmin):
+    """Made here (the key is shown once, on the page after), revoked by an action;
+    never changed or deleted, so what each one did stays readable."""
+
+    list_display = ["name", "team", "prefix", "created_by", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    list_filter = ["team"]
+    search_fields = ["name", "prefix"]
+    fields = ["team", "name", "expires_at", "prefix", "created_by", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["prefix", "created_by", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):
+        # Only adds come here (no one may change a token): issue() makes the key and audits.
+        token, request.new_team_token_key = tokens.issue(
+            obj.team, obj.name, created_by=request.user, expires_at=obj.expires_at
+        )
+        obj.pk, obj.prefix, obj.created_at = token.pk, token.prefix, token.created_at
+
+    def response_add(self, request, obj, post_url_continue=None):
+        context = {**self.admin_site.each_context(request), "token": obj, "key": request.new_team_token_key}
+        return TemplateResponse(request, "admin/teams/teamtoken/created.html", context)
+
+    @admin.action(description="Revoke the selected tokens (they then get 401)")
+    def revoke(self, request, queryset):
+        revoked = sum(tokens.revoke(token, actor=request.user) for token in queryset.select_related("team"))
+        self.message_user(request, f"revoked {revoked} token(s)")

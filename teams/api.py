@@ -3,14 +3,17 @@
 Everyone logged in reads their own teams (staff: all); another team is a 404.
 Staff create and delete teams, give out namespaces (a namespace decides who
 may push where, so a team may not claim one) and set a team's limits (its fair
-share of the farm); a team's admins rename it and manage its members. Every
-change is in the audit log (audit/).
+share of the farm); a team's admins rename it and manage its members, its API
+tokens (teams/tokens.py) and its registry credentials. Every change is in the
+audit log (audit/).
 """
 
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import exceptions, mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -18,8 +21,10 @@ from rest_framework.response import Response
 
 from audit.hooks import AuditedViewSet
 from audit.log import record
+from builds import secrets
 
-from .models import Membership, Namespace, Team
+from . import tokens as team_tokens
+from .models import Membership, Namespace, RegistryCredential, Team, TeamToken
 
 LIMIT_FIELDS = ["max_concurrent_builds", "max_builds_per_hour", "max_log_lines", "over_limit"]
 
@@ -77,6 +82,53 @@ class NamespaceSerializer(serializers.ModelSerializer):
         return candidate.prefix
 
 
+class TeamTokenSerializer(serializers.ModelSerializer):
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = TeamToken
+        fields = ["id", "name", "prefix", "created_by", "created_at", "last_used_at", "expires_at", "revoked_at"]
+        read_only_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
+
+    def validate_expires_at(self, value):
+        if value is not None and value <= timezone.now():
+            raise serializers.ValidationError("already past: give a time to come, or none")
+        return value
+
+
+class NewTeamTokenSerializer(TeamTokenSerializer):
+    token = serializers.CharField(
+        read_only=True,
+        help_text="The key, for 'Authorization: Token <key>'. Shown this once: only its hash is stored.",
+    )
+
+    class Meta(TeamTokenSerializer.Meta):
+        fields = [*TeamTokenSerializer.Meta.fields, "token"]
+
+
+class RegistryCredentialSerializer(serializers.ModelSerializer):
+    """Sent again for the same host, it replaces the stored one. The password is
+    write-only: kept encrypted (builds/secrets.py), never answered."""
+
+    class Meta:
+        model = RegistryCredential
+        fields = ["id", "host", "username", "password", "created_at", "updated_at"]
+        read_only_fields = ["created_at", "updated_at"]
+        extra_kwargs = {
+            "password": {"write_only": True, "help_text": "Write-only: never shown again."},
+        }
+
+    def validate(self, data):
+        candidate = RegistryCredential(host=data.get("host", getattr(self.instance, "host", "")))
+        try:
+            candidate.clean()
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from None
+        if not data.get("password"):
+            raise serializers.ValidationError({"password": "give the registry account's password (or token)"})
+        return {**data, "host": candidate.host, "password": secrets.encrypt(data["password"])}
+
+
 class TeamAccess(permissions.BasePermission):
     message = "only staff create or delete teams; only a team's admins or staff change it or its members"
 
@@ -126,7 +178,9 @@ class TeamViewSet(AuditedViewSet, viewsets.ModelViewSet):
         team = self.get_object()
         form = MembershipSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        user, role = form.validated_data["user"], form.validated_data["role"]
+        user, role = form.validated_data["user"], form.validated_data.get("role", Membership.Role.MEMBER)
+        if team_tokens.is_token_user(user):
+            return Response({"detail": f"{user.get_username()!r} is a team's token user: its tokens set its team"}, 400)
         _, created = Membership.objects.update_or_create(team=team, user=user, defaults={"role": role})
         details = {"members": [user.get_username()], "role": role}
         record("create" if created else "change", "membership", team, team=team, details=details)
@@ -143,12 +197,106 @@ class TeamViewSet(AuditedViewSet, viewsets.ModelViewSet):
         membership = team.memberships.filter(user__username=username).first()
         if membership is None:
             return Response({"detail": f"{username!r} is not a member of team {team.slug}"}, status=404)
+        if membership.user_id == team.token_user_id:
+            return Response({"detail": "the team's token user stays: revoke its tokens instead"}, status=400)
         admins = team.memberships.filter(role=Membership.Role.ADMIN)
         if membership.role == Membership.Role.ADMIN and admins.count() == 1 and not _staff(request.user):
             return Response({"detail": "the team's last admin cannot be removed: make another admin first"}, 409)
         membership.delete()
         record("delete", "membership", team, team=team, details={"members": [username]})
         return Response(TeamSerializer(self.get_object()).data, status=status.HTTP_200_OK)
+
+    def _administered(self) -> Team:
+        team = self.get_object()  # someone outside the team: 404
+        if not (_staff(self.request.user) or team.has_admin(self.request.user)):
+            raise exceptions.PermissionDenied("only the team's admins or staff manage its tokens and credentials")
+        return team
+
+    @extend_schema(
+        methods=["GET"],
+        responses={200: TeamTokenSerializer(many=True)},
+        description="The team's API tokens, revoked ones too; never their keys. The team's admins or staff "
+        "(a member: 403; someone outside the team: 404).",
+    )
+    @extend_schema(
+        methods=["POST"],
+        request=TeamTokenSerializer,
+        responses={201: NewTeamTokenSerializer},
+        description="Make a team token: the team's admins or staff. The answer's `token` (gtt_...) is the key, "
+        "shown this once. `Authorization: Token <key>` then acts as a member (not admin) of this team alone: "
+        "it submits into the team's namespaces, reads and cancels the team's builds (REST, /b1, WebSocket, CLI).",
+    )
+    @action(detail=True, methods=["get", "post"], serializer_class=TeamTokenSerializer, pagination_class=None)
+    def tokens(self, request, slug=None):
+        team = self._administered()
+        if request.method == "GET":
+            return Response(TeamTokenSerializer(team.tokens.select_related("created_by"), many=True).data)
+        form = TeamTokenSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        token, key = team_tokens.issue(team, created_by=request.user, **form.validated_data)
+        return Response({**NewTeamTokenSerializer(token).data, "token": key}, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=None,
+        responses={204: None},
+        description="Revoke a team token (it then gets 401): the team's admins or staff. The row stays, "
+        "with its revocation time.",
+    )
+    @action(detail=True, methods=["delete"], url_path=r"tokens/(?P<token_id>[0-9]+)")
+    def revoke_token(self, request, slug=None, token_id=None):
+        token = self._administered().tokens.filter(pk=token_id).first()
+        if token is None:
+            return Response({"detail": f"team {slug} has no token {token_id}"}, status=404)
+        team_tokens.revoke(token, actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        methods=["GET"],
+        responses={200: RegistryCredentialSerializer(many=True)},
+        description="The team's registry accounts (host, username; never the password): the team's admins or staff.",
+    )
+    @extend_schema(
+        methods=["POST"],
+        request=RegistryCredentialSerializer,
+        responses={201: RegistryCredentialSerializer, 200: RegistryCredentialSerializer},
+        description="Set the team's account for a registry (201; 200 when it replaces the one for that host): "
+        "the team's admins or staff. The team's builds push to that registry with it, over the farm's "
+        "own credentials. The password is write-only and stored encrypted.",
+    )
+    @action(
+        detail=True,
+        methods=["get", "post"],
+        url_path="registry-credentials",
+        serializer_class=RegistryCredentialSerializer,
+        pagination_class=None,
+    )
+    def registry_credentials(self, request, slug=None):
+        team = self._administered()
+        if request.method == "GET":
+            return Response(RegistryCredentialSerializer(team.registry_credentials.all(), many=True).data)
+        form = RegistryCredentialSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        try:
+            credential, created = RegistryCredential.objects.update_or_create(
+                team=team, host=data["host"], defaults={"username": data["username"], "password": data["password"]}
+            )
+        except IntegrityError:  # the same host set twice at once
+            return Response({"detail": f"{data['host']} was set at the same moment: send it again"}, status=409)
+        details = {"fields": ["host", "username"]}
+        record("create" if created else "change", "registry credential", credential, team=team, details=details)
+        answer = RegistryCredentialSerializer(credential).data
+        return Response(answer, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(request=None, responses={204: None}, description="Remove one: the team's admins or staff.")
+    @action(detail=True, methods=["delete"], url_path=r"registry-credentials/(?P<credential_id>[0-9]+)")
+    def remove_registry_credential(self, request, slug=None, credential_id=None):
+        credential = self._administered().registry_credentials.filter(pk=credential_id).first()
+        if credential is None:
+            return Response({"detail": f"team {slug} has no registry credential {credential_id}"}, status=404)
+        record("delete", "registry credential", credential, team=credential.team)
+        credential.delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class StaffWrites(permissions.BasePermission):

@@ -61,6 +61,11 @@ class Team(models.Model):
         help_text="Over the concurrency or hourly limit, a submit is refused or waits its turn.",
     )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
+    # The user the team's API tokens act as (teams/tokens.py): made with its first token.
+    token_user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="token_team",
+        editable=False,
+    )  # fmt: skip
 
     objects = TeamQuerySet.as_manager()
 
@@ -176,3 +181,54 @@ def namespace_refusal(team: Team | None, image_repository: str) -> str:
         whose = f"team {team.slug}" if team else "none of your teams"
         return f"{image_repository} is in namespace {namespace.prefix}, which {whose} does not own"
     return ""
+
+
+class TeamToken(models.Model):
+    """An API token of a team, not of a person: `Authorization: Token gtt_...`
+    acts as the team's token user (teams/tokens.py), a member of that team alone.
+    Only the SHA-256 of the key is stored; the key is shown once, when made."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="tokens")
+    name = models.CharField(max_length=100, help_text="What the token is for (a CI job, a script).")
+    # The key's first characters, to tell tokens apart in lists and to find a leaked one.
+    prefix = models.CharField(max_length=16, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: until revoked.")
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["team", "-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class RegistryCredential(models.Model):
+    """A team's account on a registry: its builds push to `host` with it, over the
+    farm's own (builds.Registry). The password is encrypted (builds/secrets.py)
+    and write-only: admin and the API take it and never show it."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="registry_credentials")
+    host = models.CharField(max_length=255, help_text="As in image names: registry.example.com:5000, or docker.io.")
+    username = models.CharField(max_length=200)
+    password = models.TextField(help_text="Encrypted.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["team", "host"]
+        constraints = [models.UniqueConstraint(fields=["team", "host"], name="one_registry_credential_per_team_host")]
+
+    def __str__(self) -> str:
+        return f"{self.username} at {self.host}"
+
+    def clean(self) -> None:
+        try:
+            self.host = parse_registry_host(self.host)
+        except InvalidReference as exc:
+            raise ValidationError({"host": str(exc)}) from None

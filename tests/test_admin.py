@@ -64,17 +64,23 @@ def test_retry_from_the_job_admin(admin_client, daemon):
     assert f"{running.id[:8]}: the build is building: only a finished build can be retried" in message
 
 
-def test_a_registry_password_is_never_shown_and_kept_when_left_empty(admin_client, db):
+def test_a_registry_password_is_never_shown_stored_encrypted_and_kept_when_left_empty(admin_client, db):
     from builds.models import Registry
+    from builds.secrets import decrypt
 
-    registry = Registry.objects.create(host="r.example.invalid", username="u", password="hunter2")
+    admin_client.post(
+        "/admin/builds/registry/add/", {"host": "r.example.invalid", "username": "u", "password": "hunter2"}
+    )
+    registry = Registry.objects.get(host="r.example.invalid")
+    stored = registry.password
+    assert "hunter2" not in stored and decrypt(stored) == "hunter2"
     page = admin_client.get(f"/admin/builds/registry/{registry.pk}/change/").content.decode()
-    assert "hunter2" not in page
+    assert "hunter2" not in page and stored not in page
     admin_client.post(
         f"/admin/builds/registry/{registry.pk}/change/", {"host": "r.example.invalid", "username": "v", "password": ""}
     )
     registry.refresh_from_db()
-    assert (registry.username, registry.password) == ("v", "hunter2")
+    assert (registry.username, registry.password) == ("v", stored)
 
 
 def test_the_pool_list_shows_each_daemons_load(admin_client, daemon):

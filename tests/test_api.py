@@ -273,6 +273,7 @@ def test_the_schema_and_docs_are_served_without_a_cdn(api, db):
 
 def test_registries_are_staff_only_and_passwords_write_only(api, operator, reader, db):
     from builds.models import Registry
+    from builds.secrets import decrypt
 
     as_user(api, reader)
     assert api.get("/api/v1/registries/").status_code == 403
@@ -282,10 +283,11 @@ def test_registries_are_staff_only_and_passwords_write_only(api, operator, reade
     )
     assert created.status_code == 201 and "password" not in created.json()
     assert "p4ss" not in api.get("/api/v1/registries/").content.decode()
-    assert Registry.objects.get(host="registry.example.invalid").password == "p4ss"
+    stored = Registry.objects.get(host="registry.example.invalid").password
+    assert "p4ss" not in stored and decrypt(stored) == "p4ss"  # encrypted at rest
     registry_id = created.json()["id"]
     assert api.patch(f"/api/v1/registries/{registry_id}/", {"username": "v"}, format="json").status_code == 200
-    assert Registry.objects.get(pk=registry_id).password == "p4ss"  # untouched when not given
+    assert Registry.objects.get(pk=registry_id).password == stored  # untouched when not given
 
 
 def test_a_filter_with_a_nul_character_is_a_400_on_every_database(client, operator):

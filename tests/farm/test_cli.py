@@ -8,6 +8,8 @@ import sys
 import pytest
 
 from builds.models import BuildJob
+from teams import tokens
+from teams.models import Namespace
 from tests.conftest import ROOT
 
 from .conftest import registry_digest
@@ -39,6 +41,19 @@ def test_submit_a_directory_streams_the_log_and_exits_0(farm, token, tmp_path):
     assert "build succeeded" in result.stderr
     job = BuildJob.objects.get(image=image)
     assert registry_digest(farm, "cli/dir", "latest") == job.digest == registry_digest(farm, "cli/dir", "1")
+
+
+def test_a_team_token_builds_and_pushes_for_its_team(farm, token, tmp_path):
+    team = Namespace.objects.owning(f"{farm.registry}/cli/team").team
+    _, key = tokens.issue(team, "farm cli")
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN echo built with a team token\n")
+    image = f"{farm.registry}/cli/team:1"
+    result = cli(farm, key, "submit", str(tmp_path), "--image", image)
+    assert result.returncode == 0, result.stderr
+    assert "built with a team token" in result.stdout  # the log, followed over the WebSocket with the key
+    job = BuildJob.objects.select_related("team__token_user").get(image=image)
+    assert job.team == team and job.submitted_by == job.team.token_user
+    assert registry_digest(farm, "cli/team", "1") == job.digest
 
 
 def test_submit_a_failing_dockerfile_exits_1(farm, token, tmp_path):

@@ -1,5 +1,5 @@
-"""Re-encrypts every stored build secret and deploy key with the first key of
-GENERATOR_SECRETS_KEYS.
+"""Re-encrypts every stored secret with the first key of GENERATOR_SECRETS_KEYS:
+build secrets, deploy keys, the farm's registry passwords and the teams'.
 
 Rotation: put the new key first in GENERATOR_SECRETS_KEYS (keep the old one after
 it), restart, run this, then drop the old key.
@@ -11,19 +11,28 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from builds import secrets
-from builds.models import BuildSecret, Repository
+from builds.models import BuildSecret, Registry, Repository
+from teams.models import RegistryCredential
+
+# (model, encrypted field, rows that have one, what the report calls them)
+STORED = [
+    (BuildSecret, "value", {}, "build secret(s)"),
+    (Repository, "deploy_key", {"deploy_key": ""}, "deploy key(s)"),
+    (Registry, "password", {"password": ""}, "registry password(s)"),
+    (RegistryCredential, "password", {}, "team registry password(s)"),
+]
 
 
 class Command(BaseCommand):
-    help = "Re-encrypts every build secret and deploy key with the first key of GENERATOR_SECRETS_KEYS."
+    help = "Re-encrypts every stored secret (build secrets, deploy keys, registry passwords) with the first key."
 
     def handle(self, *args, **options) -> None:
-        count = keys = 0
+        counts = []
         with transaction.atomic():
-            for secret in BuildSecret.objects.select_for_update().only("pk", "value"):
-                BuildSecret.objects.filter(pk=secret.pk).update(value=secrets.rotate(secret.value))
-                count += 1
-            for repository in Repository.objects.select_for_update().exclude(deploy_key="").only("pk", "deploy_key"):
-                Repository.objects.filter(pk=repository.pk).update(deploy_key=secrets.rotate(repository.deploy_key))
-                keys += 1
-        self.stdout.write(f"re-encrypted {count} build secret(s) and {keys} deploy key(s) with the first key")
+            for model, field, empty, what in STORED:
+                count = 0
+                for row in model.objects.select_for_update().exclude(**empty).only("pk", field):
+                    model.objects.filter(pk=row.pk).update(**{field: secrets.rotate(getattr(row, field))})
+                    count += 1
+                counts.append(f"{count} {what}")
+        self.stdout.write(f"re-encrypted {', '.join(counts)} with the first key")
