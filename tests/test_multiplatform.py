@@ -5,15 +5,18 @@ children (the registry side is in tests/farm/test_multiplatform.py)."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import pytest
+from django.test import override_settings
 from rest_framework.test import APIClient
 
-from builds import transitions
+from builds import multiplatform, transitions
 from builds.dispatch import dispatch
 from builds.logs import LogWriter, append_shared
 from builds.models import BuildJob, BuildLogLine, Repository
-from builds.multiplatform import CHILD_TAG_PREFIX, fail_unbuildable, mirror_into_parent, settle
+from builds.multiplatform import child_tag, fail_unbuildable, mirror_into_parent, settle
+from builds.registry_api import DOCKER_MANIFEST, Manifest
 from builds.services import BuildRequest, SubmissionError, cancel_build, retry_build, submit, submit_push_build
 from pool.models import DockerDaemon
 from pool.platforms import detect_emulation, from_engine
@@ -86,8 +89,11 @@ def test_a_multi_platform_submit_makes_a_parent_and_a_child_per_platform(operato
     assert parent.platforms == BOTH and parent.builder == "buildkit" and parent.is_parent
     children = list(parent.children.order_by("platform"))
     assert [c.platform for c in children] == BOTH
+    assert [c.image for c in children] == [
+        "localhost:5000/team/app:generator-platform-linux-amd64",
+        "localhost:5000/team/app:generator-platform-linux-arm64",
+    ]
     for child in children:
-        assert child.image == f"localhost:5000/team/app:{CHILD_TAG_PREFIX}{child.id}"
         assert child.extra_tags == [] and child.builder == "buildkit" and child.dockerfile == "FROM busybox\n"
     assert parent.queue_position() is None
 
@@ -132,6 +138,111 @@ def test_children_are_dispatched_to_daemons_of_their_platform_and_the_parent_nev
     arm = parent.children.get(platform="linux/arm64")
     assert arm.daemon.name == "emulates"
     assert parent.children.get(platform="linux/amd64").daemon.name == "native-only"
+
+
+@contextmanager
+def pool_paused():
+    """Builds submitted inside wait together (the daemons are unhealthy), as on a busy pool; dispatched after."""
+    DockerDaemon.objects.update(healthy=False)
+    yield
+    DockerDaemon.objects.update(healthy=True)
+
+
+@override_settings(GENERATOR_BUILDKIT_SHARED_DAEMONS=True, GENERATOR_MAX_BUILDS_PER_IMAGE=0)
+def test_on_shared_daemons_two_children_of_one_helper_tag_never_build_on_one_daemon(operator):
+    # They push repository:generator-platform-linux-amd64 from the daemon's image store.
+    only = amd64_daemon("shared", detected_emulation="")
+    DockerDaemon.objects.filter(pk=only.pk).update(capacity=2)
+    amd64 = {"dockerfile": "FROM busybox\n", "platforms": ["linux/amd64"]}
+    with pool_paused():
+        first = submit(BuildRequest(image="localhost:5000/team/app:1", **amd64), submitted_by=operator)
+        second = submit(BuildRequest(image="localhost:5000/team/app:2", **amd64), submitted_by=operator)
+        other = submit(BuildRequest(image="localhost:5000/team/other:1", dockerfile="FROM busybox\n"),
+                       submitted_by=operator)  # fmt: skip
+    assert dispatch() == 2  # the waiting child holds back no other build of the daemon's group
+    assert first.children.get().daemon == only and BuildJob.objects.get(pk=other.pk).daemon == only
+    assert second.children.get().daemon is None
+    done = first.children.get()
+    _running(done)
+    transitions.fail(done.id, 1, "exit code: 1")
+    assert dispatch() == 1
+    assert second.children.get().daemon == only
+
+
+def test_a_build_may_not_take_a_helper_tag_as_its_own(operator):
+    amd64_daemon("one")
+    for image, extra in (("localhost:5000/team/app:generator-platform-linux-amd64", []),
+                         ("localhost:5000/team/app:1", ["generator-platform-linux-arm64"])):  # fmt: skip
+        with pytest.raises(SubmissionError, match="are the farm's"):
+            submit(BuildRequest(image=image, extra_tags=extra, dockerfile="FROM busybox\n"), submitted_by=operator)
+    assert not BuildJob.objects.exists()
+
+
+def test_a_platform_s_helper_tag_is_one_per_repository_whatever_the_build():
+    assert child_tag("linux/arm64") == "generator-platform-linux-arm64"
+    assert child_tag("linux/arm/v7") == "generator-platform-linux-arm-v7"
+
+
+class FakeRegistry:
+    """The registry's HTTP API as builds/multiplatform.py uses it: what it was asked, in order."""
+
+    calls: list[tuple] = []
+
+    def __init__(self, host, **credentials):
+        self.calls.append(("open", host))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def manifest(self, name, reference):
+        self.calls.append(("manifest", name, reference))
+        return Manifest(DOCKER_MANIFEST, reference, 500)
+
+    def put_index(self, name, tag, entries):
+        self.calls.append(("put_index", name, tag, [(e.platform, e.manifest.digest) for e in entries]))
+        return "sha256:" + "f" * 64
+
+    def __getattr__(self, name):  # anything else (deleting a tag, a manifest) is a call the farm must not make
+        raise AssertionError(f"the farm called {name} on the registry")
+
+
+def _pushed(child: BuildJob, digest: str) -> None:
+    _running(child)
+    transitions.start_push(child.id, child.attempt, "sha256:" + "1" * 64)
+    transitions.succeed(child.id, child.attempt, digest)
+
+
+def test_concurrent_builds_of_one_repository_share_helper_tags_and_index_their_own_pushes(operator, monkeypatch):
+    monkeypatch.setattr(multiplatform, "RegistryAPI", FakeRegistry)
+    FakeRegistry.calls = []
+    amd64_daemon("one")
+    amd64_daemon("two")
+    request = {"dockerfile": "FROM busybox\n", "platforms": BOTH}
+    first = submit(BuildRequest(image="localhost:5000/team/app:1", **request), submitted_by=operator)
+    second = submit(BuildRequest(image="localhost:5000/team/app:2", extra_tags=["x"], **request), submitted_by=operator)
+    images = {c.image for c in BuildJob.objects.filter(parent__in=[first, second])}
+    assert images == {"localhost:5000/team/app:generator-platform-linux-amd64",
+                      "localhost:5000/team/app:generator-platform-linux-arm64"}  # fmt: skip
+    # The second build's children push under the same tags after the first's, before the first's index.
+    digests = {}
+    for parent, mark in ((first, "a"), (second, "b")):
+        for child in parent.children.all():
+            BuildJob.objects.filter(pk=child.pk).update(daemon=DockerDaemon.objects.first())
+            digests[(parent.id, child.platform)] = f"sha256:{mark}{child.platform[-1]}" + "0" * 62
+    for parent in (second, first):  # the later build's index is written first
+        for child in parent.children.order_by("platform"):
+            _pushed(child, digests[(parent.id, child.platform)])
+    indexes = [call for call in FakeRegistry.calls if call[0] == "put_index"]
+    assert indexes == [
+        ("put_index", "team/app", tag, [(p, digests[(parent.id, p)]) for p in BOTH])
+        for parent, tags in ((second, ["2", "x"]), (first, ["1"]))
+        for tag in tags
+    ]
+    assert all(call[0] in ("open", "manifest", "put_index") for call in FakeRegistry.calls)
+    assert BuildJob.objects.get(pk=first.pk).status == BuildJob.objects.get(pk=second.pk).status == "succeeded"
 
 
 def _running(child: BuildJob) -> None:

@@ -21,6 +21,7 @@ from .conftest import api_build, engine, follow, registry_digest, steps_running,
 pytestmark = pytest.mark.farm
 
 LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+HELPER_TAGS = ("generator-platform-linux-amd64", "generator-platform-linux-arm64")
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,9 @@ def test_a_two_platform_build_is_one_index_whose_images_run_on_their_platform(fa
     assert platforms == {("linux", "amd64"): children["linux/amd64"].digest,
                          ("linux", "arm64"): children["linux/arm64"].digest}  # fmt: skip
 
+    # The repository holds the build's tags and one helper tag per platform, nothing per build.
+    assert tag_list(farm, "multi/app") == {"1", "stable", *HELPER_TAGS}
+
     # Each platform pulled and run where it belongs: arm64 under QEMU says aarch64.
     client = engine(farm.daemons[1][1])
     try:
@@ -106,11 +110,12 @@ def test_one_platform_failing_fails_the_build_and_tags_nothing(farm, token, two_
     assert manifest_list(farm, "multi/failing", tag) is None
     assert BuildJob.objects.get(parent=parent, platform="linux/arm64").status == "failed"
     # The other child either finished before the failure (untagged) or was stopped by it; a
-    # push under way when the parent failed ends first (to its temporary tag only).
+    # push under way when the parent failed ends first (to its platform's helper tag only).
     other = BuildJob.objects.filter(parent=parent, platform="linux/amd64")
     wait_for(lambda: other.get().status in BuildJob.TERMINAL, "the other platform's child to end")
     assert other.get().status in ("succeeded", "cancelled")
     assert registry_digest(farm, "multi/failing", tag) is None and manifest_list(farm, "multi/failing", tag) is None
+    assert tag_list(farm, "multi/failing") <= set(HELPER_TAGS)
 
 
 def test_cancelling_a_two_platform_build_stops_both_children(farm, token, two_platform_pool, base):
@@ -168,3 +173,8 @@ def manifest_list(farm, repository: str, tag: str) -> dict | None:
         if exc.code == 404:
             return None
         raise
+
+
+def tag_list(farm, repository: str) -> set[str]:
+    with urllib.request.urlopen(f"http://{farm.registry}/v2/{repository}/tags/list", timeout=10) as response:
+        return set(json.loads(response.read())["tags"] or [])
