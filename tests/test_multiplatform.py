@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import pytest
 from django.test import override_settings
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from builds import multiplatform, transitions
@@ -146,6 +147,80 @@ def pool_paused():
     DockerDaemon.objects.update(healthy=False)
     yield
     DockerDaemon.objects.update(healthy=True)
+
+
+def test_an_amd64_child_leaves_the_only_arm64_daemon_to_the_waiting_arm64_child(operator):
+    # The emulating daemon is older and warm for the repository: the first
+    # choice of the amd64 child, were it not for the arm64 child behind it.
+    emulating = amd64_daemon("emulates", detected_emulation="linux/arm64")
+    plain = amd64_daemon("native-only", detected_emulation="", emulated_platforms="none")
+    BuildJob.objects.create(image="localhost:5000/team/app:0", dockerfile="FROM busybox\n", status="succeeded",
+                            daemon=emulating, started_at=timezone.now())  # fmt: skip
+    with pool_paused():
+        parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                        submitted_by=operator)  # fmt: skip
+    assert dispatch() == 2
+    assert parent.children.get(platform="linux/amd64").daemon == plain
+    assert parent.children.get(platform="linux/arm64").daemon == emulating
+
+
+def test_a_child_leaves_daemons_that_are_no_more_than_the_children_waiting_for_them(operator):
+    first = amd64_daemon("emulates-1")
+    second = amd64_daemon("emulates-2")
+    plain = amd64_daemon("native-only", detected_emulation="", emulated_platforms="none")
+    with pool_paused():
+        amd = submit(BuildRequest(image="localhost:5000/team/amd:1", dockerfile="FROM busybox\n",
+                                  platforms=["linux/amd64"]), submitted_by=operator)  # fmt: skip
+        arm = [
+            submit(
+                BuildRequest(
+                    image=f"localhost:5000/team/arm{n}:1", dockerfile="FROM busybox\n", platforms=["linux/arm64"]
+                ),
+                submitted_by=operator,
+            )  # fmt: skip
+            for n in range(2)
+        ]
+    assert dispatch() == 3
+    assert amd.children.get().daemon == plain
+    assert {parent.children.get().daemon for parent in arm} == {first, second}
+
+
+def test_with_nothing_stranded_a_child_takes_the_daemon_that_builds_fewer_waited_for_platforms(operator):
+    amd64_daemon("emulates-1")  # older: the first choice, were nothing waiting
+    amd64_daemon("emulates-2")
+    plain = amd64_daemon("native-only", detected_emulation="", emulated_platforms="none")
+    with pool_paused():
+        parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                        submitted_by=operator)  # fmt: skip
+    assert dispatch() == 2
+    assert parent.children.get(platform="linux/amd64").daemon == plain
+
+
+def test_stranding_a_platform_weighs_more_than_building_many_that_others_build_too(operator):
+    # x builds two waited-for platforms that other daemons build too, y the only s390x:
+    # the amd64 child takes x, and every child gets a daemon.
+    x = amd64_daemon("x", detected_emulation="linux/arm64,linux/riscv64")
+    y = amd64_daemon("y", detected_emulation="linux/s390x")
+    for name in ("arm-1", "arm-2"):
+        DockerDaemon.objects.create(name=name, url="tcp://127.0.0.1:9", capacity=1, native_platform="linux/arm64",
+                                    detected_emulation="linux/riscv64")  # fmt: skip
+    platforms = ["linux/amd64", "linux/arm64", "linux/riscv64", "linux/s390x"]
+    with pool_paused():
+        parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n",
+                                     platforms=platforms), submitted_by=operator)  # fmt: skip
+    assert dispatch() == 4
+    assert parent.children.get(platform="linux/amd64").daemon == x
+    assert parent.children.get(platform="linux/s390x").daemon == y
+
+
+def test_without_a_child_waiting_for_a_platform_the_warm_daemon_still_wins(operator):
+    amd64_daemon("native-only", detected_emulation="", emulated_platforms="none")  # older: the first choice if cold
+    warm = amd64_daemon("emulates")
+    BuildJob.objects.create(image="localhost:5000/team/app:0", dockerfile="FROM busybox\n", status="succeeded",
+                            daemon=warm, started_at=timezone.now())  # fmt: skip
+    parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n",
+                                 platforms=["linux/amd64"]), submitted_by=operator)  # fmt: skip
+    assert parent.children.get().daemon == warm
 
 
 @override_settings(GENERATOR_BUILDKIT_SHARED_DAEMONS=True, GENERATOR_MAX_BUILDS_PER_IMAGE=0)
