@@ -12,7 +12,7 @@ from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from builds import multiplatform, transitions
+from builds import multiplatform, tasks, transitions
 from builds.dispatch import dispatch
 from builds.logs import LogWriter, append_shared
 from builds.models import BuildJob, BuildLogLine, Repository
@@ -454,6 +454,24 @@ def test_a_waiting_platform_the_pool_no_longer_builds_fails_at_once(operator):
     assert fail_unbuildable() == 1
     parent.refresh_from_db()
     assert parent.status == "failed" and parent.error.startswith("linux/arm64: no enabled daemon builds linux/arm64")
+    assert parent.children.get(platform="linux/amd64").status == "cancelled"
+
+
+def test_beat_fails_a_waiting_child_whose_only_daemon_was_disabled_naming_its_platform(operator):
+    amd64_daemon("amd", detected_emulation="")
+    arm = DockerDaemon.objects.create(name="arm", url="tcp://127.0.0.1:9", capacity=1, native_platform="linux/arm64")
+    with pool_paused():
+        parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                        submitted_by=operator)  # fmt: skip
+    DockerDaemon.objects.filter(pk=arm.pk).update(enabled=False)
+    tasks.dispatch_waiting()  # what beat runs every few seconds
+    parent.refresh_from_db()
+    assert parent.status == "failed"
+    assert (
+        parent.error == "linux/arm64: no enabled daemon builds linux/arm64 any more (the pool changed after the submit)"
+    )
+    last = BuildLogLine.objects.filter(job=parent).order_by("-seq").first().text
+    assert last.startswith("[generator] Build failed: linux/arm64: no enabled daemon builds linux/arm64")
     assert parent.children.get(platform="linux/amd64").status == "cancelled"
 
 
