@@ -132,6 +132,8 @@ class Heartbeat:
                 self.emulation.refresh()
             except DatabaseError:
                 logger.warning("could not record the host's QEMU emulation; trying at the next beat", exc_info=True)
-                connection.close()  # this thread's own: the next beat opens a fresh one
+            finally:
+                # This thread's own connection, not kept between beats: a pool
+                # process forked meanwhile would inherit it, and end it.
+                connection.close()
             self._stopped.wait(self.interval)
-        connection.close()
