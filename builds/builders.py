@@ -15,7 +15,6 @@ from django.conf import settings
 
 from pool.housekeeping import FARM_LABEL, FARM_LABEL_VALUE
 from pool.models import DockerDaemon
-from pool.platforms import detect_emulation
 
 from . import deploy_keys
 from . import secrets as build_secrets
@@ -42,9 +41,8 @@ def report_client(daemon_names: list[str]) -> str:
     except NoBuildKitClient as exc:
         found = f"none: {exc}"
         logger.warning("BuildKit client: %s", found)
-    # Its host's QEMU handlers: a worker runs where its daemon runs (or an operator sets emulated_platforms).
-    emulation = ",".join(detect_emulation())
-    DockerDaemon.objects.filter(name__in=daemon_names).update(buildkit_client=found[:255], detected_emulation=emulation)
+    # Its host's QEMU emulation is the heartbeat's to report (pool/workers.py EmulationReport).
+    DockerDaemon.objects.filter(name__in=daemon_names).update(buildkit_client=found[:255])
     return found
 
 

@@ -18,6 +18,12 @@ starts at the next free slot. A team at its concurrency limit, or (queue mode)
 at its hourly limit of started builds, gets no more (teams/models.py,
 builds/quotas.py). Builds of no team count as one team.
 
+Platforms: a multi-platform child goes to a daemon that builds its platform,
+native first (pool/scheduler.py `platform_daemons`), and among those the
+daemon whose loss strands no other waiting child (`Lookahead`): an amd64 child
+does not take the only daemon that builds arm64 while an arm64 child waits and
+another daemon could build amd64. That comes before the warm daemon and the load.
+
 `dispatch()` runs after every submit and every finished build, and every few
 seconds from beat (which also catches what a lost message or a sick daemon left
 behind: see `rescue_stranded`).
@@ -39,7 +45,7 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from pool.models import DockerDaemon
-from pool.scheduler import choose_daemon, groups_with_room, platform_daemons
+from pool.scheduler import Lookahead, choose_daemon, groups_with_room, platform_daemons
 from teams.models import Team
 
 from . import transitions
@@ -183,6 +189,21 @@ def _over_limit(job: BuildJob, per_image: dict[str, int], per_repository: dict[i
     return bool(limit) and per_image.get(job.image, 0) >= limit
 
 
+def helper_tags_in_use() -> dict[str, set[int]]:
+    """Per multi-platform child image (its repository's helper tag for its platform,
+    multiplatform.child_tag), the daemons where one of them is active. Two on one
+    daemon could push each other's image under the tag they share: where
+    BuildKit builds share daemons (GENERATOR_BUILDKIT_SHARED_DAEMONS) they are
+    kept apart; else a BuildKit build has its daemon to itself anyway."""
+    if needs_whole_daemon("buildkit"):
+        return {}
+    rows = BuildJob.objects.filter(status__in=BuildJob.ACTIVE, daemon__isnull=False, parent__isnull=False)
+    in_use: dict[str, set[int]] = {}
+    for image, daemon in rows.values_list("image", "daemon"):
+        in_use.setdefault(image, set()).add(daemon)
+    return in_use
+
+
 def warm_daemon_for(job: BuildJob) -> int | None:
     """The daemon that last built this image repository: its layer cache is warm."""
     prefix = job.image_repository + ":"
@@ -301,6 +322,11 @@ def _pass(*, wait: bool) -> int | None:
         started = {team: count for team, (count, _) in recent.items()}
         last_start = {team: last for team, (_, last) in recent.items()}
         warm: dict[str, int | None] = {}
+        # Only multi-platform children wait for a platform, and they are BuildKit builds.
+        lookahead = Lookahead(daemons, load, whole=needs_whole_daemon("buildkit"))
+        tags_in_use = helper_tags_in_use()
+        for job in batch:
+            lookahead.add(job.daemon_group, job.platform)
         order = fair_order(batch, running, last_start)
         outcome = None
         while True:
@@ -322,10 +348,13 @@ def _pass(*, wait: bool) -> int | None:
                 continue  # it has its share of the pool; later jobs of others may go
             prefer = _preferred_daemon(job, group, daemons, load, warm)
             whole = needs_whole_daemon(job.builder)
-            able = platform_daemons(daemons, job.platform, load, whole=whole)  # a multi-platform child's
-            daemon = choose_daemon(able, load, prefer=prefer, group=group, whole=whole)
+            elsewhere = [d for d in daemons if d.pk not in tags_in_use.get(job.image, ())] if job.platform else daemons
+            able = platform_daemons(elsewhere, job.platform, load, whole=whole)  # a multi-platform child's
+            spare = lookahead.without(group, job.platform)
+            daemon = choose_daemon(able, load, prefer=prefer, group=group, whole=whole, spare=spare)
             if daemon is None:
-                if not whole:  # a build that needs a whole daemon may wait while others fit
+                # A build that needs a whole daemon, or one of its platform, may wait while others fit.
+                if not whole and not job.platform:
                     open_groups.discard(group)
                 if not open_groups:
                     break  # the pool is full
@@ -337,6 +366,9 @@ def _pass(*, wait: bool) -> int | None:
                 if job.repository_id:
                     per_repository[job.repository_id] = per_repository.get(job.repository_id, 0) + 1
                 started[job.team_id or 0] = started.get(job.team_id or 0, 0) + 1
+                lookahead.add(group, job.platform, -1)
+                if job.platform and not whole:
+                    tags_in_use.setdefault(job.image, set()).add(daemon.pk)
                 sends.append((job.id, job.attempt, daemon.pk, daemon.queue))
         for send in sends:
             transaction.on_commit(lambda send=send: send_build_task(*send))

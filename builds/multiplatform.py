@@ -4,10 +4,23 @@ The parent holds what the user asked for (its image and tags, `platforms`) and
 is never dispatched (models.WAITING leaves it out). Each child is an ordinary
 BuildJob with its `platform`: dispatched like any job to a daemon that builds
 that platform (pool/scheduler.py `platform_daemons`, native preferred), built
-with BuildKit `--platform`, and pushed under a temporary tag of the parent's
-image repository (`child_tag`), which gives its manifest a digest in that
-repository. Its attempts, lease, reaper and retries are its own: a lost worker
-retries only its child.
+with BuildKit `--platform`, and pushed under its platform's helper tag of the
+parent's image repository (`child_tag`), which gives its manifest a digest in
+that repository. Its attempts, lease, reaper and retries are its own: a lost
+worker retries only its child.
+
+The helper tags are one per platform and repository, reused by every build, so
+a repository holds its own tags plus at most one helper tag per platform it was
+ever built for. Concurrent builds of one repository moving the same helper tag
+do not mix their images: the index names each child's manifest by the digest
+the registry answered to that child's own push (a manifest stays addressable by
+digest after its tag moves), and no two children of one repository and
+platform build on one daemon at once (a BuildKit build has its daemon to
+itself, and where daemons are shared the dispatcher keeps them apart), so none
+retags the other's local image between its build and its push; no build may
+use a helper tag as its own (the submit refuses it). Tags are never deleted:
+distribution 2.x cannot delete a tag without its manifest, and a registry that
+deletes the manifest with the tag would break the index.
 
 Each change of a child's state settles the parent (`settle`, called by
 builds/transitions.py after commit):
@@ -59,9 +72,10 @@ class PlatformUnavailable(SubmissionError):
     pass
 
 
-def child_tag(child_id: str) -> str:
-    """The tag a child pushes its platform's image under, before the index names it."""
-    return f"{CHILD_TAG_PREFIX}{child_id}"
+def child_tag(platform: str) -> str:
+    """The helper tag a child pushes its platform's image under (linux/arm/v7 ->
+    generator-platform-linux-arm-v7): the same for every build of the repository."""
+    return CHILD_TAG_PREFIX + platform.replace("/", "-")
 
 
 def checked_platforms(platforms: list[str], group: str) -> list[str]:
@@ -108,7 +122,7 @@ def create_children(parent: BuildJob) -> list[BuildJob]:
             submitted_by=parent.submitted_by,
             team=parent.team,
         )
-        child.image = f"{parent.image_repository}:{child_tag(child.id)}"
+        child.image = f"{parent.image_repository}:{child_tag(platform)}"
         child.save(force_insert=True)
         children.append(child)
     return children
@@ -192,7 +206,6 @@ def _stop(children: list[BuildJob], parent: BuildJob) -> None:
         if transitions.cancel_waiting(child.id, parent.cancelled_by):
             continue
         transitions.request_cancel(child.id, parent.cancelled_by)
-    _drop_child_tags(parent, children)
 
 
 def _publish_index(parent: BuildJob, children: list[BuildJob]) -> None:
@@ -212,7 +225,6 @@ def _publish_index(parent: BuildJob, children: list[BuildJob]) -> None:
         reason = f"could not write the image index: {exc}"
         _end(parent.id, Status.FAILED, f"Build failed: {reason}", error=reason)
         return
-    _drop_child_tags(parent, children)
     digest = digests.pop()
     platforms = ", ".join(c.platform for c in by_platform)
     _end(parent.id, Status.SUCCEEDED, f"Pushed {parent.image}@{digest}: an image index of {platforms}", digest=digest)
@@ -225,26 +237,3 @@ def _end(parent_id: str, status: str, last_line: str, **fields) -> bool:
         if ended:
             append_shared(parent_id, [f"[generator] {last_line}"])
     return ended
-
-
-def _drop_child_tags(parent: BuildJob, children: list[BuildJob]) -> None:
-    """The children's temporary tags go where the registry can delete a tag alone
-    (distribution 2.x cannot: there they stay, named generator-platform-ID)."""
-    pushed = [c for c in children if c.digest]
-    if not pushed:
-        return
-    reference = parse_reference(parent.image_repository)
-    account = push_account(reference.registry, parent.team_id)
-    try:
-        with RegistryAPI(
-            reference.registry,
-            username=account.username if account else "",
-            password=account.password if account else "",
-        ) as api:
-            name = repository_path(reference.repository, reference.registry)
-            kept = [child_tag(c.id) for c in pushed if not api.delete_tag(name, child_tag(c.id))]
-    except RegistryError as exc:
-        logger.warning("could not drop the temporary tags of %s: %s", parent.id, exc)
-        return
-    if kept:
-        append_shared(parent.id, [f"[generator] The registry keeps the platforms' temporary tags: {', '.join(kept)}"])

@@ -1,5 +1,5 @@
 """The registry's own HTTP API (distribution v2), for what no daemon does: read
-a pushed manifest, write an image index naming several, drop a temporary tag.
+a pushed manifest, write an image index naming several.
 
 Like builds/engine.py this knows no Django models: a host, optional
 credentials, bytes in and out. Loopback registries are spoken to over plain
@@ -135,13 +135,6 @@ class RegistryAPI:
 
     def _bearer(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
-
-    def delete_tag(self, name: str, tag: str) -> bool:
-        """Removes a tag only, never the manifest it names (others may name that
-        too). False where the registry cannot: distribution 2.x deletes only by
-        digest, which would delete the manifest."""
-        response = self._request("DELETE", name, f"manifests/{tag}")
-        return response.status_code in (200, 202)
 
     def _request(self, method: str, name: str, path: str, **kwargs) -> requests.Response:
         url = f"{self.base}/{name}/{path}"

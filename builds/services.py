@@ -84,7 +84,7 @@ def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | Non
         checked = None
         if request.context is not None:
             checked = stack.enter_context(context_store.checked(request.context, dockerfile=request.dockerfile_path))
-        _check_options(request)
+        _check_options(request, target.tag)
         check_registry_allowed(target.repository)
         team = ownership.team_for_build(submitted_by, request.team, target.repository, request.repository)
         quotas.check_submit(team)
@@ -97,12 +97,15 @@ def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | Non
         return _create(job_id, target, request, stored, submitted_by, retry_of, team)
 
 
-def _check_options(request: BuildRequest) -> None:
+def _check_options(request: BuildRequest, tag: str) -> None:
     if request.repository is not None and not _REF.fullmatch(request.ref):
         raise SubmissionError(f"{request.ref!r} is not a branch, tag or commit name")
-    for tag in request.extra_tags:
-        if not _TAG.fullmatch(tag):
-            raise SubmissionError(f"{tag!r} is not a valid tag")
+    for extra in request.extra_tags:
+        if not _TAG.fullmatch(extra):
+            raise SubmissionError(f"{extra!r} is not a valid tag")
+    if reserved := [t for t in [tag, *request.extra_tags] if t.startswith(multiplatform.CHILD_TAG_PREFIX)]:
+        prefix = multiplatform.CHILD_TAG_PREFIX
+        raise SubmissionError(f"{reserved[0]!r}: tags beginning {prefix} are the farm's, for multi-platform builds")
     for name, mapping in (("build args", request.build_args), ("labels", request.labels)):
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
             raise SubmissionError(f"{name} must map strings to strings")

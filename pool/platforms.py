@@ -4,6 +4,7 @@ Pure functions and file reads: no jobs."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -68,9 +69,17 @@ def validate_list(value: str) -> None:
 
 
 def detect_emulation(binfmt_dir: Path = BINFMT_DIR) -> list[str]:
-    """The platforms an enabled QEMU binfmt handler of this host runs."""
+    """The platforms an enabled QEMU binfmt handler of this host runs: one listing
+    of the directory, then a read of each qemu- handler in it (cheap enough for
+    every worker heartbeat)."""
+    try:
+        present = {entry.name for entry in os.scandir(binfmt_dir)}
+    except OSError:
+        return []
     found = []
     for name, platform in _QEMU.items():
+        if f"qemu-{name}" not in present:
+            continue
         try:
             state = (binfmt_dir / f"qemu-{name}").read_text().splitlines()
         except OSError:

@@ -7,7 +7,8 @@ GENERATOR_WORKER_STALE_SECONDS; a worker that stops cleanly removes its own
 entries at once. Knowing which daemons have a worker is then one Redis read,
 whatever the size of the pool, where a Celery broadcast (`inspect
 active_queues`) waited a second for replies from every worker on every health
-check. This module knows no jobs.
+check. Each beat also re-detects the QEMU emulation of the worker's host for
+its daemons (`EmulationReport`). This module knows no jobs.
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import redis
 from django.conf import settings
+from django.db import DatabaseError, connection
+
+from .models import DockerDaemon, queue_for
+from .platforms import BINFMT_DIR, detect_emulation
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +69,44 @@ def live_queues(now: float | None = None) -> set[str]:
     return {member.decode().split(" ", 1)[0] for member in members}
 
 
+class EmulationReport:
+    """The platforms QEMU's binfmt handlers on the worker's host run, on its
+    daemons' rows (`detected_emulation`; a worker runs where its daemon runs).
+    Detected at every beat, so QEMU installed (or removed) after the worker
+    started counts within a beat, with no restart: a listing of
+    /proc/sys/fs/binfmt_misc, a read of the daemons' rows that say otherwise,
+    and a write only when one does."""
+
+    def __init__(self, daemons: list[str], binfmt_dir: Path = BINFMT_DIR) -> None:
+        self.daemons, self.binfmt_dir = daemons, binfmt_dir
+
+    def refresh(self) -> list[str]:
+        """The daemons whose row it changed."""
+        if not self.daemons:
+            return []
+        found = ",".join(detect_emulation(self.binfmt_dir))
+        rows = DockerDaemon.objects.filter(name__in=self.daemons).exclude(detected_emulation=found)
+        stale = list(rows.values_list("name", flat=True))
+        if stale:
+            DockerDaemon.objects.filter(name__in=stale).update(detected_emulation=found)
+            logger.info("QEMU emulation of %s is now %r", ", ".join(stale), found or "none")
+        return stale
+
+
 class Heartbeat:
     """A worker's heartbeat thread. A beat that cannot reach Redis is logged and
     tried again at the next; the health check then sees the worker as gone
-    only if it stays unreachable past the stale time."""
+    only if it stays unreachable past the stale time. The build queues'
+    daemons get their host's emulation at each beat too (`EmulationReport`)."""
 
-    def __init__(self, queues: list[str], worker: str, interval: float | None = None) -> None:
+    def __init__(
+        self, queues: list[str], worker: str, interval: float | None = None, *, binfmt_dir: Path = BINFMT_DIR
+    ) -> None:
         self.queues, self.worker = queues, worker
         self.interval = interval or settings.GENERATOR_WORKER_HEARTBEAT_SECONDS
+        prefix = queue_for("")
+        daemons = [queue.removeprefix(prefix) for queue in queues if queue.startswith(prefix)]
+        self.emulation = EmulationReport(daemons, binfmt_dir)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="worker-heartbeat", daemon=True)
 
@@ -92,4 +128,12 @@ class Heartbeat:
                 beat(self.queues, self.worker)
             except redis.RedisError:
                 logger.warning("worker heartbeat failed", exc_info=True)
+            try:
+                self.emulation.refresh()
+            except DatabaseError:
+                logger.warning("could not record the host's QEMU emulation; trying at the next beat", exc_info=True)
+            finally:
+                # This thread's own connection, not kept between beats: a pool
+                # process forked meanwhile would inherit it, and end it.
+                connection.close()
             self._stopped.wait(self.interval)

@@ -5,15 +5,19 @@ children (the registry side is in tests/farm/test_multiplatform.py)."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import pytest
+from django.test import override_settings
+from django.utils import timezone
 from rest_framework.test import APIClient
 
-from builds import transitions
+from builds import multiplatform, tasks, transitions
 from builds.dispatch import dispatch
 from builds.logs import LogWriter, append_shared
 from builds.models import BuildJob, BuildLogLine, Repository
-from builds.multiplatform import CHILD_TAG_PREFIX, fail_unbuildable, mirror_into_parent, settle
+from builds.multiplatform import child_tag, fail_unbuildable, mirror_into_parent, settle
+from builds.registry_api import DOCKER_MANIFEST, Manifest
 from builds.services import BuildRequest, SubmissionError, cancel_build, retry_build, submit, submit_push_build
 from pool.models import DockerDaemon
 from pool.platforms import detect_emulation, from_engine
@@ -86,8 +90,11 @@ def test_a_multi_platform_submit_makes_a_parent_and_a_child_per_platform(operato
     assert parent.platforms == BOTH and parent.builder == "buildkit" and parent.is_parent
     children = list(parent.children.order_by("platform"))
     assert [c.platform for c in children] == BOTH
+    assert [c.image for c in children] == [
+        "localhost:5000/team/app:generator-platform-linux-amd64",
+        "localhost:5000/team/app:generator-platform-linux-arm64",
+    ]
     for child in children:
-        assert child.image == f"localhost:5000/team/app:{CHILD_TAG_PREFIX}{child.id}"
         assert child.extra_tags == [] and child.builder == "buildkit" and child.dockerfile == "FROM busybox\n"
     assert parent.queue_position() is None
 
@@ -132,6 +139,185 @@ def test_children_are_dispatched_to_daemons_of_their_platform_and_the_parent_nev
     arm = parent.children.get(platform="linux/arm64")
     assert arm.daemon.name == "emulates"
     assert parent.children.get(platform="linux/amd64").daemon.name == "native-only"
+
+
+@contextmanager
+def pool_paused():
+    """Builds submitted inside wait together (the daemons are unhealthy), as on a busy pool; dispatched after."""
+    DockerDaemon.objects.update(healthy=False)
+    yield
+    DockerDaemon.objects.update(healthy=True)
+
+
+def test_an_amd64_child_leaves_the_only_arm64_daemon_to_the_waiting_arm64_child(operator):
+    # The emulating daemon is older and warm for the repository: the first
+    # choice of the amd64 child, were it not for the arm64 child behind it.
+    emulating = amd64_daemon("emulates", detected_emulation="linux/arm64")
+    plain = amd64_daemon("native-only", detected_emulation="", emulated_platforms="none")
+    BuildJob.objects.create(image="localhost:5000/team/app:0", dockerfile="FROM busybox\n", status="succeeded",
+                            daemon=emulating, started_at=timezone.now())  # fmt: skip
+    with pool_paused():
+        parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                        submitted_by=operator)  # fmt: skip
+    assert dispatch() == 2
+    assert parent.children.get(platform="linux/amd64").daemon == plain
+    assert parent.children.get(platform="linux/arm64").daemon == emulating
+
+
+def test_a_child_leaves_daemons_that_are_no_more_than_the_children_waiting_for_them(operator):
+    first = amd64_daemon("emulates-1")
+    second = amd64_daemon("emulates-2")
+    plain = amd64_daemon("native-only", detected_emulation="", emulated_platforms="none")
+    with pool_paused():
+        amd = submit(BuildRequest(image="localhost:5000/team/amd:1", dockerfile="FROM busybox\n",
+                                  platforms=["linux/amd64"]), submitted_by=operator)  # fmt: skip
+        arm = [
+            submit(
+                BuildRequest(
+                    image=f"localhost:5000/team/arm{n}:1", dockerfile="FROM busybox\n", platforms=["linux/arm64"]
+                ),
+                submitted_by=operator,
+            )  # fmt: skip
+            for n in range(2)
+        ]
+    assert dispatch() == 3
+    assert amd.children.get().daemon == plain
+    assert {parent.children.get().daemon for parent in arm} == {first, second}
+
+
+def test_with_nothing_stranded_a_child_takes_the_daemon_that_builds_fewer_waited_for_platforms(operator):
+    amd64_daemon("emulates-1")  # older: the first choice, were nothing waiting
+    amd64_daemon("emulates-2")
+    plain = amd64_daemon("native-only", detected_emulation="", emulated_platforms="none")
+    with pool_paused():
+        parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                        submitted_by=operator)  # fmt: skip
+    assert dispatch() == 2
+    assert parent.children.get(platform="linux/amd64").daemon == plain
+
+
+def test_stranding_a_platform_weighs_more_than_building_many_that_others_build_too(operator):
+    # x builds two waited-for platforms that other daemons build too, y the only s390x:
+    # the amd64 child takes x, and every child gets a daemon.
+    x = amd64_daemon("x", detected_emulation="linux/arm64,linux/riscv64")
+    y = amd64_daemon("y", detected_emulation="linux/s390x")
+    for name in ("arm-1", "arm-2"):
+        DockerDaemon.objects.create(name=name, url="tcp://127.0.0.1:9", capacity=1, native_platform="linux/arm64",
+                                    detected_emulation="linux/riscv64")  # fmt: skip
+    platforms = ["linux/amd64", "linux/arm64", "linux/riscv64", "linux/s390x"]
+    with pool_paused():
+        parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n",
+                                     platforms=platforms), submitted_by=operator)  # fmt: skip
+    assert dispatch() == 4
+    assert parent.children.get(platform="linux/amd64").daemon == x
+    assert parent.children.get(platform="linux/s390x").daemon == y
+
+
+def test_without_a_child_waiting_for_a_platform_the_warm_daemon_still_wins(operator):
+    amd64_daemon("native-only", detected_emulation="", emulated_platforms="none")  # older: the first choice if cold
+    warm = amd64_daemon("emulates")
+    BuildJob.objects.create(image="localhost:5000/team/app:0", dockerfile="FROM busybox\n", status="succeeded",
+                            daemon=warm, started_at=timezone.now())  # fmt: skip
+    parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n",
+                                 platforms=["linux/amd64"]), submitted_by=operator)  # fmt: skip
+    assert parent.children.get().daemon == warm
+
+
+@override_settings(GENERATOR_BUILDKIT_SHARED_DAEMONS=True, GENERATOR_MAX_BUILDS_PER_IMAGE=0)
+def test_on_shared_daemons_two_children_of_one_helper_tag_never_build_on_one_daemon(operator):
+    # They push repository:generator-platform-linux-amd64 from the daemon's image store.
+    only = amd64_daemon("shared", detected_emulation="")
+    DockerDaemon.objects.filter(pk=only.pk).update(capacity=2)
+    amd64 = {"dockerfile": "FROM busybox\n", "platforms": ["linux/amd64"]}
+    with pool_paused():
+        first = submit(BuildRequest(image="localhost:5000/team/app:1", **amd64), submitted_by=operator)
+        second = submit(BuildRequest(image="localhost:5000/team/app:2", **amd64), submitted_by=operator)
+        other = submit(BuildRequest(image="localhost:5000/team/other:1", dockerfile="FROM busybox\n"),
+                       submitted_by=operator)  # fmt: skip
+    assert dispatch() == 2  # the waiting child holds back no other build of the daemon's group
+    assert first.children.get().daemon == only and BuildJob.objects.get(pk=other.pk).daemon == only
+    assert second.children.get().daemon is None
+    done = first.children.get()
+    _running(done)
+    transitions.fail(done.id, 1, "exit code: 1")
+    assert dispatch() == 1
+    assert second.children.get().daemon == only
+
+
+def test_a_build_may_not_take_a_helper_tag_as_its_own(operator):
+    amd64_daemon("one")
+    for image, extra in (("localhost:5000/team/app:generator-platform-linux-amd64", []),
+                         ("localhost:5000/team/app:1", ["generator-platform-linux-arm64"])):  # fmt: skip
+        with pytest.raises(SubmissionError, match="are the farm's"):
+            submit(BuildRequest(image=image, extra_tags=extra, dockerfile="FROM busybox\n"), submitted_by=operator)
+    assert not BuildJob.objects.exists()
+
+
+def test_a_platform_s_helper_tag_is_one_per_repository_whatever_the_build():
+    assert child_tag("linux/arm64") == "generator-platform-linux-arm64"
+    assert child_tag("linux/arm/v7") == "generator-platform-linux-arm-v7"
+
+
+class FakeRegistry:
+    """The registry's HTTP API as builds/multiplatform.py uses it: what it was asked, in order."""
+
+    calls: list[tuple] = []
+
+    def __init__(self, host, **credentials):
+        self.calls.append(("open", host))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def manifest(self, name, reference):
+        self.calls.append(("manifest", name, reference))
+        return Manifest(DOCKER_MANIFEST, reference, 500)
+
+    def put_index(self, name, tag, entries):
+        self.calls.append(("put_index", name, tag, [(e.platform, e.manifest.digest) for e in entries]))
+        return "sha256:" + "f" * 64
+
+    def __getattr__(self, name):  # anything else (deleting a tag, a manifest) is a call the farm must not make
+        raise AssertionError(f"the farm called {name} on the registry")
+
+
+def _pushed(child: BuildJob, digest: str) -> None:
+    _running(child)
+    transitions.start_push(child.id, child.attempt, "sha256:" + "1" * 64)
+    transitions.succeed(child.id, child.attempt, digest)
+
+
+def test_concurrent_builds_of_one_repository_share_helper_tags_and_index_their_own_pushes(operator, monkeypatch):
+    monkeypatch.setattr(multiplatform, "RegistryAPI", FakeRegistry)
+    FakeRegistry.calls = []
+    amd64_daemon("one")
+    amd64_daemon("two")
+    request = {"dockerfile": "FROM busybox\n", "platforms": BOTH}
+    first = submit(BuildRequest(image="localhost:5000/team/app:1", **request), submitted_by=operator)
+    second = submit(BuildRequest(image="localhost:5000/team/app:2", extra_tags=["x"], **request), submitted_by=operator)
+    images = {c.image for c in BuildJob.objects.filter(parent__in=[first, second])}
+    assert images == {"localhost:5000/team/app:generator-platform-linux-amd64",
+                      "localhost:5000/team/app:generator-platform-linux-arm64"}  # fmt: skip
+    # The second build's children push under the same tags after the first's, before the first's index.
+    digests = {}
+    for parent, mark in ((first, "a"), (second, "b")):
+        for child in parent.children.all():
+            BuildJob.objects.filter(pk=child.pk).update(daemon=DockerDaemon.objects.first())
+            digests[(parent.id, child.platform)] = f"sha256:{mark}{child.platform[-1]}" + "0" * 62
+    for parent in (second, first):  # the later build's index is written first
+        for child in parent.children.order_by("platform"):
+            _pushed(child, digests[(parent.id, child.platform)])
+    indexes = [call for call in FakeRegistry.calls if call[0] == "put_index"]
+    assert indexes == [
+        ("put_index", "team/app", tag, [(p, digests[(parent.id, p)]) for p in BOTH])
+        for parent, tags in ((second, ["2", "x"]), (first, ["1"]))
+        for tag in tags
+    ]
+    assert all(call[0] in ("open", "manifest", "put_index") for call in FakeRegistry.calls)
+    assert BuildJob.objects.get(pk=first.pk).status == BuildJob.objects.get(pk=second.pk).status == "succeeded"
 
 
 def _running(child: BuildJob) -> None:
@@ -268,6 +454,24 @@ def test_a_waiting_platform_the_pool_no_longer_builds_fails_at_once(operator):
     assert fail_unbuildable() == 1
     parent.refresh_from_db()
     assert parent.status == "failed" and parent.error.startswith("linux/arm64: no enabled daemon builds linux/arm64")
+    assert parent.children.get(platform="linux/amd64").status == "cancelled"
+
+
+def test_beat_fails_a_waiting_child_whose_only_daemon_was_disabled_naming_its_platform(operator):
+    amd64_daemon("amd", detected_emulation="")
+    arm = DockerDaemon.objects.create(name="arm", url="tcp://127.0.0.1:9", capacity=1, native_platform="linux/arm64")
+    with pool_paused():
+        parent = submit(BuildRequest(image="localhost:5000/team/app:1", dockerfile="FROM busybox\n", platforms=BOTH),
+                        submitted_by=operator)  # fmt: skip
+    DockerDaemon.objects.filter(pk=arm.pk).update(enabled=False)
+    tasks.dispatch_waiting()  # what beat runs every few seconds
+    parent.refresh_from_db()
+    assert parent.status == "failed"
+    assert (
+        parent.error == "linux/arm64: no enabled daemon builds linux/arm64 any more (the pool changed after the submit)"
+    )
+    last = BuildLogLine.objects.filter(job=parent).order_by("-seq").first().text
+    assert last.startswith("[generator] Build failed: linux/arm64: no enabled daemon builds linux/arm64")
     assert parent.children.get(platform="linux/amd64").status == "cancelled"
 
 

@@ -82,3 +82,37 @@ def test_the_health_check_reads_the_heartbeats(pool, settings):
     workers.beat(["build.d2"], "w2@host", now=time.time() - 60)
     tasks.check_health()
     assert online("d0", "d1", "d2") == [True, False, False]
+
+
+def qemu_installed(binfmt_dir, name: str = "aarch64") -> None:
+    (binfmt_dir / f"qemu-{name}").write_text(f"enabled\ninterpreter /usr/libexec/qemu-binfmt/{name}-binfmt-P\n")
+
+
+def test_each_beat_reports_qemu_installed_after_the_worker_started(pool, tmp_path, django_assert_num_queries):
+    report = workers.EmulationReport(["d0", "d1"], binfmt_dir=tmp_path)
+    assert report.refresh() == []  # no QEMU, and the rows say none
+    qemu_installed(tmp_path)
+    assert sorted(report.refresh()) == ["d0", "d1"]
+    assert DockerDaemon.objects.get(name="d0").builds_platforms == ["linux/arm64"]
+    assert DockerDaemon.objects.get(name="d2").detected_emulation == ""  # another worker's daemon
+    with django_assert_num_queries(1):  # unchanged: one read, no write
+        assert report.refresh() == []
+    (tmp_path / "qemu-aarch64").write_text("disabled\n")
+    assert sorted(report.refresh()) == ["d0", "d1"]
+    assert DockerDaemon.objects.get(name="d1").detected_emulation == ""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_heartbeat_thread_reports_the_hosts_emulation_for_its_build_queues(tmp_path):
+    for name in ("d0", "d1"):
+        DockerDaemon.objects.create(name=name, url="tcp://127.0.0.1:9", capacity=2)
+    heartbeat = workers.Heartbeat(["build.d0", "farm"], "t@host", interval=0.05, binfmt_dir=tmp_path).start()
+    try:
+        qemu_installed(tmp_path)
+        deadline = time.monotonic() + 5
+        while DockerDaemon.objects.get(name="d0").detected_emulation != "linux/arm64":
+            assert time.monotonic() < deadline, "the heartbeat never reported the emulation"
+            time.sleep(0.05)
+    finally:
+        heartbeat.stop()
+    assert DockerDaemon.objects.get(name="d1").detected_emulation == ""
