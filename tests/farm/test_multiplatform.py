@@ -175,5 +175,11 @@ def manifest_list(farm, repository: str, tag: str) -> dict | None:
 
 
 def tag_list(farm, repository: str) -> set[str]:
-    with urllib.request.urlopen(f"http://{farm.registry}/v2/{repository}/tags/list", timeout=10) as response:
-        return set(json.loads(response.read())["tags"] or [])
+    """The repository's tags; none if nothing was ever pushed to it (the registry's 404)."""
+    try:
+        with urllib.request.urlopen(f"http://{farm.registry}/v2/{repository}/tags/list", timeout=10) as response:
+            return set(json.loads(response.read())["tags"] or [])
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return set()
+        raise
