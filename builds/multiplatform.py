@@ -220,14 +220,46 @@ def _publish_index(parent: BuildJob, children: list[BuildJob]) -> None:
             host, username=account.username if account else "", password=account.password if account else ""
         ) as api:
             entries = [IndexEntry(api.manifest(name, child.digest), child.platform) for child in by_platform]
-            digests = {api.put_index(name, tag, entries) for tag in parent.tags}
+            digest = _tag_every_or_none(api, name, parent.tags, entries)
     except RegistryError as exc:
         reason = f"could not write the image index: {exc}"
         _end(parent.id, Status.FAILED, f"Build failed: {reason}", error=reason)
         return
-    digest = digests.pop()
     platforms = ", ".join(c.platform for c in by_platform)
     _end(parent.id, Status.SUCCEEDED, f"Pushed {parent.image}@{digest}: an image index of {platforms}", digest=digest)
+
+
+def _tag_every_or_none(api: RegistryAPI, name: str, tags: list[str], entries: list[IndexEntry]) -> str:
+    """Writes the index under every tag and answers its digest; if one write
+    fails, the tags written before it are put back as they were (the manifest
+    each named, or no tag where the registry can delete a tag alone) and the
+    error says what could not be undone (distribution 2.x cannot delete a tag
+    alone: a tag that did not exist before keeps the new index)."""
+    before = {tag: api.stored(name, tag) for tag in tags}
+    written: list[str] = []
+    try:
+        for tag in tags:
+            digest = api.put_index(name, tag, entries)
+            written.append(tag)
+    except RegistryError as exc:
+        kept = _put_back(api, name, written, before)
+        undone = f"; the index stays under {', '.join(kept)}: could not be put back" if kept else ""
+        raise RegistryError(f"{exc}{undone}", transient=exc.transient) from exc
+    return digest
+
+
+def _put_back(api: RegistryAPI, name: str, tags: list[str], before: dict) -> list[str]:
+    """The tags as `before` had them; answers those that could not be put back."""
+    kept = []
+    for tag in tags:
+        try:
+            if before[tag] is not None:
+                api.put_manifest(name, tag, *before[tag])
+            elif not api.delete_tag(name, tag):
+                kept.append(tag)
+        except RegistryError:
+            kept.append(tag)
+    return kept
 
 
 def _end(parent_id: str, status: str, last_line: str, **fields) -> bool:

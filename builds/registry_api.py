@@ -21,6 +21,7 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 SINGLE = (DOCKER_MANIFEST, OCI_MANIFEST)
+ANY = (*SINGLE, DOCKER_LIST, OCI_INDEX)
 
 _LOOPBACK = re.compile(r"^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$")
 
@@ -94,6 +95,22 @@ class RegistryAPI:
             raise RegistryError(f"{name}:{reference} is a {media_type or 'manifest of no type'}, not one image")
         digest = "sha256:" + hashlib.sha256(response.content).hexdigest()
         return Manifest(media_type, digest, len(response.content))
+
+    def stored(self, name: str, tag: str) -> tuple[str, bytes] | None:
+        """What `name:tag` names now, as the registry keeps it (media type and
+        body, any kind of manifest); None if there is no such tag."""
+        response = self._request("GET", name, f"manifests/{tag}", headers={"Accept": ", ".join(ANY)})
+        if response.status_code == 404:
+            return None
+        self._check(response, f"read the manifest of {name}:{tag}")
+        return response.headers.get("Content-Type", "").split(";")[0].strip(), response.content
+
+    def delete_tag(self, name: str, tag: str) -> bool:
+        """Removes `tag` where the registry deletes by tag; False where it cannot
+        (distribution 2.x deletes only by digest, and that is never asked here:
+        it would take the manifest from every tag and index that names it)."""
+        response = self._request("DELETE", name, f"manifests/{tag}")
+        return response.status_code in (200, 202)
 
     def put_index(self, name: str, tag: str, entries: list[IndexEntry]) -> str:
         """Writes the index under `tag`; answers its digest."""

@@ -17,7 +17,7 @@ from builds.dispatch import dispatch
 from builds.logs import LogWriter, append_shared
 from builds.models import BuildJob, BuildLogLine, Repository
 from builds.multiplatform import child_tag, fail_unbuildable, mirror_into_parent, settle
-from builds.registry_api import DOCKER_MANIFEST, Manifest
+from builds.registry_api import DOCKER_MANIFEST, Manifest, RegistryError
 from builds.services import BuildRequest, SubmissionError, cancel_build, retry_build, submit, submit_push_build
 from pool.models import DockerDaemon
 from pool.platforms import detect_emulation, from_engine
@@ -276,6 +276,10 @@ class FakeRegistry:
         self.calls.append(("manifest", name, reference))
         return Manifest(DOCKER_MANIFEST, reference, 500)
 
+    def stored(self, name, tag):
+        self.calls.append(("stored", name, tag))
+        return None
+
     def put_index(self, name, tag, entries):
         self.calls.append(("put_index", name, tag, [(e.platform, e.manifest.digest) for e in entries]))
         return "sha256:" + "f" * 64
@@ -316,7 +320,7 @@ def test_concurrent_builds_of_one_repository_share_helper_tags_and_index_their_o
         for parent, tags in ((second, ["2", "x"]), (first, ["1"]))
         for tag in tags
     ]
-    assert all(call[0] in ("open", "manifest", "put_index") for call in FakeRegistry.calls)
+    assert all(call[0] in ("open", "stored", "manifest", "put_index") for call in FakeRegistry.calls)
     assert BuildJob.objects.get(pk=first.pk).status == BuildJob.objects.get(pk=second.pk).status == "succeeded"
 
 
@@ -490,3 +494,60 @@ def test_the_daemons_api_shows_platforms_and_takes_emulated_ones(operator):
     # What the engine and the worker report is theirs to write.
     api.patch(f"/api/v1/daemons/{daemon.pk}/", {"native_platform": "linux/s390x"}, format="json")
     assert DockerDaemon.objects.get(pk=daemon.pk).native_platform == "linux/amd64"
+
+
+class RegistryFailingOnTag(FakeRegistry):
+    """Tag "1" named an older image, "2" did not exist; writing "3" fails.
+    `deletes_tags`: whether this registry can delete a tag alone."""
+
+    deletes_tags = True
+    before = {"1": ("application/vnd.oci.image.index.v1+json", b'{"older": "index"}')}
+
+    def stored(self, name, tag):
+        self.calls.append(("stored", name, tag))
+        return self.before.get(tag)
+
+    def put_index(self, name, tag, entries):
+        if tag == "3":
+            raise RegistryError(
+                "could not write the image index team/app:3 on localhost:5000: HTTP 500", transient=True
+            )
+        return super().put_index(name, tag, entries)
+
+    def put_manifest(self, name, tag, media_type, body):
+        self.calls.append(("put_manifest", name, tag, media_type, body))
+
+    def delete_tag(self, name, tag):
+        self.calls.append(("delete_tag", name, tag))
+        return self.deletes_tags
+
+
+@pytest.mark.parametrize("deletes_tags", [True, False], ids=["deletes-tags", "distribution-2"])
+def test_an_index_written_under_some_tags_only_is_taken_back_from_them(operator, monkeypatch, deletes_tags):
+    monkeypatch.setattr(multiplatform, "RegistryAPI", RegistryFailingOnTag)
+    monkeypatch.setattr(RegistryFailingOnTag, "deletes_tags", deletes_tags)
+    RegistryFailingOnTag.calls = []
+    amd64_daemon("one")
+    amd64_daemon("two")
+    parent = submit(
+        BuildRequest(
+            image="localhost:5000/team/app:1", extra_tags=["2", "3"], dockerfile="FROM busybox\n", platforms=BOTH
+        ),
+        submitted_by=operator,
+    )
+    parent.children.update(daemon=DockerDaemon.objects.first())
+    for child in parent.children.order_by("platform"):
+        _pushed(child, "sha256:" + child.platform[-1] * 64)
+
+    undo = [call for call in RegistryFailingOnTag.calls if call[0] in ("put_manifest", "delete_tag")]
+    assert undo == [
+        ("put_manifest", "team/app", "1", "application/vnd.oci.image.index.v1+json", b'{"older": "index"}'),
+        ("delete_tag", "team/app", "2"),
+    ]
+    parent.refresh_from_db()
+    assert parent.status == "failed" and parent.digest == ""
+    assert "HTTP 500" in parent.error
+    if deletes_tags:
+        assert "could not be put back" not in parent.error
+    else:
+        assert parent.error.endswith("; the index stays under 2: could not be put back")

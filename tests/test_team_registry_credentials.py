@@ -119,6 +119,9 @@ def test_the_multiplatform_index_is_written_with_the_teams_account(teams, monkey
         def manifest(self, name, digest):
             return digest
 
+        def stored(self, name, tag):
+            return None
+
         def put_index(self, name, tag, entries):
             return "sha256:" + "2" * 64
 
