@@ -40,6 +40,8 @@ def check_submit(team: Team | None) -> None:
     serial anyway; PostgreSQL needs the row lock.)"""
     if team is None or team.over_limit_mode != Team.OverLimit.REJECT:
         return
+    if not (team.max_concurrent_builds or team.max_builds_per_hour):
+        return
     if transaction.get_connection().in_atomic_block:
         Team.objects.select_for_update().filter(pk=team.pk).values_list("pk", flat=True).first()
     jobs = BuildJob.objects.filter(team=team)
