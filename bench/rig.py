@@ -4,7 +4,7 @@ By default a private farm on free ports, started with scripts/localfarm.py as
 `make up` and the end-to-end tests start theirs: Redis, a registry, N dockerd
 with busybox imported, a SQLite database in a temporary folder (or, with
 `--postgres URL`, a new database on that server), daphne, one
-Celery worker per daemon and the control worker with beat. Everything stops
+Celery worker per daemon, the control worker with beat and the notify worker. Everything stops
 and the folder goes when the benchmark ends, so a benchmark never touches the
 farm of `make up` (ports 8080/5000/19000/19100).
 
@@ -171,7 +171,7 @@ def private_farm(daemons: int, capacity: int, postgres: str = "") -> Iterator[Fa
             yield _start(sup, root, daemons, capacity, database_url, policy, registry_port)
         finally:
             workers = [n for n in sup.names() if n.startswith("worker")]
-            sup.stop_all(first=["control", *workers, "web"])
+            sup.stop_all(first=["control", "notify", *workers, "web"])
             lf.unmount_below(root)
             lf.remove_sandboxes(policy)
             shutil.rmtree(root, ignore_errors=True)
@@ -246,6 +246,7 @@ def _start(
     for index, name in enumerate(names):
         lf.start_worker(sup, f"worker-{index}", name, f"build.{name}", capacity, env)
     lf.start_control(sup, env)
+    lf.start_notify(sup, env)
     pids = {"daphne": sup.pid("web"), **{f"worker-{i}": sup.pid(f"worker-{i}") for i in range(daemons)}}
     processes = {("daphne" if name == "web" else name): sup.pid(name) for name in sup.names()}
     if database_url.startswith("postgres"):

@@ -81,7 +81,9 @@ def netns_farm(services_dir, tmp_path_factory):
             "GENERATOR_SECRET_KEY": "netns-test-only",
             "GENERATOR_DEBUG": "false",
         }
-        web_env = {**common, "DATABASE_URL": web_db, "GENERATOR_VAR_DIR": str(root / "web-var")}
+        # Notifications ride on the control worker here: this test is about the build hosts.
+        web_env = {**common, "DATABASE_URL": web_db, "GENERATOR_VAR_DIR": str(root / "web-var"),
+                   "GENERATOR_NOTIFY_QUEUE": "farm"}  # fmt: skip
         certs = tls_set(root / "tls", [net.address(h) for h in HOSTS])
         registry = f"{net.gateway}:{registry_port}"
         # Each build host runs its daemon in a sandbox of its own, as make up
