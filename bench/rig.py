@@ -238,6 +238,9 @@ def _start(
     (root / "pool.json").write_text(json.dumps(pool))
     manage(env, "loadpool", str(root / "pool.json"))
     token = manage(env, "ensureadmin", "--password-file", str(root / "admin-password")).rsplit(":", 1)[-1].strip()
+    # As make up does: builds may push to the rig's registry, and the admin's team owns all of it.
+    manage(env, "allowregistry", f"localhost:{registry_port}")
+    manage(env, "ensureteam", "default", "--namespace", f"localhost:{registry_port}/", "--admin", "admin")
     rootfs = lf.busybox_rootfs()
     for index, socket_path in enumerate(sockets):
         lf.wait_for_dockerd(sup, f"dockerd-{index}", f"unix://{socket_path}")
