@@ -346,6 +346,8 @@ GENERATOR_LOG_ARCHIVE_BATCH_LINES = env_int("GENERATOR_LOG_ARCHIVE_BATCH_LINES",
 # job's) are deleted by beat once older than this: a run writes its object before
 # its transaction names it.
 GENERATOR_LOG_ORPHAN_GRACE_HOURS = env_float("GENERATOR_LOG_ORPHAN_GRACE_HOURS", 1)
+if GENERATOR_LOG_ORPHAN_GRACE_HOURS < 0.25:  # shorter could delete an object a slow run is still naming
+    raise ImproperlyConfigured("GENERATOR_LOG_ORPHAN_GRACE_HOURS must be at least 0.25 (15 minutes)")
 # Finished jobs that ended more than this many days ago are deleted, with their
 # log lines and archived logs (builds/job_retention.py), at most
 # GENERATOR_JOB_PRUNE_BATCH_JOBS a run. 0: kept forever.

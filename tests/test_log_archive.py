@@ -300,3 +300,11 @@ async def test_a_late_websocket_viewer_gets_the_archived_lines_then_the_end(team
         "lines": 4507,
     }
     assert after == before == after_from_cache
+
+
+def test_an_orphan_grace_shorter_than_an_archive_run_may_take_stops_start_up():
+    from tests.test_settings import settings_with
+
+    with pytest.raises(AssertionError, match="ImproperlyConfigured: GENERATOR_LOG_ORPHAN_GRACE_HOURS must be at least"):
+        settings_with(GENERATOR_SECRET_KEY="k", GENERATOR_LOG_ORPHAN_GRACE_HOURS="0.01")
+    assert settings_with(GENERATOR_SECRET_KEY="k", GENERATOR_LOG_ORPHAN_GRACE_HOURS="0.25")["DEBUG"] is False
