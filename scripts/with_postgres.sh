@@ -18,6 +18,9 @@ if ! pg_isready -q -h "$host" -p "$port" 2>/dev/null; then
   su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'generator-tests'\"" >/dev/null
 fi
 # This machine kind's own cluster trusts local TCP connections and ignores the password.
-export DATABASE_URL="postgres://postgres:generator-tests@$host:$port/generator"
-echo "==> DATABASE_URL=postgres://postgres:***@$host:$port/generator"
+# GENERATOR_PG_DATABASE names the database: two runs at once need two names, since
+# each drops and creates test_<name>.
+database=${GENERATOR_PG_DATABASE:-generator}
+export DATABASE_URL="postgres://postgres:generator-tests@$host:$port/$database"
+echo "==> DATABASE_URL=postgres://postgres:***@$host:$port/$database"
 exec "$@"
