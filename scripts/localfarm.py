@@ -8,6 +8,7 @@ the processes the tests run are the ones a developer runs. No Django here.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 import shutil
@@ -301,8 +302,57 @@ def start_dockerd(
     for directory in (data_dir, exec_dir, socket_path.parent):
         directory.mkdir(parents=True, exist_ok=True)
     allow_traverse(data_dir)
+    ensure_remap_user()
     sup.start(name, in_netns(netns, dockerd_argv(data_dir, exec_dir, socket_path, **options)), env=DOCKERD_ENV)
     return f"tcp://{options['tcp']}" if options.get("tls") else f"unix://{socket_path}"
+
+
+REMAP_USER = "dockremap"  # the user --userns-remap=default maps a build's root to
+REMAP_FIRST_ID, REMAP_SIZE = 100_000, 65_536  # where and how large, as dockerd makes them
+
+
+def ensure_remap_user() -> None:
+    """Makes the remap user and its /etc/subuid and /etc/subgid ranges, once,
+    before a daemon starts. dockerd makes them itself on its first start, but two
+    daemons starting at once on a fresh machine race: one reads the files before
+    the other has written them, and fails ("no subuid ranges found"). Done as
+    dockerd does (moby pkg/idtools, usergroupadd_linux.go): a system user, then
+    the first free 65,536 ids from 100,000; under a lock, so farms started at
+    once in other processes make them once too."""
+    with open("/run/generator-remap.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if subprocess.run(["getent", "passwd", REMAP_USER], capture_output=True).returncode != 0:
+            _run_checked(["useradd", "--system", "--user-group", "--shell", "/bin/false", REMAP_USER])
+        for name, flag in (("subuid", "--add-subuids"), ("subgid", "--add-subgids")):
+            ranges = _id_ranges(Path("/etc") / name)
+            if REMAP_USER not in ranges:
+                start = _first_free_id(ranges.values())
+                _run_checked(["usermod", flag, f"{start}-{start + REMAP_SIZE - 1}", REMAP_USER])
+
+
+def _id_ranges(path: Path) -> dict[str, tuple[int, int]]:
+    """user -> (first id, count) of a subuid/subgid file (the first range of each user)."""
+    ranges: dict[str, tuple[int, int]] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text().splitlines():
+            fields = line.strip().split(":")
+            if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                ranges.setdefault(fields[0], (int(fields[1]), int(fields[2])))
+    return ranges
+
+
+def _first_free_id(taken) -> int:
+    start = REMAP_FIRST_ID
+    for first, count in sorted(taken):
+        if first < start + REMAP_SIZE and start < first + count:  # overlaps: look past it
+            start = first + count
+    return start
+
+
+def _run_checked(argv: list[str]) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StartError(f"{' '.join(argv)} failed: {(result.stderr or result.stdout).strip()}")
 
 
 def allow_traverse(directory: Path) -> None:
