@@ -27,10 +27,18 @@ RUNTIME = load_runtime_conf(env_str("GENERATOR_RUNTIME_CONF", str(BASE_DIR / "co
 # `runmode = dev` no longer turns it on (runtime_conf.py).
 DEBUG = env_bool("GENERATOR_DEBUG", False)
 
-SECRET_KEY = env_str("GENERATOR_SECRET_KEY", "")
+# The environment's key, else the one `make up` made in var/ (so `manage.py`
+# works as README shows it on a machine where make up ran).
+SECRET_KEY_FILE = VAR_DIR / "secret_key"
+SECRET_KEY = env_str("GENERATOR_SECRET_KEY", "") or (
+    SECRET_KEY_FILE.read_text().strip() if SECRET_KEY_FILE.is_file() else ""
+)
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("GENERATOR_SECRET_KEY must be set when GENERATOR_DEBUG is off")
+        raise ImproperlyConfigured(
+            f"GENERATOR_SECRET_KEY must be set when GENERATOR_DEBUG is off (or {SECRET_KEY_FILE} exist, "
+            "as make up makes it)"
+        )
     SECRET_KEY = "insecure-development-key-never-use-in-production"
 
 ALLOWED_HOSTS = env_list("GENERATOR_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])

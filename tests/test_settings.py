@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -82,18 +83,30 @@ def test_debug_is_off_unless_asked_for_by_name(tmp_path):
     assert settings_with(GENERATOR_RUNTIME_CONF=str(conf), GENERATOR_DEBUG="true")["DEBUG"] is True
 
 
-def test_production_settings_need_a_secret_key():
-    result = subprocess.run(
-        [sys.executable, "-c", "from django.conf import settings; settings.DEBUG"],
+def secret_key_with(var_dir: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "from django.conf import settings; print(settings.SECRET_KEY)"],
         env={
             **{k: v for k, v in os.environ.items() if not k.startswith("GENERATOR_")},
             "DJANGO_SETTINGS_MODULE": "generator_site.settings",
+            "GENERATOR_VAR_DIR": str(var_dir),
+            **env,
         },
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
+
+
+def test_production_settings_need_a_secret_key(tmp_path):
+    result = secret_key_with(tmp_path)
     assert result.returncode != 0 and "GENERATOR_SECRET_KEY must be set" in result.stderr
+
+
+def test_the_secret_key_make_up_made_is_read_from_var(tmp_path):
+    (tmp_path / "secret_key").write_text("made-by-make-up\n")
+    assert secret_key_with(tmp_path).stdout.strip() == "made-by-make-up"
+    assert secret_key_with(tmp_path, GENERATOR_SECRET_KEY="from-env").stdout.strip() == "from-env"
 
 
 def test_secure_cookies_and_the_proxy_header_only_when_served_over_https():
