@@ -16,14 +16,18 @@ from django.conf import settings
 from pool.housekeeping import FARM_LABEL, FARM_LABEL_VALUE
 from pool.models import DockerDaemon
 
-from . import deploy_keys
+from . import deploy_keys, registry_accounts
 from . import secrets as build_secrets
 from .buildkit import BuildKitSession, BuildRequest, DaemonAddress, NoBuildKitClient, find_client, unsupported_features
 from .engine import BuildFailed, DaemonUnavailable, EngineSession
 from .limits import Containment
 from .models import BuildJob
+from .references import parse_reference
+from .registry_api import RegistryAPI, RegistryError, repository_path
 
 logger = logging.getLogger(__name__)
+
+CACHE_LOOKUP_SECONDS = 5
 
 
 @functools.cache
@@ -93,6 +97,8 @@ def build(
     # The deploy key for RUN --mount=type=ssh: a 0600 file the CLI loads into its agent, gone after the build.
     with build_secrets.as_files(secrets) as files, build_secrets.as_files({"ssh": ssh_key} if ssh_key else {}) as ssh:
         request = _request(job, tag, dockerfile, buildargs, containment, files)
+        if request.cache_from:
+            log.write(f"[generator] Cache from: {', '.join(request.cache_from)}")
         request.ssh = ssh.get("ssh", "")
         if request.ssh:
             fingerprint = job.repository.deploy_key_fingerprint
@@ -133,13 +139,36 @@ def farm_labels(job) -> dict[str, str]:
 
 
 def pool_cache(job) -> list[str]:
+    """The cache candidates the registry has: BuildKit would print an ERROR
+    line for each missing one, and a HEAD here is cheaper than its own look-up."""
+    return [image for image in cache_candidates(job) if _in_registry(image, job.team_id)]
+
+
+def cache_candidates(job) -> list[str]:
     """Where the pool's layers for this build may already be: the image's own
     tags as pushed before (every push carries BuildKit's inline cache), and its
     repository's default branch's last image, so a daemon that never built it,
-    or a branch's first build, reuses them from the registry. A tag that does
-    not exist yet costs one manifest request."""
+    or a branch's first build, reuses them from the registry."""
     own = [f"{job.image_repository}:{tag}" for tag in [*job.tags, "latest"]]
     return list(dict.fromkeys([*own, *_default_branch_image(job)]))
+
+
+def _in_registry(image: str, team_id: int | None) -> bool:
+    """One HEAD of the manifest, as the build's team; False when the registry
+    cannot say (a cache source is worth no failure and no long wait)."""
+    reference = parse_reference(image)
+    account = registry_accounts.push_account(reference.registry, team_id)
+    api = RegistryAPI(
+        reference.registry,
+        username=account.username if account else "",
+        password=account.password if account else "",
+        timeout=CACHE_LOOKUP_SECONDS,
+    )
+    with api:
+        try:
+            return api.has(repository_path(reference.repository, reference.registry), reference.tag or "latest")
+        except RegistryError:
+            return False
 
 
 def _default_branch_image(job) -> list[str]:

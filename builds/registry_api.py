@@ -96,6 +96,14 @@ class RegistryAPI:
         digest = "sha256:" + hashlib.sha256(response.content).hexdigest()
         return Manifest(media_type, digest, len(response.content))
 
+    def has(self, name: str, reference: str) -> bool:
+        """Whether `name:reference` names any manifest: one HEAD."""
+        response = self._request("HEAD", name, f"manifests/{reference}", headers={"Accept": ", ".join(ANY)})
+        if response.status_code == 404:
+            return False
+        self._check(response, f"look up {name}:{reference}")
+        return True
+
     def stored(self, name: str, tag: str) -> tuple[str, bytes] | None:
         """What `name:tag` names now, as the registry keeps it (media type and
         body, any kind of manifest); None if there is no such tag."""

@@ -12,7 +12,7 @@ from django.test import override_settings
 from django.utils import timezone
 from referencing import Registry, Resource
 
-from builds.builders import pool_cache
+from builds.builders import cache_candidates
 from builds.models import BuildJob, BuildLogLine, BuildRule, Repository, WebhookDelivery
 from builds.webhooks import BAD_SIGNATURE, signature_of
 from tests.conftest import SHARED
@@ -280,12 +280,12 @@ def test_the_default_branch_a_push_names_is_kept_and_its_last_image_is_every_bui
     BuildRule.objects.create(repository=repository, source="branch", pattern="/feature/.*/", tags="wip")
     assert deliver(client, feature).status_code == 202
     branch_build = BuildJob.objects.get(repository=repository, ref="refs/heads/feature/x")
-    assert pool_cache(branch_build) == [
+    assert cache_candidates(branch_build) == [
         "localhost:5000/codertocat/hello-world:wip",
         "localhost:5000/codertocat/hello-world:latest",  # the default branch's last image, among the image's own
     ]
     BuildJob.objects.filter(pk=main.pk).update(image="localhost:5000/codertocat/hello-world:sha-6113728")
-    assert pool_cache(branch_build)[-1] == "localhost:5000/codertocat/hello-world:sha-6113728"
+    assert cache_candidates(branch_build)[-1] == "localhost:5000/codertocat/hello-world:sha-6113728"
 
 
 def test_deliveries_are_counted_for_metrics_once_each(client, repository):

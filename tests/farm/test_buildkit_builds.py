@@ -183,7 +183,11 @@ def test_a_daemon_that_never_built_the_image_reuses_the_pools_layers(farm, farm_
         job = BuildJob.objects.get(pk=job_id)
         assert job.status == "succeeded" and job.daemon_id == build_on.pk, job.error
         runs.append("\n".join(text for _, text in done.lines))
-    assert "importing cache manifest" in runs[1]
+    # The first build's cache sources did not exist yet: none is passed, and no ERROR line says so.
+    assert "importing cache manifest" not in runs[0] and "ERROR" not in runs[0], runs[0]
+    assert "[generator] Cache from:" not in runs[0]
+    assert f"[generator] Cache from: {body['image']}\n" in runs[1]  # the pushed tag; no :latest was pushed
+    assert "importing cache manifest" in runs[1] and "ERROR" not in runs[1], runs[1]
     assert runs[1].count(" CACHED") >= 2, runs[1]  # both RUN steps from the registry's layers
 
 
