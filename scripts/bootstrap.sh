@@ -12,6 +12,14 @@ requirements="${1:-requirements/base.txt}"
 # qemu-user-static, binfmt-support: RUN steps of other platforms (multi-platform builds) under QEMU.
 packages=(docker.io docker-registry redis-server busybox-static docker-compose git nftables socat iproute2 openssh-client
   qemu-user-static binfmt-support)
+# Debian 13's docker.io (26.1) has no BuildKit client inside its CLI: the buildx plugin is
+# its own package there (Debian 12's 20.10 CLI embeds one, and has no buildx package).
+debian=$(cut -d. -f1 /etc/debian_version 2>/dev/null || echo unknown)
+case "$debian" in
+  12) ;;
+  13) packages+=(docker-buildx) ;;
+  *) echo "==> Debian ${debian}: checked on Debian 12 only (13 installs docker-buildx); going on" >&2 ;;
+esac
 # The browser tests drive Debian's Chromium (Playwright's own download cannot run here);
 # the deploy key tests clone from a test-owned sshd (tests/ssh_server.py; the service stays off).
 if [ "$(basename "$requirements")" = test.txt ]; then packages+=(chromium openssh-server); fi
@@ -24,7 +32,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]} (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; then
+    echo "error: apt-get could not install ${missing[*]} on Debian ${debian}: the farm needs each of them" >&2
+    exit 1
+  fi
 fi
 
 # QEMU's handlers, registered with the kernel (a container or a fresh boot may have none mounted).

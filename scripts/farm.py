@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from builds.buildkit import NoBuildKitClient, find_client  # noqa: E402
 from builds.cgroups import daemon_cgroup  # noqa: E402
 from pool.seed_pool import local_socket  # noqa: E402
 from scripts import localfarm as lf  # noqa: E402
@@ -74,6 +75,10 @@ def redis_url(env: dict[str, str]) -> str:
 
 
 def up() -> None:
+    try:  # refused at once, before anything starts: builds would fail one by one otherwise
+        step(f"BuildKit client: {find_client(os.environ.get('GENERATOR_DOCKER_CLI', '')).describe()}")
+    except NoBuildKitClient as exc:
+        raise lf.StartError(str(exc)) from None
     sup = lf.Supervisor(RUN)
     env = child_env()
 

@@ -4,6 +4,7 @@ user and its id ranges already made (scripts/localfarm.py ensure_remap_user)."""
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 import subprocess
 import tempfile
@@ -71,3 +72,22 @@ def test_a_daemon_that_finds_the_remap_user_without_its_ranges_starts():
     remove_remap_user(keep_user=True)
     start_daemons_at_once(["first-run-c"])
     assert_one_range_each()
+
+
+def test_make_up_refuses_at_once_without_a_cli_that_drives_buildkit(tmp_path):
+    # Debian 13's docker CLI (26.1) without its docker-buildx package: no BuildKit client at all.
+    cli = tmp_path / "docker"
+    cli.write_text('#!/bin/sh\n[ "$1" = version ] && echo 26.1.5 && exit 0\nexit 1\n')
+    cli.chmod(0o755)
+    var = tmp_path / "var"
+    result = subprocess.run(
+        [".venv/bin/python", "scripts/farm.py", "up"],
+        env={**os.environ, "GENERATOR_DOCKER_CLI": str(cli), "GENERATOR_VAR_DIR": str(var)},
+        cwd=lf.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "no docker CLI that drives BuildKit" in result.stderr and "buildx" in result.stderr
+    assert not var.exists()  # refused before anything started
