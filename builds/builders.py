@@ -16,9 +16,10 @@ from django.conf import settings
 from pool.housekeeping import FARM_LABEL, FARM_LABEL_VALUE
 from pool.models import DockerDaemon
 
-from . import deploy_keys, registry_accounts
+from . import cache_scope, deploy_keys, registry_accounts
 from . import secrets as build_secrets
 from .buildkit import BuildKitSession, BuildRequest, DaemonAddress, NoBuildKitClient, find_client, unsupported_features
+from .dockerfile_text import DockerfileError
 from .engine import BuildFailed, DaemonUnavailable, EngineSession
 from .limits import Containment
 from .models import BuildJob
@@ -64,6 +65,9 @@ def build(
 ) -> str:
     secrets = build_secrets.for_job(job)
     log.hide(list(secrets.values()))
+    raw = job.dockerfile.encode() if job.dockerfile else _dockerfile_in(context, dockerfile)
+    text = raw.decode(errors="replace")
+    context, buildargs = _team_scoped(job, context, dockerfile, raw, buildargs)
     if job.builder != "buildkit":
         if secrets:
             log.write(f"[generator] Secrets ({', '.join(sorted(secrets))}) are mounted by BuildKit only: not passed")
@@ -82,7 +86,6 @@ def build(
             tick=watch.tick,
             abort=engine.abort,
         )
-    text = job.dockerfile or _dockerfile_in(context, dockerfile)
     ssh_key = deploy_keys.forwarded(job)
     if reason := unsupported_features(text, buildargs) or deploy_keys.ssh_mount_refusal(
         text, job.repository, forwarded=bool(ssh_key)
@@ -113,6 +116,18 @@ def build(
             if not engine.answers():  # the CLI's last words when its daemon dies vary: ask the daemon
                 raise DaemonUnavailable(f"lost the Docker daemon at {engine.url} during the build: {message}") from None
             raise BuildFailed(message, exit_code=exc.exit_code) from None
+
+
+def _team_scoped(job, context: BinaryIO, dockerfile: str, raw: bytes, buildargs: dict[str, str]):
+    """The context and build args with every step keyed to the build's team
+    (builds/cache_scope.py): its Dockerfile again with the team's ARG after each
+    FROM, and that build arg."""
+    name = cache_scope.arg_name(job.team_id, settings.SECRET_KEY)
+    try:
+        scoped = cache_scope.scoped_dockerfile(raw, name)
+    except (DockerfileError, ValueError) as exc:
+        raise BuildFailed(f"the Dockerfile cannot be read as the engine reads it: {exc}") from None
+    return cache_scope.ContextWithFile(context, cache_scope.context_path(dockerfile), scoped), {**buildargs, name: "1"}
 
 
 def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> BuildRequest:
@@ -201,8 +216,8 @@ def daemon_address(access: dict) -> DaemonAddress:
     return DaemonAddress(access["base_url"], tls_ca=tls.ca_cert, tls_cert=cert, tls_key=key)
 
 
-def _dockerfile_in(context: BinaryIO, path: str, limit: int = 1 << 20) -> str:
-    """The Dockerfile's text from a tar context, which is left at its start."""
+def _dockerfile_in(context: BinaryIO, path: str, limit: int = 1 << 20) -> bytes:
+    """The Dockerfile's bytes from a tar context, which is left at its start."""
     try:
         with tarfile.open(fileobj=context, mode="r:*") as tar:
             member = tar.getmember(path.lstrip("./") or "Dockerfile")
@@ -211,4 +226,4 @@ def _dockerfile_in(context: BinaryIO, path: str, limit: int = 1 << 20) -> str:
         data = b""  # the builder says what is missing, in its own words
     finally:
         context.seek(0)
-    return data.decode(errors="replace")
+    return data

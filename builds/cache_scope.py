@@ -1,0 +1,128 @@
+"""Each team's own step cache: no step result one team's build computed is
+used by another team's build, on any daemon, whatever its steps say.
+
+A builder reuses a step's result when the step and its inputs match, and a
+secret's value, an SSH agent or what a step fetched from the network is no
+input: team B writing team A's `RUN --mount=type=secret,... cp /run/secrets/x
+/leak` got A's result, secret and all (issue 22). So every team's steps differ:
+after each FROM the farm adds `ARG GENERATOR_TEAM_<id>` and passes that build
+arg. A build arg a stage declares is part of every later RUN step's key, in
+BuildKit as in the classic builder (checked: shared/docs/machines.md), and
+every FROM starts a stage without it, hence one after each.
+
+The name is the team's, not only the value: a Dockerfile may set any ENV to
+any value (another team's name and value included, read from its image
+history), but it cannot take its own team's ARG out of its steps, so no step of
+one team carries exactly another team's environment. Base layers stay shared
+(pulled by digest, content-addressed), and so do COPY steps of the same bytes
+on the same parent. ONBUILD steps of a base image run before the stage's first
+instruction, so before the ARG: docs/security.md says what that leaves.
+
+The Dockerfile the engine reads is the one in the context, so the context the
+daemon gets is the original tar up to its end-of-archive, then the Dockerfile
+again with the ARG lines (a later member replaces an earlier one of the same
+name when a tar is unpacked, as the engine does), then a new end. Nothing is
+copied but the stream itself. No Django models here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import os
+import posixpath
+import tarfile
+from typing import BinaryIO
+
+from .dockerfile_text import DockerfileError, insert_after_each_from
+
+NAME_PREFIX = "GENERATOR_TEAM_"
+
+
+def arg_name(team_id: int | None, key: str) -> str:
+    """The team's build arg: opaque (no team id in image histories) and stable
+    while the farm's secret key is (a new key means one cold build per team)."""
+    digest = hmac.new(key.encode(), f"team-step-cache:{team_id}".encode(), hashlib.sha256).hexdigest()
+    return NAME_PREFIX + digest[:20]
+
+
+def scoped_dockerfile(text: str, name: str) -> str:
+    """The Dockerfile with `ARG name` after each FROM. DockerfileError where the
+    engine's parser would refuse the text: the build fails with its reason."""
+    return insert_after_each_from(text, f"ARG {name}")
+
+
+def context_path(dockerfile: str) -> str:
+    """Where the engine finds `dockerfile` in the context: cleaned as a path
+    below the context's root (`..` stops there), as the daemon resolves it."""
+    return posixpath.normpath("/" + dockerfile).lstrip("/") or "Dockerfile"
+
+
+class ContextWithFile(io.RawIOBase):
+    """A seekable, read-only tar stream: `context` (a seekable plain tar, read
+    from where it stands) without its end-of-archive blocks, one member `name`
+    holding `data`, and a new end. tell/seek let the docker CLI's and requests'
+    look-ahead work as on the original file."""
+
+    def __init__(self, context: BinaryIO, name: str, data: bytes) -> None:
+        super().__init__()
+        self._context, self._start = context, context.tell()
+        self._prefix = _archive_end(context) - self._start
+        member = tarfile.TarInfo(name)
+        member.size, member.mode, member.mtime = len(data), 0o644, 0
+        padding = -len(data) % tarfile.BLOCKSIZE
+        self._tail = member.tobuf(tarfile.PAX_FORMAT) + data + b"\0" * (padding + 2 * tarfile.BLOCKSIZE)
+        self._size = self._prefix + len(self._tail)
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._size - self._position
+        out = b""
+        if self._position < self._prefix and size > 0:
+            self._context.seek(self._start + self._position)
+            out = self._context.read(min(size, self._prefix - self._position))
+            self._position += len(out)
+            size -= len(out)
+        if self._position >= self._prefix and size > 0:
+            at = self._position - self._prefix
+            more = self._tail[at : at + size]
+            self._position += len(more)
+            out += more
+        return out
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _archive_end(context: BinaryIO) -> int:
+    """The offset of the tar's end-of-archive blocks: its headers read, its
+    members' data skipped by seeking. The stream is left where it was."""
+    start = context.tell()
+    try:
+        with tarfile.open(fileobj=context, mode="r:") as tar:
+            while tar.next() is not None:
+                tar.members.clear()  # not 100,000 of them kept
+            return tar.offset
+    finally:
+        context.seek(start)
+
+
+__all__ = ["ContextWithFile", "DockerfileError", "arg_name", "context_path", "scoped_dockerfile"]
