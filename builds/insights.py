@@ -99,7 +99,7 @@ def _repositories(stats, dates) -> dict:
             "Mean queue wait per day", labels, series(lambda r: _mean(r["wait"], r["started"])), "s"
         ),
         "success_chart": line_chart(
-            "Success rate per day (succeeded of succeeded and failed)", labels, [("all shown", success)], "%"
+            "Success rate per day (succeeded of succeeded and failed)", labels, [("all shown", success)], "%", top=100
         ),  # fmt: skip
         "jobs_total": sum(row["jobs"] or 0 for row in daily.values()),
     }
