@@ -47,7 +47,7 @@ def line_chart(
     for value, label in scale.ticks:
         y = TOP + PLOT_HEIGHT - PLOT_HEIGHT * value / scale.top
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(label)}</text>')
+        parts.append(f'<text class="tick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(label)}</text>')
     axis_y = TOP + PLOT_HEIGHT + AXIS_BELOW - 8
     for i in sorted({0, len(labels) // 2, len(labels) - 1}) if labels else ():
         parts.append(f'<text x="{left + i * step:.1f}" y="{axis_y}" text-anchor="middle">{escape(labels[i])}</text>')
@@ -66,9 +66,11 @@ def line_chart(
 
 
 def bar_chart(
-    title: str, bars: Sequence[tuple[str, float]], unit: str = "", top: float | None = None, label_width: int = 160
+    title: str, bars: Sequence[tuple[str, float]], unit: str = "", top: float | None = None, max_label_width: int = 240
 ) -> SafeString:
-    """Horizontal bars, one per (label, value), the labels in `label_width` pixels."""
+    """Horizontal bars, one per (label, value), the labels in as many pixels as
+    the longest needs, up to `max_label_width`."""
+    label_width = min(max_label_width, 12 + CHAR_WIDTH * max((len(label) for label, _ in bars), default=0))
     height = TOP + AXIS_BELOW + 22 * max(len(bars), 1)
     top = axis(top if top is not None else max((v for _, v in bars), default=0), unit).top
     plot_w = WIDTH - label_width - 70
