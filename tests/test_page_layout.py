@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from builds.models import BuildJob, DailyDaemonStats, DailyJobStats, StepStats
 from pool.models import DockerDaemon
-from tests.browser import chromium, shot
+from tests.browser import SCREENSHOTS, chromium, shot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -146,6 +146,9 @@ def test_the_insights_charts_read_cleanly(browser, live_server, client, operator
     page = open_as(browser, live_server, client, operator)
     page.goto("/insights/")
     shot(page, "layout-insights")
+    page.locator("svg.chart[aria-label='Mean queue wait per day']").screenshot(
+        path=str(SCREENSHOTS / "layout-insights-queue-wait.png")
+    )
     width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert width[0] <= width[1]
     charts = chart_texts(page)
