@@ -24,6 +24,7 @@ from django.utils import timezone
 from generator_site.errors import error_response
 from pool.models import DockerDaemon
 
+from .chart_ticks import format_duration
 from .charts import bar_chart, line_chart
 from .models import DailyDaemonStats, DailyJobStats, StepStats
 from .ownership import is_staff, team_repositories
@@ -71,8 +72,8 @@ def _repositories(stats, dates) -> dict:
     totals = list(stats.values("repository").annotate(**_sums()).order_by("-jobs", "repository")[:TABLE])
     for row in totals:
         row["name"] = row["repository"] or NO_REPOSITORY
-        row["mean_build"] = _mean(row["build"], row["started"])
-        row["mean_wait"] = _mean(row["wait"], row["started"])
+        row["mean_build"] = _duration(_mean(row["build"], row["started"]))
+        row["mean_wait"] = _duration(_mean(row["wait"], row["started"]))
         row["success"] = _rate(row["succeeded"], row["failed"])
     busiest = [row["repository"] for row in totals[:LINES]]
     per_day = stats.filter(repository__in=busiest).values("repository", "day").annotate(**_sums())
@@ -99,7 +100,7 @@ def _repositories(stats, dates) -> dict:
             "Mean queue wait per day", labels, series(lambda r: _mean(r["wait"], r["started"])), "s"
         ),
         "success_chart": line_chart(
-            "Success rate per day (succeeded of succeeded and failed)", labels, [("all shown", success)], "%"
+            "Success rate per day (succeeded of succeeded and failed)", labels, [("all shown", success)], "%", top=100
         ),  # fmt: skip
         "jobs_total": sum(row["jobs"] or 0 for row in daily.values()),
     }
@@ -121,7 +122,11 @@ def _slowest_steps(steps):
     mean = ExpressionWrapper(F("seconds") / F("count"), output_field=FloatField())
     rows = steps.filter(count__gt=0).annotate(mean=mean).order_by("-mean")[:STEPS]
     bars = [(f"{row.repository or NO_REPOSITORY}: {row.step}", row.mean) for row in rows]
-    return bar_chart("Slowest BuildKit steps (mean)", bars, "s", label_width=420) if bars else ""
+    return bar_chart("Slowest BuildKit steps (mean)", bars, "s", max_label_width=420) if bars else ""
+
+
+def _duration(seconds: float | None) -> str:
+    return "" if seconds is None else format_duration(seconds)
 
 
 def _mean(total, count):

@@ -94,6 +94,12 @@ def buildkit_share(builder: str, capacity: int) -> int:
     return 1 if builder != "buildkit" or needs_whole_daemon(builder) else capacity
 
 
+def builds_at_once(capacity: int) -> dict[str, int]:
+    """How many builds of each builder the farm runs a daemon of `capacity` takes
+    at once (the dispatcher's reckoning: dispatch.slots_in_use)."""
+    return {builder: 1 if needs_whole_daemon(builder) else capacity for builder in settings.GENERATOR_BUILDERS}
+
+
 @dataclass(frozen=True)
 class Containment:
     """What the engine's build takes, and the line the build log gets about it."""

@@ -1,4 +1,4 @@
-"""Pages for people: the build list, a build's live log, the pool. Server-rendered,
+"""Pages for people: the build list, a build's live log, the pool and each daemon. Server-rendered,
 with a little plain JavaScript (builds/static/builds/). They need a login unless
 an operator makes logs public (GENERATOR_PUBLIC_LOGS); a public repository's
 build pages are anyone's. Each person sees the builds of their teams
@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from functools import wraps
 
+from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.template.defaultfilters import pluralize
 
 from generator_site.access import can_read_logs
+from generator_site.errors import error_response
 from pool.models import DockerDaemon
 
+from .dispatch import slots_in_use
+from .limits import builds_at_once, needs_whole_daemon
 from .models import BuildJob
 from .ownership import readable_jobs
 
@@ -66,6 +71,51 @@ def job_page(request: HttpRequest, job_id: str) -> HttpResponse:
 
 @readers_only
 def pool_page(request: HttpRequest) -> HttpResponse:
-    active = Q(jobs__status__in=BuildJob.ACTIVE)
-    daemons = DockerDaemon.objects.annotate(active_builds=Count("jobs", filter=active)).order_by("name")
-    return render(request, "builds/pool.html", {"daemons": daemons})
+    daemons = _with_load(DockerDaemon.objects.order_by("name"))
+    return render(request, "builds/pool.html", {"daemons": daemons, "whole_daemon": _buildkit_takes_whole_daemons()})
+
+
+@readers_only
+def daemon_page(request: HttpRequest, name: str) -> HttpResponse:
+    daemon = DockerDaemon.objects.filter(name=name).first()
+    if daemon is None:
+        return error_response(request, 404, f"no Docker daemon named {name!r} in the pool")
+    [daemon] = _with_load([daemon])
+    running = daemon.jobs.filter(status__in=BuildJob.ACTIVE)
+    readable = list(readable_jobs(request.user).filter(pk__in=running.values("pk")).order_by("created_at"))
+    context = {
+        "daemon": daemon,
+        "jobs": readable,
+        "others": daemon.active_builds - len(readable),  # /pool/ shows everyone the count anyway
+        "whole_daemon": _buildkit_takes_whole_daemons(),
+    }
+    return render(request, "builds/pool_daemon.html", context)
+
+
+BUILDER_NAMES = {"buildkit": "BuildKit", "classic": "classic"}
+
+
+def _with_load(daemons) -> list[DockerDaemon]:
+    """The daemons, each with its active builds, the slots they take of its
+    capacity as the dispatcher counts them, and the builds it takes at once."""
+    daemons = list(daemons)
+    slots = slots_in_use(daemons)
+    counts = dict(
+        BuildJob.objects.filter(status__in=BuildJob.ACTIVE, daemon__in=daemons)
+        .values_list("daemon")
+        .annotate(n=Count("id"))
+    )
+    for daemon in daemons:
+        daemon.active_builds = counts.get(daemon.pk, 0)
+        daemon.slots_taken = slots.get(daemon.pk, 0)
+        at_once = builds_at_once(daemon.capacity)
+        if len(set(at_once.values())) == 1:
+            n = next(iter(at_once.values()))
+            daemon.at_once = f"{n} build{pluralize(n)} at once"
+        else:
+            daemon.at_once = " or ".join(f"{n} {BUILDER_NAMES[b]}" for b, n in at_once.items()) + " builds at once"
+    return daemons
+
+
+def _buildkit_takes_whole_daemons() -> bool:
+    return "buildkit" in settings.GENERATOR_BUILDERS and needs_whole_daemon("buildkit")

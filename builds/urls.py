@@ -12,6 +12,7 @@ urlpatterns = [
     path("builds/", pages.job_list, name="job-list"),
     path("builds/<str:job_id>/", pages.job_page, name="job-page"),
     path("pool/", pages.pool_page, name="pool-page"),
+    path("pool/<str:name>/", pages.daemon_page, name="daemon-page"),
     path("insights/", insights.insights_page, name="insights-page"),
     path("badges/<str:owner>/<str:name>.svg", badges.repository_badge, name="repository-badge"),
     path("badges/image/<path:image>.svg", badges.image_badge, name="image-badge"),

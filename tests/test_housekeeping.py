@@ -274,7 +274,11 @@ def test_the_pool_page_and_metrics_show_each_daemons_disk(client, operator, daem
     )  # fmt: skip
     client.force_login(operator)
     page = client.get("/pool/").content.decode()
-    assert "2.0\xa0MB / 1.0\xa0MB / 0\xa0bytes (3.0\xa0MB)" in page and "disk full" in page
+    assert "images 2.0\xa0MB / 20.0\xa0GB</span>" in page and "cache 1.0\xa0MB / 10.0\xa0GB</span>" in page
+    assert "disk full" in page
+    page = client.get("/pool/unit-daemon/").content.decode()
+    assert "farm images 2.0\xa0MB (limit 20.0\xa0GB), build cache 1.0\xa0MB (limit 10.0\xa0GB)" in page
+    assert "volumes 0\xa0bytes, all images 3.0\xa0MB" in page and "disk full" in page
     samples = {
         sample.name: sample.value
         for family in text_string_to_metric_families(client.get("/metrics").content.decode())

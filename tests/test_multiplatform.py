@@ -434,7 +434,8 @@ def test_the_pages_show_platforms_and_link_parent_and_children(client, operator)
     child_page = client.get(f"/builds/{arm.id}/").content.decode()
     assert f'<a href="/builds/{parent.id}/">{parent.id}</a>' in child_page
     pool = client.get("/pool/").content.decode()
-    assert "linux/amd64, linux/arm64 (emulated)" in pool
+    assert "linux/amd64<br><small>emulated: linux/arm64</small>" in pool
+    assert "linux/amd64, linux/arm64 (emulated)" in client.get("/pool/one/").content.decode()
 
 
 def test_a_platforms_part_is_not_retried_alone_and_a_retry_keeps_the_platforms(operator):

@@ -6,6 +6,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from builds.models import BuildJob, Repository
+from pool.models import DockerDaemon
 from teams.models import Team
 
 
@@ -56,11 +57,48 @@ def test_the_list_filters_and_shows_queue_positions(client, reader, daemon):
     assert rows["X-Any-Active"] == "1" and "<html" not in rows.content.decode()
 
 
-def test_the_pool_page_shows_health_and_load(client, reader, daemon):
-    make_job(daemon, status="building")
+def test_the_pool_page_shows_health_and_load_and_links_each_daemon(client, reader, daemon):
+    make_job(daemon, status="building")  # a classic build: one slot
     client.force_login(reader)
     page = client.get("/pool/").content.decode()
-    assert "unit-daemon" in page and "1/2" in page and "healthy" in page
+    assert "healthy" in page and '<a href="/pool/unit-daemon/">unit-daemon</a>' in page
+    assert "1/2 slots, 1 build" in page and "1 BuildKit or 2 classic builds at once" in page
+
+
+def test_a_buildkit_build_takes_every_slot_of_its_daemon_as_the_dispatcher_counts(client, reader, daemon):
+    make_job(daemon, status="building", builder="buildkit")
+    client.force_login(reader)
+    assert "2/2 slots, 1 build" in client.get("/pool/").content.decode()
+    with override_settings(GENERATOR_BUILDKIT_SHARED_DAEMONS=True):
+        page = client.get("/pool/").content.decode()
+        assert "1/2 slots, 1 build" in page and "2 builds at once" in page
+    with override_settings(GENERATOR_BUILDERS=["buildkit"], GENERATOR_DEFAULT_BUILDER="buildkit"):
+        assert "1 build at once" in client.get("/pool/").content.decode()
+
+
+def test_a_daemons_page_tells_everything_and_only_the_builds_one_may_read(client, reader, daemon, teams):
+    mine = make_job(daemon, status="building")
+    theirs = BuildJob.objects.create(image="localhost:5000/team-b/x:1", daemon=daemon, team=teams[1], status="pushing")
+    DockerDaemon.objects.filter(pk=daemon.pk).update(
+        engine_version="20.10.24", last_error="connection refused", consecutive_failures=3, latency_ms=2.5
+    )
+    client.force_login(reader)
+    page = client.get("/pool/unit-daemon/").content.decode()
+    assert "<code>tcp://127.0.0.1:9</code>" in page and "20.10.24" in page and "connection refused" in page
+    assert "3 failed checks in a row" in page and "answered in 2.5 ms" in page
+    assert "2 of 2 slots taken by 2 builds" in page and "2048 MiB of memory" in page
+    assert f'href="/builds/{mine.id}/"' in page and theirs.id not in page and "and 1 build of other teams" in page
+
+
+def test_a_daemon_page_needs_what_the_pool_page_needs(client, reader, daemon):
+    assert client.get("/pool/unit-daemon/")["Location"].startswith("/accounts/login/?next=/pool/unit-daemon/")
+    with override_settings(GENERATOR_PUBLIC_LOGS=True):
+        assert client.get("/pool/unit-daemon/").status_code == 200
+    client.force_login(reader)
+    response = client.get("/pool/no-such-daemon/")
+    assert (
+        response.status_code == 404 and "no Docker daemon named &#x27;no-such-daemon&#x27;" in response.content.decode()
+    )
 
 
 def test_badges_tell_the_latest_finished_build(client, db, daemon):

@@ -5,47 +5,27 @@ Screenshots of each page go to var/test-output/screenshots/."""
 
 from __future__ import annotations
 
-import os
 import re
 import urllib.request
 import uuid
 
 import pytest
 from django.contrib.auth import get_user_model
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from builds.models import BuildJob, BuildLogLine
 from teams.models import Membership, Team
-from tests.conftest import ROOT
+from tests.browser import chromium, shot
 
 from .conftest import api_build, follow, printed, submit
 
 pytestmark = pytest.mark.farm
 
-SCREENSHOTS = ROOT / "var" / "test-output" / "screenshots"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 @pytest.fixture(scope="module")
 def browser():
-    # Playwright's sync API keeps an event loop running in this thread, and Django
-    # refuses ORM calls beside a running loop; the tests' own queries are plain
-    # sequential reads, so that guard can step aside here.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
-    del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
 @pytest.fixture
@@ -65,11 +45,6 @@ def page(browser, farm, farm_pool):
     page.wait_for_url("**/builds/")
     yield page
     context.close()
-
-
-def shot(page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 def seqs_on(page) -> list[int]:
