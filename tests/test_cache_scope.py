@@ -1,0 +1,76 @@
+"""builds/cache_scope.py: the team's ARG in the Dockerfile the engine reads, and
+the context stream that carries it."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+from builds.cache_scope import NAME_PREFIX, ContextWithFile, arg_name, context_path, scoped_dockerfile
+
+
+def tar_of(files: dict[str, bytes]) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    return buffer
+
+
+def unpacked(stream, into) -> None:
+    """As an engine unpacks a context: member after member, a later one replacing an earlier one."""
+    with tarfile.open(fileobj=io.BytesIO(stream.read()), mode="r:") as tar:
+        tar.extractall(into, filter="data")
+
+
+def test_the_dockerfile_the_engine_unpacks_is_the_scoped_one(tmp_path):
+    long_name = "deep/" * 30 + "file.txt"  # past the 100 bytes of a plain header: PAX
+    context = tar_of({"Dockerfile": b"FROM busybox\nRUN true\n", long_name: b"x" * 1000, "app/main.py": b"print()"})
+    wrapped = ContextWithFile(context, "Dockerfile", b"FROM busybox\nARG X\nRUN true\n")
+    unpacked(wrapped, tmp_path)
+    assert (tmp_path / "Dockerfile").read_bytes() == b"FROM busybox\nARG X\nRUN true\n"
+    assert (tmp_path / long_name).read_bytes() == b"x" * 1000
+    assert (tmp_path / "app/main.py").read_bytes() == b"print()"
+
+
+def test_the_stream_seeks_and_tells_as_a_file_does():
+    context = tar_of({"Dockerfile": b"FROM scratch\n"})
+    wrapped = ContextWithFile(context, "Dockerfile", b"FROM scratch\nARG X\n")
+    whole = wrapped.read()
+    assert len(whole) % tarfile.BLOCKSIZE == 0 and whole.endswith(b"\0" * 2 * tarfile.BLOCKSIZE)
+    assert wrapped.seek(0, os.SEEK_END) == len(whole) == wrapped.tell()  # requests sizes a body this way
+    wrapped.seek(100)
+    assert wrapped.read(1000) == whole[100:1100]
+    wrapped.seek(0)
+    assert b"".join(iter(lambda: wrapped.read(333), b"")) == whole
+
+
+def test_a_context_read_from_the_middle_of_its_file_starts_there():
+    raw = io.BytesIO(b"header-bytes" + tar_of({"Dockerfile": b"FROM scratch\n"}).read())
+    raw.seek(len(b"header-bytes"))
+    wrapped = ContextWithFile(raw, "Dockerfile", b"FROM scratch\nARG X\n")
+    assert raw.tell() == len(b"header-bytes")  # finding the archive's end moved nothing
+    with tarfile.open(fileobj=io.BytesIO(wrapped.read()), mode="r:") as tar:
+        assert [m.name for m in tar.getmembers()] == ["Dockerfile", "Dockerfile"]
+
+
+def test_each_team_has_its_own_arg_name_stable_for_a_key():
+    names = {arg_name(team, "key") for team in (1, 2, 3, None)}
+    assert len(names) == 4 and all(name.startswith(NAME_PREFIX) and name.isidentifier() for name in names)
+    assert arg_name(1, "key") == arg_name(1, "key") != arg_name(1, "another key")
+
+
+def test_every_stage_declares_the_arg():
+    text = "# syntax-like comment\nFROM busybox AS one\nRUN a\nFROM \\\n  busybox\nRUN b\n"
+    scoped = scoped_dockerfile(text, "GENERATOR_TEAM_x").replace("GENERATOR_TEAM_x", "T")
+    assert scoped == "# syntax-like comment\nFROM busybox AS one\nARG T\nRUN a\nFROM \\\n  busybox\nARG T\nRUN b\n"
+
+
+def test_the_dockerfile_path_is_cleaned_below_the_context_root():
+    assert context_path("./Dockerfile") == "Dockerfile"
+    assert context_path(".ci/Dockerfile") == ".ci/Dockerfile"
+    assert context_path("a/../../Dockerfile.prod") == "Dockerfile.prod"
