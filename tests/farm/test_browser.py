@@ -214,17 +214,15 @@ def test_classic_builds_are_grouped_by_their_step_lines(page, farm, token):
     page.goto(f"/builds/{job_id}/")
     wait_for_end(page, job_id, status="failed")
     titles = page.eval_on_selector_all("#log summary .line", "lines => lines.map(l => l.textContent)")
-    assert [t.split(" : ")[0] for t in titles] == [
-        "Step 1/4",
-        "Step 2/4",
-        "Step 3/4",
-    ]  # the farm's LABEL would be the 4th
-    failing = group(page, "Step 3/4")
+    # Step 2 is the team's ARG after FROM (builds/cache_scope.py); the farm's LABEL would be the 5th.
+    assert [t.split(" : ")[0] for t in titles] == ["Step 1/5", "Step 2/5", "Step 3/5", "Step 4/5"]
+    assert titles[1].startswith("Step 2/5 : ARG GENERATOR_TEAM_")
+    failing = group(page, "Step 4/5")
     expect(failing.locator("summary .badge.failed")).to_have_text("ERROR")
     expect(page.locator("#log details.step-group[open]")).to_have_count(1)
     expect(failing.locator(".step-body")).to_contain_text("about to fail")
     link = page.locator("#first-error")
-    expect(link).to_contain_text("Step 3/4 : RUN echo about to fail && exit 3")
+    expect(link).to_contain_text("Step 4/5 : RUN echo about to fail && exit 3")
     expect(link).to_contain_text("returned a non-zero code: 3")
     link.click()
     expect(page.locator("#log .line.target")).to_have_text(re.compile(r"^\[generator\] Build failed: "))
