@@ -32,6 +32,7 @@ import hmac
 import io
 import os
 import posixpath
+import re
 import tarfile
 from typing import BinaryIO
 
@@ -113,16 +114,32 @@ class ContextWithFile(io.RawIOBase):
 
 
 def _archive_end(context: BinaryIO) -> int:
-    """The offset of the tar's end-of-archive blocks: its headers read, its
-    members' data skipped by seeking. The stream is left where it was."""
+    """The offset of the tar's end-of-archive blocks, the stream left where it
+    was. Headers are read and members' data skipped by hand, one read and one
+    seek a member: tarfile's own reading took 5 s for 100,000 members. A PAX
+    header's `size` record (a member over 8 GiB) gives the next member's size."""
     start = context.tell()
+    offset, pax_size = start, None
     try:
-        with tarfile.open(fileobj=context, mode="r:") as tar:
-            while tar.next() is not None:
-                tar.members.clear()  # not 100,000 of them kept
-            return tar.offset
+        while True:
+            context.seek(offset)
+            header = context.read(tarfile.BLOCKSIZE)
+            if len(header) < tarfile.BLOCKSIZE or header == _ZERO_BLOCK:
+                return offset
+            size = tarfile.nti(header[124:136]) if pax_size is None else pax_size
+            pax_size = _pax_size(context.read(size)) if header[156:157] == tarfile.XHDTYPE else None
+            offset += tarfile.BLOCKSIZE + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
     finally:
         context.seek(start)
+
+
+_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
+_PAX_SIZE = re.compile(rb"(?:^|\n)\d+ size=(\d+)\n")
+
+
+def _pax_size(records: bytes) -> int | None:
+    found = _PAX_SIZE.findall(records)
+    return int(found[-1]) if found else None
 
 
 __all__ = ["ContextWithFile", "DockerfileError", "arg_name", "context_path", "scoped_dockerfile"]

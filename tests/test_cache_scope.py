@@ -74,3 +74,26 @@ def test_the_dockerfile_path_is_cleaned_below_the_context_root():
     assert context_path("./Dockerfile") == "Dockerfile"
     assert context_path(".ci/Dockerfile") == ".ci/Dockerfile"
     assert context_path("a/../../Dockerfile.prod") == "Dockerfile.prod"
+
+
+def test_the_archives_end_is_found_past_a_member_whose_size_a_pax_header_gives():
+    # Over 8 GiB a member's size is only in its PAX header (its ustar field says 0):
+    # made here by hand for a 2 KiB member, whose ustar field is then set to 0.
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        blob = tarfile.TarInfo("blob")
+        blob.size, blob.pax_headers = 2048, {"size": "2048"}
+        tar.addfile(blob, io.BytesIO(b"\1" * 2048))
+        dockerfile = tarfile.TarInfo("Dockerfile")
+        dockerfile.size = 13
+        tar.addfile(dockerfile, io.BytesIO(b"FROM scratch\n"))
+    data = bytearray(buffer.getvalue())
+    header = data.index(b"blob\0", tarfile.BLOCKSIZE)  # the member's own header, after its PAX header
+    data[header + 124 : header + 136] = b"00000000000\0"
+    data[header + 148 : header + 156] = b"        "
+    data[header + 148 : header + 155] = b"%06o\0" % sum(data[header : header + tarfile.BLOCKSIZE])
+    wrapped = ContextWithFile(io.BytesIO(bytes(data)), "Dockerfile", b"FROM scratch\nARG X\n")
+    with tarfile.open(fileobj=io.BytesIO(wrapped.read()), mode="r:") as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == ["blob", "Dockerfile", "Dockerfile"]
+        assert tar.extractfile(members[-1]).read() == b"FROM scratch\nARG X\n"
