@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import tarfile
 from typing import BinaryIO
 
 from django.conf import settings
@@ -19,6 +18,7 @@ from pool.models import DockerDaemon
 from . import cache_scope, deploy_keys, registry_accounts
 from . import secrets as build_secrets
 from .buildkit import BuildKitSession, BuildRequest, DaemonAddress, NoBuildKitClient, find_client, unsupported_features
+from .dockerfile_in_context import FoundDockerfile, UnreadableDockerfile, read_dockerfile
 from .dockerfile_text import DockerfileError
 from .engine import BuildFailed, DaemonUnavailable, EngineSession
 from .limits import Containment
@@ -65,9 +65,10 @@ def build(
 ) -> str:
     secrets = build_secrets.for_job(job)
     log.hide(list(secrets.values()))
-    raw = job.dockerfile.encode() if job.dockerfile else _dockerfile_in(context, dockerfile)
-    text = raw.decode(errors="replace")
-    context, buildargs = _team_scoped(job, context, dockerfile, raw, buildargs)
+    # A Dockerfile text's context holds it as "Dockerfile" (builds/runner.py): read like any other.
+    found = _dockerfile_in(context, dockerfile)
+    text = found.data
+    context, buildargs = _team_scoped(job, context, found, buildargs)
     if job.builder != "buildkit":
         if secrets:
             log.write(f"[generator] Secrets ({', '.join(sorted(secrets))}) are mounted by BuildKit only: not passed")
@@ -118,16 +119,17 @@ def build(
             raise BuildFailed(message, exit_code=exc.exit_code) from None
 
 
-def _team_scoped(job, context: BinaryIO, dockerfile: str, raw: bytes, buildargs: dict[str, str]):
+def _team_scoped(job, context: BinaryIO, found: FoundDockerfile, buildargs: dict[str, str]):
     """The context and build args with every step keyed to the build's team
     (builds/cache_scope.py): its Dockerfile again with the team's ARG after each
-    FROM, and that build arg."""
+    FROM, as a member at the path the engine reads it from (links resolved, so
+    the member lands there), and that build arg."""
     name = cache_scope.arg_name(job.team_id, settings.SECRET_KEY)
     try:
-        scoped = cache_scope.scoped_dockerfile(raw, name)
+        scoped = cache_scope.scoped_dockerfile(found.data, name)
     except (DockerfileError, ValueError) as exc:
         raise BuildFailed(f"the Dockerfile cannot be read as the engine reads it: {exc}") from None
-    return cache_scope.ContextWithFile(context, cache_scope.context_path(dockerfile), scoped), {**buildargs, name: "1"}
+    return cache_scope.ContextWithFile(context, found.path, scoped), {**buildargs, name: "1"}
 
 
 def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> BuildRequest:
@@ -216,14 +218,12 @@ def daemon_address(access: dict) -> DaemonAddress:
     return DaemonAddress(access["base_url"], tls_ca=tls.ca_cert, tls_cert=cert, tls_key=key)
 
 
-def _dockerfile_in(context: BinaryIO, path: str, limit: int = 1 << 20) -> bytes:
-    """The Dockerfile's bytes from a tar context, which is left at its start."""
+def _dockerfile_in(context: BinaryIO, path: str) -> FoundDockerfile:
+    """The Dockerfile BuildKit will read from the tar context (left at its start),
+    and where, found as it finds it (builds/dockerfile_in_context.py);
+    BuildFailed, naming the path and why, where the farm cannot tell or read it:
+    the checks above never pass an empty text in its place."""
     try:
-        with tarfile.open(fileobj=context, mode="r:*") as tar:
-            member = tar.getmember(path.lstrip("./") or "Dockerfile")
-            data = tar.extractfile(member).read(limit) if member.isfile() else b""
-    except (tarfile.TarError, KeyError, OSError):
-        data = b""  # the builder says what is missing, in its own words
-    finally:
-        context.seek(0)
-    return data
+        return read_dockerfile(context, path, limit=settings.GENERATOR_MAX_DOCKERFILE_BYTES)
+    except UnreadableDockerfile as exc:
+        raise BuildFailed(str(exc)) from None

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from . import dockerfile_text
 from .engine import BuildFailed, DaemonUnavailable, LineSink
 
 DEBIAN_CLI = "/usr/bin/docker"
@@ -135,9 +136,8 @@ class BuildRequest:
     platform: str = ""  # os/arch to build for (QEMU runs its RUN steps on another host); "": the daemon's
 
 
-# `<<WORD` or `<<-"WORD"` in RUN, COPY or ADD; not `<<<` (a shell here-string).
-_HEREDOC = re.compile(r"^\s*(RUN|COPY|ADD)\b.*(?<!<)<<-?(?!<)\s*[\"']?[A-Za-z_][A-Za-z0-9_]*", re.IGNORECASE)
-_DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
+# `<<WORD` or `<<-"WORD"` in a RUN, COPY or ADD instruction; not `<<<` (a shell here-string).
+_HEREDOC = re.compile(r"(?<!<)<<-?(?!<)\s*[\"']?[A-Za-z_][A-Za-z0-9_]*")
 # The CLI's words for a daemon it cannot reach, or lost in the middle of a build.
 _DAEMON_GONE = (
     "cannot connect to the docker daemon",
@@ -149,7 +149,7 @@ _DAEMON_GONE = (
 )
 
 
-def unsupported_features(dockerfile_text: str, buildargs: dict[str, str] | None = None) -> str | None:
+def unsupported_features(text: str | bytes, buildargs: dict[str, str] | None = None) -> str | None:
     """Why the farm will not build this with BuildKit, said at once.
 
     - A syntax directive (or BUILDKIT_* build args) would run another frontend
@@ -162,23 +162,25 @@ def unsupported_features(dockerfile_text: str, buildargs: dict[str, str] | None 
     reserved = sorted(name for name in (buildargs or {}) if name.upper().startswith("BUILDKIT_"))
     if reserved:
         return f"build args named BUILDKIT_* are the farm's to set: {', '.join(reserved)}"
-    lines = dockerfile_text.splitlines()
-    for line in lines:  # directives: the leading `# name=value` comment lines, as BuildKit reads them
-        directive = _DIRECTIVE.match(line)
-        if not directive:
-            break
-        if directive[1].lower() == "syntax":
+    # As BuildKit reads it (builds/dockerfile_text.py): DetectSyntax runs before the
+    # parser, so a syntax directive counts even where the parser would then fail.
+    found = dockerfile_text.directives(text)
+    if "syntax" in found:
+        return (
+            f"the Dockerfile asks for another frontend (# syntax={found['syntax'][:80]!r}): the farm builds with the "
+            "daemon's built-in Dockerfile frontend only, since a frontend image decides what the build "
+            "may touch on the daemon. Remove the line."
+        )
+    try:
+        instructions = dockerfile_text.instructions(text)
+    except dockerfile_text.DockerfileError as exc:
+        return f"BuildKit's Dockerfile parser refuses this Dockerfile: {exc}"
+    for instruction in instructions:
+        if instruction.keyword in ("RUN", "COPY", "ADD") and _HEREDOC.search(instruction.args):
             return (
-                f"the Dockerfile asks for another frontend ({line.strip()[:80]}): the farm builds with the "
-                "daemon's built-in Dockerfile frontend only, since a frontend image decides what the build "
-                "may touch on the daemon. Remove the line."
-            )
-    for number, line in enumerate(lines, start=1):
-        if _HEREDOC.match(line):
-            return (
-                f"line {number} uses a heredoc ({line.strip()[:60]}): heredocs need Dockerfile frontend 1.4 "
-                "or later, and this daemon's built-in frontend (Docker 20.10, BuildKit 0.8) predates them. "
-                "Put the script in a file and COPY it, or chain the commands with &&."
+                f"line {instruction.first_line} uses a heredoc ({instruction.line.strip()[:60]}): heredocs need "
+                "Dockerfile frontend 1.4 or later, and this daemon's built-in frontend (Docker 20.10, BuildKit 0.8) "
+                "predates them. Put the script in a file and COPY it, or chain the commands with &&."
             )
     return None
 

@@ -21,7 +21,9 @@ instruction, so before the ARG: docs/security.md says what that leaves.
 The Dockerfile the engine reads is the one in the context, so the context the
 daemon gets is the original tar up to its end-of-archive, then the Dockerfile
 again with the ARG lines (a later member replaces an earlier one of the same
-name when a tar is unpacked, as the engine does), then a new end. Nothing is
+name when a tar is unpacked, as the engine does), then a new end. The member
+is named by the path the engine reads the Dockerfile from, links resolved
+(builds/dockerfile_in_context.py), so that it lands there. Nothing is
 copied but the stream itself. No Django models here.
 """
 
@@ -31,7 +33,6 @@ import hashlib
 import hmac
 import io
 import os
-import posixpath
 import re
 import tarfile
 from typing import BinaryIO
@@ -52,12 +53,6 @@ def scoped_dockerfile(text: str, name: str) -> str:
     """The Dockerfile with `ARG name` after each FROM. DockerfileError where the
     engine's parser would refuse the text: the build fails with its reason."""
     return insert_after_each_from(text, f"ARG {name}")
-
-
-def context_path(dockerfile: str) -> str:
-    """Where the engine finds `dockerfile` in the context: cleaned as a path
-    below the context's root (`..` stops there), as the daemon resolves it."""
-    return posixpath.normpath("/" + dockerfile).lstrip("/") or "Dockerfile"
 
 
 class ContextWithFile(io.RawIOBase):
@@ -142,4 +137,4 @@ def _pax_size(records: bytes) -> int | None:
     return int(found[-1]) if found else None
 
 
-__all__ = ["ContextWithFile", "DockerfileError", "arg_name", "context_path", "scoped_dockerfile"]
+__all__ = ["ContextWithFile", "DockerfileError", "arg_name", "scoped_dockerfile"]

@@ -26,6 +26,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from .contexts import check_context
+from .dockerfile_in_context import UnreadableDockerfile, read_dockerfile
+from .errors import SubmissionError
 from .models import BuildContext, BuildJob
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class CheckedUpload:
     file: TemporaryUploadedFile
     size: int
     members: int
+    dockerfile: bytes  # as the engine will read it (builds/dockerfile_in_context.py)
 
 
 def store() -> Storage:
@@ -51,19 +54,23 @@ def store() -> Storage:
 @contextmanager
 def checked(upload: BinaryIO, *, dockerfile: str) -> Iterator[CheckedUpload]:
     """Checks `upload` into a temporary file on disk (FILE_UPLOAD_TEMP_DIR), removed
-    on leaving, whatever happened. SubmissionError says why an upload is refused."""
+    on leaving, whatever happened, and reads the Dockerfile from it as the engine
+    will find it. SubmissionError says why an upload is refused."""
     with TemporaryUploadedFile("context.tar", "application/x-tar", 0, None) as out:
         result = check_context(
             upload,
             out.file,
-            dockerfile=dockerfile,
             max_bytes=settings.GENERATOR_MAX_CONTEXT_BYTES,
             max_files=settings.GENERATOR_MAX_CONTEXT_FILES,
         )
         out.flush()
+        try:
+            found = read_dockerfile(out.file, dockerfile, limit=settings.GENERATOR_MAX_DOCKERFILE_BYTES)
+        except UnreadableDockerfile as exc:  # never an empty text in its place: the checks fail closed
+            raise SubmissionError(str(exc)) from None
         out.seek(0)
         out.size = result.size
-        yield CheckedUpload(out, result.size, result.members)
+        yield CheckedUpload(out, result.size, result.members, found.data)
 
 
 @contextmanager

@@ -44,35 +44,28 @@ class CheckedContext:
     members: int
 
 
-def check_context(
-    upload: BinaryIO, out: BinaryIO, *, dockerfile: str, max_bytes: int, max_files: int
-) -> CheckedContext:
+def check_context(upload: BinaryIO, out: BinaryIO, *, max_bytes: int, max_files: int) -> CheckedContext:
     """Reads `upload` (a tar, or a gzip of one) and writes the checked, rewritten
     context to `out` as it goes. Raises SubmissionError (TooLarge past a limit)
     naming what was refused; `out` then holds a part to throw away."""
     tar_bytes = _TarStream(upload, limit=max_bytes)
-    wanted = posixpath.normpath(dockerfile)
     try:
         with (
             tarfile.open(fileobj=tar_bytes, mode="r|", tarinfo=_BoundedTarInfo) as source,
             tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as clean,
         ):
-            members, found = _rewrite(source, clean, tar_bytes, max_files=max_files, wanted=wanted)
+            members = _rewrite(source, clean, tar_bytes, max_files=max_files)
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         if tar_bytes.over_limit:  # tarfile may have wrapped our own refusal
             raise tar_bytes.too_large() from None
         if isinstance(exc, zlib.error):
             raise SubmissionError(f"the build context is not valid gzip: {exc}") from None
         raise SubmissionError(f"the build context is not a tar archive: {exc}") from None
-    if not found:
-        raise SubmissionError(f"the build context has no {dockerfile!r}")
     return CheckedContext(size=out.tell(), members=members)
 
 
-def _rewrite(
-    source: tarfile.TarFile, clean: tarfile.TarFile, tar_bytes: _TarStream, *, max_files: int, wanted: str
-) -> tuple[int, bool]:
-    members, written, found = 0, 0, False
+def _rewrite(source: tarfile.TarFile, clean: tarfile.TarFile, tar_bytes: _TarStream, *, max_files: int) -> int:
+    members, written = 0, 0
     while (member := source.next()) is not None:
         source.members.clear()  # tarfile keeps every member it read: not 100,000 of them
         members += 1
@@ -101,8 +94,7 @@ def _rewrite(
         data = _Exactly(source.extractfile(member), copy.size, name) if copy.size else None
         clean.addfile(copy, data)
         clean.members.clear()
-        found = found or name == wanted
-    return members, found
+    return members
 
 
 class _TarStream:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import csv
 import hashlib
-import re
 import subprocess
 from dataclasses import dataclass
 
-from . import secrets
+from . import dockerfile_text, secrets
 
 MAX_KEY_BYTES = 16 * 1024
 MAX_KNOWN_HOSTS_BYTES = 64 * 1024
@@ -35,8 +35,8 @@ github.com,[ssh.github.com]:443 ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAy
 github.com,[ssh.github.com]:443 ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQCj7ndNxQowgcQnjshcLrqPEiiphnt+VTTvDP6mHBL9j1aNUkY4Ue1gvwnGLVlOhGeYrnZaMgRK6+PKCUXaDbC7qtbW8gIkhL7aGCsOr/C56SJMy/BCZfxd1nWzAOxSDPgVsmerOBYfNqltV9/hWCqBywINIR+5dIg6JTJ72pcEpEjcYgXkE2YEFXV1JHnsKgbLWNlhScqb2UmyRkQyytRLtL+38TGxkxCflmO+5Z8CSSNY7GidjMIZ7Q4zMjA2n1nGrlTDkzwDCsw+wqFPGQA179cnfGWOWRVruj16z6XyvxvjJwbz0wQZ75XK5tKSb7FNyeIEs4TT4jk+S4dhPeAUC5y+bDYirYgM4GC7uEnztnZyaVWQ7B381AK4Qdrwt51ZqExKbQpTUNn+EjqoTwvqNj4kqx5QUCI0ThS/YkOxJCXmPUWZbhjpCg56i+2aB6CmK2JGhn57K5mj0MNdBXA4/WnwH6XoPWJzK5Nyu2zB3nAZp+S5hpQs+p1vN1/wsjk=
 """  # noqa: E501 (key lines are as long as they are)
 _MARKERS = ("@cert-authority", "@revoked")
-# RUN --mount=type=ssh[,...]: the options of each ssh mount.
-_SSH_MOUNT = re.compile(r"--mount=(?P<options>\S*\btype=ssh\b\S*)")
+# strconv.ParseBool's false, for `required=` (BuildKit instructions/commands_runmount.go parseMount).
+_GO_FALSE = ("0", "f", "F", "false", "FALSE", "False")
 
 
 class DeployKeyError(ValueError):
@@ -131,16 +131,18 @@ def forwarded(job) -> str:
     return private_key(repository)
 
 
-def ssh_mount_refusal(dockerfile_text: str, repository, *, forwarded: bool) -> str | None:
+def ssh_mount_refusal(text: str | bytes, repository, *, forwarded: bool) -> str | None:
     """Why a Dockerfile's `RUN --mount=type=ssh` cannot have the agent it asks
     for, said at once and naming the setting. BuildKit itself would skip such a
     mount silently (its `required` defaults to false) and let the step fail
     later in ssh's own words; an explicit `required=false` is taken at its word."""
-    wanted = [m["options"] for m in _SSH_MOUNT.finditer(dockerfile_text) if "required=false" not in m["options"]]
+    try:
+        mounts = _ssh_mounts(text)
+    except dockerfile_text.DockerfileError as exc:
+        return f"BuildKit's Dockerfile parser refuses this Dockerfile: {exc}"
+    wanted = [(options, fields) for options, fields in mounts if fields.get("required") not in _GO_FALSE]
     if forwarded:
-        others = [
-            options for options in wanted if (named := re.search(r"\bid=([^,]+)", options)) and named[1] != "default"
-        ]
+        others = [options for options, fields in wanted if fields.get("id", "default") != "default"]
         if others:
             return (
                 f"RUN --mount={others[0]} names an SSH agent id the farm does not give: "
@@ -158,4 +160,26 @@ def ssh_mount_refusal(dockerfile_text: str, repository, *, forwarded: bool) -> s
             f"repository {repository.full_name} does not forward its deploy key to builds: "
             "turn on forward_ssh_to_build (admin or /api/v1/repositories/)"
         )
-    return f"the Dockerfile asks for an SSH agent (RUN --mount={wanted[0]}) and this build has none: {why}"
+    return f"the Dockerfile asks for an SSH agent (RUN --mount={wanted[0][0]}) and this build has none: {why}"
+
+
+def _ssh_mounts(text: str | bytes) -> list[tuple[str, dict[str, str]]]:
+    """Each `RUN --mount=` of type ssh as BuildKit reads it: the RUN instructions'
+    flags as its parser splits them (builds/dockerfile_text.py), each mount's
+    options as parseMount does (a CSV record of key=value, keys and the type
+    lower-cased): (the options as written, key -> value)."""
+    mounts = []
+    for instruction in dockerfile_text.instructions(text):
+        if instruction.keyword != "RUN":
+            continue
+        for flag in instruction.flags:
+            if not flag.startswith("--mount="):
+                continue
+            options = flag.removeprefix("--mount=")
+            fields = {}
+            for field in next(csv.reader([options]), []):
+                key, _, value = field.partition("=")
+                fields[key.lower()] = value
+            if fields.get("type", "").lower() == "ssh":
+                mounts.append((options, fields))
+    return mounts

@@ -18,8 +18,9 @@ from django.db import transaction
 from audit.log import record as audit
 from pool.platforms import split as split_platforms
 
-from . import context_store, multiplatform, ownership, quotas, signals, transitions
+from . import context_store, deploy_keys, multiplatform, ownership, quotas, signals, transitions
 from . import secrets as build_secrets
+from .buildkit import unsupported_features
 from .dispatch import NoDaemonAvailable, dispatch, ensure_pool_exists
 from .errors import Conflict, Forbidden, PoolUnavailable, RegistryNotAllowed, SubmissionError, TooLarge, TooManyBuilds
 from .logs import append_line
@@ -85,6 +86,7 @@ def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | Non
         if request.context is not None:
             checked = stack.enter_context(context_store.checked(request.context, dockerfile=request.dockerfile_path))
         _check_options(request, target.tag)
+        _check_for_builder(request, checked.dockerfile if checked else request.dockerfile)
         check_registry_allowed(target.repository)
         team = ownership.team_for_build(submitted_by, request.team, target.repository, request.repository)
         quotas.check_submit(team)
@@ -126,6 +128,21 @@ def _check_options(request: BuildRequest, tag: str) -> None:
             f"the {builder} builder is not enabled on this farm (it has {', '.join(settings.GENERATOR_BUILDERS)}): "
             "an operator enables it with GENERATOR_BUILDERS"
         )
+
+
+def _check_for_builder(request: BuildRequest, dockerfile: str | bytes) -> None:
+    """What BuildKit would run that the farm does not allow (another frontend,
+    BUILDKIT_* args, an SSH agent no repository forwards), refused at submission
+    when the Dockerfile is known by then: its text, or read from the uploaded
+    context as the engine will read it. A repository's build is checked by the
+    worker once its commit is checked out (builds/builders.py)."""
+    if builder_for(request) != "buildkit" or request.repository is not None:
+        return
+    reason = unsupported_features(dockerfile, request.build_args) or deploy_keys.ssh_mount_refusal(
+        dockerfile, None, forwarded=False
+    )
+    if reason:
+        raise SubmissionError(reason)
 
 
 def builder_for(request: BuildRequest) -> str:

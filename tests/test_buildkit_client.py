@@ -113,6 +113,32 @@ def test_another_frontend_is_refused_wherever_buildkit_would_read_the_directive(
     assert "another frontend" in unsupported_features(dockerfile)
 
 
+# Every character Python's str.splitlines() breaks on and Go's bufio.ScanLines does not.
+PYTHON_ONLY_LINE_BREAKS = ["\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+@pytest.mark.parametrize("line_break", PYTHON_ONLY_LINE_BREAKS)
+def test_a_line_break_go_does_not_know_does_not_end_the_directives(line_break):
+    # Issue 22: `# a=b\rx` is one directive line to BuildKit, so the syntax line after it is read.
+    assert "another frontend" in unsupported_features(f"# a=b{line_break}x\n# syntax=evil/frontend\nFROM busybox\n")
+
+
+def test_a_directive_is_read_from_the_bytes_as_buildkit_reads_them():
+    assert "another frontend" in unsupported_features(b"# a=\xff\xfe\r\n# syntax=evil\nFROM busybox\n")
+    # What BuildKit does not take as a directive is no frontend either: a BOM, a leading space.
+    assert unsupported_features("\ufeff# syntax=evil\nFROM busybox\n") is None
+    assert unsupported_features(" # syntax=evil\nFROM busybox\n") is None
+
+
+def test_what_buildkits_parser_refuses_is_refused_at_once():
+    assert "only one escape parser directive" in unsupported_features("# escape=`\n# escape=`\nFROM busybox\n")
+
+
+def test_a_heredoc_behind_a_line_continuation_is_found():
+    reason = unsupported_features("FROM busybox\nRUN \\\n  # note\n  cat <<EOF\nhi\nEOF\n")
+    assert "line 2 uses a heredoc" in reason
+
+
 def test_a_syntax_comment_after_the_directives_is_only_a_comment():
     assert unsupported_features("FROM busybox\n# syntax=docker/dockerfile:1\nRUN true\n") is None
 

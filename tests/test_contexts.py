@@ -38,12 +38,10 @@ def special(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo
 DOCKERFILE = file("Dockerfile", b"FROM busybox\nCOPY . /app\n")
 
 
-def check(
-    upload, *, dockerfile="Dockerfile", max_bytes=10**6, max_files=1000, out=None
-) -> tuple[CheckedContext, bytes]:
+def check(upload, *, max_bytes=10**6, max_files=1000, out=None) -> tuple[CheckedContext, bytes]:
     out = out or io.BytesIO()
     source = io.BytesIO(upload) if isinstance(upload, bytes) else upload
-    result = check_context(source, out, dockerfile=dockerfile, max_bytes=max_bytes, max_files=max_files)
+    result = check_context(source, out, max_bytes=max_bytes, max_files=max_files)
     return result, out.getvalue() if isinstance(out, io.BytesIO) else b""
 
 
@@ -83,11 +81,6 @@ def test_a_gzipped_context_passes_with_its_contents():
 def test_hostile_members_are_refused_with_their_name(member, reason):
     with pytest.raises(SubmissionError, match=reason.replace("(", r"\(")):
         check(tar_of(DOCKERFILE, member))
-
-
-def test_a_context_without_its_dockerfile_is_refused():
-    with pytest.raises(SubmissionError, match="has no 'build/Dockerfile'"):
-        check(tar_of(DOCKERFILE), dockerfile="build/Dockerfile")
 
 
 def test_not_a_tar_or_not_gzip_is_refused():

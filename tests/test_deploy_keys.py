@@ -225,3 +225,12 @@ def test_an_ssh_mount_with_another_id_is_refused_when_the_key_is_forwarded_as_de
     assert "forwarded as the default id" in deploy_keys.ssh_mount_refusal(named, None, forwarded=True)
     default = "FROM busybox\nRUN --mount=type=ssh,id=default true\n"
     assert deploy_keys.ssh_mount_refusal(default, None, forwarded=True) is None
+
+
+def test_ssh_mounts_are_read_as_buildkits_parser_reads_them(db):
+    upper = "FROM busybox\nRUN \\\n  --mount=TYPE=SSH,ID=default true\n"
+    assert "asks for an SSH agent" in deploy_keys.ssh_mount_refusal(upper, None, forwarded=False)
+    behind_a_carriage_return = "FROM busybox\r\nRUN echo a \\\r\n\r\n  && true\rRUN --mount=type=ssh true\n"
+    assert deploy_keys.ssh_mount_refusal(behind_a_carriage_return, None, forwarded=False) is None  # one RUN's args
+    in_a_comment = "FROM busybox\n# RUN --mount=type=ssh true\nRUN true\n"
+    assert deploy_keys.ssh_mount_refusal(in_a_comment, None, forwarded=False) is None

@@ -112,15 +112,6 @@ def test_a_rest_build_with_buildkit_builds_its_target_and_pushes(farm, token):
     assert "[generator] BuildKit (/usr/bin/docker 20.10" in text and "#1 " in text
 
 
-def test_a_heredoc_fails_at_once_naming_the_feature(farm, token):
-    body = {"image": f"{farm.registry}/buildkit/heredoc", "builder": "buildkit"}
-    job_id = api_build(farm, token, {**body, "dockerfile": "FROM busybox\nRUN <<EOF\necho hi\nEOF\n"})
-    follow(farm, job_id, token)
-    job = BuildJob.objects.get(pk=job_id)
-    assert job.status == "failed" and "heredoc" in job.error and "frontend 1.4" in job.error
-    assert "unknown instruction" not in job.error
-
-
 def test_the_classic_builder_builds_a_target_too(farm, token):
     dockerfile = "FROM busybox AS ok\nRUN echo fine\nFROM ok AS broken\nRUN false\n"
     job_id = api_build(
