@@ -49,7 +49,7 @@ def arg_name(team_id: int | None, key: str) -> str:
     return NAME_PREFIX + digest[:20]
 
 
-def scoped_dockerfile(text: str, name: str) -> str:
+def scoped_dockerfile(text: str | bytes, name: str) -> str | bytes:
     """The Dockerfile with `ARG name` after each FROM. DockerfileError where the
     engine's parser would refuse the text: the build fails with its reason."""
     return insert_after_each_from(text, f"ARG {name}")
