@@ -10,9 +10,11 @@ audit log (audit/).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import exceptions, mixins, permissions, serializers, status, viewsets
@@ -24,7 +26,7 @@ from audit.log import record
 from builds import secrets
 
 from . import tokens as team_tokens
-from .models import Membership, Namespace, RegistryCredential, Team, TeamToken
+from .models import Membership, Namespace, RegistryCredential, Team, TeamToken, taken_ignoring_case
 
 LIMIT_FIELDS = ["max_concurrent_builds", "max_builds_per_hour", "max_log_lines", "over_limit"]
 
@@ -51,6 +53,17 @@ class TeamSerializer(serializers.ModelSerializer):
         model = Team
         fields = ["id", "slug", "name", "namespaces", "members", *LIMIT_FIELDS, "created_at"]
         read_only_fields = ["created_at"]
+
+    def validate_slug(self, value: str) -> str:
+        return self._unique_ignoring_case("slug", value)
+
+    def validate_name(self, value: str) -> str:
+        return self._unique_ignoring_case("name", value)
+
+    def _unique_ignoring_case(self, field: str, value: str) -> str:
+        if taken := taken_ignoring_case(field, value, exclude_pk=getattr(self.instance, "pk", None)):
+            raise serializers.ValidationError(taken)
+        return value
 
     def validate(self, data):
         user = self.context["request"].user
@@ -141,6 +154,19 @@ class TeamAccess(permissions.BasePermission):
         return request.method in permissions.SAFE_METHODS or _staff(request.user) or team.has_admin(request.user)
 
 
+@contextmanager
+def _unique_ignoring_case():
+    """Two requests naming teams alike at once: the second meets the database's
+    constraint (teams/models.py) after both passed validation."""
+    try:
+        with transaction.atomic():
+            yield
+    except IntegrityError:
+        raise serializers.ValidationError(
+            {"detail": "another team has this slug or name (ignoring case): it was saved a moment ago"}
+        ) from None
+
+
 @extend_schema_view(
     list=extend_schema(description="Your teams (staff: all), with namespaces and members."),
     retrieve=extend_schema(description="One of your teams; another team is a 404."),
@@ -160,6 +186,14 @@ class TeamViewSet(AuditedViewSet, viewsets.ModelViewSet):
     def get_queryset(self):
         teams = Team.objects.all() if _staff(self.request.user) else Team.objects.of(self.request.user)
         return teams.prefetch_related("namespaces", "memberships__user").order_by("slug")
+
+    def perform_create(self, serializer):
+        with _unique_ignoring_case():
+            super().perform_create(serializer)
+
+    def perform_update(self, serializer):
+        with _unique_ignoring_case():
+            super().perform_update(serializer)
 
     def destroy(self, request, *args, **kwargs):
         team = self.get_object()

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models.functions import Lower
 
 from builds.references import DOCKER_HUB, DOCKER_HUB_SPELLINGS, InvalidReference, parse_registry_host, registry_host
 
@@ -71,9 +72,32 @@ class Team(models.Model):
 
     class Meta:
         ordering = ["slug"]
+        # Unique ignoring case, so that no team passes for another on pages,
+        # notifications and the audit log (`TEAM-A` beside `team-a`). lower() is
+        # ASCII-only on SQLite: `clean()` and the API fold all of Unicode first.
+        constraints = [
+            models.UniqueConstraint(
+                Lower("slug"),
+                name="team_slug_unique_ignoring_case",
+                violation_error_message="A team with this slug (ignoring case) already exists.",
+            ),
+            models.UniqueConstraint(
+                Lower("name"),
+                name="team_name_unique_ignoring_case",
+                violation_error_message="A team with this name (ignoring case) already exists.",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.slug
+
+    def clean(self) -> None:
+        errors = {}
+        for field in ("slug", "name"):
+            if taken := taken_ignoring_case(field, getattr(self, field), exclude_pk=self.pk):
+                errors[field] = taken
+        if errors:
+            raise ValidationError(errors)
 
     @property
     def over_limit_mode(self) -> str:
@@ -87,6 +111,17 @@ class Team(models.Model):
             bool(user and user.is_authenticated)
             and self.memberships.filter(user=user, role=Membership.Role.ADMIN).exists()
         )
+
+
+def taken_ignoring_case(field: str, value: str, *, exclude_pk: int | None = None) -> str | None:
+    """Why `value` cannot be a team's slug or name: another team has it, ignoring
+    case, Unicode case folding included (`Équipe`, `ÉQUIPE`), which SQLite's
+    lower() does not do. Teams are few: they are compared here, not in SQL."""
+    folded = (value or "").casefold()
+    for team in Team.objects.exclude(pk=exclude_pk).only("pk", "slug", "name"):
+        if getattr(team, field).casefold() == folded:
+            return f"team {team.slug} already has the {field} {getattr(team, field)!r} (ignoring case)"
+    return None
 
 
 class Membership(models.Model):

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from audit.log import command_actor, record
 from builds.references import InvalidReference
-from teams.models import Membership, Namespace, Team, parse_namespace
+from teams.models import Membership, Namespace, Team, parse_namespace, taken_ignoring_case
 
 
 class Command(BaseCommand):
@@ -26,6 +26,10 @@ class Command(BaseCommand):
         self, *args, slug: str, name: str | None, namespace: list[str], admin: list[str], member: list[str], **options
     ):
         via = command_actor("ensureteam")
+        if not Team.objects.filter(slug=slug).exists():
+            for field, value in (("slug", slug), ("name", name or slug)):
+                if taken := taken_ignoring_case(field, value):
+                    raise CommandError(taken)
         team, created = Team.objects.get_or_create(slug=slug, defaults={"name": name or slug})
         if created:
             record("create", "team", team, team=team, via=via)
