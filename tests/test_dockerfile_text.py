@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from builds.dockerfile_text import (
     MAX_LINE,
@@ -154,3 +158,100 @@ def test_a_from_that_runs_to_the_end_of_the_text_is_left_alone():
 def test_a_line_that_is_not_one_instruction_is_refused(line):
     with pytest.raises(ValueError):
         insert_after_each_from("FROM a\nRUN x\n", line)
+
+
+# A property test: directives() against a plain transcription of the Go rules
+# (bufio.ScanLines, then the directive regex matched by hand), on Dockerfiles made of
+# directive-like lines joined by every line break Unicode or Go knows and by spaces.
+GO_REGEXP_SPACE = b"\t\n\f\r "
+SEPARATORS = ["\n", "\r\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+SPACES = ["\t", " ", "\u00a0", "\u1680", "\u2003", "\u202f", "\u3000", "\x0b", "\x0c", "\r"]
+PIECES = [
+    "#",
+    "# syntax=registry.example/frontend:1",
+    "#syntax = a b ",
+    "# escape=`",
+    "# a=b",
+    "#\tkey\t=\tvalue\t",
+    " # syntax=indented",
+    "\ufeff# syntax=bom",
+    "# SYNTAX=upper",
+    "# 1a=b",
+    "# k=",
+    "# k= ",
+    "# comment",
+    "FROM busybox",
+    "",
+    "\\",
+]
+
+
+def _go_directives(data: bytes) -> dict[str, str]:
+    """ScanLines: "\\n" cuts, no token after a last "\\n", one "\\r" dropped, a
+    line of 64 KiB or more stops it. Then `^#\\s*([a-zA-Z][a-zA-Z0-9]*)\\s*=\\s*(.+?)\\s*$`
+    with \\s = [\\t\\n\\f\\r ], by hand; the first line that does not match ends them."""
+    found: dict[str, str] = {}
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    for line in lines:
+        if len(line) >= 64 * 1024:
+            break
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line.startswith(b"#"):
+            break
+        at = 1
+        while at < len(line) and line[at] in GO_REGEXP_SPACE:
+            at += 1
+        start = at
+        if at == len(line) or not chr(line[at]).isascii() or not chr(line[at]).isalpha():
+            break
+        while at < len(line) and chr(line[at]).isascii() and chr(line[at]).isalnum():
+            at += 1
+        key = line[start:at]
+        while at < len(line) and line[at] in GO_REGEXP_SPACE:
+            at += 1
+        if at == len(line) or line[at] != ord("="):
+            break
+        rest = line[at + 1 :]
+        if not rest:
+            break
+        # \s* greedy, then (.+?) lazy before \s*$: the rest without its spaces, or
+        # (all spaces) its last character.
+        value = rest.strip(GO_REGEXP_SPACE) or rest[-1:]
+        found[key.decode().lower()] = value.decode("utf-8", "surrogateescape")
+    return found
+
+
+@given(
+    parts=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(SPACES), max_size=2),
+            st.sampled_from(PIECES),
+            st.lists(st.sampled_from(SPACES), max_size=2),
+            st.sampled_from(SEPARATORS),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    invalid=st.sampled_from([b"", b"\xff", b"\xc2", b"\xe2\x80"]),
+)
+@settings(max_examples=400, deadline=None)
+def test_directives_agree_with_the_go_rules(parts, invalid):
+    text = "".join("".join(before) + piece + "".join(after) + sep for before, piece, after, sep in parts)
+    assert directives(text) == _go_directives(text.encode())
+    data = text.encode().replace(b"=", b"=" + invalid, 1)  # bytes that are no UTF-8 in a value
+    assert directives(data) == _go_directives(data)
+
+
+def test_the_transcription_knows_what_str_splitlines_does_not():
+    # The property above can fail: the old reading (str.splitlines, Python's \s) disagrees.
+    text = "# a=b\u2028x\n# syntax=s\n"
+    old = {}
+    for line in text.splitlines():
+        match = re.match(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$", line)
+        if not match:
+            break
+        old[match[1].lower()] = match[2]
+    assert _go_directives(text.encode()) == directives(text) != old
