@@ -112,8 +112,7 @@ def build(
                 lambda emit: session.build(context, request, on_line=emit), tick=watch.tick, abort=session.abort
             )
         except BuildFailed as exc:  # an error line may quote a secret, like any other line
-            hidden = [v for v in secrets.values() if len(v) >= build_secrets.MIN_MASKED]
-            message = build_secrets.masked(str(exc), hidden)
+            message = build_secrets.masked(str(exc), build_secrets.mask_forms(list(secrets.values())))
             if not engine.answers():  # the CLI's last words when its daemon dies vary: ask the daemon
                 raise DaemonUnavailable(f"lost the Docker daemon at {engine.url} during the build: {message}") from None
             raise BuildFailed(message, exit_code=exc.exit_code) from None

@@ -40,7 +40,7 @@ from django.db.models import F
 from . import log_archive
 from .db_sessions import Sessions, retrying
 from .models import BuildJob, BuildLogArchive, BuildLogLine
-from .secrets import MIN_MASKED, masked
+from .secrets import mask_forms, masked
 
 logger = logging.getLogger(__name__)
 
@@ -256,8 +256,7 @@ class LogWriter:
 
     def hide(self, values: list[str]) -> None:
         """Values (the build's secrets) written as *** in every line from now on."""
-        # Shorter values would blank out ordinary words of the log.
-        self._hidden = sorted({v for v in values if len(v) >= MIN_MASKED}, key=len, reverse=True)
+        self._hidden = mask_forms(values)
 
     def write(self, text: str) -> None:
         if self.last_seq >= self.max_lines and not text.startswith("[generator] "):

@@ -113,6 +113,20 @@ def forget_ended() -> int:
     return deleted
 
 
+def mask_forms(values: list[str]) -> list[str]:
+    """What is written as *** for these secret values: each exact value and,
+    since a log line never holds a value that spans lines, each of its lines
+    (a trailing \r dropped, as the log splits them); none shorter than
+    MIN_MASKED. Longest first, so a value is masked before a part of it. Not
+    masked: any other form of a value (base64, reversed, split across lines or
+    output chunks by the build itself, URL-encoded)."""
+    forms = set()
+    for value in values:
+        forms.add(value)
+        forms.update(line.removesuffix("\r") for line in value.split("\n"))
+    return sorted((form for form in forms if len(form) >= MIN_MASKED), key=len, reverse=True)
+
+
 def masked(text: str, values: list[str]) -> str:
     for value in values:
         text = text.replace(value, MASK)
