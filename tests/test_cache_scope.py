@@ -7,7 +7,7 @@ import io
 import os
 import tarfile
 
-from builds.cache_scope import NAME_PREFIX, ContextWithFile, arg_name, context_path, scoped_dockerfile
+from builds.cache_scope import NAME_PREFIX, ContextWithFile, arg_name, scoped_dockerfile
 
 
 def tar_of(files: dict[str, bytes]) -> io.BytesIO:
@@ -68,12 +68,6 @@ def test_every_stage_declares_the_arg():
     text = "# syntax-like comment\nFROM busybox AS one\nRUN a\nFROM \\\n  busybox\nRUN b\n"
     scoped = scoped_dockerfile(text, "GENERATOR_TEAM_x").replace("GENERATOR_TEAM_x", "T")
     assert scoped == "# syntax-like comment\nFROM busybox AS one\nARG T\nRUN a\nFROM \\\n  busybox\nARG T\nRUN b\n"
-
-
-def test_the_dockerfile_path_is_cleaned_below_the_context_root():
-    assert context_path("./Dockerfile") == "Dockerfile"
-    assert context_path(".ci/Dockerfile") == ".ci/Dockerfile"
-    assert context_path("a/../../Dockerfile.prod") == "Dockerfile.prod"
 
 
 def test_the_archives_end_is_found_past_a_member_whose_size_a_pax_header_gives():

@@ -58,6 +58,13 @@ def test_a_path_under_a_dot_directory_is_that_path():
     assert read(tar_of(("./.ci/Dockerfile", b"FROM c\n")), ".ci//Dockerfile") == b"FROM c\n"
 
 
+def test_the_path_found_is_cleaned_below_the_context_root():
+    # Where builds/cache_scope.py puts the Dockerfile it rewrites: where the engine reads.
+    assert found_at(tar_of(("Dockerfile", b"FROM a\n")), "./Dockerfile") == "Dockerfile"
+    assert found_at(tar_of((".ci/Dockerfile", b"FROM a\n")), ".ci/Dockerfile") == ".ci/Dockerfile"
+    assert found_at(tar_of(("Dockerfile.prod", b"FROM a\n")), "a/../../Dockerfile.prod") == "Dockerfile.prod"
+
+
 def test_paths_are_cleaned_lexically_with_dot_dot_held_at_the_root():
     context = tar_of(("Dockerfile", b"FROM root\n"), ("a/Dockerfile", b"FROM a\n"))
     assert read(context, "missing/../Dockerfile") == b"FROM root\n"  # RootPath cleans before it looks

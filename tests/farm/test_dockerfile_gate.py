@@ -25,7 +25,7 @@ from builds.models import BuildJob, Repository
 from tests.gitrepos import Repo
 from tests.test_dockerfile_gate import tar_of
 
-from .conftest import follow
+from .conftest import engine, follow
 
 pytestmark = pytest.mark.farm
 
@@ -150,6 +150,10 @@ def test_an_escape_directive_and_a_symlinked_dockerfile_still_build(farm, token)
     done = follow(farm, job_id, token)
     assert done.end["status"] == "succeeded", BuildJob.objects.get(pk=job_id).error
     assert any(line.endswith(marker) for _, line in done.lines), done.lines[-20:]
+    # The team's ARG (builds/cache_scope.py) is in the file the engine read, through the link.
+    job = BuildJob.objects.get(pk=job_id)
+    history = engine(dict(farm.daemons)[job.daemon.name]).api.history(job.image_id)
+    assert any("GENERATOR_TEAM_" in layer["CreatedBy"] and marker in layer["CreatedBy"] for layer in history)
 
 
 # The engine itself, each case built on a farm daemon with the docker CLI (no farm
