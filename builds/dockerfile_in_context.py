@@ -27,10 +27,13 @@ builder/builder-next/builder.go; vendored BuildKit frontend/dockerfile/builder/b
    a .dockerignore that names the Dockerfile does not hide it from the engine,
    so it is not applied here either.
 
-The farm sends a plain tar whose first header is a regular one, or a gzip
-(buildkit.py), which both the CLI's archive check and the frontend's isArchive
-know, so the frontend unpacks it rather than taking the upload itself as the
-Dockerfile (build.go: `filename = "context"`).
+The tars read here are the farm's own rewrite of an upload (builds/contexts.py)
+or git's archive of a commit: well-formed, so that Python's tarfile and Go's
+archive/tar see the same members in them. The farm sends a plain tar whose
+first header is a regular one, or a gzip (buildkit.py), which both the CLI's
+archive check and the frontend's isArchive know, so the frontend unpacks it
+rather than taking the upload itself as the Dockerfile (build.go:
+`filename = "context"`).
 
 Whatever this model cannot place (a loop, a link out of the context, a
 directory, a device, a file too large, a member the engine's extraction would
