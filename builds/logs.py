@@ -204,6 +204,17 @@ def _insert_lines(job_id: str, batch: list[tuple[int, str]]) -> None:
         cursor.executemany(_insert_lines_sql(), [(job_id, seq, text) for seq, text in batch])
 
 
+def _hold_for_test(job_id: str, batch: list[tuple[int, str]]) -> None:
+    """For tests only: a batch with a line containing GENERATOR_TEST_HOLD_LOG_TRANSACTION
+    stops here, its lines inserted and not committed, until the process is stopped, so a
+    test can cut the host at the moment the issue 25 stall needed (tests/farm/test_netns_farm.py)."""
+    marker = settings.GENERATOR_TEST_HOLD_LOG_TRANSACTION
+    if marker and any(marker in text for _, text in batch):
+        logger.warning("job %s: holding a log transaction open (GENERATOR_TEST_HOLD_LOG_TRANSACTION)", job_id)
+        while True:
+            time.sleep(3600)
+
+
 class LogWriter:
     """Appends lines to one job's log, in batches: a database transaction and a
     channel-layer message per batch, not per line.
@@ -297,6 +308,7 @@ class LogWriter:
     def _store_batch(self, batch: list[tuple[int, str]]) -> None:
         with transaction.atomic():
             _insert_lines(self.job_id, batch)
+            _hold_for_test(self.job_id, batch)
             BuildJob.objects.filter(pk=self.job_id).update(log_line_count=batch[-1][0])
             if self.mirror is not None:
                 self.mirror([text for _, text in batch])
