@@ -15,6 +15,12 @@ So every connection asks for:
    for the client, the server's `tcp_keepalives_*` and `tcp_user_timeout` for
    the session): a dead peer is noticed within `idle + interval x count`
    seconds, not two hours, on either side.
+
+No `statement_timeout` for every session: a worker's statements are small,
+and what one can wait on is a lock held by a session that (1) ends, or by a
+control task's, which has its own limits (generator_site/control_tasks.py).
+A worker held up that way for up to the idle timeout still renews its lease
+in time, as the timeout is at most lease minus heartbeat (settings.py).
 """
 
 from __future__ import annotations

@@ -281,7 +281,7 @@ def test_builds_run_on_both_build_hosts_and_a_cut_hosts_jobs_finish_on_the_other
     lost = next(d for d in api(farm, "daemons/")["results"] if d["name"] == cut)
     assert not lost["healthy"] and lost["last_error"]
     # The cut host's worker is stuck (or frozen) on a network that is gone: kill it.
-    farm.supervisor.kill(f"worker-{farm.daemon_host[cut]}")
+    kill_worker(farm, farm.daemon_host[cut])
 
 
 def test_a_host_cut_inside_a_log_transaction_delays_only_its_own_build_and_by_no_more_than_the_lease(netns_farm):
@@ -304,7 +304,7 @@ def test_a_host_cut_inside_a_log_transaction_delays_only_its_own_build_and_by_no
     if farm.sqlite:
         # A SQLite file is not on the network: the writer's host vanishing is its
         # process dying (which releases the file's lock; a cut would not).
-        farm.supervisor.kill(f"worker-{host}")
+        kill_worker(farm, host)
     else:
         farm.network.cut(host)
 
@@ -330,7 +330,7 @@ def test_a_host_cut_inside_a_log_transaction_delays_only_its_own_build_and_by_no
     assert job["status"] == "succeeded" and job["daemon"] == other, job["error"]
     log = http_get(f"http://{farm.web}/api/v1/builds/{held}/log/", farm.token)[1]
     assert "worker lost" in log and HOLD in log
-    farm.supervisor.kill(f"worker-{host}")  # held forever (or already gone)
+    kill_worker(farm, host)  # held forever (or already gone)
 
 
 def held_session(farm: NetnsFarm, host: str, timeout: float = 30) -> dict:
@@ -357,6 +357,15 @@ def held_session(farm: NetnsFarm, host: str, timeout: float = 30) -> dict:
 def session_alive(farm: NetnsFarm, pid: int) -> bool:
     with psycopg.connect(farm.database, autocommit=True) as connection:
         return connection.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()[0] == 1
+
+
+def kill_worker(farm: NetnsFarm, host: str) -> None:
+    """SIGKILL, and wait until it is gone: a worker still dying is not started again."""
+    farm.supervisor.kill(f"worker-{host}")
+    deadline = time.monotonic() + 10
+    while farm.supervisor.pid(f"worker-{host}") is not None:
+        assert time.monotonic() < deadline, f"worker-{host} outlived SIGKILL by 10 s"
+        time.sleep(0.05)
 
 
 def both_hosts_up(farm: NetnsFarm, timeout: float = 60) -> None:
