@@ -313,15 +313,16 @@ def test_a_host_cut_inside_a_log_transaction_delays_only_its_own_build_and_by_no
     dispatched_after = time.monotonic() - held_at
     requeued = wait_for_job(farm, held, lambda job: job["attempt"] == 2, timeout=3 * lease)
     requeued_after = time.monotonic() - held_at
-    print(f"\nheld log transaction: {session}; another team's build dispatched {dispatched_after:.1f} s after it,")
+    print(f"\nheld log transaction: session {session['pid']}; another team's build dispatched", end=" ")
+    print(f"{dispatched_after:.1f} s after it,")
     print(f"the held job requeued {requeued_after:.1f} s after it (lease {lease:.0f} s)")
     assert started["daemon"] == other
     # The lease runs from the last heartbeat before the hold, then one reaper pass
     # (every second here) and some slack for a shared machine's scheduling.
     reap_every = float(FAST_TIMINGS["GENERATOR_REAP_INTERVAL"])
     assert requeued_after < lease + reap_every + 3, f"requeued {requeued_after:.1f} s after the hold, lease {lease} s"
-    if not farm.sqlite:
-        assert not session_alive(farm, session["pid"]), "the held session outlived its idle-in-transaction timeout"
+    if not farm.sqlite:  # ended by its idle-in-transaction timeout (its exit may lag a moment behind its locks)
+        assert wait_until_gone(farm, session), f"the held session {session} outlived its timeout"
 
     final = wait_for_job(farm, held, finished)
     assert_pushed(farm, final, "held")
@@ -345,18 +346,25 @@ def held_session(farm: NetnsFarm, host: str, timeout: float = 30) -> dict:
         else:
             with psycopg.connect(farm.database, autocommit=True) as connection:
                 row = connection.execute(
-                    "SELECT pid, query FROM pg_stat_activity WHERE datname = current_database()"
+                    "SELECT pid, backend_start, query FROM pg_stat_activity WHERE datname = current_database()"
                     " AND state = 'idle in transaction' AND query LIKE 'INSERT INTO \"builds_buildlogline\"%'"
                 ).fetchone()
             if row:
-                return {"pid": row[0], "query": row[1][:60]}
+                return {"pid": row[0], "backend_start": row[1], "query": row[2][:60]}
         time.sleep(0.1)
     raise AssertionError(f"the worker on {host} never held its log transaction open")
 
 
-def session_alive(farm: NetnsFarm, pid: int) -> bool:
-    with psycopg.connect(farm.database, autocommit=True) as connection:
-        return connection.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()[0] == 1
+def wait_until_gone(farm: NetnsFarm, session: dict, timeout: float = 5) -> bool:
+    """Whether the session (its pid and start: a pid is used again) leaves pg_stat_activity within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with psycopg.connect(farm.database, autocommit=True) as connection:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
+            if connection.execute(query, [session["pid"], session["backend_start"]]).fetchone()[0] == 0:
+                return True
+        time.sleep(0.1)
+    return False
 
 
 def kill_worker(farm: NetnsFarm, host: str) -> None:
