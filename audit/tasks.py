@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from celery import shared_task
+from django.conf import settings
+
+from generator_site.control_tasks import control_task
 
 from . import log
 
 
-@shared_task(name="audit.prune", ignore_result=True)
+@control_task("audit.prune", seconds=settings.GENERATOR_HOUSEKEEPING_TASK_SECONDS)
 def prune() -> None:
     # Events older than GENERATOR_AUDIT_RETENTION_DAYS.
     log.prune()

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, InternalError, OperationalError, connection
 
 logger = logging.getLogger(__name__)
 
@@ -56,18 +56,26 @@ def release() -> bool:
 
 def retrying(write: Callable[[], T], what: str, *, seconds: float | None = None) -> T:
     """`write()`, tried again while the database cannot be reached (a refused or
-    lost connection), with backoff up to 5 s, for at most `seconds`. A write that
-    failed this way was rolled back: it runs whole again. Inside a caller's
+    lost connection, or a session PostgreSQL ended because it sat idle in its
+    transaction: generator_site/postgres.py), with backoff up to 5 s, for at
+    most `seconds`. A write that failed this way was rolled back: it runs whole again. Inside a caller's
     transaction nothing is retried (the transaction is lost)."""
     deadline = time.monotonic() + (settings.GENERATOR_DB_RETRY_SECONDS if seconds is None else seconds)
     delay = 0.2
     while True:
         try:
             return write()
-        except (OperationalError, InterfaceError) as exc:
+        except (OperationalError, InterfaceError, InternalError) as exc:
+            if isinstance(exc, InternalError) and not _ended_idle(exc):
+                raise
             if connection.in_atomic_block or time.monotonic() + delay > deadline:
                 raise
             logger.warning("could not %s (%s); trying again in %.1f s", what, str(exc).strip()[:200], delay)
             release()
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _ended_idle(exc: InternalError) -> bool:
+    """PostgreSQL's idle_in_transaction_session_timeout (SQLSTATE 25P03)."""
+    return getattr(exc.__cause__, "sqlstate", None) == "25P03"

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
@@ -189,19 +189,49 @@ def fit_line(text: str, max_bytes: int) -> str:
 
 
 @functools.cache
-def _insert_lines_sql() -> str:
+def _insert_lines_head() -> str:
     meta = BuildLogLine._meta
     quote = connection.ops.quote_name
     columns = ", ".join(quote(meta.get_field(name).column) for name in ("job", "seq", "text"))
-    return f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES (%s, %s, %s)"
+    return f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES "
+
+
+INSERT_ROWS = 1000  # rows per statement: 3,000 parameters, well under SQLite's 32,766
 
 
 def _insert_lines(job_id: str, batch: list[tuple[int, str]]) -> None:
-    """One statement for the batch. The ORM's bulk_create built a model object
-    and SQL for every line and read back the new ids: most of a chatty build's
-    cost in the worker."""
+    """One statement for the batch (up to INSERT_ROWS lines). The ORM's bulk_create
+    built a model object and SQL for every line and read back the new ids: most
+    of a chatty build's cost in the worker.
+
+    Not `executemany`: psycopg runs it in pipeline mode, whose closing Flush
+    disarms PostgreSQL's idle_in_transaction_session_timeout (the timer starts
+    at the Sync, any message after it stops it, and nothing restarts it). A host
+    cut after such an INSERT left a session that held its lines' locks for hours
+    (issue 25); after a plain statement, PostgreSQL ends it in seconds."""
     with connection.cursor() as cursor:
-        cursor.executemany(_insert_lines_sql(), [(job_id, seq, text) for seq, text in batch])
+        for start in range(0, len(batch), INSERT_ROWS):
+            rows = batch[start : start + INSERT_ROWS]
+            values = ", ".join(["(%s, %s, %s)"] * len(rows))
+            cursor.execute(_insert_lines_head() + values, [v for seq, text in rows for v in (job_id, seq, text)])
+
+
+def _held_for_test(job_id: str, batch: list[tuple[int, str]]) -> bool:
+    """For tests only: in a job's first attempt, a batch with a line containing
+    GENERATOR_TEST_HOLD_LOG_TRANSACTION is held (`_hold`) after its INSERT, not
+    committed, until the process is stopped: a test can cut the host at the moment
+    issue 25's stall needed (tests/farm/test_netns_farm.py), and the next attempt
+    goes through."""
+    marker = settings.GENERATOR_TEST_HOLD_LOG_TRANSACTION
+    if not marker or not any(marker in text for _, text in batch):
+        return False
+    return BuildJob.objects.filter(pk=job_id).values_list("attempt", flat=True).get() == 1
+
+
+def _hold(job_id: str) -> NoReturn:
+    logger.warning("job %s: holding a log transaction open (GENERATOR_TEST_HOLD_LOG_TRANSACTION)", job_id)
+    while True:
+        time.sleep(3600)
 
 
 class LogWriter:
@@ -295,7 +325,10 @@ class LogWriter:
 
     def _store_batch(self, batch: list[tuple[int, str]]) -> None:
         with transaction.atomic():
+            held = _held_for_test(self.job_id, batch)
             _insert_lines(self.job_id, batch)
+            if held:
+                _hold(self.job_id)
             BuildJob.objects.filter(pk=self.job_id).update(log_line_count=batch[-1][0])
             if self.mirror is not None:
                 self.mirror([text for _, text in batch])

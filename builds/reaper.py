@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.utils import timezone
+
+from generator_site.control_tasks import gave_up_waiting
 
 from . import transitions
 from .logs import append_line
@@ -24,16 +26,29 @@ logger = logging.getLogger(__name__)
 
 
 def reap() -> int:
-    """Re-queues (attempt + 1) or fails every running job whose lease has expired."""
+    """Re-queues (attempt + 1) or fails every running job whose lease has expired.
+
+    A job whose rows are still locked (its worker vanished inside a transaction,
+    and PostgreSQL has not ended that session yet: GENERATOR_DB_IDLE_IN_TRANSACTION_SECONDS)
+    is left for the next pass once the lock timeout of the control tasks runs out
+    (generator_site/control_tasks.py): the others are reaped meanwhile.
+    """
     expired = BuildJob.objects.filter(status__in=transitions.RUNNING, lease_expires_at__lt=timezone.now())
     reaped = 0
     for job in expired.only("id", "attempt", "worker", "cancel_requested_at", "lease_expires_at"):
-        with transaction.atomic():
-            line = _settle(job)
-            if line:
-                append_line(job.id, f"[generator] {line}")
-                reaped += 1
-                logger.warning("job %s: %s", job.id, line)
+        try:
+            with transaction.atomic():
+                line = _settle(job)
+                if line:
+                    append_line(job.id, f"[generator] {line}")
+        except OperationalError as exc:
+            if not gave_up_waiting(exc):
+                raise
+            logger.warning("job %s: its rows are locked by another session (%s); next pass", job.id, exc)
+            continue
+        if line:
+            reaped += 1
+            logger.warning("job %s: %s", job.id, line)
     return reaped
 
 

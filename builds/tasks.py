@@ -1,7 +1,10 @@
 """Celery tasks. Thin: they take primary keys and call domain functions.
 
 `builds.run_build` goes to the queue of the job's daemon (sent by name from
-dispatch.py); the `farm.*` tasks run from beat on the "farm" queue.
+dispatch.py); the `farm.*` tasks run from beat on the "farm" queue, each with
+time limits and, on PostgreSQL, lock and statement timeouts
+(generator_site/control_tasks.py): quick ones GENERATOR_CONTROL_TASK_SECONDS,
+housekeeping GENERATOR_HOUSEKEEPING_TASK_SECONDS.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from celery import shared_task, signals
 from django.conf import settings
 
+from generator_site.control_tasks import control_task
 from generator_site.structured_logs import log_fields
 from pool import health, workers
 from pool.models import DockerDaemon, queue_for
@@ -29,6 +33,8 @@ from . import (
 )
 
 QUEUE_PREFIX = queue_for("")  # "build.": a daemon's queue is its name after it
+QUICK = settings.GENERATOR_CONTROL_TASK_SECONDS
+HOUSEKEEPING = settings.GENERATOR_HOUSEKEEPING_TASK_SECONDS
 
 
 @shared_task(
@@ -47,20 +53,20 @@ def run_build(job_id: str, attempt: int, daemon_id: int) -> None:
         runner.run_build(job_id, attempt, daemon_id, worker=run_build.request.hostname or "")
 
 
-@shared_task(name="farm.dispatch", ignore_result=True)
+@control_task("farm.dispatch", seconds=QUICK)
 def dispatch_waiting() -> None:
     dispatch.rescue_stranded()
     multiplatform.fail_unbuildable()
     dispatch.dispatch()
 
 
-@shared_task(name="farm.reap", ignore_result=True)
+@control_task("farm.reap", seconds=QUICK)
 def reap_lost_workers() -> None:
     if reaper.reap():
         dispatch.dispatch()
 
 
-@shared_task(name="farm.prune_contexts", ignore_result=True)
+@control_task("farm.prune_contexts", seconds=HOUSEKEEPING)
 def prune_contexts() -> None:
     # Uploaded contexts of jobs that ended more than GENERATOR_CONTEXT_RETENTION_HOURS ago.
     context_store.prune()
@@ -68,7 +74,7 @@ def prune_contexts() -> None:
     secrets.forget_ended()
 
 
-@shared_task(name="farm.prune_daemons", ignore_result=True)
+@control_task("farm.prune_daemons", seconds=HOUSEKEEPING)
 def prune_daemons() -> None:
     # Each daemon's images and build cache down to its disk policy; a daemon that
     # was full and is under it now takes builds again.
@@ -76,25 +82,25 @@ def prune_daemons() -> None:
     dispatch.dispatch()
 
 
-@shared_task(name="farm.archive_logs", ignore_result=True)
+@control_task("farm.archive_logs", seconds=HOUSEKEEPING)
 def archive_logs() -> None:
     # Logs of jobs that ended more than GENERATOR_LOG_RETENTION_DAYS ago, a bounded batch per run.
     log_archive.archive_due()
 
 
-@shared_task(name="farm.prune_log_store", ignore_result=True)
+@control_task("farm.prune_log_store", seconds=HOUSEKEEPING)
 def prune_log_store() -> None:
     # Objects of the log store no archive row names (crashed runs, deleted jobs), past a grace time.
     log_archive.prune_orphans()
 
 
-@shared_task(name="farm.prune_jobs", ignore_result=True)
+@control_task("farm.prune_jobs", seconds=HOUSEKEEPING)
 def prune_jobs() -> None:
     # Finished jobs past GENERATOR_JOB_RETENTION_DAYS (0: none), a bounded batch per run.
     job_retention.prune_due()
 
 
-@shared_task(name="farm.check_health", ignore_result=True)
+@control_task("farm.check_health", seconds=QUICK)
 def check_health() -> None:
     health.check_pool(
         api_version=settings.GENERATOR_DOCKER_API_VERSION,
@@ -108,9 +114,9 @@ def check_health() -> None:
     dispatch.dispatch()
 
 
-@shared_task(
-    name="farm.report_status",
-    ignore_result=True,
+@control_task(
+    "farm.report_status",
+    seconds=QUICK,
     autoretry_for=(statuses.ReportFailed,),
     retry_backoff=2,
     retry_backoff_max=300,

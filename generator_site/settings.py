@@ -15,6 +15,7 @@ import redis.exceptions
 from django.core.exceptions import ImproperlyConfigured
 
 from .env import env_bool, env_choice, env_float, env_int, env_json_object, env_list, env_str
+from .postgres import session_options
 from .runtime_conf import load_runtime_conf
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -172,7 +173,18 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # GENERATOR_NOTIFY_TIMEOUT seconds a try, which on the control worker would hold
 # up dispatch, health checks and the reaper.
 GENERATOR_NOTIFY_QUEUE = env_str("GENERATOR_NOTIFY_QUEUE", "notify")
-CELERY_TASK_ROUTES = {"farm.*": {"queue": "farm"}, "notify.*": {"queue": GENERATOR_NOTIFY_QUEUE}}
+CELERY_TASK_ROUTES = {
+    "farm.*": {"queue": "farm"},
+    "audit.*": {"queue": "farm"},
+    "notify.*": {"queue": GENERATOR_NOTIFY_QUEUE},
+}
+# No control task can hold the control worker (generator_site/control_tasks.py):
+# Celery's soft time limit for dispatch, the reaper, health checks and status
+# reports, and for housekeeping (pruning, archiving), the hard one 30 s later;
+# on PostgreSQL their statements give up a lock wait after the lock timeout.
+GENERATOR_CONTROL_TASK_SECONDS = env_float("GENERATOR_CONTROL_TASK_SECONDS", 120)
+GENERATOR_HOUSEKEEPING_TASK_SECONDS = env_float("GENERATOR_HOUSEKEEPING_TASK_SECONDS", 1800)
+GENERATOR_CONTROL_LOCK_TIMEOUT_SECONDS = env_float("GENERATOR_CONTROL_LOCK_TIMEOUT_SECONDS", 5)
 
 CHANNEL_LAYERS = {
     "default": {
@@ -308,6 +320,30 @@ GENERATOR_HEARTBEAT_SECONDS = env_float("GENERATOR_HEARTBEAT_SECONDS", 10)
 # connections) is tried again for this long (builds/db_sessions.py).
 GENERATOR_DB_IDLE_SECONDS = env_float("GENERATOR_DB_IDLE_SECONDS", 0.25)
 GENERATOR_DB_RETRY_SECONDS = env_float("GENERATOR_DB_RETRY_SECONDS", 120)
+# A build host that vanishes mid-transaction must not hold its locks past its
+# lease (generator_site/postgres.py): PostgreSQL ends a session idle in a
+# transaction after this long (by default half the time between a lost worker's
+# last heartbeat and the end of its lease), and both ends probe a silent TCP
+# connection (idle, then every interval, giving up after count probes).
+GENERATOR_DB_IDLE_IN_TRANSACTION_SECONDS = env_float(
+    "GENERATOR_DB_IDLE_IN_TRANSACTION_SECONDS", (GENERATOR_LEASE_SECONDS - GENERATOR_HEARTBEAT_SECONDS) / 2
+)
+if not 0 < GENERATOR_DB_IDLE_IN_TRANSACTION_SECONDS <= GENERATOR_LEASE_SECONDS - GENERATOR_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        "GENERATOR_DB_IDLE_IN_TRANSACTION_SECONDS must be more than 0 and at most GENERATOR_LEASE_SECONDS"
+        " - GENERATOR_HEARTBEAT_SECONDS: a lost worker's transaction must be gone before its lease runs out"
+    )
+GENERATOR_DB_KEEPALIVE_IDLE_SECONDS = env_int("GENERATOR_DB_KEEPALIVE_IDLE_SECONDS", 30)
+GENERATOR_DB_KEEPALIVE_INTERVAL_SECONDS = env_int("GENERATOR_DB_KEEPALIVE_INTERVAL_SECONDS", 10)
+GENERATOR_DB_KEEPALIVE_COUNT = env_int("GENERATOR_DB_KEEPALIVE_COUNT", 3)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["OPTIONS"] = session_options(
+        DATABASES["default"].get("OPTIONS", {}),
+        idle_in_transaction_seconds=GENERATOR_DB_IDLE_IN_TRANSACTION_SECONDS,
+        keepalive_idle_seconds=GENERATOR_DB_KEEPALIVE_IDLE_SECONDS,
+        keepalive_interval_seconds=GENERATOR_DB_KEEPALIVE_INTERVAL_SECONDS,
+        keepalive_count=GENERATOR_DB_KEEPALIVE_COUNT,
+    )
 GENERATOR_DISPATCH_STALE_SECONDS = env_float("GENERATOR_DISPATCH_STALE_SECONDS", 60)
 GENERATOR_PUSH_TRIES = env_int("GENERATOR_PUSH_TRIES", 4)
 GENERATOR_PUSH_BACKOFF_SECONDS = env_float("GENERATOR_PUSH_BACKOFF_SECONDS", 2)
@@ -487,6 +523,8 @@ CELERY_BEAT_SCHEDULE = {
 GENERATOR_LOG_BATCH_LINES = env_int("GENERATOR_LOG_BATCH_LINES", 500)
 GENERATOR_LOG_FLUSH_SECONDS = env_int("GENERATOR_LOG_FLUSH_MS", 100) / 1000
 GENERATOR_MAX_LOG_LINES = env_int("GENERATOR_MAX_LOG_LINES", 200_000)
+# Tests only: the log writer holds its transaction open forever on a line holding this text (builds/logs.py).
+GENERATOR_TEST_HOLD_LOG_TRANSACTION = env_str("GENERATOR_TEST_HOLD_LOG_TRANSACTION", "")
 
 # A team over its concurrency or hourly limit (teams/models.py): its submit gets
 # 429 with Retry-After ("reject"), or is taken and waits its turn ("queue").

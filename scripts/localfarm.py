@@ -578,10 +578,17 @@ def start_worker(
     _wait_for_worker(sup, name, f"the Celery worker for {daemon_name}")
 
 
+# Two processes: a control task that runs to its time limit (a reap waiting on a
+# lost host's locks, a long prune) holds one, and dispatch goes on in the other
+# (generator_site/control_tasks.py). Each pass is safe beside another (advisory
+# lock, compare-and-swap transitions).
+CONTROL_CONCURRENCY = 2
+
+
 def control_argv(schedule_file: Path) -> list[str]:
     """The farm's bookkeeping (dispatch, reaper, health checks): one worker on
     the "farm" queue with beat inside it. There must be exactly one beat."""
-    return celery_worker_argv("farm", "control", 1, "--beat", "--schedule", str(schedule_file))
+    return celery_worker_argv("farm", "control", CONTROL_CONCURRENCY, "--beat", "--schedule", str(schedule_file))
 
 
 def start_control(sup: Supervisor, env: dict, name: str = "control") -> None:

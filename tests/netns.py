@@ -40,6 +40,10 @@ class Network:
         """Unplugs the build host: its veth's root end goes down."""
         _ip("link", "set", self.veths[host], "down")
 
+    def plug(self, host: str) -> None:
+        """Plugs a cut build host back in."""
+        _ip("link", "set", self.veths[host], "up")
+
 
 @contextlib.contextmanager
 def private_network(hosts: list[str]) -> Iterator[Network]:

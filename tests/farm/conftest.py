@@ -33,7 +33,17 @@ from teams.models import Namespace, Team
 from tests.fake_github import FakeGitHub
 from tests.netns import Outside, outside_host
 
-pytestmark = pytest.mark.farm
+HERE = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
+def pytest_collection_modifyitems(items) -> None:
+    """Every test under tests/farm/ is a farm test (`-m "not farm"` leaves them out).
+    A `pytestmark` here would mark nothing: pytest reads it in test modules only.
+    The hook sees the whole session's items: only those below this directory get it."""
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.farm)
 
 
 @dataclass

@@ -48,6 +48,10 @@ HOSTS = ["a", "b"]
 DOCKERD_PORT = 2376  # each build host has its own network: the same port on both
 QUICK = "FROM busybox\nRUN echo {nonce} > /nonce\n"
 SLOW = "FROM busybox\nRUN echo {nonce} && sleep 3\n"
+# The build hosts' log writers hold their transaction open after the INSERT of a
+# line holding this, in a job's first attempt (builds/logs.py): a cut lands there.
+HOLD = "hold-the-log-transaction"
+HELD = "FROM busybox\nRUN echo " + HOLD + " {nonce} && sleep 1\n"
 
 
 @dataclass
@@ -60,6 +64,8 @@ class NetnsFarm:
     supervisor: lf.Supervisor
     daemon_host: dict[str, str]  # daemon name -> build host
     sqlite: bool
+    database: str  # the web tier's DATABASE_URL
+    worker_env: dict[str, dict[str, str]]  # build host -> its worker's environment
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +87,11 @@ def netns_farm(services_dir, tmp_path_factory):
             "GENERATOR_SECRET_KEY": "netns-test-only",
             "GENERATOR_DEBUG": "false",
         }
+        worker_env = {
+            host: {**common, "DATABASE_URL": host_db, "GENERATOR_VAR_DIR": str(root / f"{host}-var"),
+                   "GENERATOR_TEST_HOLD_LOG_TRANSACTION": HOLD}
+            for host in HOSTS
+        }  # fmt: skip
         # Notifications ride on the control worker here: this test is about the build hosts.
         web_env = {**common, "DATABASE_URL": web_db, "GENERATOR_VAR_DIR": str(root / "web-var"),
                    "GENERATOR_NOTIFY_QUEUE": "farm"}  # fmt: skip
@@ -107,6 +118,7 @@ def netns_farm(services_dir, tmp_path_factory):
         def database() -> None:  # as an operator sets one up
             _manage(web_env, "migrate", "--noinput")
             _manage(web_env, "allowregistry", registry)
+            _manage(web_env, "ensureteam", "other", "--namespace", f"{registry}/other/")
             tokens.append(_manage(web_env, "ensureadmin", "--password-file", str(root / "pw")).rsplit(": ", 1)[1])
             assert ", TLS, capacity 1" in _manage(web_env, "loadpool", str(root / "pool.json"))
 
@@ -125,13 +137,8 @@ def netns_farm(services_dir, tmp_path_factory):
             partial(lf.start_web, sup, web_port, web_env),
             partial(lf.start_control, sup, web_env),
             # What a worker on another host is given: broker, database, secret key, its own var/.
-            *(
-                partial(lf.start_worker, sup, f"worker-{host}", f"build-{host}", f"build.build-{host}", 1,
-                        {**common, "DATABASE_URL": host_db, "GENERATOR_VAR_DIR": str(root / f"{host}-var")},
-                        netns=net.namespaces[host])
-                for host in HOSTS
-            ),
-        )  # fmt: skip
+            *(partial(start_worker, sup, net, host, worker_env[host]) for host in HOSTS),
+        )
         yield NetnsFarm(
             redis=f"{net.gateway}:{redis_port}",
             web=f"127.0.0.1:{web_port}",
@@ -141,7 +148,13 @@ def netns_farm(services_dir, tmp_path_factory):
             supervisor=sup,
             daemon_host={f"build-{h}": h for h in HOSTS},
             sqlite=web_db.startswith("sqlite"),
+            database=web_db,
+            worker_env=worker_env,
         )
+
+
+def start_worker(sup: lf.Supervisor, net: Network, host: str, env: dict[str, str]) -> None:
+    lf.start_worker(sup, f"worker-{host}", f"build-{host}", f"build.build-{host}", 1, env, netns=net.namespaces[host])
 
 
 def _sandbox_policy(net: Network, host: str, registry: str, root: Path) -> sandbox.Policy:
@@ -268,7 +281,115 @@ def test_builds_run_on_both_build_hosts_and_a_cut_hosts_jobs_finish_on_the_other
     lost = next(d for d in api(farm, "daemons/")["results"] if d["name"] == cut)
     assert not lost["healthy"] and lost["last_error"]
     # The cut host's worker is stuck (or frozen) on a network that is gone: kill it.
-    farm.supervisor.kill(f"worker-{farm.daemon_host[cut]}")
+    kill_worker(farm, farm.daemon_host[cut])
+
+
+def test_a_host_cut_inside_a_log_transaction_delays_only_its_own_build_and_by_no_more_than_the_lease(netns_farm):
+    """Issue 25: a host cut between the log writer's INSERT and its COMMIT left its
+    session `idle in transaction` holding the next seq; the reaper's `worker lost`
+    line waited on it forever, and the one control worker with it. Here the cut
+    lands there on purpose (GENERATOR_TEST_HOLD_LOG_TRANSACTION): the session is
+    ended by PostgreSQL (idle_in_transaction_session_timeout), another team's build
+    is dispatched meanwhile, and the job is requeued within the lease and finishes
+    on the other host."""
+    farm = netns_farm
+    both_hosts_up(farm)
+    lease = float(FAST_TIMINGS["GENERATOR_LEASE_SECONDS"])
+    held = build(farm, "held", HELD)
+    running = wait_for_job(farm, held, lambda job: job["status"] == "building", timeout=30)
+    cut, other = running["daemon"], next(name for name in farm.daemon_host if name != running["daemon"])
+    host = farm.daemon_host[cut]
+    session = held_session(farm, host)
+    held_at = time.monotonic()
+    if farm.sqlite:
+        # A SQLite file is not on the network: the writer's host vanishing is its
+        # process dying (which releases the file's lock; a cut would not).
+        kill_worker(farm, host)
+    else:
+        farm.network.cut(host)
+
+    meanwhile = submit(farm, farm.token, f"{farm.registry}/other/meanwhile", QUICK.format(nonce=uuid.uuid4().hex))
+    started = wait_for_job(farm, meanwhile, lambda job: job["status"] != "queued", timeout=lease)
+    dispatched_after = time.monotonic() - held_at
+    requeued = wait_for_job(farm, held, lambda job: job["attempt"] == 2, timeout=3 * lease)
+    requeued_after = time.monotonic() - held_at
+    print(f"\nheld log transaction: session {session['pid']}; another team's build dispatched", end=" ")
+    print(f"{dispatched_after:.1f} s after it,")
+    print(f"the held job requeued {requeued_after:.1f} s after it (lease {lease:.0f} s)")
+    assert started["daemon"] == other
+    # The lease runs from the last heartbeat before the hold, then one reaper pass
+    # (every second here) and some slack for a shared machine's scheduling.
+    reap_every = float(FAST_TIMINGS["GENERATOR_REAP_INTERVAL"])
+    assert requeued_after < lease + reap_every + 3, f"requeued {requeued_after:.1f} s after the hold, lease {lease} s"
+    if not farm.sqlite:  # ended by its idle-in-transaction timeout (its exit may lag a moment behind its locks)
+        assert wait_until_gone(farm, session), f"the held session {session} outlived its timeout"
+
+    final = wait_for_job(farm, held, finished)
+    assert_pushed(farm, final, "held")
+    assert final["daemon"] == other and final["attempt"] == 2, requeued
+    job = wait_for_job(farm, meanwhile, finished)
+    assert job["status"] == "succeeded" and job["daemon"] == other, job["error"]
+    log = http_get(f"http://{farm.web}/api/v1/builds/{held}/log/", farm.token)[1]
+    assert "worker lost" in log and HOLD in log
+    kill_worker(farm, host)  # held forever (or already gone)
+
+
+def held_session(farm: NetnsFarm, host: str, timeout: float = 30) -> dict:
+    """Waits until the build host's worker holds its log transaction open: on
+    PostgreSQL its session `idle in transaction` after the log INSERT, on SQLite
+    the worker's own word for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if farm.sqlite:
+            if "holding a log transaction open" in farm.supervisor.log_path(f"worker-{host}").read_text():
+                return {"pid": farm.supervisor.pid(f"worker-{host}")}
+        else:
+            with psycopg.connect(farm.database, autocommit=True) as connection:
+                row = connection.execute(
+                    "SELECT pid, backend_start, query FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND state = 'idle in transaction' AND query LIKE 'INSERT INTO \"builds_buildlogline\"%'"
+                ).fetchone()
+            if row:
+                return {"pid": row[0], "backend_start": row[1], "query": row[2][:60]}
+        time.sleep(0.1)
+    raise AssertionError(f"the worker on {host} never held its log transaction open")
+
+
+def wait_until_gone(farm: NetnsFarm, session: dict, timeout: float = 5) -> bool:
+    """Whether the session (its pid and start: a pid is used again) leaves pg_stat_activity within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with psycopg.connect(farm.database, autocommit=True) as connection:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
+            if connection.execute(query, [session["pid"], session["backend_start"]]).fetchone()[0] == 0:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def kill_worker(farm: NetnsFarm, host: str) -> None:
+    """SIGKILL, and wait until it is gone: a worker still dying is not started again."""
+    farm.supervisor.kill(f"worker-{host}")
+    deadline = time.monotonic() + 10
+    while farm.supervisor.pid(f"worker-{host}") is not None:
+        assert time.monotonic() < deadline, f"worker-{host} outlived SIGKILL by 10 s"
+        time.sleep(0.05)
+
+
+def both_hosts_up(farm: NetnsFarm, timeout: float = 60) -> None:
+    """Plugs a host cut by a test before back in, restarts its worker, and waits
+    until both daemons are healthy with a worker online."""
+    for host in HOSTS:
+        farm.network.plug(host)
+        if farm.supervisor.pid(f"worker-{host}") is None:
+            start_worker(farm.supervisor, farm.network, host, farm.worker_env[host])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        daemons = api(farm, "daemons/")["results"]
+        if all(d["healthy"] and d["worker_online"] for d in daemons if d["name"] in farm.daemon_host):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"build hosts not back after {timeout} s: {daemons}")
 
 
 def test_a_build_on_a_build_host_reaches_the_registry_and_nothing_else_of_the_network(netns_farm):
