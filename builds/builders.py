@@ -65,6 +65,11 @@ def build(
 ) -> str:
     secrets = build_secrets.for_job(job)
     log.hide(list(secrets.values()))
+    if job.fork:
+        log.write(
+            f"[generator] Pull request #{job.pull_request} comes from a fork: no build secrets, deploy key or"
+            " registry credentials, and a step cache of its own"
+        )
     # A Dockerfile text's context holds it as "Dockerfile" (builds/runner.py): read like any other.
     found = _dockerfile_in(context, dockerfile)
     text = found.data
@@ -89,7 +94,7 @@ def build(
         )
     ssh_key = deploy_keys.forwarded(job)
     if reason := unsupported_features(text, buildargs) or deploy_keys.ssh_mount_refusal(
-        text, job.repository, forwarded=bool(ssh_key)
+        text, job.repository, forwarded=bool(ssh_key), fork=job.fork
     ):
         raise BuildFailed(reason)
     try:
@@ -123,7 +128,7 @@ def _team_scoped(job, context: BinaryIO, found: FoundDockerfile, buildargs: dict
     (builds/cache_scope.py): its Dockerfile again with the team's ARG after each
     FROM, as a member at the path the engine reads it from (links resolved, so
     the member lands there), and that build arg."""
-    name = cache_scope.arg_name(job.team_id, settings.SECRET_KEY)
+    name = cache_scope.arg_name(job.team_id, settings.SECRET_KEY, apart=fork_scope(job))
     try:
         scoped = cache_scope.scoped_dockerfile(found.data, name)
     except (DockerfileError, ValueError) as exc:
@@ -203,9 +208,15 @@ def _default_branch_image(job) -> list[str]:
 
 
 def cache_namespace(job) -> str:
-    """Per repository, else per image repository: never a "/", so never a path."""
+    """Per repository, else per image repository: never a "/", so never a path.
+    A fork's pull request has its own, so its cache mounts reach no other build."""
     owner = f"repository-{job.repository_id}" if job.repository_id else f"image-{job.image_repository}"
-    return hashlib.sha256(owner.encode()).hexdigest()[:24]
+    return hashlib.sha256((owner + fork_scope(job)).encode()).hexdigest()[:24]
+
+
+def fork_scope(job) -> str:
+    """'' for any build but a fork's pull request, which is kept apart per pull request."""
+    return f"fork-pull-request-{job.pull_request}" if job.fork else ""
 
 
 def daemon_address(access: dict) -> DaemonAddress:

@@ -42,10 +42,12 @@ from .dockerfile_text import DockerfileError, insert_after_each_from
 NAME_PREFIX = "GENERATOR_TEAM_"
 
 
-def arg_name(team_id: int | None, key: str) -> str:
+def arg_name(team_id: int | None, key: str, apart: str = "") -> str:
     """The team's build arg: opaque (no team id in image histories) and stable
-    while the farm's secret key is (a new key means one cold build per team)."""
-    digest = hmac.new(key.encode(), f"team-step-cache:{team_id}".encode(), hashlib.sha256).hexdigest()
+    while the farm's secret key is (a new key means one cold build per team).
+    `apart` names builds kept out of the team's cache (a fork's pull request)."""
+    scope = f"team-step-cache:{team_id}" + (f":{apart}" if apart else "")
+    digest = hmac.new(key.encode(), scope.encode(), hashlib.sha256).hexdigest()
     return NAME_PREFIX + digest[:20]
 
 

@@ -124,14 +124,14 @@ def assign(repository, key: DeployKey | None) -> None:
 
 def forwarded(job) -> str:
     """The key a BuildKit build gets for `RUN --mount=type=ssh`: its repository's,
-    when the repository allows it; else ''."""
+    when the repository allows it and the build is not a fork's pull request; else ''."""
     repository = job.repository
-    if repository is None or not repository.forward_ssh_to_build:
+    if repository is None or not repository.forward_ssh_to_build or job.fork:
         return ""
     return private_key(repository)
 
 
-def ssh_mount_refusal(text: str | bytes, repository, *, forwarded: bool) -> str | None:
+def ssh_mount_refusal(text: str | bytes, repository, *, forwarded: bool, fork: bool = False) -> str | None:
     """Why a Dockerfile's `RUN --mount=type=ssh` cannot have the agent it asks
     for, said at once and naming the setting. BuildKit itself would skip such a
     mount silently (its `required` defaults to false) and let the step fail
@@ -151,7 +151,9 @@ def ssh_mount_refusal(text: str | bytes, repository, *, forwarded: bool) -> str 
         return None
     if not wanted:
         return None
-    if repository is None:
+    if fork:
+        why = "a fork's pull request never gets the repository's deploy key"
+    elif repository is None:
         why = "only a registered repository's builds can forward its deploy key"
     elif not repository.deploy_key:
         why = f"repository {repository.full_name} has no deploy key"

@@ -49,6 +49,16 @@ class BuildJob(models.Model):
     repository = models.ForeignKey("Repository", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     ref = models.CharField(max_length=255, blank=True, help_text="The pushed git ref, e.g. refs/heads/main.")
     commit_sha = models.CharField(max_length=40, blank=True)
+    # A pull request's build (builds/pull_requests.py): its number and page, and
+    # whether its head is a fork's (no secrets, deploy key or registry account).
+    pull_request = models.PositiveIntegerField(null=True, blank=True, help_text="The pull request it checks.")
+    pull_request_url = models.URLField(max_length=300, blank=True)
+    fork = models.BooleanField(
+        default=False, help_text="A fork's pull request: no secrets, deploy key or registry credentials reach it."
+    )
+    not_pushed = models.CharField(
+        max_length=200, blank=True, help_text="Why the image is built and not pushed (a check); empty: it is pushed."
+    )
     # From a push webhook's `pusher`, for notifications' e-mail (notifications/).
     pusher_email = models.EmailField(blank=True)
     superseded_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -343,6 +353,19 @@ class Repository(models.Model):
         blank=True,
         help_text="Its default branch, as GitHub's last push said: that branch's last image is every build's cache.",
     )
+
+    class PullRequests(models.TextChoices):
+        OFF = "off", "off (pull requests do not build)"
+        INTERNAL = "internal", "internal (branches of this repository only, not forks)"
+        ALL = "all", "all (forks too: without secrets, deploy key or registry credentials, never pushed)"
+
+    pull_requests = models.CharField(
+        max_length=16,
+        choices=PullRequests.choices,
+        default=PullRequests.INTERNAL,
+        help_text="Which pull requests build (GitHub's pull_request events): their head commit is built and, "
+        "unless a pull_request rule gives tags, not pushed.",
+    )
     hook_verified_at = models.DateTimeField(null=True, blank=True, help_text="When GitHub's ping arrived.")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -400,20 +423,26 @@ class Repository(models.Model):
 
 
 class BuildRule(models.Model):
-    """When a push builds, and which tags it gets (like Docker Hub's build rules)."""
+    """When a push builds, and which tags it gets (like Docker Hub's build rules).
+    A pull_request rule names the base branch a pull request goes into and
+    pushes its build under its tags (pr-{number}); without one it is only built."""
 
     class Source(models.TextChoices):
         BRANCH = "branch"
         TAG = "tag"
+        PULL_REQUEST = "pull_request", "pull request (into this base branch)"
 
     repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="rules")
-    source = models.CharField(max_length=8, choices=Source.choices, default=Source.BRANCH)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.BRANCH)
     pattern = models.CharField(
-        max_length=200, help_text="A branch or tag name, or /a regular expression/ matched against the whole name."
+        max_length=200,
+        help_text="A branch or tag name (a pull request's base branch), or /a regular expression/ matched "
+        "against the whole name.",
     )
     tags = models.CharField(
         max_length=400,
-        help_text="Comma-separated tag templates: {ref}, {sha}, {short_sha}, {1}... (regex groups).",
+        help_text="Comma-separated tag templates: {ref}, {sha}, {short_sha}, {1}... (regex groups); "
+        "{number} for a pull request (pr-{number}).",
     )
 
     class Meta:
@@ -424,7 +453,7 @@ class BuildRule(models.Model):
 
     def clean(self) -> None:
         try:
-            check_rule(self.pattern, self.tags)
+            check_rule(self.pattern, self.tags, self.source)
         except RuleError as exc:
             raise ValidationError(str(exc)) from None
 

@@ -4,7 +4,9 @@ Like Docker Hub's automated builds: a rule names a source (branch or tag) and a
 name, or a /regular expression/ matched against the whole name, and gives tag
 templates. Templates take {ref} (the branch or tag name; {sourceref} too),
 {sha}, {short_sha}, and {1}, {2}... for the expression's groups. Branch
-`main` -> `latest,sha-{short_sha}`; tag `/^v([0-9.]+)$/` -> `{1}`.
+`main` -> `latest,sha-{short_sha}`; tag `/^v([0-9.]+)$/` -> `{1}`. A
+pull_request rule is matched against the pull request's base branch and takes
+{number} too: `main` -> `pr-{number}` pushes pull requests into main as pr-N.
 
 Expressions are matched by RE2, in time linear in the name: a pusher chooses
 the branch name, and Python's backtracking `re` takes exponential time on
@@ -37,20 +39,24 @@ _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _NOT_TAG_CHARACTER = re.compile(r"[^\w.-]", re.ASCII)
 
 
+PULL_REQUEST = "pull_request"
+
+
 class RuleError(ValueError):
     pass
 
 
 class Rule(Protocol):
-    source: str  # "branch" or "tag"
+    source: str  # "branch", "tag" or "pull_request"
     pattern: str
     tags: str  # comma-separated templates
 
 
 @dataclass(frozen=True)
 class PushedRef:
-    source: str  # "branch" or "tag"
+    source: str  # "branch", "tag", or "pull_request" (name: its base branch)
     name: str
+    number: int | None = None  # a pull request's
 
 
 def is_ref_text(ref: str) -> bool:
@@ -98,12 +104,16 @@ def check_pattern(pattern: str) -> int:
     return _compile(pattern).groups if _is_regex(pattern) else 0
 
 
-def check_template(template: str, groups: int = 0) -> None:
+def check_template(template: str, groups: int = 0, source: str = "branch") -> None:
     """Refuses a template with a placeholder it could not fill at push time."""
     if not template:
         raise RuleError("an empty tag template")
     for name in _PLACEHOLDER.findall(template):
         if name in _NAMED:
+            continue
+        if name == "number":
+            if source != PULL_REQUEST:
+                raise RuleError(f"{{number}} in {template!r}: only a pull_request rule has a number")
             continue
         if not _is_group_number(name):
             raise RuleError(
@@ -114,10 +124,10 @@ def check_template(template: str, groups: int = 0) -> None:
             raise RuleError(f"{{{name}}} in {template!r}: the rule's expression has {has}")
 
 
-def check_rule(pattern: str, templates: str) -> None:
+def check_rule(pattern: str, templates: str, source: str = "branch") -> None:
     groups = check_pattern(pattern)
     for template in templates.split(","):
-        check_template(template.strip(), groups)
+        check_template(template.strip(), groups, source)
 
 
 def _is_group_number(name: str) -> bool:
@@ -132,8 +142,10 @@ def match(pattern: str, name: str) -> tuple[str, ...] | None:
     return () if name == pattern else None
 
 
-def render(template: str, *, ref_name: str, sha: str, groups: tuple[str, ...]) -> str:
+def render(template: str, *, ref_name: str, sha: str, groups: tuple[str, ...], number: int | None = None) -> str:
     values = {"ref": ref_name, "sourceref": ref_name, "sha": sha, "short_sha": sha[:7]}
+    if number is not None:
+        values["number"] = str(number)
 
     def replace(found: re.Match) -> str:
         key = found[1]
@@ -169,7 +181,7 @@ def tags_for(rules: Iterable[Rule], ref: PushedRef, sha: str) -> list[str]:
         if groups is None:
             continue
         for template in rule.tags.split(","):
-            tag = as_tag(render(template.strip(), ref_name=ref.name, sha=sha, groups=groups))
+            tag = as_tag(render(template.strip(), ref_name=ref.name, sha=sha, groups=groups, number=ref.number))
             if tag and tag not in tags:
                 tags.append(tag)
     return tags

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import BinaryIO, NoReturn
 
@@ -154,8 +154,7 @@ def _record(job: BuildJob, log: LogWriter) -> None:
         logger.warning("job %s attempt %s was taken from this worker; stopping", job.id, job.attempt)
     except Cancelled:
         job.refresh_from_db(fields=["cancelled_by", "superseded_by"])
-        who = f"a newer push ({job.superseded_by_id})" if job.superseded_by_id else job.cancelled_by or "an operator"
-        _end(job, log, f"Cancelled by {who}", transitions.finish_cancelled)
+        _end(job, log, f"Cancelled by {_canceller(job)}", transitions.finish_cancelled)
     except TimedOut:
         _fail(job, log, f"timed out after {watch.timeout} s")
     except LogLimitExceeded as exc:
@@ -173,7 +172,30 @@ def _record(job: BuildJob, log: LogWriter) -> None:
         logger.exception("job %s failed inside the worker", job.id)
         _fail(job, log, f"internal error in the build worker: {exc.__class__.__name__}: {exc}")
     else:
+        if isinstance(pushed, Unpushed):
+            ended = partial(_succeed_unpushed, image_id=pushed.image_id)
+            _end(job, log, f"Built {job.image}, not pushed: {job.not_pushed}", ended)
+            return
         _end(job, log, f"Pushed {job.image}@{pushed.digest}", lambda i, a: transitions.succeed(i, a, pushed.digest))
+
+
+@dataclass(frozen=True)
+class Unpushed:
+    """A build that is only built (a pull request's check: BuildJob.not_pushed)."""
+
+    image_id: str
+
+
+def _succeed_unpushed(job_id: str, attempt: int, *, image_id: str) -> bool:
+    return transitions.succeed_unpushed(job_id, attempt, image_id)
+
+
+def _canceller(job: BuildJob) -> str:
+    if job.superseded_by_id:
+        return f"a newer push ({job.superseded_by_id})"
+    if job.cancelled_by is None and job.pull_request is not None:
+        return f"the close of pull request #{job.pull_request}"
+    return str(job.cancelled_by or "an operator")
 
 
 def _record_steps(job: BuildJob, steps: StepTimes) -> None:
@@ -184,7 +206,7 @@ def _record_steps(job: BuildJob, steps: StepTimes) -> None:
         logger.warning("could not record the step timings of job %s", job.id, exc_info=True)
 
 
-def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
+def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult | Unpushed:
     daemon = job.daemon
     if daemon is None:
         raise EngineError("the Docker daemon this job was assigned to has been removed from the pool")
@@ -220,6 +242,8 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult:
                 job, session, access, context, dockerfile, buildargs, containment, log, watch, str(target)
             )
         log.write(f"[generator] Built {image_id}")
+        if job.not_pushed:
+            return Unpushed(image_id)
         for tag in job.extra_tags:
             session.tag(image_id, target.repository, tag)
         log.flush()

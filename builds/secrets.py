@@ -89,7 +89,8 @@ def store(owner: dict, secrets: dict[str, str]) -> None:
 
 
 def for_job(job) -> dict[str, str]:
-    """The build's secrets in clear: its repository's, and its own over them."""
+    """The build's secrets in clear: its repository's, and its own over them. A
+    fork's pull request gets none of its repository's (builds/pull_requests.py)."""
     from .models import BuildSecret
 
     rows = BuildSecret.objects.filter(models_q_for(job)).order_by("job_id", "name")
@@ -102,7 +103,8 @@ def for_job(job) -> dict[str, str]:
 def models_q_for(job):
     from django.db.models import Q
 
-    return Q(job_id=job.id) | (Q(repository_id=job.repository_id) if job.repository_id else Q(pk__in=[]))
+    repository = Q(repository_id=job.repository_id) if job.repository_id and not job.fork else Q(pk__in=[])
+    return Q(job_id=job.id) | repository
 
 
 def forget_ended() -> int:

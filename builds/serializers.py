@@ -49,6 +49,9 @@ class BuildJobSerializer(serializers.ModelSerializer):
             "team",
             "ref",
             "commit_sha",
+            "pull_request",
+            "fork",
+            "not_pushed",
             "daemon",
             "attempt",
             "queue_position",
@@ -94,12 +97,15 @@ class BuildJobSerializer(serializers.ModelSerializer):
     def get_links(self, job: BuildJob) -> dict[str, str]:
         site = settings.GENERATOR_SITE_URL
         ws = site.replace("https://", "wss://").replace("http://", "ws://")
-        return {
+        links = {
             "self": f"{site}/api/v1/builds/{job.id}/",
             "log": f"{site}/api/v1/builds/{job.id}/log/",
             "websocket": f"{ws}/b1/build/log/ws/{job.id}",
             "page": f"{site}/builds/{job.id}/",
         }
+        if job.pull_request_url:
+            links["pull_request"] = job.pull_request_url
+        return links
 
 
 class StringMap(serializers.DictField):
@@ -211,6 +217,7 @@ class RepositorySerializer(serializers.ModelSerializer):
             "daemon_group",
             "builder",
             "platforms",
+            "pull_requests",
             "hook_verified_at",
             "rules",
             "secrets",

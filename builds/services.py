@@ -224,8 +224,21 @@ def retry_build(job: BuildJob, user) -> BuildJob:
         return submit(request, submitted_by=user, retry_of=job)
 
 
-def submit_push_build(*, repository, ref: str, sha: str, tags: list[str], pusher_email: str = "") -> BuildJob:
-    """A build of a pushed commit, tagged with every tag its rules gave.
+def submit_push_build(
+    *,
+    repository,
+    ref: str,
+    sha: str,
+    tags: list[str],
+    pusher_email: str = "",
+    pull_request: int | None = None,
+    pull_request_url: str = "",
+    fork: bool = False,
+    not_pushed: str = "",
+) -> BuildJob:
+    """A build of a pushed commit, tagged with every tag its rules gave; or of a
+    pull request's head (builds/pull_requests.py), which `not_pushed` says is
+    only built, and why (for the daemon's own platform: a check, not an image).
 
     Builds of the same ref still waiting are superseded by it (and running ones
     too, if the repository says so): only the newest commit of a ref matters.
@@ -234,7 +247,7 @@ def submit_push_build(*, repository, ref: str, sha: str, tags: list[str], pusher
     ownership.check_push_build(repository, repository.image)  # so may its team's namespace
     quotas.check_submit(repository.team)
     ensure_pool_exists_or_raise(repository.daemon_group)
-    platforms = split_platforms(repository.platforms)
+    platforms = [] if not_pushed else split_platforms(repository.platforms)
     if platforms:
         platforms = multiplatform.checked_platforms(platforms, repository.daemon_group)
     with transaction.atomic():
@@ -248,16 +261,45 @@ def submit_push_build(*, repository, ref: str, sha: str, tags: list[str], pusher
             commit_sha=sha,
             pusher_email=pusher_email,
             platforms=platforms,
-            **({"builder": "buildkit"} if platforms else {}),
+            pull_request=pull_request,
+            pull_request_url=pull_request_url,
+            fork=fork,
+            not_pushed=not_pushed,
+            # The repository's builder, else the farm's default (BuildKit for several platforms).
+            builder=builder_for(BuildRequest(image="", repository=repository, platforms=platforms)),
         )
         _supersede(job)
         if platforms:
             multiplatform.create_children(job)
         signals.announce(job.id, "queued")
-        audit("submit", "build", job, actor=None, details={"image": job.image, "webhook": ref, "commit": sha})
+        details = {"image": job.image, "webhook": ref, "commit": sha}
+        if pull_request is not None:
+            details.update(pull_request=pull_request, fork=fork, pushed=not not_pushed)
+        audit("submit", "build", job, actor=None, details=details)
         transaction.on_commit(lambda: transitions.report_on_github(job.id))
         transaction.on_commit(dispatch)
     return job
+
+
+def cancel_pull_request_builds(repository, number: int) -> int:
+    """A closed pull request's builds stop: waiting ones at once, running ones at
+    their worker's next heartbeat, whatever cancel_superseded_running says.
+    Answers how many were stopped."""
+    stopped = 0
+    active = BuildJob.objects.filter(
+        repository=repository, pull_request=number, status__in=BuildJob.ACTIVE, parent__isnull=True
+    )
+    for job in active:
+        if job.is_parent:
+            outcome = multiplatform.cancel(job, None)
+        elif transitions.cancel_waiting(job.id, None):
+            append_line(job.id, f"[generator] Cancelled before it started: pull request #{number} was closed")
+            outcome = "cancelled"
+        else:
+            outcome = "stopping" if transitions.request_cancel(job.id, None) else "already ended"
+        stopped += outcome in ("cancelled", "stopping")
+        audit("cancel", "build", job, actor=None, details={"outcome": outcome, "pull_request": number})
+    return stopped
 
 
 def _supersede(job: BuildJob) -> None:

@@ -52,7 +52,9 @@ def _log_refused(reason: str) -> None:
 
 
 def status_for(job: BuildJob) -> dict:
-    if job.status == BuildJob.Status.SUCCEEDED:
+    if job.status == BuildJob.Status.SUCCEEDED and job.not_pushed:
+        description = f"Built, not pushed: {job.not_pushed}"
+    elif job.status == BuildJob.Status.SUCCEEDED:
         description = f"Pushed {job.image}"
     elif job.status == BuildJob.Status.FAILED:
         description = f"Failed: {job.error}"

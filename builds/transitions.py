@@ -118,6 +118,15 @@ def succeed(job_id: str, attempt: int, digest: str) -> bool:
     return _swap(filters, Status.SUCCEEDED, digest=digest, error="", finished_at=now, lease_expires_at=None)
 
 
+def succeed_unpushed(job_id: str, attempt: int, image_id: str) -> bool:
+    """building -> succeeded for a build that is not pushed (its `not_pushed` says
+    why): the image was built, and that is all it was for. No digest: nothing
+    is in a registry."""
+    filters = {"pk": job_id, "attempt": attempt, "status": Status.BUILDING, "not_pushed__gt": ""}
+    now = timezone.now()
+    return _swap(filters, Status.SUCCEEDED, image_id=image_id, error="", finished_at=now, lease_expires_at=None)
+
+
 def fail(job_id: str, attempt: int, reason: str) -> bool:
     """Any active status -> failed, with the reason a person reads."""
     filters = {"pk": job_id, "attempt": attempt, "status__in": BuildJob.ACTIVE}

@@ -1,4 +1,4 @@
-"""`POST /webhooks/github/`: GitHub's push and ping events.
+"""`POST /webhooks/github/`: GitHub's push, pull_request and ping events.
 
 It only checks, records and enqueues, so it answers well inside GitHub's 10 s.
 Order of checks: size (413), a signature header at all (401), JSON within
@@ -44,7 +44,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from . import metrics
+from . import metrics, pull_requests
 from .models import BuildJob, Repository, WebhookDelivery
 from .payloads import PayloadError, load_object
 from .rules import MAX_REF_LENGTH, RuleError, is_ref_text, parse_ref, tags_for
@@ -137,7 +137,13 @@ class Push:
 
 
 def _push_that_may_build(event: str, payload: dict) -> Push | None:
-    """The push, if it names a branch or tag and a commit; the rest is for _handle_push."""
+    """The push, if it names a branch or tag and a commit, or the pull request's
+    head it builds (refs/pull/N/head); the rest is for the handlers."""
+    if event == "pull_request":
+        pull = _pull_request(payload)
+        if pull is None or pull.action not in pull_requests.BUILDING_ACTIONS:
+            return None
+        return Push(pull.ref, pull.head_sha, str(payload.get("before", "")))
     ref, sha = payload.get("ref"), payload.get("after")
     if event != "push" or not isinstance(ref, str) or not isinstance(sha, str) or payload.get("deleted"):
         return None
@@ -208,11 +214,18 @@ def _moves_ref_back(repository: Repository, push: Push) -> bool:
     return newest is not None and newest.commit_sha != push.sha and newest.commit_sha == push.before
 
 
+def _pull_request(payload: dict) -> pull_requests.PullRequest | None:
+    try:
+        return pull_requests.parse(payload)
+    except pull_requests.NotAPullRequest:
+        return None
+
+
 def _duplicate_result(push: Push, first: WebhookDelivery) -> str:
     pushed = parse_ref(push.ref)
+    what = f"{pushed.source} {pushed.name}" if pushed else push.ref
     return (
-        f"already built: {pushed.source} {pushed.name} at {push.sha[:12]} came in delivery {first.delivery_id};"
-        " one build per commit of a ref"
+        f"already built: {what} at {push.sha[:12]} came in delivery {first.delivery_id}; one build per commit of a ref"
     )
 
 
@@ -229,6 +242,13 @@ def _handle(event: str, repository: Repository, payload: dict) -> tuple[int, str
         return 200, "pong: the webhook is verified", []
     if event == "push":
         return _handle_push(repository, payload)
+    if event == "pull_request":
+        answered = pull_requests.handle(repository, payload)
+        if (pull := _pull_request(payload)) and pull.action == "closed":
+            # Its head built once stands for nothing now: reopened, it builds again.
+            key = Push(pull.ref, pull.head_sha, "").key(repository)
+            WebhookDelivery.objects.filter(push_key=key).update(push_key=None)
+        return answered
     return 202, f"ignored: {event or 'unnamed'} events do not build", []
 
 
