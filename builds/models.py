@@ -20,6 +20,7 @@ from .deploy_keys import DeployKeyError, check_known_hosts
 from .errors import RegistryNotAllowed
 from .limits import over_the_caps
 from .outbound import RefusedURL, check_url
+from .path_filters import FilterError, check_globs
 from .references import DOCKER_HUB, DOCKER_HUB_SPELLINGS, InvalidReference, parse_reference, parse_registry_host
 from .rules import RuleError, check_rule
 
@@ -444,6 +445,18 @@ class BuildRule(models.Model):
         help_text="Comma-separated tag templates: {ref}, {sha}, {short_sha}, {1}... (regex groups); "
         "{number} for a pull request (pr-{number}).",
     )
+    # Path filters (builds/path_filters.py), as Cloud Build's includedFiles / ignoredFiles.
+    included = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Path globs, e.g. ["src/**", "Dockerfile"]: a push builds only if a changed file matches one. '
+        "** crosses directories. Empty: any file.",
+    )
+    ignored = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Path globs, e.g. ["docs/**", "**/*.md"]: a push whose changed files all match them builds nothing.',
+    )
 
     class Meta:
         ordering = ["repository", "id"]
@@ -456,6 +469,13 @@ class BuildRule(models.Model):
             check_rule(self.pattern, self.tags, self.source)
         except RuleError as exc:
             raise ValidationError(str(exc)) from None
+        for field in ("included", "ignored"):
+            if getattr(self, field) is None:  # a form's empty JSON field
+                setattr(self, field, [])
+            try:
+                check_globs(getattr(self, field), field)
+            except FilterError as exc:
+                raise ValidationError({field: str(exc)}) from None
 
 
 class WebhookDelivery(models.Model):

@@ -168,6 +168,14 @@ def as_tag(text: str) -> str | None:
     return tag if _TAG.fullmatch(tag) else None
 
 
+def matching(rules: Iterable[Rule], ref: PushedRef) -> list[Rule]:
+    """The rules of the ref's source whose pattern matches its name, in order.
+    RuleError as for tags_for."""
+    if len(ref.name) > MAX_NAME_LENGTH:
+        return []
+    return [rule for rule in rules if rule.source == ref.source and match(rule.pattern, ref.name) is not None]
+
+
 def tags_for(rules: Iterable[Rule], ref: PushedRef, sha: str) -> list[str]:
     """Every tag the matching rules give, in rule order, each once. RuleError for
     a rule saved before its checks existed (or written around them)."""

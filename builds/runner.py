@@ -18,7 +18,8 @@ from django.utils import timezone
 from pool import egress, health, housekeeping
 from pool.tls import InsecureEngineAddress, client_settings
 
-from . import builders, context_store, db_sessions, deploy_keys, metrics, transitions
+from . import builders, context_store, db_sessions, metrics, transitions
+from .changed_files import git_source
 from .dispatch import dispatch
 from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
 from .limits import buildkit_share, contained, limits_for
@@ -27,7 +28,7 @@ from .models import BuildContext, BuildJob, BuildSecret
 from .multiplatform import mirror_into_parent
 from .references import parse_build_target
 from .registry_accounts import push_account
-from .sources import GitSource, SourceError
+from .sources import SourceError
 from .steps import StepTimes
 
 logger = logging.getLogger(__name__)
@@ -276,14 +277,7 @@ def _source(job: BuildJob, log: LogWriter, watch: Watch) -> Iterator[tuple[Binar
         return
     if repository is None:
         raise SourceError("the repository of this build was removed")
-    source = GitSource(
-        repository.clone_url,
-        token=repository.access_token,
-        cache_dir=settings.GENERATOR_GIT_CACHE_DIR,
-        allow_local=settings.GENERATOR_ALLOW_LOCAL_REPOSITORIES,
-        ssh_key=deploy_keys.private_key(repository),
-        known_hosts=deploy_keys.known_hosts_for(repository),
-    )
+    source = git_source(repository)
     if not job.commit_sha:  # a build of a ref (REST API): the commit it points to now
         job.commit_sha = log.pump(lambda emit: source.resolve(job.ref, on_line=emit), tick=watch.tick)
         BuildJob.objects.filter(pk=job.pk).update(commit_sha=job.commit_sha)

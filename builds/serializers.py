@@ -165,7 +165,7 @@ class BuildCreateSerializer(serializers.Serializer):
 class BuildRuleSerializer(serializers.ModelSerializer):
     class Meta:
         model = BuildRule
-        fields = ["source", "pattern", "tags"]
+        fields = ["source", "pattern", "tags", "included", "ignored"]
 
     def validate(self, data):
         BuildRule(**data).clean()

@@ -39,6 +39,7 @@ import socket
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ MAX_SUBMODULE_DEPTH = 5
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ssh": 22, "git": 9418}
 # user@host:path, git's scp-like syntax for ssh
 _SCP_LIKE = re.compile(r"(?:[^@/]+@)?(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?!//)")
+_FULL_SHA = re.compile(r"[0-9a-f]{40}")
 # What may stand after `Host` and `HostName` in the farm's ssh_config: a name or an address, nothing else.
 _SSH_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:_-]*")
 
@@ -111,9 +113,13 @@ class GitSource:
         resolver: Resolver = system_resolver,
         ssh_key: str = "",
         known_hosts: str = "",
+        timeout: float = GIT_TIMEOUT,
     ) -> None:
         """`ssh_key`: a private key in clear for the clone URL's ssh host;
-        `known_hosts`: the host keys ssh accepts (no others)."""
+        `known_hosts`: the host keys ssh accepts (no others); `timeout`: seconds
+        for all of one call's git commands (and the wait for the mirror's lock)."""
+        self.timeout = timeout
+        self._deadline: float | None = None
         self.clone_url = clone_url
         self.token = token
         self.allow_local = allow_local
@@ -165,11 +171,51 @@ class GitSource:
                 raise SourceError(f"{ref!r} is not a branch, tag or commit of {self.clone_url}") from None
         return sha.decode().strip()
 
+    def changed_files(self, before: str, after: str) -> list[str]:
+        """The paths that differ between two commits, as `git diff --name-only
+        before after` (renames as a removal and an addition, like GitHub's lists),
+        both fetched into the mirror first. `before` may be a branch of the mirror
+        (refs/heads/main): then the paths changed since `after` left it (`...`).
+        All within `timeout` seconds, or SourceError."""
+        self.mirror.parent.mkdir(parents=True, exist_ok=True)
+        self._deadline = time.monotonic() + self.timeout
+        try:
+            with self._locked():
+                self._ensure_commit(after, lambda line: None)
+                if _FULL_SHA.fullmatch(before):
+                    self._ensure_commit(before, lambda line: None)
+                    span = [before, after]
+                else:
+                    span = [f"{before}...{after}"]
+                names = self._git(
+                    "diff", "--name-only", "-z", "--no-renames", *span, "--", cwd=self.mirror, capture=True
+                )
+        finally:
+            self._deadline = None
+        return [name for name in names.decode(errors="replace").split("\0") if name]
+
+    def _seconds_left(self) -> float:
+        if self._deadline is None:
+            return GIT_TIMEOUT
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise SourceError(f"git took longer than {self.timeout:g} s")
+        return left
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
         # Two builds of one repository on one host must not fetch into the mirror at once.
         with open(self.mirror.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self._deadline is None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            else:  # a bounded call waits for the lock within its time too
+                while True:
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        self._seconds_left()
+                        time.sleep(0.05)
             try:
                 yield
             finally:
@@ -306,11 +352,12 @@ class GitSource:
             self._clone_host_checked = True
         with self._ssh() if network else _no_ssh() as ssh_env:
             try:
+                timeout = self._seconds_left()
                 result = subprocess.run(
-                    ["git", *args], cwd=cwd, capture_output=True, env={**self._env(), **ssh_env}, timeout=GIT_TIMEOUT
+                    ["git", *args], cwd=cwd, capture_output=True, env={**self._env(), **ssh_env}, timeout=timeout
                 )
             except subprocess.TimeoutExpired:
-                raise SourceError(f"git {args[0]} took longer than {GIT_TIMEOUT} s") from None
+                raise SourceError(f"git {args[0]} took longer than {timeout:g} s") from None
         if result.returncode != 0:
             message = result.stderr.decode(errors="replace").strip().splitlines()
             detail = self._ssh_failure(message) or (message[-1] if message else f"exit status {result.returncode}")

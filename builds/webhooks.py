@@ -44,10 +44,10 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from . import metrics, pull_requests
+from . import changed_files, metrics, pull_requests
 from .models import BuildJob, Repository, WebhookDelivery
 from .payloads import PayloadError, load_object
-from .rules import MAX_REF_LENGTH, RuleError, is_ref_text, parse_ref, tags_for
+from .rules import MAX_REF_LENGTH, RuleError, is_ref_text, matching, parse_ref, tags_for
 from .services import SubmissionError, submit_push_build
 
 logger = logging.getLogger(__name__)
@@ -297,13 +297,18 @@ def _handle_push(repository: Repository, payload: dict) -> tuple[int, str, list[
     if any(marker in message for marker in SKIP_MARKERS):
         return 202, "skipped: the head commit's message asks for [skip ci]", []
     try:
-        tags = tags_for(repository.rules.all(), pushed, sha)
+        matched = matching(repository.rules.all(), pushed)
+        filtered = changed_files.filter_rules(repository, matched, payload, sha) if matched else None
+        tags = tags_for(filtered.rules, pushed, sha) if filtered else []
     except RuleError as exc:
         return 400, f"a build rule of {repository.full_name} cannot be applied: {exc} (fix it in admin)", []
+    if filtered is not None and not filtered.rules:
+        return 202, f"ignored: {pushed.source} {pushed.name} at {sha[:12]}: {filtered.why_none}", []
     if not tags:
         return 202, f"ignored: no build rule matches {pushed.source} {pushed.name}", []
     try:
         job = submit_push_build(repository=repository, ref=ref, sha=sha, tags=tags, pusher_email=_pusher_email(payload))
     except SubmissionError as exc:
         return exc.status, str(exc), []
-    return 202, f"building {pushed.source} {pushed.name} at {sha[:12]} as {', '.join(tags)}", [job.id]
+    note = f" ({filtered.note})" if filtered.note else ""
+    return 202, f"building {pushed.source} {pushed.name} at {sha[:12]} as {', '.join(tags)}{note}", [job.id]

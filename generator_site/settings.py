@@ -361,6 +361,8 @@ GENERATOR_WEBHOOK_DEDUPE_SECONDS = env_int("GENERATOR_WEBHOOK_DEDUPE_SECONDS", 2
 GENERATOR_GITHUB_API_URL = env_str("GENERATOR_GITHUB_API_URL", "https://api.github.com").rstrip("/")
 GENERATOR_SITE_URL = env_str("GENERATOR_SITE_URL", "http://localhost:8080").rstrip("/")
 GENERATOR_GIT_CACHE_DIR = Path(env_str("GENERATOR_GIT_CACHE_DIR", str(VAR_DIR / "git")))
+# A webhook asks git which files a push changed (path filters) within this many seconds.
+GENERATOR_CHANGED_FILES_TIMEOUT = env_float("GENERATOR_CHANGED_FILES_TIMEOUT", 5)
 GENERATOR_MAX_CONTEXT_BYTES = env_int("GENERATOR_MAX_CONTEXT_BYTES", 512 * 1024 * 1024)
 # An uploaded context (REST API): at most this many bytes as sent, and checked as it
 # inflates against GENERATOR_MAX_CONTEXT_BYTES and GENERATOR_MAX_CONTEXT_FILES.

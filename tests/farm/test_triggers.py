@@ -15,7 +15,7 @@ from tests.conftest import SHARED
 from tests.gitrepos import Repo, git
 
 from .conftest import follow, registry_digest, wait_for
-from .test_github_builds import SECRET, _team, _token, post_webhook
+from .test_github_builds import SECRET, _team, _token, post_webhook, push_payload
 
 pytestmark = pytest.mark.farm
 
@@ -84,3 +84,17 @@ def test_a_forks_pull_request_is_built_without_secrets_and_not_pushed(farm, repo
     wait_for(lambda: "success" in fake_github.states_for(repository.full_name, sha), timeout=30, what="status")
     last = [s for s in fake_github.statuses if s["path"].endswith(sha)][-1]["body"]
     assert last["description"].startswith("Built, not pushed: a fork's pull request is never pushed")
+
+
+def test_a_docs_only_push_builds_nothing_even_when_git_must_say_so(farm, repository):
+    source, repository = repository
+    repository.rules.create(source="branch", pattern="main", tags="latest", ignored=["docs/**", "**/*.md"])
+    before = source.commit({"Dockerfile": "FROM busybox\n"})
+    after = source.commit({"docs/guide.md": "only the docs change\n", "README.md": "and the README\n"})
+    # A forced push: GitHub's commits list may not hold every change, so the web tier asks git.
+    payload = push_payload(repository.full_name, "refs/heads/main", before, after)
+    payload["forced"] = True
+    status, answer = post_webhook(farm, payload, delivery=f"docs-{after}")
+    assert (status, answer["jobs"]) == (202, [])
+    assert answer["result"] == f"ignored: branch main at {after[:12]}: every changed file is ignored (docs/**, **/*.md)"
+    assert not BuildJob.objects.filter(repository=repository, commit_sha=after).exists()
