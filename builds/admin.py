@@ -130,6 +130,7 @@ def keep_or_encrypt(form: forms.ModelForm, data: dict, name: str) -> dict:
 class BuildRuleInline(admin.TabularInline):
     model = BuildRule
     extra = 1
+    readonly_fields = ["schedule_fired_at"]
 
 
 class BuildSecretForm(forms.ModelForm):

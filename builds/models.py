@@ -23,6 +23,8 @@ from .outbound import RefusedURL, check_url
 from .path_filters import FilterError, check_globs
 from .references import DOCKER_HUB, DOCKER_HUB_SPELLINGS, InvalidReference, parse_reference, parse_registry_host
 from .rules import RuleError, check_rule
+from .schedules import ScheduleError
+from .schedules import check as check_schedule
 
 
 def new_job_id() -> str:
@@ -56,6 +58,10 @@ class BuildJob(models.Model):
     pull_request_url = models.URLField(max_length=300, blank=True)
     fork = models.BooleanField(
         default=False, help_text="A fork's pull request: no secrets, deploy key or registry credentials reach it."
+    )
+    # The rule whose schedule started it (builds/schedules.py): one at a time per rule.
+    schedule_rule = models.ForeignKey(
+        "BuildRule", null=True, blank=True, on_delete=models.SET_NULL, related_name="scheduled_jobs"
     )
     not_pushed = models.CharField(
         max_length=200, blank=True, help_text="Why the image is built and not pushed (a check); empty: it is pushed."
@@ -458,17 +464,52 @@ class BuildRule(models.Model):
         help_text='Path globs, e.g. ["docs/**", "**/*.md"]: a push whose changed files all match them builds nothing.',
     )
 
+    # A schedule (builds/schedules.py): builds the branch's head at its cron times.
+    schedule = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="A cron expression, e.g. 0 3 * * * (03:00 daily), for a branch rule: builds the branch's head "
+        "then. Empty: no schedule.",
+    )
+    schedule_timezone = models.CharField(
+        max_length=64, default="UTC", help_text="The schedule's time zone, an IANA name such as Europe/Berlin."
+    )
+    schedule_jitter = models.PositiveIntegerField(
+        default=60,
+        help_text="Seconds, up to 3600: the rule starts its builds a fixed delay of up to this after each tick, "
+        "so that many schedules do not start in the same second.",
+    )
+    schedule_fired_at = models.DateTimeField(
+        default=timezone.now, help_text="The last tick fired, or when the rule was made: the next is after it."
+    )
+
     class Meta:
         ordering = ["repository", "id"]
 
     def __str__(self) -> str:
         return f"{self.source} {self.pattern} -> {self.tags}"
 
+    def save(self, *args, **kwargs) -> None:
+        """A schedule set or changed starts from now: no tick of before it fires."""
+        if self.pk and self.schedule:
+            stored = BuildRule.objects.filter(pk=self.pk).values("schedule", "schedule_timezone").first()
+            if stored and (stored["schedule"], stored["schedule_timezone"]) != (self.schedule, self.schedule_timezone):
+                self.schedule_fired_at = timezone.now()
+        super().save(*args, **kwargs)
+
     def clean(self) -> None:
         try:
             check_rule(self.pattern, self.tags, self.source)
         except RuleError as exc:
             raise ValidationError(str(exc)) from None
+        try:
+            check_schedule(
+                self.schedule.strip(), self.schedule_timezone, self.schedule_jitter,
+                source=self.source, pattern=self.pattern, templates=self.tags,
+            )  # fmt: skip
+        except ScheduleError as exc:
+            raise ValidationError({"schedule": str(exc)}) from None
+        self.schedule = self.schedule.strip()
         for field in ("included", "ignored"):
             if getattr(self, field) is None:  # a form's empty JSON field
                 setattr(self, field, [])

@@ -52,6 +52,7 @@ class BuildJobSerializer(serializers.ModelSerializer):
             "pull_request",
             "fork",
             "not_pushed",
+            "schedule_rule",
             "daemon",
             "attempt",
             "queue_position",
@@ -165,7 +166,11 @@ class BuildCreateSerializer(serializers.Serializer):
 class BuildRuleSerializer(serializers.ModelSerializer):
     class Meta:
         model = BuildRule
-        fields = ["source", "pattern", "tags", "included", "ignored"]
+        fields = [
+            "source", "pattern", "tags", "included", "ignored",
+            "schedule", "schedule_timezone", "schedule_jitter", "schedule_fired_at",
+        ]  # fmt: skip
+        read_only_fields = ["schedule_fired_at"]
 
     def validate(self, data):
         BuildRule(**data).clean()

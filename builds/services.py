@@ -243,11 +243,49 @@ def submit_push_build(
     Builds of the same ref still waiting are superseded by it (and running ones
     too, if the repository says so): only the newest commit of a ref matters.
     """
+    details = {"webhook": ref, "commit": sha}
+    if pull_request is not None:
+        details.update(pull_request=pull_request, fork=fork, pushed=not not_pushed)
+    job = _repository_build(
+        repository,
+        tags,
+        details,
+        supersede=True,
+        ref=ref,
+        commit_sha=sha,
+        pusher_email=pusher_email,
+        pull_request=pull_request,
+        pull_request_url=pull_request_url,
+        fork=fork,
+        not_pushed=not_pushed,
+    )
+    transaction.on_commit(lambda: transitions.report_on_github(job.id))
+    return job
+
+
+def submit_scheduled_build(rule, tick) -> BuildJob:
+    """A build of the head of a scheduled rule's branch (builds/schedules.py),
+    resolved by the worker when it fetches; tagged with the rule's tags that
+    need no commit. It supersedes nothing: a push's build of the branch goes on."""
+    from .schedules import scheduled_tags
+
+    tags = scheduled_tags(rule.tags, rule.pattern)
+    if not tags:
+        raise SubmissionError(f"rule {rule.pk} gives no tag without a commit")
+    details = {"schedule": rule.schedule, "timezone": rule.schedule_timezone, "tick": tick.isoformat()}
+    return _repository_build(
+        rule.repository, tags, details, supersede=False, ref=f"refs/heads/{rule.pattern}", schedule_rule=rule
+    )
+
+
+def _repository_build(repository, tags: list[str], details: dict, *, supersede: bool, **fields) -> BuildJob:
+    """A registered repository's build without a user (a webhook's, a schedule's):
+    every check of a submit, the job, its children, its audit event."""
     check_registry_allowed(repository.image)  # the row may have gone since the repository was saved
     ownership.check_push_build(repository, repository.image)  # so may its team's namespace
     quotas.check_submit(repository.team)
     ensure_pool_exists_or_raise(repository.daemon_group)
-    platforms = [] if not_pushed else split_platforms(repository.platforms)
+    platforms = [] if fields.get("not_pushed") else split_platforms(repository.platforms)
     if platforms:
         platforms = multiplatform.checked_platforms(platforms, repository.daemon_group)
     with transaction.atomic():
@@ -257,26 +295,17 @@ def submit_push_build(
             extra_tags=tags[1:],
             repository=repository,
             team_id=repository.team_id,
-            ref=ref,
-            commit_sha=sha,
-            pusher_email=pusher_email,
             platforms=platforms,
-            pull_request=pull_request,
-            pull_request_url=pull_request_url,
-            fork=fork,
-            not_pushed=not_pushed,
             # The repository's builder, else the farm's default (BuildKit for several platforms).
             builder=builder_for(BuildRequest(image="", repository=repository, platforms=platforms)),
+            **fields,
         )
-        _supersede(job)
+        if supersede:
+            _supersede(job)
         if platforms:
             multiplatform.create_children(job)
         signals.announce(job.id, "queued")
-        details = {"image": job.image, "webhook": ref, "commit": sha}
-        if pull_request is not None:
-            details.update(pull_request=pull_request, fork=fork, pushed=not not_pushed)
-        audit("submit", "build", job, actor=None, details=details)
-        transaction.on_commit(lambda: transitions.report_on_github(job.id))
+        audit("submit", "build", job, actor=None, details={"image": job.image, **details})
         transaction.on_commit(dispatch)
     return job
 

@@ -28,6 +28,7 @@ from . import (
     multiplatform,
     reaper,
     runner,
+    schedules,
     secrets,
     statuses,
 )
@@ -58,6 +59,12 @@ def dispatch_waiting() -> None:
     dispatch.rescue_stranded()
     multiplatform.fail_unbuildable()
     dispatch.dispatch()
+
+
+@control_task("farm.fire_schedules", seconds=QUICK)
+def fire_schedules() -> None:
+    # Rules whose cron tick has come build their branch (builds/schedules.py).
+    schedules.fire_due()
 
 
 @control_task("farm.reap", seconds=QUICK)

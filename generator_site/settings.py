@@ -476,6 +476,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_float("GENERATOR_DISPATCH_INTERVAL", 2),
         "options": {"expires": 30},
     },
+    # Build rules' cron schedules: a tick fires within this many seconds of its time (and jitter).
+    "fire-schedules": {
+        "task": "farm.fire_schedules",
+        "schedule": env_float("GENERATOR_SCHEDULE_INTERVAL", 30),
+        "options": {"expires": 60},
+    },
     "reap": {"task": "farm.reap", "schedule": env_float("GENERATOR_REAP_INTERVAL", 10), "options": {"expires": 30}},
     "check-health": {
         "task": "farm.check_health",

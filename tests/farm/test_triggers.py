@@ -1,13 +1,18 @@
 """Builds where teams work, on the real farm: a fork's pull request is built on a
 pool daemon without the repository's secret and is not pushed, and its commit
-status says so."""
+status says so; a docs-only push builds nothing, git telling the web tier so;
+a schedule fires once per tick from the control worker's beat."""
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from datetime import timedelta
 
 import pytest
+from django.test import override_settings
+from django.utils import timezone
 
 from builds import secrets as build_secrets
 from builds.models import BuildJob, Repository
@@ -38,7 +43,9 @@ def repository(farm, farm_pool, tmp_path):
         ),
     )
     repository.rules.all().delete()
-    build_secrets.store({"repository": repository}, {"TOKEN": SECRET_VALUE})
+    # Encrypted under the farm's key, as its API would (the test process has its own).
+    with override_settings(SECRET_KEY=farm.env["GENERATOR_SECRET_KEY"], GENERATOR_SECRETS_KEYS=[]):
+        build_secrets.store({"repository": repository}, {"TOKEN": SECRET_VALUE})
     return source, repository
 
 
@@ -98,3 +105,24 @@ def test_a_docs_only_push_builds_nothing_even_when_git_must_say_so(farm, reposit
     assert (status, answer["jobs"]) == (202, [])
     assert answer["result"] == f"ignored: branch main at {after[:12]}: every changed file is ignored (docs/**, **/*.md)"
     assert not BuildJob.objects.filter(repository=repository, commit_sha=after).exists()
+
+
+def test_a_schedule_fires_once_per_tick_through_the_farms_beat(farm, repository):
+    source, repository = repository
+    sha = source.commit({"Dockerfile": f"FROM busybox\nRUN echo nightly {uuid.uuid4().hex}\n"})
+    # A daily tick two minutes ago, last fired the day before: due now, and not again until tomorrow.
+    tick = (timezone.now() - timedelta(minutes=2)).replace(second=0, microsecond=0)
+    rule = repository.rules.create(
+        source="branch", pattern="main", tags="nightly", schedule=f"{tick.minute} {tick.hour} * * *",
+        schedule_timezone="UTC", schedule_jitter=0, schedule_fired_at=tick - timedelta(days=1),
+    )  # fmt: skip
+    job = wait_for(lambda: BuildJob.objects.filter(schedule_rule=rule).first(), timeout=30, what="the scheduled build")
+    followed = follow(farm, job.id, _token(farm))
+    job.refresh_from_db()
+    assert followed.end["status"] == "succeeded", [line for _, line in followed.lines]
+    assert (job.ref, job.commit_sha) == ("refs/heads/main", sha)  # the branch's head, resolved by the worker
+    assert registry_digest(farm, "codertocat/triggers", "nightly") == job.digest
+    time.sleep(3)  # beat runs every second here: three more runs, no second build
+    assert BuildJob.objects.filter(schedule_rule=rule).count() == 1
+    rule.refresh_from_db()
+    assert rule.schedule_fired_at == tick
