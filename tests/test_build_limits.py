@@ -197,7 +197,13 @@ def test_the_repository_admin_names_the_caps_and_refuses_above_them(client, oper
     client.force_login(operator)
     page = client.get("/admin/builds/repository/add/").content.decode()
     assert "At most 2 CPUs (GENERATOR_BUILD_CPUS_MAX)." in page
-    form = {**REPOSITORY, "dockerfile_path": "Dockerfile", "build_args": "{}", "network": "filtered", "pull_requests": "internal"}
+    form = {
+        **REPOSITORY,
+        "dockerfile_path": "Dockerfile",
+        "build_args": "{}",
+        "network": "filtered",
+        "pull_requests": "internal",
+    }
     form.update({"build_cpus": "3", "rules-TOTAL_FORMS": "0", "rules-INITIAL_FORMS": "0"})
     response = client.post("/admin/builds/repository/add/", form)
     assert "at most 2 CPUs: the farm&#x27;s cap (GENERATOR_BUILD_CPUS_MAX)" in response.content.decode()

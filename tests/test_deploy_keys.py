@@ -156,7 +156,13 @@ def test_ssh_clone_urls_into_the_farm_are_refused(api, url):
 
 
 def admin_form(**fields) -> dict:
-    form = {**REPOSITORY, "dockerfile_path": "Dockerfile", "build_args": "{}", "network": "filtered", "pull_requests": "internal"}
+    form = {
+        **REPOSITORY,
+        "dockerfile_path": "Dockerfile",
+        "build_args": "{}",
+        "network": "filtered",
+        "pull_requests": "internal",
+    }
     form.update({"rules-TOTAL_FORMS": "0", "rules-INITIAL_FORMS": "0"})
     form.update({"secrets-TOTAL_FORMS": "0", "secrets-INITIAL_FORMS": "0"})
     return {**form, **fields}
