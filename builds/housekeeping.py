@@ -3,6 +3,9 @@ this names what the builds running on each daemon use, so that none of it goes."
 
 from __future__ import annotations
 
+import logging
+
+from celery import current_app
 from django.conf import settings
 from django.db.models import Min
 from django.utils import timezone
@@ -11,6 +14,9 @@ from pool import housekeeping
 from pool.models import DockerDaemon
 
 from .models import BuildJob
+
+logger = logging.getLogger(__name__)
+PRUNE_TASK = "farm.prune_daemons"
 
 
 def protected_on(daemon: DockerDaemon) -> housekeeping.Protected:
@@ -36,3 +42,12 @@ def prune_daemons(daemons=None) -> dict[str, housekeeping.PruneResult]:
         api_version=settings.GENERATOR_DOCKER_API_VERSION,
         timeout=settings.GENERATOR_DOCKER_TIMEOUT,
     )
+
+
+def prune_soon(daemon_id: int) -> None:
+    """Asks the control worker to prune one daemon now (its disk filled), rather
+    than at the next of beat's passes: it takes builds again as soon as it can."""
+    try:
+        current_app.send_task(PRUNE_TASK, kwargs={"daemon_ids": [daemon_id]})
+    except Exception:  # beat's next pass prunes it anyway
+        logger.warning("could not ask for a prune of daemon %s", daemon_id, exc_info=True)

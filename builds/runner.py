@@ -15,10 +15,11 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from pool import egress, health, housekeeping
+from pool import disks, egress, health, housekeeping
 from pool.tls import InsecureEngineAddress, client_settings
 
 from . import builders, context_store, db_sessions, metrics, transitions
+from . import housekeeping as farm_housekeeping
 from .changed_files import git_source
 from .dispatch import dispatch
 from .engine import DaemonUnavailable, EngineError, EngineSession, PushFailed, PushResult, dockerfile_context
@@ -165,6 +166,8 @@ def _record(job: BuildJob, log: LogWriter) -> None:
     except EngineError as exc:
         if _out_of_disk(exc):
             _disk_full(job, log, exc)
+        elif (disk := _full_data_disk(job, exc)) is not None:
+            _step_filled_disk(job, log, exc, disk)
         elif exc.transient:
             _retry_elsewhere(job, log, exc)
         else:
@@ -337,6 +340,34 @@ def _disk_full(job: BuildJob, log: LogWriter, exc: EngineError) -> None:
     reason = f"the Docker daemon {job.daemon.name} ran out of disk space ({exc})"
     housekeeping.mark_disk_full(job.daemon_id, reason)
     _retry_elsewhere(job, log, EngineError(reason, transient=True))
+
+
+def _full_data_disk(job: BuildJob, exc: EngineError) -> disks.DataDisk | None:
+    """The daemon's data root filesystem, measured now, if a RUN step failed and
+    it is full. Measured, not read from the step's output: what a step prints is
+    the build's to say. Right after the step: BuildKit lets go of a failed
+    step's files a few seconds later."""
+    if isinstance(exc, PushFailed) or getattr(exc, "exit_code", None) is None or job.daemon is None:
+        return None
+    disk = disks.measure(
+        job.daemon, api_version=settings.GENERATOR_DOCKER_API_VERSION, timeout=settings.GENERATOR_DOCKER_TIMEOUT
+    )
+    if disk is not None:
+        disks.record_size(job.daemon_id, disk)
+    return disk if disk is not None and disk.full else None
+
+
+def _step_filled_disk(job: BuildJob, log: LogWriter, exc: EngineError, disk: disks.DataDisk) -> None:
+    """A RUN step failed with its daemon's disk full. The build fails, naming the
+    disk, rather than go to another daemon: the step's own writes may be what
+    filled it (the farm cannot tell from its exit), and they would fill the next
+    daemon's disk too. The daemon takes no builds until a prune, asked for now,
+    brings it under its disk policy (held within the disk's size)."""
+    name = job.daemon.name
+    reason = f"the Docker daemon {name}'s disk is full ({disk.describe()}) after a RUN step failed: {exc}"
+    housekeeping.mark_disk_full(job.daemon_id, reason)
+    farm_housekeeping.prune_soon(job.daemon_id)
+    _fail(job, log, reason)
 
 
 def _retry_elsewhere(job: BuildJob, log: LogWriter, exc: EngineError) -> None:

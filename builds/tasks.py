@@ -14,7 +14,7 @@ from django.conf import settings
 
 from generator_site.control_tasks import control_task
 from generator_site.structured_logs import log_fields
-from pool import health, workers
+from pool import disks, health, workers
 from pool.models import DockerDaemon, queue_for
 
 from . import (
@@ -82,10 +82,11 @@ def prune_contexts() -> None:
 
 
 @control_task("farm.prune_daemons", seconds=HOUSEKEEPING)
-def prune_daemons() -> None:
-    # Each daemon's images and build cache down to its disk policy; a daemon that
-    # was full and is under it now takes builds again.
-    housekeeping.prune_daemons()
+def prune_daemons(daemon_ids: list[int] | None = None) -> None:
+    # Each daemon's images and build cache down to its disk policy (or only those
+    # named: a worker whose daemon's disk filled asks for it at once); a daemon
+    # that was full and is under it now takes builds again.
+    housekeeping.prune_daemons(None if daemon_ids is None else DockerDaemon.objects.filter(pk__in=daemon_ids))
     dispatch.dispatch()
 
 
@@ -157,3 +158,7 @@ def report_buildkit_client(sender, **kwargs) -> None:
     daemons = [name.removeprefix(QUEUE_PREFIX) for name in queues if name.startswith(QUEUE_PREFIX)]
     if daemons:
         builders.report_client(daemons)
+        # The size of each daemon's data root filesystem, which its disk policy stays within.
+        disks.report(
+            daemons, api_version=settings.GENERATOR_DOCKER_API_VERSION, timeout=settings.GENERATOR_DOCKER_TIMEOUT
+        )

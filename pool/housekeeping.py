@@ -32,6 +32,8 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from docker.errors import APIError, NotFound
 
+from . import disks
+from .disks import DataDisk
 from .models import DockerDaemon
 from .tls import client_settings
 
@@ -77,6 +79,7 @@ class PruneResult:
     skipped: list[str] = field(default_factory=list)  # "<tag or id>: why"
     cache_reclaimed: int = 0
     error: str = ""
+    data_disk: DataDisk | None = None  # where this host sees the daemon's data root (pool/disks.py)
 
     def summary(self) -> str:
         use = self.use
@@ -99,6 +102,10 @@ def disk_use(df: dict) -> DiskUse:
 def prune(daemon: DockerDaemon, protected: Protected, *, api_version: str, timeout: float) -> PruneResult:
     """Prunes one daemon to its policy (see the module's doc) and measures it after."""
     result = PruneResult()
+    # First, so that the limits in force are held within the disk's size as it is now.
+    result.data_disk = disks.measure(daemon, api_version=api_version, timeout=timeout)
+    if result.data_disk is not None:
+        daemon.data_disk_bytes = result.data_disk.size
     try:
         api = docker.APIClient(**client_settings(daemon), version=api_version, timeout=timeout)
         try:
@@ -182,6 +189,8 @@ def record(daemon: DockerDaemon, result: PruneResult) -> None:
         "disk_measured_at": now,
         "last_pruned_at": now,
     }
+    if result.data_disk is not None:
+        fields["data_disk_bytes"] = result.data_disk.size
     under = use.farm_images <= daemon.images_limit_bytes and use.build_cache <= daemon.build_cache_limit_bytes
     if under:
         fields.update(disk_full=False, disk_error="")

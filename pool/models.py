@@ -121,6 +121,9 @@ class DockerDaemon(models.Model):
     disk_volumes_bytes = models.BigIntegerField(null=True, blank=True)
     disk_measured_at = models.DateTimeField(null=True, blank=True)
     last_pruned_at = models.DateTimeField(null=True, blank=True)
+    # The size of the filesystem its data root is on, as its worker measured it
+    # (pool/disks.py); the disk policy's limits in force never pass half of it each.
+    data_disk_bytes = models.BigIntegerField(null=True, blank=True)
     # A build met "no space left on device" here: no builds until a prune brings it under its limits.
     disk_full = models.BooleanField(default=False)
     disk_error = models.TextField(blank=True)
@@ -149,12 +152,18 @@ class DockerDaemon(models.Model):
     @property
     def images_limit_bytes(self) -> int:
         mb = self.images_limit_mb
-        return (settings.GENERATOR_DISK_IMAGES_LIMIT_MB if mb is None else mb) << 20
+        return self._within_disk((settings.GENERATOR_DISK_IMAGES_LIMIT_MB if mb is None else mb) << 20)
 
     @property
     def build_cache_limit_bytes(self) -> int:
         mb = self.build_cache_limit_mb
-        return (settings.GENERATOR_DISK_BUILD_CACHE_LIMIT_MB if mb is None else mb) << 20
+        return self._within_disk((settings.GENERATOR_DISK_BUILD_CACHE_LIMIT_MB if mb is None else mb) << 20)
+
+    def _within_disk(self, limit: int) -> int:
+        """A limit the daemon's disk can hold: at most half its data root's
+        filesystem each (the farm's images and the build cache share layers, and
+        a build needs room to write), or a prune under the limits frees nothing."""
+        return min(limit, self.data_disk_bytes // 2) if self.data_disk_bytes else limit
 
     @property
     def emulated(self) -> list[str]:
@@ -202,6 +211,7 @@ DISK_FIELDS = (
     "disk_volumes_bytes",
     "disk_measured_at",
     "last_pruned_at",
+    "data_disk_bytes",
     "disk_full",
     "disk_error",
 )

@@ -6,7 +6,9 @@ url/port, `engine`: a full engine URL such as unix:///run/dind/docker.sock; and
 its worker detects them); `tls`: {"ca": PATH, "cert": PATH, "key": PATH}, PEM files (relative to the pool
 file) for a daemon started with --tlsverify; and `disk`: {"images_mb": N,
 "build_cache_mb": N}, the daemon's disk policy (pool/housekeeping.py), a key left
-out meaning the farm's default (an entry without "disk" keeps what admin set).
+out meaning the farm's default (an entry without "disk" keeps what admin set);
+`data_disk_gb`: for a daemon `make up` starts, the size of the filesystem of its
+own its data root lives on (scripts/farm.py; 0: the host's, as before).
 
 A seed entry on loopback without "tls" (`{"url": "127.0.0.1", "port": "19000"}`)
 names a daemon on this host, reached through its unix socket
@@ -41,6 +43,7 @@ class PoolEntry:
     # {"images_limit_mb": N or None, "build_cache_limit_mb": ...}; None when the entry has no "disk".
     disk: dict[str, int | None] | None = None
     emulated_platforms: str | None = None  # likewise; "linux/arm64,...", or "none"
+    data_disk_gb: float | None = None  # None: make up's default (scripts/farm.py)
 
 
 def read_pool_file(path: str | Path) -> list[PoolEntry]:
@@ -74,11 +77,17 @@ def _entry(path: str | Path, index: int, member: object) -> PoolEntry:
             emulated = ",".join(emulated) or "none"
         if not isinstance(emulated, str):
             raise PoolFileError(f'{where}: emulated_platforms must be a list such as ["linux/arm64"], or "none"')
+    data_disk_gb = member.get("data_disk_gb")
+    if data_disk_gb is not None and (
+        not isinstance(data_disk_gb, int | float) or isinstance(data_disk_gb, bool) or data_disk_gb < 0
+    ):
+        raise PoolFileError(f"{where}: data_disk_gb must be a number of GiB, 0 or more (0: the host's disk)")
+    extra = {"emulated_platforms": emulated, "data_disk_gb": data_disk_gb}
     if "engine" in member:
         if not member.get("name"):
             raise PoolFileError(f"{where}: an entry with engine needs a name")
         url = str(member["engine"])
-        return PoolEntry(str(member["name"]), url, "", 0, capacity, tls, group, disk, emulated)
+        return PoolEntry(str(member["name"]), url, "", 0, capacity, tls, group, disk, **extra)
     host = str(member.get("url", "")).strip()
     # The seed wrote ports as strings; numbers are accepted too.
     port_text = str(member.get("port", "")).strip()
@@ -87,7 +96,7 @@ def _entry(path: str | Path, index: int, member: object) -> PoolEntry:
     port = int(port_text)
     name = str(member.get("name") or f"{host}:{port}")
     url = f"tcp://{host}:{port}" if tls or not _is_loopback(host) else f"unix://{local_socket(port)}"
-    return PoolEntry(name, url, host, port, capacity, tls, group, disk, emulated)
+    return PoolEntry(name, url, host, port, capacity, tls, group, disk, **extra)
 
 
 _DISK_KEYS = {"images_mb": "images_limit_mb", "build_cache_mb": "build_cache_limit_mb"}

@@ -31,6 +31,10 @@ POOL_FILE = Path(os.environ.get("GENERATOR_POOL_FILE", ROOT / "conf" / "pool.jso
 WEB_PORT = int(os.environ.get("GENERATOR_WEB_PORT", "8080"))
 REGISTRY_PORT = int(os.environ.get("GENERATOR_REGISTRY_PORT", "5000"))
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# Each daemon's data root is a filesystem of its own of this size (a sparse file
+# under var/docker/PORT/, loop-mounted), unless its pool.json entry says
+# `data_disk_gb`; 0: on the host's filesystem, as before.
+DEFAULT_DATA_DISK_GB = float(os.environ.get("GENERATOR_DAEMON_DISK_GB", "20"))
 
 
 def pool_entries():
@@ -105,8 +109,10 @@ def up() -> None:
         data, run = VAR / "docker" / str(entry.port), run_dir(entry.port)
         lf.start_sandboxed_dockerd(
             sup, policy, index, dockerd_name(entry), data, run / "exec", run / "docker.sock",
-            cgroup_parent=daemon_cgroup(entry.name),
+            cgroup_parent=daemon_cgroup(entry.name), disk_bytes=data_disk_bytes(entry),
         )  # fmt: skip
+    if disks := [f"{dockerd_name(e)} {data_disk_bytes(e) / 2**30:g} GiB" for e in local if data_disk_bytes(e)]:
+        step(f"each daemon's data root on a filesystem of its own (var/docker/PORT/data.img): {', '.join(disks)}")
     rootfs = lf.busybox_rootfs()
 
     def ready(entry) -> None:
@@ -196,6 +202,11 @@ def expected_names() -> list[str]:
     names += [dockerd_name(e) for e in entries if e.host in LOCAL_HOSTS]
     names += [worker_name(e) for e in entries]
     return names
+
+
+def data_disk_bytes(entry) -> int:
+    gib = DEFAULT_DATA_DISK_GB if entry.data_disk_gb is None else entry.data_disk_gb
+    return int(gib * 2**30)
 
 
 def dockerd_name(entry) -> str:

@@ -294,13 +294,24 @@ def dockerd_argv(
 
 
 def start_dockerd(
-    sup: Supervisor, name: str, data_dir: Path, exec_dir: Path, socket_path: Path, *, netns: str = "", **options
+    sup: Supervisor,
+    name: str,
+    data_dir: Path,
+    exec_dir: Path,
+    socket_path: Path,
+    *,
+    netns: str = "",
+    disk_bytes: int = 0,
+    **options,
 ) -> str:
     """Starts a daemon (in network namespace `netns` if given); answers its engine
-    URL: the TLS address when it has one, else its socket. `options` go to
-    dockerd_argv (tcp, tls, bridge, insecure_registries, cgroup_parent)."""
+    URL: the TLS address when it has one, else its socket. With `disk_bytes`, its
+    data root is a filesystem of that size of its own (mount_data_disk). `options`
+    go to dockerd_argv (tcp, tls, bridge, insecure_registries, cgroup_parent)."""
     for directory in (data_dir, exec_dir, socket_path.parent):
         directory.mkdir(parents=True, exist_ok=True)
+    if disk_bytes and sup.pid(name) is None:
+        mount_data_disk(data_dir / "data.img", data_dir / "data", disk_bytes)
     allow_traverse(data_dir)
     ensure_remap_user()
     sup.start(name, in_netns(netns, dockerd_argv(data_dir, exec_dir, socket_path, **options)), env=DOCKERD_ENV)
@@ -378,17 +389,23 @@ def start_sandboxed_dockerd(
     tls: DaemonTLS | None = None,
     insecure_registries: tuple[str, ...] = (),
     cgroup_parent: str = "",
+    disk_bytes: int = 0,
 ) -> str:
     """A daemon in a network namespace of its own behind `policy`
     (scripts/sandbox.py; apply_rules first), with relays to the loopback
     destinations the policy allows (the registry). With `tls`, its API is also
     on `tls_port` of the build host, forwarded to the sandbox (for the farm's
-    other hosts). Answers its socket's engine URL."""
+    other hosts). With `disk_bytes`, its data root is a filesystem of its own
+    (mount_data_disk). Answers its socket's engine URL."""
     box = sandbox.create(policy, index, f"{policy.table}-{name}")
     for destination in policy.loopback_allowed:
         sup.start(f"relay-{destination.port}", sandbox.relay_out_argv(policy, destination))
         sup.start(f"relay-{destination.port}-{name}", sandbox.relay_in_argv(policy, box, destination))
-    options: dict = {"insecure_registries": insecure_registries, "cgroup_parent": cgroup_parent}
+    options: dict = {
+        "insecure_registries": insecure_registries,
+        "cgroup_parent": cgroup_parent,
+        "disk_bytes": disk_bytes,
+    }
     if tls:
         options.update(tcp=f"{box.address}:{tls_port}", tls=tls)
         sandbox.publish(policy, tls_port, box)
@@ -423,6 +440,28 @@ def docker_ping(engine_url: str, tls=None) -> bool:
         return api.ping()
     finally:
         api.close()
+
+
+def mount_data_disk(image: Path, mountpoint: Path, size_bytes: int) -> None:
+    """An ext4 filesystem of `size_bytes` in the sparse file `image`, loop-mounted
+    at `mountpoint` (a daemon's data root), so what its builds write fills that
+    and not the disk of the database, the registry and the logs. The file is
+    made once and grown (never shrunk) to a larger size; its blocks are taken
+    only as they are written. Nothing is done if something is mounted there
+    already. The loop device goes with the mount (autoclear): unmount_below."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    if os.path.ismount(mountpoint):
+        return
+    if not image.exists():
+        image.touch(mode=0o600)
+        os.truncate(image, size_bytes)
+        # No blocks kept for root: the daemon is the filesystem's only writer.
+        _run_checked(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "generator-data", str(image)])
+    elif image.stat().st_size < size_bytes:  # grown while unmounted (resize2fs asks for a check first)
+        os.truncate(image, size_bytes)
+        _run_checked(["e2fsck", "-f", "-p", str(image)])
+        _run_checked(["resize2fs", str(image)])
+    _run_checked(["mount", "-o", "loop", str(image), str(mountpoint)])
 
 
 def unmount_below(root: Path) -> None:

@@ -34,10 +34,12 @@ def test_compose_describes_every_service_of_the_farm():
         *("dind-0", "worker-0", "dind-1", "worker-1"),
     }
     assert services["web"]["environment"]["DATABASE_URL"].startswith("postgres://generator:pw@postgres")
-    # A worker shares only its own daemon's socket volume (and the context store,
-    # no daemon's), and no daemon publishes a port.
+    # A worker shares only its own daemon's socket volume and, read-only, data
+    # volume (and the context store, no daemon's), and no daemon publishes a port.
+    # Its daemon's socket gives it the daemon anyway: reading its disk adds nothing.
     for index in (0, 1):
         volumes = [f"dind-{index}-socket:/run/dind:rw", "contexts:/var/lib/generator/contexts:rw"]
+        volumes.append(f"dind-{index}-data:/var/lib/docker:ro")
         assert services[f"worker-{index}"]["volumes"] == volumes
         assert "ports" not in services[f"dind-{index}"]
         # A daemon's builds share a network with the registry only (issue 12).
@@ -92,3 +94,24 @@ def test_make_status_expects_the_notify_worker():
     from scripts import farm
 
     assert {"control", "notify", "web"} <= set(farm.expected_names())
+
+
+def test_compose_gives_each_daemon_a_data_volume_of_its_own_its_worker_reads():
+    """Each daemon's data root is its own volume, bound to a host folder meant to be
+    a filesystem of its own (docs/deploy.md); its worker alone mounts it, read-only,
+    at the path the daemon names, to measure it (pool/disks.py)."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services, volumes = compose["services"], compose["volumes"]
+    daemons = [name for name in services if name.startswith("dind-")]
+    assert daemons
+    for daemon in daemons:
+        volume = f"{daemon}-data"
+        assert f"{volume}:/var/lib/docker" in services[daemon]["volumes"]
+        assert volumes[volume]["driver_opts"]["o"] == "bind"
+        on_it = {
+            name
+            for name, service in services.items()
+            if any(v.startswith(f"{volume}:") for v in service.get("volumes", []))
+        }
+        assert on_it == {daemon, daemon.replace("dind", "worker")}
+        assert f"{volume}:/var/lib/docker:ro" in services[daemon.replace("dind", "worker")]["volumes"]

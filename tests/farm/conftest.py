@@ -59,6 +59,9 @@ class Farm:
     redis_port: int
     policy: sandbox.Policy
     outside: Outside
+    # Daemon index -> bytes of a filesystem of its own for its data root (as make
+    # up gives each daemon); without an entry, a folder on the host's filesystem.
+    data_disks: dict[int, int] = field(default_factory=dict)
 
     def ensure_running(self) -> None:
         """Starts whatever is not running (a fault test killed it); idempotent."""
@@ -71,7 +74,13 @@ class Farm:
             socket_path = Path(url.removeprefix("unix://"))
             dirs = root / f"d{index}", root / f"x{index}", socket_path
             lf.start_sandboxed_dockerd(
-                sup, self.policy, index, f"dockerd-{index}", *dirs, cgroup_parent=daemon_cgroup(name)
+                sup,
+                self.policy,
+                index,
+                f"dockerd-{index}",
+                *dirs,
+                cgroup_parent=daemon_cgroup(name),
+                disk_bytes=self.data_disks.get(index, 0),
             )
         for index, (_, url) in enumerate(self.daemons):
             lf.wait_for_dockerd(sup, f"dockerd-{index}", url)
@@ -81,6 +90,20 @@ class Farm:
             lf.start_worker(sup, f"worker-{index}", name, queue_for(name), 2, self.env)
         lf.start_control(sup, self.env)
         lf.start_notify(sup, self.env, concurrency=2)  # a lean farm: two sends at once are enough here
+
+    def give_data_disk(self, daemon_name: str, size_bytes: int) -> None:
+        """Restarts the daemon with its data root on a new filesystem of
+        `size_bytes` (scripts/localfarm.py, mount_data_disk), or with 0 back on
+        its folder, whose images are as it left them."""
+        index = [name for name, _ in self.daemons].index(daemon_name)
+        self.supervisor.stop(f"dockerd-{index}")
+        lf.unmount_below(self.services_dir / f"d{index}")
+        (self.services_dir / f"d{index}" / "data.img").unlink(missing_ok=True)
+        if size_bytes:
+            self.data_disks[index] = size_bytes
+        else:
+            self.data_disks.pop(index, None)
+        self.ensure_running()
 
     def worker_of(self, daemon_name: str) -> str:
         return f"worker-{[name for name, _ in self.daemons].index(daemon_name)}"

@@ -1,0 +1,76 @@
+"""The filesystem a daemon's data root lives on, measured where the caller sees it.
+
+`make up` gives each daemon's data root a filesystem of its own of a size the
+operator sets (scripts/localfarm.py, mount_data_disk), so a build that writes
+without end fills that, not the disk the database, the registry and the logs
+are on. A daemon's worker runs on the daemon's host (it makes its builds'
+cgroups there, builds/cgroups.py), so it can look at the data root the daemon
+names (`DockerRootDir` of `GET /info`; under --userns-remap a folder below
+--data-root, on the same filesystem) with statvfs. Where it cannot (the path is
+not there, e.g. a compose worker without the daemon's data volume) nothing is
+measured and nothing is claimed: the farm never takes a step's printed words for
+a full disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import docker
+
+from .models import DockerDaemon
+from .tls import client_settings
+
+logger = logging.getLogger(__name__)
+
+MIB = 1 << 20
+# Full: less free than this, or than 1% of the filesystem, whichever is more.
+# ext4 made by make up keeps no blocks for root, so a writer that met ENOSPC
+# leaves a few blocks at most.
+FULL_MARGIN_BYTES = 16 * MIB
+
+
+@dataclass(frozen=True)
+class DataDisk:
+    path: str  # the daemon's data root, as it names it
+    size: int  # bytes of the filesystem it is on
+    free: int  # bytes an unprivileged writer may still take
+
+    @property
+    def full(self) -> bool:
+        return self.free < max(FULL_MARGIN_BYTES, self.size // 100)
+
+    def describe(self) -> str:
+        return f"{self.free / MIB:.1f} MiB free of {self.size / MIB:.0f} MiB on its data root {self.path}"
+
+
+def measure(daemon: DockerDaemon, *, api_version: str, timeout: float) -> DataDisk | None:
+    """The daemon's data root filesystem as this host sees it, or None where it
+    cannot be seen (unreachable daemon, path not on this host)."""
+    try:
+        api = docker.APIClient(**client_settings(daemon), version=api_version, timeout=timeout)
+        try:
+            root = api.info().get("DockerRootDir") or ""
+        finally:
+            api.close()
+        if not root:
+            return None
+        stat = os.statvfs(root)
+    except Exception as exc:  # never the build's failure: the caller goes on without a measure
+        logger.info("could not measure the data root of daemon %s: %s", daemon.name, exc)
+        return None
+    return DataDisk(root, stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize)
+
+
+def record_size(daemon_id: int, disk: DataDisk) -> None:
+    """The size housekeeping holds the daemon's limits within (DockerDaemon.*_limit_bytes)."""
+    DockerDaemon.objects.filter(pk=daemon_id).update(data_disk_bytes=disk.size)
+
+
+def report(daemon_names: list[str], *, api_version: str, timeout: float) -> None:
+    """At a worker's start: the size of each of its daemons' data root filesystems."""
+    for daemon in DockerDaemon.objects.filter(name__in=daemon_names):
+        if disk := measure(daemon, api_version=api_version, timeout=timeout):
+            record_size(daemon.pk, disk)
