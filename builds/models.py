@@ -103,6 +103,9 @@ class BuildJob(models.Model):
     # The running attempt's worker renews this; past it, the reaper takes the worker for dead.
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # The fair share (builds/preemption.py) asked the worker to give the slot back:
+    # it puts the build back in the farm's queue at its next heartbeat, the reason in `error`.
+    preempt_requested_at = models.DateTimeField(null=True, blank=True)
     cancelled_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -49,6 +49,10 @@ class TimedOut(Interrupted):
     pass
 
 
+class Preempted(Interrupted):
+    """The fair share wants the slot back (builds/preemption.py): the build goes back to the queue."""
+
+
 class AttemptLost(Interrupted):
     """Someone else decided this attempt's fate (the reaper took the worker for
     dead): stop and write nothing more."""
@@ -88,9 +92,14 @@ class Watch:
 
     def stop(self) -> NoReturn:
         """Raises why this attempt may not go on: a cancel, or someone else took it."""
-        job = BuildJob.objects.only("status", "attempt", "cancel_requested_at").get(pk=self.job_id)
-        if job.attempt == self.attempt and job.status in transitions.RUNNING and job.cancel_requested_at:
-            raise Cancelled()
+        job = BuildJob.objects.only("status", "attempt", "cancel_requested_at", "preempt_requested_at").get(
+            pk=self.job_id
+        )
+        if job.attempt == self.attempt and job.status in transitions.RUNNING:
+            if job.cancel_requested_at:
+                raise Cancelled()
+            if job.preempt_requested_at:
+                raise Preempted()
         raise AttemptLost()
 
     def sleep(self, seconds: float) -> None:
@@ -157,6 +166,14 @@ def _record(job: BuildJob, log: LogWriter) -> None:
     except Cancelled:
         job.refresh_from_db(fields=["cancelled_by", "superseded_by"])
         _end(job, log, f"Cancelled by {_canceller(job)}", transitions.finish_cancelled)
+    except Preempted:
+        job.refresh_from_db(fields=["error"])
+        _end(
+            job,
+            log,
+            f"{job.error}; back in the farm's queue as attempt {job.attempt + 1}",
+            lambda i, a: transitions.requeue(i, a, job.error),
+        )
     except TimedOut:
         _fail(job, log, f"timed out after {watch.timeout} s")
     except LogLimitExceeded as exc:

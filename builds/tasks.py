@@ -26,6 +26,7 @@ from . import (
     job_retention,
     log_archive,
     multiplatform,
+    preemption,
     reaper,
     runner,
     schedules,
@@ -65,6 +66,12 @@ def dispatch_waiting() -> None:
 def fire_schedules() -> None:
     # Rules whose cron tick has come build their branch (builds/schedules.py).
     schedules.fire_due()
+
+
+@control_task("farm.fair_share", seconds=QUICK)
+def keep_fair_share() -> None:
+    # A team beyond its share of the pool while others wait gives a slot back.
+    preemption.preempt()
 
 
 @control_task("farm.reap", seconds=QUICK)

@@ -103,13 +103,16 @@ def renew_lease(job_id: str, attempt: int, lease_seconds: float) -> bool:
     """The heartbeat. False when the attempt is no longer this worker's to run:
     cancelled, reaped, or finished by someone else."""
     filters = {"pk": job_id, "attempt": attempt, "status__in": RUNNING, "cancel_requested_at__isnull": True}
+    filters["preempt_requested_at__isnull"] = True
     return _swap(filters, lease_expires_at=_lease(lease_seconds))
 
 
 def start_push(job_id: str, attempt: int, image_id: str) -> bool:
     """building -> pushing, once the image exists on the daemon."""
     filters = {"pk": job_id, "attempt": attempt, "status": Status.BUILDING}
-    return _swap(filters, Status.PUSHING, image_id=image_id, push_started_at=timezone.now())
+    # Built before its worker saw a pre-emption: it pushes, the fair share's ask withdrawn.
+    fields = {"preempt_requested_at": None, "error": ""}
+    return _swap(filters, Status.PUSHING, image_id=image_id, push_started_at=timezone.now(), **fields)
 
 
 def succeed(job_id: str, attempt: int, digest: str) -> bool:
@@ -145,8 +148,19 @@ def requeue(job_id: str, attempt: int, reason: str) -> bool:
         worker="",
         dispatched_at=None,
         lease_expires_at=None,
+        preempt_requested_at=None,
         error=reason,
     )
+
+
+def request_preempt(job_id: str, attempt: int, reason: str) -> bool:
+    """Asks the worker of a building attempt to give its slot back (the fair
+    share, builds/preemption.py): at its next heartbeat it puts the build back in
+    the farm's queue as the next attempt, writing its own last line, so no two
+    writers share the log. Not a build that is pushing, cancelled or asked already."""
+    filters = {"pk": job_id, "attempt": attempt, "status": Status.BUILDING, "cancel_requested_at__isnull": True}
+    filters["preempt_requested_at__isnull"] = True
+    return _swap(filters, preempt_requested_at=timezone.now(), error=reason)
 
 
 def cancel_waiting(job_id: str, user, superseded_by: str | None = None) -> bool:

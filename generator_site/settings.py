@@ -482,6 +482,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_float("GENERATOR_SCHEDULE_INTERVAL", 30),
         "options": {"expires": 60},
     },
+    "fair-share": {
+        "task": "farm.fair_share",
+        "schedule": env_float("GENERATOR_FAIR_SHARE_INTERVAL", 2),
+        "options": {"expires": 30},
+    },
     "reap": {"task": "farm.reap", "schedule": env_float("GENERATOR_REAP_INTERVAL", 10), "options": {"expires": 30}},
     "check-health": {
         "task": "farm.check_health",
@@ -538,6 +543,11 @@ GENERATOR_TEST_HOLD_LOG_TRANSACTION = env_str("GENERATOR_TEST_HOLD_LOG_TRANSACTI
 # 429 with Retry-After ("reject"), or is taken and waits its turn ("queue").
 # A team may choose for itself.
 GENERATOR_TEAM_OVER_LIMIT = env_choice("GENERATOR_TEAM_OVER_LIMIT", "reject", ("reject", "queue"))
+# The fair share (builds/preemption.py), on out of the box: while another team
+# waits, a team that has held more than its even share of a daemon group's slots
+# for this many seconds gets its longest-running excess build put back in the
+# queue. 0: never (a team's builds then hold their slots until they end).
+GENERATOR_FAIR_SHARE_SECONDS = env_float("GENERATOR_FAIR_SHARE_SECONDS", 10)
 # Retry-After for a team at its concurrency limit: nobody knows when a build ends.
 GENERATOR_TEAM_RETRY_AFTER_SECONDS = env_int("GENERATOR_TEAM_RETRY_AFTER_SECONDS", 30)
 # The audit log (audit/) keeps events this many days; beat prunes older ones.

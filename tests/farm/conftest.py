@@ -29,6 +29,7 @@ from pool.egress import parse_destinations
 from pool.models import DockerDaemon, queue_for
 from scripts import localfarm as lf
 from scripts import sandbox
+from teams import tokens
 from teams.models import Namespace, Team
 from tests.fake_github import FakeGitHub
 from tests.netns import Outside, outside_host
@@ -145,6 +146,8 @@ FAST_TIMINGS = {
     "GENERATOR_PUSH_TRIES": "4",
     "GENERATOR_PUSH_BACKOFF_SECONDS": "1",
     "GENERATOR_SCHEDULE_INTERVAL": "1",
+    "GENERATOR_FAIR_SHARE_SECONDS": "5",
+    "GENERATOR_FAIR_SHARE_INTERVAL": "1",
 }
 
 
@@ -247,6 +250,13 @@ def farm_pool(farm, farm_db):
 @pytest.fixture
 def token(farm_pool, operator) -> str:
     return operator.api_token
+
+
+def team_token(farm: Farm, slug: str, note: str) -> str:
+    """A team (made once) owning its own namespace in the farm's registry, and a new token of it."""
+    team = Team.objects.get_or_create(slug=slug, defaults={"name": slug})[0]
+    Namespace.objects.get_or_create(prefix=f"{farm.registry}/{slug}/", defaults={"team": team})
+    return tokens.issue(team, note)[1]
 
 
 # --- a client, as a user of the farm would write it ------------------------------

@@ -13,10 +13,8 @@ import pytest
 
 from builds.models import BuildJob
 from pool.models import DockerDaemon
-from teams import tokens
-from teams.models import Namespace, Team
 
-from .conftest import api_build, follow
+from .conftest import api_build, follow, team_token
 
 pytestmark = pytest.mark.farm
 
@@ -24,12 +22,7 @@ pytestmark = pytest.mark.farm
 @pytest.fixture
 def two_teams(farm, farm_pool):
     """Two teams, each with its own namespace in the farm's registry and a token."""
-    keys = {}
-    for slug in ("cache-a", "cache-b"):
-        team = Team.objects.get_or_create(slug=slug, defaults={"name": slug})[0]
-        Namespace.objects.get_or_create(prefix=f"{farm.registry}/{slug}/", defaults={"team": team})
-        keys[slug] = tokens.issue(team, "step cache test")[1]
-    return keys
+    return {slug: team_token(farm, slug, "step cache test") for slug in ("cache-a", "cache-b")}
 
 
 def build_on(farm, farm_pool, daemon_index: int, key: str, body: dict) -> tuple[BuildJob, str]:
