@@ -1,6 +1,17 @@
 """Fair share: one team's 200 waiting builds against another team's one.
 
     .venv/bin/python bench/fair_share.py [--builds 200] [--slots 4] [--database URL]
+    .venv/bin/python bench/fair_share.py --flood [--tries 20] [--long 4] [rig options]
+
+With `--flood`, on a real farm (bench/rig.py: a private one by default, over
+HTTP only, the farm's defaults): team "flood" submits `--long` BuildKit builds
+of `RUN sleep 3000` (each takes its daemon to itself, so 2 fill the default
+farm's two daemons and the rest wait), then team "other" submits one small
+build at a time, `--tries` times, each after the previous ended. Printed: how
+long each small build waited, from its submit to its worker's claim (the
+job's created_at and started_at, the farm's own clock), their median, p95 and
+maximum, and how many times the flood's builds were put back in the queue by
+the fair share (builds/preemption.py). The flood is cancelled at the end.
 
 Team A submits `--builds` builds, then team B submits one. How many of A's
 builds start after B's was submitted and before B's starts? Under the fair
@@ -54,12 +65,85 @@ def setup(database: str | None) -> None:
     call_command("migrate", verbosity=0)
 
 
+def flood(args: argparse.Namespace) -> None:
+    """The real farm's figure: another team's small build against a flood (see the module's doc)."""
+    import secrets
+
+    from bench import rig
+
+    with rig.farm_from(args) as farm:
+        machine = rig.machine_note()
+        clients = {slug: team_client(farm, slug) for slug in ("flood", "other")}
+        run = secrets.token_hex(3)
+        for n in range(args.long):
+            body = {"image": f"{farm.registry}/flood/long:{run}-{n}", "builder": "buildkit",
+                    "dockerfile": f"FROM busybox\nRUN echo {run}-{n} && sleep 3000\n"}  # fmt: skip
+            clients["flood"].ok("POST", "/api/v1/builds/", body)
+        prefix = f"{farm.registry}/flood/long:{run}"
+        deadline = time.monotonic() + 120
+        while farm.count(prefix, "building") < len(farm.daemons()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        rig.say(f"the flood: {farm.count(prefix, 'building')} building, {farm.count(prefix, 'queued')} waiting")
+        waits = []
+        try:
+            for number in range(args.tries):
+                body = {"image": f"{farm.registry}/other/small:{run}-{number}",
+                        "dockerfile": f"FROM busybox\nRUN echo {run}-{number}\n"}  # fmt: skip
+                job = clients["other"].ok("POST", "/api/v1/builds/", body)
+                while (job := clients["other"].ok("GET", f"/api/v1/builds/{job['id']}/"))["status"] not in (
+                    "succeeded", "failed", "cancelled",
+                ):  # fmt: skip
+                    time.sleep(0.2)
+                if job["status"] != "succeeded" or not job["started_at"]:
+                    raise SystemExit(f"the small build {job['id']} ended {job['status']}: {job.get('error')}")
+                waits.append((_time(job["started_at"]) - _time(job["created_at"])).total_seconds())
+                rig.say(f"try {number + 1}: waited {waits[-1]:.1f} s")
+        finally:
+            long_jobs = farm.jobs(prefix)
+            requeued = sum(job["attempt"] - 1 for job in long_jobs)
+            for job in long_jobs:
+                if job["status"] in ("queued", "building", "pushing"):
+                    farm.call("POST", f"/api/v1/builds/{job['id']}/cancel/")
+        print(f"farm: {len(farm.daemons())} daemons; the flood: {args.long} BuildKit builds of RUN sleep 3000")
+        print(f"another team's small build, {len(waits)} tries one after another, submit to start:")
+        p95 = rig.percentile(waits, 0.95)
+        print(f"  median {statistics.median(waits):.1f} s, p95 {p95:.1f} s, max {max(waits):.1f} s")
+        print(f"the flood's builds put back in the queue by the fair share: {requeued} times")
+        print(machine)
+
+
+def team_client(farm, slug: str):
+    """A team of its own name owning FARM_REGISTRY/SLUG/, and the farm as its token sees it."""
+    from bench import rig
+
+    if farm.call("GET", f"/api/v1/teams/{slug}/")[0] == 404:
+        farm.ok("POST", "/api/v1/teams/", {"slug": slug, "name": slug})
+        farm.ok("POST", "/api/v1/namespaces/", {"team": slug, "prefix": f"{farm.registry}/{slug}/"})
+    key = farm.ok("POST", f"/api/v1/teams/{slug}/tokens/", {"name": "bench"})["token"]
+    return rig.Farm(farm.web, key, farm.registry)
+
+
+def _time(text: str):
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--builds", type=int, default=200, help="team A's builds (default 200)")
     parser.add_argument("--slots", type=int, default=4, help="the pool's slots (default 4)")
     parser.add_argument("--database", help="a DATABASE_URL (default: a fresh SQLite file)")
+    parser.add_argument("--flood", action="store_true", help="the real farm's figure (see above)")
+    parser.add_argument("--tries", type=int, default=20, help="--flood: the other team's builds (default 20)")
+    parser.add_argument("--long", type=int, default=4, help="--flood: the flood's long builds (default 4)")
+    from bench import rig
+
+    rig.add_arguments(parser, daemons=2)
     args = parser.parse_args()
+    if args.flood:
+        flood(args)
+        return
     setup(args.database)
 
     from django.conf import settings

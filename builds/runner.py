@@ -67,11 +67,14 @@ class Watch:
 
     def __init__(self, job: BuildJob) -> None:
         self.job_id, self.attempt = job.id, job.attempt
+        self.disk: disks.FullestWatch | None = None  # the daemon's data root, where this host sees it
         self.timeout = (job.repository and job.repository.build_timeout) or settings.GENERATOR_BUILD_TIMEOUT
         self.deadline = time.monotonic() + self.timeout
         self.last_beat = time.monotonic()
 
     def tick(self) -> None:
+        if self.disk is not None:
+            self.disk.sample()
         now = time.monotonic()
         if now >= self.deadline:
             raise TimedOut()
@@ -183,7 +186,7 @@ def _record(job: BuildJob, log: LogWriter) -> None:
     except EngineError as exc:
         if _out_of_disk(exc):
             _disk_full(job, log, exc)
-        elif (disk := _full_data_disk(job, exc)) is not None:
+        elif (disk := _full_data_disk(job, exc, watch)) is not None:
             _step_filled_disk(job, log, exc, disk)
         elif exc.transient:
             _retry_elsewhere(job, log, exc)
@@ -241,6 +244,10 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult |
         api_version=settings.GENERATOR_DOCKER_API_VERSION,
         timeout=settings.GENERATOR_DOCKER_TIMEOUT,
     )
+    if disk := _data_disk(job):
+        if disk.size != daemon.data_disk_bytes:
+            disks.record_size(daemon.pk, disk)
+        watch.disk = disks.FullestWatch(disk)
     with session:
         platform = f" for {job.platform}" if job.platform else ""
         log.write(f"[generator] Building {target}{platform} on {daemon.name} (attempt {job.attempt})")
@@ -359,19 +366,22 @@ def _disk_full(job: BuildJob, log: LogWriter, exc: EngineError) -> None:
     _retry_elsewhere(job, log, EngineError(reason, transient=True))
 
 
-def _full_data_disk(job: BuildJob, exc: EngineError) -> disks.DataDisk | None:
-    """The daemon's data root filesystem, measured now, if a RUN step failed and
-    it is full. Measured, not read from the step's output: what a step prints is
-    the build's to say. Right after the step: BuildKit lets go of a failed
-    step's files a few seconds later."""
-    if isinstance(exc, PushFailed) or getattr(exc, "exit_code", None) is None or job.daemon is None:
-        return None
-    disk = disks.measure(
+def _data_disk(job: BuildJob) -> disks.DataDisk | None:
+    return disks.measure(
         job.daemon, api_version=settings.GENERATOR_DOCKER_API_VERSION, timeout=settings.GENERATOR_DOCKER_TIMEOUT
     )
-    if disk is not None:
-        disks.record_size(job.daemon_id, disk)
-    return disk if disk is not None and disk.full else None
+
+
+def _full_data_disk(job: BuildJob, exc: EngineError, watch: Watch) -> disks.DataDisk | None:
+    """The daemon's data root filesystem at its fullest during the build, if a
+    RUN step failed and it was full. Measured (sampled as the build ran, and
+    now), never read from the step's output: what a step prints is the build's
+    to say."""
+    if isinstance(exc, PushFailed) or getattr(exc, "exit_code", None) is None or watch.disk is None:
+        return None
+    watch.disk.sample(now=True)
+    fullest = watch.disk.fullest
+    return fullest if fullest.full else None
 
 
 def _step_filled_disk(job: BuildJob, log: LogWriter, exc: EngineError, disk: disks.DataDisk) -> None:

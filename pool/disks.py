@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import docker
@@ -55,13 +56,38 @@ def measure(daemon: DockerDaemon, *, api_version: str, timeout: float) -> DataDi
             root = api.info().get("DockerRootDir") or ""
         finally:
             api.close()
-        if not root:
-            return None
-        stat = os.statvfs(root)
     except Exception as exc:  # never the build's failure: the caller goes on without a measure
-        logger.info("could not measure the data root of daemon %s: %s", daemon.name, exc)
+        logger.info("could not ask daemon %s for its data root: %s", daemon.name, exc)
         return None
-    return DataDisk(root, stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize)
+    return statvfs(root) if root else None
+
+
+def statvfs(path: str) -> DataDisk | None:
+    try:
+        stat = os.statvfs(path)
+    except OSError:  # not on this host
+        return None
+    return DataDisk(path, stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize)
+
+
+class FullestWatch:
+    """The data root's filesystem sampled while a build runs (a statvfs, at most
+    every `every` seconds): a step that fills the disk fails, and BuildKit lets
+    go of its files within a second or so, before the build's error reaches the
+    worker; the fullest sample keeps what the disk looked like meanwhile."""
+
+    def __init__(self, first: DataDisk, every: float = 0.05) -> None:
+        self.fullest, self.every = first, every
+        self._last = time.monotonic()
+
+    def sample(self, *, now: bool = False) -> None:
+        """Takes a sample, if the last is `every` seconds old (or `now`)."""
+        moment = time.monotonic()
+        if not now and moment - self._last < self.every:
+            return
+        self._last = moment
+        if (disk := statvfs(self.fullest.path)) is not None and disk.free < self.fullest.free:
+            self.fullest = disk
 
 
 def record_size(daemon_id: int, disk: DataDisk) -> None:

@@ -122,7 +122,7 @@ class DockerDaemon(models.Model):
     disk_measured_at = models.DateTimeField(null=True, blank=True)
     last_pruned_at = models.DateTimeField(null=True, blank=True)
     # The size of the filesystem its data root is on, as its worker measured it
-    # (pool/disks.py); the disk policy's limits in force never pass half of it each.
+    # (pool/disks.py); the disk policy's limits in force together never pass 3/4 of it.
     data_disk_bytes = models.BigIntegerField(null=True, blank=True)
     # A build met "no space left on device" here: no builds until a prune brings it under its limits.
     disk_full = models.BooleanField(default=False)
@@ -151,19 +151,24 @@ class DockerDaemon(models.Model):
 
     @property
     def images_limit_bytes(self) -> int:
-        mb = self.images_limit_mb
-        return self._within_disk((settings.GENERATOR_DISK_IMAGES_LIMIT_MB if mb is None else mb) << 20)
+        return self._limits_in_force()[0]
 
     @property
     def build_cache_limit_bytes(self) -> int:
-        mb = self.build_cache_limit_mb
-        return self._within_disk((settings.GENERATOR_DISK_BUILD_CACHE_LIMIT_MB if mb is None else mb) << 20)
+        return self._limits_in_force()[1]
 
-    def _within_disk(self, limit: int) -> int:
-        """A limit the daemon's disk can hold: at most half its data root's
-        filesystem each (the farm's images and the build cache share layers, and
-        a build needs room to write), or a prune under the limits frees nothing."""
-        return min(limit, self.data_disk_bytes // 2) if self.data_disk_bytes else limit
+    def _limits_in_force(self) -> tuple[int, int]:
+        """The disk policy (images, build cache) the daemon's disk can hold: where
+        the two add up to more than three quarters of its data root's filesystem,
+        both scaled down in proportion to fit (the rest is for builds to write
+        in). Else a prune under the limits could leave the disk full."""
+        images, cache = self.images_limit_mb, self.build_cache_limit_mb
+        images = (settings.GENERATOR_DISK_IMAGES_LIMIT_MB if images is None else images) << 20
+        cache = (settings.GENERATOR_DISK_BUILD_CACHE_LIMIT_MB if cache is None else cache) << 20
+        room = (self.data_disk_bytes or 0) * 3 // 4
+        if not room or images + cache <= room:
+            return images, cache
+        return images * room // (images + cache), cache * room // (images + cache)
 
     @property
     def emulated(self) -> list[str]:

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from pool.disks import DataDisk
+from pool.disks import DataDisk, FullestWatch, statvfs
 from pool.models import DockerDaemon
 from pool.seed_pool import PoolFileError, read_pool_file
 from scripts import farm
@@ -83,9 +83,38 @@ def test_a_data_disk_is_full_below_a_margin(size, free, full):
     assert disk.describe().endswith(f"MiB free of {size / MIB:.0f} MiB on its data root /var/lib/docker/100000.100000")
 
 
-def test_the_disk_policy_in_force_stays_within_half_the_data_disk(settings):
+def test_the_disk_policy_in_force_fits_in_three_quarters_of_the_data_disk(settings):
     settings.GENERATOR_DISK_IMAGES_LIMIT_MB, settings.GENERATOR_DISK_BUILD_CACHE_LIMIT_MB = 20480, 10240
     unmeasured = DockerDaemon(name="d", url="unix:///a")
     assert (unmeasured.images_limit_bytes, unmeasured.build_cache_limit_bytes) == (20480 * MIB, 10240 * MIB)
-    small = DockerDaemon(name="d", url="unix:///a", data_disk_bytes=300 * MIB, build_cache_limit_mb=100)
-    assert (small.images_limit_bytes, small.build_cache_limit_bytes) == (150 * MIB, 100 * MIB)
+    large = DockerDaemon(name="d", url="unix:///a", data_disk_bytes=100 << 30)
+    assert (large.images_limit_bytes, large.build_cache_limit_bytes) == (20480 * MIB, 10240 * MIB)  # it fits
+    # 30 GiB of limits on a 300 MiB disk: 225 MiB between them, in the same proportion.
+    small = DockerDaemon(name="d", url="unix:///a", data_disk_bytes=300 * MIB)
+    assert (small.images_limit_bytes, small.build_cache_limit_bytes) == (150 * MIB, 75 * MIB)
+    mine = DockerDaemon(
+        name="d", url="unix:///a", data_disk_bytes=300 * MIB, images_limit_mb=100, build_cache_limit_mb=50
+    )
+    assert (mine.images_limit_bytes, mine.build_cache_limit_bytes) == (100 * MIB, 50 * MIB)
+
+
+def test_the_fullest_sample_outlives_the_files_that_filled_the_disk(tmp_path):
+    """As when BuildKit lets go of a failed step's files before its error reaches the worker."""
+    image, root = tmp_path / "data.img", tmp_path / "data"
+    lf.mount_data_disk(image, root, 32 * MIB)
+    try:
+        watch = FullestWatch(statvfs(str(root)), every=0)
+        assert not watch.fullest.full
+        with pytest.raises(OSError, match="No space left on device"), open(root / "big", "wb") as big:
+            while True:
+                big.write(b"\0" * MIB)
+                big.flush()
+                os.fsync(big.fileno())
+        watch.sample()
+        (root / "big").unlink()
+        watch.sample(now=True)
+        assert watch.fullest.full and watch.fullest.free < MIB
+        assert not statvfs(str(root)).full
+    finally:
+        lf.unmount_below(tmp_path)
+    assert statvfs(str(tmp_path / "not-there")) is None
