@@ -150,6 +150,7 @@ def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> Buil
         cache_from=[] if job.platform else pool_cache(job),
         secrets=secret_files,
         platform=job.platform,
+        step_marker=containment.step_marker,
     )
 
 

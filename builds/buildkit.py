@@ -134,6 +134,9 @@ class BuildRequest:
     # one repository's `RUN --mount=type=cache` out of another's (docs/security.md).
     cache_namespace: str = ""
     platform: str = ""  # os/arch to build for (QEMU runs its RUN steps on another host); "": the daemon's
+    # In every RUN step's NO_PROXY (after the build's own), which BuildKit keeps out of
+    # its cache keys: how the worker knows its steps (cgroups.StepClaimer).
+    step_marker: str = ""
 
 
 # `<<WORD` or `<<-"WORD"` in a RUN, COPY or ADD instruction; not `<<<` (a shell here-string).
@@ -267,6 +270,9 @@ class BuildKitSession:
             argv += ["--label", f"{name}={value}"]
         if request.inline_cache:
             argv += ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
+        if request.step_marker:  # after the build's own args: the last one of a name wins
+            theirs = request.buildargs.get("NO_PROXY") or request.buildargs.get("no_proxy") or ""
+            argv += ["--build-arg", f"NO_PROXY={','.join(filter(None, [theirs, request.step_marker]))}"]
         if request.cache_namespace:  # after the build's own args: the last one of a name wins
             argv += ["--build-arg", f"BUILDKIT_CACHE_MOUNT_NS={request.cache_namespace}"]
         for image in request.cache_from:

@@ -14,11 +14,14 @@ build's containers under a cgroup parent can use it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import re
+import secrets
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -301,3 +304,103 @@ class SharedBuildKitCgroup(BuildCgroup):
             self._lock.close()
             self._lock = None
         return True
+
+
+def step_marker() -> str:
+    """A build's mark on its BuildKit RUN steps: unguessable, so no other build
+    can have its steps counted as this one's; a host name, harmless in NO_PROXY."""
+    return f"generator-{secrets.token_hex(12)}.invalid"
+
+
+class StepClaimer:
+    """Moves a BuildKit build's RUN steps into the build's own cgroup as they start.
+
+    BuildKit 0.8 takes no cgroup parent per build: it starts each RUN step in a
+    cgroup of its own below the daemon's shared one (`<daemon>/buildkit/<step>`),
+    whoever's build it is. The worker passes its build a marker in NO_PROXY
+    (buildkit.BuildRequest.step_marker), which BuildKit puts in every RUN step's
+    environment and leaves out of its cache keys (a proxy setting: measured,
+    2026-12-06, a step built again with another NO_PROXY was CACHED). A thread
+    looks at the new step cgroups every `interval` seconds: one whose first
+    processes carry the marker is this build's; its processes are frozen (so a
+    fork loop cannot outrun the move), written into the build's cgroup in each
+    hierarchy, and thawed. What they fork afterwards is born there. Until the
+    move, and for a step that rid itself of the marker at once (`exec env -u
+    NO_PROXY ...`), the shared cgroup's limits (every build's figures times the
+    daemon's capacity) still hold: the backstop.
+    """
+
+    HIERARCHIES = ("memory", "cpu", "pids")
+    LOOK_AT = 8  # processes of a step whose environment is read: the first ones, the step's own
+
+    def __init__(self, root: Path, shared: str, build: BuildCgroup, marker: str, *, interval: float = 0.05) -> None:
+        self.root, self.shared, self.build, self.marker = Path(root), shared.lstrip("/"), build, marker.encode()
+        self.interval = interval
+        self.mine: set[str] = set()
+        self.moved = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> StepClaimer:
+        # Memory a step used before its move goes with it.
+        _try_write(self.build._dir("memory") / "memory.move_charge_at_immigrate", "3")
+        self._thread = threading.Thread(target=self._run, name=f"steps-{self.build.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.claim_once()
+            except Exception:  # the backstop holds meanwhile; the next pass tries again
+                logger.warning("%s: could not move BuildKit steps", self.build.name, exc_info=True)
+
+    def claim_once(self) -> int:
+        """One look: moves the processes of this build's steps. Answers how many moved."""
+        steps = self.root / "pids" / self.shared
+        moved = 0
+        for step in sorted(steps.iterdir()) if steps.is_dir() else ():
+            if not step.is_dir():
+                continue
+            if step.name not in self.mine and self._carries_marker(step):
+                self.mine.add(step.name)
+            if step.name in self.mine:
+                moved += self._move(step.name)
+        self.moved += moved
+        return moved
+
+    def _carries_marker(self, step: Path) -> bool:
+        pids = sorted(int(pid) for pid in _read_quietly(step / "cgroup.procs").split() if pid.isdigit())
+        return any(self.marker in _environ(pid) for pid in pids[: self.LOOK_AT])
+
+    def _move(self, step: str) -> int:
+        freezer = self.root / "freezer" / self.shared / step / "freezer.state"
+        frozen = _try_write(freezer, "FROZEN")
+        moved = 0
+        try:
+            for hierarchy in self.HIERARCHIES:
+                source = self.root / hierarchy / self.shared / step / "cgroup.procs"
+                target = self.build._dir(hierarchy) / "cgroup.procs"
+                for pid in _read_quietly(source).split():
+                    try:
+                        target.write_text(pid)
+                        moved += hierarchy == "pids"
+                    except OSError as exc:  # gone meanwhile; or refused: the backstop holds it
+                        if exc.errno != errno.ESRCH:
+                            logger.info("%s: could not move process %s (%s): %s", self.build.name, pid, hierarchy, exc)
+        finally:
+            if frozen:
+                _try_write(freezer, "THAWED")
+        return moved
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""

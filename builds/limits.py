@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from .cgroups import BuildCgroup, SharedBuildKitCgroup, buildkit_cgroup_name, cgroup_name
+from .cgroups import BuildCgroup, SharedBuildKitCgroup, StepClaimer, buildkit_cgroup_name, cgroup_name, step_marker
 from .engine import BuildFailed, DaemonUnavailable
 
 CPU_PERIOD_US = 100_000
@@ -85,7 +85,9 @@ def needs_whole_daemon(builder: str) -> bool:
     """BuildKit takes no cgroup per build (cgroups.py, SharedBuildKitCgroup): a
     daemon's BuildKit builds share one. So that a build's limits are its own, a
     BuildKit build has its daemon to itself, unless the operator lets a daemon's
-    BuildKit builds share capacity x their limits (GENERATOR_BUILDKIT_SHARED_DAEMONS)."""
+    BuildKit builds share it (GENERATOR_BUILDKIT_SHARED_DAEMONS): each then has
+    its steps moved into its own cgroup (cgroups.StepClaimer), the shared one,
+    at capacity x their limits, the backstop."""
     return builder == "buildkit" and not settings.GENERATOR_BUILDKIT_SHARED_DAEMONS
 
 
@@ -106,6 +108,8 @@ class Containment:
 
     engine_options: dict
     summary: str
+    # BuildKit on a shared daemon: the mark its RUN steps carry (cgroups.StepClaimer).
+    step_marker: str = ""
 
 
 @contextmanager
@@ -125,12 +129,17 @@ def contained(
     BuildKit takes no cgroup per build: its builds on a daemon share one, held
     to `share` (the daemon's capacity) times the build's figures (cgroups.py,
     SharedBuildKitCgroup); with a share of 1 that is the build's own limit.
+    With more, the build gets its own cgroup too, and its RUN steps, marked
+    (`Containment.step_marker`), are moved into it as they start (StepClaimer).
 
     A BuildFailed raised in the block leaves it with the limit it hit, if the
     cgroup says one was, in front of the daemon's message.
     """
     buildkit = builder == "buildkit"
     cgroup = _cgroup(daemon_name, job_id, attempt, limits, buildkit=buildkit, share=share)
+    # BuildKit beside other builds: the build's own cgroup too, its steps moved into it.
+    own = _cgroup(daemon_name, job_id, attempt, limits, buildkit=False) if cgroup and buildkit and share > 1 else None
+    marker = step_marker() if own else ""
     summary = limits.describe(processes=cgroup is not None)
     if cgroup is None:
         summary += (
@@ -138,8 +147,11 @@ def contained(
             if buildkit
             else " per RUN step; no process limit (GENERATOR_BUILD_CGROUPS=false)"
         )
-    elif buildkit and share > 1:
-        summary += f"; BuildKit holds this daemon's builds to {share} x these together"
+    elif own:
+        summary += (
+            f"; each RUN step moved into the build's own cgroup as it starts, and BuildKit"
+            f" holds this daemon's builds to {share} x these together"
+        )
     no_network = network == "none"
     if no_network:
         summary += "; no network"
@@ -150,23 +162,27 @@ def contained(
         "cpu_quota_us": limits.cpu_quota_us,
         "network_mode": "none" if no_network else None,
     }
-    with cgroup or nullcontext():
+    with (
+        cgroup or nullcontext(),
+        own or nullcontext(),
+        StepClaimer(settings.GENERATOR_CGROUP_ROOT, cgroup.name, own, marker) if own else nullcontext(),
+    ):
         try:
-            yield Containment(engine_options=options, summary=f"Limits: {summary}")
+            yield Containment(engine_options=options, summary=f"Limits: {summary}", step_marker=marker)
         except BuildFailed as exc:
-            why = cgroup and cgroup.explain(exc.exit_code)
+            why = (own and own.explain(exc.exit_code)) or (cgroup and cgroup.explain(exc.exit_code))
             if why:
                 raise BuildFailed(f"{why}; {exc}", exit_code=exc.exit_code) from exc
             raise
         except DaemonUnavailable:
             # A daemon that died leaves its RUN steps running, unowned. (A cgroup
             # that BuildKit builds share holds others' steps too: left alone.)
-            if cgroup and share == 1:
-                cgroup.kill_processes()
+            if own or (cgroup and share == 1):
+                (own or cgroup).kill_processes()
             raise
 
 
-def _cgroup(daemon_name, job_id, attempt, limits: BuildLimits, *, buildkit: bool, share: int) -> BuildCgroup | None:
+def _cgroup(daemon_name, job_id, attempt, limits: BuildLimits, *, buildkit: bool, share: int = 1) -> BuildCgroup | None:
     if not settings.GENERATOR_BUILD_CGROUPS:
         return None
     if not buildkit:

@@ -184,3 +184,16 @@ def test_such_a_context_reaches_the_cli_gzipped_whole():
     gzipped = _Gzipped(raw)
     chunks = iter(lambda: gzipped.read(1000), b"")
     assert gzip.decompress(b"".join(chunks)) == raw.getvalue()
+
+
+@pytest.mark.parametrize(
+    "theirs, sent",
+    [({}, "NO_PROXY=generator-x.invalid"), ({"NO_PROXY": "corp.example"}, "NO_PROXY=corp.example,generator-x.invalid")],
+)
+def test_the_step_marker_goes_last_in_no_proxy_after_the_builds_own(theirs, sent):
+    session = BuildKitSession(BuildKitClient(DEBIAN_CLI, "embedded", "20.10.24"), DaemonAddress("unix:///d.sock"))
+    request = BuildRequest(tag="localhost:5000/team/app:1", buildargs=theirs, step_marker="generator-x.invalid")
+    argv = session._argv(request, Path("/tmp/iid"))
+    no_proxy = [argv[i + 1] for i, part in enumerate(argv) if part == "--build-arg" and "PROXY=" in argv[i + 1]]
+    assert no_proxy[-1] == sent  # the last of a name wins
+    assert not any("generator-" in part for part in session._argv(BuildRequest(tag="t"), Path("/tmp/iid")))

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from builds.cgroups import BuildCgroup, CgroupUnavailable, SharedBuildKitCgroup, buildkit_cgroup_name, cgroup_name
+from builds.cgroups import (
+    BuildCgroup,
+    CgroupUnavailable,
+    SharedBuildKitCgroup,
+    StepClaimer,
+    buildkit_cgroup_name,
+    cgroup_name,
+    step_marker,
+)
 
 NAME = "/generator/farm-0/abc123-1"
 MiB = 2**20
@@ -253,3 +261,35 @@ def test_what_a_dead_daemon_left_running_in_the_cgroup_is_killed_even_a_fork_loo
     for hierarchy in V1.iterdir():
         with suppress(OSError):
             os.rmdir(hierarchy / "generator" / "unit-test")
+
+
+def test_the_claimer_moves_the_steps_that_carry_its_builds_marker_and_no_other(root, tmp_path):
+    """A step's processes, as BuildKit starts them below the daemon's shared cgroup:
+    real processes here, whose environment is what the claimer reads."""
+    shared = buildkit_cgroup_name("farm-0")
+    build = cgroup(root)
+    build.create()
+    marker = step_marker()
+    steps = {}
+    processes = []
+    try:
+        for name, env in {
+            "mine": {"NO_PROXY": f"corp.example,{marker}"},
+            "theirs": {"NO_PROXY": step_marker()},
+        }.items():
+            process = subprocess.Popen(["sleep", "30"], env=env)
+            processes.append(process)
+            for hierarchy in StepClaimer.HIERARCHIES:
+                step = root / hierarchy / shared.lstrip("/") / name
+                step.mkdir(parents=True)
+                (step / "cgroup.procs").write_text(f"{process.pid}\n")
+            steps[name] = process.pid
+        claimer = StepClaimer(root, shared, build, marker)
+
+        assert claimer.claim_once() == 1 and claimer.mine == {"mine"}
+        for hierarchy in StepClaimer.HIERARCHIES:  # (the fake tree keeps the last pid written)
+            assert (build._dir(hierarchy) / "cgroup.procs").read_text() == str(steps["mine"])
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()

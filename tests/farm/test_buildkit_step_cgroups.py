@@ -1,0 +1,82 @@
+"""Issue 24, part 1 (as far as it goes): two BuildKit builds at once on one daemon,
+each held to its own limits. BuildKit 0.8 takes no cgroup per build; the worker
+marks its build's RUN steps (NO_PROXY, out of BuildKit's cache keys) and moves
+each into the build's own cgroup as it starts (builds/cgroups.py, StepClaimer),
+the daemon's shared BuildKit cgroup (2 x the limits) the backstop.
+
+Driven from this process with the worker's own pieces (limits.contained, the
+BuildKit session), on a farm daemon, since the farm's workers give a BuildKit
+build its daemon to itself unless GENERATOR_BUILDKIT_SHARED_DAEMONS."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+
+import pytest
+
+from builds.builders import buildkit_client, daemon_address
+from builds.buildkit import BuildKitSession, BuildRequest
+from builds.engine import BuildFailed, dockerfile_context
+from builds.limits import BuildLimits, contained
+from pool.tls import client_settings
+
+from .test_build_limits import FORKS, HOG
+
+pytestmark = pytest.mark.farm
+
+LIMITS = BuildLimits(memory_mb=64, cpus=1.0, pids=64)
+BESIDE = "FROM busybox\nRUN echo {nonce} && sleep 4 && head -c 40000000 /dev/zero | wc -c\n"
+
+
+def buildkit_build(farm, daemon, name: str, dockerfile: str, outcome: dict) -> None:
+    """One BuildKit build under contained(), as the runner makes it; its outcome and times."""
+    started = time.monotonic()
+    lines: list[str] = []
+    try:
+        with contained(daemon.name, uuid.uuid4().hex, 1, LIMITS, builder="buildkit", share=2) as containment:
+            assert containment.step_marker and "moved into the build's own cgroup" in containment.summary
+            session = BuildKitSession(buildkit_client(), daemon_address(client_settings(daemon)))
+            request = BuildRequest(tag=f"{farm.registry}/limits/two-{name}", step_marker=containment.step_marker)
+            image = session.build(io.BytesIO(dockerfile_context(dockerfile)), request, on_line=lines.append)
+        outcome[name] = ("built", image, started, time.monotonic(), lines)
+    except BuildFailed as exc:
+        outcome[name] = ("failed", str(exc), started, time.monotonic(), lines)
+
+
+def at_once(farm, daemon, dockerfiles: dict[str, str]) -> dict:
+    outcome: dict = {}
+    threads = [
+        threading.Thread(target=buildkit_build, args=(farm, daemon, name, dockerfile, outcome))
+        for name, dockerfile in dockerfiles.items()
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return outcome
+
+
+@pytest.mark.parametrize(
+    "attacker, reason",
+    [
+        (HOG, "the build ran out of memory: its limit is 64 MiB (RUN steps were killed); "),
+        (FORKS, "the build reached its limit of 64 processes; "),
+    ],
+    ids=["memory", "processes"],
+)
+def test_two_buildkit_builds_on_one_daemon_are_each_held_to_their_own_limits(farm, farm_pool, attacker, reason):
+    daemon = farm_pool[0]
+    nonce = uuid.uuid4().hex
+    outcome = at_once(farm, daemon, {"attacker": attacker, "beside": BESIDE.format(nonce=nonce)})
+
+    kind, message, a_start, a_end, _ = outcome["attacker"]
+    assert kind == "failed" and message.startswith(reason), message
+    assert "shared with" not in message  # its own cgroup's figure, not the daemon's
+    kind, image, b_start, b_end, lines = outcome["beside"]
+    assert kind == "built" and image.startswith("sha256:"), image
+    # 40 MB through a pipe within its own 64 MiB, while the attacker ran out of its own.
+    assert any(line.endswith(" 40000000") for line in lines), lines[-10:]
+    assert a_start < b_end and b_start < a_end  # at once on the one daemon
