@@ -106,6 +106,18 @@ class Farm:
             self.data_disks.pop(index, None)
         self.ensure_running()
 
+    def restart_with(self, **settings: str) -> None:
+        """The farm's own processes (web, workers, control, notify) again with
+        these settings added to their environment ("" takes one away)."""
+        for name in ["control", "notify", "web", *(f"worker-{i}" for i in range(len(self.daemons)))]:
+            self.supervisor.stop(name)
+        for name, value in settings.items():
+            if value:
+                self.env[name] = value
+            else:
+                self.env.pop(name, None)
+        self.ensure_running()
+
     def worker_of(self, daemon_name: str) -> str:
         return f"worker-{[name for name, _ in self.daemons].index(daemon_name)}"
 

@@ -4,9 +4,10 @@ marks its build's RUN steps (NO_PROXY, out of BuildKit's cache keys) and moves
 each into the build's own cgroup as it starts (builds/cgroups.py, StepClaimer),
 the daemon's shared BuildKit cgroup (2 x the limits) the backstop.
 
-Driven from this process with the worker's own pieces (limits.contained, the
-BuildKit session), on a farm daemon, since the farm's workers give a BuildKit
-build its daemon to itself unless GENERATOR_BUILDKIT_SHARED_DAEMONS."""
+First driven from this process with the worker's own pieces (limits.contained,
+the BuildKit session), on a farm daemon; then through the farm itself, its
+processes restarted with GENERATOR_BUILDKIT_SHARED_DAEMONS=true (without it the
+dispatcher gives a BuildKit build its daemon to itself)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ from builds.builders import buildkit_client, daemon_address
 from builds.buildkit import BuildKitSession, BuildRequest
 from builds.engine import BuildFailed, dockerfile_context
 from builds.limits import BuildLimits, contained
+from builds.models import BuildJob
+from pool.models import DockerDaemon
 from pool.tls import client_settings
 
+from .conftest import api_build, follow
 from .test_build_limits import FORKS, HOG
 
 pytestmark = pytest.mark.farm
@@ -80,3 +84,38 @@ def test_two_buildkit_builds_on_one_daemon_are_each_held_to_their_own_limits(far
     # 40 MB through a pipe within its own 64 MiB, while the attacker ran out of its own.
     assert any(line.endswith(" 40000000") for line in lines), lines[-10:]
     assert a_start < b_end and b_start < a_end  # at once on the one daemon
+
+
+@pytest.fixture
+def shared_daemon(farm, farm_pool):
+    """The farm's processes with BuildKit builds sharing a daemon; only the first
+    daemon takes builds, at 64 MiB and 64 processes a build; all put back after."""
+    first, *others = farm_pool
+    DockerDaemon.objects.filter(pk=first.pk).update(build_memory_mb=64, build_pids=64)
+    DockerDaemon.objects.filter(pk__in=[d.pk for d in others]).update(enabled=False)
+    farm.restart_with(GENERATOR_BUILDKIT_SHARED_DAEMONS="true")
+    yield first
+    farm.restart_with(GENERATOR_BUILDKIT_SHARED_DAEMONS="")
+    DockerDaemon.objects.filter(pk=first.pk).update(build_memory_mb=first.build_memory_mb, build_pids=first.build_pids)
+    DockerDaemon.objects.filter(pk__in=[d.pk for d in others]).update(enabled=True)
+
+
+def test_through_the_farm_two_buildkit_builds_share_a_daemon_each_under_its_own_limits(farm, token, shared_daemon):
+    nonce = uuid.uuid4().hex
+    dockerfiles = {"hog": HOG, "beside": BESIDE.format(nonce=nonce)}
+    submitted = {
+        name: api_build(
+            farm, token, {"image": f"{farm.registry}/limits/shared-{name}", "dockerfile": df, "builder": "buildkit"}
+        )
+        for name, df in dockerfiles.items()
+    }
+    logs = {name: [text for _, text in follow(farm, job_id, token).lines] for name, job_id in submitted.items()}
+    hog, beside = (BuildJob.objects.get(pk=submitted[name]) for name in ("hog", "beside"))
+
+    assert hog.status == "failed"
+    assert hog.error.startswith("the build ran out of memory: its limit is 64 MiB (RUN steps were killed); "), hog.error
+    assert beside.status == "succeeded", beside.error
+    assert any(line.endswith(" 40000000") for line in logs["beside"]), logs["beside"][-10:]
+    assert "moved into the build's own cgroup as it starts" in "\n".join(logs["hog"])
+    assert hog.daemon_id == beside.daemon_id == shared_daemon.pk
+    assert hog.started_at < beside.finished_at and beside.started_at < hog.finished_at  # at once
