@@ -28,8 +28,8 @@ GENERATOR_FAIR_SHARE_INTERVAL seconds (beat, `farm.fair_share`):
 Requeued rather than failed: running beyond its share is no fault of the build
 (a team may use slots nobody else wants), and it goes back to the head of its
 team's line (oldest first), to run again when its team's turn comes. The work
-it had done is lost; at most GENERATOR_FAIR_SHARE_SECONDS of it, plus a
-heartbeat, for each build another team needed the slot for.
+it had done is lost, however long it ran: slots beyond a team's share are lent,
+not given.
 
 `plan` is pure (no database); `preempt` reads the rows and asks.
 """
