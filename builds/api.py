@@ -21,14 +21,11 @@ from audit.hooks import AuditedViewSet
 from generator_site.api_parsers import BoundedJSONParser
 
 from . import ownership
+from .cosign_layout import KINDS as ATTESTATION_KINDS
 from .logs import read_lines
 from .models import Attestation, Registry
-from .provenance import SLSA_PROVENANCE
-from .sbom import PREDICATE_TYPE as SBOM_PREDICATE
 from .serializers import BuildCreateSerializer, BuildJobSerializer, RegistrySerializer, RepositorySerializer
 from .services import BuildRequest, SubmissionError, TooLarge, cancel_build, retry_build, submit
-
-ATTESTATION_KINDS = {"provenance": SLSA_PROVENANCE, "sbom": SBOM_PREDICATE}
 
 
 class Refused(APIException):

@@ -39,6 +39,10 @@ PREDICATE_TYPE_ANNOTATION = "predicateType"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 SIGNATURE_TYPE = "cosign container image signature"
+# The predicate types the farm attaches, by the names its API and page use.
+SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
+CYCLONEDX = "https://cyclonedx.org/bom"  # cosign attest --type cyclonedx
+KINDS = {"provenance": SLSA_PROVENANCE, "sbom": CYCLONEDX}
 
 
 def sha256(data: bytes) -> str:

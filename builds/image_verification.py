@@ -27,10 +27,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import cosign_layout, dsse
+from .cosign_layout import SLSA_PROVENANCE
 from .registry_api import RegistryAPI
-
-SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
-CYCLONEDX = "https://cyclonedx.org/bom"
 
 
 class VerificationFailed(Exception):

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from .cosign_layout import SLSA_PROVENANCE
+
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
-SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "https://github.com/containerops/generator/blob/main/docs/provenance.md#dockerfile-build-v1"
 MASK = "***"
 

@@ -25,7 +25,9 @@ from cyclonedx.output import make_outputter
 from cyclonedx.schema import OutputFormat, SchemaVersion
 from packageurl import PackageURL
 
-PREDICATE_TYPE = "https://cyclonedx.org/bom"
+from .cosign_layout import CYCLONEDX
+
+PREDICATE_TYPE = CYCLONEDX
 MAX_DATABASE_BYTES = 64 << 20  # one package database: far larger than any real one
 _DIST_INFO = re.compile(r"(^|/)[^/]+\.(dist-info/METADATA|egg-info/PKG-INFO)$")
 

@@ -92,9 +92,9 @@ class BuildJobSerializer(serializers.ModelSerializer):
         found = [a for a in job.attestations.all() if a.digest == job.digest]
         if not job.digest or not found:
             return None
+        from .cosign_layout import CYCLONEDX as SBOM
         from .cosign_layout import attestation_tag, signature_tag
         from .models import SigningKey
-        from .sbom import PREDICATE_TYPE as SBOM
 
         site, repository = settings.GENERATOR_SITE_URL, job.image_repository
         return {
