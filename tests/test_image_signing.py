@@ -108,3 +108,19 @@ def test_the_public_key_is_served_to_anyone(client):
     old = key.public_key
     new = signing.rotate().public_key
     assert client.get("/api/v1/signing-key/?all=1").content.decode() == new + old
+
+
+@pytest.mark.django_db
+def test_the_command_makes_the_key_once_rotates_it_and_the_audit_log_says_who(capsys):
+    from django.core.management import call_command
+
+    from audit.models import AuditEvent
+
+    call_command("signingkey")
+    call_command("signingkey")  # a rerun, as `make up` again: the same key, nothing recorded
+    first = capsys.readouterr().out.split("-----END PUBLIC KEY-----")
+    assert first[0] == first[1].lstrip("\n") and first[0].startswith("-----BEGIN PUBLIC KEY-----")
+    call_command("signingkey", "--rotate")
+    assert signing.active_key().public_key.split("-----END")[0] != first[0]
+    events = list(AuditEvent.objects.filter(kind="signing key").order_by("at").values_list("action", "details"))
+    assert events == [("create", {}), ("create", {"replaces_active_key": True})]

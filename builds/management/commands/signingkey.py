@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
+from audit.log import command_actor, record
 from builds import signing
+from builds.models import SigningKey
 
 
 class Command(BaseCommand):
@@ -16,5 +18,9 @@ class Command(BaseCommand):
         parser.add_argument("--rotate", action="store_true", help="retire the active key and make a new one")
 
     def handle(self, *args, rotate: bool = False, **options) -> None:
+        had = SigningKey.objects.filter(scope=signing.FARM, retired_at__isnull=True).exists()
         key = signing.rotate() if rotate else signing.active_key()
+        if rotate or not had:  # the key that signs the farm's images changed: who did it, when
+            details = {"replaces_active_key": True} if rotate else None
+            record("create", "signing key", key, details=details, via=command_actor("signingkey"))
         self.stdout.write(key.public_key.rstrip("\n"))
