@@ -204,7 +204,7 @@ def _statement(name: str, digest: str, predicate_type: str, predicate: dict) -> 
 
 
 def _attach(job: BuildJob, digest: str, statements: list[dict], *, packages: int | None) -> Attached:
-    key = signing.active_key()
+    key = signing.key_for(job.team_id)  # the team's own key if it brought one
     private = signing.private_key(key)
     envelopes = [dsse.sign(provenance.payload(s), private) for s in statements]
     reference = parse_reference(job.image_repository)

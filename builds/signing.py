@@ -3,8 +3,10 @@
 under GENERATOR_SECRETS_KEYS like every stored secret (builds/secrets.py;
 `manage.py rotatesecrets` re-encrypts it), rotated with
 `manage.py signingkey --rotate` (the old key is retired, kept for checking
-what it signed). In the database rather than a file in var/ because every
-worker signs, and workers on other hosts share the database, not var/.
+what it signed). A team may bring its own key (teams/api.py
+`/api/v1/teams/SLUG/signing-key/`): its builds are then signed with it. In
+the database rather than a file in var/ because every worker signs, and
+workers on other hosts share the database, not var/.
 """
 
 from __future__ import annotations
@@ -34,10 +36,46 @@ def active_key(scope: str = FARM) -> SigningKey:
         return SigningKey.objects.get(scope=scope, retired_at__isnull=True)
 
 
+def team_scope(team_id: int) -> str:
+    return f"team-{team_id}"
+
+
+def key_for(team_id: int | None) -> SigningKey:
+    """The key that signs a build of this team: the team's own if it brought one, else the farm's."""
+    if team_id is not None:
+        own = SigningKey.objects.filter(scope=team_scope(team_id), retired_at__isnull=True).first()
+        if own is not None:
+            return own
+    return active_key()
+
+
+def brought_key(private_pem: str) -> ec.EllipticCurvePrivateKey:
+    """A key someone brings (a team's): an unencrypted PEM ECDSA P-256 private key; ValueError naming what is wrong."""
+    try:
+        loaded = serialization.load_pem_private_key(private_pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not an unencrypted PEM private key ({exc.__class__.__name__})") from None
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey) or loaded.curve.name != "secp256r1":
+        raise ValueError("the signing key must be ECDSA P-256 (openssl ecparam -name prime256v1 -genkey)")
+    return loaded
+
+
+def bring(scope: str, private_pem: str) -> SigningKey:
+    """Stores a brought key as the scope's; its previous key is retired, as in a rotation."""
+    loaded = brought_key(private_pem)
+    with transaction.atomic():
+        retire(scope)
+        return _store(scope, loaded)
+
+
+def retire(scope: str) -> int:
+    return SigningKey.objects.filter(scope=scope, retired_at__isnull=True).update(retired_at=timezone.now())
+
+
 def rotate(scope: str = FARM) -> SigningKey:
     """A new active key; the old one retired (its public key still listed)."""
     with transaction.atomic():
-        SigningKey.objects.filter(scope=scope, retired_at__isnull=True).update(retired_at=timezone.now())
+        retire(scope)
         return _new_key(scope)
 
 
@@ -48,7 +86,10 @@ def private_key(key: SigningKey) -> ec.EllipticCurvePrivateKey:
 
 
 def _new_key(scope: str) -> SigningKey:
-    made = ec.generate_private_key(ec.SECP256R1())
+    return _store(scope, ec.generate_private_key(ec.SECP256R1()))
+
+
+def _store(scope: str, made: ec.EllipticCurvePrivateKey) -> SigningKey:
     private_pem = made.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()

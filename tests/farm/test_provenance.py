@@ -12,6 +12,8 @@ import json
 import urllib.request
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from builds import cli, cosign_layout, image_verification
 from builds.dsse import load_public_key
@@ -73,7 +75,7 @@ def test_a_repository_build_is_signed_with_provenance_and_sbom_that_verify(farm,
     assert params["buildArgs"] == {"FLAVOUR": "plain"} and params["secrets"] == ["token"]
     assert params["source"]["ref"] == "main" and provenance["runDetails"]["metadata"]["invocationId"] == job_id
     assert provenance["runDetails"]["builder"]["id"] == "http://generator.example.invalid/"
-    sbom = verified.statements[image_verification.CYCLONEDX]["predicate"]
+    sbom = verified.statements[cosign_layout.CYCLONEDX]["predicate"]
     assert "libfarm1" in {c["name"] for c in sbom.get("components", [])}, sbom["metadata"]
 
     # No secret value in either document, as stored by the farm and in the registry.
@@ -132,3 +134,35 @@ def _tamper_attestation(api: RegistryAPI, name: str, digest: str) -> None:
     for blob in image.blobs:
         api.push_blob(name, blob)
     api.put_manifest(name, tag, OCI_MANIFEST, image.manifest)
+
+
+def test_a_team_that_brought_its_own_key_gets_its_builds_signed_with_it(farm, token):
+    brought = ec.generate_private_key(ec.SECP256R1())
+    pem = brought.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()  # fmt: skip
+    # Through the API, as a team's admin would: the farm encrypts it under its own keys.
+    assert _api(farm, token, "PUT", "/api/v1/teams/default/signing-key/", {"private_key": pem}) == 201
+    try:
+        job_id = api_build(farm, token, {"image": f"{farm.registry}/team/own-key:1", "team": "default",
+                                         "dockerfile": "FROM busybox\nRUN echo signed > /signed\n"})  # fmt: skip
+        done = follow(farm, job_id, token)
+    finally:
+        assert _api(farm, token, "DELETE", "/api/v1/teams/default/signing-key/") == 204
+    assert done.end["status"] == "succeeded", done.end
+    job = BuildJob.objects.get(pk=job_id)
+    with RegistryAPI(farm.registry) as api:
+        image_verification.verify(api, "team/own-key", job.digest, brought.public_key())
+        farm_key = load_public_key(http_get(f"http://{farm.web}/api/v1/signing-key/")[1])
+        with pytest.raises(image_verification.VerificationFailed, match="does not verify with the key"):
+            image_verification.verify(api, "team/own-key", job.digest, farm_key)
+
+
+def _api(farm, token: str, method: str, path: str, body: dict | None = None) -> int:
+    request = urllib.request.Request(
+        f"http://{farm.web}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status
