@@ -3,12 +3,16 @@ services.submit, as from every other front door."""
 
 from __future__ import annotations
 
+import base64
+import json
+
 from django.conf import settings
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
+from django.db.models import Prefetch
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, serializers, status, viewsets
-from rest_framework.decorators import action
+from rest_framework.decorators import action, api_view, permission_classes
 from rest_framework.exceptions import APIException
 from rest_framework.parsers import FileUploadParser, FormParser, MultiPartParser
 from rest_framework.response import Response
@@ -17,8 +21,9 @@ from audit.hooks import AuditedViewSet
 from generator_site.api_parsers import BoundedJSONParser
 
 from . import ownership
+from .cosign_layout import KINDS as ATTESTATION_KINDS
 from .logs import read_lines
-from .models import Registry
+from .models import Attestation, Registry
 from .serializers import BuildCreateSerializer, BuildJobSerializer, RegistrySerializer, RepositorySerializer
 from .services import BuildRequest, SubmissionError, TooLarge, cancel_build, retry_build, submit
 
@@ -86,6 +91,8 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     def get_queryset(self):
         # Another team's build is a 404, as an id that does not exist (builds/ownership.py).
         jobs = ownership.readable_jobs(self.request.user).select_related("repository", "daemon", "cancelled_by", "team")
+        signed = Attestation.objects.only("job_id", "digest", "predicate_type", "key_id")  # never the envelopes
+        jobs = jobs.prefetch_related(Prefetch("attestations", signed))
         params = self.request.query_params
         for name in ("status", "repository", "image", "daemon", "team"):
             if "\x00" in params.get(name, ""):  # PostgreSQL's text cannot hold it: a 400, not a 500
@@ -201,6 +208,26 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         response["X-Build-Status"] = job.status
         return response
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("kind", str, OpenApiParameter.PATH, enum=sorted(ATTESTATION_KINDS)),
+            OpenApiParameter("envelope", bool, description="the signed DSSE envelope rather than its statement"),
+        ],
+        responses={200: dict},
+    )
+    @action(detail=True, methods=["get"], url_path=r"attestations/(?P<kind>provenance|sbom)")
+    def attestation(self, request, pk=None, kind: str = ""):
+        """The image's signed provenance or SBOM, as in the registry's `.att` tag: the in-toto statement, or with
+        `?envelope=1` the DSSE envelope the farm's key signed (`GET /api/v1/signing-key/`)."""
+        job = self.get_object()
+        found = job.attestations.filter(digest=job.digest, predicate_type=ATTESTATION_KINDS[kind]).first()
+        if found is None:
+            return Response({"detail": f"this build has no {kind} (it pushed nothing, or before issue 28)"}, 404)
+        envelope = json.loads(found.envelope)
+        if request.query_params.get("envelope") in ("1", "true"):
+            return Response(envelope)
+        return Response(json.loads(base64.b64decode(envelope["payload"])))
+
 
 @extend_schema_view(
     list=extend_schema(description="Your teams' repositories and public ones (staff: all)."),
@@ -240,3 +267,19 @@ class RegistryViewSet(AuditedViewSet, viewsets.ModelViewSet):
     serializer_class = RegistrySerializer
     permission_classes = [permissions.IsAuthenticated, StaffOnly]
     queryset = Registry.objects.order_by("host")
+
+
+@extend_schema(responses={(200, "application/x-pem-file"): str})
+@api_view(["GET"])
+@permission_classes([permissions.AllowAny])
+def signing_key(request):
+    """The farm's public signing key (PEM) that verifies every image's signature
+    and attestations; `?all=1` adds the retired ones, for images signed before a rotation."""
+    from .models import SigningKey
+    from .signing import active_key
+
+    keys = [active_key().public_key]
+    if request.query_params.get("all") in ("1", "true"):
+        retired = SigningKey.objects.filter(scope="farm", retired_at__isnull=False).order_by("-retired_at")
+        keys += list(retired.values_list("public_key", flat=True))
+    return HttpResponse("".join(keys), content_type="application/x-pem-file")

@@ -4,6 +4,7 @@
                                 [--team SLUG]
     python -m builds.cli logs JOB_ID
     python -m builds.cli status JOB_ID
+    python -m builds.cli verify IMAGE[@DIGEST] [--key PEM_FILE]
 
 PATH is a directory (sent as a gzipped context, honouring .dockerignore) or a
 Dockerfile (sent as text). The log streams as it happens; `submit` and `logs`
@@ -11,6 +12,14 @@ exit 0 only if the image was pushed; a multi-platform build's lines each start
 with their platform (`[linux/arm64] ...`), as the frames' text has it. The farm
 and the token come from --server/--token or GENERATOR_URL/GENERATOR_TOKEN. Only the standard library
 and `websockets` are needed, so it runs from any machine.
+
+`verify` reads the image's signature and attestations from its registry
+(cosign's `.sig` / `.att` tags), checks them with the farm's public key
+(`--key FILE`, else `GET /api/v1/signing-key/` of --server, no token needed)
+and prints the verified provenance; it exits 0 only if the signature and the
+provenance verify and name the image's digest. It needs `cryptography` and
+`requests` too; a registry that asks for credentials gets
+GENERATOR_REGISTRY_USERNAME / GENERATOR_REGISTRY_PASSWORD.
 """
 
 from __future__ import annotations
@@ -184,6 +193,46 @@ def platforms_of(values: list[str]) -> list[str]:
     return [p.strip() for value in values for p in value.split(",") if p.strip()]
 
 
+def verify(args, out) -> int:
+    """Checks IMAGE's signature and provenance (builds/image_verification.py) and prints the provenance."""
+    from . import image_verification as check
+    from .dsse import load_public_key
+    from .references import InvalidReference, parse_reference
+    from .registry_api import RegistryAPI, RegistryError, repository_path
+
+    try:
+        reference = parse_reference(args.image)
+    except InvalidReference as exc:
+        raise CliError(str(exc)) from None
+    pem = Path(args.key).read_bytes() if args.key else _farm_key(args.server)
+    try:
+        key = load_public_key(pem)
+    except ValueError as exc:
+        raise CliError(f"the public key: {exc}") from None
+    host, name = reference.registry, repository_path(reference.repository, reference.registry)
+    username = os.environ.get("GENERATOR_REGISTRY_USERNAME", "")
+    with RegistryAPI(host, username=username, password=os.environ.get("GENERATOR_REGISTRY_PASSWORD", "")) as api:
+        try:
+            digest = check.resolve(api, name, reference.digest or reference.tag or "latest")
+            verified = check.verify(api, name, digest, key)
+        except (check.VerificationFailed, RegistryError) as exc:
+            print(f"verification failed: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    print(f"Verified {reference.repository}@{digest}: signed for {verified.signed_reference}", file=sys.stderr)
+    for kind in sorted(verified.statements):
+        print(f"  attestation {kind}: signature verified", file=sys.stderr)
+    print(json.dumps(verified.provenance, indent=2), file=out)
+    return 0
+
+
+def _farm_key(server: str) -> bytes:
+    try:
+        with urllib.request.urlopen(f"{server.rstrip('/')}/api/v1/signing-key/", timeout=30) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise CliError(f"cannot read the farm's signing key from {server}: {exc} (or pass --key)") from None
+
+
 def finish(status: str) -> int:
     print(f"build {status}", file=sys.stderr)
     return 0 if status == "succeeded" else EXIT_FAILED
@@ -209,8 +258,13 @@ def main(argv: list[str] | None = None, out=sys.stdout) -> int:
     )  # fmt: skip
     for name in ("logs", "status"):
         commands.add_parser(name).add_argument("job_id")
+    checking = commands.add_parser("verify", help="check an image's signature and provenance, print the provenance")
+    checking.add_argument("image", help="IMAGE[:TAG] or IMAGE@sha256:...")
+    checking.add_argument("--key", default="", help="the public key (PEM); default: the farm's, from --server")
     args = parser.parse_args(argv)
     try:
+        if args.command == "verify":
+            return verify(args, out)
         farm = Farm(args.server, args.token)
         if args.command == "submit":
             if any("=" not in item for item in args.build_arg):

@@ -266,6 +266,41 @@ class EngineSession:
             raise PushFailed(f"pushing {repository}:{tag} ended without a digest from the registry", transient=True)
         return result
 
+    def version(self) -> dict:
+        """The daemon's `GET /version`: its Engine version, API and components."""
+        with self._translated_errors(EngineError, "version check"):
+            return self._api.version()
+
+    def image_digest(self, reference: str) -> tuple[str, str]:
+        """What the daemon holds under `reference`: a registry digest it knows
+        the image by (RepoDigests of that repository, else any), or "", and its image id."""
+        with self._translated_errors(EngineError, "image look-up"):
+            found = self._api.inspect_image(reference)
+        digests = found.get("RepoDigests") or []
+        name = reference.split("@", 1)[0].rsplit(":", 1)[0] if ":" in reference.rsplit("/", 1)[-1] else reference
+        own = [d for d in digests if d.split("@", 1)[0] in (name, f"docker.io/{name}", f"docker.io/library/{name}")]
+        chosen = (own or digests or [""])[0]
+        return chosen.split("@", 1)[1] if "@" in chosen else "", found.get("Id", "")
+
+    @contextmanager
+    def exported(self, image: str, platform: str = "") -> Iterator[BinaryIO]:
+        """The image's filesystem as a tar stream: `docker export` of a container
+        created from it and never started (removed on leaving, whatever happens)."""
+        with self._translated_errors(EngineError, "export"):
+            created = self._api.create_container(
+                image, command=["/generator-never-runs"], network_disabled=True, platform=platform or None
+            )
+        try:
+            with self._translated_errors(EngineError, "export"):
+                response = self._api._get(self._api._url("/containers/{0}/export", created["Id"]), stream=True)
+                self._api._raise_for_status(response)
+            with response:
+                response.raw.decode_content = True
+                yield response.raw
+        finally:
+            with suppress(Exception):
+                self._api.remove_container(created["Id"], force=True)
+
     def _translated_errors(self, failure: type[EngineError], action: str):
         return _translated_errors(self.url, failure, action)
 

@@ -29,10 +29,12 @@ builds/transitions.py after commit):
    children are cancelled, nothing is tagged;
 2. a child was cancelled (the parent's cancel, a newer push): the parent is
    cancelled, and so are the rest;
-3. every child pushed: the one caller whose building -> pushing swap wins
+3. every child pushed (each signed, with its provenance and SBOM attached:
+   builds/attestations.py): the one caller whose building -> pushing swap wins
    writes the image index (a Docker manifest list of the children's manifests,
    with their platforms and sizes) under every tag of the build, through the
-   registry's HTTP API, and the parent succeeds with the index's digest;
+   registry's HTTP API, signs it and attaches its provenance (naming each
+   child by digest), and the parent succeeds with the index's digest;
 4. otherwise, once a child runs, the parent is building.
 
 The swaps make two children finishing at once harmless: one writes the index.
@@ -54,7 +56,7 @@ from django.db import transaction
 from pool.models import DockerDaemon
 from pool.platforms import check as check_platform
 
-from . import transitions
+from . import attestations, transitions
 from .errors import SubmissionError
 from .logs import append_shared
 from .models import WAITING, BuildJob
@@ -225,6 +227,13 @@ def _publish_index(parent: BuildJob, children: list[BuildJob]) -> None:
         reason = f"could not write the image index: {exc}"
         _end(parent.id, Status.FAILED, f"Build failed: {reason}", error=reason)
         return
+    try:  # each child signed its own image; the index gets its provenance too
+        attached = attestations.attest_index(parent, by_platform, digest)
+    except attestations.AttestationFailed as exc:
+        _end(parent.id, Status.FAILED, f"Build failed: {exc}", error=str(exc))
+        return
+    append_shared(parent.id, [f"[generator] Signed the index: {attached.signature_tag}, provenance in "
+                              f"{attached.attestation_tag}"])  # fmt: skip
     platforms = ", ".join(c.platform for c in by_platform)
     _end(parent.id, Status.SUCCEEDED, f"Pushed {parent.image}@{digest}: an image index of {platforms}", digest=digest)
 

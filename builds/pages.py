@@ -19,6 +19,7 @@ from generator_site.access import can_read_logs
 from generator_site.errors import error_response
 from pool.models import DockerDaemon
 
+from .cosign_layout import KINDS as ATTESTATION_KINDS
 from .dispatch import slots_in_use
 from .limits import builds_at_once, needs_whole_daemon
 from .models import BuildJob
@@ -66,7 +67,10 @@ def job_page(request: HttpRequest, job_id: str) -> HttpResponse:
         if not can_read_logs(request.user):
             return redirect_to_login(request.get_full_path())
         raise Http404(f"no build job with id {job_id!r}")
-    return render(request, "builds/job.html", {"job": job, "position": job.queue_position()})
+    signed = job.attestations.filter(digest=job.digest) if job.digest else job.attestations.none()
+    kinds = set(signed.values_list("predicate_type", flat=True))
+    attested = [kind for kind, predicate in ATTESTATION_KINDS.items() if predicate in kinds]
+    return render(request, "builds/job.html", {"job": job, "position": job.queue_position(), "attested": attested})
 
 
 @readers_only

@@ -1,5 +1,7 @@
 """The registry's own HTTP API (distribution v2), for what no daemon does: read
-a pushed manifest, write an image index naming several.
+a pushed manifest, write an image index naming several, write and read the
+signatures and attestations stored beside an image (builds/attestations.py,
+builds/image_verification.py).
 
 Like builds/engine.py this knows no Django models: a host, optional
 credentials, bytes in and out. Loopback registries are spoken to over plain
@@ -112,6 +114,19 @@ class RegistryAPI:
             return None
         self._check(response, f"read the manifest of {name}:{tag}")
         return response.headers.get("Content-Type", "").split(";")[0].strip(), response.content
+
+    def blob(self, name: str, digest: str, *, max_bytes: int = 64 << 20) -> bytes:
+        """A blob's bytes, checked against its digest (a registry, or a path to it, may not change them)."""
+        response = self._request("GET", name, f"blobs/{digest}", stream=True)
+        if response.status_code == 404:
+            raise RegistryError(f"{self.host}/{name} has no blob {digest}")
+        self._check(response, f"read the blob {digest} of {name}")
+        data = response.raw.read(max_bytes + 1, decode_content=True)
+        if len(data) > max_bytes:
+            raise RegistryError(f"the blob {digest} of {name} is larger than {max_bytes} bytes")
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise RegistryError(f"the blob {digest} of {name} does not have that digest: it was changed")
+        return data
 
     def delete_tag(self, name: str, tag: str) -> bool:
         """Removes `tag` where the registry deletes by tag; False where it cannot

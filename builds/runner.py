@@ -18,7 +18,7 @@ from django.utils import timezone
 from pool import disks, egress, health, housekeeping
 from pool.tls import InsecureEngineAddress, client_settings
 
-from . import builders, context_store, db_sessions, metrics, transitions
+from . import attestations, builders, context_store, db_sessions, metrics, transitions
 from . import housekeeping as farm_housekeeping
 from .changed_files import git_source
 from .dispatch import dispatch
@@ -27,6 +27,7 @@ from .limits import buildkit_share, contained, limits_for
 from .logs import LogLimitExceeded, LogWriter
 from .models import BuildContext, BuildJob, BuildSecret
 from .multiplatform import mirror_into_parent
+from .provenance import FromLines
 from .references import parse_build_target
 from .registry_accounts import push_account
 from .sources import SourceError
@@ -134,11 +135,13 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
     job = BuildJob.objects.select_related("daemon", "cancelled_by", "repository", "team").get(pk=job_id)
     daemon_name = job.daemon.name if job.daemon else ""
     steps = StepTimes()
+    froms = FromLines()  # the base images, as the builder named them: for the provenance
 
     def stored(batch: list[tuple[int, str]]) -> None:
         metrics.count_worker(LOG_LINES, daemon_name, len(batch))
         for _, text in batch:
             steps.feed(text)
+            froms.feed(text)
 
     log = LogWriter(
         job.id,
@@ -151,7 +154,7 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
     if job.parent_id:  # a platform of a multi-platform build: its lines in the parent's log too
         log.mirror = mirror_into_parent(job)
     try:
-        _record(job, log)
+        _record(job, log, froms)
         _record_steps(job, steps)
     finally:
         try:
@@ -160,10 +163,10 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
             logger.warning("could not dispatch after job %s", job.id, exc_info=True)
 
 
-def _record(job: BuildJob, log: LogWriter) -> None:
+def _record(job: BuildJob, log: LogWriter, froms: FromLines) -> None:
     watch = Watch(job)
     try:
-        pushed = _build_and_push(job, log, watch)
+        pushed = _build_and_push(job, log, watch, froms)
     except AttemptLost:
         logger.warning("job %s attempt %s was taken from this worker; stopping", job.id, job.attempt)
     except Cancelled:
@@ -230,7 +233,7 @@ def _record_steps(job: BuildJob, steps: StepTimes) -> None:
         logger.warning("could not record the step timings of job %s", job.id, exc_info=True)
 
 
-def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult | Unpushed:
+def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLines) -> PushResult | Unpushed:
     daemon = job.daemon
     if daemon is None:
         raise EngineError("the Docker daemon this job was assigned to has been removed from the pool")
@@ -266,6 +269,7 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult |
             ) as containment,
         ):
             log.write(f"[generator] {containment.summary}")
+            ran_with = dict(buildargs)  # the build args as given, before the farm adds its own
             image_id = builders.build(
                 job, session, access, context, dockerfile, buildargs, containment, log, watch, str(target)
             )
@@ -282,7 +286,20 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch) -> PushResult |
             _push(session, replace(target, tag=tag), log, watch, daemon.name, job.team_id)
             for tag in [target.tag, *job.extra_tags]
         ]
+        _attest(job, session, image_id, pushed[0].digest, froms, ran_with, log, watch)
         return pushed[0]
+
+
+def _attest(job: BuildJob, session: EngineSession, image_id: str, digest: str, froms, build_args, log, watch) -> None:
+    """Signed provenance, SBOM and signature next to the pushed image (builds/attestations.py)."""
+    log.write(f"[generator] Signing {job.image_repository}@{digest}: provenance and SBOM")
+    log.flush()
+    db_sessions.release()  # reading the image may take a while
+    attached = attestations.attest_image(job, session, image_id, digest, froms, build_args, tick=watch.tick)
+    log.write(
+        f"[generator] Signed: {attached.signature_tag}, provenance and SBOM ({attached.packages} packages) in "
+        f"{attached.attestation_tag}"
+    )
 
 
 @contextmanager

@@ -37,6 +37,7 @@ class BuildJobSerializer(serializers.ModelSerializer):
     queue_position = serializers.SerializerMethodField()
     links = serializers.SerializerMethodField()
     children = serializers.SerializerMethodField()
+    signatures = serializers.SerializerMethodField()
 
     class Meta:
         model = BuildJob
@@ -76,6 +77,7 @@ class BuildJobSerializer(serializers.ModelSerializer):
             "superseded_by",
             "cancelled_by",
             "log_line_count",
+            "signatures",
             "links",
         ]
 
@@ -88,6 +90,28 @@ class BuildJobSerializer(serializers.ModelSerializer):
              "digest": c.digest, "error": c.error}
             for c in job.children.select_related("daemon").order_by("platform")
         ]  # fmt: skip
+
+    def get_signatures(self, job: BuildJob) -> dict | None:
+        """Where the pushed image's signature and attestations are (cosign's tags) and the key that checks them."""
+        found = [a for a in job.attestations.all() if a.digest == job.digest]
+        if not job.digest or not found:
+            return None
+        from .cosign_layout import CYCLONEDX as SBOM
+        from .cosign_layout import attestation_tag, signature_tag
+        from .models import SigningKey
+
+        site, repository = settings.GENERATOR_SITE_URL, job.image_repository
+        return {
+            "signature": f"{repository}:{signature_tag(job.digest)}",
+            "attestations": f"{repository}:{attestation_tag(job.digest)}",
+            "provenance": f"{site}/api/v1/builds/{job.id}/attestations/provenance/",
+            **(
+                {"sbom": f"{site}/api/v1/builds/{job.id}/attestations/sbom/"}
+                if any(a.predicate_type == SBOM for a in found)
+                else {}
+            ),  # fmt: skip
+            "public_key": SigningKey.objects.filter(key_id=found[0].key_id).values_list("public_key", flat=True)[0],
+        }
 
     def get_tags(self, job: BuildJob) -> list[str]:
         return [job.image.rsplit(":", 1)[1], *job.extra_tags]

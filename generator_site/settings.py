@@ -363,6 +363,10 @@ GENERATOR_SITE_URL = env_str("GENERATOR_SITE_URL", "http://localhost:8080").rstr
 GENERATOR_GIT_CACHE_DIR = Path(env_str("GENERATOR_GIT_CACHE_DIR", str(VAR_DIR / "git")))
 # A webhook asks git which files a push changed (path filters) within this many seconds.
 GENERATOR_CHANGED_FILES_TIMEOUT = env_float("GENERATOR_CHANGED_FILES_TIMEOUT", 5)
+# Provenance and SBOM of every pushed image (docs/provenance.md): the SBOM reads at most
+# this much of an image's filesystem, for at most this long, and says so when cut short.
+GENERATOR_SBOM_MAX_BYTES = env_int("GENERATOR_SBOM_MAX_BYTES", 2 * 1024 * 1024 * 1024)
+GENERATOR_SBOM_SECONDS = env_float("GENERATOR_SBOM_SECONDS", 120.0)
 GENERATOR_MAX_CONTEXT_BYTES = env_int("GENERATOR_MAX_CONTEXT_BYTES", 512 * 1024 * 1024)
 # An uploaded context (REST API): at most this many bytes as sent, and checked as it
 # inflates against GENERATOR_MAX_CONTEXT_BYTES and GENERATOR_MAX_CONTEXT_FILES.

@@ -146,6 +146,8 @@ def up() -> None:
         "admin",
     )
     print(indent(manage(*team, env=env)))
+    manage("signingkey", env=env)  # made once, encrypted in the database: it signs every pushed image
+    step("the farm's signing key: GET /api/v1/signing-key/ (docs/provenance.md)")
 
     lf.start_web(sup, WEB_PORT, env)
     step(f"daphne serves http://localhost:{WEB_PORT}")

@@ -12,7 +12,7 @@ from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from builds import multiplatform, tasks, transitions
+from builds import attestations, multiplatform, tasks, transitions
 from builds.dispatch import dispatch
 from builds.logs import LogWriter, append_shared
 from builds.models import BuildJob, BuildLogLine, Repository
@@ -284,6 +284,12 @@ class FakeRegistry:
         self.calls.append(("put_index", name, tag, [(e.platform, e.manifest.digest) for e in entries]))
         return "sha256:" + "f" * 64
 
+    def push_blob(self, name, data):  # the signature's and attestation's (builds/attestations.py)
+        self.calls.append(("push_blob", name))
+
+    def put_manifest(self, name, tag, media_type, body):
+        self.calls.append(("put_manifest", name, tag, media_type))
+
     def __getattr__(self, name):  # anything else (deleting a tag, a manifest) is a call the farm must not make
         raise AssertionError(f"the farm called {name} on the registry")
 
@@ -296,6 +302,7 @@ def _pushed(child: BuildJob, digest: str) -> None:
 
 def test_concurrent_builds_of_one_repository_share_helper_tags_and_index_their_own_pushes(operator, monkeypatch):
     monkeypatch.setattr(multiplatform, "RegistryAPI", FakeRegistry)
+    monkeypatch.setattr(attestations, "RegistryAPI", FakeRegistry)
     FakeRegistry.calls = []
     amd64_daemon("one")
     amd64_daemon("two")
@@ -320,7 +327,11 @@ def test_concurrent_builds_of_one_repository_share_helper_tags_and_index_their_o
         for parent, tags in ((second, ["2", "x"]), (first, ["1"]))
         for tag in tags
     ]
-    assert all(call[0] in ("open", "stored", "manifest", "put_index") for call in FakeRegistry.calls)
+    # Each index signed next to it, as cosign stores signatures (the children sign theirs in their workers).
+    signatures = [call[2] for call in FakeRegistry.calls if call[0] == "put_manifest"]
+    assert signatures == [f"sha256-{'f' * 64}.sig", f"sha256-{'f' * 64}.att"] * 2
+    assert all(call[0] in ("open", "stored", "manifest", "put_index", "push_blob", "put_manifest")
+               for call in FakeRegistry.calls)  # fmt: skip
     assert BuildJob.objects.get(pk=first.pk).status == BuildJob.objects.get(pk=second.pk).status == "succeeded"
 
 

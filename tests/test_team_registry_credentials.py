@@ -13,7 +13,7 @@ from django.apps import apps
 from django.core.management import call_command
 
 from audit.models import AuditEvent
-from builds import multiplatform, runner, secrets
+from builds import attestations, multiplatform, runner, secrets
 from builds.engine import PushResult
 from builds.models import BuildJob, Registry
 from builds.references import parse_build_target
@@ -125,7 +125,14 @@ def test_the_multiplatform_index_is_written_with_the_teams_account(teams, monkey
         def put_index(self, name, tag, entries):
             return "sha256:" + "2" * 64
 
+        def push_blob(self, name, data):
+            pass
+
+        def put_manifest(self, name, tag, media_type, body):
+            opened.append(("put_manifest", tag))
+
     monkeypatch.setattr(multiplatform, "RegistryAPI", API)
+    monkeypatch.setattr(attestations, "RegistryAPI", API)  # the index's signature, written as the team too
     monkeypatch.setattr(multiplatform, "_end", lambda parent_id, status, line, **fields: ended.append(status))
     parent = BuildJob.objects.create(
         image="registry.example.com/team-a/app:1", dockerfile="FROM scratch\n", team=a, platforms=["linux/amd64"]
@@ -133,7 +140,10 @@ def test_the_multiplatform_index_is_written_with_the_teams_account(teams, monkey
     child = SimpleNamespace(id="c" * 32, digest="sha256:" + "1" * 64, platform="linux/amd64")
     multiplatform._publish_index(parent, [child])
     assert ended == ["succeeded"]
-    assert opened == [("registry.example.com", "a", "a-pw")]  # the index's one session
+    signature, attestation = f"sha256-{'2' * 64}.sig", f"sha256-{'2' * 64}.att"
+    account = ("registry.example.com", "a", "a-pw")
+    # The index's session, then its signature's: both as the team.
+    assert opened == [account, account, ("put_manifest", signature), ("put_manifest", attestation)]
 
 
 def test_existing_registry_passwords_are_encrypted_by_the_migration(db):

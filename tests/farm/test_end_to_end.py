@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -62,6 +63,15 @@ def test_the_seed_example_is_built_pushed_and_runs(farm, token):
     assert named < texts.index(f"The push refers to repository [{image}]")
     assert job.digest == registry_digest(farm, "cts/example", "latest")
     assert job.image_id.startswith("sha256:") and job.started_at and job.finished_at
+
+    # Signed, with its provenance (issue 28): busybox was never pulled (make up imports it), so
+    # BuildKit named it with no digest and the daemon's image id stands for it.
+    statement = json.loads(http_get(f"http://{farm.web}/api/v1/builds/{job_id}/attestations/provenance/", token)[1])
+    [base] = statement["predicate"]["buildDefinition"]["resolvedDependencies"][1:]
+    busybox = engine(dict(farm.daemons)[job.daemon.name]).images.get("busybox:latest").id
+    assert base["name"] == "docker.io/library/busybox" and base["annotations"] == {"resolvedBy": "daemon-image-id"}
+    assert "sha256:" + base["digest"]["sha256"] == busybox
+    assert statement["subject"][0]["digest"]["sha256"] == job.digest.split(":")[1]
 
     # Pull it on the other daemon and run it: it is the image that was built.
     other_url = next(url for name, url in farm.daemons if name != job.daemon.name)

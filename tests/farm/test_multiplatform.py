@@ -12,7 +12,10 @@ import uuid
 
 import pytest
 
+from builds import cosign_layout, image_verification, signing
+from builds.dsse import load_public_key
 from builds.models import BuildJob, BuildLogLine
+from builds.registry_api import RegistryAPI
 from pool.models import DockerDaemon
 from scripts import localfarm as lf
 
@@ -78,8 +81,24 @@ def test_a_two_platform_build_is_one_index_whose_images_run_on_their_platform(fa
     assert platforms == {("linux", "amd64"): children["linux/amd64"].digest,
                          ("linux", "arm64"): children["linux/arm64"].digest}  # fmt: skip
 
-    # The repository holds the build's tags and one helper tag per platform, nothing per build.
-    assert tag_list(farm, "multi/app") == {"1", "stable", *HELPER_TAGS}
+    # Each platform's image and the index are signed, each with its provenance (issue 28).
+    signed = {children["linux/amd64"].digest, children["linux/arm64"].digest, parent.digest}
+    key = load_public_key(signing.active_key().public_key)
+    with RegistryAPI(farm.registry) as api:
+        for child in children.values():
+            verified = image_verification.verify(api, "multi/app", child.digest, key)
+            params = verified.provenance["predicate"]["buildDefinition"]["externalParameters"]
+            assert params["platforms"] == [child.platform]
+            assert verified.provenance["predicate"]["runDetails"]["metadata"]["invocationId"] == child.id
+        index = image_verification.verify(api, "multi/app", parent.digest, key).provenance["predicate"]
+    assert index["runDetails"]["metadata"]["invocationId"] == parent.id
+    platforms = [d for d in index["buildDefinition"]["resolvedDependencies"] if "platform" in d.get("annotations", {})]
+    assert {d["annotations"]["platform"]: "sha256:" + d["digest"]["sha256"] for d in platforms} == {
+        p: c.digest for p, c in children.items()}  # fmt: skip
+
+    # The repository holds the build's tags, one helper tag per platform, and the signatures'.
+    cosign_tags = {f(d) for d in signed for f in (cosign_layout.signature_tag, cosign_layout.attestation_tag)}
+    assert tag_list(farm, "multi/app") == {"1", "stable", *HELPER_TAGS, *cosign_tags}
 
     # Each platform pulled and run where it belongs: arm64 under QEMU says aarch64.
     client = engine(farm.daemons[1][1])
@@ -114,7 +133,7 @@ def test_one_platform_failing_fails_the_build_and_tags_nothing(farm, token, two_
     wait_for(lambda: other.get().status in BuildJob.TERMINAL, "the other platform's child to end")
     assert other.get().status in ("succeeded", "cancelled")
     assert registry_digest(farm, "multi/failing", tag) is None and manifest_list(farm, "multi/failing", tag) is None
-    assert tag_list(farm, "multi/failing") <= set(HELPER_TAGS)
+    assert {t for t in tag_list(farm, "multi/failing") if not t.startswith("sha256-")} <= set(HELPER_TAGS)
 
 
 def test_cancelling_a_two_platform_build_stops_both_children(farm, token, two_platform_pool, base):

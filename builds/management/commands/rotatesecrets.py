@@ -1,5 +1,6 @@
 """Re-encrypts every stored secret with the first key of GENERATOR_SECRETS_KEYS:
-build secrets, deploy keys, the farm's registry passwords and the teams'.
+build secrets, deploy keys, the farm's registry passwords and the teams', the
+farm's signing keys.
 
 Rotation: put the new key first in GENERATOR_SECRETS_KEYS (keep the old one after
 it), restart, run this, then drop the old key.
@@ -11,7 +12,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from builds import secrets
-from builds.models import BuildSecret, Registry, Repository
+from builds.models import BuildSecret, Registry, Repository, SigningKey
 from teams.models import RegistryCredential
 
 # (model, encrypted field, rows that have one, what the report calls them)
@@ -20,6 +21,7 @@ STORED = [
     (Repository, "deploy_key", {"deploy_key": ""}, "deploy key(s)"),
     (Registry, "password", {"password": ""}, "registry password(s)"),
     (RegistryCredential, "password", {}, "team registry password(s)"),
+    (SigningKey, "private_key", {}, "signing key(s)"),
 ]
 
 
