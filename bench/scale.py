@@ -126,6 +126,7 @@ def start_stack(root: Path, args: argparse.Namespace) -> Stack:
         "GENERATOR_DB_CONN_MAX_AGE": str(args.conn_max_age),
         "GENERATOR_INSECURE_LOOPBACK_ENGINES": "true",  # the simulated engines listen on TCP
         "GENERATOR_BUILD_CGROUPS": "false",  # no RUN step runs on a simulated engine
+        "GENERATOR_ATTESTATIONS": "false",  # no image to read, no registry to sign into
     }
     os.environ.update(env)
     import django

@@ -365,6 +365,9 @@ GENERATOR_GIT_CACHE_DIR = Path(env_str("GENERATOR_GIT_CACHE_DIR", str(VAR_DIR / 
 GENERATOR_CHANGED_FILES_TIMEOUT = env_float("GENERATOR_CHANGED_FILES_TIMEOUT", 5)
 # Provenance and SBOM of every pushed image (docs/provenance.md): the SBOM reads at most
 # this much of an image's filesystem, for at most this long, and says so when cut short.
+# Off only where a registry cannot take cosign's .sig/.att tags, or on a simulated
+# engine (bench/scale.py), which has no image to read and no registry to write.
+GENERATOR_ATTESTATIONS = env_bool("GENERATOR_ATTESTATIONS", True)
 GENERATOR_SBOM_MAX_BYTES = env_int("GENERATOR_SBOM_MAX_BYTES", 2 * 1024 * 1024 * 1024)
 GENERATOR_SBOM_SECONDS = env_float("GENERATOR_SBOM_SECONDS", 120.0)
 GENERATOR_MAX_CONTEXT_BYTES = env_int("GENERATOR_MAX_CONTEXT_BYTES", 512 * 1024 * 1024)

@@ -144,7 +144,7 @@ def test_a_full_daemon_takes_no_builds():
 def _failing_build(monkeypatch, error: Exception) -> None:
     """The build stands in for the daemon: it fails with the daemon's own words."""
 
-    def build_and_push(job, log, watch):
+    def build_and_push(job, log, watch, froms):
         log.write("#5 [2/2] RUN dd if=/dev/zero of=/big bs=1M count=20000")
         raise error
 
