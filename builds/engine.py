@@ -44,11 +44,15 @@ class DaemonUnavailable(EngineError):
 
 class BuildFailed(EngineError):
     """The build itself failed: the Dockerfile or the context is at fault.
-    `exit_code` is the failing RUN step's, when the daemon gave one."""
+    `exit_code` is the failing RUN step's, when the daemon gave one;
+    `refused_image` the image a registry refused to let it pull."""
 
-    def __init__(self, message: str, *, transient: bool | None = None, exit_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, transient: bool | None = None, exit_code: int | None = None, refused_image: str = ""
+    ) -> None:
         super().__init__(message, transient=transient)
         self.exit_code = exit_code
+        self.refused_image = refused_image
 
 
 class PushFailed(EngineError):

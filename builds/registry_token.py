@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import json
 import logging
 
@@ -31,29 +30,15 @@ from django.views.decorators.cache import never_cache
 from audit.log import record
 from generator_site import login_throttle
 from generator_site.access import user_for_key
-from generator_site.registry_keys import Signer
 from teams import tokens as team_tokens
 from teams.registry_access import ANONYMOUS, Account, BadScope, account_for_user, granted, parse_scopes
 
 from .docker_config import account_for_build_password, is_build_password
+from .registry_accounts import farm_signer
 
 logger = logging.getLogger(__name__)
 
 THROTTLE_PREFIX = "registry\0"  # its own count: a registry client's failures do not lock a web login
-
-
-@functools.cache
-def signer(key_path: str, issuer: str, service: str) -> Signer:
-    return Signer(key_path, issuer=issuer, service=service)
-
-
-def farm_signer() -> Signer:
-    """The farm's signer, as settings name it (read once per process)."""
-    return signer(
-        str(settings.GENERATOR_REGISTRY_TOKEN_KEY),
-        settings.GENERATOR_REGISTRY_TOKEN_ISSUER,
-        settings.GENERATOR_REGISTRY_TOKEN_SERVICE,
-    )
 
 
 @never_cache

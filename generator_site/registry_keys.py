@@ -102,6 +102,15 @@ class Signer:
         when = datetime.datetime.fromtimestamp(issued, datetime.UTC).isoformat().replace("+00:00", "Z")
         return {"token": token, "access_token": token, "expires_in": lifetime, "issued_at": when}
 
+    def farm_token(self, scope: str, lifetime: int = 3600) -> str:
+        """A token for exactly `scope` (`repository:NAME:ACTIONS`), for the farm's
+        own reads and writes (RegistryAPI's token_source): never handed to a build
+        or a person."""
+        kind, _, rest = scope.partition(":")
+        name, _, actions = rest.rpartition(":")
+        access = [{"type": kind, "name": name, "actions": actions.split(",")}]
+        return self.sign("generator", access, lifetime)["token"]
+
 
 def repository_access(name: str, actions: list[str]) -> dict:
     return {"type": "repository", "name": name, "actions": actions}

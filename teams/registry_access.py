@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from builds.references import InvalidReference, parse_reference
+
 from .models import Namespace, Team
 
 PULL, PUSH = "pull", "push"
@@ -112,3 +114,21 @@ def readable(account: Account, host: str, repositories: list[str]) -> list[str]:
     """Of the registry's `repositories` (paths), those `account` may pull."""
     owners: dict[str, Namespace | None] = {}
     return [name for name in repositories if _may(account, "repository", name, PULL, host, owners)]
+
+
+def read_refusal(team: Team | None, image: str) -> str:
+    """Why a build of `team` may not read `image` (a reference its Dockerfile
+    names), or '' if it may: in any registry, an image in a namespace that is
+    neither the team's nor public is another team's."""
+    try:
+        repository = parse_reference(image).repository
+    except InvalidReference:
+        return ""  # not a reference: the builder says so in its own words
+    namespace = Namespace.objects.owning(repository)
+    if namespace is None or namespace.public or (team is not None and namespace.team_id == team.pk):
+        return ""
+    who = f"team {team.slug}" if team else "a build of no team"
+    return (
+        f"{image} is in namespace {namespace.prefix}, and {who} may not read it: a build reads images of its "
+        "own team's namespaces and of public ones"
+    )

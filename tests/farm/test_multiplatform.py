@@ -27,7 +27,7 @@ HELPER_TAGS = ("generator-platform-linux-amd64", "generator-platform-linux-arm64
 @pytest.fixture(scope="module")
 def base(farm) -> str:
     """`FROM` this: busybox for linux/amd64 and linux/arm64."""
-    lf.publish_busybox_index(farm.registry)
+    lf.publish_busybox_index(farm.registry, token_source=farm.signer.farm_token)
     return f"{farm.registry}/library/busybox"
 
 
@@ -161,7 +161,8 @@ def test_a_platform_no_daemon_builds_is_refused_at_submit(farm, token, two_platf
 
 def manifest_list(farm, repository: str, tag: str) -> dict | None:
     request = urllib.request.Request(
-        f"http://{farm.registry}/v2/{repository}/manifests/{tag}", headers={"Accept": LIST}
+        f"http://{farm.registry}/v2/{repository}/manifests/{tag}",
+        headers={"Accept": LIST, **farm.registry_headers(repository)},
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -177,7 +178,10 @@ def manifest_list(farm, repository: str, tag: str) -> dict | None:
 def tag_list(farm, repository: str) -> set[str]:
     """The repository's tags; none if nothing was ever pushed to it (the registry's 404)."""
     try:
-        with urllib.request.urlopen(f"http://{farm.registry}/v2/{repository}/tags/list", timeout=10) as response:
+        request = urllib.request.Request(
+            f"http://{farm.registry}/v2/{repository}/tags/list", headers=farm.registry_headers(repository)
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
             return set(json.loads(response.read())["tags"] or [])
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
