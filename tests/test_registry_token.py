@@ -206,3 +206,16 @@ def test_ensureteam_makes_a_public_namespace(operator, capsys):
     assert Namespace.objects.get(prefix="localhost:5000/library/").public
     assert not Namespace.objects.get(prefix="localhost:5000/").public
     assert "public" in capsys.readouterr().out
+
+
+def test_registrykey_makes_the_key_once_and_prints_its_kid(token_server, tmp_path, capsys):
+    from django.core.management import call_command
+
+    token_server.GENERATOR_REGISTRY_TOKEN_KEY = tmp_path / "new" / "k.key"
+    token_server.GENERATOR_REGISTRY_TOKEN_CERT = tmp_path / "new" / "k.crt"
+    call_command("registrykey")
+    first = capsys.readouterr().out
+    call_command("registrykey")
+    again = capsys.readouterr().out
+    assert first.startswith("made") and again.startswith("kept") and first.split("kid ")[1] == again.split("kid ")[1]
+    assert (tmp_path / "new" / "k.key").stat().st_mode & 0o777 == 0o600

@@ -78,6 +78,12 @@ class Farm:
         """What the farm's own reads of its registry send: a token it signed."""
         return {"Authorization": f"Bearer {self.signer.farm_token(f'repository:{repository}:{actions}')}"}
 
+    def pull_auth(self, image: str) -> dict[str, str]:
+        """docker-py's auth_config for a farm daemon's pull of `image` (REGISTRY/PATH):
+        a token the daemon sends as it is, since its sandbox does not reach the token server."""
+        repository = image.removeprefix(f"{self.registry}/")
+        return {"registrytoken": self.signer.farm_token(f"repository:{repository}:pull")}
+
     def ensure_running(self) -> None:
         """Starts whatever is not running (a fault test killed it); idempotent."""
         sup, root = self.supervisor, self.services_dir

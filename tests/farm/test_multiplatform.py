@@ -85,7 +85,7 @@ def test_a_two_platform_build_is_one_index_whose_images_run_on_their_platform(fa
     client = engine(farm.daemons[1][1])
     try:
         for platform, machine in (("linux/arm64", "aarch64"), ("linux/amd64", "x86_64")):
-            pulled = client.images.pull(image, tag="1", platform=platform)
+            pulled = client.images.pull(image, tag="1", platform=platform, auth_config=farm.pull_auth(image))
             output = client.containers.run(pulled.id, "uname -m", network_mode="none", remove=True, platform=platform)
             assert output.decode().strip() == machine
             assert pulled.attrs["Architecture"] == platform.split("/")[1]
