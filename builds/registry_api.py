@@ -115,6 +115,23 @@ class RegistryAPI:
         self._check(response, f"look up {name}:{reference}")
         return True
 
+    def catalog(self, page: int = 1000) -> list[str]:
+        """Every repository the registry holds, page by page (its `Link` header);
+        with `token_source`, which must grant `registry:catalog:*`."""
+        names: list[str] = []
+        url = f"{self.base}/_catalog?n={page}"
+        headers = {"Authorization": f"Bearer {self.token_source('registry:catalog:*')}"} if self.token_source else {}
+        while url:
+            try:
+                response = self.http.get(url, headers=headers, auth=self.credentials, timeout=self.timeout)
+            except requests.RequestException as exc:
+                raise RegistryError(f"cannot reach the registry {self.host}: {exc}", transient=True) from None
+            self._check(response, "list the repositories")
+            names += response.json().get("repositories") or []
+            link = response.links.get("next", {}).get("url", "")
+            url = f"{self.base.removesuffix('/v2')}{link}" if link.startswith("/") else link
+        return names
+
     def head_manifest(self, name: str, reference: str, accept: str) -> requests.Response:
         return self._request("HEAD", name, f"manifests/{reference}", headers={"Accept": accept})
 

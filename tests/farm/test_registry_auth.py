@@ -5,9 +5,11 @@ only; a build reads what its team may read, and is told so when it may not."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
+import urllib.error
 import urllib.request
 import uuid
 
@@ -20,7 +22,7 @@ from scripts import localfarm as lf
 from teams.models import Membership, Namespace, RegistryCredential, Team
 from tests.conftest import _user
 
-from .conftest import BUSYBOX_ROOTFS, api_build, follow
+from .conftest import BUSYBOX_ROOTFS, api_build, follow, http_get
 
 pytestmark = pytest.mark.farm
 
@@ -179,3 +181,31 @@ def test_a_teams_account_at_another_registry_pulls_its_private_base(farm, two_te
 
 def farm_admin_token() -> str:
     return _user("operator", is_staff=True, is_superuser=True).api_token
+
+
+def test_the_catalog_is_staff_only_and_the_farm_lists_what_each_may_read(farm, two_teams, team_a_image):
+    alice, bob = two_teams
+    private = team_a_image.removeprefix(f"{farm.registry}/").split(":")[0]
+    public = f"shared/listed-{uuid.uuid4().hex[:6]}"
+    assert build(farm, alice, f"{farm.registry}/{public}", "FROM busybox\n").status == "succeeded"
+
+    def listed(person) -> set[str]:
+        status, body = http_get(f"http://{farm.web}/api/v1/registry/repositories/", person.api_token)
+        assert status == 200, body
+        return set(json.loads(body)["repositories"])
+
+    assert {private, public} <= listed(alice)
+    assert public in listed(bob) and private not in listed(bob)
+    # The registry's own catalog: bob's token does not carry it.
+    auth = base64.b64encode(f"{bob.username}:{bob.api_token}".encode()).decode()
+    request = urllib.request.Request(
+        f"http://{farm.web}/v2/token?service=generator-registry&scope=registry:catalog:*",
+        headers={"Authorization": f"Basic {auth}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        token = json.loads(response.read())["token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    catalog = urllib.request.Request(f"http://{farm.registry}/v2/_catalog", headers=bearer)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(catalog, timeout=10)
+    assert refused.value.code == 401
