@@ -19,7 +19,7 @@ from teams.registry_access import read_refusal
 from . import cache_scope, deploy_keys, registry_accounts
 from . import secrets as build_secrets
 from .buildkit import BuildKitSession, BuildRequest, DaemonAddress, NoBuildKitClient, find_client, unsupported_features
-from .docker_config import docker_config
+from .docker_config import classic_registry_config, docker_config
 from .dockerfile_images import referenced_images
 from .dockerfile_in_context import FoundDockerfile, UnreadableDockerfile, read_dockerfile
 from .dockerfile_text import DockerfileError
@@ -78,7 +78,8 @@ def build(
     found = _dockerfile_in(context, dockerfile)
     text = found.data
     # Before any builder runs: a daemon uses an image it holds without asking the registry.
-    for image in referenced_images(found.data.decode(errors="replace"), buildargs):
+    images = referenced_images(found.data.decode(errors="replace"), buildargs)
+    for image in images:
         if refusal := read_refusal(job.team, image):
             raise BuildFailed(refusal)
     context, buildargs = _team_scoped(job, context, found, buildargs)
@@ -95,6 +96,7 @@ def build(
                 nocache=job.no_cache,
                 target=job.target or None,
                 on_line=emit,
+                registry_config=classic_registry_config(job, images),
                 **containment.engine_options,
             ),
             tick=watch.tick,

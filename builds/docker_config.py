@@ -27,11 +27,12 @@ from django.conf import settings
 from django.core import signing
 
 from teams.models import RegistryCredential
-from teams.registry_access import Account
+from teams.registry_access import PULL, Account, Scope, granted
 
 from . import secrets
 from .models import BuildJob
-from .references import DOCKER_HUB
+from .references import DOCKER_HUB, InvalidReference, parse_reference
+from .registry_accounts import farm_signer
 from .registry_api import repository_path
 
 PREFIX = "gbc_"  # no API token starts so: the token server tells a build's credential by it
@@ -40,6 +41,7 @@ _SALT = "generator.builds.docker_config"
 # this is a ceiling for a signature that leaked from a build that never ended.
 MAX_AGE_SECONDS = 24 * 3600
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+TOKEN_SECONDS = 3600  # a classic build's pull token: its FROM pulls may come late in a long build
 
 
 def is_build_password(password: str) -> bool:
@@ -83,6 +85,32 @@ def auths(job: BuildJob) -> dict[str, dict[str, str]]:
     if host := settings.GENERATOR_REGISTRY_TOKEN_HOST:
         entries[host] = _entry(f"build-{job.id}", build_password(job))
     return entries
+
+
+def classic_registry_config(job: BuildJob, images: list[str]) -> dict[str, dict[str, str]]:
+    """The classic builder's accounts for its pulls (Docker's X-Registry-Config):
+    the daemon pulls itself, and its sandbox does not reach the token server, so
+    for the farm's registry a token the farm signs for the Dockerfile's images
+    there that the team may read (`registrytoken`: the daemon sends it as it is);
+    its team's accounts elsewhere."""
+    config = {}
+    if job.team_id is not None:
+        for account in RegistryCredential.objects.filter(team_id=job.team_id):
+            key = DOCKER_HUB_KEY if account.host == DOCKER_HUB else account.host
+            config[key] = {"username": account.username, "password": secrets.decrypt(account.password)}
+    host = settings.GENERATOR_REGISTRY_TOKEN_HOST
+    names = []
+    for image in images:
+        try:
+            reference = parse_reference(image)
+        except InvalidReference:
+            continue
+        if host and reference.registry == host:
+            names.append(repository_path(reference.repository, host))
+    access = granted(build_account(job), [Scope("repository", name, (PULL,)) for name in names], host)
+    if access:
+        config[host] = {"registrytoken": farm_signer().sign(f"build {job.id}", access, TOKEN_SECONDS)["token"]}
+    return config
 
 
 def _entry(username: str, password: str) -> dict[str, str]:

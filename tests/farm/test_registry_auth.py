@@ -196,6 +196,13 @@ def test_the_catalog_is_staff_only_and_the_farm_lists_what_each_may_read(farm, t
 
     assert {private, public} <= listed(alice)
     assert public in listed(bob) and private not in listed(bob)
+    # Without a token: 401, and the challenge names the farm's token server.
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(f"http://{farm.registry}/v2/{private}/manifests/latest", timeout=10)
+    assert anonymous.value.code == 401
+    challenge = anonymous.value.headers["WWW-Authenticate"]
+    assert challenge.startswith(f'Bearer realm="http://{farm.web}/v2/token"')
+    assert f"repository:{private}:pull" in challenge
     # The registry's own catalog: bob's token does not carry it.
     auth = base64.b64encode(f"{bob.username}:{bob.api_token}".encode()).decode()
     request = urllib.request.Request(
@@ -209,3 +216,20 @@ def test_the_catalog_is_staff_only_and_the_farm_lists_what_each_may_read(farm, t
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(catalog, timeout=10)
     assert refused.value.code == 401
+
+
+def test_a_classic_build_pulls_a_public_base_with_a_token_the_farm_signed(farm, user_daemon, two_teams, tmp_path):
+    """The classic builder's daemon pulls itself: no daemon of the farm holds this
+    base (pushed from a person's machine), and none reaches the token server."""
+    alice, bob = two_teams
+    base = f"{farm.registry}/shared/classic-base:{uuid.uuid4().hex[:8]}"
+    assert login(user_daemon, tmp_path, farm.registry, alice).returncode == 0
+    docker(user_daemon, tmp_path, "tag", "busybox:latest", base, check=True)
+    docker(user_daemon, tmp_path, "push", base, check=True)
+    job_id = api_build(
+        farm, bob.api_token,
+        {"image": f"{farm.registry}/reg-b/classic", "dockerfile": f"FROM {base}\nRUN true\n", "builder": "classic"},
+    )  # fmt: skip
+    follow(farm, job_id, bob.api_token)
+    job = BuildJob.objects.get(pk=job_id)
+    assert job.status == "succeeded", job.error
