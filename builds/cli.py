@@ -4,6 +4,7 @@
                                 [--team SLUG]
     python -m builds.cli logs JOB_ID
     python -m builds.cli status JOB_ID
+    python -m builds.cli pull IMAGE --docker-host unix:///path/to/docker.sock
 
 PATH is a directory (sent as a gzipped context, honouring .dockerignore) or a
 Dockerfile (sent as text). The log streams as it happens; `submit` and `logs`
@@ -28,6 +29,8 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+
+from builds import cli_pull
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 RESUME_TRIES = 3  # connections in a row that bring no new line
@@ -209,6 +212,9 @@ def main(argv: list[str] | None = None, out=sys.stdout) -> int:
     )  # fmt: skip
     for name in ("logs", "status"):
         commands.add_parser(name).add_argument("job_id")
+    fetch = commands.add_parser("pull", help="pull an image of the farm's registry into a daemon (builds/cli_pull.py)")
+    fetch.add_argument("image")
+    fetch.add_argument("--docker-host", required=True, help="the daemon's socket, unix:///...")
     args = parser.parse_args(argv)
     try:
         farm = Farm(args.server, args.token)
@@ -218,6 +224,13 @@ def main(argv: list[str] | None = None, out=sys.stdout) -> int:
             return submit(farm, args, out)
         if args.command == "logs":
             return finish(farm.follow(args.job_id, out))
+        if args.command == "pull":
+            try:
+                cli_pull.pull(farm.server, farm.token, args.image, args.docker_host, out)
+            except cli_pull.PullError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+            return 0
         job = farm.request("GET", f"/api/v1/builds/{args.job_id}/")
         print(json.dumps(job, indent=2), file=out)
         return 0 if job["status"] == "succeeded" else EXIT_FAILED

@@ -6,9 +6,10 @@ A client (docker login, the docker CLI, BuildKit) sends Basic credentials, a
 (GENERATOR_REGISTRY_TOKEN_SECONDS) granting what it asked for and may have
 (teams/registry_access.py); a denied scope is left out, never an error.
 
-Credentials: any username with an API token as the password (a user's token,
-whose username it must name, or a team's `gtt_...`, named by the team's slug or
-any name), or a build's own credential (builds/docker_config.py). No
+Credentials: Basic, any username with an API token as the password (a user's
+token, whose username it must name, or a team's `gtt_...` with any name), or a
+build's own credential (builds/docker_config.py); or the farm's own
+`Authorization: Token <key>` (the CLI's `pull`, builds/cli_pull.py). No
 credentials: anonymous, public pulls only. Wrong ones: 401, audited with the
 client's address and throttled per (username, address) as logins are
 (generator_site/login_throttle.py); a revoked or expired API token is wrong.
@@ -59,7 +60,7 @@ def token(request: HttpRequest) -> HttpResponse:
     if not header:
         account = ANONYMOUS
     else:
-        username, password = _basic(header)
+        username, password = _credentials(header)
         key = login_throttle.throttle_key(THROTTLE_PREFIX + username, login_throttle.client_address(request))
         if locked := login_throttle.lockout(key):
             minutes = -(-locked.retry_after // 60)
@@ -75,8 +76,11 @@ def token(request: HttpRequest) -> HttpResponse:
     return JsonResponse(farm_signer().sign(account.subject, access, settings.GENERATOR_REGISTRY_TOKEN_SECONDS))
 
 
-def _basic(header: str) -> tuple[str, str]:
+def _credentials(header: str) -> tuple[str, str]:
+    """(username, password) from Basic; from `Token <key>`, the key with no username."""
     scheme, _, encoded = header.partition(" ")
+    if scheme.lower() == "token":
+        return "", encoded.strip()
     if scheme.lower() != "basic":
         return "", ""
     try:
@@ -95,7 +99,7 @@ def authenticate(username: str, password: str) -> tuple[Account | None, str]:
     user, problem = user_for_key(password)
     if user is None:
         return None, problem
-    if not team_tokens.is_team_key(password) and username != user.get_username():
+    if username and not team_tokens.is_team_key(password) and username != user.get_username():
         return None, "the username is not the API token's user"
     return account_for_user(user), ""
 

@@ -219,3 +219,12 @@ def test_registrykey_makes_the_key_once_and_prints_its_kid(token_server, tmp_pat
     again = capsys.readouterr().out
     assert first.startswith("made") and again.startswith("kept") and first.split("kid ")[1] == again.split("kid ")[1]
     assert (tmp_path / "new" / "k.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_farms_token_header_works_too(alice, token_server):
+    response = Client().get(
+        "/v2/token", {"scope": "repository:team-a/app:pull"}, HTTP_AUTHORIZATION=f"Token {alice.api_token}"
+    )
+    assert access(response, token_server) == {"repository:team-a/app": ["pull"]}
+    wrong = Client().get("/v2/token", {"scope": "repository:team-a/app:pull"}, HTTP_AUTHORIZATION="Token nope")
+    assert wrong.status_code == 401

@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -22,7 +23,7 @@ from scripts import localfarm as lf
 from teams.models import Membership, Namespace, RegistryCredential, Team
 from tests.conftest import _user
 
-from .conftest import BUSYBOX_ROOTFS, api_build, follow, http_get
+from .conftest import BUSYBOX_ROOTFS, api_build, engine, follow, http_get
 
 pytestmark = pytest.mark.farm
 
@@ -233,3 +234,25 @@ def test_a_classic_build_pulls_a_public_base_with_a_token_the_farm_signed(farm, 
     follow(farm, job_id, bob.api_token)
     job = BuildJob.objects.get(pk=job_id)
     assert job.status == "succeeded", job.error
+
+
+def test_the_cli_pulls_into_a_farm_daemon_with_a_token_it_asked_for(farm, farm_pool, two_teams, team_a_image):
+    """README's first build: a farm daemon cannot reach the token server, so the
+    CLI asks for the token and hands it over; another team's image stays refused."""
+    alice, bob = two_teams
+    url = farm.daemons[0][1]
+    if engine(url).images.list(name=team_a_image):  # built there: pulled only if it is not
+        engine(url).images.remove(team_a_image, force=True)
+    cli = [sys.executable, "-m", "builds.cli", "--server", f"http://{farm.web}"]
+    pulled = subprocess.run(
+        [*cli, "--token", alice.api_token, "pull", team_a_image, "--docker-host", url],
+        capture_output=True, text=True, timeout=120, cwd=lf.ROOT,
+    )  # fmt: skip
+    assert pulled.returncode == 0, pulled.stderr
+    assert engine(url).images.get(team_a_image).id
+    engine(url).images.remove(team_a_image, force=True)
+    refused = subprocess.run(
+        [*cli, "--token", bob.api_token, "pull", team_a_image, "--docker-host", url],
+        capture_output=True, text=True, timeout=120, cwd=lf.ROOT,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "error:" in refused.stderr
