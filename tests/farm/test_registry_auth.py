@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -19,6 +20,7 @@ import pytest
 from django.contrib.auth.models import Permission
 
 from builds.models import BuildJob
+from generator_site import registry_keys
 from scripts import localfarm as lf
 from teams.models import Membership, Namespace, RegistryCredential, Team
 from tests.conftest import _user
@@ -256,3 +258,27 @@ def test_the_cli_pulls_into_a_farm_daemon_with_a_token_it_asked_for(farm, farm_p
         capture_output=True, text=True, timeout=120, cwd=lf.ROOT,
     )  # fmt: skip
     assert refused.returncode == 1 and "error:" in refused.stderr
+
+
+def test_the_registry_refuses_an_expired_token_and_one_of_another_key(farm, team_a_image, tmp_path):
+    path = team_a_image.removeprefix(f"{farm.registry}/").split(":")[0]
+    access = [{"type": "repository", "name": path, "actions": ["pull"]}]
+    other_key = tmp_path / "other.key"
+    registry_keys.ensure_key(other_key, tmp_path / "other.crt")
+    other = registry_keys.Signer(other_key, issuer=farm.signer.issuer, service=farm.signer.service)
+    tokens = {
+        "fresh": farm.signer.sign("test", access, 60)["token"],
+        "expired": farm.signer.sign("test", access, 60, now=time.time() - 3600)["token"],
+        "another key": other.sign("test", access, 60)["token"],
+    }
+    answers = {}
+    for name, token in tokens.items():
+        request = urllib.request.Request(
+            f"http://{farm.registry}/v2/{path}/tags/list", headers={"Authorization": f"Bearer {token}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                answers[name] = response.status
+        except urllib.error.HTTPError as exc:
+            answers[name] = exc.code
+    assert answers == {"fresh": 200, "expired": 401, "another key": 401}
