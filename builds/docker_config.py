@@ -59,15 +59,18 @@ def account_for_build_password(password: str) -> tuple[Account | None, str]:
         job_id, attempt = str(claim["job"]), int(claim["attempt"])
     except (signing.BadSignature, KeyError, TypeError, ValueError):
         return None, "invalid build credential"
-    job = BuildJob.objects.filter(pk=job_id).only("id", "attempt", "status", "team_id", "image").first()
+    job = BuildJob.objects.filter(pk=job_id).only("id", "attempt", "status", "team_id", "image", "fork").first()
     if job is None or job.attempt != attempt or job.status not in (BuildJob.Status.BUILDING, BuildJob.Status.PUSHING):
         return None, "this build credential's build is over"
     return build_account(job), ""
 
 
 def build_account(job: BuildJob) -> Account:
-    """Pull what the build's team may read; push its own image repository alone."""
+    """Pull what the build's team may read; push its own image repository alone.
+    A fork's pull request: public pulls only, no push (it is never pushed)."""
     host = settings.GENERATOR_REGISTRY_TOKEN_HOST
+    if job.fork:
+        return Account(subject=f"build {job.id} (a fork's)")
     return Account(
         subject=f"build {job.id}",
         team_ids=frozenset([job.team_id] if job.team_id else []),
@@ -78,7 +81,7 @@ def build_account(job: BuildJob) -> Account:
 def auths(job: BuildJob) -> dict[str, dict[str, str]]:
     """config.json's `auths` for the build: the farm's registry, then its team's accounts elsewhere."""
     entries = {}
-    if job.team_id is not None:
+    if job.team_id is not None and not job.fork:  # a fork's pull request gets no registry account
         for account in RegistryCredential.objects.filter(team_id=job.team_id):
             key = DOCKER_HUB_KEY if account.host == DOCKER_HUB else account.host
             entries[key] = _entry(account.username, secrets.decrypt(account.password))
@@ -94,7 +97,7 @@ def classic_registry_config(job: BuildJob, images: list[str]) -> dict[str, dict[
     there that the team may read (`registrytoken`: the daemon sends it as it is);
     its team's accounts elsewhere."""
     config = {}
-    if job.team_id is not None:
+    if job.team_id is not None and not job.fork:
         for account in RegistryCredential.objects.filter(team_id=job.team_id):
             key = DOCKER_HUB_KEY if account.host == DOCKER_HUB else account.host
             config[key] = {"username": account.username, "password": secrets.decrypt(account.password)}

@@ -53,3 +53,15 @@ def test_a_classic_build_gets_a_pull_token_for_the_images_its_team_may_read(job,
         {"type": "repository", "name": "team-a/base", "actions": ["pull"]},
         {"type": "repository", "name": "shared/x", "actions": ["pull"]},
     ]
+
+
+def test_a_forks_pull_request_gets_no_team_account_and_reads_public_images_only(job, teams):
+    Namespace.objects.create(team=teams[1], prefix="localhost:5000/shared/", public=True)
+    BuildJob.objects.filter(pk=job.pk).update(fork=True)
+    job.refresh_from_db()
+    config = classic_registry_config(job, ["localhost:5000/team-a/base:1", "localhost:5000/shared/x"])
+    assert "private.example:5000" not in config
+    access = jwt.decode(config["localhost:5000"]["registrytoken"], options={"verify_signature": False})["access"]
+    assert access == [{"type": "repository", "name": "shared/x", "actions": ["pull"]}]
+    with docker_config(job) as folder:
+        assert list(json.loads((Path(folder) / "config.json").read_text())["auths"]) == ["localhost:5000"]
