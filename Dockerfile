@@ -11,7 +11,8 @@ RUN GENERATOR_DEBUG=true python manage.py collectstatic --noinput
 # Group 999 owns the Docker-in-Docker sockets (docker-compose.yml: dockerd --group 999).
 RUN groupadd --system --gid 999 dockersock \
     && useradd --system --groups dockersock --home /var/lib/generator generator \
-    && mkdir -p /var/lib/generator/contexts /var/lib/generator/logs && chown -R generator /var/lib/generator
+    && mkdir -p /var/lib/generator/contexts /var/lib/generator/logs /var/lib/generator/registry-token \
+    && chown -R generator /var/lib/generator
 USER generator
 EXPOSE 8080
 # daphne, one process per core on one socket (GENERATOR_WEB_PROCESSES).

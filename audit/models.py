@@ -20,6 +20,7 @@ class AuditEvent(models.Model):
         CREATE = "create"
         CHANGE = "change"
         DELETE = "delete"
+        DENY = "deny"  # credentials refused (the registry's token server)
 
     at = models.DateTimeField(auto_now_add=True, db_index=True)
     actor = models.ForeignKey(

@@ -72,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     with rig.farm_from(args) as farm:
         base = f"{farm.registry}/library/busybox"
-        lf.publish_busybox_index(farm.registry)
+        lf.publish_busybox_index(farm.registry, token_source=farm.token_source)
         if farm.registry not in {row["host"] for row in farm.ok("GET", "/api/v1/registries/")["results"]}:
             farm.ok("POST", "/api/v1/registries/", {"host": farm.registry})  # builds push only to allowed ones
         wait_for_platforms(farm)

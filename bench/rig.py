@@ -41,7 +41,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 
 from builds.cgroups import daemon_cgroup  # noqa: E402
+from generator_site import registry_keys  # noqa: E402
 from scripts import localfarm as lf  # noqa: E402
 from scripts import sandbox  # noqa: E402
 
@@ -64,6 +65,8 @@ class Farm:
     pids: dict[str, int] = field(default_factory=dict)
     # Every process of a private farm, for CPU time: name -> pid.
     processes: dict[str, int] = field(default_factory=dict)
+    # The farm's own registry tokens (its signing key), for what the bench writes there itself.
+    token_source: Callable[[str], str] | None = None
 
     @property
     def ws(self) -> str:
@@ -138,6 +141,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, daemons: int) -> None:
     group.add_argument("--web", help="use the farm at this URL instead, e.g. http://localhost:8080")
     group.add_argument("--token", help="an operator's API token for --web")
     group.add_argument("--registry", default="localhost:5000", help="registry of the --web farm (host:port)")
+    group.add_argument(
+        "--token-key", default=str(ROOT / "var" / "registry-token.key"),
+        help="the --web farm's registry token key (make up's var/registry-token.key), for the bench's own writes",
+    )  # fmt: skip
     group.add_argument("--web-pid", type=int, help="daphne's pid in the --web farm, to measure its memory")
     group.add_argument("--worker-pid", type=int, help="a Celery worker's pid in the --web farm")
 
@@ -148,7 +155,9 @@ def farm_from(args: argparse.Namespace) -> Iterator[Farm]:
         if not args.token:
             raise SystemExit("--web needs --token (an operator's API token)")
         pids = {role: pid for role, pid in (("daphne", args.web_pid), ("worker", args.worker_pid)) if pid}
-        yield Farm(args.web.rstrip("/"), args.token, args.registry, pids)
+        key = Path(args.token_key)
+        source = registry_keys.Signer(key, issuer="generator", service="generator-registry").farm_token
+        yield Farm(args.web.rstrip("/"), args.token, args.registry, pids, token_source=source if key.exists() else None)
         return
     with private_farm(args.daemons, args.capacity, args.postgres) as farm:
         yield farm
@@ -207,7 +216,11 @@ def _start(
 ) -> Farm:
     redis_port, web_port = lf.free_port(), lf.free_port()
     lf.start_redis(sup, redis_port, root / "redis")
-    lf.start_registry(sup, registry_port, root / "registry")
+    # As make up's: the farm is its registry's token server, its key in its var/.
+    key, cert = root / "var" / "registry-token.key", root / "var" / "registry-token.crt"
+    registry_keys.ensure_key(key, cert)
+    token_auth = lf.TokenAuth(realm=f"http://127.0.0.1:{web_port}/v2/token", rootcertbundle=cert)
+    lf.start_registry(sup, registry_port, root / "registry", token=token_auth)
     sandbox.apply_rules(policy)
     sockets = [root / f"s{index}" / "docker.sock" for index in range(daemons)]
     names = [f"bench-{index}" for index in range(daemons)]
@@ -227,8 +240,9 @@ def _start(
         # request leaves the machine.
         "GENERATOR_GITHUB_API_URL": f"http://127.0.0.1:{registry_port}/github",
         "GENERATOR_ALLOW_LOCAL_REPOSITORIES": "true",  # that API base is on loopback
+        "GENERATOR_REGISTRY_TOKEN_HOST": f"localhost:{registry_port}",
     }
-    (root / "var" / "static").mkdir(parents=True)
+    (root / "var" / "static").mkdir(parents=True, exist_ok=True)
     manage(env, "migrate", "--noinput")
     pool = {
         "docker": [
@@ -240,7 +254,11 @@ def _start(
     token = manage(env, "ensureadmin", "--password-file", str(root / "admin-password")).rsplit(":", 1)[-1].strip()
     # As make up does: builds may push to the rig's registry, and the admin's team owns all of it.
     manage(env, "allowregistry", f"localhost:{registry_port}")
-    manage(env, "ensureteam", "default", "--namespace", f"localhost:{registry_port}/", "--admin", "admin")
+    registry = f"localhost:{registry_port}"
+    manage(
+        env, "ensureteam", "default", "--namespace", f"{registry}/", "--public-namespace", f"{registry}/library/",
+        "--admin", "admin",
+    )  # fmt: skip
     rootfs = lf.busybox_rootfs()
     for index, socket_path in enumerate(sockets):
         lf.wait_for_dockerd(sup, f"dockerd-{index}", f"unix://{socket_path}")
@@ -256,7 +274,8 @@ def _start(
         # The whole server (every database on it): its CPU is the farm's too.
         processes["postgres"] = postmaster_pid(database_url)
     say(f"private farm up: web http://127.0.0.1:{web_port}, registry localhost:{registry_port}")
-    return Farm(f"http://127.0.0.1:{web_port}", token, f"localhost:{registry_port}", pids, processes)
+    signer = registry_keys.Signer(key, issuer=token_auth.issuer, service=token_auth.service)
+    return Farm(f"http://127.0.0.1:{web_port}", token, registry, pids, processes, token_source=signer.farm_token)
 
 
 def manage(env: dict[str, str], *args: str) -> str:

@@ -14,16 +14,20 @@ from django.conf import settings
 
 from pool.housekeeping import FARM_LABEL, FARM_LABEL_VALUE
 from pool.models import DockerDaemon
+from teams.registry_access import read_refusal
 
 from . import cache_scope, deploy_keys, registry_accounts
 from . import secrets as build_secrets
 from .buildkit import BuildKitSession, BuildRequest, DaemonAddress, NoBuildKitClient, find_client, unsupported_features
+from .docker_config import classic_registry_config, docker_config
+from .dockerfile_images import referenced_images
 from .dockerfile_in_context import FoundDockerfile, UnreadableDockerfile, read_dockerfile
 from .dockerfile_text import DockerfileError
 from .engine import BuildFailed, DaemonUnavailable, EngineSession
 from .limits import Containment
 from .models import BuildJob
-from .references import parse_reference
+from .references import InvalidReference, parse_reference
+from .registry_accounts import is_farm_registry
 from .registry_api import RegistryAPI, RegistryError, repository_path
 
 logger = logging.getLogger(__name__)
@@ -73,6 +77,11 @@ def build(
     # A Dockerfile text's context holds it as "Dockerfile" (builds/runner.py): read like any other.
     found = _dockerfile_in(context, dockerfile)
     text = found.data
+    # Before any builder runs: a daemon uses an image it holds without asking the registry.
+    images = referenced_images(found.data.decode(errors="replace"), buildargs)
+    for image in images:
+        if refusal := read_refusal(job.team, image):
+            raise BuildFailed(refusal)
     context, buildargs = _team_scoped(job, context, found, buildargs)
     if job.builder != "buildkit":
         if secrets:
@@ -87,6 +96,7 @@ def build(
                 nocache=job.no_cache,
                 target=job.target or None,
                 on_line=emit,
+                registry_config=classic_registry_config(job, images),
                 **containment.engine_options,
             ),
             tick=watch.tick,
@@ -103,12 +113,17 @@ def build(
         raise DaemonUnavailable(str(exc)) from exc
     log.write(f"[generator] BuildKit ({client.describe()})")
     session = BuildKitSession(client, daemon_address(access))
-    # The deploy key for RUN --mount=type=ssh: a 0600 file the CLI loads into its agent, gone after the build.
-    with build_secrets.as_files(secrets) as files, build_secrets.as_files({"ssh": ssh_key} if ssh_key else {}) as ssh:
+    # The deploy key for RUN --mount=type=ssh: a 0600 file the CLI loads into its agent, gone after the build;
+    # the build's registry credentials likewise (builds/docker_config.py).
+    with (
+        build_secrets.as_files(secrets) as files,
+        build_secrets.as_files({"ssh": ssh_key} if ssh_key else {}) as ssh,
+        docker_config(job) as config,
+    ):
         request = _request(job, tag, dockerfile, buildargs, containment, files)
         if request.cache_from:
             log.write(f"[generator] Cache from: {', '.join(request.cache_from)}")
-        request.ssh = ssh.get("ssh", "")
+        request.ssh, request.docker_config = ssh.get("ssh", ""), config
         if request.ssh:
             fingerprint = job.repository.deploy_key_fingerprint
             log.write(f"[generator] RUN --mount=type=ssh gets an SSH agent with the deploy key ({fingerprint})")
@@ -118,6 +133,8 @@ def build(
             )
         except BuildFailed as exc:  # an error line may quote a secret, like any other line
             message = build_secrets.masked(str(exc), build_secrets.mask_forms(list(secrets.values())))
+            if exc.refused_image:
+                raise BuildFailed(refused_pull(job, exc.refused_image, message)) from None
             if not engine.answers():  # the CLI's last words when its daemon dies vary: ask the daemon
                 raise DaemonUnavailable(f"lost the Docker daemon at {engine.url} during the build: {message}") from None
             raise BuildFailed(message, exit_code=exc.exit_code) from None
@@ -134,6 +151,18 @@ def _team_scoped(job, context: BinaryIO, found: FoundDockerfile, buildargs: dict
     except (DockerfileError, ValueError) as exc:
         raise BuildFailed(f"the Dockerfile cannot be read as the engine reads it: {exc}") from None
     return cache_scope.ContextWithFile(context, found.path, scoped), {**buildargs, name: "1"}
+
+
+def refused_pull(job, image: str, message: str) -> str:
+    """A registry's refusal of a pull, said as who may not read what."""
+    who = f"team {job.team.slug}" if job.team else "a build of no team"
+    try:
+        host = parse_reference(image).registry
+    except InvalidReference:
+        host = ""
+    if is_farm_registry(host):
+        return f"{image}: {who} may not read it (the farm's registry refused the pull: {message})"
+    return f"{image}: {who} may not read it with its account at {host or 'its registry'}, if any ({message})"
 
 
 def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> BuildRequest:
@@ -179,13 +208,8 @@ def _in_registry(image: str, team_id: int | None) -> bool:
     """One HEAD of the manifest, as the build's team; False when the registry
     cannot say (a cache source is worth no failure and no long wait)."""
     reference = parse_reference(image)
-    account = registry_accounts.push_account(reference.registry, team_id)
-    api = RegistryAPI(
-        reference.registry,
-        username=account.username if account else "",
-        password=account.password if account else "",
-        timeout=CACHE_LOOKUP_SECONDS,
-    )
+    login = registry_accounts.registry_login(reference.registry, team_id)
+    api = RegistryAPI(reference.registry, **login, timeout=CACHE_LOOKUP_SECONDS)
     with api:
         try:
             return api.has(repository_path(reference.repository, reference.registry), reference.tag or "latest")

@@ -137,6 +137,9 @@ class BuildRequest:
     # In every RUN step's NO_PROXY (after the build's own), which BuildKit keeps out of
     # its cache keys: how the worker knows its steps (cgroups.StepClaimer).
     step_marker: str = ""
+    # The build's own DOCKER_CONFIG folder (builds/docker_config.py): the credentials
+    # its pulls go out with. "": an empty one, anonymous pulls.
+    docker_config: str = ""
 
 
 # `<<WORD` or `<<-"WORD"` in a RUN, COPY or ADD instruction; not `<<<` (a shell here-string).
@@ -227,7 +230,7 @@ class BuildKitSession:
                     stdin=context if _has_fileno(context) else subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
-                    env=self._env(),
+                    env=self._env(request.docker_config),
                     preexec_fn=_die_with_parent,
                 )
             if self._process.stdin is not None:  # not a file: fed in chunks from a thread
@@ -235,16 +238,19 @@ class BuildKitSession:
             assert self._process.stdout is not None
             # At most 1 MiB a read: a step printing without newlines costs no more (the log cuts it shorter).
             cache_steps: set[str] = set()
+            titles: dict[str, str] = {}  # step number -> its first line, which names what it pulls
             while raw := self._process.stdout.readline(1 << 20):
                 line = raw.decode(errors="replace").rstrip("\r\n")
                 on_line(line)
+                if (title := _STEP_TITLE.match(line)) and title[1] not in titles:
+                    titles[title[1]] = title[2]
                 if found := _CACHE_IMPORT.match(line):
                     cache_steps.add(found[1])
                 elif not (found := _STEP_ERROR.match(line)) or found[1] not in cache_steps:
                     tail = [*tail[-19:], line]  # a cache source's error is no failure: BuildKit goes on
             code = self._process.wait()
             if code != 0:
-                raise _failure(code, tail, self.daemon.host)
+                raise _failure(code, tail, self.daemon.host, titles)
             try:
                 image_id = iidfile.read_text().strip()
             except OSError:
@@ -291,11 +297,13 @@ class BuildKitSession:
             argv += ["--platform", request.platform]
         return [*argv, "-"]
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, docker_config: str = "") -> dict[str, str]:
         keep = ("PATH", "HOME", "LANG", "TMPDIR")
         env = {name: os.environ[name] for name in keep if name in os.environ}
-        # No DOCKER_* of the worker's own environment, and no user config with credentials.
-        env.update(DOCKER_BUILDKIT="1", DOCKER_CONFIG=tempfile.gettempdir() + "/generator-docker-config")
+        # No DOCKER_* of the worker's own environment, and no user config with credentials:
+        # the build's own, or none.
+        config = docker_config or tempfile.gettempdir() + "/generator-docker-config"
+        env.update(DOCKER_BUILDKIT="1", DOCKER_CONFIG=config)
         return env
 
 
@@ -357,13 +365,33 @@ def _die_with_parent() -> None:
 
 _CACHE_IMPORT = re.compile(r"^#(\d+) importing cache manifest from ")
 _STEP_ERROR = re.compile(r"^#(\d+) ERROR\b")
+_STEP_TITLE = re.compile(r"^#(\d+) (\[.*)$")
+# A registry's refusal of a pull, in BuildKit's words and the registry's.
+_PULL_REFUSED = re.compile(r"pull access denied|insufficient_scope|authorization failed|401 unauthorized", re.I)
+# Where a step's title names the image it pulls: `[internal] load metadata for IMAGE`,
+# `[stage 1/2] FROM IMAGE`, `[stage 2/3] COPY --from=IMAGE ...`, `RUN --mount=...,from=IMAGE`.
+_PULLED_IMAGE = re.compile(r"load metadata for (\S+)|\] FROM (\S+)|--from=([^\s,]+)|\bfrom=([^\s,]+)")
 
 
-def _failure(code: int, tail: list[str], host: str) -> Exception:
+def _failure(code: int, tail: list[str], host: str, titles: dict[str, str] | None = None) -> Exception:
     errors = [line for line in tail if re.match(r"^(#\d+ )?ERROR\b|^error:|^failed to ", line, re.IGNORECASE)]
     message = (errors[-1] if errors else (tail[-1] if tail else f"the docker CLI exited with {code}")).strip()
+    if refused := _refused_image(errors, titles or {}):
+        return BuildFailed(re.sub(r"^#\d+ ", "", message), refused_image=refused)
     message = re.sub(r"^#\d+ ", "", message)
     if any(sign in line.lower() for sign in _DAEMON_GONE for line in tail[-3:]):
         return DaemonUnavailable(f"lost the Docker daemon at {host} during the build: {message}")
     step_exit = re.search(r"exit code: (\d+)\s*$", message)  # a RUN step's, as the classic builder reports it
     return BuildFailed(message, exit_code=int(step_exit.group(1)) if step_exit else None)
+
+
+def _refused_image(errors: list[str], titles: dict[str, str]) -> str:
+    """The image a registry refused to let the build pull, named by the failing
+    step's title (BuildKit's error line itself may not name it)."""
+    for line in reversed(errors):
+        step = re.match(r"^#(\d+) ", line)
+        if not _PULL_REFUSED.search(line) or not step or step[1] not in titles:
+            continue
+        if found := _PULLED_IMAGE.search(titles[step[1]]):
+            return next(group for group in found.groups() if group)
+    return ""

@@ -5,6 +5,7 @@
     python -m builds.cli logs JOB_ID
     python -m builds.cli status JOB_ID
     python -m builds.cli verify IMAGE[@DIGEST] [--key PEM_FILE]
+    python -m builds.cli pull IMAGE --docker-host unix:///path/to/docker.sock
 
 PATH is a directory (sent as a gzipped context, honouring .dockerignore) or a
 Dockerfile (sent as text). The log streams as it happens; `submit` and `logs`
@@ -37,6 +38,8 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+
+from builds import cli_pull
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 RESUME_TRIES = 3  # connections in a row that bring no new line
@@ -261,6 +264,9 @@ def main(argv: list[str] | None = None, out=sys.stdout) -> int:
     checking = commands.add_parser("verify", help="check an image's signature and provenance, print the provenance")
     checking.add_argument("image", help="IMAGE[:TAG] or IMAGE@sha256:...")
     checking.add_argument("--key", default="", help="the public key (PEM); default: the farm's, from --server")
+    fetch = commands.add_parser("pull", help="pull an image of the farm's registry into a daemon (builds/cli_pull.py)")
+    fetch.add_argument("image")
+    fetch.add_argument("--docker-host", required=True, help="the daemon's socket, unix:///...")
     args = parser.parse_args(argv)
     try:
         if args.command == "verify":
@@ -272,6 +278,13 @@ def main(argv: list[str] | None = None, out=sys.stdout) -> int:
             return submit(farm, args, out)
         if args.command == "logs":
             return finish(farm.follow(args.job_id, out))
+        if args.command == "pull":
+            try:
+                cli_pull.pull(farm.server, farm.token, args.image, args.docker_host, out)
+            except cli_pull.PullError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+            return 0
         job = farm.request("GET", f"/api/v1/builds/{args.job_id}/")
         print(json.dumps(job, indent=2), file=out)
         return 0 if job["status"] == "succeeded" else EXIT_FAILED

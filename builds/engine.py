@@ -44,11 +44,15 @@ class DaemonUnavailable(EngineError):
 
 class BuildFailed(EngineError):
     """The build itself failed: the Dockerfile or the context is at fault.
-    `exit_code` is the failing RUN step's, when the daemon gave one."""
+    `exit_code` is the failing RUN step's, when the daemon gave one;
+    `refused_image` the image a registry refused to let it pull."""
 
-    def __init__(self, message: str, *, transient: bool | None = None, exit_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, transient: bool | None = None, exit_code: int | None = None, refused_image: str = ""
+    ) -> None:
         super().__init__(message, transient=transient)
         self.exit_code = exit_code
+        self.refused_image = refused_image
 
 
 class PushFailed(EngineError):
@@ -201,13 +205,15 @@ class EngineSession:
         cpu_period_us: int | None = None,
         cpu_quota_us: int | None = None,
         network_mode: str | None = None,
+        registry_config: dict[str, dict[str, str]] | None = None,
     ) -> str:
         """Builds the context (a tar, as a file read in chunks as it is sent, or
         bytes), tags the image, and answers its id (sha256:...).
 
         Every RUN container is created under `cgroup_parent`, with `memory_bytes`
         (and no swap beyond it) and the CPU quota as its own limits, and with
-        `network_mode` ("none": no network).
+        `network_mode` ("none": no network). `registry_config`: the accounts its
+        pulls use, by registry (Docker's X-Registry-Config), and nothing else.
         """
         assembler = LineAssembler()
         image_id = None
@@ -215,6 +221,7 @@ class EngineSession:
         # docker-py's build() knows no cgroupparent, cpuperiod or cpuquota; the Engine API does.
         extra = {"cgroupparent": cgroup_parent, "cpuperiod": cpu_period_us, "cpuquota": cpu_quota_us}
         self._api.extra_build_params = {name: value for name, value in extra.items() if value}
+        self._api.build_registry_config = registry_config or {}
         with self._translated_errors(BuildFailed, "build"):
             chunks = self._api.build(
                 fileobj=io.BytesIO(context) if isinstance(context, bytes) else context,
@@ -311,10 +318,14 @@ class _StreamTrackingClient(docker.APIClient):
 
     streaming = None
     extra_build_params: dict = {}  # replaced per build, never changed in place
+    build_registry_config: dict = {}  # likewise
 
     def _post(self, url, **kwargs):
-        if self.extra_build_params and url == self._url("/build"):
+        if url == self._url("/build"):
             kwargs["params"] = {**(kwargs.get("params") or {}), **self.extra_build_params}
+            # The build's own accounts, never docker-py's (the worker's ~/.docker/config.json).
+            registry_config = docker.auth.encode_header(self.build_registry_config)
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), "X-Registry-Config": registry_config}
         return super()._post(url, **kwargs)
 
     def _stream_helper(self, response, decode=False):

@@ -62,7 +62,7 @@ from .errors import SubmissionError
 from .logs import append_shared
 from .models import WAITING, BuildJob
 from .references import parse_reference
-from .registry_accounts import push_account
+from .registry_accounts import registry_login
 from .registry_api import IndexEntry, RegistryAPI, RegistryError, repository_path
 
 logger = logging.getLogger(__name__)
@@ -216,12 +216,9 @@ def _publish_index(parent: BuildJob, children: list[BuildJob]) -> None:
     reference = parse_reference(parent.image_repository)
     host = reference.registry
     name = repository_path(reference.repository, host)
-    account = push_account(host, parent.team_id)
     by_platform = sorted(children, key=lambda c: parent.platforms.index(c.platform))
     try:
-        with RegistryAPI(
-            host, username=account.username if account else "", password=account.password if account else ""
-        ) as api:
+        with RegistryAPI(host, **registry_login(host, parent.team_id)) as api:
             entries = [IndexEntry(api.manifest(name, child.digest), child.platform) for child in by_platform]
             digest = _tag_every_or_none(api, name, parent.tags, entries)
     except RegistryError as exc:

@@ -6,7 +6,8 @@ builds/image_verification.py).
 Like builds/engine.py this knows no Django models: a host, optional
 credentials, bytes in and out. Loopback registries are spoken to over plain
 HTTP (as Docker does), every other over HTTPS; a registry that answers 401 gets
-Basic credentials, or a Bearer token from the realm it names.
+Basic credentials, or a Bearer token from the realm it names, or, for the farm's
+own registry, one the farm signs itself (`token_source`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import requests
@@ -68,12 +70,21 @@ def index_body(entries: list[IndexEntry]) -> tuple[str, bytes]:
 
 
 class RegistryAPI:
-    def __init__(self, host: str, *, username: str = "", password: str = "", timeout: float = 30) -> None:
+    def __init__(
+        self,
+        host: str,
+        *,
+        username: str = "",
+        password: str = "",
+        token_source: Callable[[str], str] | None = None,
+        timeout: float = 30,
+    ) -> None:
         self.host = "registry-1.docker.io" if host in ("docker.io", "index.docker.io") else host
         scheme = "http" if _LOOPBACK.match(self.host) else "https"
         self.base = f"{scheme}://{self.host}/v2"
         self.credentials = (username, password) if username else None
         self.timeout = timeout
+        self.token_source = token_source  # scope -> a Bearer token, asked instead of the realm
         self.http = requests.Session()
         self._token = ""
 
@@ -105,6 +116,26 @@ class RegistryAPI:
             return False
         self._check(response, f"look up {name}:{reference}")
         return True
+
+    def catalog(self, page: int = 1000) -> list[str]:
+        """Every repository the registry holds, page by page (its `Link` header);
+        with `token_source`, which must grant `registry:catalog:*`."""
+        names: list[str] = []
+        url = f"{self.base}/_catalog?n={page}"
+        headers = {"Authorization": f"Bearer {self.token_source('registry:catalog:*')}"} if self.token_source else {}
+        while url:
+            try:
+                response = self.http.get(url, headers=headers, auth=self.credentials, timeout=self.timeout)
+            except requests.RequestException as exc:
+                raise RegistryError(f"cannot reach the registry {self.host}: {exc}", transient=True) from None
+            self._check(response, "list the repositories")
+            names += response.json().get("repositories") or []
+            link = response.links.get("next", {}).get("url", "")
+            url = f"{self.base.removesuffix('/v2')}{link}" if link.startswith("/") else link
+        return names
+
+    def head_manifest(self, name: str, reference: str, accept: str) -> requests.Response:
+        return self._request("HEAD", name, f"manifests/{reference}", headers={"Accept": accept})
 
     def stored(self, name: str, tag: str) -> tuple[str, bytes] | None:
         """What `name:tag` names now, as the registry keeps it (media type and
@@ -203,6 +234,9 @@ class RegistryAPI:
             return False
         fields = dict(re.findall(r'(\w+)="([^"]*)"', header))
         params = {"service": fields.get("service", ""), "scope": f"repository:{name}:pull,push,delete"}
+        if self.token_source is not None:
+            self._token = self.token_source(params["scope"])
+            return bool(self._token)
         try:
             response = self.http.get(fields["realm"], params=params, auth=self.credentials, timeout=self.timeout)
             response.raise_for_status()

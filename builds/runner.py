@@ -29,7 +29,8 @@ from .models import BuildContext, BuildJob, BuildSecret
 from .multiplatform import mirror_into_parent
 from .provenance import FromLines
 from .references import parse_build_target
-from .registry_accounts import push_account
+from .registry_accounts import push_auth
+from .registry_api import repository_path
 from .sources import SourceError
 from .steps import StepTimes
 
@@ -342,8 +343,8 @@ def _push(
 ) -> PushResult:
     tries = settings.GENERATOR_PUSH_TRIES
     registry = target.registry
-    account = push_account(registry, team_id)  # the team's own account for the registry, else the farm's
-    credentials = account.auth_config() if account else None
+    # The farm's registry: a token for this repository; elsewhere the team's own account, else the farm's.
+    credentials = push_auth(registry, team_id, repository_path(target.repository, registry))
     for number in range(1, tries + 1):
         log.write(f"[generator] Pushing {target}" + (f" (try {number} of {tries})" if number > 1 else ""))
         try:

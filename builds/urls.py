@@ -1,11 +1,12 @@
 from django.urls import path
 
-from . import badges, insights, ops, pages, seed_api, webhooks
+from . import badges, insights, ops, pages, registry_token, seed_api, webhooks
 
 urlpatterns = [
     path("b1/build", seed_api.build, name="b1-build"),
     path("b1/build/log/http/<str:job_id>", seed_api.build_log_line, name="b1-build-log-line"),
     path("webhooks/github/", webhooks.github_webhook, name="github-webhook"),
+    path("v2/token", registry_token.token, name="registry-token"),
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
     path("metrics", ops.metrics, name="metrics"),

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from builds.api import BuildViewSet, RegistryViewSet, RepositoryViewSet, signing_key
+from builds.registry_listing import registry_repositories
 from notifications.api import EndpointViewSet
 from pool.api import DaemonViewSet
 from teams.api import NamespaceViewSet, TeamViewSet
@@ -20,6 +21,7 @@ router.register("notification-endpoints", EndpointViewSet, basename="notificatio
 
 urlpatterns = [
     path("api/v1/signing-key/", signing_key, name="signing-key"),
+    path("api/v1/registry/repositories/", registry_repositories, name="registry-repositories"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

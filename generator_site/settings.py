@@ -463,6 +463,20 @@ GENERATOR_MAX_JSON_DEPTH = env_int("GENERATOR_MAX_JSON_DEPTH", 64)
 GENERATOR_LOGIN_FAILURES = env_int("GENERATOR_LOGIN_FAILURES", 5)
 GENERATOR_LOGIN_WINDOW_SECONDS = env_int("GENERATOR_LOGIN_WINDOW_SECONDS", 15 * 60)
 
+# The farm as its registry's token server (issue 23; builds/registry_token.py):
+# GET /v2/token signs, with the ES256 key `make up` made in var/, tokens for the
+# registry at GENERATOR_REGISTRY_TOKEN_HOST (as images name it; "": the token
+# server is off), whose `auth.token` names this service and issuer.
+GENERATOR_REGISTRY_TOKEN_HOST = env_str("GENERATOR_REGISTRY_TOKEN_HOST", "")
+GENERATOR_REGISTRY_TOKEN_KEY = Path(env_str("GENERATOR_REGISTRY_TOKEN_KEY", str(VAR_DIR / "registry-token.key")))
+GENERATOR_REGISTRY_TOKEN_CERT = Path(env_str("GENERATOR_REGISTRY_TOKEN_CERT", str(VAR_DIR / "registry-token.crt")))
+GENERATOR_REGISTRY_TOKEN_SERVICE = env_str("GENERATOR_REGISTRY_TOKEN_SERVICE", "generator-registry")
+GENERATOR_REGISTRY_TOKEN_ISSUER = env_str("GENERATOR_REGISTRY_TOKEN_ISSUER", "generator")
+# Minutes, not hours: a revoked API token gets no new one, and an old one lasts this long.
+GENERATOR_REGISTRY_TOKEN_SECONDS = env_int("GENERATOR_REGISTRY_TOKEN_SECONDS", 5 * 60)
+if not 30 <= GENERATOR_REGISTRY_TOKEN_SECONDS <= 3600:
+    raise ImproperlyConfigured("GENERATOR_REGISTRY_TOKEN_SECONDS must be between 30 and 3600")
+
 # Served over HTTPS (through a TLS proxy: daphne speaks plain HTTP): cookies only
 # over TLS, and the proxy's X-Forwarded-Proto says a request came over HTTPS. Off
 # unless the operator says so, since over plain HTTP secure cookies would never be

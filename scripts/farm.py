@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from builds.buildkit import NoBuildKitClient, find_client  # noqa: E402
 from builds.cgroups import daemon_cgroup  # noqa: E402
+from generator_site import registry_keys  # noqa: E402
 from pool.seed_pool import local_socket  # noqa: E402
 from scripts import localfarm as lf  # noqa: E402
 from scripts import sandbox  # noqa: E402
@@ -35,6 +36,9 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # under var/docker/PORT/, loop-mounted), unless its pool.json entry says
 # `data_disk_gb`; 0: on the host's filesystem, as before.
 DEFAULT_DATA_DISK_GB = float(os.environ.get("GENERATOR_DAEMON_DISK_GB", "20"))
+REGISTRY = f"localhost:{REGISTRY_PORT}"
+# The registry's token signer (generator_site/registry_keys.py): settings' default paths under var/.
+TOKEN_KEY, TOKEN_CERT = VAR / "registry-token.key", VAR / "registry-token.crt"
 
 
 def pool_entries():
@@ -52,7 +56,11 @@ def child_env() -> dict[str, str]:
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600)
         with os.fdopen(fd, "w") as file:
             file.write(secrets.token_urlsafe(50))
-    return {"GENERATOR_SECRET_KEY": key_file.read_text().strip(), "GENERATOR_VAR_DIR": str(VAR)}
+    return {
+        "GENERATOR_SECRET_KEY": key_file.read_text().strip(),
+        "GENERATOR_VAR_DIR": str(VAR),
+        "GENERATOR_REGISTRY_TOKEN_HOST": REGISTRY,  # the farm is its registry's token server
+    }
 
 
 def manage(*args: str, env: dict[str, str]) -> str:
@@ -93,11 +101,16 @@ def up() -> None:
     else:
         step(f"Redis answers at {url.hostname}:{url.port or 6379}")
 
-    if not lf.http_ok(f"http://127.0.0.1:{REGISTRY_PORT}/v2/"):
-        step(f"starting the registry on localhost:{REGISTRY_PORT}")
-        lf.start_registry(sup, REGISTRY_PORT, VAR / "registry")
-    else:
-        step(f"the registry answers on localhost:{REGISTRY_PORT}")
+    if registry_keys.ensure_key(TOKEN_KEY, TOKEN_CERT):
+        step(f"made the registry's token signing key {TOKEN_KEY} (0600) and its certificate {TOKEN_CERT}")
+    registry_open = lf.http_status(f"http://127.0.0.1:{REGISTRY_PORT}/v2/") == 200
+    if registry_open and sup.pid("registry") is not None:  # started by an earlier make up, without auth
+        step("the registry answers anyone: restarting it with token authentication")
+        sup.stop("registry")
+    elif registry_open:
+        raise lf.StartError(f"a registry without authentication answers on {REGISTRY}: stop it first")
+    step(f"the registry on {REGISTRY}, tokens from http://127.0.0.1:{WEB_PORT}/v2/token")
+    lf.start_registry(sup, REGISTRY_PORT, VAR / "registry", token=registry_token_auth())
 
     entries = pool_entries()
     # Daemons it can start: the loopback ones, each in a sandbox of its own
@@ -122,7 +135,7 @@ def up() -> None:
     with ThreadPoolExecutor() as pool:
         list(pool.map(ready, local))
     step(f"Docker daemons ready with busybox:latest: {', '.join(e.url for e in local) or 'none local'}")
-    digest = lf.publish_busybox_index(f"localhost:{REGISTRY_PORT}")
+    digest = lf.publish_busybox_index(REGISTRY, token_source=farm_signer().farm_token)
     step(f"localhost:{REGISTRY_PORT}/library/busybox: linux/amd64 and linux/arm64 ({digest[:19]})")
     allowed = ", ".join(str(d) for d in policy.allow)
     step(f"builds reach the public internet and {allowed}; nothing else of this host or network")
@@ -134,17 +147,12 @@ def up() -> None:
     admin = manage("ensureadmin", "--password-file", str(VAR / "admin-password"), env=env)
     print(indent(admin))
     print(indent(manage("allowregistry", f"localhost:{REGISTRY_PORT}", env=env)))
-    # One team owns the whole local registry, so the README's first build pushes as before.
+    # One team owns the whole local registry, so the README's first build pushes as
+    # before; its library/ (the shared bases) every team pulls.
     team = (
-        "ensureteam",
-        "default",
-        "--name",
-        "Default",
-        "--namespace",
-        f"localhost:{REGISTRY_PORT}/",
-        "--admin",
-        "admin",
-    )
+        "ensureteam", "default", "--name", "Default", "--namespace", f"{REGISTRY}/",
+        "--public-namespace", f"{REGISTRY}/library/", "--admin", "admin",
+    )  # fmt: skip
     print(indent(manage(*team, env=env)))
     manage("signingkey", env=env)  # made once, encrypted in the database: it signs every pushed image
     step("the farm's signing key: GET /api/v1/signing-key/ (docs/provenance.md)")
@@ -166,12 +174,21 @@ Generator is up.
   Admin:      http://localhost:{WEB_PORT}/admin/  (user admin; password in {VAR / "admin-password"})
   Seed API:   http://localhost:{WEB_PORT}/b1/build?imagename=...&dockerfile=...
   Live log:   ws://localhost:{WEB_PORT}/b1/build/log/ws/<job id>
-  Registry:   http://localhost:{REGISTRY_PORT}/v2/_catalog
+  Registry:   docker login {REGISTRY} -u admin -p $TOKEN  (tokens from http://127.0.0.1:{WEB_PORT}/v2/token)
   API token:  {token}
   Logs:       {RUN}/*.log
 Try it (README, "First build"):
   export TOKEN={token}"""
     )
+
+
+def registry_token_auth() -> lf.TokenAuth:
+    return lf.TokenAuth(realm=f"http://127.0.0.1:{WEB_PORT}/v2/token", rootcertbundle=TOKEN_CERT)
+
+
+def farm_signer() -> registry_keys.Signer:
+    auth = registry_token_auth()
+    return registry_keys.Signer(TOKEN_KEY, issuer=auth.issuer, service=auth.service)
 
 
 def down() -> None:

@@ -200,6 +200,27 @@ def start_redis(
 # --- Registry ---------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TokenAuth:
+    """distribution's `auth.token`: the registry sends clients to `realm` (the
+    farm's GET /v2/token) and trusts tokens signed by a key whose certificate is
+    in `rootcertbundle` (generator_site/registry_keys.py)."""
+
+    realm: str
+    rootcertbundle: Path
+    service: str = "generator-registry"
+    issuer: str = "generator"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "REGISTRY_AUTH": "token",
+            "REGISTRY_AUTH_TOKEN_REALM": self.realm,
+            "REGISTRY_AUTH_TOKEN_SERVICE": self.service,
+            "REGISTRY_AUTH_TOKEN_ISSUER": self.issuer,
+            "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(self.rootcertbundle),
+        }
+
+
 def start_registry(
     sup: Supervisor,
     port: int,
@@ -208,12 +229,15 @@ def start_registry(
     htpasswd: Path | None = None,
     *,
     host: str = "127.0.0.1",
+    token: TokenAuth | None = None,
 ) -> None:
-    """A registry on loopback (or `host`); with `htpasswd` (bcrypt entries) it asks for basic auth."""
+    """A registry on loopback (or `host`); with `htpasswd` (bcrypt entries) it
+    asks for basic auth, with `token` for the farm's tokens."""
     storage.mkdir(parents=True, exist_ok=True)
     env = {
         "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(storage),
         "REGISTRY_HTTP_ADDR": f"{host}:{port}",
+        **(token.env() if token else {}),
     }
     if htpasswd:
         env.update(
@@ -533,14 +557,16 @@ def foreign_busybox(arch: str, into: Path) -> Path:
     return into / "bin" / "busybox"
 
 
-def publish_busybox_index(registry: str) -> str:
+def publish_busybox_index(registry: str, token_source: Callable[[str], str] | None = None) -> str:
     """`REGISTRY/library/busybox:latest` as a two-platform index (amd64, arm64),
     for `FROM REGISTRY/library/busybox` in multi-platform builds. Each platform's
     image is written straight into the registry (a layer of busybox_rootfs, a
     config naming its platform, a manifest, under its architecture's tag): no
     daemon is involved, so no daemon's user namespace ends up in the layer's
     owners, and `docker import --platform` (which records amd64 whatever it is
-    told) is avoided. Does nothing if the registry has it. Answers its digest."""
+    told) is avoided. Does nothing if the registry has it. Answers its digest.
+    `token_source`: the farm's own tokens, for a registry under token auth
+    (generator_site/registry_keys.py, Signer.farm_token)."""
     import gzip
     import hashlib
     import json
@@ -548,8 +574,8 @@ def publish_busybox_index(registry: str) -> str:
     from builds.registry_api import DOCKER_LIST, DOCKER_MANIFEST, IndexEntry, RegistryAPI
 
     name = "library/busybox"
-    with RegistryAPI(registry) as api:
-        head = api.http.head(f"{api.base}/{name}/manifests/latest", headers={"Accept": DOCKER_LIST})
+    with RegistryAPI(registry, token_source=token_source) as api:
+        head = api.head_manifest(name, "latest", DOCKER_LIST)
         if head.status_code == 200 and head.headers.get("Content-Type", "").startswith(DOCKER_LIST):
             return head.headers["Docker-Content-Digest"]
         entries = []

@@ -80,7 +80,7 @@ class NamespaceSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Namespace
-        fields = ["id", "team", "prefix", "created_at"]
+        fields = ["id", "team", "prefix", "public", "created_at"]
         read_only_fields = ["created_at"]
         extra_kwargs = {"prefix": {"validators": []}}  # checked below, once written as Docker reads it
 
@@ -405,7 +405,10 @@ class StaffWrites(permissions.BasePermission):
 
 @extend_schema_view(
     list=extend_schema(description="Your teams' namespaces (staff: all)."),
-    create=extend_schema(description="Staff only. `prefix`: a registry host and a path, e.g. localhost:5000/team-a/."),
+    create=extend_schema(
+        description="Staff only. `prefix`: a registry host and a path, e.g. localhost:5000/team-a/. `public`: every "
+        "team and anonymous clients may pull from it in the farm's registry (its push stays the team's)."
+    ),
     update=extend_schema(description="Staff only."),
     partial_update=extend_schema(description="Staff only."),
     destroy=extend_schema(description="Staff only."),

@@ -187,6 +187,11 @@ class Namespace(models.Model):
         unique=True,
         help_text="A registry host and a path prefix, e.g. localhost:5000/team-a/ (or localhost:5000/ for all of it).",
     )
+    public = models.BooleanField(
+        default=False,
+        help_text="Every team (and anyone anonymous) may pull from it, e.g. localhost:5000/library/ for shared bases."
+        " Only staff set it.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = NamespaceQuerySet.as_manager()

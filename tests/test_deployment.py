@@ -38,8 +38,12 @@ def test_compose_describes_every_service_of_the_farm():
     # volume (and the context store, no daemon's), and no daemon publishes a port.
     # Its daemon's socket gives it the daemon anyway: reading its disk adds nothing.
     for index in (0, 1):
-        volumes = [f"dind-{index}-socket:/run/dind:rw", "contexts:/var/lib/generator/contexts:rw"]
-        volumes.append(f"dind-{index}-data:/var/lib/docker:ro")
+        volumes = [
+            f"dind-{index}-socket:/run/dind:rw",
+            "contexts:/var/lib/generator/contexts:rw",
+            f"dind-{index}-data:/var/lib/docker:ro",
+            "registry-token:/var/lib/generator/registry-token:ro",  # to sign its pushes to the farm's registry
+        ]
         assert services[f"worker-{index}"]["volumes"] == volumes
         assert "ports" not in services[f"dind-{index}"]
         # A daemon's builds share a network with the registry only (issue 12).
@@ -115,3 +119,17 @@ def test_compose_gives_each_daemon_a_data_volume_of_its_own_its_worker_reads():
         }
         assert on_it == {daemon, daemon.replace("dind", "worker")}
         assert f"{volume}:/var/lib/docker:ro" in services[daemon.replace("dind", "worker")]["volumes"]
+
+
+def test_compose_registry_takes_only_the_farms_tokens():
+    """The registry under auth.token, trusting the certificate web makes in the shared volume."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    registry = services["registry"]["environment"]
+    assert registry["REGISTRY_AUTH"] == "token" and registry["REGISTRY_AUTH_TOKEN_REALM"].endswith("/v2/token}")
+    assert "registry-token:/certs:ro" in services["registry"]["volumes"]
+    assert "manage.py registrykey" in services["web"]["command"]
+    app = services["web"]["environment"]
+    assert (
+        registry["REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE"].rsplit("/", 1)[1]
+        == app["GENERATOR_REGISTRY_TOKEN_CERT"].rsplit("/", 1)[1]
+    )

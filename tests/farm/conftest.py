@@ -25,6 +25,7 @@ from websockets.sync.client import connect
 
 from builds.cgroups import daemon_cgroup
 from builds.models import Registry
+from generator_site import registry_keys
 from pool.egress import parse_destinations
 from pool.models import DockerDaemon, queue_for
 from scripts import localfarm as lf
@@ -47,6 +48,9 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.farm)
 
 
+TOKEN_KEY, TOKEN_CERT = "registry-token.key", "registry-token.crt"  # in GENERATOR_VAR_DIR, as make up's
+
+
 @dataclass
 class Farm:
     web: str  # host:port of daphne
@@ -64,12 +68,33 @@ class Farm:
     # up gives each daemon); without an entry, a folder on the host's filesystem.
     data_disks: dict[int, int] = field(default_factory=dict)
 
+    @property
+    def token_auth(self) -> lf.TokenAuth:
+        """The registry's auth.token, as make up's: the farm's web signs its tokens."""
+        return lf.TokenAuth(realm=f"http://{self.web}/v2/token", rootcertbundle=self.services_dir / "var" / TOKEN_CERT)
+
+    @property
+    def signer(self) -> registry_keys.Signer:
+        key = self.services_dir / "var" / TOKEN_KEY
+        return registry_keys.Signer(key, issuer=self.token_auth.issuer, service=self.token_auth.service)
+
+    def registry_headers(self, repository: str, actions: str = "pull") -> dict[str, str]:
+        """What the farm's own reads of its registry send: a token it signed."""
+        return {"Authorization": f"Bearer {self.signer.farm_token(f'repository:{repository}:{actions}')}"}
+
+    def pull_auth(self, image: str) -> dict[str, str]:
+        """docker-py's auth_config for a farm daemon's pull of `image` (REGISTRY/PATH):
+        a token the daemon sends as it is, since its sandbox does not reach the token server."""
+        repository = image.removeprefix(f"{self.registry}/")
+        return {"registrytoken": self.signer.farm_token(f"repository:{repository}:pull")}
+
     def ensure_running(self) -> None:
         """Starts whatever is not running (a fault test killed it); idempotent."""
         sup, root = self.supervisor, self.services_dir
         if not lf.redis_answers(self.redis_port):
             lf.start_redis(sup, self.redis_port, root / "redis")
-        lf.start_registry(sup, self.registry_port, root / "registry")
+        registry_keys.ensure_key(root / "var" / TOKEN_KEY, root / "var" / TOKEN_CERT)
+        lf.start_registry(sup, self.registry_port, root / "registry", token=self.token_auth)
         sandbox.apply_rules(self.policy)
         for index, (name, url) in enumerate(self.daemons):
             socket_path = Path(url.removeprefix("unix://"))
@@ -172,6 +197,7 @@ def fake_github():
 
 @pytest.fixture(scope="session")
 def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github, cleanup) -> Farm:
+    registry_port = lf.free_port()
     env = {
         "GENERATOR_GITHUB_API_URL": fake_github.url,
         "GENERATOR_SITE_URL": "http://generator.example.invalid",
@@ -185,8 +211,9 @@ def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github, clea
         # Long enough that a build waiting behind a hung notification would show
         # (test_notifications.py); a send never waits on it otherwise.
         "GENERATOR_NOTIFY_TIMEOUT": "15",
+        # The farm is its registry's token server, as make up's (builds/registry_token.py).
+        "GENERATOR_REGISTRY_TOKEN_HOST": f"localhost:{registry_port}",
     }
-    registry_port = lf.free_port()
     tag = secrets.token_hex(2)
     outside = cleanup.enter_context(outside_host(f"gentest{tag}"))
     policy = sandbox.Policy(
@@ -402,7 +429,7 @@ def registry_digest(farm: Farm, repository: str, tag: str) -> str | None:
     request = urllib.request.Request(
         f"http://{farm.registry}/v2/{repository}/manifests/{tag}",
         method="HEAD",
-        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json", **farm.registry_headers(repository)},
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:

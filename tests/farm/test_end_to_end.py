@@ -76,7 +76,7 @@ def test_the_seed_example_is_built_pushed_and_runs(farm, token):
     # Pull it on the other daemon and run it: it is the image that was built.
     other_url = next(url for name, url in farm.daemons if name != job.daemon.name)
     client = engine(other_url)
-    pulled = client.images.pull(image, tag="latest")
+    pulled = client.images.pull(image, tag="latest", auth_config=farm.pull_auth(image))
     assert pulled.id == job.image_id
     output = client.containers.run(f"{image}:latest", remove=True, network_mode="none")
     assert output == b"hello from the farm\n"

@@ -30,7 +30,7 @@ HELPER_TAGS = ("generator-platform-linux-amd64", "generator-platform-linux-arm64
 @pytest.fixture(scope="module")
 def base(farm) -> str:
     """`FROM` this: busybox for linux/amd64 and linux/arm64."""
-    lf.publish_busybox_index(farm.registry)
+    lf.publish_busybox_index(farm.registry, token_source=farm.signer.farm_token)
     return f"{farm.registry}/library/busybox"
 
 
@@ -104,7 +104,7 @@ def test_a_two_platform_build_is_one_index_whose_images_run_on_their_platform(fa
     client = engine(farm.daemons[1][1])
     try:
         for platform, machine in (("linux/arm64", "aarch64"), ("linux/amd64", "x86_64")):
-            pulled = client.images.pull(image, tag="1", platform=platform)
+            pulled = client.images.pull(image, tag="1", platform=platform, auth_config=farm.pull_auth(image))
             output = client.containers.run(pulled.id, "uname -m", network_mode="none", remove=True, platform=platform)
             assert output.decode().strip() == machine
             assert pulled.attrs["Architecture"] == platform.split("/")[1]
@@ -180,7 +180,8 @@ def test_a_platform_no_daemon_builds_is_refused_at_submit(farm, token, two_platf
 
 def manifest_list(farm, repository: str, tag: str) -> dict | None:
     request = urllib.request.Request(
-        f"http://{farm.registry}/v2/{repository}/manifests/{tag}", headers={"Accept": LIST}
+        f"http://{farm.registry}/v2/{repository}/manifests/{tag}",
+        headers={"Accept": LIST, **farm.registry_headers(repository)},
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -196,7 +197,10 @@ def manifest_list(farm, repository: str, tag: str) -> dict | None:
 def tag_list(farm, repository: str) -> set[str]:
     """The repository's tags; none if nothing was ever pushed to it (the registry's 404)."""
     try:
-        with urllib.request.urlopen(f"http://{farm.registry}/v2/{repository}/tags/list", timeout=10) as response:
+        request = urllib.request.Request(
+            f"http://{farm.registry}/v2/{repository}/tags/list", headers=farm.registry_headers(repository)
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
             return set(json.loads(response.read())["tags"] or [])
     except urllib.error.HTTPError as exc:
         if exc.code == 404:

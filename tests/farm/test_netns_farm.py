@@ -67,6 +67,9 @@ class NetnsFarm:
     database: str  # the web tier's DATABASE_URL
     worker_env: dict[str, dict[str, str]]  # build host -> its worker's environment
 
+    def registry_headers(self, repository: str, actions: str = "pull") -> dict[str, str]:
+        return {}  # its registry, on the private network, runs without auth (as registry_digest asks)
+
 
 @pytest.fixture(scope="module")
 def netns_farm(services_dir, tmp_path_factory):
