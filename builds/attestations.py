@@ -9,7 +9,8 @@ read from the image on its daemon (builds/sbom.py), each in a DSSE envelope
 signed with the farm's key (builds/signing.py), and a cosign "simple
 signing" signature of the digest. Written to the registry next to the image
 (`sha256-<hex>.sig`, `sha256-<hex>.att`: builds/cosign_layout.py) through
-RegistryAPI with the account the build pushed with (registry_accounts.py),
+RegistryAPI as the farm writes there (registry_accounts.registry_login: in
+the farm's own registry a token the farm signs; elsewhere the build's account),
 and kept on the job (Attestation rows: the API and the page show them).
 """
 
@@ -29,7 +30,7 @@ from .engine import EngineError, EngineSession
 from .models import Attestation, BuildContext, BuildJob, BuildSecret
 from .provenance import BaseImage, BuildFacts, Child, FromLines, Source
 from .references import parse_reference
-from .registry_accounts import push_account
+from .registry_accounts import registry_login
 from .registry_api import RegistryAPI, RegistryError, repository_path
 from .secrets import models_q_for
 
@@ -226,13 +227,10 @@ def _attach(job: BuildJob, digest: str, statements: list[dict], *, packages: int
 
 
 def _write(job: BuildJob, reference, images: dict[str, cosign_layout.Image]) -> None:
-    """The `.sig` and `.att` images, blobs first, with the account the build pushed with."""
+    """The `.sig` and `.att` images, blobs first, with the farm's writes' credentials."""
     host = reference.registry
     name = repository_path(reference.repository, host)
-    account = push_account(host, job.team_id)
-    with RegistryAPI(
-        host, username=account.username if account else "", password=account.password if account else ""
-    ) as api:
+    with RegistryAPI(host, **registry_login(host, job.team_id)) as api:
         for tag, image in images.items():
             for blob in image.blobs:
                 api.push_blob(name, blob)

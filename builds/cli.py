@@ -20,7 +20,8 @@ and `websockets` are needed, so it runs from any machine.
 and prints the verified provenance; it exits 0 only if the signature and the
 provenance verify and name the image's digest. It needs `cryptography` and
 `requests` too; a registry that asks for credentials gets
-GENERATOR_REGISTRY_USERNAME / GENERATOR_REGISTRY_PASSWORD.
+GENERATOR_REGISTRY_USERNAME / GENERATOR_REGISTRY_PASSWORD, else (the farm's own
+registry) a pull token the farm's token server gives for --token.
 """
 
 from __future__ import annotations
@@ -214,7 +215,15 @@ def verify(args, out) -> int:
         raise CliError(f"the public key: {exc}") from None
     host, name = reference.registry, repository_path(reference.repository, reference.registry)
     username = os.environ.get("GENERATOR_REGISTRY_USERNAME", "")
-    with RegistryAPI(host, username=username, password=os.environ.get("GENERATOR_REGISTRY_PASSWORD", "")) as api:
+    if username:
+        login = {"username": username, "password": os.environ.get("GENERATOR_REGISTRY_PASSWORD", "")}
+    elif args.token:  # the farm's own registry: a pull token from its token server, as the API token's account
+        from .cli_pull import registry_token
+
+        login = {"token_source": lambda scope: registry_token(args.server, args.token, name)}
+    else:
+        login = {}
+    with RegistryAPI(host, **login) as api:
         try:
             digest = check.resolve(api, name, reference.digest or reference.tag or "latest")
             verified = check.verify(api, name, digest, key)

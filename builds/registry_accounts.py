@@ -81,7 +81,8 @@ def push_auth(host: str, team_id: int | None, repository: str) -> dict[str, str]
 
 
 def registry_login(host: str, team_id: int | None) -> dict:
-    """RegistryAPI's credentials for the farm's writes to `host` (an image index)."""
+    """RegistryAPI's credentials for the farm's writes to `host` (an image index,
+    signatures and attestations)."""
     if is_farm_registry(host):
         return {"token_source": farm_signer().farm_token}
     account = push_account(host, team_id)

@@ -20,6 +20,7 @@ from builds.dsse import load_public_key
 from builds.models import BuildJob, Repository
 from builds.registry_api import OCI_MANIFEST, RegistryAPI
 from scripts import localfarm as lf
+from teams.models import Team
 from tests.gitrepos import Repo
 
 from .conftest import api_build, follow, http_get
@@ -31,7 +32,7 @@ DPKG_STATUS = "Package: libfarm1\nStatus: install ok installed\nArchitecture: am
 
 
 def test_a_repository_build_is_signed_with_provenance_and_sbom_that_verify(farm, token, tmp_path):
-    lf.publish_busybox_index(farm.registry)
+    lf.publish_busybox_index(farm.registry, token_source=farm.signer.farm_token)
     base = f"{farm.registry}/library/busybox"
     source = Repo(tmp_path, "signed-app")
     commit = source.commit(
@@ -45,7 +46,12 @@ def test_a_repository_build_is_signed_with_provenance_and_sbom_that_verify(farm,
     )
     Repository.objects.update_or_create(
         full_name="team/signed-app",
-        defaults={"clone_url": source.url, "webhook_secret": "s", "image": f"{farm.registry}/team/signed-app"},
+        defaults={
+            "clone_url": source.url,
+            "webhook_secret": "s",
+            "image": f"{farm.registry}/team/signed-app",
+            "team": Team.objects.get(slug="default"),  # the team that owns the farm's registry (conftest)
+        },
     )
     job_id = api_build(farm, token, {
         "image": f"{farm.registry}/team/signed-app:main", "repository": "team/signed-app", "ref": "main",
@@ -64,7 +70,7 @@ def test_a_repository_build_is_signed_with_provenance_and_sbom_that_verify(farm,
     key = load_public_key(pem)
 
     # Verified as any client would, straight from the registry.
-    with RegistryAPI(farm.registry) as api:
+    with RegistryAPI(farm.registry, token_source=farm.signer.farm_token) as api:
         verified = image_verification.verify(api, "team/signed-app", job.digest, key)
     provenance = verified.provenance["predicate"]
     resolved = provenance["buildDefinition"]["resolvedDependencies"]
@@ -87,34 +93,44 @@ def test_a_repository_build_is_signed_with_provenance_and_sbom_that_verify(farm,
 
     # `generator verify` prints the provenance and exits 0.
     out = io.StringIO()
-    assert cli.main(["--server", f"http://{farm.web}", "verify", f"{farm.registry}/team/signed-app:main"], out) == 0
+    assert (
+        cli.main(
+            ["--server", f"http://{farm.web}", "--token", token, "verify", f"{farm.registry}/team/signed-app:main"], out
+        )
+        == 0
+    )
     assert json.loads(out.getvalue())["predicate"]["buildDefinition"]["resolvedDependencies"][0]["digest"] == {
         "gitCommit": commit
     }
 
     # A tampered attestation: its envelope's statement changed, re-stored under the .att tag.
-    with RegistryAPI(farm.registry) as api:
+    with RegistryAPI(farm.registry, token_source=farm.signer.farm_token) as api:
         _tamper_attestation(api, "team/signed-app", job.digest)
     with (
         pytest.raises(image_verification.VerificationFailed, match="does not verify"),
-        RegistryAPI(farm.registry) as api,
+        RegistryAPI(farm.registry, token_source=farm.signer.farm_token) as api,
     ):
         image_verification.verify(api, "team/signed-app", job.digest, key)
 
     # A tampered image: the tag moved to a changed manifest, which nothing signed.
-    with RegistryAPI(farm.registry) as api:
+    with RegistryAPI(farm.registry, token_source=farm.signer.farm_token) as api:
         media_type, manifest = api.stored("team/signed-app", "main")
         changed = json.loads(manifest)
         changed["annotations"] = {"tampered": "yes"}
         api.put_manifest("team/signed-app", "main", media_type, json.dumps(changed).encode())
-    assert cli.main(["--server", f"http://{farm.web}", "verify", f"{farm.registry}/team/signed-app:main"], out) == 1
+    assert (
+        cli.main(
+            ["--server", f"http://{farm.web}", "--token", token, "verify", f"{farm.registry}/team/signed-app:main"], out
+        )
+        == 1
+    )
 
 
 def _index_digest(farm, name: str) -> str:
     request = urllib.request.Request(
         f"http://{farm.registry}/v2/{name}/manifests/latest",
         method="HEAD",
-        headers={"Accept": "application/vnd.docker.distribution.manifest.list.v2+json"},
+        headers={"Accept": "application/vnd.docker.distribution.manifest.list.v2+json", **farm.registry_headers(name)},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.headers["Docker-Content-Digest"]
@@ -150,7 +166,7 @@ def test_a_team_that_brought_its_own_key_gets_its_builds_signed_with_it(farm, to
         assert _api(farm, token, "DELETE", "/api/v1/teams/default/signing-key/") == 204
     assert done.end["status"] == "succeeded", done.end
     job = BuildJob.objects.get(pk=job_id)
-    with RegistryAPI(farm.registry) as api:
+    with RegistryAPI(farm.registry, token_source=farm.signer.farm_token) as api:
         image_verification.verify(api, "team/own-key", job.digest, brought.public_key())
         farm_key = load_public_key(http_get(f"http://{farm.web}/api/v1/signing-key/")[1])
         with pytest.raises(image_verification.VerificationFailed, match="does not verify with the key"):

@@ -66,4 +66,5 @@ def test_the_readmes_first_commands_run_as_written():
             run("make down", env, timeout=120)
     assert re.search(r"^[0-9a-f]{32}$", output, re.MULTILINE), output  # echo $JOB
     assert "'status': 'succeeded'" in output, output  # the WebSocket's end frame
-    assert output.rstrip().endswith("hello from the farm"), output  # docker run of the pushed image
+    assert "\nhello from the farm\n" in output, output  # docker run of the pushed image
+    assert re.search(r"^Docker-Content-Digest: sha256:[0-9a-f]{64}", output, re.MULTILINE | re.IGNORECASE), output
