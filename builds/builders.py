@@ -82,7 +82,9 @@ def build(
     for image in images:
         if refusal := read_refusal(job.team, image):
             raise BuildFailed(refusal)
-    context, buildargs = _team_scoped(job, context, found, buildargs)
+    # BuildKit unpacks a tar context with its owners as host ids: give them as the daemon remaps root.
+    owners = cache_scope.remapped_root(engine.info()) if job.builder == "buildkit" else (0, 0)
+    context, buildargs = _team_scoped(job, context, found, buildargs, owners)
     if job.builder != "buildkit":
         if secrets:
             log.write(f"[generator] Secrets ({', '.join(sorted(secrets))}) are mounted by BuildKit only: not passed")
@@ -140,7 +142,7 @@ def build(
             raise BuildFailed(message, exit_code=exc.exit_code) from None
 
 
-def _team_scoped(job, context: BinaryIO, found: FoundDockerfile, buildargs: dict[str, str]):
+def _team_scoped(job, context: BinaryIO, found: FoundDockerfile, buildargs: dict[str, str], owners=(0, 0)):
     """The context and build args with every step keyed to the build's team
     (builds/cache_scope.py): its Dockerfile again with the team's ARG after each
     FROM, as a member at the path the engine reads it from (links resolved, so
@@ -150,7 +152,7 @@ def _team_scoped(job, context: BinaryIO, found: FoundDockerfile, buildargs: dict
         scoped = cache_scope.scoped_dockerfile(found.data, name)
     except (DockerfileError, ValueError) as exc:
         raise BuildFailed(f"the Dockerfile cannot be read as the engine reads it: {exc}") from None
-    return cache_scope.ContextWithFile(context, found.path, scoped), {**buildargs, name: "1"}
+    return cache_scope.ContextWithFile(context, found.path, scoped, owners), {**buildargs, name: "1"}
 
 
 def refused_pull(job, image: str, message: str) -> str:

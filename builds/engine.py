@@ -167,6 +167,13 @@ class EngineSession:
         """Closing the connection also stops a build still running in the daemon."""
         self._api.close()
 
+    def info(self) -> dict:
+        """The daemon's `GET /info`."""
+        try:
+            return self._api.info()
+        except DockerException as exc:
+            raise DaemonUnavailable(f"cannot ask the Docker daemon at {self.url} about itself: {exc}") from exc
+
     def answers(self, timeout: float = 5.0) -> bool:
         """Whether the daemon answers a ping now (a failure may be the daemon's)."""
         try:

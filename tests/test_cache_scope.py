@@ -7,7 +7,7 @@ import io
 import os
 import tarfile
 
-from builds.cache_scope import NAME_PREFIX, ContextWithFile, arg_name, scoped_dockerfile
+from builds.cache_scope import NAME_PREFIX, ContextWithFile, arg_name, remapped_root, scoped_dockerfile
 
 
 def tar_of(files: dict[str, bytes]) -> io.BytesIO:
@@ -91,3 +91,28 @@ def test_the_archives_end_is_found_past_a_member_whose_size_a_pax_header_gives()
         members = tar.getmembers()
         assert [m.name for m in members] == ["blob", "Dockerfile", "Dockerfile"]
         assert tar.extractfile(members[-1]).read() == b"FROM scratch\nARG X\n"
+
+
+def test_a_remapping_daemons_root_is_read_from_its_data_root():
+    remapping = ["name=seccomp,profile=default", "name=userns"]
+    assert remapped_root({"SecurityOptions": remapping, "DockerRootDir": "/var/lib/docker/100000.100000"}) == (
+        100000,
+        100000,
+    )
+    assert remapped_root({"SecurityOptions": remapping, "DockerRootDir": "/d/data/165536.165540/"}) == (165536, 165540)
+    assert remapped_root({"SecurityOptions": ["name=seccomp"], "DockerRootDir": "/srv/docker/1.2"}) == (0, 0)
+    assert remapped_root({"SecurityOptions": remapping, "DockerRootDir": "/var/lib/docker"}) == (0, 0)
+    assert remapped_root({}) == (0, 0)
+
+
+def test_every_members_owner_is_shifted_by_the_remapped_root(tmp_path):
+    files = {"Dockerfile": b"FROM scratch\n", "deep/" * 30 + "long.txt": b"x" * 700, "app/run.sh": b"echo\n"}
+    context = tar_of(files)
+    wrapped = ContextWithFile(context, "Dockerfile", b"FROM scratch\nARG X\n", owners=(100000, 100010))
+    whole = b"".join(iter(lambda: wrapped.read(100), b""))  # reads that cut headers in two
+    with tarfile.open(fileobj=io.BytesIO(whole), mode="r:") as tar:
+        members = tar.getmembers()  # tarfile checks every header's checksum
+        assert {(m.uid, m.gid) for m in members} == {(100000, 100010)}
+        assert tar.extractfile(members[1]).read() == b"x" * 700
+    wrapped.seek(0)
+    assert wrapped.read() == whole

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -12,7 +14,7 @@ from teams import tokens
 from teams.models import Namespace
 from tests.conftest import ROOT
 
-from .conftest import registry_digest
+from .conftest import engine, registry_digest
 
 pytestmark = pytest.mark.farm
 
@@ -41,6 +43,21 @@ def test_submit_a_directory_streams_the_log_and_exits_0(farm, token, tmp_path):
     assert "build succeeded" in result.stderr
     job = BuildJob.objects.get(image=image)
     assert registry_digest(farm, "cli/dir", "latest") == job.digest == registry_digest(farm, "cli/dir", "1")
+    # The COPY'd files are in the image's layers, owned by root: BuildKit left them out of the layers it
+    # exports (a save, a push) while it unpacked tar contexts with unremapped owners (builds/cache_scope.py).
+    saved = b"".join(engine(dict(farm.daemons)[job.daemon.name]).images.get(job.image_id).save())
+    assert ("app/keep.txt", 0) in layer_members(saved)
+
+
+def layer_members(saved: bytes) -> set[tuple[str, int]]:
+    """(name, uid) of every file in the layers of `docker save`'s tar."""
+    found = set()
+    with tarfile.open(fileobj=io.BytesIO(saved)) as image:
+        for member in image.getmembers():
+            if member.name.endswith("layer.tar"):
+                with tarfile.open(fileobj=image.extractfile(member)) as layer:
+                    found |= {(m.name, m.uid) for m in layer.getmembers() if m.isfile()}
+    return found
 
 
 def test_a_team_token_builds_and_pushes_for_its_team(farm, token, tmp_path):

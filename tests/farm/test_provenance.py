@@ -37,8 +37,7 @@ def test_a_repository_build_is_signed_with_provenance_and_sbom_that_verify(farm,
     source = Repo(tmp_path, "signed-app")
     commit = source.commit(
         {
-            # A RUN writes the dpkg database: on these userns-remapped daemons, a file BuildKit's COPY
-            # makes is owned by an unmapped uid and left out of the image's layer (docs/provenance.md).
+            # A RUN writes the dpkg database from a COPY'd file: both kinds of step end up in the SBOM.
             "Dockerfile": f"FROM {base}\nCOPY status /status\nRUN mkdir -p /var/lib/dpkg && cat /status > "
             "/var/lib/dpkg/status\nRUN --mount=type=secret,id=token wc -c /run/secrets/token\n",
             "status": DPKG_STATUS,
