@@ -78,7 +78,10 @@ def build(
     found = _dockerfile_in(context, dockerfile)
     text = found.data
     # Before any builder runs: a daemon uses an image it holds without asking the registry.
-    images = referenced_images(found.data.decode(errors="replace"), buildargs)
+    try:
+        images = referenced_images(found.data, buildargs)
+    except DockerfileError as exc:
+        raise BuildFailed(f"the Dockerfile cannot be read as the engine reads it: {exc}") from None
     for image in images:
         if refusal := read_refusal(job.team, image):
             raise BuildFailed(refusal)

@@ -13,50 +13,45 @@ from __future__ import annotations
 
 import re
 
-_CONTINUATION = re.compile(r"\\\s*\n")
+from .dockerfile_text import instructions
+
 _VARIABLE = re.compile(r"\$(?:\{(\w+)(?::([-+])([^}]*))?\}|(\w+))")
-_MOUNT = re.compile(r"--mount=(\S+)")
 
 
-def logical_lines(text: str) -> list[str]:
-    """Instructions, one a line: continuations joined, comments and blanks dropped."""
-    joined = _CONTINUATION.sub(" ", text)
-    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
-
-
-def referenced_images(text: str, buildargs: dict[str, str] | None = None) -> list[str]:
+def referenced_images(text: str | bytes, buildargs: dict[str, str] | None = None) -> list[str]:
     """The image references the Dockerfile pulls, in order, each once (stages it
-    names by their `AS` name or index are not images; `scratch` is none)."""
+    names by their `AS` name or index are not images; `scratch` is none). Read
+    with the engine's own splitting (builds/dockerfile_text.py: line breaks,
+    continuations, the escape directive), so no instruction hides from it;
+    DockerfileError where the engine's parser would refuse the text."""
     buildargs = buildargs or {}
     values: dict[str, str] = {}
     stages: set[str] = set()  # names and indexes of the stages so far
     images: list[str] = []
     seen_from = 0
-    for line in logical_lines(text):
-        instruction, _, rest = line.partition(" ")
-        instruction = instruction.upper()
-        words = rest.split()
-        if instruction == "ARG" and not seen_from:
+    for instruction in instructions(text):
+        words = instruction.args.split()
+        if instruction.keyword == "ARG" and not seen_from:
             for word in words:
                 name, has_default, default = word.partition("=")
                 values[name] = buildargs.get(name, default.strip("\"'") if has_default else "")
-        elif instruction == "FROM":
-            names = [w for w in words if not w.startswith("--")]
-            if names:
-                _add(images, _expand(names[0], values), stages)
-            if len(names) >= 3 and names[1].lower() == "as":
-                stages.add(names[2].lower())
+        elif instruction.keyword == "FROM":
+            if words:
+                _add(images, _expand(words[0], values), stages)
+            if len(words) >= 3 and words[1].lower() == "as":
+                stages.add(words[2].lower())
             stages.add(str(seen_from))
             seen_from += 1
-        elif instruction in ("COPY", "ADD"):
-            for word in words:
-                if word.lower().startswith("--from="):
-                    _add(images, _expand(word.split("=", 1)[1], values), stages)
-        elif instruction == "RUN":
-            for mount in _MOUNT.findall(rest):
-                options = dict(o.partition("=")[::2] for o in mount.split(","))
-                if options.get("from"):
-                    _add(images, _expand(options["from"], values), stages)
+        elif instruction.keyword in ("COPY", "ADD"):
+            for flag in instruction.flags:
+                if flag.lower().startswith("--from="):
+                    _add(images, _expand(flag.split("=", 1)[1], values), stages)
+        elif instruction.keyword == "RUN":
+            for flag in instruction.flags:
+                if flag.lower().startswith("--mount="):
+                    options = dict(o.partition("=")[::2] for o in flag.split("=", 1)[1].split(","))
+                    if options.get("from"):
+                        _add(images, _expand(options["from"], values), stages)
     return images
 
 

@@ -116,10 +116,20 @@ def readable(account: Account, host: str, repositories: list[str]) -> list[str]:
     return [name for name in repositories if _may(account, "repository", name, PULL, host, owners)]
 
 
+# What BuildKit resolves as an image id in the daemon's store (moby builder-next: a
+# reference that parses as a digest), with or without its algorithm.
+_IMAGE_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
+
+
 def read_refusal(team: Team | None, image: str) -> str:
     """Why a build of `team` may not read `image` (a reference its Dockerfile
     names), or '' if it may: in any registry, an image in a namespace that is
     neither the team's nor public is another team's."""
+    if _IMAGE_ID.fullmatch(image):  # a daemon finds it among every team's images it holds, by id
+        return (
+            f"{image} names an image by its id, which reads whatever the daemon holds, any team's: name the "
+            "image by its repository"
+        )
     try:
         repository = parse_reference(image).repository
     except InvalidReference:

@@ -32,3 +32,21 @@ def test_it_finds_from_copy_from_and_mount_from_images_with_args_filled_in():
 def test_build_args_win_over_defaults():
     found = referenced_images(DOCKERFILE, {"BASE": "r.io/team-b/base", "TAG": "7", "FALLBACK": "other/x"})
     assert found[0] == "r.io/team-b/base:7" and "other/x" in found
+
+
+def test_the_escape_directive_and_go_line_breaks_hide_no_image():
+    # With ` as the escape character the image is on the FROM's continuation line; a \x1c is
+    # no line break to the engine. Both once read as something else here (issue 23).
+    hidden = "# escape=`\nFROM `\n  r.io/team-a/app\nCOPY --from=r.io/team-a/x\x1cy /a /a\n"
+    assert referenced_images(hidden) == ["r.io/team-a/app", "r.io/team-a/x\x1cy"]
+
+
+def test_an_image_named_by_its_id_is_refused(database, team):
+    # A daemon resolves a digest-shaped reference in its own store, where every team's images are.
+    from teams.registry_access import read_refusal
+
+    image_id = "sha256:" + "ab" * 32
+    assert "names an image by its id" in read_refusal(team, image_id)
+    assert "names an image by its id" in read_refusal(team, "ab" * 32)
+    assert referenced_images(f"FROM {image_id}\n") == [image_id]
+    assert read_refusal(team, "busybox:latest") == ""
