@@ -228,7 +228,7 @@ class RegistryForm(forms.ModelForm):
 @admin.register(Registry)
 class RegistryAdmin(AuditedAdmin, admin.ModelAdmin):
     form = RegistryForm
-    list_display = ["host", "credentials", "created_at"]
+    list_display = ["host", "credentials", "builds_pull_with_farm_account", "created_at"]
     search_fields = ["host"]
 
     @admin.display(description="credentials")

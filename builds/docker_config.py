@@ -10,7 +10,9 @@
 
 The folder is 0700, its config.json 0600, and both are gone when the build
 ends, whatever happened. The farm's own account for a registry (builds.Registry)
-is for pushes only: it is never handed to a build.
+is for pushes, and reaches a build's pulls only where an operator said so for
+that registry (`builds_pull_with_farm_account`: a shared mirror or base-image
+registry) and the team has no account of its own there; never a fork's.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from teams.models import RegistryCredential
 from teams.registry_access import PULL, Account, Scope, granted
 
 from . import secrets
-from .models import BuildJob
+from .models import BuildJob, Registry
 from .references import DOCKER_HUB, InvalidReference, parse_reference
 from .registry_accounts import farm_signer
 from .registry_api import repository_path
@@ -78,13 +80,29 @@ def build_account(job: BuildJob) -> Account:
     )
 
 
-def auths(job: BuildJob) -> dict[str, dict[str, str]]:
-    """config.json's `auths` for the build: the farm's registry, then its team's accounts elsewhere."""
-    entries = {}
-    if job.team_id is not None and not job.fork:  # a fork's pull request gets no registry account
+def pull_accounts(job: BuildJob) -> dict[str, tuple[str, str]]:
+    """Registry host (config.json's spelling) -> (username, password) for the
+    build's pulls outside the farm's own registry: the farm's account where the
+    operator lets builds pull with it, its team's own over it. A fork's pull
+    request gets none."""
+    if job.fork:
+        return {}
+    found = {}
+    for registry in Registry.objects.filter(builds_pull_with_farm_account=True).exclude(username=""):
+        found[_config_key(registry.host)] = (registry.username, secrets.decrypt(registry.password))
+    if job.team_id is not None:
         for account in RegistryCredential.objects.filter(team_id=job.team_id):
-            key = DOCKER_HUB_KEY if account.host == DOCKER_HUB else account.host
-            entries[key] = _entry(account.username, secrets.decrypt(account.password))
+            found[_config_key(account.host)] = (account.username, secrets.decrypt(account.password))
+    return found
+
+
+def _config_key(host: str) -> str:
+    return DOCKER_HUB_KEY if host == DOCKER_HUB else host
+
+
+def auths(job: BuildJob) -> dict[str, dict[str, str]]:
+    """config.json's `auths` for the build: the farm's registry, then the accounts elsewhere (pull_accounts)."""
+    entries = {key: _entry(username, password) for key, (username, password) in pull_accounts(job).items()}
     if host := settings.GENERATOR_REGISTRY_TOKEN_HOST:
         entries[host] = _entry(f"build-{job.id}", build_password(job))
     return entries
@@ -95,12 +113,8 @@ def classic_registry_config(job: BuildJob, images: list[str]) -> dict[str, dict[
     the daemon pulls itself, and its sandbox does not reach the token server, so
     for the farm's registry a token the farm signs for the Dockerfile's images
     there that the team may read (`registrytoken`: the daemon sends it as it is);
-    its team's accounts elsewhere."""
-    config = {}
-    if job.team_id is not None and not job.fork:
-        for account in RegistryCredential.objects.filter(team_id=job.team_id):
-            key = DOCKER_HUB_KEY if account.host == DOCKER_HUB else account.host
-            config[key] = {"username": account.username, "password": secrets.decrypt(account.password)}
+    the accounts elsewhere (pull_accounts)."""
+    config = {key: {"username": user, "password": password} for key, (user, password) in pull_accounts(job).items()}
     host = settings.GENERATOR_REGISTRY_TOKEN_HOST
     names = []
     for image in images:

@@ -564,6 +564,12 @@ class Registry(models.Model):
     )
     username = models.CharField(max_length=200, blank=True)
     password = models.TextField(blank=True, help_text="Encrypted.")
+    # Off: the farm's account pushes only, and a build pulls there with its team's own account or none.
+    builds_pull_with_farm_account = models.BooleanField(
+        default=False,
+        help_text="Every team's builds pull from this registry with the farm's account (a shared mirror or "
+        "base-image registry), unless the team has its own account there. Pushes use it in any case.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = RegistryQuerySet.as_manager()

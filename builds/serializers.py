@@ -328,7 +328,7 @@ class RegistrySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Registry
-        fields = ["id", "host", "username", "password", "created_at"]
+        fields = ["id", "host", "username", "password", "builds_pull_with_farm_account", "created_at"]
         read_only_fields = ["created_at"]
         extra_kwargs = {
             "host": {"help_text": REGISTRY_HELP["host"]},

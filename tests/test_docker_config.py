@@ -65,3 +65,24 @@ def test_a_forks_pull_request_gets_no_team_account_and_reads_public_images_only(
     assert access == [{"type": "repository", "name": "shared/x", "actions": ["pull"]}]
     with docker_config(job) as folder:
         assert list(json.loads((Path(folder) / "config.json").read_text())["auths"]) == ["localhost:5000"]
+
+
+def test_the_farms_account_reaches_builds_pulls_only_where_the_operator_says_so(job, teams):
+    from builds.docker_config import pull_accounts
+    from builds.models import Registry
+
+    mirror = Registry.objects.create(host="mirror.example", username="farm", password=secrets.encrypt("farm's"))
+    Registry.objects.create(host="private.example:5000", username="farm", password=secrets.encrypt("farm's"))
+    assert "mirror.example" not in pull_accounts(job)  # the farm's accounts push; builds never get them by default
+    Registry.objects.update(builds_pull_with_farm_account=True)
+    accounts = pull_accounts(job)
+    assert accounts["mirror.example"] == ("farm", "farm's")
+    assert accounts["private.example:5000"] == ("robot", "robot's password")  # the team's own wins
+    with docker_config(job) as folder:
+        auths = json.loads((Path(folder) / "config.json").read_text())["auths"]
+        assert base64.b64decode(auths["mirror.example"]["auth"]).decode() == "farm:farm's"
+    assert classic_registry_config(job, [])["mirror.example"] == {"username": "farm", "password": "farm's"}
+    BuildJob.objects.filter(pk=job.pk).update(fork=True)
+    job.refresh_from_db()
+    assert pull_accounts(job) == {}  # never a fork's
+    mirror.delete()
