@@ -94,13 +94,17 @@ class BuildCgroup:
                 if not (self.root / controller / "tasks").is_file():  # cgroup v2 has no `tasks`
                     raise CgroupUnavailable(f"{self.root / controller} is not a cgroup v1 hierarchy")
                 self._dir(controller).mkdir(parents=True, exist_ok=True)
-            self._write("memory", "memory.limit_in_bytes", self.memory_bytes)
             # No swap beyond the memory limit; a kernel without swap accounting has no such file.
-            if (self._dir("memory") / "memory.memsw.limit_in_bytes").exists():
-                try:
-                    self._write("memory", "memory.memsw.limit_in_bytes", self.memory_bytes)
-                except OSError:
-                    logger.info("%s: the kernel refused memory.memsw.limit_in_bytes; swap is not limited", self.name)
+            # The kernel keeps memory <= memory+swap at every write (EINVAL otherwise): on a cgroup
+            # that already exists (a shared one, or one a dead build's steps keep), a higher limit
+            # goes to memsw first, a lower one to memory first.
+            swap = (self._dir("memory") / "memory.memsw.limit_in_bytes").exists()
+            raising = self._number("memory", "memory.limit_in_bytes") < self.memory_bytes
+            if swap and raising:
+                self._write_swap_limit()
+            self._write("memory", "memory.limit_in_bytes", self.memory_bytes)
+            if swap and not raising:
+                self._write_swap_limit()
             self._write("cpu", "cpu.cfs_period_us", self.cpu_period_us)
             self._write("cpu", "cpu.cfs_quota_us", self.cpu_quota_us)
             self._write("pids", "pids.max", self.pids)
@@ -115,6 +119,12 @@ class BuildCgroup:
 
     def _write(self, controller: str, file: str, value: int) -> None:
         (self._dir(controller) / file).write_text(str(value))
+
+    def _write_swap_limit(self) -> None:
+        try:
+            self._write("memory", "memory.memsw.limit_in_bytes", self.memory_bytes)
+        except OSError:
+            logger.info("%s: the kernel refused memory.memsw.limit_in_bytes; swap is not limited", self.name)
 
     def _read(self, controller: str, file: str) -> str:
         try:

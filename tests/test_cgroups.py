@@ -240,6 +240,26 @@ def test_this_hosts_kernel_takes_every_limit_and_the_cgroup_goes():
 
 
 # Root and cgroup v1, as above.
+def test_an_existing_cgroups_memory_limit_is_raised_and_lowered_past_its_swap_limit():
+    # A shared BuildKit cgroup, or one a dead build's steps keep, is made again over its old limits:
+    # the kernel refuses memory above memory+swap, so the order of the writes matters.
+    name = f"/generator/unit-test/{os.getpid()}-again"
+    figures = {"cpu_period_us": 100_000, "cpu_quota_us": 50_000, "pids": 40}
+    kept = V1 / "memory" / name.lstrip("/")
+    try:
+        for memory in (64 * MiB, 128 * MiB, 32 * MiB):
+            BuildCgroup(V1, name, memory_bytes=memory, **figures).create()
+            assert (kept / "memory.limit_in_bytes").read_text().strip() == str(memory)
+            if (kept / "memory.memsw.limit_in_bytes").exists():
+                assert (kept / "memory.memsw.limit_in_bytes").read_text().strip() == str(memory)
+    finally:
+        BuildCgroup(V1, name, memory_bytes=MiB, **figures).remove()
+        for hierarchy in V1.iterdir():
+            with suppress(OSError):
+                os.rmdir(hierarchy / "generator" / "unit-test")
+
+
+# Root and cgroup v1, as above.
 def test_what_a_dead_daemon_left_running_in_the_cgroup_is_killed_even_a_fork_loop():
     name = f"/generator/unit-test/{os.getpid()}-kill"
     build = BuildCgroup(V1, name, memory_bytes=64 * MiB, cpu_period_us=100_000, cpu_quota_us=50_000, pids=64)
