@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,15 @@ SINGLE = (DOCKER_MANIFEST, OCI_MANIFEST)
 ANY = (*SINGLE, DOCKER_LIST, OCI_INDEX)
 
 _LOOPBACK = re.compile(r"^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$")
+
+
+def plain_http(host: str) -> bool:
+    """Whether the farm speaks to `host` over plain HTTP: loopback, as Docker
+    does, and the hosts the operator lists in GENERATOR_PLAIN_HTTP_REGISTRIES
+    (comma-separated HOST:PORT, the daemons' --insecure-registry list: a
+    registry on a private network). Read from the environment: no Django here."""
+    listed = {h.strip() for h in os.environ.get("GENERATOR_PLAIN_HTTP_REGISTRIES", "").split(",") if h.strip()}
+    return bool(_LOOPBACK.match(host)) or host in listed
 
 
 class RegistryError(Exception):
@@ -80,7 +90,7 @@ class RegistryAPI:
         timeout: float = 30,
     ) -> None:
         self.host = "registry-1.docker.io" if host in ("docker.io", "index.docker.io") else host
-        scheme = "http" if _LOOPBACK.match(self.host) else "https"
+        scheme = "http" if plain_http(self.host) else "https"
         self.base = f"{scheme}://{self.host}/v2"
         self.credentials = (username, password) if username else None
         self.timeout = timeout

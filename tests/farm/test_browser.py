@@ -71,7 +71,8 @@ def test_a_running_build_streams_into_the_page_and_turns_succeeded(page, farm, t
     expect(page.locator("#log details.step-running[open]")).to_contain_text("line 3", timeout=60_000)
     shot(page, "job-running")
     job = wait_for_end(page, job_id)
-    assert page.locator("#log details.step-group").count() == 3  # FROM, RUN and the farm's LABEL
+    # FROM, the team's ARG (builds/cache_scope.py), RUN and the farm's LABEL
+    assert page.locator("#log details.step-group").count() == 4
     assert page.locator("#log details.step-group[open]").count() == 0  # finished steps fold
     assert page.text_content("#line-count") == str(job.log_line_count)
     assert seqs_on(page) == list(range(1, job.log_line_count + 1))

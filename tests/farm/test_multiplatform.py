@@ -84,7 +84,7 @@ def test_a_two_platform_build_is_one_index_whose_images_run_on_their_platform(fa
     # Each platform's image and the index are signed, each with its provenance (issue 28).
     signed = {children["linux/amd64"].digest, children["linux/arm64"].digest, parent.digest}
     key = load_public_key(signing.active_key().public_key)
-    with RegistryAPI(farm.registry) as api:
+    with RegistryAPI(farm.registry, token_source=farm.signer.farm_token) as api:
         for child in children.values():
             verified = image_verification.verify(api, "multi/app", child.digest, key)
             params = verified.provenance["predicate"]["buildDefinition"]["externalParameters"]

@@ -86,6 +86,8 @@ def netns_farm(services_dir, tmp_path_factory):
         redis_password = uuid.uuid4().hex
         common = {
             **FAST_TIMINGS,
+            # The farm's own writes there (signatures and attestations) go over plain HTTP, as the daemons' pushes.
+            "GENERATOR_PLAIN_HTTP_REGISTRIES": f"{net.gateway}:{registry_port}",
             "REDIS_URL": f"redis://:{redis_password}@{net.gateway}:{redis_port}/0",
             "GENERATOR_SECRET_KEY": "netns-test-only",
             "GENERATOR_DEBUG": "false",
