@@ -78,7 +78,7 @@ def test_a_running_build_streams_into_the_page_and_turns_succeeded(page, farm, t
     assert seqs_on(page) == list(range(1, job.log_line_count + 1))
     expect(page.locator("#digest")).to_have_text(job.digest)
     expect(page.locator("#push-duration")).to_have_text(f"{job.push_seconds:.1f} s")
-    assert page.locator("#log .line.step").count() == 3  # Docker's "Step N/M" lines are marked
+    assert page.locator("#log .line.step").count() == 4  # Docker's "Step N/M" lines are marked
     shot(page, "job-succeeded")
     page.goto("/builds/")
     expect(page.locator("#jobs")).to_contain_text(f"{farm.registry}/browser/live:latest")
