@@ -297,6 +297,8 @@ class SharedBuildKitCgroup(BuildCgroup):
             self._alone = False
         if self._alone:
             super().remove(within=0)  # its counters; children left by a dead build stop it, harmlessly
+        else:  # wait while a build alone makes it afresh (it holds the lock exclusively until done)
+            fcntl.flock(self._lock, fcntl.LOCK_SH)
         super().create()
         fcntl.flock(self._lock, fcntl.LOCK_SH)
 

@@ -3,9 +3,11 @@ directory (files where the kernel has them), and once against this host's own.""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
+import threading
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -210,6 +212,26 @@ def test_beside_another_buildkit_build_it_keeps_the_cgroup_and_never_lowers_its_
             assert shared_control(root, "memory", "memory.limit_in_bytes").read_text() == str(1024 * MiB)
             assert shared_control(root, "pids", "pids.max").read_text() == "400"
         assert running_step.is_dir()
+
+
+def test_a_build_beside_one_making_the_cgroup_afresh_waits_until_it_is_made(root):
+    # Two BuildKit builds starting at once on a daemon: the one alone removes and makes the cgroup
+    # while holding the lock exclusively; the other wrote into folders being removed (seen in CI).
+    lock_file = root / "locks" / "farm-0.lock"
+    lock_file.parent.mkdir(parents=True)
+    making = open(lock_file, "a")  # noqa: SIM115 (the build alone, in the middle of making it)
+    fcntl.flock(making, fcntl.LOCK_EX)
+    done = threading.Event()
+    beside = shared(root)
+    thread = threading.Thread(target=lambda: (beside.create(), done.set()))
+    thread.start()
+    assert not done.wait(0.3)
+    assert not shared_control(root, "pids", "pids.max").exists()  # wrote nothing meanwhile
+    fcntl.flock(making, fcntl.LOCK_UN)
+    making.close()
+    assert done.wait(5) and shared_control(root, "pids", "pids.max").read_text() == "256"
+    thread.join()
+    beside.remove()
 
 
 def test_a_shared_limit_says_whom_it_holds():
