@@ -1,6 +1,7 @@
 """Every relative link of README.md and docs/*.md leads somewhere: the file exists
 and, for `file.md#anchor` or `#anchor`, that file has a heading whose GitHub slug
-is the anchor (or an explicit `<a id="anchor">`)."""
+is the anchor (or an explicit `<a id="anchor">`). And every file of the repository
+a page names (`builds/dispatch.py`) is there, so a move shows where the docs lag."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 CODE_SPAN = re.compile(r"(`+)(?!`).*?(?<!`)\1", re.DOTALL)
 HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 EXPLICIT_ANCHOR = re.compile(r"<a\s+(?:id|name)=\"([^\"]+)\"")
+# A file of this repository named in prose or code: `builds/dispatch.py`, scripts/farm.py.
+REPOSITORY_FILE = re.compile(
+    r"(?<![\w/.-])((?:audit|bench|builds|conf|docs|generator_site|notifications|pool|requirements|scripts|teams|tests)"
+    r"/[\w/.-]*\.(?:py|sh|json|yml|md|txt))(?![\w/-])"
+)
 
 
 def prose(markdown: str) -> str:
@@ -57,9 +63,19 @@ def broken_links(page: Path, root: Path = ROOT) -> list[str]:
     return broken
 
 
+def missing_files(page: Path, root: Path = ROOT) -> list[str]:
+    """Files of the repository the page names that are not there (moved or gone)."""
+    return sorted({name for name in REPOSITORY_FILE.findall(page.read_text()) if not (root / name).exists()})
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[str(page.relative_to(ROOT)) for page in PAGES])
 def test_every_link_leads_somewhere(page: Path):
     assert broken_links(page) == []
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(page.relative_to(ROOT)) for page in PAGES])
+def test_every_file_a_page_names_exists(page: Path):
+    assert missing_files(page) == []
 
 
 def test_slugs_follow_githubs_rules():
@@ -86,3 +102,11 @@ def test_a_broken_link_is_found(tmp_path: Path):
         "docs/teams.md#audit-log: no heading #audit-log in docs/teams.md",
         "#teams: no heading #teams in README.md",
     ]
+
+
+def test_a_file_that_moved_is_found(tmp_path: Path):
+    (tmp_path / "builds").mkdir()
+    (tmp_path / "builds" / "dispatch.py").write_text("")
+    page = tmp_path / "README.md"
+    page.write_text("`builds/dispatch.py`, builds/gone.py, `/api/v1/builds/ID/log/`, shared/docs/machines.md\n")
+    assert missing_files(page, root=tmp_path) == ["builds/gone.py"]
