@@ -5,7 +5,8 @@ in a moved paragraph (whitespace and line breaks aside, a Markdown link
 
     git show main:README.md > /tmp/old.md && .venv/bin/python scripts/docs_moved_check.py /tmp/old.md
 
-Prints each line not found and exits 1 if there is one."""
+Prints the lines found only once references are read as links, then each line
+not found, and exits 1 if there is one."""
 
 from __future__ import annotations
 
@@ -22,24 +23,38 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def missing_lines(old_readme: str, new_texts: list[str]) -> list[str]:
+def loosely(text: str) -> str:
+    """The words alone: a reference written `docs/x.md, "Section"` or (README, "Section")
+    reads the same as the link [x.md, "Section"](x.md#section) that replaced it."""
+    text = LINK.sub(lambda link: link[1], text)
+    text = re.sub(r"\bdocs/|\bREADME(?:'s)?,? ?|\bthis README's\b|[`\"()\[\]]", "", text)
+    return " ".join(text.split())
+
+
+def missing_lines(old_readme: str, new_texts: list[str]) -> tuple[list[str], list[str]]:
+    """(lines found only once references are read as links, lines not found at all)."""
     corpus = normalise("\n".join(new_texts))
-    missing = []
+    loose_corpus = loosely("\n".join(new_texts))
+    relinked, missing = [], []
     for line in old_readme.splitlines():
         if not line.strip() or re.match(r"#{1,6} ", line):
             continue
-        if normalise(line) not in corpus:
-            missing.append(line)
-    return missing
+        if normalise(line) in corpus:
+            continue
+        (relinked if loosely(line) in loose_corpus else missing).append(line)
+    return relinked, missing
 
 
 def main() -> int:
     old = Path(sys.argv[1]).read_text()
     new = [(ROOT / "README.md").read_text(), *(path.read_text() for path in sorted((ROOT / "docs").glob("*.md")))]
-    missing = missing_lines(old, new)
+    relinked, missing = missing_lines(old, new)
+    print(f"{len(relinked)} lines found once their references are read as links:")
+    for line in relinked:
+        print(f"  {line.strip()}")
+    print(f"{len(missing)} of the old README's lines not found:")
     for line in missing:
-        print(line)
-    print(f"{len(missing)} of the old README's lines not found", file=sys.stderr)
+        print(f"  {line.strip()}")
     return 1 if missing else 0
 
 
