@@ -318,10 +318,14 @@ class SharedBuildKitCgroup(BuildCgroup):
         return True
 
 
-def step_marker() -> str:
-    """A build's mark on its BuildKit RUN steps: unguessable, so no other build
-    can have its steps counted as this one's; a host name, harmless in NO_PROXY."""
-    return f"generator-{secrets.token_hex(12)}.invalid"
+def step_marker(job_id: str, attempt: int) -> str:
+    """A build's mark on its BuildKit RUN steps; a host name, harmless in NO_PROXY.
+
+    It names the build's own cgroup (cgroup_name's last part), where the
+    daemon's runc (scripts/buildkit-runc/runc) places each step it marks, and
+    ends in a random part, so no other build can have its steps counted as this
+    one's by the StepClaimer."""
+    return f"generator-{job_id}-{attempt}-{secrets.token_hex(12)}.invalid"
 
 
 class StepClaimer:

@@ -83,11 +83,12 @@ def caps_help() -> dict[str, str]:
 
 def needs_whole_daemon(builder: str) -> bool:
     """BuildKit takes no cgroup per build (cgroups.py, SharedBuildKitCgroup): a
-    daemon's BuildKit builds share one. So that a build's limits are its own, a
-    BuildKit build has its daemon to itself, unless the operator lets a daemon's
-    BuildKit builds share it (GENERATOR_BUILDKIT_SHARED_DAEMONS): each then has
-    its steps moved into its own cgroup (cgroups.StepClaimer), the shared one,
-    at capacity x their limits, the backstop."""
+    daemon's BuildKit builds share one. Where the daemon runs the farm's runc
+    (GENERATOR_BUILDKIT_SHARED_DAEMONS, the default), each build's RUN steps
+    start in its own cgroup (scripts/buildkit-runc/runc; cgroups.StepClaimer
+    moves any that did not), the shared one, at capacity x their limits, the
+    backstop. Otherwise a BuildKit build has its daemon to itself, so that the
+    shared cgroup's limits are its own."""
     return builder == "buildkit" and not settings.GENERATOR_BUILDKIT_SHARED_DAEMONS
 
 
@@ -139,7 +140,7 @@ def contained(
     cgroup = _cgroup(daemon_name, job_id, attempt, limits, buildkit=buildkit, share=share)
     # BuildKit beside other builds: the build's own cgroup too, its steps moved into it.
     own = _cgroup(daemon_name, job_id, attempt, limits, buildkit=False) if cgroup and buildkit and share > 1 else None
-    marker = step_marker() if own else ""
+    marker = step_marker(job_id, attempt) if own else ""
     summary = limits.describe(processes=cgroup is not None)
     if cgroup is None:
         summary += (
@@ -149,7 +150,7 @@ def contained(
         )
     elif own:
         summary += (
-            f"; each RUN step moved into the build's own cgroup as it starts, and BuildKit"
+            f"; each RUN step started in the build's own cgroup, and BuildKit"
             f" holds this daemon's builds to {share} x these together"
         )
     no_network = network == "none"

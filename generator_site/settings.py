@@ -305,10 +305,11 @@ GENERATOR_BUILD_CPUS_MAX = env_float("GENERATOR_BUILD_CPUS_MAX", 4.0)
 GENERATOR_BUILD_PIDS_MAX = env_int("GENERATOR_BUILD_PIDS_MAX", 4096)
 GENERATOR_BUILD_CGROUPS = env_bool("GENERATOR_BUILD_CGROUPS", True)
 GENERATOR_CGROUP_ROOT = Path(env_str("GENERATOR_CGROUP_ROOT", "/sys/fs/cgroup"))
-# BuildKit's RUN steps share one cgroup per daemon: off, a BuildKit build has its
-# daemon to itself (its limits are its own); on, up to `capacity` of them share
-# capacity x their limits (builds/limits.py).
-GENERATOR_BUILDKIT_SHARED_DAEMONS = env_bool("GENERATOR_BUILDKIT_SHARED_DAEMONS", False)
+# On: up to `capacity` BuildKit builds share a daemon, each held to its own limits
+# (its RUN steps start in the build's own cgroup: the daemon runs the farm's runc,
+# scripts/buildkit-runc/runc, first on its PATH, as make up's do). Off: a BuildKit
+# build has its daemon to itself, for daemons without that runc (builds/limits.py).
+GENERATOR_BUILDKIT_SHARED_DAEMONS = env_bool("GENERATOR_BUILDKIT_SHARED_DAEMONS", True)
 
 # The pool under load and failure (docs/architecture.md, "Failures").
 GENERATOR_MAX_ATTEMPTS = env_int("GENERATOR_MAX_ATTEMPTS", 3)

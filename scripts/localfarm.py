@@ -271,6 +271,13 @@ class DaemonTLS:
 # fast, unless told otherwise; the farm keeps whole logs under its own limits
 # (GENERATOR_MAX_LOG_LINES). Docker 20.10 reads -1 as a limit of -1 bytes: 1 GiB each.
 DOCKERD_ENV = {"BUILDKIT_STEP_LOG_MAX_SIZE": str(2**30), "BUILDKIT_STEP_LOG_MAX_SPEED": str(2**30)}
+# dockerd runs BuildKit's RUN steps with the first `runc` on its PATH: the farm's
+# places each step of a build in the build's own cgroup (scripts/buildkit-runc/runc).
+BUILDKIT_RUNC_DIR = ROOT / "scripts" / "buildkit-runc"
+
+
+def dockerd_env() -> dict[str, str]:
+    return {**DOCKERD_ENV, "PATH": f"{BUILDKIT_RUNC_DIR}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
 
 
 def dockerd_argv(
@@ -338,7 +345,7 @@ def start_dockerd(
         mount_data_disk(data_dir / "data.img", data_dir / "data", disk_bytes)
     allow_traverse(data_dir)
     ensure_remap_user()
-    sup.start(name, in_netns(netns, dockerd_argv(data_dir, exec_dir, socket_path, **options)), env=DOCKERD_ENV)
+    sup.start(name, in_netns(netns, dockerd_argv(data_dir, exec_dir, socket_path, **options)), env=dockerd_env())
     return f"tcp://{options['tcp']}" if options.get("tls") else f"unix://{socket_path}"
 
 

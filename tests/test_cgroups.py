@@ -311,13 +311,13 @@ def test_the_claimer_moves_the_steps_that_carry_its_builds_marker_and_no_other(r
     shared = buildkit_cgroup_name("farm-0")
     build = cgroup(root)
     build.create()
-    marker = step_marker()
+    marker = step_marker("a" * 32, 1)
     steps = {}
     processes = []
     try:
         for name, env in {
             "mine": {"NO_PROXY": f"corp.example,{marker}"},
-            "theirs": {"NO_PROXY": step_marker()},
+            "theirs": {"NO_PROXY": step_marker("b" * 32, 1)},
         }.items():
             process = subprocess.Popen(["sleep", "30"], env=env)
             processes.append(process)

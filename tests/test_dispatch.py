@@ -56,8 +56,12 @@ def test_jobs_wait_in_order_until_a_daemon_has_room(redis_url):
     assert BuildJob.objects.get(pk=jobs[3].pk).daemon_id == jobs[0].daemon_id
 
 
-@override_settings(GENERATOR_MAX_BUILDS_PER_IMAGE=0, GENERATOR_BUILDERS=["classic", "buildkit"])
-def test_a_buildkit_build_has_its_daemon_to_itself_unless_the_operator_shares_them():
+@override_settings(
+    GENERATOR_MAX_BUILDS_PER_IMAGE=0,
+    GENERATOR_BUILDERS=["classic", "buildkit"],
+    GENERATOR_BUILDKIT_SHARED_DAEMONS=False,
+)
+def test_a_buildkit_build_has_its_daemon_to_itself_where_daemons_do_not_run_the_farms_runc():
     # BuildKit's RUN steps share one cgroup per daemon (builds/limits.py): alone
     # on it, a build's limits are its own.
     one = daemon("one", capacity=2)

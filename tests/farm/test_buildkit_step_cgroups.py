@@ -1,17 +1,19 @@
-"""Issue 24, part 1 (as far as it goes): two BuildKit builds at once on one daemon,
-each held to its own limits. BuildKit 0.8 takes no cgroup per build; the worker
-marks its build's RUN steps (NO_PROXY, out of BuildKit's cache keys) and moves
-each into the build's own cgroup as it starts (builds/cgroups.py, StepClaimer),
-the daemon's shared BuildKit cgroup (2 x the limits) the backstop.
+"""Issue 24, part 1: two BuildKit builds at once on one daemon, each held to its
+own limits. BuildKit 0.8 takes no cgroup per build; the worker marks its build's
+RUN steps (NO_PROXY, out of BuildKit's cache keys) and the daemon's runc
+(scripts/buildkit-runc/runc, first on dockerd's PATH) starts each marked step in
+the build's own cgroup; the daemon's shared BuildKit cgroup (2 x the limits)
+holds whatever is unmarked.
 
 First driven from this process with the worker's own pieces (limits.contained,
-the BuildKit session), on a farm daemon; then through the farm itself, its
-processes restarted with GENERATOR_BUILDKIT_SHARED_DAEMONS=true (without it the
-dispatcher gives a BuildKit build its daemon to itself)."""
+the BuildKit session), on a farm daemon; then through the farm itself
+(GENERATOR_BUILDKIT_SHARED_DAEMONS, on by default: without it the dispatcher
+gives a BuildKit build its daemon to itself)."""
 
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
 import uuid
@@ -20,6 +22,7 @@ import pytest
 
 from builds.builders import buildkit_client, daemon_address
 from builds.buildkit import BuildKitSession, BuildRequest
+from builds.cgroups import daemon_cgroup
 from builds.engine import BuildFailed, dockerfile_context
 from builds.limits import BuildLimits, contained
 from builds.models import BuildJob
@@ -32,7 +35,10 @@ from .test_build_limits import FORKS, HOG
 pytestmark = pytest.mark.farm
 
 LIMITS = BuildLimits(memory_mb=64, cpus=1.0, pids=64)
-BESIDE = "FROM busybox\nRUN echo {nonce} && sleep 4 && head -c 40000000 /dev/zero | wc -c\n"
+BESIDE = (
+    "FROM busybox\nRUN echo {nonce} && grep -E ':(memory|pids):' /proc/self/cgroup"
+    " && sleep 4 && head -c 40000000 /dev/zero | wc -c\n"
+)
 
 
 def buildkit_build(farm, daemon, name: str, dockerfile: str, outcome: dict) -> None:
@@ -40,8 +46,9 @@ def buildkit_build(farm, daemon, name: str, dockerfile: str, outcome: dict) -> N
     started = time.monotonic()
     lines: list[str] = []
     try:
-        with contained(daemon.name, uuid.uuid4().hex, 1, LIMITS, builder="buildkit", share=2) as containment:
-            assert containment.step_marker and "moved into the build's own cgroup" in containment.summary
+        job_id = outcome[f"{name}_job"] = uuid.uuid4().hex
+        with contained(daemon.name, job_id, 1, LIMITS, builder="buildkit", share=2) as containment:
+            assert containment.step_marker and "started in the build's own cgroup" in containment.summary
             session = BuildKitSession(buildkit_client(), daemon_address(client_settings(daemon)))
             request = BuildRequest(tag=f"{farm.registry}/limits/two-{name}", step_marker=containment.step_marker)
             image = session.build(io.BytesIO(dockerfile_context(dockerfile)), request, on_line=lines.append)
@@ -77,13 +84,16 @@ def test_two_buildkit_builds_on_one_daemon_are_each_held_to_their_own_limits(far
     outcome = at_once(farm, daemon, {"attacker": attacker, "beside": BESIDE.format(nonce=nonce)})
 
     kind, message, a_start, a_end, _ = outcome["attacker"]
-    # Held at its own limit once the worker has moved its step; a step that forks or allocates within
-    # the moment before the move meets the daemon's shared backstop instead (README says so; seen in
-    # about one run in four here). Either way it fails, and the build beside it does not.
-    backstop = "shared with the daemon's other BuildKit builds"
-    assert kind == "failed" and (message.startswith(reason) or backstop in message), message
+    # Held at its own limit: the daemon's runc (scripts/buildkit-runc/runc) starts each of its steps in
+    # the build's own cgroup, so no fork loop or allocation outruns a move to it.
+    assert kind == "failed" and message.startswith(reason), message
     kind, image, b_start, b_end, lines = outcome["beside"]
     assert kind == "built" and image.startswith("sha256:"), image
+    # The step's very first process was already there, in each hierarchy (without the daemon's
+    # runc it starts in <daemon>/buildkit/<step>, and a moment later the claimer moves it).
+    own = f"{daemon_cgroup(daemon.name)}/{outcome['beside_job']}-1/"
+    born = [line for line in lines if re.search(r" \d+:(memory|pids):/", line)]
+    assert len(born) == 2 and all(own in line for line in born), born
     # 40 MB through a pipe within its own 64 MiB, while the attacker ran out of its own.
     assert any(line.endswith(" 40000000") for line in lines), lines[-10:]
     assert a_start < b_end and b_start < a_end  # at once on the one daemon
@@ -91,14 +101,12 @@ def test_two_buildkit_builds_on_one_daemon_are_each_held_to_their_own_limits(far
 
 @pytest.fixture
 def shared_daemon(farm, farm_pool):
-    """The farm's processes with BuildKit builds sharing a daemon; only the first
-    daemon takes builds, at 64 MiB and 64 processes a build; all put back after."""
+    """Only the first daemon takes builds (BuildKit builds share it, as by
+    default), at 64 MiB and 64 processes a build; all put back after."""
     first, *others = farm_pool
     DockerDaemon.objects.filter(pk=first.pk).update(build_memory_mb=64, build_pids=64)
     DockerDaemon.objects.filter(pk__in=[d.pk for d in others]).update(enabled=False)
-    farm.restart_with(GENERATOR_BUILDKIT_SHARED_DAEMONS="true")
     yield first
-    farm.restart_with(GENERATOR_BUILDKIT_SHARED_DAEMONS="")
     DockerDaemon.objects.filter(pk=first.pk).update(build_memory_mb=first.build_memory_mb, build_pids=first.build_pids)
     DockerDaemon.objects.filter(pk__in=[d.pk for d in others]).update(enabled=True)
 
@@ -119,6 +127,6 @@ def test_through_the_farm_two_buildkit_builds_share_a_daemon_each_under_its_own_
     assert hog.error.startswith("the build ran out of memory: its limit is 64 MiB (RUN steps were killed); "), hog.error
     assert beside.status == "succeeded", beside.error
     assert any(line.endswith(" 40000000") for line in logs["beside"]), logs["beside"][-10:]
-    assert "moved into the build's own cgroup as it starts" in "\n".join(logs["hog"])
+    assert "each RUN step started in the build's own cgroup" in "\n".join(logs["hog"])
     assert hog.daemon_id == beside.daemon_id == shared_daemon.pk
     assert hog.started_at < beside.finished_at and beside.started_at < hog.finished_at  # at once
