@@ -47,9 +47,10 @@ class TooManyManifests(RegistryError):
 
 @dataclass
 class Reader:
-    """Reads tags' blobs from one registry, each manifest and blob size once."""
+    """Reads tags' blobs from one registry, each manifest and blob size once.
+    Its `api` may change between repositories (a token per repository)."""
 
-    api: RegistryAPI
+    api: RegistryAPI | None  # the repository's being read
     max_manifests: int = 0  # 0: no bound
     manifests_read: int = 0
     _manifests: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
@@ -140,27 +141,27 @@ def recount(teams: Iterable[Team] | None = None) -> list[Recount]:
     if not host:
         return []
     wanted = {team.pk: team for team in (teams if teams is not None else Team.objects.all())}
-    results = []
     with farm_registry_api() as api:
-        owned: dict[int, list[str]] = defaultdict(list)
-        for name in api.catalog():
-            namespace = Namespace.objects.owning(f"{host}/{name}")
-            if namespace is not None and namespace.team_id in wanted:
-                owned[namespace.team_id].append(name)
-        for team_id, team in wanted.items():
-            results.append(_recount_team(api, team, owned.get(team_id, [])))
-    return results
+        catalog = api.catalog()
+    owned: dict[int, list[str]] = defaultdict(list)
+    for name in catalog:
+        namespace = Namespace.objects.owning(f"{host}/{name}")
+        if namespace is not None and namespace.team_id in wanted:
+            owned[namespace.team_id].append(name)
+    return [_recount_team(team, owned.get(team_id, [])) for team_id, team in wanted.items()]
 
 
-def _recount_team(api: RegistryAPI, team: Team, repositories: list[str]) -> Recount:
+def _recount_team(team: Team, repositories: list[str]) -> Recount:
     limit = settings.GENERATOR_REGISTRY_USAGE_MAX_MANIFESTS
-    reader = Reader(api, max_manifests=limit)
+    reader = Reader(None, max_manifests=limit)
     tags: dict[tuple[str, str], list[tuple[str, int]]] = {}
     try:
         for name in repositories:
-            for tag in api.tags(name, limit=limit + 1):
-                if (blobs := reader.tag_blobs(name, tag)) is not None:
-                    tags[name, tag] = _items(blobs)
+            # A client per repository: its token is for one repository (RegistryAPI asks once).
+            with farm_registry_api() as reader.api:
+                for tag in reader.api.tags(name, limit=limit + 1):
+                    if (blobs := reader.tag_blobs(name, tag)) is not None:
+                        tags[name, tag] = _items(blobs)
     except RegistryError as exc:
         logger.warning("could not recount the registry use of team %s: %s", team.slug, exc)
         return Recount(team.slug, team.registry_used_bytes, reader.manifests_read, str(exc))
