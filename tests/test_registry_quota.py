@@ -139,3 +139,13 @@ def test_the_recount_command_says_when_there_is_no_registry_to_count(teams, sett
     settings.GENERATOR_REGISTRY_TOKEN_HOST = ""
     with pytest.raises(Exception, match="GENERATOR_REGISTRY_TOKEN_HOST"):
         call_command("registry_usage")
+
+
+def test_admin_shows_a_teams_registry_use_and_takes_its_quota(client, operator, teams):
+    a, _ = teams
+    fill(a, 2048)
+    client.force_login(operator)
+    listed = client.get("/admin/teams/team/").content.decode()
+    assert "2.0 KB of 10.0 GB" in listed
+    page = client.get(f"/admin/teams/team/{a.pk}/change/").content.decode()
+    assert 'name="registry_quota_bytes"' in page and "2.0 KB of 10.0 GB" in page
