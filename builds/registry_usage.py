@@ -31,7 +31,7 @@ from teams.models import Namespace, Team
 
 from . import cosign_layout
 from .errors import TooManyBuilds
-from .references import parse_reference
+from .references import InvalidReference, parse_reference
 from .registry_accounts import farm_signer, is_farm_registry
 from .registry_api import DOCKER_LIST, OCI_INDEX, RegistryAPI, RegistryError, repository_path
 
@@ -176,7 +176,7 @@ def _items(blobs: dict[str, int] | None) -> list[tuple[str, int]] | None:
 def in_farm_registry(image: str) -> bool:
     try:
         return is_farm_registry(parse_reference(image).registry)
-    except Exception:
+    except InvalidReference:
         return False
 
 
