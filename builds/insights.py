@@ -7,7 +7,8 @@ queries, each bounded by days x repositories shown.
 
 Staff see every repository (and the builds without one); anyone else, their
 teams' repositories only (builds/ownership.py), and the pool's utilisation,
-which the pool page shows them too. The slowest BuildKit steps come from
+which the pool page shows them too; each of their teams' storage in the farm's
+registry against its quota (teams/registry_quota.py). The slowest BuildKit steps come from
 StepStats, timed by the worker from the log lines it stores (builds/steps.py).
 """
 
@@ -23,6 +24,8 @@ from django.utils import timezone
 
 from generator_site.errors import error_response
 from pool.models import DockerDaemon
+from teams.models import Team
+from teams.registry_quota import describe_use
 
 from .chart_ticks import format_duration
 from .charts import bar_chart, line_chart
@@ -57,6 +60,8 @@ def insights_page(request: HttpRequest) -> HttpResponse:
     if not is_staff(request.user):
         steps = steps.filter(repository__in=team_repositories(request.user).values("full_name"))
     context["steps"] = _slowest_steps(steps)
+    teams = Team.objects.all() if is_staff(request.user) else Team.objects.of(request.user)
+    context["registry_teams"] = [(team, describe_use(team)) for team in teams.order_by("slug")]
     return render(request, "builds/insights.html", context)
 
 

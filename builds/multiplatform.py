@@ -57,7 +57,7 @@ from django.db import transaction
 from pool.models import DockerDaemon
 from pool.platforms import check as check_platform
 
-from . import attestations, transitions
+from . import attestations, registry_usage, transitions
 from .errors import SubmissionError
 from .logs import append_shared
 from .models import WAITING, BuildJob
@@ -233,6 +233,7 @@ def _publish_index(parent: BuildJob, children: list[BuildJob]) -> None:
             return
         append_shared(parent.id, [f"[generator] Signed the index: {attached.signature_tag}, provenance in "
                                   f"{attached.attestation_tag}"])  # fmt: skip
+    registry_usage.record_push(parent.team_id, parent.image_repository, parent.tags, digest)
     platforms = ", ".join(c.platform for c in by_platform)
     _end(parent.id, Status.SUCCEEDED, f"Pushed {parent.image}@{digest}: an image index of {platforms}", digest=digest)
 

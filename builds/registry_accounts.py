@@ -17,6 +17,7 @@ from typing import NamedTuple
 from django.conf import settings
 
 from generator_site.registry_keys import Signer, repository_access
+from teams import registry_quota
 from teams.models import RegistryCredential
 
 from . import secrets
@@ -72,9 +73,11 @@ def push_auth(host: str, team_id: int | None, repository: str) -> dict[str, str]
     """Docker's auth config for pushing `repository` (its path in the registry):
     in the farm's registry a token for that repository alone, which the daemon
     sends as it is (`registrytoken`: it never asks the realm, which its sandbox
-    does not reach); elsewhere the account push_account chooses."""
+    does not reach), without push for a team over its quota; elsewhere the account push_account chooses."""
     if is_farm_registry(host):
-        access = [repository_access(repository, ["pull", "push"])]
+        # A team at or over its registry quota: no push, so the registry itself refuses the daemon's.
+        over = team_id is not None and bool(registry_quota.over_quota_ids([team_id]))
+        access = [repository_access(repository, ["pull"] if over else ["pull", "push"])]
         return {"registrytoken": farm_signer().sign("generator", access, FARM_TOKEN_SECONDS)["token"]}
     account = push_account(host, team_id)
     return account.auth_config() if account else None

@@ -144,6 +144,28 @@ class RegistryAPI:
             url = f"{self.base.removesuffix('/v2')}{link}" if link.startswith("/") else link
         return names
 
+    def tags(self, name: str, page: int = 1000, *, limit: int = 100_000) -> list[str]:
+        """The repository's tags, page by page (its `Link` header); at most `limit`."""
+        tags: list[str] = []
+        path = f"tags/list?n={page}"
+        while path and len(tags) < limit:
+            response = self._request("GET", name, path)
+            if response.status_code == 404:
+                return tags
+            self._check(response, f"list the tags of {name}")
+            tags += response.json().get("tags") or []
+            link = response.links.get("next", {}).get("url", "")
+            path = link.split(f"/{name}/", 1)[1] if f"/{name}/" in link else ""
+        return tags[:limit]
+
+    def blob_size(self, name: str, digest: str) -> int | None:
+        """The size of a blob as the registry stores it (one HEAD); None if it has none."""
+        response = self._request("HEAD", name, f"blobs/{digest}")
+        if response.status_code == 404:
+            return None
+        self._check(response, f"look up the blob {digest} of {name}")
+        return int(response.headers.get("Content-Length", "0"))
+
     def head_manifest(self, name: str, reference: str, accept: str) -> requests.Response:
         return self._request("HEAD", name, f"manifests/{reference}", headers={"Accept": accept})
 

@@ -18,7 +18,7 @@ from django.utils import timezone
 from pool import disks, egress, health, housekeeping
 from pool.tls import InsecureEngineAddress, client_settings
 
-from . import attestations, builders, context_store, db_sessions, metrics, transitions
+from . import attestations, builders, context_store, db_sessions, metrics, registry_usage, transitions
 from . import housekeeping as farm_housekeeping
 from .changed_files import git_source
 from .dispatch import dispatch
@@ -289,6 +289,8 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
         ]
         if settings.GENERATOR_ATTESTATIONS:
             _attest(job, session, image_id, pushed[0].digest, froms, ran_with, log, watch)
+        # What the team's tags take in the farm's registry now (its quota: builds/registry_usage.py).
+        registry_usage.record_push(job.team_id, job.image_repository, job.tags, pushed[0].digest)
         return pushed[0]
 
 
@@ -355,6 +357,9 @@ def _push(
             )
         except PushFailed as exc:
             if not exc.transient:
+                # The farm's registry refused it because the team is over its quota: say so, not just "denied".
+                if why := registry_usage.push_refusal(registry, team_id):
+                    raise PushFailed(f"{why} ({exc})") from exc
                 raise
             if number == tries:
                 raise PushFailed(f"registry {registry} did not take the push after {tries} tries: {exc}") from exc

@@ -18,7 +18,7 @@ from django.db import transaction
 from audit.log import record as audit
 from pool.platforms import split as split_platforms
 
-from . import context_store, deploy_keys, multiplatform, ownership, quotas, signals, transitions
+from . import context_store, deploy_keys, multiplatform, ownership, quotas, registry_usage, signals, transitions
 from . import secrets as build_secrets
 from .buildkit import unsupported_features
 from .dispatch import NoDaemonAvailable, dispatch, ensure_pool_exists
@@ -90,6 +90,7 @@ def submit(request: BuildRequest, *, submitted_by=None, retry_of: BuildJob | Non
         check_registry_allowed(target.repository)
         team = ownership.team_for_build(submitted_by, request.team, target.repository, request.repository)
         quotas.check_submit(team)
+        registry_usage.check_submit(team, target.repository)
         group = request.repository.daemon_group if request.repository else ""
         ensure_pool_exists_or_raise(group)
         if request.platforms:
@@ -284,6 +285,8 @@ def _repository_build(repository, tags: list[str], details: dict, *, supersede: 
     check_registry_allowed(repository.image)  # the row may have gone since the repository was saved
     ownership.check_push_build(repository, repository.image)  # so may its team's namespace
     quotas.check_submit(repository.team)
+    if not fields.get("not_pushed"):  # a pull request's check pushes nothing: its quota does not matter
+        registry_usage.check_submit(repository.team, repository.image)
     ensure_pool_exists_or_raise(repository.daemon_group)
     platforms = [] if fields.get("not_pushed") else split_platforms(repository.platforms)
     if platforms:

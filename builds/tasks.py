@@ -28,6 +28,7 @@ from . import (
     multiplatform,
     preemption,
     reaper,
+    registry_usage,
     runner,
     schedules,
     secrets,
@@ -169,3 +170,10 @@ def report_buildkit_client(sender, **kwargs) -> None:
         disks.report(
             daemons, api_version=settings.GENERATOR_DOCKER_API_VERSION, timeout=settings.GENERATOR_DOCKER_TIMEOUT
         )
+
+
+@control_task("farm.recount_registry_usage", seconds=HOUSEKEEPING)
+def recount_registry_usage() -> None:
+    # Each team's use of the farm's registry, read again from the registry (tags
+    # deleted or garbage-collected without the farm), bounded per team.
+    registry_usage.recount()

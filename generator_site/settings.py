@@ -492,6 +492,8 @@ if GENERATOR_HTTPS:
 # users of the host name out of plain HTTP for that long.
 SECURE_HSTS_SECONDS = env_int("GENERATOR_HSTS_SECONDS", 0)
 
+# Seconds between beat's recounts of teams' registry use (builds/registry_usage.py).
+GENERATOR_REGISTRY_USAGE_INTERVAL = env_int("GENERATOR_REGISTRY_USAGE_INTERVAL", 3600)
 CELERY_BEAT_SCHEDULE = {
     "dispatch": {
         "task": "farm.dispatch",
@@ -546,6 +548,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_float("GENERATOR_CONTEXT_PRUNE_INTERVAL", 600),
         "options": {"expires": 600},
     },
+    "recount-registry-usage": {
+        "task": "farm.recount_registry_usage",
+        "schedule": GENERATOR_REGISTRY_USAGE_INTERVAL,
+        "options": {"expires": 3600},
+    },
     "prune-audit": {
         "task": "audit.prune",
         "schedule": env_float("GENERATOR_AUDIT_PRUNE_INTERVAL", 3600),
@@ -572,6 +579,15 @@ GENERATOR_TEAM_OVER_LIMIT = env_choice("GENERATOR_TEAM_OVER_LIMIT", "reject", ("
 GENERATOR_FAIR_SHARE_SECONDS = env_float("GENERATOR_FAIR_SHARE_SECONDS", 10)
 # Retry-After for a team at its concurrency limit: nobody knows when a build ends.
 GENERATOR_TEAM_RETRY_AFTER_SECONDS = env_int("GENERATOR_TEAM_RETRY_AFTER_SECONDS", 30)
+# Each team's storage in the farm's registry (teams/registry_quota.py), on out of
+# the box: a team may set its own. 0: no quota for teams that set none.
+GENERATOR_TEAM_REGISTRY_QUOTA_BYTES = env_int("GENERATOR_TEAM_REGISTRY_QUOTA_BYTES", 10 << 30)
+if GENERATOR_TEAM_REGISTRY_QUOTA_BYTES < 0:
+    raise ImproperlyConfigured("GENERATOR_TEAM_REGISTRY_QUOTA_BYTES must be 0 (no quota) or more bytes")
+# Beat's recount of teams' registry use from the registry itself (builds/registry_usage.py),
+# so the figure heals when tags go without the farm (deleted, garbage-collected):
+# at most this many manifests read per team in one pass.
+GENERATOR_REGISTRY_USAGE_MAX_MANIFESTS = env_int("GENERATOR_REGISTRY_USAGE_MAX_MANIFESTS", 5000)
 # The audit log (audit/) keeps events this many days; beat prunes older ones.
 GENERATOR_AUDIT_RETENTION_DAYS = env_int("GENERATOR_AUDIT_RETENTION_DAYS", 365)
 

@@ -10,6 +10,7 @@ from builds.admin import SecretInput, keep_or_encrypt
 
 from . import tokens
 from .models import Membership, Namespace, RegistryCredential, Team, TeamToken
+from .registry_quota import describe_use
 
 
 class MembershipInline(admin.TabularInline):
@@ -50,7 +51,8 @@ class RegistryCredentialAdmin(AuditedAdmin, admin.ModelAdmin):
 
 @admin.register(Team)
 class TeamAdmin(AuditedAdmin, admin.ModelAdmin):
-    list_display = ["slug", "name", "members", "namespace_list", "limits", "created_at"]
+    list_display = ["slug", "name", "members", "namespace_list", "limits", "registry_use", "created_at"]
+    readonly_fields = ["registry_use"]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline, NamespaceInline]
@@ -63,6 +65,10 @@ class TeamAdmin(AuditedAdmin, admin.ModelAdmin):
     def limits(self, team: Team) -> str:
         figures = (team.max_concurrent_builds, team.max_builds_per_hour, team.max_log_lines)
         return ", ".join(str(f) if f else "-" for f in figures) + f" ({team.over_limit_mode})"
+
+    @admin.display(description="registry use")
+    def registry_use(self, team: Team) -> str:
+        return describe_use(team)
 
     @admin.display(description="namespaces")
     def namespace_list(self, team: Team) -> str:

@@ -16,7 +16,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import exceptions, mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -28,8 +28,9 @@ from builds.models import SigningKey
 
 from . import tokens as team_tokens
 from .models import Membership, Namespace, RegistryCredential, Team, TeamToken, taken_ignoring_case
+from .registry_quota import over_quota
 
-LIMIT_FIELDS = ["max_concurrent_builds", "max_builds_per_hour", "max_log_lines", "over_limit"]
+LIMIT_FIELDS = ["max_concurrent_builds", "max_builds_per_hour", "max_log_lines", "over_limit", "registry_quota_bytes"]
 
 
 def _staff(user) -> bool:
@@ -49,11 +50,27 @@ class MembershipSerializer(serializers.ModelSerializer):
 class TeamSerializer(serializers.ModelSerializer):
     namespaces = serializers.SlugRelatedField(slug_field="prefix", many=True, read_only=True)
     members = MembershipSerializer(source="memberships", many=True, read_only=True)
+    registry_usage = serializers.SerializerMethodField()
 
     class Meta:
         model = Team
-        fields = ["id", "slug", "name", "namespaces", "members", *LIMIT_FIELDS, "created_at"]
+        fields = ["id", "slug", "name", "namespaces", "members", *LIMIT_FIELDS, "registry_usage", "created_at"]
         read_only_fields = ["created_at"]
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "description": "The team's storage in the farm's registry (its distinct blobs) against the quota in"
+            " force (registry_quota_bytes, else the farm's default; null: none).",
+        }
+    )
+    def get_registry_usage(self, team: Team) -> dict:
+        return {
+            "used_bytes": team.registry_used_bytes,
+            "quota_bytes": team.registry_quota,
+            "over_quota": over_quota(team),
+            "counted_at": team.registry_counted_at,
+        }
 
     def validate_slug(self, value: str) -> str:
         return self._unique_ignoring_case("slug", value)
@@ -191,7 +208,7 @@ def _unique_ignoring_case():
     create=extend_schema(description="Staff only."),
     update=extend_schema(
         description="The team's admins or staff; its limits (max_concurrent_builds, "
-        "max_builds_per_hour, max_log_lines, over_limit): staff only."
+        "max_builds_per_hour, max_log_lines, over_limit, registry_quota_bytes): staff only."
     ),
     partial_update=extend_schema(description="The team's admins or staff; its limits: staff only."),
     destroy=extend_schema(description="Staff only; a team that still owns repositories cannot be deleted (409)."),

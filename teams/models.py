@@ -36,7 +36,7 @@ class TeamQuerySet(models.QuerySet):
 class Team(models.Model):
     """A team, and its fair share of the farm: limits an operator sets (empty: none).
     builds/quotas.py enforces them at submit, builds/dispatch.py in the queue and
-    builds/logs.py in the log writer."""
+    builds/logs.py in the log writer; its registry quota, teams/registry_quota.py."""
 
     class OverLimit(models.TextChoices):
         FARM = "", "the farm's setting (GENERATOR_TEAM_OVER_LIMIT)"
@@ -61,6 +61,14 @@ class Team(models.Model):
         max_length=8, blank=True, choices=OverLimit.choices, default=OverLimit.FARM,
         help_text="Over the concurrency or hourly limit, a submit is refused or waits its turn.",
     )  # fmt: skip
+    registry_quota_bytes = models.PositiveBigIntegerField(
+        null=True, blank=True,
+        help_text="Bytes the team's images may take in the farm's registry; empty: the farm's"
+        " GENERATOR_TEAM_REGISTRY_QUOTA_BYTES. Over it, the team's tokens carry no push and its submits get 429.",
+    )  # fmt: skip
+    # The sum of the distinct blobs its tags name (teams/registry_quota.py keeps it with RegistryBlob).
+    registry_used_bytes = models.PositiveBigIntegerField(default=0, editable=False)
+    registry_counted_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     # The user the team's API tokens act as (teams/tokens.py): made with its first token.
     token_user = models.OneToOneField(
@@ -98,6 +106,13 @@ class Team(models.Model):
                 errors[field] = taken
         if errors:
             raise ValidationError(errors)
+
+    @property
+    def registry_quota(self) -> int | None:
+        """The team's registry quota in bytes, or None for none (the farm's default 0)."""
+        if self.registry_quota_bytes is not None:
+            return self.registry_quota_bytes
+        return settings.GENERATOR_TEAM_REGISTRY_QUOTA_BYTES or None
 
     @property
     def over_limit_mode(self) -> str:
@@ -272,3 +287,26 @@ class RegistryCredential(models.Model):
             self.host = parse_registry_host(self.host)
         except InvalidReference as exc:
             raise ValidationError({"host": str(exc)}) from None
+
+
+class RegistryBlob(models.Model):
+    """A blob a tag in the farm's registry names, counted for the team owning its
+    repository: the tag's manifest (or index, and each manifest it lists), their
+    configs and layers. A tag pushed again replaces its rows; a team's use is the
+    sum of its distinct digests (teams/registry_quota.py)."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="registry_blobs")
+    repository = models.CharField(max_length=300, help_text="The repository's path in the registry.")
+    tag = models.CharField(max_length=128)
+    digest = models.CharField(max_length=100)
+    size = models.PositiveBigIntegerField()
+
+    class Meta:
+        ordering = ["repository", "tag", "digest"]
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "tag", "digest"], name="one_registry_blob_per_tag_digest")
+        ]
+        indexes = [models.Index(fields=["team", "digest"], name="registry_blob_team_digest")]
+
+    def __str__(self) -> str:
+        return f"{self.repository}:{self.tag} {self.digest} ({self.size} bytes)"

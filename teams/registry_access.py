@@ -14,6 +14,8 @@ the registry then answers 401 `insufficient_scope` itself.
   gets it; GET /api/v1/registry/repositories/ lists what the caller may read.
 - delete: never, through this server (the farm signs its own tokens, with
   exactly what each of its writes needs: builds/registry_accounts.py).
+- no push, for anyone, into a namespace whose team is at or over its registry
+  quota (teams/registry_quota.py): the registry itself then refuses the write.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from builds.references import InvalidReference, parse_reference
 
 from .models import Namespace, Team
+from .registry_quota import over_quota
 
 PULL, PUSH = "pull", "push"
 CATALOG = ("registry", "catalog")
@@ -80,6 +83,8 @@ def granted(account: Account, scopes: list[Scope], host: str) -> list[dict]:
     owners: dict[str, Namespace | None] = {}  # looked up once per request
     for scope in scopes:
         allowed = [a for a in _expanded(scope.actions) if _may(account, scope.type, scope.name, a, host, owners)]
+        if PUSH in allowed and _over_quota(scope.name, host, owners):
+            allowed.remove(PUSH)
         if scope.type == CATALOG[0] and scope.name == CATALOG[1] and account.staff and "*" in scope.actions:
             allowed = ["*"]
         if allowed:
@@ -108,6 +113,13 @@ def _may(account: Account, kind: str, name: str, action: str, host: str, owners:
     if action == PULL:
         return mine or namespace.public
     return mine
+
+
+def _over_quota(name: str, host: str, owners: dict) -> bool:
+    if name not in owners:
+        owners[name] = Namespace.objects.owning(f"{host}/{name}")
+    namespace = owners[name]
+    return namespace is not None and over_quota(namespace.team)
 
 
 def readable(account: Account, host: str, repositories: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ from builds.models import BuildJob, BuildLogLine
 from builds.registry_api import RegistryAPI
 from pool.models import DockerDaemon
 from scripts import localfarm as lf
+from teams.models import RegistryBlob
 
 from .conftest import api_build, engine, follow, registry_digest, steps_running, wait_for
 
@@ -99,6 +100,16 @@ def test_a_two_platform_build_is_one_index_whose_images_run_on_their_platform(fa
     # The repository holds the build's tags, one helper tag per platform, and the signatures'.
     cosign_tags = {f(d) for d in signed for f in (cosign_layout.signature_tag, cosign_layout.attestation_tag)}
     assert tag_list(farm, "multi/app") == {"1", "stable", *HELPER_TAGS, *cosign_tags}
+    # The team's registry use counts the index, both platforms' manifests and the signatures (issue 24).
+    counted = set(
+        RegistryBlob.objects.filter(team_id=parent.team_id, repository="multi/app", tag="1").values_list(
+            "digest", flat=True
+        )
+    )
+    assert {parent.digest, *(c.digest for c in children.values())} <= counted
+    assert RegistryBlob.objects.filter(
+        repository="multi/app", tag=cosign_layout.attestation_tag(parent.digest)
+    ).exists()
 
     # Each platform pulled and run where it belongs: arm64 under QEMU says aarch64.
     client = engine(farm.daemons[1][1])
