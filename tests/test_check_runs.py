@@ -261,3 +261,11 @@ def test_an_uninstalled_app_falls_back_to_statuses(github, repository, job):
     assert Repository.objects.get(pk=repository.pk).github_installation_id is None
     check_runs.report(job.id)
     assert github.states_for(repository.full_name, SHA) == ["failure"]
+
+
+def test_no_app_token_or_jwt_goes_to_a_refused_api_base(github, settings, repository, job):
+    installed(github, repository)
+    Repository.objects.filter(pk=repository.pk).update(github_installation_id=77)
+    settings.GENERATOR_ALLOW_LOCAL_REPOSITORIES = False  # the fake is on loopback: refused
+    check_runs.report(job.id)  # logged, nothing sent, nothing to retry
+    assert (github.tokens_issued, github.check_runs, github.statuses, github.refused) == (0, {}, [], [])
