@@ -33,6 +33,7 @@ from .statuses import ReportFailed, api_base
 JWT_SECONDS = 540  # GitHub allows 600; the margin absorbs clock drift
 JWT_BACKDATE = 60  # iat a minute back, as GitHub advises for drifting clocks
 REFRESH_BEFORE = 300  # seconds before a token's expiry it is replaced
+NOT_INSTALLED_SECONDS = 600  # GitHub's "not installed" on a repository, believed this long
 TIMEOUT = 10
 HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
 
@@ -129,10 +130,36 @@ def buy_token(installation_id: int) -> Token:
 tokens = TokenCache(buy_token)
 
 
+class Absences:
+    """Repositories GitHub said the App is not on, remembered for NOT_INSTALLED_SECONDS
+    per process: a farm whose App is on few of its repositories does not ask
+    again at every report (GitHub's rate limit counts each). An installation
+    event records a new installation at once (builds/check_run_events.py)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def known(self, full_name: str) -> bool:
+        with self._lock:
+            return self._until.get(full_name.lower(), 0.0) > self._clock()
+
+    def note(self, full_name: str) -> None:
+        with self._lock:
+            self._until[full_name.lower()] = self._clock() + NOT_INSTALLED_SECONDS
+
+
+absences = Absences()
+
+
 def installation_of(full_name: str) -> int:
     """The installation id of the App on owner/name, asked of GitHub; NotInstalled if none."""
+    if absences.known(full_name):
+        raise NotInstalled(f"the App is not installed on {full_name} (GitHub said so lately)")
     response = _send("GET", f"/repos/{full_name}/installation", bearer=app_jwt())
     if response.status_code in (401, 403, 404):
+        absences.note(full_name)
         raise NotInstalled(f"the App is not installed on {full_name} ({response.status_code})")
     installation_id = response.json().get("id") if response.status_code == 200 else None
     if not isinstance(installation_id, int) or isinstance(installation_id, bool):

@@ -41,6 +41,7 @@ class FakeGitHub:
         self.token_seconds = 3600
         self.tokens: dict[str, tuple[int, float]] = {}  # token -> (installation, expires)
         self.tokens_issued = 0
+        self.installation_lookups = 0
         self.check_runs: dict[int, dict] = {}  # id -> {"repository", "head_sha", "fields", "history"}
         self.refused: list[str] = []  # why each refused App request was refused
         self._next_run = 1000
@@ -106,6 +107,7 @@ class FakeGitHub:
         if method == "POST" and (match := _TOKENS.fullmatch(path)):
             return self._issue_token(handler, authorization, int(match.group(1)))
         if method == "GET" and (match := _INSTALLATION.fullmatch(path)):
+            self.installation_lookups += 1
             if not self._app_jwt_valid(authorization):
                 return _reply(handler, 401, {"message": "A JSON web token could not be decoded"})
             installation = self.installations.get(match.group(1))

@@ -13,6 +13,7 @@ import pytest
 from builds.models import BuildJob, CheckRun, Repository
 from tests.conftest import SHARED
 from tests.test_webhooks import deliver, register
+from tests.test_webhooks import example as push_example
 
 EXAMPLES = SHARED / "testdata" / "github-webhooks-events" / "payload-examples" / "api.github.com"
 APP_SECRET = "the App's webhook secret"
@@ -154,3 +155,14 @@ def test_an_installation_event_not_signed_by_the_app_changes_nothing(client, db)
         "ignored: the payload names no repository"
     )
     assert Repository.objects.get(full_name="Codertocat/Hello-World").github_installation_id is None
+
+
+@pytest.mark.usefixtures("daemon", "allowed_registry")
+def test_a_push_delivered_by_the_app_and_by_the_repository_s_webhook_builds_once(client):
+    register("Codertocat/Hello-World")
+    payload = push_example("api.github.com/push/with-new-branch.payload.json")
+    by_app = deliver(client, payload, secret=APP_SECRET, delivery="app")
+    assert by_app.status_code == 202 and len(by_app.json()["jobs"]) == 1
+    by_hook = deliver(client, payload, delivery="hook")
+    assert by_hook.json()["jobs"] == by_app.json()["jobs"] and by_hook.json()["result"].startswith("already built")
+    assert BuildJob.objects.count() == 1

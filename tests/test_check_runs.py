@@ -46,7 +46,9 @@ def github(settings, tmp_path, monkeypatch):
     settings.GENERATOR_SITE_URL = "https://farm.example.invalid"
     settings.GENERATOR_GITHUB_APP_ID = str(fake.app_id)
     settings.GENERATOR_GITHUB_APP_PRIVATE_KEY_FILE = str(fake.write_private_key(tmp_path / "app.pem"))
-    monkeypatch.setattr(github_app, "tokens", github_app.TokenCache(github_app.buy_token))  # none from another test
+    # Nothing cached by another test.
+    monkeypatch.setattr(github_app, "tokens", github_app.TokenCache(github_app.buy_token))
+    monkeypatch.setattr(github_app, "absences", github_app.Absences())
     yield fake
     fake.close()
 
@@ -213,11 +215,24 @@ def test_a_successful_build_has_no_failing_step():
     assert failing_step.find((LOGS / "buildkit-parallel-stages.log").read_text().splitlines()) is None
 
 
-def test_a_repository_without_the_app_gets_a_commit_status(github, repository, job):
+def test_a_repository_without_the_app_gets_a_commit_status_and_github_is_not_asked_again(github, repository, job):
     check_runs.report(job.id)  # the fake answers 404 to /repos/.../installation
     assert github.states_for(repository.full_name, SHA) == ["pending"]
     assert github.check_runs == {}
     assert Repository.objects.get(pk=repository.pk).github_installation_id is None
+    assert github.installation_lookups == 1
+    check_runs.report(job.id)
+    assert github.installation_lookups == 1  # believed for NOT_INSTALLED_SECONDS
+    assert github.states_for(repository.full_name, SHA) == ["pending", "pending"]
+
+
+def test_absences_are_forgotten_after_a_while():
+    now = [0.0]
+    absences = github_app.Absences(clock=lambda: now[0])
+    absences.note("Codertocat/Hello-World")
+    assert absences.known("codertocat/hello-world")
+    now[0] += github_app.NOT_INSTALLED_SECONDS
+    assert not absences.known("Codertocat/Hello-World")
 
 
 def test_without_the_app_configured_statuses_are_sent_as_before(github, settings, repository, job):

@@ -67,7 +67,9 @@ def test_a_push_s_check_run_goes_queued_in_progress_then_success(farm, farm_pool
     # The pool drains, so the build waits and its queued check run is seen before it starts.
     pool = DockerDaemon.objects.filter(pk__in=[daemon.pk for daemon in farm_pool])
     pool.update(draining=True)
-    sha, job_id = push(farm, source, {"Dockerfile": "FROM busybox\nRUN echo checked\n"}, "checks-1")
+    # A step of a few seconds: the in_progress report (sent as the build starts, with the state
+    # it reads then) lands while the build runs, however busy the control worker is.
+    sha, job_id = push(farm, source, {"Dockerfile": "FROM busybox\nRUN sleep 4 && echo checked\n"}, "checks-1")
     wait_for(lambda: fake_github.run_states(FULL_NAME, sha) == [["queued"]], timeout=30, what="a queued check run")
     pool.update(draining=False)
 
