@@ -20,6 +20,7 @@ A report that dies holding the lease loses it after LEASE.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import posixpath
 from datetime import UTC, datetime, timedelta
@@ -73,18 +74,25 @@ def report(job_id: str) -> None:
         return
     try:
         statuses.api_base()
-        installation = _installation(job.repository)
-    except (github_app.NotInstalled, RefusedURL):
-        statuses.report(job_id)  # a refused API base: logged once there, nothing sent
-        return
-    try:
-        _send(job, installation)
+        _send(job, _installation(job.repository))
+    except github_app.Misconfigured as exc:
+        _log_misconfigured(str(exc))
+        statuses.report(job_id)
+    except RefusedURL:
+        statuses.report(job_id)  # logged once there, nothing sent
     except github_app.NotInstalled as exc:
-        # Uninstalled since: forgotten, and the retry finds out whether a status is due instead.
-        Repository.objects.filter(pk=job.repository_id, github_installation_id=installation).update(
-            github_installation_id=None
-        )
+        if job.repository.github_installation_id is None:  # GitHub says it is not there: a status
+            statuses.report(job_id)
+            return
+        # Uninstalled since it was recorded: forgotten, and the retry asks GitHub again.
+        Repository.objects.filter(pk=job.repository_id).update(github_installation_id=None)
         raise github_app.AppUnavailable(str(exc)) from None
+
+
+@functools.lru_cache(maxsize=16)
+def _log_misconfigured(reason: str) -> None:
+    # Once per process and reason: every job would say the same.
+    logger.error("check runs are not sent (commit statuses instead): %s", reason)
 
 
 def _installation(repository: Repository) -> int:
@@ -92,6 +100,7 @@ def _installation(repository: Repository) -> int:
         return repository.github_installation_id
     installation = github_app.installation_of(repository.full_name)
     Repository.objects.filter(pk=repository.pk).update(github_installation_id=installation)
+    repository.github_installation_id = installation
     return installation
 
 

@@ -50,12 +50,20 @@ def configured() -> bool:
     return bool(settings.GENERATOR_GITHUB_APP_ID and settings.GENERATOR_GITHUB_APP_PRIVATE_KEY_FILE)
 
 
+class Misconfigured(NotInstalled):
+    """The App's key file cannot be read or is not an RSA private key: for the operator to fix."""
+
+
 def app_jwt(now: float | None = None) -> str:
     """The App's own credential, for the /app endpoints only."""
     now = time.time() if now is None else now
-    key = Path(settings.GENERATOR_GITHUB_APP_PRIVATE_KEY_FILE).read_bytes()
+    path = settings.GENERATOR_GITHUB_APP_PRIVATE_KEY_FILE
     claims = {"iat": int(now) - JWT_BACKDATE, "exp": int(now) + JWT_SECONDS, "iss": settings.GENERATOR_GITHUB_APP_ID}
-    return jwt.encode(claims, key, algorithm="RS256")
+    try:
+        return jwt.encode(claims, Path(path).read_bytes(), algorithm="RS256")
+    except (OSError, ValueError, TypeError, jwt.PyJWTError) as exc:
+        # The reason's class only: a parser's message could quote the file.
+        raise Misconfigured(f"GENERATOR_GITHUB_APP_PRIVATE_KEY_FILE {path!r}: {exc.__class__.__name__}") from None
 
 
 def webhook_signed_by_app(body: bytes, header: str) -> bool:

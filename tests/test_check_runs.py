@@ -284,3 +284,16 @@ def test_no_app_token_or_jwt_goes_to_a_refused_api_base(github, settings, reposi
     settings.GENERATOR_ALLOW_LOCAL_REPOSITORIES = False  # the fake is on loopback: refused
     check_runs.report(job.id)  # logged, nothing sent, nothing to retry
     assert (github.tokens_issued, github.check_runs, github.statuses, github.refused) == (0, {}, [], [])
+
+
+def test_an_unreadable_app_key_means_statuses_and_one_error(github, settings, repository, job, caplog, tmp_path):
+    installed(github, repository)
+    Repository.objects.filter(pk=repository.pk).update(github_installation_id=77)
+    (tmp_path / "broken.pem").write_text("-----BEGIN PRIVATE KEY-----\nnot a key, secret-looking text\n")
+    settings.GENERATOR_GITHUB_APP_PRIVATE_KEY_FILE = str(tmp_path / "broken.pem")
+    check_runs.report(job.id)
+    check_runs.report(job.id)
+    assert github.states_for(repository.full_name, SHA) == ["pending", "pending"] and github.check_runs == {}
+    [logged] = [r.getMessage() for r in caplog.records if "check runs are not sent" in r.getMessage()]
+    assert "broken.pem" in logged and "secret-looking" not in logged
+    assert Repository.objects.get(pk=repository.pk).github_installation_id == 77  # not the App's fault
