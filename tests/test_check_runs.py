@@ -15,6 +15,9 @@ from django.utils import timezone
 from builds import check_runs, failing_step, github_app, statuses
 from builds.models import BuildJob, BuildLogLine, CheckRun, Repository
 from tests.fake_github import FakeGitHub
+from tests.test_pull_requests import HEAD, only_job
+from tests.test_pull_requests import example as pull_request_example
+from tests.test_webhooks import deliver, register
 
 SHA = "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
 LOGS = Path(__file__).parent / "logs"
@@ -297,3 +300,13 @@ def test_an_unreadable_app_key_means_statuses_and_one_error(github, settings, re
     [logged] = [r.getMessage() for r in caplog.records if "check runs are not sent" in r.getMessage()]
     assert "broken.pem" in logged and "secret-looking" not in logged
     assert Repository.objects.get(pk=repository.pk).github_installation_id == 77  # not the App's fault
+
+
+@pytest.mark.usefixtures("daemon", "allowed_registry")
+def test_a_pull_request_s_check_run_is_on_its_head_commit(github, client):
+    repository = register("Codertocat/Hello-World")
+    installed(github, repository)
+    job = only_job(deliver(client, pull_request_example("opened"), event="pull_request"))
+    check_runs.report(job.id)
+    [run] = github.runs_for(repository.full_name, HEAD)
+    assert (run["fields"]["status"], run["fields"]["external_id"]) == ("queued", job.id)
