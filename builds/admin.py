@@ -183,7 +183,7 @@ class RepositoryAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ["full_name", "team", "public", "image", "daemon_group", "hook_verified_at", "created_at"]
     list_filter = ["team", "public"]
     search_fields = ["full_name", "image"]
-    readonly_fields = ["hook_verified_at", "webhook_url", "deploy_key_fingerprint"]
+    readonly_fields = ["hook_verified_at", "webhook_url", "deploy_key_fingerprint", "github_installation_id"]
 
     @admin.display(description="webhook URL (payload URL on GitHub, content type application/json)")
     def webhook_url(self, repository) -> str:

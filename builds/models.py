@@ -297,6 +297,11 @@ class Repository(models.Model):
         blank=True,
         help_text="For private repositories and commit statuses: a GitHub token. Never shown or logged.",
     )
+    # The farm's GitHub App on this repository (builds/github_app.py): learnt from
+    # the App's webhooks or asked of GitHub; set, builds report check runs, not statuses.
+    github_installation_id = models.BigIntegerField(
+        null=True, blank=True, help_text="The GitHub App's installation on it (recorded from GitHub)."
+    )
     image = models.CharField(
         max_length=400, validators=[validate_image_repository], help_text="Image repository, e.g. registry/team/app."
     )
@@ -762,3 +767,18 @@ class Attestation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.predicate_type} of {self.digest}"
+
+
+class CheckRun(models.Model):
+    """A job's check run on GitHub (builds/check_runs.py): its id once created,
+    the last status sent, and a short lease that lets one report at a time
+    send, so an older state never follows a newer one."""
+
+    job = models.OneToOneField(BuildJob, primary_key=True, on_delete=models.CASCADE, related_name="check_run")
+    run_id = models.BigIntegerField(null=True, blank=True, help_text="GitHub's id of the check run.")
+    installation_id = models.BigIntegerField(null=True, blank=True)
+    sent_status = models.CharField(max_length=16, blank=True, help_text="queued, in_progress or completed.")
+    sending_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"check run {self.run_id} of {self.job_id}"

@@ -236,6 +236,7 @@ def submit_push_build(
     pull_request_url: str = "",
     fork: bool = False,
     not_pushed: str = "",
+    retry_of: BuildJob | None = None,
 ) -> BuildJob:
     """A build of a pushed commit, tagged with every tag its rules gave; or of a
     pull request's head (builds/pull_requests.py), which `not_pushed` says is
@@ -259,6 +260,7 @@ def submit_push_build(
         pull_request_url=pull_request_url,
         fork=fork,
         not_pushed=not_pushed,
+        retry_of=retry_of,
     )
     transaction.on_commit(lambda: transitions.report_on_github(job.id))
     return job

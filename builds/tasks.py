@@ -19,6 +19,7 @@ from pool.models import DockerDaemon, queue_for
 
 from . import (
     builders,
+    check_runs,
     context_store,
     db_sessions,
     dispatch,
@@ -139,7 +140,8 @@ def check_health() -> None:
     max_retries=8,
 )
 def report_status(job_id: str) -> None:
-    statuses.report(job_id)
+    # A check run where the farm's GitHub App is installed, else a commit status.
+    check_runs.report(job_id)
 
 
 _heartbeat: workers.Heartbeat | None = None

@@ -42,7 +42,7 @@ def _swap(filters: dict, to_status: str | None = None, **fields) -> bool:
     if changed and to_status is not None:
         job_id = filters["pk"]
         transaction.on_commit(lambda: publish(job_id, {"type": "job.status", "status": to_status}))
-        if to_status in BuildJob.TERMINAL:
+        if to_status in BuildJob.TERMINAL or to_status == Status.BUILDING:  # a check run's in_progress
             transaction.on_commit(lambda: report_on_github(job_id))
         if event := signals.EVENTS.get(to_status):
             signals.announce(job_id, event)
@@ -64,7 +64,7 @@ def _settle_parent(parent_id: str) -> None:
 
 
 def report_on_github(job_id: str) -> None:
-    """Queues the commit status of a job built from a push (others have none)."""
+    """Queues the check run or commit status of a job built from a push (others have none)."""
     # A platform's child is not reported: its multi-platform build is.
     reported = BuildJob.objects.filter(pk=job_id, repository__isnull=False, parent__isnull=True)
     if reported.exclude(commit_sha="").exists():

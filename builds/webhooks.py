@@ -1,4 +1,6 @@
-"""`POST /webhooks/github/`: GitHub's push, pull_request and ping events.
+"""`POST /webhooks/github/`: GitHub's push, pull_request and ping events, and
+the farm's GitHub App's check_run, check_suite and installation events
+(builds/check_run_events.py), signed with the App's webhook secret.
 
 It only checks, records and enqueues, so it answers well inside GitHub's 10 s.
 Order of checks: size (413), a signature header at all (401), JSON within
@@ -44,7 +46,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from . import changed_files, metrics, pull_requests
+from . import changed_files, check_run_events, github_app, metrics, pull_requests
 from .models import BuildJob, Repository, WebhookDelivery
 from .payloads import PayloadError, load_object
 from .rules import MAX_REF_LENGTH, RuleError, is_ref_text, matching, parse_ref, tags_for
@@ -92,21 +94,30 @@ def github_webhook(request: HttpRequest) -> JsonResponse:
         payload = load_object(body)
     except PayloadError as exc:
         return answer(400, str(exc))
+    # The farm's GitHub App delivers here too, signed with its own secret (builds/github_app.py).
+    by_app = github_app.webhook_signed_by_app(body, signature)
     repository_field = payload.get("repository")
     full_name = repository_field.get("full_name") if isinstance(repository_field, dict) else None
     if not full_name:
+        event = request.headers.get("X-GitHub-Event", "")
+        if by_app and event in check_run_events.INSTALLATION_EVENTS:
+            return answer(*check_run_events.installation_changed(event, payload))
         return answer(
             202,
             "ignored: the payload names no repository"
             " (organization webhooks are not supported: add one per repository)",
         )
     repository = _registered(full_name)
-    if not signature_matches(repository.webhook_secret if repository else _NO_SECRET, body, signature):
+    if not by_app and not signature_matches(repository.webhook_secret if repository else _NO_SECRET, body, signature):
         return answer(401, BAD_SIGNATURE)
     if repository is None:
+        if by_app:  # the App is on more repositories than the farm builds: no secret to keep
+            return answer(202, "ignored: the repository is not registered in the farm")
         # Same answer as a wrong signature: the sender may not learn what is registered.
         logger.info("webhook for a repository that is not registered: %.200r", full_name)
         return answer(401, BAD_SIGNATURE)
+    if by_app:
+        check_run_events.note_installation(repository, payload)
 
     event = request.headers.get("X-GitHub-Event", "")
     delivery_id = request.headers.get("X-GitHub-Delivery", "") or f"no-id-{uuid.uuid4().hex}"
@@ -249,6 +260,8 @@ def _handle(event: str, repository: Repository, payload: dict) -> tuple[int, str
             key = Push(pull.ref, pull.head_sha, "").key(repository)
             WebhookDelivery.objects.filter(push_key=key).update(push_key=None)
         return answered
+    if event in check_run_events.REREQUEST_EVENTS:
+        return check_run_events.rerequest(event, repository, payload)
     return 202, f"ignored: {event or 'unnamed'} events do not build", []
 
 

@@ -361,6 +361,17 @@ GENERATOR_WEBHOOK_MAX_BYTES = env_int("GENERATOR_WEBHOOK_MAX_BYTES", 25 * 1024 *
 GENERATOR_WEBHOOK_DEDUPE_SECONDS = env_int("GENERATOR_WEBHOOK_DEDUPE_SECONDS", 24 * 3600)
 GENERATOR_GITHUB_API_URL = env_str("GENERATOR_GITHUB_API_URL", "https://api.github.com").rstrip("/")
 GENERATOR_SITE_URL = env_str("GENERATOR_SITE_URL", "http://localhost:8080").rstrip("/")
+# A GitHub App (builds/github_app.py): check runs instead of commit statuses on the
+# repositories it is installed on. Its private key stays in a file (0600) read at use,
+# never in the database; its webhook secret signs the App's deliveries (check_run,
+# check_suite, installation). Unset: commit statuses only.
+GENERATOR_GITHUB_APP_ID = env_str("GENERATOR_GITHUB_APP_ID", "")
+GENERATOR_GITHUB_APP_PRIVATE_KEY_FILE = env_str("GENERATOR_GITHUB_APP_PRIVATE_KEY_FILE", "")
+GENERATOR_GITHUB_APP_WEBHOOK_SECRET = env_str("GENERATOR_GITHUB_APP_WEBHOOK_SECRET", "")
+if GENERATOR_GITHUB_APP_ID and not (GENERATOR_GITHUB_APP_ID.isdigit() and GENERATOR_GITHUB_APP_PRIVATE_KEY_FILE):
+    raise ImproperlyConfigured(
+        "GENERATOR_GITHUB_APP_ID must be the App's number, with GENERATOR_GITHUB_APP_PRIVATE_KEY_FILE naming its key"
+    )
 GENERATOR_GIT_CACHE_DIR = Path(env_str("GENERATOR_GIT_CACHE_DIR", str(VAR_DIR / "git")))
 # A webhook asks git which files a push changed (path filters) within this many seconds.
 GENERATOR_CHANGED_FILES_TIMEOUT = env_float("GENERATOR_CHANGED_FILES_TIMEOUT", 5)

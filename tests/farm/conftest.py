@@ -188,6 +188,9 @@ FAST_TIMINGS = {
 }
 
 
+GITHUB_APP_WEBHOOK_SECRET = "the farm's GitHub App's webhook secret"
+
+
 @pytest.fixture(scope="session")
 def fake_github():
     github = FakeGitHub()
@@ -200,6 +203,10 @@ def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github, clea
     registry_port = lf.free_port()
     env = {
         "GENERATOR_GITHUB_API_URL": fake_github.url,
+        # The farm's GitHub App: check runs on the repositories the fake says it is installed on.
+        "GENERATOR_GITHUB_APP_ID": str(fake_github.app_id),
+        "GENERATOR_GITHUB_APP_PRIVATE_KEY_FILE": str(fake_github.write_private_key(services_dir / "github-app.pem")),
+        "GENERATOR_GITHUB_APP_WEBHOOK_SECRET": GITHUB_APP_WEBHOOK_SECRET,
         "GENERATOR_SITE_URL": "http://generator.example.invalid",
         "GENERATOR_ALLOW_LOCAL_REPOSITORIES": "true",
         "DATABASE_URL": farm_database_url(),

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.farm
 SECRET = "a webhook secret"
 
 
-def post_webhook(farm, payload: dict, *, event="push", delivery: str) -> tuple[int, dict]:
+def post_webhook(farm, payload: dict, *, event="push", delivery: str, secret: str = SECRET) -> tuple[int, dict]:
     body = json.dumps(payload).encode()
     request = urllib.request.Request(
         f"http://{farm.web}/webhooks/github/",
@@ -32,7 +32,7 @@ def post_webhook(farm, payload: dict, *, event="push", delivery: str) -> tuple[i
             "Content-Type": "application/json",
             "X-GitHub-Event": event,
             "X-GitHub-Delivery": delivery,
-            "X-Hub-Signature-256": signature_of(SECRET, body),
+            "X-Hub-Signature-256": signature_of(secret, body),
         },
     )
     with urllib.request.urlopen(request, timeout=10) as response:
