@@ -130,7 +130,8 @@ def record(job, froms: FromLines) -> bool:
     repository = job.repository
     if repository is None or not repository.default_branch or job.pull_request is not None:
         return False
-    if job.ref != f"refs/heads/{repository.default_branch}" or froms.dockerfile_images is None:
+    branch = repository.default_branch
+    if job.ref not in (f"refs/heads/{branch}", branch) or froms.dockerfile_images is None:  # a push's, the API's
         return False
     if not BuildJob.objects.filter(pk=job.pk, status=BuildJob.Status.SUCCEEDED).exists():
         return False

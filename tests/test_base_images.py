@@ -190,3 +190,31 @@ def test_a_check_asks_at_most_its_bound_least_recently_checked_first(repository,
     assert checked.count() == 1
     base_images.check_due()
     assert BaseImage.objects.exclude(checked_at=None).count() == 2
+
+
+def test_the_job_page_and_the_api_say_why_the_farm_started_the_build(client, reader, daemon):
+    from tests.test_pages import make_job
+
+    reason = f"base image localhost:5000/base/img:latest changed from {A} to {B}"
+    job = make_job(daemon, reason=reason, pull=True)
+    client.force_login(reader)
+    page = client.get(f"/builds/{job.id}/").content.decode()
+    assert f'<dt>Started by the farm</dt><dd id="reason">{reason}</dd>' in page
+    answer = client.get(f"/api/v1/builds/{job.id}/").json()
+    assert (answer["reason"], answer["pull"]) == (reason, True)
+
+
+def test_the_api_turns_the_setting_on_and_shows_the_base_images_read_only(client, operator, repository):
+    repository.rebuild_on_base_image_change = False
+    repository.save()
+    record(built(repository), froms_of([f"#5 [1/2] FROM localhost:5000/base/img@{A}"], ["localhost:5000/base/img"]))
+    client.force_login(operator)
+    url = f"/api/v1/repositories/{repository.pk}/"
+    body = {"rebuild_on_base_image_change": True, "base_images": []}
+    answer = client.patch(url, body, content_type="application/json").json()
+    assert answer["rebuild_on_base_image_change"] is True
+    [shown] = answer["base_images"]  # read-only: the patch's empty list changed nothing
+    assert (shown["reference"], shown["built_digest"]) == ("localhost:5000/base/img:latest", A)
+    assert shown["checked_at"] is None
+    repository.refresh_from_db()
+    assert repository.rebuild_on_base_image_change
