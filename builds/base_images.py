@@ -9,8 +9,9 @@ default branch again when an image it builds FROM has a new digest.
    one pinned to a digest never changes and is not watched), with the digest
    BuildKit's log named for it (`#5 [1/2] FROM localhost:5000/base@sha256:...`,
    builds/provenance.py's FromLines). Where the log names none (the classic
-   builder; BuildKit where the daemon held the image), the first check learns
-   the digest instead of starting a build.
+   builder; BuildKit where the daemon held the image), the digest the daemon
+   holds the image under (its RepoDigests); where it has none either, the
+   first check learns the digest instead of starting a build.
 2. Checking. Beat runs `farm.check_base_images` on the control worker every
    GENERATOR_BASE_IMAGE_INTERVAL seconds. It asks, for the least recently
    checked rows first, at most GENERATOR_BASE_IMAGE_HEADS manifest HEADs within
@@ -59,7 +60,8 @@ from pool.egress import refusal_reason
 from teams.models import RegistryCredential
 from teams.registry_access import PULL, Account, Scope, granted
 
-from . import secrets
+from . import provenance, secrets
+from .engine import EngineError, EngineSession
 from .outbound import host_refusal
 from .provenance import FromLines
 from .references import InvalidReference, parse_reference
@@ -122,17 +124,41 @@ def _name(host: str, repository: str) -> str:
     return f"{host}/{repository_path(repository, host)}"
 
 
+def records(job) -> bool:
+    """Whether the job is a build of its repository's default branch, whose base images are recorded."""
+    repository = job.repository
+    if repository is None or not repository.default_branch or job.pull_request is not None:
+        return False
+    return job.ref in (f"refs/heads/{repository.default_branch}", repository.default_branch)  # a push's, the API's
+
+
+def resolve_on_daemon(job, engine: EngineSession, froms: FromLines) -> None:
+    """The base images the log named without a digest (every FROM of the classic
+    builder; BuildKit's where the daemon held the image), by the registry digest
+    the daemon holds them under (its RepoDigests): one image inspect each, on
+    the daemon that built, before the build is recorded. Never fails the build."""
+    if not records(job):
+        return
+    for key, image in list(froms.images.items()):
+        if image.digest:
+            continue
+        try:
+            digest, _ = engine.image_digest(image.reference)
+        except EngineError as exc:
+            logger.info("job %s: no digest for its base image %s: %s", job.id, image.reference, exc)
+            continue
+        if digest:
+            froms.images[key] = provenance.BaseImage(image.reference, digest, "daemon-repo-digest")
+
+
 def record(job, froms: FromLines) -> bool:
     """After a successful build: the base images of a build of its repository's
     default branch replace those recorded. Answers whether it recorded."""
     from .models import BaseImage, BuildJob
 
+    if not records(job) or froms.dockerfile_images is None:
+        return False
     repository = job.repository
-    if repository is None or not repository.default_branch or job.pull_request is not None:
-        return False
-    branch = repository.default_branch
-    if job.ref not in (f"refs/heads/{branch}", branch) or froms.dockerfile_images is None:  # a push's, the API's
-        return False
     if not BuildJob.objects.filter(pk=job.pk, status=BuildJob.Status.SUCCEEDED).exists():
         return False
     references = watched(froms.dockerfile_images)

@@ -284,6 +284,8 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
                 job, session, access, context, dockerfile, buildargs, containment, log, watch, str(target), froms
             )
         log.write(f"[generator] Built {image_id}")
+        log.flush()  # every FROM line stored, so read into `froms`, before the daemon is asked about them
+        base_images.resolve_on_daemon(job, session, froms)
         if job.not_pushed:
             return Unpushed(image_id)
         for tag in job.extra_tags:

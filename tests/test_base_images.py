@@ -218,3 +218,13 @@ def test_the_api_turns_the_setting_on_and_shows_the_base_images_read_only(client
     assert shown["checked_at"] is None
     repository.refresh_from_db()
     assert repository.rebuild_on_base_image_change
+
+
+def test_admin_shows_the_setting_and_the_base_images_read_only(admin_client, repository):
+    record(built(repository), froms_of([f"#5 [1/2] FROM localhost:5000/base/img@{A}"], ["localhost:5000/base/img"]))
+    form = admin_client.get(f"/admin/builds/repository/{repository.pk}/change/").content.decode()
+    assert 'name="rebuild_on_base_image_change"' in form
+    listed = admin_client.get("/admin/builds/baseimage/").content.decode()
+    assert "localhost:5000/base/img:latest" in listed and A in listed
+    row = BaseImage.objects.get()
+    assert admin_client.post(f"/admin/builds/baseimage/{row.pk}/change/", {"built_digest": B}).status_code == 403
