@@ -34,35 +34,31 @@ Credentials are the build's: in the farm's own registry a token the farm signs
 for a pull of that image alone, as far as the repository's team may read it
 (teams/registry_access.py); elsewhere the team's account for the registry, else
 the farm's where it lets builds pull with it. Every request (the registry, its
-token realm, any redirect) goes through the farm's outbound rules
-(builds/outbound.py, pool/egress.py): a host on a loopback, link-local or
-private address is refused unless it is the farm's registry or one on the
-allow-list, or GENERATOR_ALLOW_LOCAL_REPOSITORIES is set.
+token realm, any redirect) keeps to the farm's outbound rules
+(builds/outbound_http.py): a host on a loopback, link-local or private address
+is refused unless it is the farm's registry or one on the allow-list, or
+GENERATOR_ALLOW_LOCAL_REPOSITORIES is set, and is connected to at the address
+checked.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import socket
 import time
 from collections.abc import Callable, Iterable
-from urllib.parse import urlsplit
 
-import requests
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
-from requests.adapters import HTTPAdapter
 
-from pool.egress import refusal_reason
 from teams.models import RegistryCredential
 from teams.registry_access import PULL, Account, Scope, granted
 
 from . import provenance, secrets
 from .engine import EngineError, EngineSession
-from .outbound import host_refusal
+from .outbound_http import OutboundAdapter
 from .provenance import FromLines
 from .references import InvalidReference, parse_reference
 from .registry_accounts import farm_signer, is_farm_registry
@@ -340,35 +336,3 @@ def _trusted_hosts() -> set[str]:
     if settings.GENERATOR_REGISTRY_TOKEN_HOST:
         hosts.add(settings.GENERATOR_REGISTRY_TOKEN_HOST)
     return hosts
-
-
-class OutboundAdapter(HTTPAdapter):
-    """Every request of the check, redirects and token realms included, held to
-    the farm's outbound rules before it connects."""
-
-    def __init__(self, *, trusted: set[str]) -> None:
-        super().__init__(max_retries=0)
-        self.trusted = trusted
-
-    def send(self, request, **kwargs):
-        if why := outbound_refusal(request.url, self.trusted):
-            raise requests.ConnectionError(why)
-        return super().send(request, **kwargs)
-
-
-def outbound_refusal(url: str, trusted: set[str]) -> str | None:
-    """Why the farm may not ask `url`, or None."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").rstrip(".")
-    if parts.netloc.rpartition("@")[2] in trusted or settings.GENERATOR_ALLOW_LOCAL_REPOSITORIES:
-        return None
-    if why := host_refusal(host):
-        return f"{host} is {why} (the farm's outbound rules, docs/security.md)"
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)}
-    except OSError as exc:
-        return f"cannot resolve {host}: {exc}"
-    for address in sorted(addresses):
-        if why := refusal_reason(address):
-            return f"{host} leads to {address}, {why} (the farm's outbound rules, docs/security.md)"
-    return None

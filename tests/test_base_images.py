@@ -5,16 +5,20 @@ change, none while one waits; a registry that cannot be asked is noted, not fata
 
 from __future__ import annotations
 
+import contextlib
+import socket
+
 import pytest
 from django.test import override_settings
 
-from builds import base_images
-from builds.base_images import built_digests, outbound_refusal, rebuild_tags, record, watched
+from builds import base_images, outbound_http
+from builds.base_images import built_digests, current_digest, rebuild_tags, record, watched
 from builds.cosign_layout import Layer, image_of
 from builds.models import BaseImage, BuildJob, BuildRule, Registry
 from builds.provenance import FromLines
-from builds.registry_api import RegistryAPI
+from builds.registry_api import RegistryAPI, RegistryError
 from scripts import localfarm as lf
+from tests import tls_certs
 from tests.test_webhooks import register
 
 A, B, C = ("sha256:" + c * 64 for c in "abc")
@@ -97,16 +101,38 @@ def test_the_default_branchs_rules_give_the_tags_that_need_no_commit():
     assert rebuild_tags(rules, "") == []
 
 
+def refusal(url: str, trusted: frozenset[str] = frozenset()) -> str:
+    with pytest.raises(outbound_http.Refused) as refused:
+        outbound_http.checked_address(url, set(trusted))
+    return str(refused.value)
+
+
 @override_settings(GENERATOR_ALLOW_LOCAL_REPOSITORIES=False)
-def test_the_checks_requests_keep_to_the_farms_outbound_rules():
-    assert "loopback" in outbound_refusal("http://127.0.0.1:5000/v2/x/manifests/latest", set())
-    assert "loopback" in outbound_refusal("http://localhost:5000/v2/", set())
-    assert "link-local" in outbound_refusal("https://169.254.169.254/v2/", set())
-    assert "private" in outbound_refusal("https://10.1.2.3:5000/v2/", set())
-    assert "loopback" in outbound_refusal("http://2130706433:5000/v2/", set())  # 127.0.0.1 spelled otherwise
-    assert outbound_refusal("http://localhost:5000/v2/", {"localhost:5000"}) is None  # the allow-list's own
+def test_the_checks_requests_keep_to_the_farms_outbound_rules(monkeypatch):
+    assert "loopback" in refusal("http://127.0.0.1:5000/v2/x/manifests/latest")
+    assert "loopback" in refusal("http://localhost:5000/v2/")
+    assert "link-local" in refusal("https://169.254.169.254/v2/")
+    assert "private" in refusal("https://10.1.2.3:5000/v2/")
+    assert "loopback" in refusal("http://2130706433:5000/v2/")  # 127.0.0.1 spelled otherwise
+    assert outbound_http.checked_address("http://localhost:5000/v2/", {"localhost:5000"}) is None  # the allow-list's
+    # A name is resolved and every address checked: one on a private network is refused.
+    monkeypatch.setattr(outbound_http, "resolve", lambda host, port: ["93.184.215.14", "192.168.1.9"])
+    assert "registry.example.com leads to 192.168.1.9" in refusal("https://registry.example.com/v2/")
     with override_settings(GENERATOR_ALLOW_LOCAL_REPOSITORIES=True):
-        assert outbound_refusal("http://127.0.0.1:5000/v2/", set()) is None
+        assert outbound_http.checked_address("http://127.0.0.1:5000/v2/", set()) == "127.0.0.1"
+
+
+@override_settings(GENERATOR_ALLOW_LOCAL_REPOSITORIES=True)
+def test_the_check_connects_to_the_address_it_checked_naming_the_host(monkeypatch, registry, db):
+    """A name that resolved to a checked address is not resolved again when the
+    connection is made (DNS rebinding): `base.invalid` resolves nowhere but here."""
+    port = registry.rsplit(":", 1)[1]
+    pushed = push(registry, "base/pinned", "latest", "pinned")
+    asked = []
+    monkeypatch.setattr(outbound_http, "resolve", lambda host, p: asked.append((host, p)) or ["127.0.0.1"])
+    monkeypatch.setenv("GENERATOR_PLAIN_HTTP_REGISTRIES", f"base.invalid:{port}")
+    assert current_digest(f"base.invalid:{port}/base/pinned:latest", None) == pushed
+    assert asked == [("base.invalid", int(port))]
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +254,49 @@ def test_admin_shows_the_setting_and_the_base_images_read_only(admin_client, rep
     assert "localhost:5000/base/img:latest" in listed and A in listed
     row = BaseImage.objects.get()
     assert admin_client.post(f"/admin/builds/baseimage/{row.pk}/change/", {"built_digest": B}).status_code == 403
+
+
+@pytest.fixture(scope="module")
+def tls_registry(supervisor, services_dir):
+    """A registry over HTTPS with a certificate for `registry.test` (a name no resolver knows), and its CA."""
+    folder = services_dir / "base-image-tls"
+    ca = tls_certs.authority(folder, "base-image-ca")
+    cert, key = ca.issue(folder, "registry", "subjectAltName=DNS:registry.test\nextendedKeyUsage=serverAuth")
+    port = lf.free_port()
+    env = {
+        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(folder / "storage"),
+        "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",
+        "REGISTRY_HTTP_TLS_CERTIFICATE": str(cert),
+        "REGISTRY_HTTP_TLS_KEY": str(key),
+    }
+    supervisor.start(
+        "base-image-tls-registry", ["docker-registry", "serve", str(lf.ROOT / "conf/registry.yml")], env=env
+    )
+    lf.wait_until(
+        lambda: _accepts(port), timeout=20, what="the TLS registry", log=supervisor.log_path("base-image-tls-registry")
+    )
+    yield port, ca.cert
+    supervisor.stop("base-image-tls-registry")
+
+
+def _accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+@override_settings(GENERATOR_ALLOW_LOCAL_REPOSITORIES=True)
+def test_over_tls_the_pinned_connection_verifies_the_certificate_for_the_name(monkeypatch, tls_registry, db):
+    port, ca = tls_registry
+    monkeypatch.setattr(outbound_http, "resolve", lambda host, p: ["127.0.0.1"])
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))
+    image = image_of([Layer("application/vnd.oci.image.layer.v1.tar", b"over tls")])
+    with RegistryAPI(f"registry.test:{port}") as api:
+        api.http.mount("https://", outbound_http.OutboundAdapter(trusted=set()))
+        for blob in image.blobs:
+            api.push_blob("base/tls", blob)
+        pushed = api.put_manifest("base/tls", "latest", "application/vnd.oci.image.manifest.v1+json", image.manifest)
+    assert current_digest(f"registry.test:{port}/base/tls:latest", None) == pushed.digest
+    # The same address under a name the certificate does not name: refused by TLS, not asked.
+    with pytest.raises(RegistryError, match="hostname 'other.test' doesn't match 'registry.test'"):
+        current_digest(f"other.test:{port}/base/tls:latest", None)
