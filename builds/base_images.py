@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from django.conf import settings
 from django.db import transaction
@@ -70,8 +70,6 @@ logger = logging.getLogger(__name__)
 REASON_PREFIX = "base image "
 TOKEN_SECONDS = 300
 _NEEDS_COMMIT = re.compile(r"\{(sha|short_sha)\}")
-
-Lookup = Callable[[str, "int | None"], str]  # (reference, team id) -> its digest now; RegistryError if unknown
 
 
 # --- Recording -------------------------------------------------------------------
@@ -171,13 +169,12 @@ def record(job, froms: FromLines) -> bool:
 # --- Checking --------------------------------------------------------------------
 
 
-def check_due(lookup: Lookup | None = None) -> int:
+def check_due() -> int:
     """One look: asks for the digests of the least recently checked base images
     of repositories that want rebuilds, within the tick's bounds, and starts
     their builds. Answers how many builds started."""
     from .models import BaseImage
 
-    lookup = lookup or current_digest
     deadline = time.monotonic() + settings.GENERATOR_BASE_IMAGE_TICK_SECONDS
     rows = list(
         BaseImage.objects.filter(repository__rebuild_on_base_image_change=True)
@@ -187,30 +184,31 @@ def check_due(lookup: Lookup | None = None) -> int:
     by_repository: dict[int, list] = {}
     for row in rows:
         by_repository.setdefault(row.repository_id, []).append(row)
-    started = 0
+    started = asked_in_all = 0
     for checked in by_repository.values():
         asked = []
         for row in checked:
             if time.monotonic() > deadline:
                 break
-            _ask(row, lookup)
+            _ask(row)
             asked.append(row)
+        asked_in_all += len(asked)
         changed = [r for r in asked if r.current_digest not in ("", r.built_digest, r.rebuild_digest)]
         if changed and _rebuild(checked[0].repository, changed):
             started += 1
         if time.monotonic() > deadline:
-            logger.info("base-image check: out of time; %s base images wait for the next", len(rows))
+            logger.info("base-image check: out of time; %s base images wait", len(rows) - asked_in_all)
             break
     return started
 
 
-def _ask(row, lookup: Lookup) -> None:
+def _ask(row) -> None:
     """The row's digest now, stored with when it was asked; a digest the build
     did not name is learned (no build for it)."""
     from .models import BaseImage
 
     try:
-        row.current_digest, row.check_error = lookup(row.reference, row.repository.team_id), ""
+        row.current_digest, row.check_error = current_digest(row.reference, row.repository.team_id), ""
     except RegistryError as exc:
         row.check_error = str(exc)[:500]
         logger.info("base-image check of %s for %s: %s", row.reference, row.repository, exc)
@@ -228,15 +226,9 @@ class _Claimed(Exception):
 
 def _rebuild(repository, changed: list) -> bool:
     """One build of the default branch for the changes; False where none starts (logged, noted on the rows)."""
-    from .models import BaseImage, BuildJob
+    from .models import BaseImage, Repository
     from .services import SubmissionError, submit_base_image_build
 
-    waiting = BuildJob.objects.filter(
-        repository=repository, status__in=BuildJob.ACTIVE, reason__startswith=REASON_PREFIX, parent__isnull=True
-    ).values_list("id", flat=True)
-    if previous := waiting.first():
-        logger.info("base images of %s changed; build %s for an earlier change has not ended", repository, previous)
-        return False
     changes = (f"{REASON_PREFIX}{r.reference} changed from {r.built_digest} to {r.current_digest}" for r in changed)
     reason = "; ".join(changes)
     try:
@@ -247,6 +239,13 @@ def _rebuild(repository, changed: list) -> bool:
                 " without {sha} or {short_sha}"
             )
         with transaction.atomic():
+            # The repository's row held to the end: of two checks at once, the second sees the first's build.
+            Repository.objects.select_for_update().filter(pk=repository.pk).only("pk").first()
+            if previous := _waiting_build(repository):
+                logger.info(
+                    "base images of %s changed; build %s for an earlier change has not ended", repository, previous
+                )
+                return False
             for row in changed:
                 claim = BaseImage.objects.filter(pk=row.pk, rebuild_digest=row.rebuild_digest)
                 if not claim.update(rebuild_digest=row.current_digest):
@@ -262,6 +261,16 @@ def _rebuild(repository, changed: list) -> bool:
         return False
     logger.info("base images of %s changed: build %s (%s)", repository, job.id, reason)
     return True
+
+
+def _waiting_build(repository) -> str | None:
+    """A base-image build of the repository still waiting or running."""
+    from .models import BuildJob
+
+    active = BuildJob.objects.filter(
+        repository=repository, status__in=BuildJob.ACTIVE, reason__startswith=REASON_PREFIX, parent__isnull=True
+    )
+    return active.values_list("id", flat=True).first()
 
 
 def rebuild_tags(rules: Iterable, branch: str) -> list[str]:
