@@ -218,6 +218,14 @@ def test_a_check_asks_at_most_its_bound_least_recently_checked_first(repository,
     assert BaseImage.objects.exclude(checked_at=None).count() == 2
 
 
+@override_settings(GENERATOR_BASE_IMAGE_TICK_SECONDS=0)
+def test_a_check_out_of_time_asks_nothing_more(repository, registry):
+    Registry.objects.get_or_create(host=registry)
+    record(built(repository), froms_of([], [f"{registry}/base/a"]))
+    assert base_images.check_due() == 0
+    assert BaseImage.objects.get().checked_at is None
+
+
 def test_the_job_page_and_the_api_say_why_the_farm_started_the_build(client, reader, daemon):
     from tests.test_pages import make_job
 
