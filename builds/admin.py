@@ -9,7 +9,16 @@ from . import deploy_keys
 from . import secrets as build_secrets
 from .limits import caps_help
 from .logs import read_lines
-from .models import REGISTRY_HELP, BuildJob, BuildRule, BuildSecret, Registry, Repository, WebhookDelivery
+from .models import (
+    REGISTRY_HELP,
+    BaseImage,
+    BuildJob,
+    BuildRule,
+    BuildSecret,
+    Registry,
+    Repository,
+    WebhookDelivery,
+)
 from .services import SubmissionError, cancel_build, retry_build
 
 
@@ -196,6 +205,22 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     list_filter = ["event", "status_code", "repository"]
     search_fields = ["delivery_id", "result"]
     readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(BaseImage)
+class BaseImageAdmin(admin.ModelAdmin):
+    """What the base-image check knows (builds/base_images.py): read-only, written by builds and checks."""
+
+    list_display = ["repository", "reference", "built_digest", "current_digest", "checked_at", "check_error", "rebuild"]
+    list_filter = ["repository"]
+    search_fields = ["reference", "repository__full_name"]
+    readonly_fields = [f.name for f in BaseImage._meta.fields]
 
     def has_add_permission(self, request) -> bool:
         return False

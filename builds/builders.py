@@ -26,6 +26,7 @@ from .dockerfile_text import DockerfileError
 from .engine import BuildFailed, DaemonUnavailable, EngineSession
 from .limits import Containment
 from .models import BuildJob
+from .provenance import FromLines
 from .references import InvalidReference, parse_reference
 from .registry_accounts import is_farm_registry
 from .registry_api import RegistryAPI, RegistryError, repository_path
@@ -66,6 +67,7 @@ def build(
     log,
     watch,
     tag: str,
+    froms: FromLines | None = None,
 ) -> str:
     secrets = build_secrets.for_job(job)
     log.hide(list(secrets.values()))
@@ -85,6 +87,10 @@ def build(
     for image in images:
         if refusal := read_refusal(job.team, image):
             raise BuildFailed(refusal)
+    if froms is not None:
+        froms.dockerfile_images = images  # what builds/base_images.py watches
+    if job.pull:
+        log.write("[generator] Pulling the base images afresh, even where the daemon holds them")
     # BuildKit unpacks a tar context with its owners as host ids: give them as the daemon remaps root.
     owners = cache_scope.remapped_root(engine.info()) if job.builder == "buildkit" else (0, 0)
     context, buildargs = _team_scoped(job, context, found, buildargs, owners)
@@ -99,6 +105,7 @@ def build(
                 buildargs=buildargs,
                 labels=farm_labels(job),
                 nocache=job.no_cache,
+                pull=job.pull,
                 target=job.target or None,
                 on_line=emit,
                 registry_config=classic_registry_config(job, images),
@@ -177,6 +184,7 @@ def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> Buil
         buildargs=buildargs,
         labels=farm_labels(job),
         nocache=job.no_cache,
+        pull=job.pull,
         target=job.target,
         network="none" if containment.engine_options.get("network_mode") == "none" else "",
         cache_namespace=cache_namespace(job),

@@ -124,6 +124,7 @@ class BuildRequest:
     buildargs: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     nocache: bool = False
+    pull: bool = False  # --pull: the base images from their registry, even where the daemon holds them
     target: str = ""
     network: str = ""  # "none", or "" for the daemon's default (its sandbox's filtered bridge)
     secrets: dict[str, str] = field(default_factory=dict)  # id -> path of a 0600 file
@@ -289,6 +290,8 @@ class BuildKitSession:
             argv += ["--ssh", f"default={request.ssh}"]
         if request.nocache:
             argv.append("--no-cache")
+        if request.pull:
+            argv.append("--pull")
         if request.target:
             argv += ["--target", request.target]
         if request.network:

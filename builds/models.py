@@ -66,6 +66,15 @@ class BuildJob(models.Model):
     not_pushed = models.CharField(
         max_length=200, blank=True, help_text="Why the image is built and not pushed (a check); empty: it is pushed."
     )
+    # Why the farm started it by itself (builds/base_images.py: a base image's new digest).
+    reason = models.CharField(
+        max_length=1000,
+        blank=True,
+        help_text="Why the farm started this build by itself; empty: a push, a person or a schedule started it.",
+    )
+    pull = models.BooleanField(
+        default=False, help_text="Pull the base images even where the daemon holds them (a base-image update's build)."
+    )
     # From a push webhook's `pusher`, for notifications' e-mail (notifications/).
     pusher_email = models.EmailField(blank=True)
     superseded_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -380,6 +389,12 @@ class Repository(models.Model):
         default=PullRequests.INTERNAL,
         help_text="Which pull requests build (GitHub's pull_request events): their head commit is built and, "
         "unless a pull_request rule gives tags, not pushed.",
+    )
+    rebuild_on_base_image_change = models.BooleanField(
+        "rebuild when a base image changes",
+        default=False,
+        help_text="Build the default branch again when an image its last build was built FROM has a new digest in "
+        "its registry (checked every GENERATOR_BASE_IMAGE_INTERVAL seconds; Docker Hub's repository links).",
     )
     hook_verified_at = models.DateTimeField(null=True, blank=True, help_text="When GitHub's ping arrived.")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -782,3 +797,30 @@ class CheckRun(models.Model):
 
     def __str__(self) -> str:
         return f"check run {self.run_id} of {self.job_id}"
+
+
+class BaseImage(models.Model):
+    """An image a repository's default branch was last built FROM, and what its
+    registry says of it now (builds/base_images.py): a new digest there starts
+    one build of the default branch."""
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="base_images")
+    reference = models.CharField(max_length=600, help_text="registry/path:tag, as the check asks for it.")
+    built_digest = models.CharField(
+        max_length=80, blank=True, help_text="The digest the last build used; empty: not known (the classic builder)."
+    )
+    current_digest = models.CharField(max_length=80, blank=True, help_text="What the registry said at the last check.")
+    checked_at = models.DateTimeField(null=True, blank=True)
+    check_error = models.CharField(max_length=500, blank=True, help_text="Why the last check could not ask.")
+    # The change a build was started for: never a second one for it.
+    rebuild_digest = models.CharField(max_length=80, blank=True)
+    rebuild = models.ForeignKey(BuildJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["repository", "reference"]
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "reference"], name="one_base_image_row_per_reference")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.repository} FROM {self.reference}"

@@ -120,6 +120,7 @@ def create_children(parent: BuildJob) -> list[BuildJob]:
             build_args=parent.build_args,
             labels=parent.labels,
             no_cache=parent.no_cache,
+            pull=parent.pull,
             builder="buildkit",
             target=parent.target,
             submitted_by=parent.submitted_by,

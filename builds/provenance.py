@@ -46,6 +46,9 @@ class FromLines:
     def __init__(self) -> None:
         self.images: dict[str, BaseImage] = {}
         self._stages: set[str] = set()
+        # The images the Dockerfile itself names (builds/dockerfile_images.py), once the
+        # worker has read it: which images builds/base_images.py watches.
+        self.dockerfile_images: list[str] | None = None
 
     def feed(self, text: str) -> None:
         if found := _BUILDKIT_FROM.match(text):

@@ -18,7 +18,7 @@ from django.utils import timezone
 from pool import disks, egress, health, housekeeping
 from pool.tls import InsecureEngineAddress, client_settings
 
-from . import attestations, builders, context_store, db_sessions, metrics, registry_usage, transitions
+from . import attestations, base_images, builders, context_store, db_sessions, metrics, registry_usage, transitions
 from . import housekeeping as farm_housekeeping
 from .changed_files import git_source
 from .dispatch import dispatch
@@ -205,6 +205,7 @@ def _record(job: BuildJob, log: LogWriter, froms: FromLines) -> None:
             _end(job, log, f"Built {job.image}, not pushed: {job.not_pushed}", ended)
             return
         _end(job, log, f"Pushed {job.image}@{pushed.digest}", lambda i, a: transitions.succeed(i, a, pushed.digest))
+        _record_base_images(job, froms)
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,14 @@ def _canceller(job: BuildJob) -> str:
     if job.cancelled_by is None and job.pull_request is not None:
         return f"the close of pull request #{job.pull_request}"
     return str(job.cancelled_by or "an operator")
+
+
+def _record_base_images(job: BuildJob, froms: FromLines) -> None:
+    """The images a default-branch build was built FROM, for base-image updates: never fails the build."""
+    try:
+        base_images.record(job, froms)
+    except Exception:
+        logger.warning("could not record the base images of job %s", job.id, exc_info=True)
 
 
 def _record_steps(job: BuildJob, steps: StepTimes) -> None:
@@ -272,9 +281,11 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
             log.write(f"[generator] {containment.summary}")
             ran_with = dict(buildargs)  # the build args as given, before the farm adds its own
             image_id = builders.build(
-                job, session, access, context, dockerfile, buildargs, containment, log, watch, str(target)
+                job, session, access, context, dockerfile, buildargs, containment, log, watch, str(target), froms
             )
         log.write(f"[generator] Built {image_id}")
+        log.flush()  # every FROM line stored, so read into `froms`, before the daemon is asked about them
+        base_images.resolve_on_daemon(job, session, froms)
         if job.not_pushed:
             return Unpushed(image_id)
         for tag in job.extra_tags:

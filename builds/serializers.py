@@ -54,6 +54,8 @@ class BuildJobSerializer(serializers.ModelSerializer):
             "fork",
             "not_pushed",
             "schedule_rule",
+            "reason",
+            "pull",
             "daemon",
             "attempt",
             "queue_position",
@@ -219,8 +221,15 @@ class RepositorySerializer(serializers.ModelSerializer):
         "forward_ssh_to_build, RUN --mount=type=ssh): stored encrypted, never shown; empty removes it.",
     )  # fmt: skip
 
+    base_images = serializers.SerializerMethodField()
+
     def get_secret_names(self, repository: Repository) -> list[str]:
         return [secret.name for secret in repository.secrets.all()]
+
+    def get_base_images(self, repository: Repository) -> list[dict]:
+        """The images its default branch was last built FROM and what their registries said (builds/base_images.py)."""
+        fields = ("reference", "built_digest", "current_digest", "checked_at", "check_error", "rebuild_id")
+        return list(repository.base_images.values(*fields))
 
     class Meta:
         model = Repository
@@ -247,6 +256,8 @@ class RepositorySerializer(serializers.ModelSerializer):
             "builder",
             "platforms",
             "pull_requests",
+            "rebuild_on_base_image_change",
+            "base_images",
             "hook_verified_at",
             "rules",
             "secrets",

@@ -281,6 +281,14 @@ def submit_scheduled_build(rule, tick) -> BuildJob:
     )
 
 
+def submit_base_image_build(repository, tags: list[str], reason: str) -> BuildJob:
+    """A build of the head of the repository's default branch because a base
+    image has a new digest (builds/base_images.py), `reason` saying which. It
+    pulls its base images afresh and supersedes nothing."""
+    ref = f"refs/heads/{repository.default_branch}"
+    return _repository_build(repository, tags, {"reason": reason}, supersede=False, ref=ref, reason=reason, pull=True)
+
+
 def _repository_build(repository, tags: list[str], details: dict, *, supersede: bool, **fields) -> BuildJob:
     """A registered repository's build without a user (a webhook's, a schedule's):
     every check of a submit, the job, its children, its audit event."""

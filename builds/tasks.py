@@ -18,6 +18,7 @@ from pool import disks, health, workers
 from pool.models import DockerDaemon, queue_for
 
 from . import (
+    base_images,
     builders,
     check_runs,
     context_store,
@@ -68,6 +69,12 @@ def dispatch_waiting() -> None:
 def fire_schedules() -> None:
     # Rules whose cron tick has come build their branch (builds/schedules.py).
     schedules.fire_due()
+
+
+@control_task("farm.check_base_images", seconds=QUICK)
+def check_base_images() -> None:
+    # Repositories rebuilt when an image they build FROM changes (builds/base_images.py).
+    base_images.check_due()
 
 
 @control_task("farm.fair_share", seconds=QUICK)

@@ -505,6 +505,15 @@ SECURE_HSTS_SECONDS = env_int("GENERATOR_HSTS_SECONDS", 0)
 
 # Seconds between beat's recounts of teams' registry use (builds/registry_usage.py).
 GENERATOR_REGISTRY_USAGE_INTERVAL = env_int("GENERATOR_REGISTRY_USAGE_INTERVAL", 3600)
+# Base-image updates (builds/base_images.py): beat asks the registries of the
+# repositories' base images for their digests every INTERVAL seconds, at most
+# HEADS manifest HEADs and TICK_SECONDS per look (the least recently checked
+# first), each HEAD given up after TIMEOUT seconds.
+GENERATOR_BASE_IMAGE_INTERVAL = env_float("GENERATOR_BASE_IMAGE_INTERVAL", 600)
+GENERATOR_BASE_IMAGE_HEADS = env_int("GENERATOR_BASE_IMAGE_HEADS", 100)
+GENERATOR_BASE_IMAGE_TICK_SECONDS = env_float("GENERATOR_BASE_IMAGE_TICK_SECONDS", 60)
+GENERATOR_BASE_IMAGE_TIMEOUT = env_float("GENERATOR_BASE_IMAGE_TIMEOUT", 10)
+
 CELERY_BEAT_SCHEDULE = {
     "dispatch": {
         "task": "farm.dispatch",
@@ -515,6 +524,11 @@ CELERY_BEAT_SCHEDULE = {
     "fire-schedules": {
         "task": "farm.fire_schedules",
         "schedule": env_float("GENERATOR_SCHEDULE_INTERVAL", 30),
+        "options": {"expires": 60},
+    },
+    "check-base-images": {
+        "task": "farm.check_base_images",
+        "schedule": GENERATOR_BASE_IMAGE_INTERVAL,
         "options": {"expires": 60},
     },
     "fair-share": {
