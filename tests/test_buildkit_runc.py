@@ -1,6 +1,7 @@
-"""The daemon's runc (scripts/buildkit-runc/runc): run as dockerd runs it, in
-front of a stand-in for the real runc that records the call and the bundle's
-config.json as it finds them. The cgroup tree is a folder of the test's."""
+"""The daemon's runc (scripts/buildkit-runc/runc, and the place_step.py it runs
+for BuildKit's steps): run as dockerd runs it, in front of a stand-in for the
+real runc that records the call and the bundle's config.json as it finds them.
+The cgroup tree is a folder of the test's."""
 
 from __future__ import annotations
 
@@ -38,18 +39,23 @@ def real_runc(tmp_path) -> Path:
 
 
 def bundle(tmp_path, env: list[str], cgroups_path: str = SHARED_STEP) -> Path:
-    folder = tmp_path / "bundle"
-    folder.mkdir(exist_ok=True)
+    folder = tmp_path / "buildkit" / "executor" / "k3u1"  # where BuildKit keeps its steps' bundles
+    folder.mkdir(parents=True, exist_ok=True)
     spec = {"process": {"args": ["/bin/sh", "-c", "true"], "env": env}, "linux": {"cgroupsPath": cgroups_path}}
     (folder / "config.json").write_text(json.dumps(spec))
     return folder
 
 
-def run(real_runc: Path, cgroups: Path, *args: str) -> dict:
+def call(real_runc: Path, cgroups: Path, *args: str) -> Path:
+    """The bundle's config.json as the real runc found it."""
     env = {"PATH": os.environ["PATH"], "GENERATOR_REAL_RUNC": str(real_runc), "GENERATOR_CGROUP_ROOT": str(cgroups)}
     subprocess.run([str(SHIM), *args], env=env, check=True, timeout=30)
     assert Path(f"{real_runc}.args").read_text().split("\n")[:-1] == list(args)  # passed on whole, in order
-    config = Path(f"{real_runc}.config")
+    return Path(f"{real_runc}.config")
+
+
+def run(real_runc: Path, cgroups: Path, *args: str) -> dict:
+    config = call(real_runc, cgroups, *args)
     return json.loads(config.read_text()) if config.exists() else {}
 
 
@@ -96,6 +102,24 @@ def test_a_classic_builders_container_passes_through(tmp_path, cgroups, real_run
     folder = bundle(tmp_path, [f"NO_PROXY={step_marker(JOB, 2)}"], cgroups_path=classic)
     spec = run(real_runc, cgroups, "create", "--bundle", str(folder), "container1")
     assert spec["linux"]["cgroupsPath"] == classic
+
+
+def test_a_containerd_bundle_is_not_read_at_all(tmp_path, cgroups, real_runc):
+    """containerd's calls (the classic builder's containers) cost only a shell's start:
+    a bundle outside BuildKit's executor is never opened, even one that looks like a step."""
+    folder = tmp_path / "io.containerd.runtime.v2.task" / "moby" / "c1"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(
+        json.dumps({"process": {"env": [f"NO_PROXY={step_marker(JOB, 2)}"]}, "linux": {"cgroupsPath": SHARED_STEP}})
+    )
+    spec = run(real_runc, cgroups, "--root", "/run/containerd/runc/moby", "create", "--bundle", str(folder), "c1")
+    assert spec["linux"]["cgroupsPath"] == SHARED_STEP
+
+
+def test_a_broken_bundle_still_reaches_runc_which_says_what_is_wrong(tmp_path, cgroups, real_runc):
+    folder = bundle(tmp_path, [])
+    (folder / "config.json").write_text("{not json")
+    assert call(real_runc, cgroups, "run", "--bundle", str(folder), "k3u1").read_text() == "{not json"
 
 
 def test_other_calls_pass_through_untouched(tmp_path, cgroups, real_runc):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -91,10 +90,10 @@ def test_a_memory_hog_and_a_fork_loop_fail_naming_their_limit_and_the_classic_bu
     assert after.status == "succeeded" and after.daemon_id == daemon.pk
 
 
-def test_a_buildkit_build_is_held_to_its_own_limits_with_its_daemon_to_itself(farm, token, one_daemon_with_low_limits):
-    # BuildKit runs every RUN step of a daemon in one cgroup, which the worker
-    # limits to the build's figures: the dispatcher gives each BuildKit build a
-    # whole daemon, so those are the build's own (builds/limits.py).
+def test_buildkit_builds_sharing_a_daemon_are_each_held_to_their_own_limits(farm, token, one_daemon_with_low_limits):
+    # BuildKit runs every RUN step of a daemon below one cgroup; the daemon's runc
+    # starts each step of a build in the build's own cgroup (builds/limits.py,
+    # scripts/buildkit-runc/runc), so builds on one daemon keep their own limits.
     daemon = one_daemon_with_low_limits
     dockerfiles = {"hog": HOG, "forks": FORKS, "next": normal("bk")}
     submitted = {
@@ -112,12 +111,10 @@ def test_a_buildkit_build_is_held_to_its_own_limits_with_its_daemon_to_itself(fa
     assert hog.error.endswith("exit code: 137"), hog.error
     assert forks.status == "failed"
     assert forks.error.startswith("the build reached its limit of 64 processes; "), forks.error
-    assert "[generator] Limits: 64 MiB memory, 1 CPU, 64 processes" in logs["hog"]
+    limits = "[generator] Limits: 64 MiB memory, 1 CPU, 64 processes; each RUN step started in the build's own cgroup"
+    assert any(line.startswith(limits) for line in logs["hog"]), logs["hog"][:5]
     assert jobs["next"].status == "succeeded", jobs["next"].error
     assert {job.daemon_id for job in jobs.values()} == {daemon.pk}
-    # One at a time on the daemon: each started after the one before had ended.
-    ordered = sorted(jobs.values(), key=lambda job: job.started_at)
-    assert all(later.started_at >= earlier.finished_at for earlier, later in pairwise(ordered))
 
 
 def test_a_repository_with_network_none_builds_with_no_network_under_its_own_limits(farm, token, tmp_path):
@@ -145,5 +142,6 @@ def test_a_repository_with_network_none_builds_with_no_network_under_its_own_lim
     lines = [text for _, text in follow(farm, job_id, token).lines]
     job = BuildJob.objects.get(pk=job_id)
     assert job.status == "succeeded", job.error
-    assert "[generator] Limits: 128 MiB memory, 1 CPU, 100 processes; no network" in lines
+    limits = [line for line in lines if line.startswith("[generator] Limits: 128 MiB memory, 1 CPU, 100 processes")]
+    assert len(limits) == 1 and limits[0].endswith("; no network"), lines[:5]
     assert "offline interfaces: lo " in printed(lines)
