@@ -40,7 +40,7 @@ import redis
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Max, Q, Window
+from django.db.models import Count, F, Q, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -51,6 +51,7 @@ from teams.models import Team
 from . import transitions
 from .limits import needs_whole_daemon
 from .models import WAITING, BuildJob
+from .recent_starts import last_starts, started_this_hour
 
 logger = logging.getLogger(__name__)
 
@@ -123,19 +124,6 @@ def running_builds_by_team() -> dict[int, int]:
     return {row["team"] or 0: row["active"] for row in rows}
 
 
-def recent_starts_by_team() -> dict[int, tuple[int, datetime]]:
-    """Per team id (0: no team): how many of its builds were given a daemon in the
-    sliding hour before now, and when the last was. The count holds queue
-    mode's hourly limit; the time breaks the fair share's ties."""
-    since = timezone.now() - timedelta(hours=1)
-    rows = (
-        BuildJob.objects.filter(dispatched_at__gte=since)
-        .values("team")
-        .annotate(started=Count("id"), last=Max("dispatched_at"))
-    )
-    return {row["team"] or 0: (row["started"], row["last"]) for row in rows}
-
-
 def _team_limits(jobs: list[BuildJob]) -> dict[int, tuple[int | None, int | None]]:
     """Per team id: its concurrency limit and (queue mode only) its hourly limit
     of started builds, as the dispatcher holds them. Teams with neither are left out."""
@@ -206,9 +194,8 @@ def helper_tags_in_use() -> dict[str, set[int]]:
 
 def warm_daemon_for(job: BuildJob) -> int | None:
     """The daemon that last built this image repository: its layer cache is warm."""
-    prefix = job.image_repository + ":"
     last = (
-        BuildJob.objects.filter(image__startswith=prefix, daemon__isnull=False, started_at__isnull=False)
+        BuildJob.objects.filter(untagged_image=job.image_repository, daemon__isnull=False, started_at__isnull=False)
         .exclude(pk=job.pk)
         .order_by("-started_at")
         .values_list("daemon", flat=True)
@@ -318,9 +305,9 @@ def _pass(*, wait: bool) -> int | None:
         )
         batch = list(waiting[:DISPATCH_BATCH])
         limits = _team_limits(batch)
-        recent = recent_starts_by_team()
-        started = {team: count for team, (count, _) in recent.items()}
-        last_start = {team: last for team, (_, last) in recent.items()}
+        # The sliding hour's starts, of the teams in the batch only (builds/recent_starts.py).
+        started = {team: started_this_hour(team, hourly) for team, (_, hourly) in limits.items() if hourly}
+        last_start = last_starts({job.team_id or 0 for job in batch})
         warm: dict[str, int | None] = {}
         # Only multi-platform children wait for a platform, and they are BuildKit builds.
         lookahead = Lookahead(daemons, load, whole=needs_whole_daemon("buildkit"))
