@@ -87,7 +87,7 @@ def the_farm():
 
     Registry.objects.create(host=REGISTRY)
     daemons = [
-        DockerDaemon.objects.create(name=f"history-{n}", url="tcp://127.0.0.1:9", capacity=100_000) for n in range(2)
+        DockerDaemon.objects.create(name=f"history-{n}", url="tcp://127.0.0.1:9", capacity=30_000) for n in range(2)
     ]
     teams = [Team.objects.create(slug=f"team-{n}", name=f"Team {n}") for n in range(TEAMS)]
     first = teams[0]
@@ -112,15 +112,16 @@ def fill(jobs: int, recent: int, daemons, teams, user) -> None:
     def ago(seconds: str) -> str:
         if postgres:
             return f"(now() - ({seconds}) * interval '1 second')"
-        return f"strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || ({seconds}) || ' seconds')"
+        return f"strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', '-' || ({seconds}) || ' seconds')"
 
     seconds = f"CASE WHEN x <= {recent} THEN x * 3600.0 / {max(recent, 1)} ELSE 3600 + (x - {recent}) * 2 END"
+    # Run with parameters: a literal % is written %% (both backends take it so).
     varying = {
-        "id": "lpad(to_hex(x), 32, '0')" if postgres else "printf('%032x', x)",
-        "image": f"'{REGISTRY}/history/app-' || (x % {IMAGES}) || ':' || x",
-        "untagged_image": f"'{REGISTRY}/history/app-' || (x % {IMAGES})",
-        "team_id": f"{teams[0].pk} + (x % {TEAMS})",
-        "daemon_id": f"{daemons[0].pk} + (x % 2)",
+        "id": "lpad(to_hex(x), 32, '0')" if postgres else "printf('%%032x', x)",
+        "image": f"'{REGISTRY}/history/app-' || (x %% {IMAGES}) || ':' || x",
+        "untagged_image": f"'{REGISTRY}/history/app-' || (x %% {IMAGES})",
+        "team_id": f"{teams[0].pk} + (x %% {TEAMS})",
+        "daemon_id": f"{daemons[0].pk} + (x %% 2)",
         "status": "'succeeded'",
         "created_at": ago(f"{seconds} + 5"),
         "dispatched_at": ago(seconds),
@@ -155,6 +156,50 @@ def kind_of(sql: str) -> str:
     """A query's shape, its literals taken out: the same query of every submit adds up."""
     shape = re.sub(r"'[^']*'|\b\d+(\.\d+)?\b", "?", sql)
     return re.sub(r"\s+", " ", shape)[:160]
+
+
+# The phases of a submit, timed by wrapping the function each calls by the name
+# it calls it: (module, name). Whatever is not here is Django's (middleware,
+# the view, the job's INSERT and the commit).
+PHASES = {
+    "token": ("builds.seed_api", "user_for_token_header"),
+    "permission": ("builds.seed_api", "can_submit"),
+    "registry allowed": ("builds.services", "check_registry_allowed"),
+    "team (ownership)": ("builds.ownership", "team_for_build"),
+    "quotas": ("builds.quotas", "check_submit"),
+    "pool exists": ("builds.services", "ensure_pool_exists_or_raise"),
+    "audit event": ("builds.services", "audit"),
+    "dispatch pass": ("builds.services", "dispatch"),
+}
+
+
+class PhaseTimer:
+    """Wall time and queries of each phase, summed over the submits."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.queries: dict[str, int] = defaultdict(int)
+        self.active: list[str] = []
+
+    def install(self) -> None:
+        import importlib
+
+        from django.db import connection
+
+        for phase, (module_name, name) in PHASES.items():
+            module = importlib.import_module(module_name)
+            setattr(module, name, self._timed(phase, getattr(module, name), connection))
+
+    def _timed(self, phase: str, function, connection):
+        def timed(*args, **kwargs):
+            queries, started = len(connection.queries_log), time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[phase] += time.perf_counter() - started
+                self.queries[phase] += len(connection.queries_log) - queries
+
+        return timed
 
 
 def submit_many(token: str, count: int) -> tuple[list[float], int, dict[str, float]]:
@@ -217,6 +262,8 @@ def main() -> None:
         fill(args.jobs, args.recent, daemons, teams, user)
         filled = time.perf_counter() - started
         submit_many(token, 5)  # connections, caches, the first queries' plans
+        phases = PhaseTimer()
+        phases.install()
         times, queries, per_kind = submit_many(token, args.submits)
     finally:
         from django.db import connections
@@ -235,6 +282,12 @@ def main() -> None:
     print(f"  p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {max(ms):.1f} ms, mean {statistics.mean(ms):.1f} ms")
     database_ms = sum(per_kind.values()) * 1000 / args.submits
     print(f"  of which waiting for the database {database_ms:.1f} ms per submit (mean); the rest is Python")
+    print("per phase (quotas run twice: before the job's transaction and in it, with the team's row locked):")
+    print("| phase | ms per submit | queries per submit |")
+    print("| --- | --- | --- |")
+    for phase in PHASES:
+        ms_each, queries_each = phases.seconds[phase] * 1000 / args.submits, phases.queries[phase] / args.submits
+        print(f"| {phase} | {ms_each:.2f} | {queries_each:.1f} |")
     print("the queries that took longest, summed over the submits (ms per submit):")
     for kind, seconds in sorted(per_kind.items(), key=lambda item: -item[1])[:6]:
         print(f"  {seconds * 1000 / args.submits:7.2f}  {kind}")
