@@ -169,7 +169,7 @@ PHASES = {
     "quotas": ("builds.quotas", "check_submit"),
     "pool exists": ("builds.services", "ensure_pool_exists_or_raise"),
     "audit event": ("builds.services", "audit"),
-    "dispatch pass": ("builds.services", "dispatch"),
+    "dispatch pass": ("builds.dispatch_soon", "dispatch"),
 }
 
 
