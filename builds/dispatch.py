@@ -49,6 +49,7 @@ from pool.scheduler import Lookahead, choose_daemon, groups_with_room, platform_
 from teams.models import Team
 
 from . import transitions
+from .active_load import active_load
 from .limits import needs_whole_daemon
 from .models import WAITING, BuildJob
 from .recent_starts import last_starts, started_this_hour
@@ -94,34 +95,6 @@ def slots_in_use(daemons) -> dict[int, int]:
         slots = capacity.get(row["daemon"], 1) if needs_whole_daemon(row["builder"]) else 1
         load[row["daemon"]] = load.get(row["daemon"], 0) + row["active"] * slots
     return load
-
-
-def active_builds_by_image() -> dict[str, int]:
-    rows = (
-        BuildJob.objects.filter(status__in=BuildJob.ACTIVE, daemon__isnull=False)
-        .values("image")
-        .annotate(active=Count("id"))
-    )
-    return {row["image"]: row["active"] for row in rows}
-
-
-def active_builds_by_repository() -> dict[int, int]:
-    rows = (
-        BuildJob.objects.filter(status__in=BuildJob.ACTIVE, daemon__isnull=False, repository__isnull=False)
-        .values("repository")
-        .annotate(active=Count("id"))
-    )
-    return {row["repository"]: row["active"] for row in rows}
-
-
-def running_builds_by_team() -> dict[int, int]:
-    """Builds on a daemon (given one, building or pushing) per team id; 0 for no team."""
-    rows = (
-        BuildJob.objects.filter(status__in=BuildJob.ACTIVE, daemon__isnull=False)
-        .values("team")
-        .annotate(active=Count("id"))
-    )
-    return {row["team"] or 0: row["active"] for row in rows}
 
 
 def _team_limits(jobs: list[BuildJob]) -> dict[int, tuple[int | None, int | None]]:
@@ -285,13 +258,12 @@ def _pass(*, wait: bool) -> int | None:
         daemons = list(DockerDaemon.objects.filter(enabled=True, draining=False, healthy=True))
         if not daemons:
             return 0
-        load = slots_in_use(daemons)
+        active = active_load(daemons)  # one query for the four loads (builds/active_load.py)
+        load = active.slots
         open_groups = groups_with_room(daemons, load)
         if not open_groups:
             return 0  # the pool is full
-        per_image = active_builds_by_image()
-        per_repository = active_builds_by_repository()
-        running = running_builds_by_team()
+        per_image, per_repository, running = active.per_image, active.per_repository, active.running
         # Only jobs some daemon could take now: a long queue of a full group must
         # not fill the batch ahead of jobs the rest of the pool could build. Each
         # team's oldest come first (ranked inside their team), so every team with
