@@ -4,6 +4,7 @@ Each port is one "daemon" that answers what the farm asks of dockerd 20.10
 (builds/engine.py, pool/health.py) at once, with nothing built:
 
 - `GET /_ping`, `GET /version`: the health check;
+- `GET /info`: a daemon without user namespaces (a BuildKit build asks, builds/cache_scope.py);
 - `POST /build`: a chunked stream of `stream` lines, then `aux.ID` and
   "Successfully built/tagged", as dockerd streams a classic build;
 - `POST /images/NAME/tag`: 201;
@@ -40,6 +41,8 @@ VERSION = {
     "Arch": "amd64",
     "KernelVersion": "simulated",
 }
+# What GET /info answers: dockerd's own data root, no user namespace remapping.
+INFO = {"ServerVersion": VERSION["Version"], "DockerRootDir": "/var/lib/docker", "SecurityOptions": ["name=seccomp"]}
 _API_PREFIX = re.compile(r"^/v[0-9]+\.[0-9]+(?=/)")
 _counter = itertools.count(1)
 
@@ -88,6 +91,8 @@ class EngineHandler(BaseHTTPRequestHandler):
             self._send(200, b"OK", "text/plain; charset=utf-8")
         elif path == "/version":
             self._send(200, json.dumps(VERSION).encode(), "application/json")
+        elif path == "/info":
+            self._send(200, json.dumps(INFO).encode(), "application/json")
         else:
             self._not_found(path)
 

@@ -40,7 +40,7 @@ import redis
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Max, Q, Window
+from django.db.models import Count, F, Q, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -49,8 +49,10 @@ from pool.scheduler import Lookahead, choose_daemon, groups_with_room, platform_
 from teams.models import Team
 
 from . import transitions
+from .active_load import active_load
 from .limits import needs_whole_daemon
 from .models import WAITING, BuildJob
+from .recent_starts import last_starts, started_this_hour
 
 logger = logging.getLogger(__name__)
 
@@ -93,47 +95,6 @@ def slots_in_use(daemons) -> dict[int, int]:
         slots = capacity.get(row["daemon"], 1) if needs_whole_daemon(row["builder"]) else 1
         load[row["daemon"]] = load.get(row["daemon"], 0) + row["active"] * slots
     return load
-
-
-def active_builds_by_image() -> dict[str, int]:
-    rows = (
-        BuildJob.objects.filter(status__in=BuildJob.ACTIVE, daemon__isnull=False)
-        .values("image")
-        .annotate(active=Count("id"))
-    )
-    return {row["image"]: row["active"] for row in rows}
-
-
-def active_builds_by_repository() -> dict[int, int]:
-    rows = (
-        BuildJob.objects.filter(status__in=BuildJob.ACTIVE, daemon__isnull=False, repository__isnull=False)
-        .values("repository")
-        .annotate(active=Count("id"))
-    )
-    return {row["repository"]: row["active"] for row in rows}
-
-
-def running_builds_by_team() -> dict[int, int]:
-    """Builds on a daemon (given one, building or pushing) per team id; 0 for no team."""
-    rows = (
-        BuildJob.objects.filter(status__in=BuildJob.ACTIVE, daemon__isnull=False)
-        .values("team")
-        .annotate(active=Count("id"))
-    )
-    return {row["team"] or 0: row["active"] for row in rows}
-
-
-def recent_starts_by_team() -> dict[int, tuple[int, datetime]]:
-    """Per team id (0: no team): how many of its builds were given a daemon in the
-    sliding hour before now, and when the last was. The count holds queue
-    mode's hourly limit; the time breaks the fair share's ties."""
-    since = timezone.now() - timedelta(hours=1)
-    rows = (
-        BuildJob.objects.filter(dispatched_at__gte=since)
-        .values("team")
-        .annotate(started=Count("id"), last=Max("dispatched_at"))
-    )
-    return {row["team"] or 0: (row["started"], row["last"]) for row in rows}
 
 
 def _team_limits(jobs: list[BuildJob]) -> dict[int, tuple[int | None, int | None]]:
@@ -206,9 +167,8 @@ def helper_tags_in_use() -> dict[str, set[int]]:
 
 def warm_daemon_for(job: BuildJob) -> int | None:
     """The daemon that last built this image repository: its layer cache is warm."""
-    prefix = job.image_repository + ":"
     last = (
-        BuildJob.objects.filter(image__startswith=prefix, daemon__isnull=False, started_at__isnull=False)
+        BuildJob.objects.filter(untagged_image=job.image_repository, daemon__isnull=False, started_at__isnull=False)
         .exclude(pk=job.pk)
         .order_by("-started_at")
         .values_list("daemon", flat=True)
@@ -298,13 +258,12 @@ def _pass(*, wait: bool) -> int | None:
         daemons = list(DockerDaemon.objects.filter(enabled=True, draining=False, healthy=True))
         if not daemons:
             return 0
-        load = slots_in_use(daemons)
+        active = active_load(daemons)  # one query for the four loads (builds/active_load.py)
+        load = active.slots
         open_groups = groups_with_room(daemons, load)
         if not open_groups:
             return 0  # the pool is full
-        per_image = active_builds_by_image()
-        per_repository = active_builds_by_repository()
-        running = running_builds_by_team()
+        per_image, per_repository, running = active.per_image, active.per_repository, active.running
         # Only jobs some daemon could take now: a long queue of a full group must
         # not fill the batch ahead of jobs the rest of the pool could build. Each
         # team's oldest come first (ranked inside their team), so every team with
@@ -318,9 +277,9 @@ def _pass(*, wait: bool) -> int | None:
         )
         batch = list(waiting[:DISPATCH_BATCH])
         limits = _team_limits(batch)
-        recent = recent_starts_by_team()
-        started = {team: count for team, (count, _) in recent.items()}
-        last_start = {team: last for team, (_, last) in recent.items()}
+        # The sliding hour's starts, of the teams in the batch only (builds/recent_starts.py).
+        started = {team: started_this_hour(team, hourly) for team, (_, hourly) in limits.items() if hourly}
+        last_start = last_starts({job.team_id or 0 for job in batch})
         warm: dict[str, int | None] = {}
         # Only multi-platform children wait for a platform, and they are BuildKit builds.
         lookahead = Lookahead(daemons, load, whole=needs_whole_daemon("buildkit"))

@@ -21,7 +21,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db.models import Q, QuerySet
 
-from teams.models import Namespace, Team, namespace_refusal
+from teams.models import Namespace, Team, namespace_refusal, owner_refusal
 
 from .errors import Forbidden
 from .models import BuildJob, Repository
@@ -90,7 +90,7 @@ def team_for_build(user, requested: str, image_repository: str, repository: Repo
         return team
     if repository is not None and repository.team_id != (team.pk if team else None):
         raise Forbidden(f"repository {repository.full_name} is not your team's: only its own team builds it")
-    if refusal := namespace_refusal(team, image_repository):
+    if refusal := owner_refusal(team, image_repository, owner):
         raise Forbidden(refusal)
     return team
 

@@ -55,12 +55,13 @@ def check_submit(team: Team | None) -> None:
             )
     if limit := team.max_builds_per_hour:
         now = timezone.now()
-        recent = list(
-            jobs.filter(created_at__gt=now - HOUR).order_by("-created_at").values_list("created_at", flat=True)[:limit]
-        )
-        if len(recent) >= limit:
-            # The oldest of the last `limit` submissions leaves the sliding hour first.
-            wait = (recent[-1] + HOUR - now).total_seconds()
+        # The limit-th newest submission of the hour, if there is one: the team is at
+        # its limit, and that one leaves the sliding hour first. One row comes back,
+        # however many the team submitted (down the (team, created_at) index).
+        in_the_hour = jobs.filter(created_at__gt=now - HOUR).order_by("-created_at")
+        oldest_counted = in_the_hour.values_list("created_at", flat=True)[limit - 1 : limit].first()
+        if oldest_counted is not None:
+            wait = (oldest_counted + HOUR - now).total_seconds()
             raise TooManyBuilds(
                 f"team {team.slug} submitted {limit} builds in the last hour; its limit is {limit} builds per hour"
                 f" (max_builds_per_hour): the next may be submitted in {math.ceil(wait)} s",

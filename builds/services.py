@@ -21,7 +21,8 @@ from pool.platforms import split as split_platforms
 from . import context_store, deploy_keys, multiplatform, ownership, quotas, registry_usage, signals, transitions
 from . import secrets as build_secrets
 from .buildkit import unsupported_features
-from .dispatch import NoDaemonAvailable, dispatch, ensure_pool_exists
+from .dispatch import NoDaemonAvailable, ensure_pool_exists
+from .dispatch_soon import dispatch_soon
 from .errors import Conflict, Forbidden, PoolUnavailable, RegistryNotAllowed, SubmissionError, TooLarge, TooManyBuilds
 from .logs import append_line
 from .models import BuildContext, BuildJob, Registry, Repository, new_job_id
@@ -186,8 +187,8 @@ def _create(job_id: str, target, request: BuildRequest, stored: dict | None, sub
         if request.secrets:
             details["secrets"] = sorted(request.secrets)  # names only
         audit("retry" if retry_of else "submit", "build", job, actor=submitted_by, team=team, details=details)
-        # The job waits in the farm's queue until a daemon has room.
-        transaction.on_commit(dispatch)
+        # The job waits in the farm's queue until a daemon has room (in daphne: after the answer).
+        transaction.on_commit(dispatch_soon)
     return job
 
 
@@ -319,7 +320,7 @@ def _repository_build(repository, tags: list[str], details: dict, *, supersede: 
             multiplatform.create_children(job)
         signals.announce(job.id, "queued")
         audit("submit", "build", job, actor=None, details={"image": job.image, **details})
-        transaction.on_commit(dispatch)
+        transaction.on_commit(dispatch_soon)
     return job
 
 

@@ -226,7 +226,12 @@ class Namespace(models.Model):
 
 def namespace_refusal(team: Team | None, image_repository: str) -> str:
     """Why `team` may not push to `image_repository`, or '' if it may."""
-    namespace = Namespace.objects.owning(image_repository)
+    return owner_refusal(team, image_repository, Namespace.objects.owning(image_repository))
+
+
+def owner_refusal(team: Team | None, image_repository: str, namespace: Namespace | None) -> str:
+    """namespace_refusal, given the namespace that owns the image repository
+    (Namespace.objects.owning), for a caller that has already read it."""
     if namespace is None:
         return (
             f"{image_repository} is in no team's namespace: builds push only into their team's namespaces"
