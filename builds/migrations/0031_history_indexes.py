@@ -20,7 +20,7 @@ def fill_untagged_images(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("builds", "0028_registry_builds_pull_with_farm_account"),
+        ("builds", "0030_base_image_updates"),
         ("pool", "0007_data_disk"),
         ("teams", "0005_namespace_public"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
