@@ -1,7 +1,7 @@
 """A simulated pool for bench/scale.py: one process, many Docker Engine API ports.
 
 Each port is one "daemon" that answers what the farm asks of dockerd 20.10
-(builds/engine.py, pool/health.py) at once, with nothing built:
+(builds/engine/docker.py, pool/health.py) at once, with nothing built:
 
 - `GET /_ping`, `GET /version`: the health check;
 - `POST /build`: a chunked stream of `stream` lines, then `aux.ID` and

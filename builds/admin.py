@@ -4,13 +4,12 @@ from django.contrib import admin
 from django.utils.html import format_html
 
 from audit.hooks import AuditedAdmin
-
-from . import deploy_keys
-from . import secrets as build_secrets
-from .limits import caps_help
-from .logs import read_lines
-from .models import REGISTRY_HELP, BuildJob, BuildRule, BuildSecret, Registry, Repository, WebhookDelivery
-from .services import SubmissionError, cancel_build, retry_build
+from builds.jobs import build_secrets
+from builds.jobs.limits import caps_help
+from builds.jobs.services import SubmissionError, cancel_build, retry_build
+from builds.logs.writer import read_lines
+from builds.models import REGISTRY_HELP, BuildJob, BuildRule, BuildSecret, Registry, Repository, WebhookDelivery
+from builds.sources import deploy_keys
 
 
 @admin.register(BuildJob)
@@ -118,7 +117,7 @@ def keep_stored_secrets(form: forms.ModelForm, data: dict, names: tuple[str, ...
 
 
 def keep_or_encrypt(form: forms.ModelForm, data: dict, name: str) -> dict:
-    """A secret typed in is stored encrypted (builds/secrets.py); left empty on an
+    """A secret typed in is stored encrypted (builds/jobs/build_secrets.py); left empty on an
     existing row, the stored one is kept."""
     typed = data.get(name)
     data = keep_stored_secrets(form, data, (name,))

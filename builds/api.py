@@ -18,14 +18,13 @@ from rest_framework.parsers import FileUploadParser, FormParser, MultiPartParser
 from rest_framework.response import Response
 
 from audit.hooks import AuditedViewSet
-from generator_site.api_parsers import BoundedJSONParser
-
-from . import ownership
-from .cosign_layout import KINDS as ATTESTATION_KINDS
-from .logs import read_lines
-from .models import Attestation, Registry
-from .serializers import BuildCreateSerializer, BuildJobSerializer, RegistrySerializer, RepositorySerializer
-from .services import BuildRequest, SubmissionError, TooLarge, cancel_build, retry_build, submit
+from builds.jobs import ownership
+from builds.jobs.services import BuildRequest, SubmissionError, TooLarge, cancel_build, retry_build, submit
+from builds.logs.writer import read_lines
+from builds.models import Attestation, Registry
+from builds.provenance.cosign_layout import KINDS as ATTESTATION_KINDS
+from builds.serializers import BuildCreateSerializer, BuildJobSerializer, RegistrySerializer, RepositorySerializer
+from lib.api_parsers import BoundedJSONParser
 
 
 class Refused(APIException):
@@ -89,7 +88,7 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return super().initialize_request(request, *args, **kwargs)
 
     def get_queryset(self):
-        # Another team's build is a 404, as an id that does not exist (builds/ownership.py).
+        # Another team's build is a 404, as an id that does not exist (builds/jobs/ownership.py).
         jobs = ownership.readable_jobs(self.request.user).select_related("repository", "daemon", "cancelled_by", "team")
         signed = Attestation.objects.only("job_id", "digest", "predicate_type", "key_id")  # never the envelopes
         jobs = jobs.prefetch_related(Prefetch("attestations", signed))
@@ -275,8 +274,8 @@ class RegistryViewSet(AuditedViewSet, viewsets.ModelViewSet):
 def signing_key(request):
     """The farm's public signing key (PEM) that verifies every image's signature
     and attestations; `?all=1` adds the retired ones, for images signed before a rotation."""
-    from .models import SigningKey
-    from .signing import active_key
+    from builds.models import SigningKey
+    from builds.provenance.signing import active_key
 
     keys = [active_key().public_key]
     if request.query_params.get("all") in ("1", "true"):

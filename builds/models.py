@@ -12,19 +12,18 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from builds.jobs.limits import over_the_caps
+from builds.sources.deploy_keys import DeployKeyError, check_known_hosts
+from builds.triggers.path_filters import FilterError, check_globs
+from builds.triggers.rules import RuleError, check_rule
+from builds.triggers.schedules import ScheduleError
+from builds.triggers.schedules import check as check_schedule
+from lib.errors import RegistryNotAllowed
+from lib.outbound import RefusedURL, check_url
+from lib.references import DOCKER_HUB, DOCKER_HUB_SPELLINGS, InvalidReference, parse_reference, parse_registry_host
 from pool.platforms import check as check_platform
 from pool.platforms import split as split_platforms
 from teams.models import namespace_refusal
-
-from .deploy_keys import DeployKeyError, check_known_hosts
-from .errors import RegistryNotAllowed
-from .limits import over_the_caps
-from .outbound import RefusedURL, check_url
-from .path_filters import FilterError, check_globs
-from .references import DOCKER_HUB, DOCKER_HUB_SPELLINGS, InvalidReference, parse_reference, parse_registry_host
-from .rules import RuleError, check_rule
-from .schedules import ScheduleError
-from .schedules import check as check_schedule
 
 
 def new_job_id() -> str:
@@ -52,14 +51,14 @@ class BuildJob(models.Model):
     repository = models.ForeignKey("Repository", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     ref = models.CharField(max_length=255, blank=True, help_text="The pushed git ref, e.g. refs/heads/main.")
     commit_sha = models.CharField(max_length=40, blank=True)
-    # A pull request's build (builds/pull_requests.py): its number and page, and
+    # A pull request's build (builds/github/pull_requests.py): its number and page, and
     # whether its head is a fork's (no secrets, deploy key or registry account).
     pull_request = models.PositiveIntegerField(null=True, blank=True, help_text="The pull request it checks.")
     pull_request_url = models.URLField(max_length=300, blank=True)
     fork = models.BooleanField(
         default=False, help_text="A fork's pull request: no secrets, deploy key or registry credentials reach it."
     )
-    # The rule whose schedule started it (builds/schedules.py): one at a time per rule.
+    # The rule whose schedule started it (builds/triggers/schedules.py): one at a time per rule.
     schedule_rule = models.ForeignKey(
         "BuildRule", null=True, blank=True, on_delete=models.SET_NULL, related_name="scheduled_jobs"
     )
@@ -81,7 +80,7 @@ class BuildJob(models.Model):
     )  # fmt: skip
     target = models.CharField(max_length=128, blank=True, help_text="The build stage to stop at (multi-stage).")
     # A multi-platform build is a parent (its `platforms`, no daemon of its own, its
-    # digest the image index's) and one child per platform (builds/multiplatform.py).
+    # digest the image index's) and one child per platform (builds/jobs/multiplatform.py).
     platforms = models.JSONField(default=list, blank=True, help_text="A parent's platforms, e.g. linux/arm64.")
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
     platform = models.CharField(max_length=64, blank=True, help_text="A child's platform; empty: the daemon's own.")
@@ -94,7 +93,7 @@ class BuildJob(models.Model):
     submitted_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    # The team it was built for: its members read it (builds/ownership.py). None: staff only.
+    # The team it was built for: its members read it (builds/jobs/ownership.py). None: staff only.
     team = models.ForeignKey("teams.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     # When the build's task message was sent to its daemon's queue.
@@ -103,7 +102,7 @@ class BuildJob(models.Model):
     # The running attempt's worker renews this; past it, the reaper takes the worker for dead.
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
-    # The fair share (builds/preemption.py) asked the worker to give the slot back:
+    # The fair share (builds/jobs/preemption.py) asked the worker to give the slot back:
     # it puts the build back in the farm's queue at its next heartbeat, the reason in `error`.
     preempt_requested_at = models.DateTimeField(null=True, blank=True)
     cancelled_by = models.ForeignKey(
@@ -161,7 +160,7 @@ class BuildJob(models.Model):
     def queue_position(self) -> int | None:
         """1 for the next job the farm will dispatch; None once it has a daemon.
 
-        Its place under the dispatcher's fair share (builds/dispatch.py), as if
+        Its place under the dispatcher's fair share (builds/jobs/dispatch.py), as if
         no build ended in between and the pool were one: with k its place among
         its own team's waiting builds and r its team's running builds, a
         waiting build of another team with r' running goes before it if it is
@@ -208,8 +207,8 @@ WAITING = models.Q(status=BuildJob.Status.QUEUED, daemon__isnull=True, platforms
 
 
 class BuildContext(models.Model):
-    """An uploaded build context, checked and rewritten (builds/contexts.py), kept
-    as a file in the context store (builds/context_store.py), never in the
+    """An uploaded build context, checked and rewritten (builds/uploads/contexts.py), kept
+    as a file in the context store (builds/uploads/store.py), never in the
     database. The row outlives the file, which is pruned a while after the job
     ended, so that a retry can say why it cannot build."""
 
@@ -241,9 +240,9 @@ class BuildLogLine(models.Model):
 
 class BuildLogArchive(models.Model):
     """A finished job's log moved out of BuildLogLine into one compressed object in
-    the log store (builds/log_archive.py): its lines `first_seq`..`last_seq`, as
+    the log store (builds/logs/archive.py): its lines `first_seq`..`last_seq`, as
     gzipped JSON lines `[seq, text]`. While this row exists the job has no rows in
-    BuildLogLine up to `last_seq`; readers go through builds/logs.py:read_lines."""
+    BuildLogLine up to `last_seq`; readers go through builds/logs/writer.py:read_lines."""
 
     job = models.OneToOneField(BuildJob, on_delete=models.CASCADE, primary_key=True, related_name="log_archive")
     name = models.CharField(max_length=255, help_text="Its object in the log store (STORAGES['logs']).")
@@ -343,7 +342,7 @@ class Repository(models.Model):
     build_pids = models.PositiveIntegerField(
         "processes per build", null=True, blank=True, validators=[MinValueValidator(16)]
     )
-    # The SSH deploy key, encrypted (builds/deploy_keys.py): set through admin's and the API's
+    # The SSH deploy key, encrypted (builds/sources/deploy_keys.py): set through admin's and the API's
     # write-only field, never shown; its public fingerprint is.
     deploy_key = models.TextField(blank=True, editable=False)
     deploy_key_fingerprint = models.CharField(max_length=100, blank=True, editable=False)
@@ -454,7 +453,7 @@ class BuildRule(models.Model):
         help_text="Comma-separated tag templates: {ref}, {sha}, {short_sha}, {1}... (regex groups); "
         "{number} for a pull request (pr-{number}).",
     )
-    # Path filters (builds/path_filters.py), as Cloud Build's includedFiles / ignoredFiles.
+    # Path filters (builds/triggers/path_filters.py), as Cloud Build's includedFiles / ignoredFiles.
     included = models.JSONField(
         default=list,
         blank=True,
@@ -467,7 +466,7 @@ class BuildRule(models.Model):
         help_text='Path globs, e.g. ["docs/**", "**/*.md"]: a push whose changed files all match them builds nothing.',
     )
 
-    # A schedule (builds/schedules.py): builds the branch's head at its cron times.
+    # A schedule (builds/triggers/schedules.py): builds the branch's head at its cron times.
     schedule = models.CharField(
         max_length=100,
         blank=True,
@@ -534,7 +533,7 @@ class WebhookDelivery(models.Model):
     response = models.JSONField(default=dict)
     # On the delivery that built a push: a digest of (repository, ref, commit).
     # Unique, so that of two deliveries of one push at once only one builds
-    # (builds/webhooks.py); cleared when its dedupe window is over.
+    # (builds/github/webhooks.py); cleared when its dedupe window is over.
     push_key = models.CharField(max_length=64, null=True, blank=True, unique=True, editable=False)
 
     class Meta:
@@ -555,8 +554,8 @@ class RegistryQuerySet(models.QuerySet):
 class Registry(models.Model):
     """A registry builds may push to (the allow-list), with push credentials if it
     asks for them. The password is write-only: admin and the API accept it and
-    never show it; it is stored encrypted (builds/secrets.py) and goes to the
-    daemon with each push (builds/registry_accounts.py), unless the build's team
+    never show it; it is stored encrypted (builds/jobs/build_secrets.py) and goes to the
+    daemon with each push (builds/registry/accounts.py), unless the build's team
     has its own account for the registry."""
 
     host = models.CharField(
@@ -603,7 +602,7 @@ REGISTRY_HELP = {
 class BuildSecret(models.Model):
     """A secret for `RUN --mount=type=secret,id=NAME` (BuildKit): a repository's,
     or one build's own (deleted when that build ends). The value is encrypted
-    (builds/secrets.py) and never shown: admin and the API take it, write-only."""
+    (builds/jobs/build_secrets.py) and never shown: admin and the API take it, write-only."""
 
     repository = models.ForeignKey(Repository, null=True, blank=True, on_delete=models.CASCADE, related_name="secrets")
     job = models.ForeignKey(BuildJob, null=True, blank=True, on_delete=models.CASCADE, related_name="secrets")
@@ -625,7 +624,7 @@ class BuildSecret(models.Model):
         return self.name
 
 
-# The farm's figures, kept as they happen (builds/metrics.py), so that neither a
+# The farm's figures, kept as they happen (builds/metrics/figures.py), so that neither a
 # Prometheus scrape nor the insights page reads per-job rows.
 
 
@@ -647,7 +646,7 @@ class MetricCounter(models.Model):
 class MetricBucket(models.Model):
     """One bucket of a histogram for one set of labels: how many observations fell
     in it (not cumulative) and their sum. `bucket` indexes the family's bounds in
-    builds/metrics.py; one past the last is +Inf."""
+    builds/metrics/figures.py; one past the last is +Inf."""
 
     name = models.CharField(max_length=100)
     labels = models.CharField(max_length=400, help_text="JSON object, sorted keys.")
@@ -704,7 +703,7 @@ class DailyDaemonStats(models.Model):
 
 class StepStats(models.Model):
     """A repository's BuildKit step (its title, as `[2/3] RUN make`), timed over
-    its builds (builds/steps.py): for the insights page's slowest steps."""
+    its builds (builds/logs/steps.py): for the insights page's slowest steps."""
 
     repository = models.CharField(max_length=200, blank=True)
     step = models.CharField(max_length=200)
@@ -722,8 +721,8 @@ class StepStats(models.Model):
 
 
 class SigningKey(models.Model):
-    """The farm's ECDSA P-256 key that signs what it pushes (builds/signing.py):
-    its private half encrypted like every stored secret (builds/secrets.py),
+    """The farm's ECDSA P-256 key that signs what it pushes (builds/provenance/signing.py):
+    its private half encrypted like every stored secret (builds/jobs/build_secrets.py),
     its public half in PEM. One active key per scope; a rotated key is retired,
     never deleted, so images it signed can still be checked."""
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
+from builds.jobs import build_secrets, ownership
+from builds.models import REGISTRY_HELP, BuildJob, BuildRule, Registry, Repository
+from builds.sources import deploy_keys
 from teams.models import Team
-
-from . import deploy_keys, ownership
-from . import secrets as build_secrets
-from .models import REGISTRY_HELP, BuildJob, BuildRule, Registry, Repository
 
 
 class ReadableRepositoryField(serializers.SlugRelatedField):
@@ -96,9 +95,9 @@ class BuildJobSerializer(serializers.ModelSerializer):
         found = [a for a in job.attestations.all() if a.digest == job.digest]
         if not job.digest or not found:
             return None
-        from .cosign_layout import CYCLONEDX as SBOM
-        from .cosign_layout import attestation_tag, signature_tag
-        from .models import SigningKey
+        from builds.models import SigningKey
+        from builds.provenance.cosign_layout import CYCLONEDX as SBOM
+        from builds.provenance.cosign_layout import attestation_tag, signature_tag
 
         site, repository = settings.GENERATOR_SITE_URL, job.image_repository
         return {

@@ -7,7 +7,7 @@ import logging
 from django.db import transaction
 from django.dispatch import Signal
 
-from .models import BuildJob
+from builds.models import BuildJob
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 `builds.run_build` goes to the queue of the job's daemon (sent by name from
 dispatch.py); the `farm.*` tasks run from beat on the "farm" queue, each with
 time limits and, on PostgreSQL, lock and statement timeouts
-(generator_site/control_tasks.py): quick ones GENERATOR_CONTROL_TASK_SECONDS,
+(lib/control_tasks.py): quick ones GENERATOR_CONTROL_TASK_SECONDS,
 housekeeping GENERATOR_HOUSEKEEPING_TASK_SECONDS.
 """
 
@@ -12,27 +12,20 @@ from __future__ import annotations
 from celery import shared_task, signals
 from django.conf import settings
 
-from generator_site.control_tasks import control_task
-from generator_site.structured_logs import log_fields
+from builds.github import statuses
+from builds.jobs import build_secrets as secrets
+from builds.jobs import daemon_usage as housekeeping
+from builds.jobs import dispatch, multiplatform, preemption, reaper
+from builds.jobs import retention as job_retention
+from builds.logs import archive as log_archive
+from builds.triggers import schedules
+from builds.uploads import store as context_store
+from builds.worker import builders, runner
+from lib import db_sessions
+from lib.control_tasks import control_task
+from lib.structured_logs import log_fields
 from pool import disks, health, workers
 from pool.models import DockerDaemon, queue_for
-
-from . import (
-    builders,
-    context_store,
-    db_sessions,
-    dispatch,
-    housekeeping,
-    job_retention,
-    log_archive,
-    multiplatform,
-    preemption,
-    reaper,
-    runner,
-    schedules,
-    secrets,
-    statuses,
-)
 
 QUEUE_PREFIX = queue_for("")  # "build.": a daemon's queue is its name after it
 QUICK = settings.GENERATOR_CONTROL_TASK_SECONDS
@@ -64,7 +57,7 @@ def dispatch_waiting() -> None:
 
 @control_task("farm.fire_schedules", seconds=QUICK)
 def fire_schedules() -> None:
-    # Rules whose cron tick has come build their branch (builds/schedules.py).
+    # Rules whose cron tick has come build their branch (builds/triggers/schedules.py).
     schedules.fire_due()
 
 

@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from builds.api import BuildViewSet, RegistryViewSet, RepositoryViewSet, signing_key
-from builds.registry_listing import registry_repositories
+from builds.registry.listing import registry_repositories
 from notifications.api import EndpointViewSet
 from pool.api import DaemonViewSet
 from teams.api import NamespaceViewSet, TeamViewSet

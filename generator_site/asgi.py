@@ -17,10 +17,9 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 from builds.routing import websocket_urlpatterns  # noqa: E402
-
-from .request_limits import RequestHeadLimits  # noqa: E402
-from .websocket_auth import TokenAuthMiddleware, browser_origin_validator  # noqa: E402
-from .websocket_errors import NoSuchPath  # noqa: E402
+from generator_site.request_limits import RequestHeadLimits  # noqa: E402
+from generator_site.websocket_auth import TokenAuthMiddleware, browser_origin_validator  # noqa: E402
+from generator_site.websocket_errors import NoSuchPath  # noqa: E402
 
 # Any other path: a clean 4404 close, not the router's ValueError.
 websocket_routes = [*websocket_urlpatterns, re_path(r"", NoSuchPath.as_asgi())]

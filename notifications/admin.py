@@ -6,11 +6,10 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 
-from builds import secrets
 from builds.admin import SecretInput
-
-from . import sending
-from .models import Attempt, Delivery, Endpoint
+from builds.jobs import build_secrets as secrets
+from notifications import sending
+from notifications.models import Attempt, Delivery, Endpoint
 
 
 class EndpointForm(forms.ModelForm):

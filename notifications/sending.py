@@ -28,12 +28,11 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from builds import secrets
-from builds.outbound import RefusedURL
-
-from . import http, receivers, signing
-from .events import send_now
-from .models import Attempt, Delivery, Endpoint
+from builds.jobs import build_secrets as secrets
+from lib.outbound import RefusedURL
+from notifications import http, receivers, signing
+from notifications.events import send_now
+from notifications.models import Attempt, Delivery, Endpoint
 
 logger = logging.getLogger(__name__)
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from builds import ownership, secrets
+from builds.jobs import build_secrets as secrets
+from builds.jobs import ownership
 from builds.models import Repository
-
-from .models import EVENTS, Attempt, Delivery, Endpoint
+from notifications.models import EVENTS, Attempt, Delivery, Endpoint
 
 
 class TeamRepositoryField(serializers.SlugRelatedField):

@@ -6,7 +6,7 @@ redirect makes the daemon itself call any TCP port it can reach.
 A daemon's API is root on its host, so whoever can open it owns the machine.
 `check_engine_access` is the rule the pool entry must pass; `client_settings`
 is the one place that turns a pool entry into docker-py's client arguments, for
-the build workers (builds/runner.py) and the health checks (pool/health.py) alike.
+the build workers (builds/worker/runner.py) and the health checks (pool/health.py) alike.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from django.core.exceptions import ValidationError
 from docker.tls import TLSConfig
 
 if TYPE_CHECKING:
-    from .models import DockerDaemon
+    from pool.models import DockerDaemon
 
 TLS_FIELDS = {"tls_ca": "the CA certificate", "tls_cert": "the client certificate", "tls_key": "the client key"}
 

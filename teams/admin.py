@@ -7,9 +7,8 @@ from django.template.response import TemplateResponse
 
 from audit.hooks import AuditedAdmin
 from builds.admin import SecretInput, keep_or_encrypt
-
-from . import tokens
-from .models import Membership, Namespace, RegistryCredential, Team, TeamToken
+from teams import tokens
+from teams.models import Membership, Namespace, RegistryCredential, Team, TeamToken
 
 
 class MembershipInline(admin.TabularInline):

@@ -23,11 +23,11 @@ from rest_framework.response import Response
 
 from audit.hooks import AuditedViewSet
 from audit.log import record
-from builds import secrets, signing
+from builds.jobs import build_secrets as secrets
 from builds.models import SigningKey
-
-from . import tokens as team_tokens
-from .models import Membership, Namespace, RegistryCredential, Team, TeamToken, taken_ignoring_case
+from builds.provenance import signing
+from teams import tokens as team_tokens
+from teams.models import Membership, Namespace, RegistryCredential, Team, TeamToken, taken_ignoring_case
 
 LIMIT_FIELDS = ["max_concurrent_builds", "max_builds_per_hour", "max_log_lines", "over_limit"]
 
@@ -122,7 +122,7 @@ class NewTeamTokenSerializer(TeamTokenSerializer):
 
 class RegistryCredentialSerializer(serializers.ModelSerializer):
     """Sent again for the same host, it replaces the stored one. The password is
-    write-only: kept encrypted (builds/secrets.py), never answered."""
+    write-only: kept encrypted (builds/jobs/build_secrets.py), never answered."""
 
     class Meta:
         model = RegistryCredential

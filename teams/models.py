@@ -17,7 +17,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models.functions import Lower
 
-from builds.references import DOCKER_HUB, DOCKER_HUB_SPELLINGS, InvalidReference, parse_registry_host, registry_host
+from lib.references import DOCKER_HUB, DOCKER_HUB_SPELLINGS, InvalidReference, parse_registry_host, registry_host
 
 _PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
 
@@ -35,8 +35,8 @@ class TeamQuerySet(models.QuerySet):
 
 class Team(models.Model):
     """A team, and its fair share of the farm: limits an operator sets (empty: none).
-    builds/quotas.py enforces them at submit, builds/dispatch.py in the queue and
-    builds/logs.py in the log writer."""
+    builds/jobs/quotas.py enforces them at submit, builds/jobs/dispatch.py in the queue and
+    builds/logs/writer.py in the log writer."""
 
     class OverLimit(models.TextChoices):
         FARM = "", "the farm's setting (GENERATOR_TEAM_OVER_LIMIT)"
@@ -250,7 +250,7 @@ class TeamToken(models.Model):
 
 class RegistryCredential(models.Model):
     """A team's account on a registry: its builds push to `host` with it, over the
-    farm's own (builds.Registry). The password is encrypted (builds/secrets.py)
+    farm's own (builds.Registry). The password is encrypted (builds/jobs/build_secrets.py)
     and write-only: admin and the API take it and never show it."""
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="registry_credentials")

@@ -13,7 +13,7 @@ the registry then answers 401 `insufficient_scope` itself.
   its catalog (`/v2/_catalog` lists every repository or none), so nobody else
   gets it; GET /api/v1/registry/repositories/ lists what the caller may read.
 - delete: never, through this server (the farm signs its own tokens, with
-  exactly what each of its writes needs: builds/registry_accounts.py).
+  exactly what each of its writes needs: builds/registry/accounts.py).
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from builds.references import InvalidReference, parse_reference
-
-from .models import Namespace, Team
+from lib.references import InvalidReference, parse_reference
+from teams.models import Namespace, Team
 
 PULL, PUSH = "pull", "push"
 CATALOG = ("registry", "catalog")

@@ -7,11 +7,10 @@ from __future__ import annotations
 import base64
 import json
 
-from builds import cosign_layout, dsse, signing
 from builds.models import Attestation, BuildJob
+from builds.provenance import cosign_layout, dsse, signing
 from teams.models import Team
-
-from .test_pages import make_job
+from tests.test_pages import make_job
 
 DIGEST = "sha256:" + "c" * 64
 

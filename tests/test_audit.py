@@ -22,8 +22,8 @@ from rest_framework.test import APIClient
 
 from audit.log import prune
 from audit.models import AuditEvent
+from builds.jobs.services import submit_push_build
 from builds.models import BuildJob, Repository
-from builds.services import submit_push_build
 from pool.models import DockerDaemon
 from tests.ssh_server import keygen
 from tests.test_deploy_keys import REPOSITORY, admin_form, key_body

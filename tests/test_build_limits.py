@@ -1,4 +1,4 @@
-"""What one build may use (builds/limits.py): the daemon's defaults, a repository's
+"""What one build may use (builds/jobs/limits.py): the daemon's defaults, a repository's
 overrides up to the operator's caps, how they reach the daemon, and where they are
 shown and set. (tests/farm/test_build_limits.py has the kernel enforce them.)"""
 
@@ -14,9 +14,9 @@ import pytest
 from rest_framework.test import APIClient
 
 from bench.fake_engine import EngineHandler
-from builds.cgroups import BuildCgroup
-from builds.engine import BuildFailed, EngineSession
-from builds.limits import BuildLimits, contained, limits_for
+from builds.engine.cgroups import BuildCgroup
+from builds.engine.docker import BuildFailed, EngineSession
+from builds.jobs.limits import BuildLimits, contained, limits_for
 from builds.models import Repository
 from pool.models import DockerDaemon
 

@@ -11,8 +11,8 @@ from cryptography.fernet import Fernet
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from builds import secrets
-from builds.logs import LogWriter
+from builds.jobs import build_secrets as secrets
+from builds.logs.writer import LogWriter
 from builds.models import BuildJob, BuildLogLine, BuildSecret, Repository
 
 VALUE = "s3cr3t-npm-token-value"

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from builds.builders import daemon_address
+from builds.jobs.services import BuildRequest, builder_for, retry_build, submit
 from builds.models import BuildJob, Repository
-from builds.services import BuildRequest, builder_for, retry_build, submit
+from builds.worker.builders import daemon_address
 from pool.tls import ClientTLS
 
 DOCKERFILE = "FROM busybox\nRUN true\n"
@@ -75,7 +75,7 @@ def test_the_cli_reaches_a_tls_daemon_with_the_farms_own_certificate_files(tmp_p
 
 
 def test_a_worker_says_which_buildkit_client_it_found_on_its_daemons_rows(db, settings, tmp_path):
-    from builds import builders
+    from builds.worker import builders
     from pool.models import DockerDaemon
 
     DockerDaemon.objects.create(name="d1", url="unix:///run/d1.sock")

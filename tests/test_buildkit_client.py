@@ -1,4 +1,4 @@
-"""The BuildKit client (builds/buildkit.py): which docker CLI drives BuildKit on
+"""The BuildKit client (builds/engine/buildkit.py): which docker CLI drives BuildKit on
 these machines, and what it is given. Building through it on a real daemon is in
 tests/farm/test_buildkit_builds.py."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from builds.buildkit import (
+from builds.engine.buildkit import (
     DEBIAN_CLI,
     BuildKitClient,
     BuildKitSession,

@@ -1,4 +1,4 @@
-"""builds/cache_scope.py: the team's ARG in the Dockerfile the engine reads, and
+"""builds/worker/cache_scope.py: the team's ARG in the Dockerfile the engine reads, and
 the context stream that carries it."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import io
 import os
 import tarfile
 
-from builds.cache_scope import NAME_PREFIX, ContextWithFile, arg_name, remapped_root, scoped_dockerfile
+from builds.worker.cache_scope import NAME_PREFIX, ContextWithFile, arg_name, remapped_root, scoped_dockerfile
 
 
 def tar_of(files: dict[str, bytes]) -> io.BytesIO:

@@ -1,4 +1,4 @@
-"""The build's cgroup (builds/cgroups.py) against a fake cgroup tree in a temporary
+"""The build's cgroup (builds/engine/cgroups.py) against a fake cgroup tree in a temporary
 directory (files where the kernel has them), and once against this host's own."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from builds.cgroups import (
+from builds.engine.cgroups import (
     BuildCgroup,
     CgroupUnavailable,
     SharedBuildKitCgroup,

@@ -1,4 +1,4 @@
-"""The charts' value axes (builds/chart_ticks.py): round ticks, in a unit that
+"""The charts' value axes (builds/insights/chart_ticks.py): round ticks, in a unit that
 suits the scale, and never two ticks that read the same; the legend's wrapping."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from builds import charts
-from builds.chart_ticks import axis, display_unit, format_duration
+from builds.insights import charts
+from builds.insights.chart_ticks import axis, display_unit, format_duration
 
 UNITS = ("", "s", "%")
 # From far below a millisecond to far above a year, and the extremes the axis takes.

@@ -16,10 +16,12 @@ from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from builds import context_store, runner, tasks
+from builds import tasks
 from builds.api import ContextUploadHandler, Refused
 from builds.models import BuildContext, BuildJob
-from builds.sources import SourceError
+from builds.sources.git import SourceError
+from builds.uploads import store as context_store
+from builds.worker import runner
 from tests.test_contexts import gzip_of_zeros
 
 DOCKERFILE = b"FROM busybox\nCOPY hello.txt /\n"

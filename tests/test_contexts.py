@@ -10,8 +10,8 @@ import tarfile
 
 import pytest
 
-from builds.contexts import CheckedContext, check_context
-from builds.errors import SubmissionError, TooLarge
+from builds.uploads.contexts import CheckedContext, check_context
+from lib.errors import SubmissionError, TooLarge
 from tests.memory import MiB, peak_growth
 
 

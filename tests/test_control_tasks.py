@@ -1,4 +1,4 @@
-"""No control task can hold the control worker (generator_site/control_tasks.py):
+"""No control task can hold the control worker (lib/control_tasks.py):
 time limits on every task beat sends there, and on PostgreSQL lock and
 statement timeouts on their statements; the reaper leaves a locked job for
 its next pass and reaps the others."""
@@ -17,9 +17,9 @@ from django.test import override_settings
 from django.utils import timezone
 
 from builds import tasks
-from builds.logs import _insert_lines
+from builds.logs.writer import _insert_lines
 from builds.models import BuildJob
-from generator_site.control_tasks import CONTROL_HARD_GRACE, control_task
+from lib.control_tasks import CONTROL_HARD_GRACE, control_task
 from scripts import localfarm as lf
 
 

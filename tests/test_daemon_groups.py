@@ -7,10 +7,10 @@ import pytest
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from builds import dispatch as dispatch_module
-from builds.dispatch import dispatch, rescue_stranded
+from builds.jobs import dispatch as dispatch_module
+from builds.jobs.dispatch import dispatch, rescue_stranded
+from builds.jobs.services import BuildRequest, PoolUnavailable, submit, submit_push_build
 from builds.models import BuildJob, Registry, Repository
-from builds.services import BuildRequest, PoolUnavailable, submit, submit_push_build
 from pool.models import DockerDaemon
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -105,8 +105,8 @@ def test_client_settings_refuse_plain_tcp_to_another_host_even_for_an_old_row():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_build_given_to_such_a_row_goes_to_another_daemon(redis_url):
-    from builds import runner
     from builds.models import BuildJob
+    from builds.worker import runner
 
     old = DockerDaemon.objects.create(name="old", url="tcp://10.1.2.3:2375")  # saved before the rule
     job = BuildJob.objects.create(image="localhost:5000/a/b:1", dockerfile="FROM busybox\n", daemon=old)

@@ -15,9 +15,9 @@ import time
 import pytest
 from django.db import connection, connections
 
-from builds import db_sessions
-from builds.logs import LogWriter
+from builds.logs.writer import LogWriter
 from builds.models import BuildJob, BuildLogLine
+from lib import db_sessions
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -13,9 +13,10 @@ from cryptography.fernet import Fernet
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from builds import deploy_keys, secrets
-from builds.deploy_keys import DeployKeyError
+from builds.jobs import build_secrets as secrets
 from builds.models import Repository
+from builds.sources import deploy_keys
+from builds.sources.deploy_keys import DeployKeyError
 from tests.ssh_server import keygen
 
 REPOSITORY = {

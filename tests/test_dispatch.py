@@ -10,11 +10,11 @@ import redis
 from django.test import override_settings
 from django.utils import timezone
 
-from builds import transitions
-from builds.dispatch import dispatch, rescue_stranded
+from builds.jobs import transitions
+from builds.jobs.dispatch import dispatch, rescue_stranded
+from builds.jobs.reaper import reap
+from builds.jobs.services import cancel_build
 from builds.models import BuildJob, BuildLogLine
-from builds.reaper import reap
-from builds.services import cancel_build
 from pool.models import DockerDaemon
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -58,7 +58,7 @@ def test_jobs_wait_in_order_until_a_daemon_has_room(redis_url):
 
 @override_settings(GENERATOR_MAX_BUILDS_PER_IMAGE=0, GENERATOR_BUILDERS=["classic", "buildkit"])
 def test_a_buildkit_build_has_its_daemon_to_itself_unless_the_operator_shares_them():
-    # BuildKit's RUN steps share one cgroup per daemon (builds/limits.py): alone
+    # BuildKit's RUN steps share one cgroup per daemon (builds/jobs/limits.py): alone
     # on it, a build's limits are its own.
     one = daemon("one", capacity=2)
     classic = waiting(1, image="localhost:5000/a:1")
@@ -226,7 +226,7 @@ def test_a_job_submitted_during_a_pass_is_dispatched_without_waiting_for_beat(re
 
     from django.db import connection
 
-    from builds import dispatch as dispatch_module
+    from builds.jobs import dispatch as dispatch_module
 
     daemon("one", capacity=4)
     early = waiting(1, image="localhost:5000/early:1")[0]

@@ -1,4 +1,4 @@
-"""builds/docker_config.py: each build's registry credentials, for BuildKit's
+"""builds/worker/docker_config.py: each build's registry credentials, for BuildKit's
 DOCKER_CONFIG and the classic builder's X-Registry-Config."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 import jwt
 import pytest
 
-from builds import secrets
-from builds.docker_config import classic_registry_config, docker_config
+from builds.jobs import build_secrets as secrets
 from builds.models import BuildJob
-from generator_site.registry_keys import ensure_key
+from builds.worker.docker_config import classic_registry_config, docker_config
+from lib.registry_keys import ensure_key
 from teams.models import Namespace, RegistryCredential
 
 
@@ -68,8 +68,8 @@ def test_a_forks_pull_request_gets_no_team_account_and_reads_public_images_only(
 
 
 def test_the_farms_account_reaches_builds_pulls_only_where_the_operator_says_so(job, teams):
-    from builds.docker_config import pull_accounts
     from builds.models import Registry
+    from builds.worker.docker_config import pull_accounts
 
     mirror = Registry.objects.create(host="mirror.example", username="farm", password=secrets.encrypt("farm's"))
     Registry.objects.create(host="private.example:5000", username="farm", password=secrets.encrypt("farm's"))

@@ -1,8 +1,8 @@
-"""builds/dockerfile_images.py: the images a Dockerfile pulls, as BuildKit reads them."""
+"""builds/dockerfiles/images.py: the images a Dockerfile pulls, as BuildKit reads them."""
 
 from __future__ import annotations
 
-from builds.dockerfile_images import referenced_images
+from builds.dockerfiles.images import referenced_images
 
 DOCKERFILE = """\
 # a comment naming FROM evil/image

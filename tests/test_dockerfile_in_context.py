@@ -1,4 +1,4 @@
-"""builds/dockerfile_in_context.py: the Dockerfile BuildKit reads from a tar context, or a refusal."""
+"""builds/dockerfiles/in_context.py: the Dockerfile BuildKit reads from a tar context, or a refusal."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from builds.dockerfile_in_context import UnreadableDockerfile, read_dockerfile
+from builds.dockerfiles.in_context import UnreadableDockerfile, read_dockerfile
 from tests.memory import MiB, peak_growth
 
 LIMIT = 1024 * 1024
@@ -59,7 +59,7 @@ def test_a_path_under_a_dot_directory_is_that_path():
 
 
 def test_the_path_found_is_cleaned_below_the_context_root():
-    # Where builds/cache_scope.py puts the Dockerfile it rewrites: where the engine reads.
+    # Where builds/worker/cache_scope.py puts the Dockerfile it rewrites: where the engine reads.
     assert found_at(tar_of(("Dockerfile", b"FROM a\n")), "./Dockerfile") == "Dockerfile"
     assert found_at(tar_of((".ci/Dockerfile", b"FROM a\n")), ".ci/Dockerfile") == ".ci/Dockerfile"
     assert found_at(tar_of(("Dockerfile.prod", b"FROM a\n")), "a/../../Dockerfile.prod") == "Dockerfile.prod"

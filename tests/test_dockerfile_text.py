@@ -1,4 +1,4 @@
-"""builds/dockerfile_text.py: a Dockerfile read as Docker 20.10's BuildKit reads it."""
+"""builds/dockerfiles/text.py: a Dockerfile read as Docker 20.10's BuildKit reads it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builds.dockerfile_text import (
+from builds.dockerfiles.text import (
     MAX_LINE,
     DockerfileError,
     directives,

@@ -1,4 +1,4 @@
-"""The egress policy as data (pool/egress.py) and the nftables rules made of it
+"""The egress policy as data (lib/egress.py) and the nftables rules made of it
 (scripts/sandbox.py). The rules at work are tested on real daemons in
 tests/farm/test_containment.py."""
 
@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from pool.egress import EgressConfigError, explain, parse_destinations, parse_networks, refusal_reason
+from lib.egress import EgressConfigError, explain, parse_destinations, parse_networks, refusal_reason
 from scripts import sandbox
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import tarfile
 
-from builds.engine import LineAssembler, dockerfile_context, progress_lines
+from builds.engine.docker import LineAssembler, dockerfile_context, progress_lines
 
 
 def test_fragments_become_whole_lines():

@@ -1,6 +1,6 @@
-"""A team's fair share of the farm: its limits at submit (builds/quotas.py), the
-dispatcher's fair share between teams (builds/dispatch.py), queue positions
-under it, and a team's log-line limit failing a build (builds/logs.py), on the
+"""A team's fair share of the farm: its limits at submit (builds/jobs/quotas.py), the
+dispatcher's fair share between teams (builds/jobs/dispatch.py), queue positions
+under it, and a team's log-line limit failing a build (builds/logs/writer.py), on the
 real database, dispatcher, runner and bench/fake_engine.py's Engine API.
 
 Team A owns localhost:5000/team-a/, team B localhost:5000/team-b/; alice is in
@@ -19,10 +19,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from bench.fake_engine import EngineHandler
-from builds import transitions
-from builds.dispatch import dispatch
+from builds.jobs import transitions
+from builds.jobs.dispatch import dispatch
 from builds.models import BuildJob, BuildLogLine
-from builds.runner import run_build
+from builds.worker.runner import run_build
 from pool.models import DockerDaemon
 
 pytestmark = [
@@ -40,7 +40,7 @@ def api_as(user) -> APIClient:
 
 
 def rest_build(user, team_slug: str, tag: str = "latest"):
-    # Classic: a BuildKit build would have its daemon to itself (builds/limits.py).
+    # Classic: a BuildKit build would have its daemon to itself (builds/jobs/limits.py).
     image = f"localhost:5000/{team_slug}/app:{tag}"
     fields = {"image": image, "dockerfile": DOCKERFILE, "builder": "classic"}
     return api_as(user).post("/api/v1/builds/", fields, format="json")
@@ -308,9 +308,9 @@ def test_on_a_one_slot_pool_the_teams_take_turns(teams):
 
 
 def test_a_webhook_push_over_its_teams_limit_is_refused_with_429(teams, pool):
-    from builds.errors import TooManyBuilds
+    from builds.jobs.services import submit_push_build
     from builds.models import Repository
-    from builds.services import submit_push_build
+    from lib.errors import TooManyBuilds
 
     a, _ = teams
     a.max_builds_per_hour = 1
@@ -332,8 +332,8 @@ def test_submits_at_once_cannot_both_pass_a_teams_concurrency_limit(alice, teams
     lock, lets one in and refuses the rest."""
     from django.db import connection
 
-    from builds import services
-    from builds.errors import TooManyBuilds
+    from builds.jobs import services
+    from lib.errors import TooManyBuilds
 
     a, _ = teams
     a.max_concurrent_builds = 1

@@ -14,12 +14,12 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
-from builds import runner
-from builds.engine import BuildFailed, PushFailed
-from builds.housekeeping import protected_on
+from builds.engine.docker import BuildFailed, PushFailed
+from builds.jobs.daemon_usage import protected_on
 from builds.models import BuildJob
-from pool import housekeeping
-from pool.housekeeping import DiskUse, PruneResult, disk_use, is_disk_full
+from builds.worker import runner
+from pool import disk_prune as housekeeping
+from pool.disk_prune import DiskUse, PruneResult, disk_use, is_disk_full
 from pool.models import DockerDaemon
 from pool.scheduler import choose_daemon
 

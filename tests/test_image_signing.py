@@ -1,6 +1,6 @@
-"""DSSE envelopes and cosign's layout (builds/dsse.py, builds/cosign_layout.py),
+"""DSSE envelopes and cosign's layout (builds/provenance/dsse.py, builds/provenance/cosign_layout.py),
 checked with an independent implementation: securesystemslib's DSSE
-verification; the farm's key (builds/signing.py) kept encrypted and rotated."""
+verification; the farm's key (builds/provenance/signing.py) kept encrypted and rotated."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import SSlibKey
 
-from builds import cosign_layout, dsse, signing
 from builds.models import SigningKey
+from builds.provenance import cosign_layout, dsse, signing
 
 DIGEST = "sha256:" + "ab" * 32
 

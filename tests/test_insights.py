@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from builds import charts
+from builds.insights import charts
 from builds.models import DailyDaemonStats, DailyJobStats, Repository
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from builds import job_retention, log_archive, tasks
+from builds import tasks
+from builds.jobs import retention as job_retention
+from builds.logs import archive as log_archive
 from builds.models import BuildJob, BuildLogArchive, BuildLogLine
 from notifications.models import Delivery, Endpoint
 from tests.test_log_archive import _stored_objects, finished_job, log_store  # noqa: F401 (a fixture)

@@ -18,8 +18,9 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from builds import log_archive, tasks
-from builds.logs import LogWriter, read_lines
+from builds import tasks
+from builds.logs import archive as log_archive
+from builds.logs.writer import LogWriter, read_lines
 from builds.models import BuildJob, BuildLogArchive, BuildLogLine
 from tests.test_log_consumer import communicator
 

@@ -31,8 +31,9 @@ from django.conf import settings
 from django.db import connections
 from django.test import override_settings
 
-from builds import cli, transitions
-from builds.logs import LogWriter
+from builds import cli
+from builds.jobs import transitions
+from builds.logs.writer import LogWriter
 from builds.models import BuildJob, BuildLogLine
 from generator_site import settings as site_settings
 from generator_site.asgi import application

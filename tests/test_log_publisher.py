@@ -12,7 +12,7 @@ import redis
 from channels_redis.core import RedisChannelLayer
 from django.utils.module_loading import import_string
 
-from builds.logs import Publisher
+from builds.logs.writer import Publisher
 from generator_site import settings as site_settings
 
 

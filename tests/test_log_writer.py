@@ -8,7 +8,7 @@ import time
 import pytest
 from django.db import connection
 
-from builds.logs import LogWriter
+from builds.logs.writer import LogWriter
 from builds.models import BuildJob, BuildLogLine
 
 pytestmark = pytest.mark.django_db(transaction=True)

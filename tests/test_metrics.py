@@ -1,4 +1,4 @@
-"""/metrics through prometheus_client, from figures kept as jobs end (builds/metrics.py)."""
+"""/metrics through prometheus_client, from figures kept as jobs end (builds/metrics/figures.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from builds import metrics, transitions
+from builds.jobs import transitions
+from builds.metrics import figures as metrics
 from builds.models import BuildJob, DailyJobStats, Repository
 from pool.models import DockerDaemon
 
@@ -138,7 +139,7 @@ def test_the_workers_figures_come_through_redis(client, daemon):
 
 
 def test_a_log_writer_hands_each_stored_batch_on(daemon):
-    from builds.logs import LogWriter
+    from builds.logs.writer import LogWriter
 
     job = BuildJob.objects.create(image="a/b:1")
     stored = []

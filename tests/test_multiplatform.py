@@ -12,13 +12,15 @@ from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from builds import attestations, multiplatform, tasks, transitions
-from builds.dispatch import dispatch
-from builds.logs import LogWriter, append_shared
+from builds import tasks
+from builds.jobs import multiplatform, transitions
+from builds.jobs.dispatch import dispatch
+from builds.jobs.multiplatform import child_tag, fail_unbuildable, mirror_into_parent, settle
+from builds.jobs.services import BuildRequest, SubmissionError, cancel_build, retry_build, submit, submit_push_build
+from builds.logs.writer import LogWriter, append_shared
 from builds.models import BuildJob, BuildLogLine, Repository
-from builds.multiplatform import child_tag, fail_unbuildable, mirror_into_parent, settle
-from builds.registry_api import DOCKER_MANIFEST, Manifest, RegistryError
-from builds.services import BuildRequest, SubmissionError, cancel_build, retry_build, submit, submit_push_build
+from builds.registry.client import DOCKER_MANIFEST, Manifest, RegistryError
+from builds.worker import attestations
 from pool.models import DockerDaemon
 from pool.platforms import detect_emulation, from_engine
 from pool.scheduler import platform_daemons
@@ -259,7 +261,7 @@ def test_a_platform_s_helper_tag_is_one_per_repository_whatever_the_build():
 
 
 class FakeRegistry:
-    """The registry's HTTP API as builds/multiplatform.py uses it: what it was asked, in order."""
+    """The registry's HTTP API as builds/jobs/multiplatform.py uses it: what it was asked, in order."""
 
     calls: list[tuple] = []
 
@@ -284,7 +286,7 @@ class FakeRegistry:
         self.calls.append(("put_index", name, tag, [(e.platform, e.manifest.digest) for e in entries]))
         return "sha256:" + "f" * 64
 
-    def push_blob(self, name, data):  # the signature's and attestation's (builds/attestations.py)
+    def push_blob(self, name, data):  # the signature's and attestation's (builds/worker/attestations.py)
         self.calls.append(("push_blob", name))
 
     def put_manifest(self, name, tag, media_type, body):

@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 import pytest
 from django.core import mail
 
-from builds import secrets, transitions
+from builds.jobs import build_secrets as secrets
+from builds.jobs import transitions
 from builds.models import BuildJob, Repository
 from notifications import events, sending, signing
 from notifications.models import Attempt, Delivery, Endpoint

@@ -9,7 +9,7 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
-from builds import secrets
+from builds.jobs import build_secrets as secrets
 from builds.models import BuildJob, Repository
 from notifications import events, sending, signing
 from notifications.models import Delivery, Endpoint

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from builds import path_filters
 from builds.models import BuildJob, BuildRule
-from builds.path_filters import FilterError, check_globs, from_payload, refusal
-from builds.sources import GitSource, SourceError
+from builds.sources.git import GitSource, SourceError
+from builds.triggers import path_filters
+from builds.triggers.path_filters import FilterError, check_globs, from_payload, refusal
 from tests.gitrepos import Repo, git
 from tests.test_webhooks import deliver, force_push, push_to_existing_branch, register
 

@@ -14,11 +14,12 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from builds import cli, log_archive
-from builds.frames import encode_line, platform_of
-from builds.logs import LogWriter, append_shared
+from builds import cli
+from builds.jobs.multiplatform import create_children, mirror_into_parent
+from builds.live.frames import encode_line, platform_of
+from builds.logs import archive as log_archive
+from builds.logs.writer import LogWriter, append_shared
 from builds.models import BuildJob
-from builds.multiplatform import create_children, mirror_into_parent
 from tests.test_log_archive import log_store  # noqa: F401 (a fixture: this test's own log store)
 from tests.test_log_consumer import communicator, make_job
 from tests.test_log_steps import NODE, ROOT, captured, parse
@@ -103,7 +104,7 @@ async def test_a_parents_frames_carry_each_lines_platform_live_replayed_and_arch
         append_shared(parent.id, ["[generator] Pushed localhost:5000/a/b:1@sha256:1: an image index"])
         finished = timezone.now() - timedelta(days=30)
         BuildJob.objects.filter(pk=parent.pk).update(status="succeeded", finished_at=finished)
-        from builds.logs import publish
+        from builds.logs.writer import publish
 
         publish(parent.id, {"type": "job.status", "status": "succeeded"})
 

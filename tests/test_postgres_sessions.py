@@ -15,10 +15,10 @@ import pytest
 from django.conf import settings
 from django.db import DatabaseError, connection, connections, transaction
 
-from builds.logs import _insert_lines
+from builds.logs.writer import _insert_lines
 from builds.models import BuildJob, BuildLogLine
-from generator_site.control_tasks import statement_limits
 from generator_site.postgres import session_options
+from lib.control_tasks import statement_limits
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""No team holds the pool (builds/preemption.py): the fair share of each team, which
+"""No team holds the pool (builds/jobs/preemption.py): the fair share of each team, which
 of a team's builds are beyond it, when one is asked back, and the ask on the real
 database (the worker's side, requeue at its heartbeat, is tests/farm/test_fair_share.py)."""
 
@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from builds import preemption, transitions
+from builds.jobs import preemption, transitions
+from builds.jobs.preemption import Running, excess, plan, shares
 from builds.models import BuildJob
-from builds.preemption import Running, excess, plan, shares
-from builds.runner import Preempted, Watch
+from builds.worker.runner import Preempted, Watch
 from pool.models import DockerDaemon
 
 T0 = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)

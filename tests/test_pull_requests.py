@@ -9,9 +9,11 @@ import json
 
 import pytest
 
-from builds import builders, deploy_keys, pull_requests, statuses, transitions
-from builds import secrets as build_secrets
+from builds.github import pull_requests, statuses
+from builds.jobs import build_secrets, transitions
 from builds.models import BuildJob, BuildRule, BuildSecret, WebhookDelivery
+from builds.sources import deploy_keys
+from builds.worker import builders
 from tests.conftest import SHARED
 from tests.test_webhooks import deliver, register
 

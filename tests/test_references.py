@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from builds.references import InvalidReference, parse_build_target, parse_reference
+from lib.references import InvalidReference, parse_build_target, parse_reference
 from tests.conftest import SHARED
 
 

@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
 from builds.models import BuildJob, Registry, Repository, WebhookDelivery
-from builds.references import registry_host
+from lib.references import registry_host
 from tests.test_api import as_user, context_tar
 from tests.test_seed_api import b64
 from tests.test_seed_api import submit as seed_submit

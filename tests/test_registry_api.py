@@ -1,8 +1,8 @@
-"""builds/registry_api.py: which registries the farm speaks plain HTTP to."""
+"""builds/registry/client.py: which registries the farm speaks plain HTTP to."""
 
 from __future__ import annotations
 
-from builds.registry_api import RegistryAPI
+from builds.registry.client import RegistryAPI
 
 
 def test_loopback_and_the_operators_listed_registries_are_plain_http(monkeypatch):

@@ -1,4 +1,4 @@
-"""GET /v2/token (builds/registry_token.py): the farm as its registry's token
+"""GET /v2/token (builds/registry/token_server.py): the farm as its registry's token
 server. Tokens are checked as distribution checks them: ES256 against the
 certificate's key, the header's `kid` the key's libtrust ID."""
 
@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from django.test import Client
 
 from audit.models import AuditEvent
-from builds.docker_config import build_password
 from builds.models import BuildJob
-from generator_site.login_throttle import KEY_PREFIX
-from generator_site.registry_keys import ensure_key, libtrust_kid
+from builds.worker.docker_config import build_password
+from lib.login_throttle import KEY_PREFIX
+from lib.registry_keys import ensure_key, libtrust_kid
 from teams import tokens as team_tokens
 from teams.models import Namespace
 
@@ -142,7 +142,7 @@ def test_tokens_live_the_configured_minutes(alice, token_server):
 
 
 def test_an_expired_token_is_refused_by_its_signature_check(alice, token_server):
-    from builds.registry_token import farm_signer
+    from builds.registry.token_server import farm_signer
 
     old = farm_signer().sign("alice", [], 60, now=time.time() - 3600)
     cert = x509.load_pem_x509_certificate(token_server.GENERATOR_REGISTRY_TOKEN_CERT.read_bytes())

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from builds.rules import (
+from builds.triggers.rules import (
     MAX_NAME_LENGTH,
     PushedRef,
     RuleError,

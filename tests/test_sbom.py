@@ -1,4 +1,4 @@
-"""The SBOM of an image's filesystem (builds/sbom.py): tiny Debian-like and
+"""The SBOM of an image's filesystem (builds/provenance/sbom.py): tiny Debian-like and
 Alpine-like root filesystems made by hand (no Docker Hub here), read as the
 tar stream `docker export` gives, written as CycloneDX and checked against
 CycloneDX's own JSON schema."""
@@ -12,7 +12,7 @@ import tarfile
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from builds import sbom
+from builds.provenance import sbom
 
 DPKG_STATUS = """Package: libc6
 Status: install ok installed

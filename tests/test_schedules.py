@@ -10,9 +10,9 @@ import pytest
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from builds import schedules
 from builds.models import BuildJob, BuildRule
-from builds.schedules import ScheduleError, check, delay_seconds, due_tick
+from builds.triggers import schedules
+from builds.triggers.schedules import ScheduleError, check, delay_seconds, due_tick
 from tests.test_webhooks import register
 
 

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from builds.sources import GitSource, SourceError
+from builds.sources.git import GitSource, SourceError
 from tests.git_http import GitHttpServer
 from tests.gitrepos import Repo, git
 from tests.memory import MiB, peak_growth

@@ -1,4 +1,4 @@
-"""Cloning over SSH with a deploy key (builds/sources.py), against a real sshd
+"""Cloning over SSH with a deploy key (builds/sources/git.py), against a real sshd
 serving a real bare repository on loopback (tests/ssh_server.py): the key is
 the only identity offered, host keys are checked strictly, the connection is
 held to the address the egress rules checked, and the key file is gone after."""
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from builds import deploy_keys
-from builds.sources import GitSource, SourceError
+from builds.sources import deploy_keys
+from builds.sources.git import GitSource, SourceError
 from tests.gitrepos import Repo
 from tests.ssh_server import SshServer, keygen
 from tests.test_sources import files_in

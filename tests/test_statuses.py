@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from builds import statuses
+from builds.github import statuses
 from builds.models import BuildJob, Repository
 from tests.fake_github import FakeGitHub
 
@@ -15,7 +15,7 @@ SHA = "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
 def github(settings):
     fake = FakeGitHub()
     settings.GENERATOR_GITHUB_API_URL = fake.url
-    settings.GENERATOR_ALLOW_LOCAL_REPOSITORIES = True  # the fake is on loopback (builds/outbound.py)
+    settings.GENERATOR_ALLOW_LOCAL_REPOSITORIES = True  # the fake is on loopback (lib/outbound.py)
     settings.GENERATOR_SITE_URL = "https://farm.example.invalid"
     yield fake
     fake.close()

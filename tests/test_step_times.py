@@ -1,4 +1,4 @@
-"""BuildKit's step timings read from the stored lines (builds/steps.py), on logs
+"""BuildKit's step timings read from the stored lines (builds/logs/steps.py), on logs
 captured from real farm builds (tests/logs/), and kept per repository."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from builds import metrics
+from builds.logs.steps import StepTimes
+from builds.metrics import figures as metrics
 from builds.models import StepStats
-from builds.steps import StepTimes
 
 LOGS = Path(__file__).parent / "logs"
 

@@ -14,7 +14,7 @@ from django.conf import settings
 
 from builds import tasks
 from builds.models import BuildJob
-from generator_site.structured_logs import ContextFilter, LineFormatter, log_fields, process_role
+from lib.structured_logs import ContextFilter, LineFormatter, log_fields, process_role
 
 
 @contextmanager
@@ -56,16 +56,16 @@ def test_a_record_inside_a_task_run_carries_job_daemon_and_attempt(daemon):
     # Not assigned to the daemon: the runner finds nothing to claim, and says so.
     job = BuildJob.objects.create(image="localhost:5000/team/app:latest", dockerfile="FROM busybox\n")
     with captured("json") as stream:
-        logging.getLogger("builds.runner").info("before the run")
+        logging.getLogger("builds.worker.runner").info("before the run")
         tasks.run_build(job.id, 1, daemon.pk)
-        logging.getLogger("builds.runner").info("after the run")
+        logging.getLogger("builds.worker.runner").info("after the run")
     records = [json.loads(line) for line in stream.getvalue().splitlines()]
     inside = [r for r in records if "nothing to do" in r["msg"]]
     assert len(inside) == 1
     assert inside[0]["job"] == job.id
     assert inside[0]["daemon"] == "unit-daemon"
     assert inside[0]["attempt"] == 1
-    assert inside[0]["logger"] == "builds.runner"
+    assert inside[0]["logger"] == "builds.worker.runner"
     assert inside[0]["role"] == "worker"
     assert inside[0]["level"] == "info"
     outside = [r for r in records if r["msg"] in ("before the run", "after the run")]
@@ -137,12 +137,12 @@ def test_the_log_format_is_logfmt_by_default_and_an_unknown_one_stops_start_up(m
 
 @pytest.mark.django_db(transaction=True)
 def test_records_from_the_thread_that_reads_a_build_name_the_job_too(daemon):
-    from builds.logs import LogWriter
+    from builds.logs.writer import LogWriter
 
     job = BuildJob.objects.create(image="localhost:5000/team/app:latest", dockerfile="FROM busybox\n")
 
     def produce(emit):
-        logging.getLogger("builds.engine").warning("the stream hiccuped")
+        logging.getLogger("builds.engine.docker").warning("the stream hiccuped")
         emit("a line")
 
     with captured("json") as stream, log_fields(job=job.id, daemon="unit-daemon", attempt=1):

@@ -1,6 +1,6 @@
 """A team's own registry accounts (teams.RegistryCredential) and the farm's
 (builds.Registry): both encrypted at rest, write-only, and a build pushes with
-its team's account over the farm's (builds/registry_accounts.py). The farm's
+its team's account over the farm's (builds/registry/accounts.py). The farm's
 registry has no auth, so the push's credentials are checked here, not there."""
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from django.apps import apps
 from django.core.management import call_command
 
 from audit.models import AuditEvent
-from builds import attestations, multiplatform, runner, secrets
-from builds.engine import PushResult
+from builds.engine.docker import PushResult
+from builds.jobs import build_secrets as secrets
+from builds.jobs import multiplatform
 from builds.models import BuildJob, Registry
-from builds.references import parse_build_target
-from builds.registry_accounts import Account, push_account
+from builds.registry.accounts import Account, push_account
+from builds.worker import attestations, runner
+from lib.references import parse_build_target
 from teams.models import RegistryCredential
 from tests.test_teams import api_as
 

@@ -1,6 +1,6 @@
 """A team brings its own signing key (`/api/v1/teams/SLUG/signing-key/`): its
 admins set it, it is stored encrypted and never answered, its builds are
-signed with it (builds/signing.py `key_for`), and retiring it gives the
+signed with it (builds/provenance/signing.py `key_for`), and retiring it gives the
 farm's key back."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from audit.models import AuditEvent
-from builds import dsse, signing
 from builds.models import SigningKey
+from builds.provenance import dsse, signing
 from tests.test_teams import api_as
 
 

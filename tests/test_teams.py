@@ -1,5 +1,5 @@
 """Teams and ownership: who may build, push, read, retry and cancel what
-(builds/ownership.py). Per rule, a member can and an outsider cannot, through
+(builds/jobs/ownership.py). Per rule, a member can and an outsider cannot, through
 each front door: REST, /b1, the WebSocket, the pages, badges, webhooks, admin.
 
 Team A owns localhost:5000/team-a/, team B localhost:5000/team-b/. alice (A)
@@ -22,8 +22,8 @@ from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from builds.github.webhooks import signature_of
 from builds.models import BuildJob, BuildLogLine, BuildRule, Registry, Repository
-from builds.webhooks import signature_of
 from generator_site.asgi import application
 from teams.models import Membership, Namespace, Team, canonical_image
 from tests.conftest import _user, builder, member_of

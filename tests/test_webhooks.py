@@ -12,9 +12,9 @@ from django.test import override_settings
 from django.utils import timezone
 from referencing import Registry, Resource
 
-from builds.builders import cache_candidates
+from builds.github.webhooks import BAD_SIGNATURE, signature_of
 from builds.models import BuildJob, BuildLogLine, BuildRule, Repository, WebhookDelivery
-from builds.webhooks import BAD_SIGNATURE, signature_of
+from builds.worker.builders import cache_candidates
 from tests.conftest import SHARED
 
 WEBHOOKS = SHARED / "testdata" / "github-webhooks"

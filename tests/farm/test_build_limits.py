@@ -15,9 +15,8 @@ import pytest
 
 from builds.models import BuildJob, Repository
 from pool.models import DockerDaemon
+from tests.farm.conftest import api_build, engine, follow, printed
 from tests.gitrepos import Repo
-
-from .conftest import api_build, engine, follow, printed
 
 pytestmark = pytest.mark.farm
 
@@ -94,7 +93,7 @@ def test_a_memory_hog_and_a_fork_loop_fail_naming_their_limit_and_the_classic_bu
 def test_a_buildkit_build_is_held_to_its_own_limits_with_its_daemon_to_itself(farm, token, one_daemon_with_low_limits):
     # BuildKit runs every RUN step of a daemon in one cgroup, which the worker
     # limits to the build's figures: the dispatcher gives each BuildKit build a
-    # whole daemon, so those are the build's own (builds/limits.py).
+    # whole daemon, so those are the build's own (builds/jobs/limits.py).
     daemon = one_daemon_with_low_limits
     dockerfiles = {"hog": HOG, "forks": FORKS, "next": normal("bk")}
     submitted = {

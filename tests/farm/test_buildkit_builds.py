@@ -1,4 +1,4 @@
-"""BuildKit on the test farm's sandboxed daemons: builds/buildkit.py directly
+"""BuildKit on the test farm's sandboxed daemons: builds/engine/buildkit.py directly
 (the Dockerfile features teams use today, failures said plainly), and builds
 that ask for `builder: buildkit` through the REST API. BuildKit is the farm's
 default builder; classic is there on request: see docs/security.md."""
@@ -14,12 +14,11 @@ import uuid
 
 import pytest
 
-from builds.buildkit import BuildKitSession, BuildRequest, DaemonAddress, find_client
-from builds.engine import BuildFailed, DaemonUnavailable
+from builds.engine.buildkit import BuildKitSession, BuildRequest, DaemonAddress, find_client
+from builds.engine.docker import BuildFailed, DaemonUnavailable
 from builds.models import BuildJob, BuildLogLine, BuildSecret
 from pool.models import DockerDaemon
-
-from .conftest import api_build, engine, follow, registry_digest, steps_running, wait_for
+from tests.farm.conftest import api_build, engine, follow, registry_digest, steps_running, wait_for
 
 pytestmark = pytest.mark.farm
 

@@ -1,7 +1,7 @@
 """Issue 24, part 1 (as far as it goes): two BuildKit builds at once on one daemon,
 each held to its own limits. BuildKit 0.8 takes no cgroup per build; the worker
 marks its build's RUN steps (NO_PROXY, out of BuildKit's cache keys) and moves
-each into the build's own cgroup as it starts (builds/cgroups.py, StepClaimer),
+each into the build's own cgroup as it starts (builds/engine/cgroups.py, StepClaimer),
 the daemon's shared BuildKit cgroup (2 x the limits) the backstop.
 
 First driven from this process with the worker's own pieces (limits.contained,
@@ -18,16 +18,15 @@ import uuid
 
 import pytest
 
-from builds.builders import buildkit_client, daemon_address
-from builds.buildkit import BuildKitSession, BuildRequest
-from builds.engine import BuildFailed, dockerfile_context
-from builds.limits import BuildLimits, contained
+from builds.engine.buildkit import BuildKitSession, BuildRequest
+from builds.engine.docker import BuildFailed, dockerfile_context
+from builds.jobs.limits import BuildLimits, contained
 from builds.models import BuildJob
+from builds.worker.builders import buildkit_client, daemon_address
 from pool.models import DockerDaemon
 from pool.tls import client_settings
-
-from .conftest import api_build, follow
-from .test_build_limits import FORKS, HOG
+from tests.farm.conftest import api_build, follow
+from tests.farm.test_build_limits import FORKS, HOG
 
 pytestmark = pytest.mark.farm
 

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from builds import deploy_keys
-from builds.buildkit import BuildKitSession, BuildRequest, DaemonAddress, find_client
+from builds.engine.buildkit import BuildKitSession, BuildRequest, DaemonAddress, find_client
 from builds.models import BuildJob
+from builds.sources import deploy_keys
+from tests.farm.conftest import api_build, follow, http_get
+from tests.farm.test_buildkit_builds import context
 from tests.gitrepos import Repo
 from tests.ssh_server import SshServer, keygen
-
-from .conftest import api_build, follow, http_get
-from .test_buildkit_builds import context
 
 pytestmark = pytest.mark.farm
 

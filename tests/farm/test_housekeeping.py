@@ -9,12 +9,11 @@ import uuid
 import docker
 import pytest
 
-from builds import housekeeping as farm_housekeeping
+from builds.jobs import daemon_usage as farm_housekeeping
 from builds.models import BuildJob, BuildLogLine
-from pool.housekeeping import FARM_LABEL, disk_use, mark_disk_full
+from pool.disk_prune import FARM_LABEL, disk_use, mark_disk_full
 from pool.models import DockerDaemon
-
-from .conftest import api_build, engine, follow, registry_digest, wait_for
+from tests.farm.conftest import api_build, engine, follow, registry_digest, wait_for
 
 pytestmark = pytest.mark.farm
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from builds import secrets
+from builds.jobs import build_secrets as secrets
 from builds.models import BuildSecret, Registry, Repository, SigningKey
 from teams.models import RegistryCredential
 
