@@ -554,7 +554,7 @@ class RegistryQuerySet(models.QuerySet):
 class Registry(models.Model):
     """A registry builds may push to (the allow-list), with push credentials if it
     asks for them. The password is write-only: admin and the API accept it and
-    never show it; it is stored encrypted (builds/jobs/build_secrets.py) and goes to the
+    never show it; it is stored encrypted (lib/crypto.py) and goes to the
     daemon with each push (builds/registry/accounts.py), unless the build's team
     has its own account for the registry."""
 
@@ -602,7 +602,7 @@ REGISTRY_HELP = {
 class BuildSecret(models.Model):
     """A secret for `RUN --mount=type=secret,id=NAME` (BuildKit): a repository's,
     or one build's own (deleted when that build ends). The value is encrypted
-    (builds/jobs/build_secrets.py) and never shown: admin and the API take it, write-only."""
+    (lib/crypto.py) and never shown: admin and the API take it, write-only."""
 
     repository = models.ForeignKey(Repository, null=True, blank=True, on_delete=models.CASCADE, related_name="secrets")
     job = models.ForeignKey(BuildJob, null=True, blank=True, on_delete=models.CASCADE, related_name="secrets")
@@ -722,7 +722,7 @@ class StepStats(models.Model):
 
 class SigningKey(models.Model):
     """The farm's ECDSA P-256 key that signs what it pushes (builds/provenance/signing.py):
-    its private half encrypted like every stored secret (builds/jobs/build_secrets.py),
+    its private half encrypted like every stored secret (lib/crypto.py),
     its public half in PEM. One active key per scope; a rotated key is retired,
     never deleted, so images it signed can still be checked."""
 

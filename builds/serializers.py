@@ -8,6 +8,7 @@ from rest_framework import serializers
 from builds.jobs import build_secrets, ownership
 from builds.models import REGISTRY_HELP, BuildJob, BuildRule, Registry, Repository
 from builds.sources import deploy_keys
+from lib import crypto, secret_values
 from teams.models import Team
 
 
@@ -261,8 +262,8 @@ class RepositorySerializer(serializers.ModelSerializer):
     def validate(self, data):
         candidate = Repository(**{k: v for k, v in data.items() if k not in ("rules", "secrets", "deploy_key")})
         try:
-            build_secrets.check({k: v for k, v in data.get("secrets", {}).items() if v})
-        except build_secrets.SecretError as exc:
+            secret_values.check({k: v for k, v in data.get("secrets", {}).items() if v})
+        except secret_values.SecretError as exc:
             raise serializers.ValidationError({"secrets": str(exc)}) from None
         if data.get("deploy_key"):
             try:
@@ -344,5 +345,5 @@ class RegistrySerializer(serializers.ModelSerializer):
         candidate.clean()  # the host as Docker writes it; both credentials or neither
         if Registry.objects.filter(host=candidate.host).exclude(pk=stored.pk if stored else None).exists():
             raise serializers.ValidationError({"host": f"{candidate.host} is already listed"})
-        data.update(host=candidate.host, password=build_secrets.encrypt(typed) if typed else password)
+        data.update(host=candidate.host, password=crypto.encrypt(typed) if typed else password)
         return data

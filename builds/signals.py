@@ -35,3 +35,21 @@ def announce(job_id: str, event: str) -> None:
                 logger.warning("a listener of job %s's %s event failed: %r", job_id, event, result)
 
     transaction.on_commit(send)
+
+
+# Sent after commit with parent_id when a child of a multi-platform build moved:
+# its parent follows (builds/jobs/multiplatform.py listens, connected in apps.py,
+# since the parent writes through transitions, which sends this).
+child_moved = Signal()
+
+
+def child_moves(parent_id: str) -> None:
+    """Tells the parent's listeners once the current transaction commits."""
+
+    def send() -> None:
+        for _receiver, result in child_moved.send_robust(sender=BuildJob, parent_id=parent_id):
+            if isinstance(result, Exception):
+                # The next child's move, or the reaper's pass, settles it again.
+                logger.error("could not settle multi-platform build %s", parent_id, exc_info=result)
+
+    transaction.on_commit(send)

@@ -14,17 +14,16 @@ from django.conf import settings
 
 from builds.github import statuses
 from builds.jobs import build_secrets as secrets
-from builds.jobs import daemon_usage as housekeeping
 from builds.jobs import dispatch, multiplatform, preemption, reaper
 from builds.jobs import retention as job_retention
 from builds.logs import archive as log_archive
-from builds.triggers import schedules
+from builds.triggers import schedule_firing
 from builds.uploads import store as context_store
 from builds.worker import builders, runner
 from lib import db_sessions
 from lib.control_tasks import control_task
 from lib.structured_logs import log_fields
-from pool import disks, health, workers
+from pool import disk_prune, disks, health, workers
 from pool.models import DockerDaemon, queue_for
 
 QUEUE_PREFIX = queue_for("")  # "build.": a daemon's queue is its name after it
@@ -58,7 +57,7 @@ def dispatch_waiting() -> None:
 @control_task("farm.fire_schedules", seconds=QUICK)
 def fire_schedules() -> None:
     # Rules whose cron tick has come build their branch (builds/triggers/schedules.py).
-    schedules.fire_due()
+    schedule_firing.fire_due()
 
 
 @control_task("farm.fair_share", seconds=QUICK)
@@ -86,7 +85,7 @@ def prune_daemons(daemon_ids: list[int] | None = None) -> None:
     # Each daemon's images and build cache down to its disk policy (or only those
     # named: a worker whose daemon's disk filled asks for it at once); a daemon
     # that was full and is under it now takes builds again.
-    housekeeping.prune_daemons(None if daemon_ids is None else DockerDaemon.objects.filter(pk__in=daemon_ids))
+    disk_prune.prune_daemons(None if daemon_ids is None else DockerDaemon.objects.filter(pk__in=daemon_ids))
     dispatch.dispatch()
 
 

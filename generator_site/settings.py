@@ -287,7 +287,7 @@ if not set(GENERATOR_BUILDERS) <= {"classic", "buildkit"} or GENERATOR_DEFAULT_B
     raise ImproperlyConfigured("GENERATOR_BUILDERS lists classic and/or buildkit, and holds GENERATOR_DEFAULT_BUILDER")
 # The docker CLI that drives BuildKit; empty: found at worker start (builds/engine/buildkit.py).
 GENERATOR_DOCKER_CLI = env_str("GENERATOR_DOCKER_CLI", "")
-# Fernet keys for build secrets at rest, newest first (builds/jobs/build_secrets.py); empty:
+# Fernet keys for build secrets at rest, newest first (lib/crypto.py); empty:
 # one derived from GENERATOR_SECRET_KEY.
 GENERATOR_SECRETS_KEYS = env_list("GENERATOR_SECRETS_KEYS", [])
 # Plain TCP to a daemon is refused everywhere (pool/tls.py); bench/scale.py's

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import docker
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -227,6 +229,29 @@ def prune_pool(protected_on, *, daemons=None, api_version: str, timeout: float) 
     for daemon, result in zip(daemons, results, strict=True):
         record(daemon, result)
     return {d.name: r for d, r in zip(daemons, results, strict=True)}
+
+
+# What a daemon's running builds use: the pool knows no builds, so builds/ says
+# (builds/apps.py, `protect_with`), and no prune runs before it has.
+_protected_on: Callable[[DockerDaemon], Protected] | None = None
+
+
+def protect_with(protected_on: Callable[[DockerDaemon], Protected]) -> None:
+    global _protected_on
+    _protected_on = protected_on
+
+
+def prune_daemons(daemons=None) -> dict[str, PruneResult]:
+    """The given daemons (a queryset), or every enabled or full one (beat's pass),
+    keeping what their running builds use."""
+    if _protected_on is None:
+        raise RuntimeError("no app named what running builds use (pool.disk_prune.protect_with): nothing is pruned")
+    return prune_pool(
+        _protected_on,
+        daemons=daemons,
+        api_version=settings.GENERATOR_DOCKER_API_VERSION,
+        timeout=settings.GENERATOR_DOCKER_TIMEOUT,
+    )
 
 
 def mark_disk_full(daemon_id: int, reason: str) -> None:

@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.template.response import TemplateResponse
 
 from audit.hooks import AuditedAdmin
-from builds.admin import SecretInput, keep_or_encrypt
+from lib.admin_widgets import SecretInput, keep_or_encrypt
 from teams import tokens
 from teams.models import Membership, Namespace, RegistryCredential, Team, TeamToken
 

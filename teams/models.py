@@ -250,7 +250,7 @@ class TeamToken(models.Model):
 
 class RegistryCredential(models.Model):
     """A team's account on a registry: its builds push to `host` with it, over the
-    farm's own (builds.Registry). The password is encrypted (builds/jobs/build_secrets.py)
+    farm's own (builds.Registry). The password is encrypted (lib/crypto.py)
     and write-only: admin and the API take it and never show it."""
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="registry_credentials")

@@ -65,8 +65,8 @@ def test_retry_from_the_job_admin(admin_client, daemon):
 
 
 def test_a_registry_password_is_never_shown_stored_encrypted_and_kept_when_left_empty(admin_client, db):
-    from builds.jobs.build_secrets import decrypt
     from builds.models import Registry
+    from lib.crypto import decrypt
 
     admin_client.post(
         "/admin/builds/registry/add/", {"host": "r.example.invalid", "username": "u", "password": "hunter2"}

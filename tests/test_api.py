@@ -272,8 +272,8 @@ def test_the_schema_and_docs_are_served_without_a_cdn(api, db):
 
 
 def test_registries_are_staff_only_and_passwords_write_only(api, operator, reader, db):
-    from builds.jobs.build_secrets import decrypt
     from builds.models import Registry
+    from lib.crypto import decrypt
 
     as_user(api, reader)
     assert api.get("/api/v1/registries/").status_code == 403

@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 from builds.jobs import build_secrets as secrets
 from builds.logs.writer import LogWriter
 from builds.models import BuildJob, BuildLogLine, BuildSecret, Repository
+from lib import crypto
 
 VALUE = "s3cr3t-npm-token-value"
 
@@ -39,10 +40,10 @@ def test_values_are_encrypted_at_rest_and_survive_a_key_rotation(db, settings):
     settings.GENERATOR_SECRETS_KEYS = [new, old]
     call_command("rotatesecrets")
     settings.GENERATOR_SECRETS_KEYS = [new]
-    assert secrets.decrypt(BuildSecret.objects.get().value) == VALUE
+    assert crypto.decrypt(BuildSecret.objects.get().value) == VALUE
     settings.GENERATOR_SECRETS_KEYS = [old]
-    with pytest.raises(secrets.SecretError, match="GENERATOR_SECRETS_KEYS"):
-        secrets.decrypt(BuildSecret.objects.get().value)
+    with pytest.raises(crypto.SecretError, match="GENERATOR_SECRETS_KEYS"):
+        crypto.decrypt(BuildSecret.objects.get().value)
 
 
 def test_a_builds_own_secrets_need_buildkit_and_are_never_answered(operator, daemon, buildkit):

@@ -15,8 +15,8 @@ import pytest
 from builds.engine.buildkit import (
     DEBIAN_CLI,
     BuildKitClient,
+    BuildKitRequest,
     BuildKitSession,
-    BuildRequest,
     DaemonAddress,
     NoBuildKitClient,
     _Gzipped,
@@ -46,7 +46,7 @@ def test_the_cli_is_given_the_daemon_the_options_and_no_environment_of_the_worke
         BuildKitClient(DEBIAN_CLI, "embedded", "20.10.24"),
         DaemonAddress("tcp://10.0.0.5:2376", "/tls/ca.pem", "/tls/cert.pem", "/tls/key.pem"),
     )
-    request = BuildRequest(
+    request = BuildKitRequest(
         tag="localhost:5000/team/app:1",
         dockerfile="build/Dockerfile",
         buildargs={"VERSION": "1"},
@@ -192,8 +192,8 @@ def test_such_a_context_reaches_the_cli_gzipped_whole():
 )
 def test_the_step_marker_goes_last_in_no_proxy_after_the_builds_own(theirs, sent):
     session = BuildKitSession(BuildKitClient(DEBIAN_CLI, "embedded", "20.10.24"), DaemonAddress("unix:///d.sock"))
-    request = BuildRequest(tag="localhost:5000/team/app:1", buildargs=theirs, step_marker="generator-x.invalid")
+    request = BuildKitRequest(tag="localhost:5000/team/app:1", buildargs=theirs, step_marker="generator-x.invalid")
     argv = session._argv(request, Path("/tmp/iid"))
     no_proxy = [argv[i + 1] for i, part in enumerate(argv) if part == "--build-arg" and "PROXY=" in argv[i + 1]]
     assert no_proxy[-1] == sent  # the last of a name wins
-    assert not any("generator-" in part for part in session._argv(BuildRequest(tag="t"), Path("/tmp/iid")))
+    assert not any("generator-" in part for part in session._argv(BuildKitRequest(tag="t"), Path("/tmp/iid")))

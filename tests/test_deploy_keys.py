@@ -13,10 +13,10 @@ from cryptography.fernet import Fernet
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from builds.jobs import build_secrets as secrets
 from builds.models import Repository
 from builds.sources import deploy_keys
 from builds.sources.deploy_keys import DeployKeyError
+from lib import crypto
 from tests.ssh_server import keygen
 
 REPOSITORY = {
@@ -203,7 +203,7 @@ def test_deploy_keys_are_rotated_with_the_build_secrets(db, settings, key):
     settings.GENERATOR_SECRETS_KEYS = [new]
     assert deploy_keys.private_key(Repository.objects.get()) == key["private"]
     settings.GENERATOR_SECRETS_KEYS = [old]
-    with pytest.raises(secrets.SecretError):
+    with pytest.raises(crypto.SecretError):
         deploy_keys.private_key(Repository.objects.get())
 
 

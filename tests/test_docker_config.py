@@ -10,9 +10,9 @@ from pathlib import Path
 import jwt
 import pytest
 
-from builds.jobs import build_secrets as secrets
 from builds.models import BuildJob
 from builds.worker.docker_config import classic_registry_config, docker_config
+from lib import crypto
 from lib.registry_keys import ensure_key
 from teams.models import Namespace, RegistryCredential
 
@@ -24,7 +24,7 @@ def job(alice, teams, daemon, settings, tmp_path):
     settings.GENERATOR_REGISTRY_TOKEN_CERT = tmp_path / "k.crt"
     ensure_key(settings.GENERATOR_REGISTRY_TOKEN_KEY, settings.GENERATOR_REGISTRY_TOKEN_CERT)
     RegistryCredential.objects.create(
-        team=teams[0], host="private.example:5000", username="robot", password=secrets.encrypt("robot's password")
+        team=teams[0], host="private.example:5000", username="robot", password=crypto.encrypt("robot's password")
     )
     return BuildJob.objects.create(
         image="localhost:5000/team-a/app:1", dockerfile="FROM scratch", team=teams[0], submitted_by=alice,
@@ -71,8 +71,8 @@ def test_the_farms_account_reaches_builds_pulls_only_where_the_operator_says_so(
     from builds.models import Registry
     from builds.worker.docker_config import pull_accounts
 
-    mirror = Registry.objects.create(host="mirror.example", username="farm", password=secrets.encrypt("farm's"))
-    Registry.objects.create(host="private.example:5000", username="farm", password=secrets.encrypt("farm's"))
+    mirror = Registry.objects.create(host="mirror.example", username="farm", password=crypto.encrypt("farm's"))
+    Registry.objects.create(host="private.example:5000", username="farm", password=crypto.encrypt("farm's"))
     assert "mirror.example" not in pull_accounts(job)  # the farm's accounts push; builds never get them by default
     Registry.objects.update(builds_pull_with_farm_account=True)
     accounts = pull_accounts(job)

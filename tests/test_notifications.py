@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 import pytest
 from django.core import mail
 
-from builds.jobs import build_secrets as secrets
 from builds.jobs import transitions
 from builds.models import BuildJob, Repository
+from lib import crypto
 from notifications import events, sending, signing
 from notifications.models import Attempt, Delivery, Endpoint
 from notifications.tasks import deliver, fan_out
@@ -70,7 +70,7 @@ def job(repository):
 
 def webhook(repository, url: str, secret: str = "", **flags) -> Endpoint:
     return Endpoint.objects.create(
-        name="ci", repository=repository, url=url, secret=secrets.encrypt(secret) if secret else "", **flags
+        name="ci", repository=repository, url=url, secret=crypto.encrypt(secret) if secret else "", **flags
     )
 
 

@@ -9,8 +9,8 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
-from builds.jobs import build_secrets as secrets
 from builds.models import BuildJob, Repository
+from lib import crypto
 from notifications import events, sending, signing
 from notifications.models import Delivery, Endpoint
 from tests.receivers import Receiver
@@ -61,7 +61,7 @@ def test_a_team_member_makes_an_endpoint_whose_secret_is_never_answered(alice, r
     assert "secret" not in body and "s3cret-value" not in answer.content.decode()
     assert body["has_secret"] is True and body["events"] == ["failed"] and body["kind"] == "webhook"
     endpoint = Endpoint.objects.get(pk=body["id"])
-    assert endpoint.secret != "s3cret-value" and secrets.decrypt(endpoint.secret) == "s3cret-value"
+    assert endpoint.secret != "s3cret-value" and crypto.decrypt(endpoint.secret) == "s3cret-value"
     assert (endpoint.on_failed, endpoint.on_succeeded) == (True, False)
     listed = api(alice).get(URL).json()
     assert [e["name"] for e in listed["results"]] == ["ci"] and "s3cret-value" not in json.dumps(listed)
@@ -160,7 +160,7 @@ def test_the_admin_redeliver_action_sends_the_same_signed_body_again(
     client, operator, repo_a, local_receivers, receiver
 ):
     endpoint = Endpoint.objects.create(
-        name="ci", repository=repo_a, url=receiver.url, secret=secrets.encrypt("k"), on_failed=True
+        name="ci", repository=repo_a, url=receiver.url, secret=crypto.encrypt("k"), on_failed=True
     )
     job = BuildJob.objects.create(
         image="localhost:5000/team-a/app:latest", repository=repo_a, status="failed", error="boom"
@@ -194,7 +194,7 @@ def test_the_admin_form_keeps_the_secret_write_only(client, operator, repo_a, se
     answer = client.post("/admin/notifications/endpoint/add/", form)
     assert answer.status_code == 302, answer.content.decode()[:3000]
     endpoint = Endpoint.objects.get()
-    assert secrets.decrypt(endpoint.secret) == "top-secret-value"
+    assert crypto.decrypt(endpoint.secret) == "top-secret-value"
     page = client.get(f"/admin/notifications/endpoint/{endpoint.pk}/change/").content.decode()
     assert "top-secret-value" not in page and endpoint.secret not in page
     settings.GENERATOR_ALLOW_LOCAL_REPOSITORIES = False

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from builds.models import BuildJob, BuildRule
-from builds.triggers import schedules
+from builds.triggers import schedule_firing
 from builds.triggers.schedules import ScheduleError, check, delay_seconds, due_tick
 from tests.test_webhooks import register
 
@@ -86,8 +86,8 @@ def nightly(daemon, allowed_registry):
 
 def test_a_tick_builds_the_branch_once_whatever_runs_again(nightly):
     now = at("2026-12-06T03:00:30")
-    assert schedules.fire_due(now) == 1
-    assert schedules.fire_due(now) == 0  # a second run, or beat restarted: the tick is stored
+    assert schedule_firing.fire_due(now) == 1
+    assert schedule_firing.fire_due(now) == 0  # a second run, or beat restarted: the tick is stored
     [job] = BuildJob.objects.all()
     assert (job.ref, job.commit_sha, job.schedule_rule) == ("refs/heads/master", "", nightly)
     assert job.image == "localhost:5000/codertocat/hello-world:nightly" and job.extra_tags == []
@@ -105,10 +105,10 @@ def test_a_run_that_read_the_rule_before_another_fired_it_builds_nothing(nightly
 
 
 def test_never_two_at_once_for_one_rule(nightly):
-    assert schedules.fire_due(at("2026-12-06T03:00:30")) == 1
-    assert schedules.fire_due(at("2026-12-07T03:00:30")) == 0  # the first is still waiting: skipped
+    assert schedule_firing.fire_due(at("2026-12-06T03:00:30")) == 1
+    assert schedule_firing.fire_due(at("2026-12-07T03:00:30")) == 0  # the first is still waiting: skipped
     BuildJob.objects.update(status="succeeded")
-    assert schedules.fire_due(at("2026-12-08T03:00:30")) == 1
+    assert schedule_firing.fire_due(at("2026-12-08T03:00:30")) == 1
     nightly.refresh_from_db()
     assert nightly.schedule_fired_at == at("2026-12-08T03:00:00")
 

@@ -14,11 +14,11 @@ from django.core.management import call_command
 
 from audit.models import AuditEvent
 from builds.engine.docker import PushResult
-from builds.jobs import build_secrets as secrets
 from builds.jobs import multiplatform
 from builds.models import BuildJob, Registry
 from builds.registry.accounts import Account, push_account
 from builds.worker import attestations, runner
+from lib import crypto
 from lib.references import parse_build_target
 from teams.models import RegistryCredential
 from tests.test_teams import api_as
@@ -32,9 +32,7 @@ def set_credential(user, slug: str = "team-a", **fields):
 
 
 def credential(team, host: str, username: str, password: str) -> RegistryCredential:
-    return RegistryCredential.objects.create(
-        team=team, host=host, username=username, password=secrets.encrypt(password)
-    )
+    return RegistryCredential.objects.create(team=team, host=host, username=username, password=crypto.encrypt(password))
 
 
 def test_a_team_admin_sets_a_credential_that_is_never_answered_and_stored_encrypted(carol, teams):
@@ -44,10 +42,10 @@ def test_a_team_admin_sets_a_credential_that_is_never_answered_and_stored_encryp
     listed = api_as(carol).get("/api/v1/teams/team-a/registry-credentials/")
     assert listed.status_code == 200 and PASSWORD not in listed.content.decode()
     stored = RegistryCredential.objects.get().password
-    assert PASSWORD not in stored and secrets.decrypt(stored) == PASSWORD
+    assert PASSWORD not in stored and crypto.decrypt(stored) == PASSWORD
     replaced = set_credential(carol, username="other", password="new-password")
     assert replaced.status_code == 200 and RegistryCredential.objects.count() == 1
-    assert secrets.decrypt(RegistryCredential.objects.get().password) == "new-password"
+    assert crypto.decrypt(RegistryCredential.objects.get().password) == "new-password"
     events = [(e.action, e.kind, e.team) for e in AuditEvent.objects.filter(kind="registry credential")]
     assert sorted(events) == [("change", "registry credential", "team-a"), ("create", "registry credential", "team-a")]
     assert not any(PASSWORD in f"{e.object_repr} {e.details}" for e in AuditEvent.objects.all())
@@ -69,7 +67,7 @@ def test_a_credential_needs_a_password_and_a_real_host(carol, teams):
 
 def test_the_teams_account_wins_over_the_farms_for_its_builds_only(teams):
     a, b = teams
-    Registry.objects.create(host="registry.example.com", username="farm", password=secrets.encrypt("farm-password"))
+    Registry.objects.create(host="registry.example.com", username="farm", password=crypto.encrypt("farm-password"))
     credential(a, "registry.example.com", "a", "a-pw")
     assert push_account("registry.example.com", a.pk) == Account("a", "a-pw")
     assert push_account("registry.example.com", b.pk) == Account("farm", "farm-password")
@@ -154,7 +152,7 @@ def test_existing_registry_passwords_are_encrypted_by_the_migration(db):
     migration = importlib.import_module("builds.migrations.0022_registry_passwords_encrypted")
     migration.encrypt_passwords(apps, None)
     row.refresh_from_db()
-    assert row.password != "in-clear" and secrets.decrypt(row.password) == "in-clear"
+    assert row.password != "in-clear" and crypto.decrypt(row.password) == "in-clear"
     assert Registry.objects.get(host="open.example.com").password == ""
     migration.decrypt_passwords(apps, None)
     row.refresh_from_db()
@@ -164,7 +162,7 @@ def test_existing_registry_passwords_are_encrypted_by_the_migration(db):
 def test_rotatesecrets_re_encrypts_registry_passwords(teams, settings):
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     settings.GENERATOR_SECRETS_KEYS = [old]
-    Registry.objects.create(host="registry.example.com", username="farm", password=secrets.encrypt("farm-pw"))
+    Registry.objects.create(host="registry.example.com", username="farm", password=crypto.encrypt("farm-pw"))
     credential(teams[0], "r.example", "a", "a-pw")
     settings.GENERATOR_SECRETS_KEYS = [new, old]
     call_command("rotatesecrets")
@@ -178,9 +176,9 @@ def test_admin_takes_a_teams_password_write_only_and_encrypted(client, operator,
     form = {"team": teams[0].pk, "host": "registry.example.com", "username": "a", "password": PASSWORD}
     assert client.post("/admin/teams/registrycredential/add/", form).status_code == 302
     credential = RegistryCredential.objects.get()
-    assert secrets.decrypt(credential.password) == PASSWORD
+    assert crypto.decrypt(credential.password) == PASSWORD
     page = client.get(f"/admin/teams/registrycredential/{credential.pk}/change/").content.decode()
     assert PASSWORD not in page and credential.password not in page
     kept = client.post(f"/admin/teams/registrycredential/{credential.pk}/change/", {**form, "password": ""})
     assert kept.status_code == 302
-    assert secrets.decrypt(RegistryCredential.objects.get().password) == PASSWORD
+    assert crypto.decrypt(RegistryCredential.objects.get().password) == PASSWORD

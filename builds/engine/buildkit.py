@@ -118,7 +118,7 @@ class DaemonAddress:
 
 
 @dataclass
-class BuildRequest:
+class BuildKitRequest:
     tag: str
     dockerfile: str = "Dockerfile"
     buildargs: dict[str, str] = field(default_factory=dict)
@@ -209,7 +209,7 @@ class BuildKitSession:
         self._lock = threading.Lock()
         self._aborted = False
 
-    def build(self, context: BinaryIO, request: BuildRequest, *, on_line: LineSink) -> str:
+    def build(self, context: BinaryIO, request: BuildKitRequest, *, on_line: LineSink) -> str:
         """Builds the context (a tar or gzip file object), tags the image and
         answers its id (sha256:...)."""
         with tempfile.TemporaryDirectory(prefix="buildkit-") as scratch:
@@ -266,7 +266,7 @@ class BuildKitSession:
         if process is not None and process.poll() is None:
             process.kill()
 
-    def _argv(self, request: BuildRequest, iidfile: Path) -> list[str]:
+    def _argv(self, request: BuildKitRequest, iidfile: Path) -> list[str]:
         client = self.client.build_argv()
         argv = [client[0], *self.daemon.argv(), *client[1:]]
         argv += ["--progress=plain", "--iidfile", str(iidfile), "--tag", request.tag, "--file", request.dockerfile]

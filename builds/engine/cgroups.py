@@ -330,7 +330,7 @@ class StepClaimer:
     BuildKit 0.8 takes no cgroup parent per build: it starts each RUN step in a
     cgroup of its own below the daemon's shared one (`<daemon>/buildkit/<step>`),
     whoever's build it is. The worker passes its build a marker in NO_PROXY
-    (buildkit.BuildRequest.step_marker), which BuildKit puts in every RUN step's
+    (buildkit.BuildKitRequest.step_marker), which BuildKit puts in every RUN step's
     environment and leaves out of its cache keys (a proxy setting: measured,
     2026-12-06, a step built again with another NO_PROXY was CACHED). A thread
     looks at the new step cgroups every `interval` seconds: one whose first

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 from celery import current_app
-from django.conf import settings
 from django.db.models import Min
 from django.utils import timezone
 
@@ -31,16 +30,6 @@ def protected_on(daemon: DockerDaemon) -> housekeeping.Protected:
     oldest = active.aggregate(oldest=Min("started_at"))["oldest"]
     now = timezone.now()
     return housekeeping.Protected(frozenset(references), frozenset(image_ids), min(oldest or now, now))
-
-
-def prune_daemons(daemons=None) -> dict[str, housekeeping.PruneResult]:
-    """The given daemons (a queryset), or every enabled or full one (beat's pass)."""
-    return housekeeping.prune_pool(
-        protected_on,
-        daemons=daemons,
-        api_version=settings.GENERATOR_DOCKER_API_VERSION,
-        timeout=settings.GENERATOR_DOCKER_TIMEOUT,
-    )
 
 
 def prune_soon(daemon_id: int) -> None:

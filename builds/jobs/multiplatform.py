@@ -137,6 +137,11 @@ def mirror_into_parent(child: BuildJob):
     return lambda texts: append_shared(child.parent_id, [prefix + text for text in texts])
 
 
+def on_child_moved(sender, parent_id: str, **kwargs) -> None:
+    """`signals.child_moved`'s receiver (builds/apps.py)."""
+    settle(parent_id)
+
+
 def settle(parent_id: str) -> None:
     """The parent follows its children (see the module's doc)."""
     parent = BuildJob.objects.filter(pk=parent_id).first()

@@ -23,7 +23,9 @@ from builds.jobs.dispatch import NoDaemonAvailable, dispatch, ensure_pool_exists
 from builds.logs.writer import append_line
 from builds.models import BuildContext, BuildJob, Registry, Repository, new_job_id
 from builds.sources import deploy_keys
+from builds.triggers.schedules import scheduled_tags
 from builds.uploads import store as context_store
+from lib import secret_values
 from lib.errors import (
     Conflict,
     Forbidden,
@@ -125,8 +127,8 @@ def _check_options(request: BuildRequest, tag: str) -> None:
     builder = builder_for(request)
     if request.secrets:
         try:
-            build_secrets.check(request.secrets)
-        except build_secrets.SecretError as exc:
+            secret_values.check(request.secrets)
+        except secret_values.SecretError as exc:
             raise SubmissionError(str(exc)) from None
         if builder != "buildkit":
             raise SubmissionError("build secrets are mounted by BuildKit only: ask for builder buildkit")
@@ -276,8 +278,6 @@ def submit_scheduled_build(rule, tick) -> BuildJob:
     """A build of the head of a scheduled rule's branch (builds/triggers/schedules.py),
     resolved by the worker when it fetches; tagged with the rule's tags that
     need no commit. It supersedes nothing: a push's build of the branch goes on."""
-    from builds.triggers.schedules import scheduled_tags
-
     tags = scheduled_tags(rule.tags, rule.pattern)
     if not tags:
         raise SubmissionError(f"rule {rule.pk} gives no tag without a commit")

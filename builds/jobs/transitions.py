@@ -48,20 +48,8 @@ def _swap(filters: dict, to_status: str | None = None, **fields) -> bool:
         if event := signals.EVENTS.get(to_status):
             signals.announce(job_id, event)
         if parent_id := BuildJob.objects.filter(pk=job_id).values_list("parent_id", flat=True).first():
-            transaction.on_commit(lambda: _settle_parent(parent_id))
+            signals.child_moves(parent_id)
     return bool(changed)
-
-
-def _settle_parent(parent_id: str) -> None:
-    """A child of a multi-platform build moved: its parent follows (builds/jobs/multiplatform.py,
-    imported here, late, since it writes through the functions below)."""
-    from builds.jobs.multiplatform import settle
-
-    try:
-        settle(parent_id)
-    except Exception:
-        # The next child's move, or the reaper's pass, settles it again.
-        logger.exception("could not settle multi-platform build %s", parent_id)
 
 
 def report_on_github(job_id: str) -> None:

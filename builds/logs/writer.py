@@ -37,10 +37,10 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 
-from builds.jobs.build_secrets import mask_forms, masked
 from builds.logs import archive as log_archive
 from builds.models import BuildJob, BuildLogArchive, BuildLogLine
 from lib.db_sessions import Sessions, retrying
+from lib.secret_values import mask_forms, masked
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The farm's signing key: ECDSA P-256, made on first use (or by `make up`,
 `manage.py signingkey`), kept in the database with its private half encrypted
-under GENERATOR_SECRETS_KEYS like every stored secret (builds/jobs/build_secrets.py;
+under GENERATOR_SECRETS_KEYS like every stored secret (lib/crypto.py;
 `manage.py rotatesecrets` re-encrypts it), rotated with
 `manage.py signingkey --rotate` (the old key is retired, kept for checking
 what it signed). A team may bring its own key (teams/api.py
@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from builds.jobs import build_secrets as secrets
 from builds.models import SigningKey
 from builds.provenance import dsse
+from lib import crypto
 
 FARM = "farm"
 # How cosign's ECDSA signer signs a payload: SHA-256, a DER signature.
@@ -81,7 +81,7 @@ def rotate(scope: str = FARM) -> SigningKey:
 
 
 def private_key(key: SigningKey) -> ec.EllipticCurvePrivateKey:
-    loaded = serialization.load_pem_private_key(secrets.decrypt(key.private_key).encode(), password=None)
+    loaded = serialization.load_pem_private_key(crypto.decrypt(key.private_key).encode(), password=None)
     assert isinstance(loaded, ec.EllipticCurvePrivateKey)
     return loaded
 
@@ -101,7 +101,7 @@ def _store(scope: str, made: ec.EllipticCurvePrivateKey) -> SigningKey:
     )
     return SigningKey.objects.create(
         scope=scope,
-        private_key=secrets.encrypt(private_pem),
+        private_key=crypto.encrypt(private_pem),
         public_key=public_pem,
         key_id=dsse.key_id(made.public_key()),
     )

@@ -6,7 +6,7 @@ hand (one repository, an hour at most), never handed to a build.
 
 The runner's push (builds/worker/runner.py) and the multi-platform index's writes
 (builds/jobs/multiplatform.py) both ask here. Passwords are stored encrypted
-(builds/jobs/build_secrets.py) and are decrypted only here, for the push at hand.
+(lib/crypto.py) and are decrypted only here, for the push at hand.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 from django.conf import settings
 
-from builds.jobs import build_secrets as secrets
 from builds.models import Registry
+from lib import crypto
 from lib.references import DOCKER_HUB, DOCKER_HUB_SPELLINGS
 from lib.registry_keys import Signer, repository_access
 from teams.models import RegistryCredential
@@ -44,9 +44,9 @@ def push_account(host: str, team_id: int | None) -> Account | None:
     if team_id is not None:
         own = RegistryCredential.objects.filter(team_id=team_id, host__in=_hosts(host)).order_by("pk").first()
         if own is not None:
-            return Account(own.username, secrets.decrypt(own.password))
+            return Account(own.username, crypto.decrypt(own.password))
     farm = Registry.objects.allowing(host).exclude(username="").order_by("pk").first()
-    return Account(farm.username, secrets.decrypt(farm.password)) if farm else None
+    return Account(farm.username, crypto.decrypt(farm.password)) if farm else None
 
 
 @functools.cache

@@ -3,10 +3,10 @@ URLs and, when the repository allows it, for BuildKit's `RUN --mount=type=ssh`.
 
 The key is checked when it is saved (OpenSSH must load it, without a
 passphrase: a worker cannot type one), stored encrypted like build secrets
-(builds/jobs/build_secrets.py: GENERATOR_SECRETS_KEYS, `manage.py rotatesecrets`), and
+(lib/crypto.py: GENERATOR_SECRETS_KEYS, `manage.py rotatesecrets`), and
 never shown again: admin and the API show its public fingerprint only. It
 reaches git and the docker CLI only as a 0600 file in a 0700 folder that lives
-for one clone or one build step (`secrets.as_files`).
+for one clone or one build step (`secret_values.as_files`).
 
 Host keys are checked strictly, never trusted on first use: the repository's
 `known_hosts` text, plus GitHub's published keys for github.com, is all ssh
@@ -23,7 +23,7 @@ import subprocess
 from dataclasses import dataclass
 
 from builds.dockerfiles import text as dockerfile_text
-from builds.jobs import build_secrets as secrets
+from lib import crypto, secret_values
 
 MAX_KEY_BYTES = 16 * 1024
 MAX_KNOWN_HOSTS_BYTES = 64 * 1024
@@ -58,7 +58,7 @@ def check(text: str) -> DeployKey:
         raise DeployKeyError(f"a deploy key is at most {MAX_KEY_BYTES} bytes")
     if "PRIVATE KEY-----" not in private:
         raise DeployKeyError("give the private key (the file without .pub, starting -----BEGIN ... PRIVATE KEY-----)")
-    with secrets.as_files({"key": private}) as files:
+    with secret_values.as_files({"key": private}) as files:
         # -P "": a key with a passphrase fails instead of asking for one; no terminal to ask on anyway.
         result = subprocess.run(
             ["ssh-keygen", "-y", "-P", "", "-f", files["key"]],
@@ -114,12 +114,12 @@ def known_hosts_for(repository) -> str:
 
 def private_key(repository) -> str:
     """The repository's deploy key in clear, or ''."""
-    return secrets.decrypt(repository.deploy_key) if repository.deploy_key else ""
+    return crypto.decrypt(repository.deploy_key) if repository.deploy_key else ""
 
 
 def assign(repository, key: DeployKey | None) -> None:
     """Sets the repository's deploy key, encrypted (None removes it); the caller saves."""
-    repository.deploy_key = secrets.encrypt(key.private) if key else ""
+    repository.deploy_key = crypto.encrypt(key.private) if key else ""
     repository.deploy_key_fingerprint = key.fingerprint if key else ""
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
-from builds.jobs import build_secrets as secrets
+from lib import secret_values
 from lib.egress import refusal_reason
 
 LineSink = Callable[[str], None]
@@ -370,7 +370,7 @@ class GitSource:
         files = {"config": "", "known_hosts": self.known_hosts}
         if self.ssh_key:
             files["key"] = self.ssh_key
-        with secrets.as_files(files) as paths:
+        with secret_values.as_files(files) as paths:
             Path(paths["config"]).write_text(self._ssh_config(paths))
             yield {"GIT_SSH_COMMAND": f"ssh -F {shlex.quote(paths['config'])}", "GIT_SSH_VARIANT": "ssh"}
 

@@ -8,7 +8,7 @@ up to its `schedule_jitter`, taken from its id: a hundred nightly rules spread
 over that many seconds, and a rule's own delay never changes.
 
 Beat runs `farm.fire_schedules` every GENERATOR_SCHEDULE_INTERVAL seconds on
-the control worker. For each rule it finds the newest tick whose time (plus
+the control worker (builds/triggers/schedule_firing.py). For each rule it finds the newest tick whose time (plus
 the rule's delay) has come and is after `schedule_fired_at`, then:
 
 1. moves `schedule_fired_at` from the value it read to that tick with one
@@ -25,17 +25,13 @@ when it is back. A new schedule starts from the moment it was set.
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from django.utils import timezone
 
 from builds.triggers.rules import PULL_REQUEST, RuleError, as_tag, render
-
-logger = logging.getLogger(__name__)
 
 MAX_JITTER_SECONDS = 3600
 _NEEDS_COMMIT = re.compile(r"\{(sha|short_sha)\}")
@@ -104,37 +100,3 @@ def due_tick(expression: str, zone: str, fired_at: datetime, now: datetime, dela
     latest = (now - timedelta(seconds=delay)).astimezone(tz)
     tick = croniter(expression, latest + timedelta(seconds=1)).get_prev(datetime)
     return tick if tick > fired_at else None
-
-
-def fire_due(now: datetime | None = None) -> int:
-    """Builds every rule whose tick has come; answers how many builds started."""
-    from builds.jobs.services import SubmissionError, submit_scheduled_build
-    from builds.models import BuildJob, BuildRule
-
-    now = now or timezone.now()
-    started = 0
-    for rule in BuildRule.objects.exclude(schedule="").select_related("repository", "repository__team"):
-        try:
-            tick = due_tick(
-                rule.schedule, rule.schedule_timezone, rule.schedule_fired_at, now,
-                delay_seconds(rule.pk, rule.schedule_jitter),
-            )  # fmt: skip
-        except (ScheduleError, ValueError, KeyError) as exc:  # a row written around its checks
-            logger.warning("the schedule of rule %s cannot be read: %s", rule.pk, exc)
-            continue
-        if tick is None:
-            continue
-        moved = BuildRule.objects.filter(pk=rule.pk, schedule_fired_at=rule.schedule_fired_at)
-        if not moved.update(schedule_fired_at=tick):
-            continue  # another run fired this tick
-        running = BuildJob.objects.filter(schedule_rule=rule, status__in=BuildJob.ACTIVE).values_list("id", flat=True)
-        if previous := running.first():
-            logger.info("schedule of rule %s: tick %s skipped, build %s still under way", rule.pk, tick, previous)
-            continue
-        try:
-            submit_scheduled_build(rule, tick)
-        except SubmissionError as exc:
-            logger.warning("schedule of rule %s: tick %s not built: %s", rule.pk, tick, exc)
-            continue
-        started += 1
-    return started

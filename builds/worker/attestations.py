@@ -146,10 +146,10 @@ def _source(job: BuildJob) -> Source:
 
 
 def _secret_values(job: BuildJob) -> list[str]:
-    from builds.jobs import build_secrets as secrets
+    from lib import crypto
 
     stored = BuildSecret.objects.filter(models_q_for(job)).values_list("value", flat=True)
-    return [secrets.decrypt(value) for value in stored]
+    return [crypto.decrypt(value) for value in stored]
 
 
 def _resolved(engine: EngineSession, froms: FromLines) -> list[BaseImage]:

@@ -16,8 +16,8 @@ from builds.dockerfiles.images import referenced_images
 from builds.dockerfiles.in_context import FoundDockerfile, UnreadableDockerfile, read_dockerfile
 from builds.dockerfiles.text import DockerfileError
 from builds.engine.buildkit import (
+    BuildKitRequest,
     BuildKitSession,
-    BuildRequest,
     DaemonAddress,
     NoBuildKitClient,
     find_client,
@@ -33,6 +33,7 @@ from builds.registry.client import RegistryAPI, RegistryError, repository_path
 from builds.sources import deploy_keys
 from builds.worker import cache_scope
 from builds.worker.docker_config import classic_registry_config, docker_config
+from lib import secret_values
 from lib.references import InvalidReference, parse_reference
 from pool.disk_prune import FARM_LABEL, FARM_LABEL_VALUE
 from pool.models import DockerDaemon
@@ -129,8 +130,8 @@ def build(
     # The deploy key for RUN --mount=type=ssh: a 0600 file the CLI loads into its agent, gone after the build;
     # the build's registry credentials likewise (builds/worker/docker_config.py).
     with (
-        build_secrets.as_files(secrets) as files,
-        build_secrets.as_files({"ssh": ssh_key} if ssh_key else {}) as ssh,
+        secret_values.as_files(secrets) as files,
+        secret_values.as_files({"ssh": ssh_key} if ssh_key else {}) as ssh,
         docker_config(job) as config,
     ):
         request = _request(job, tag, dockerfile, buildargs, containment, files)
@@ -145,7 +146,7 @@ def build(
                 lambda emit: session.build(context, request, on_line=emit), tick=watch.tick, abort=session.abort
             )
         except BuildFailed as exc:  # an error line may quote a secret, like any other line
-            message = build_secrets.masked(str(exc), build_secrets.mask_forms(list(secrets.values())))
+            message = secret_values.masked(str(exc), secret_values.mask_forms(list(secrets.values())))
             if exc.refused_image:
                 raise BuildFailed(refused_pull(job, exc.refused_image, message)) from None
             if not engine.answers():  # the CLI's last words when its daemon dies vary: ask the daemon
@@ -178,8 +179,8 @@ def refused_pull(job, image: str, message: str) -> str:
     return f"{image}: {who} may not read it with its account at {host or 'its registry'}, if any ({message})"
 
 
-def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> BuildRequest:
-    return BuildRequest(
+def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> BuildKitRequest:
+    return BuildKitRequest(
         tag=tag,
         dockerfile=dockerfile,
         buildargs=buildargs,

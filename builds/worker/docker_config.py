@@ -28,10 +28,10 @@ from contextlib import contextmanager
 from django.conf import settings
 from django.core import signing
 
-from builds.jobs import build_secrets as secrets
 from builds.models import BuildJob, Registry
 from builds.registry.accounts import farm_signer
 from builds.registry.client import repository_path
+from lib import crypto
 from lib.references import DOCKER_HUB, InvalidReference, parse_reference
 from teams.models import RegistryCredential
 from teams.registry_access import PULL, Account, Scope, granted
@@ -88,10 +88,10 @@ def pull_accounts(job: BuildJob) -> dict[str, tuple[str, str]]:
         return {}
     found = {}
     for registry in Registry.objects.filter(builds_pull_with_farm_account=True).exclude(username=""):
-        found[_config_key(registry.host)] = (registry.username, secrets.decrypt(registry.password))
+        found[_config_key(registry.host)] = (registry.username, crypto.decrypt(registry.password))
     if job.team_id is not None:
         for account in RegistryCredential.objects.filter(team_id=job.team_id):
-            found[_config_key(account.host)] = (account.username, secrets.decrypt(account.password))
+            found[_config_key(account.host)] = (account.username, crypto.decrypt(account.password))
     return found
 
 

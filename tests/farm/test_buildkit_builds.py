@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from builds.engine.buildkit import BuildKitSession, BuildRequest, DaemonAddress, find_client
+from builds.engine.buildkit import BuildKitRequest, BuildKitSession, DaemonAddress, find_client
 from builds.engine.docker import BuildFailed, DaemonUnavailable
 from builds.models import BuildJob, BuildLogLine, BuildSecret
 from pool.models import DockerDaemon
@@ -41,7 +41,7 @@ def session_for(farm):
     return lambda: BuildKitSession(client, DaemonAddress(farm.daemons[0][1]))
 
 
-def build(session_for, files: dict[str, str], request: BuildRequest) -> tuple[str, list[str]]:
+def build(session_for, files: dict[str, str], request: BuildKitRequest) -> tuple[str, list[str]]:
     lines: list[str] = []
     image_id = session_for().build(context(files), request, on_line=lines.append)
     return image_id, lines
@@ -67,7 +67,7 @@ def test_modern_dockerfile_features_build(session_for, tmp_path):
         "RUN false\n"
     )
     files = {"build/Dockerfile": dockerfile, "app/hello.txt": "hello\n", ".dockerignore": "secret-file\n"}
-    request = BuildRequest(tag="localhost/buildkit/features", dockerfile="build/Dockerfile", target="release")
+    request = BuildKitRequest(tag="localhost/buildkit/features", dockerfile="build/Dockerfile", target="release")
     request.secrets = {"token": str(secret)}
     request.buildargs = {"UNUSED": "1"}
     request.labels = {"team": "a"}
@@ -82,13 +82,15 @@ def test_modern_dockerfile_features_build(session_for, tmp_path):
 
 def test_a_failing_step_fails_with_the_daemons_words(session_for):
     with pytest.raises(BuildFailed, match=r"exit code: 3"):
-        build(session_for, {"Dockerfile": "FROM busybox\nRUN exit 3\n"}, BuildRequest(tag="localhost/buildkit/fails"))
+        build(
+            session_for, {"Dockerfile": "FROM busybox\nRUN exit 3\n"}, BuildKitRequest(tag="localhost/buildkit/fails")
+        )
 
 
 def test_an_unreachable_daemon_is_the_daemons_fault_not_the_builds(tmp_path):
     session = BuildKitSession(find_client(), DaemonAddress(f"unix://{tmp_path}/none.sock"))
     with pytest.raises(DaemonUnavailable, match="(?i)cannot connect"):
-        session.build(context({"Dockerfile": "FROM busybox\n"}), BuildRequest(tag="x/y"), on_line=lambda _: None)
+        session.build(context({"Dockerfile": "FROM busybox\n"}), BuildKitRequest(tag="x/y"), on_line=lambda _: None)
 
 
 def test_a_rest_build_with_buildkit_builds_its_target_and_pushes(farm, token):

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from builds.engine.buildkit import BuildKitSession, BuildRequest
+from builds.engine.buildkit import BuildKitRequest, BuildKitSession
 from builds.engine.docker import BuildFailed, dockerfile_context
 from builds.jobs.limits import BuildLimits, contained
 from builds.models import BuildJob
@@ -42,7 +42,7 @@ def buildkit_build(farm, daemon, name: str, dockerfile: str, outcome: dict) -> N
         with contained(daemon.name, uuid.uuid4().hex, 1, LIMITS, builder="buildkit", share=2) as containment:
             assert containment.step_marker and "moved into the build's own cgroup" in containment.summary
             session = BuildKitSession(buildkit_client(), daemon_address(client_settings(daemon)))
-            request = BuildRequest(tag=f"{farm.registry}/limits/two-{name}", step_marker=containment.step_marker)
+            request = BuildKitRequest(tag=f"{farm.registry}/limits/two-{name}", step_marker=containment.step_marker)
             image = session.build(io.BytesIO(dockerfile_context(dockerfile)), request, on_line=lines.append)
         outcome[name] = ("built", image, started, time.monotonic(), lines)
     except BuildFailed as exc:

@@ -19,7 +19,7 @@ import pytest
 
 from builds.dockerfiles.in_context import UnreadableDockerfile, read_dockerfile
 from builds.dockerfiles.text import directives
-from builds.engine.buildkit import BuildKitSession, BuildRequest, DaemonAddress, find_client
+from builds.engine.buildkit import BuildKitRequest, BuildKitSession, DaemonAddress, find_client
 from builds.engine.docker import BuildFailed
 from builds.models import BuildJob, Repository
 from tests.farm.conftest import engine, follow
@@ -205,7 +205,7 @@ def test_the_farm_reads_what_buildkit_reads(farm, case):
     lines: list[str] = []
     session = BuildKitSession(find_client(), DaemonAddress(farm.daemons[0][1]))
     try:
-        session.build(context, BuildRequest(tag=f"localhost/gate/{case}", dockerfile=path), on_line=lines.append)
+        session.build(context, BuildKitRequest(tag=f"localhost/gate/{case}", dockerfile=path), on_line=lines.append)
         outcome = "built"
     except BuildFailed as exc:
         outcome = str(exc)
