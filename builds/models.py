@@ -12,6 +12,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from builds.jobs.fair_share import TeamQueue, place
 from builds.jobs.limits import over_the_caps
 from builds.sources.deploy_keys import DeployKeyError, check_known_hosts
 from builds.triggers.path_filters import FilterError, check_globs
@@ -160,14 +161,9 @@ class BuildJob(models.Model):
     def queue_position(self) -> int | None:
         """1 for the next job the farm will dispatch; None once it has a daemon.
 
-        Its place under the dispatcher's fair share (builds/jobs/dispatch.py), as if
-        no build ended in between and the pool were one: with k its place among
-        its own team's waiting builds and r its team's running builds, a
-        waiting build of another team with r' running goes before it if it is
-        that team's j-th with r' + j < r + k; at r' + j = r + k (a tie), if
-        that team's last start is older than this team's (teams take turns),
-        or as old and the build is older. Only what would go before it counts.
-        Three queries, whatever the queue's length.
+        Its place under the dispatcher's fair share (builds/jobs/fair_share.py:
+        `place`, by the rule the dispatcher walks the queue with). Three
+        queries, whatever the queue's length.
         """
         if self.status != self.Status.QUEUED or self.daemon_id is not None or self.is_parent:
             return None
@@ -186,20 +182,16 @@ class BuildJob(models.Model):
         # As the dispatcher reads them: the last start in the past hour, else never.
         recent = BuildJob.objects.filter(dispatched_at__gte=timezone.now() - timedelta(hours=1))
         last_start = dict(recent.values("team").annotate(last=models.Max("dispatched_at")).values_list("team", "last"))
-        never = timezone.now() - timedelta(days=365 * 100)
-        mine, my_last = running.get(self.team_id, 0), last_start.get(self.team_id, never)
-        before = sum(row["older"] for row in rows if row["team"] == self.team_id)
-        own_place = before + 1
-        for row in rows:
-            if row["team"] == self.team_id:
-                continue
-            theirs, their_last = running.get(row["team"], 0), last_start.get(row["team"], never)
-            tie = mine + own_place - theirs  # their tie-th waiting build ties with this one
-            ahead = min(row["waiting"], max(0, tie - 1))
-            if 1 <= tie <= row["waiting"] and (their_last < my_last or (their_last == my_last and tie <= row["older"])):
-                ahead += 1
-            before += ahead
-        return before + 1
+        teams = {
+            row["team"]: TeamQueue(
+                running.get(row["team"], 0), last_start.get(row["team"]), row["waiting"], row["older"]
+            )
+            for row in rows
+        }
+        mine = teams.pop(self.team_id, None) or TeamQueue(
+            running.get(self.team_id, 0), last_start.get(self.team_id), 1, 0
+        )
+        return place(mine, teams.values())
 
 
 # Jobs waiting for a daemon: not a multi-platform parent, whose children are built instead.

@@ -39,6 +39,7 @@ FLOORS: list[tuple[str, list[str]]] = [
             "builds.triggers.schedules",
             "builds.sources.deploy_keys",
             "builds.jobs.limits",
+            "builds.jobs.fair_share",
             "builds.live.frames",
             "builds.live.backpressure",
             "builds.logs.steps",

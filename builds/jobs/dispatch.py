@@ -31,10 +31,8 @@ behind: see `rescue_stranded`).
 
 from __future__ import annotations
 
-import heapq
 import logging
-from collections import deque
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import redis
 from celery import current_app
@@ -45,6 +43,7 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from builds.jobs import transitions
+from builds.jobs.fair_share import FairQueue
 from builds.jobs.limits import needs_whole_daemon
 from builds.models import WAITING, BuildJob
 from pool.models import DockerDaemon
@@ -147,36 +146,6 @@ def _team_limits(jobs: list[BuildJob]) -> dict[int, tuple[int | None, int | None
         if team.max_concurrent_builds or hourly:
             limits[team.pk] = (team.max_concurrent_builds, hourly)
     return limits
-
-
-NEVER = datetime.min.replace(tzinfo=UTC)
-
-
-def fair_order(jobs: list[BuildJob], running: dict[int, int], last_start: dict[int, datetime]):
-    """Yields `jobs` in fair-share order: next, the oldest job of the team with
-    the fewest running builds; at a tie, the team whose last build started
-    longest ago (so teams take turns, on a one-slot pool too), then the team
-    whose next job is older. The caller sends back True for a job it started,
-    which counts for its team from then on, and "team" to stop taking that
-    team's jobs in this pass. Team ids: 0 for no team."""
-    lines: dict[int, deque[BuildJob]] = {}
-    for job in jobs:  # oldest first inside each team
-        lines.setdefault(job.team_id or 0, deque()).append(job)
-
-    def turn(team: int) -> tuple:
-        return (running.get(team, 0), last_start.get(team, NEVER), lines[team][0].created_at, team)
-
-    heap = [turn(team) for team in lines]
-    heapq.heapify(heap)
-    while heap:
-        team = heapq.heappop(heap)[-1]
-        line = lines[team]
-        outcome = yield line.popleft()
-        if outcome is True:
-            running[team] = running.get(team, 0) + 1
-            last_start[team] = timezone.now()
-        if line and outcome != "team":
-            heapq.heappush(heap, turn(team))
 
 
 def _over_limit(job: BuildJob, per_image: dict[str, int], per_repository: dict[int, int]) -> bool:
@@ -326,14 +295,8 @@ def _pass(*, wait: bool) -> int | None:
         tags_in_use = helper_tags_in_use()
         for job in batch:
             lookahead.add(job.daemon_group, job.platform)
-        order = fair_order(batch, running, last_start)
-        outcome = None
-        while True:
-            try:
-                job = order.send(outcome)
-            except StopIteration:
-                break
-            outcome = False
+        queue = FairQueue(batch, running, last_start)
+        for job in queue:
             group = job.daemon_group
             if group not in open_groups:
                 continue  # its group filled up during this pass
@@ -341,7 +304,7 @@ def _pass(*, wait: bool) -> int | None:
             if (concurrent and running.get(job.team_id or 0, 0) >= concurrent) or (
                 per_hour and started.get(job.team_id or 0, 0) >= per_hour
             ):
-                outcome = "team"  # the team has its share: its jobs wait, others' may go
+                queue.hold_team()  # the team has its share: its jobs wait, others' may go
                 continue
             if _over_limit(job, per_image, per_repository):
                 continue  # it has its share of the pool; later jobs of others may go
@@ -359,7 +322,7 @@ def _pass(*, wait: bool) -> int | None:
                     break  # the pool is full
                 continue
             if transitions.assign(job.id, daemon.pk):
-                outcome = True
+                queue.started()
                 load[daemon.pk] = load.get(daemon.pk, 0) + (daemon.capacity if whole else 1)
                 per_image[job.image] = per_image.get(job.image, 0) + 1
                 if job.repository_id:

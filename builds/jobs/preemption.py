@@ -2,7 +2,7 @@
 back when other teams wait.
 
 The dispatcher already gives each free slot to the team with the fewest builds
-running (dispatch.py, `fair_order`); but a slot frees only when a build ends, so
+running (fair_share.py, `FairQueue`); but a slot frees only when a build ends, so
 one team's long builds could hold every slot for hours. So, every
 GENERATOR_FAIR_SHARE_INTERVAL seconds (beat, `farm.fair_share`):
 
