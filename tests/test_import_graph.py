@@ -28,7 +28,7 @@ FLOORS: list[tuple[str, list[str]]] = [
         [
             "builds.engine",
             "builds.dockerfiles",
-            "builds.provenance.statement",
+            "builds.provenance.slsa",
             "builds.provenance.sbom",
             "builds.provenance.dsse",
             "builds.provenance.cosign_layout",

@@ -1,4 +1,4 @@
-"""The provenance statement (builds/provenance/statement.py): its fields from a build's
+"""The provenance statement (builds/provenance/slsa.py): its fields from a build's
 facts, checked against in-toto-attestation's own Statement and SLSA
 provenance v1 types; base images read from the builders' log lines; no
 secret value in it."""
@@ -14,8 +14,7 @@ from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
 from in_toto_attestation.v1 import statement_pb2
 from in_toto_attestation.v1.statement import Statement
 
-from builds.provenance import statement
-from builds.provenance.statement import (
+from builds.provenance.slsa import (
     BUILD_TYPE,
     SLSA_PROVENANCE,
     BaseImage,
@@ -24,6 +23,7 @@ from builds.provenance.statement import (
     FromLines,
     Source,
     payload,
+    statement,
 )
 
 DIGEST = "sha256:" + "a" * 64

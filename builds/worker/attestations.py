@@ -4,7 +4,7 @@ builds/jobs/multiplatform.py for an index), and stored as cosign stores them.
 
 For an image: the facts of the build (the job's row, the build args it ran
 with, the base images BuildKit's log named, the daemon's versions), the
-provenance statement made from them (builds/provenance/statement.py, pure), the SBOM
+provenance statement made from them (builds/provenance/slsa.py, pure), the SBOM
 read from the image on its daemon (builds/provenance/sbom.py), each in a DSSE envelope
 signed with the farm's key (builds/provenance/signing.py), and a cosign "simple
 signing" signature of the digest. Written to the registry next to the image
@@ -29,8 +29,8 @@ from builds.engine.docker import EngineError, EngineSession
 from builds.jobs.build_secrets import models_q_for
 from builds.models import Attestation, BuildContext, BuildJob, BuildSecret
 from builds.provenance import cosign_layout, dsse, sbom, signing
-from builds.provenance import statement as provenance
-from builds.provenance.statement import BaseImage, BuildFacts, Child, FromLines, Source
+from builds.provenance import slsa as provenance
+from builds.provenance.slsa import BaseImage, BuildFacts, Child, FromLines, Source
 from builds.registry.accounts import registry_login
 from builds.registry.client import RegistryAPI, RegistryError, repository_path
 from builds.uploads import store as context_store

@@ -32,7 +32,7 @@ from builds.logs.steps import StepTimes
 from builds.logs.writer import LogLimitExceeded, LogWriter
 from builds.metrics import figures as metrics
 from builds.models import BuildContext, BuildJob, BuildSecret
-from builds.provenance.statement import FromLines
+from builds.provenance.slsa import FromLines
 from builds.registry.accounts import push_auth
 from builds.registry.client import repository_path
 from builds.sources.changed_files import git_source
