@@ -16,8 +16,9 @@ from rest_framework.test import APIClient
 from bench.fake_engine import EngineHandler
 from builds.engine.cgroups import BuildCgroup
 from builds.engine.docker import BuildFailed, EngineSession
-from builds.jobs.limits import BuildLimits, contained, limits_for
+from builds.jobs.limits import BuildLimits, limits_for
 from builds.models import Repository
+from builds.worker.containment import contained
 from pool.models import DockerDaemon
 
 DAEMON = SimpleNamespace(build_memory_mb=2048, build_cpus=1.0, build_pids=1024)

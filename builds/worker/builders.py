@@ -25,13 +25,13 @@ from builds.engine.buildkit import (
 )
 from builds.engine.docker import BuildFailed, DaemonUnavailable, EngineSession
 from builds.jobs import build_secrets
-from builds.jobs.limits import Containment
 from builds.models import BuildJob
 from builds.registry import accounts as registry_accounts
 from builds.registry.accounts import is_farm_registry
 from builds.registry.client import RegistryAPI, RegistryError, repository_path
 from builds.sources import deploy_keys
 from builds.worker import cache_scope
+from builds.worker.containment import Containment
 from builds.worker.docker_config import classic_registry_config, docker_config
 from lib import secret_values
 from lib.references import InvalidReference, parse_reference

@@ -26,7 +26,7 @@ from builds.engine.docker import (
 from builds.jobs import daemon_usage as farm_housekeeping
 from builds.jobs import transitions
 from builds.jobs.dispatch import dispatch
-from builds.jobs.limits import buildkit_share, contained, limits_for
+from builds.jobs.limits import buildkit_share, limits_for
 from builds.jobs.multiplatform import mirror_into_parent
 from builds.logs.steps import StepTimes
 from builds.logs.writer import LogLimitExceeded, LogWriter
@@ -39,6 +39,7 @@ from builds.sources.changed_files import git_source
 from builds.sources.git import SourceError
 from builds.uploads import store as context_store
 from builds.worker import attestations, builders
+from builds.worker.containment import contained
 from lib import db_sessions, egress
 from lib.references import parse_build_target
 from pool import disk_prune as housekeeping

@@ -4,7 +4,7 @@ marks its build's RUN steps (NO_PROXY, out of BuildKit's cache keys) and moves
 each into the build's own cgroup as it starts (builds/engine/cgroups.py, StepClaimer),
 the daemon's shared BuildKit cgroup (2 x the limits) the backstop.
 
-First driven from this process with the worker's own pieces (limits.contained,
+First driven from this process with the worker's own pieces (containment.contained,
 the BuildKit session), on a farm daemon; then through the farm itself, its
 processes restarted with GENERATOR_BUILDKIT_SHARED_DAEMONS=true (without it the
 dispatcher gives a BuildKit build its daemon to itself)."""
@@ -20,9 +20,10 @@ import pytest
 
 from builds.engine.buildkit import BuildKitRequest, BuildKitSession
 from builds.engine.docker import BuildFailed, dockerfile_context
-from builds.jobs.limits import BuildLimits, contained
+from builds.jobs.limits import BuildLimits
 from builds.models import BuildJob
 from builds.worker.builders import buildkit_client, daemon_address
+from builds.worker.containment import contained
 from pool.models import DockerDaemon
 from pool.tls import client_settings
 from tests.farm.conftest import api_build, follow
