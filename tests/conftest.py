@@ -173,7 +173,7 @@ def reader(database, team):
 
 @pytest.fixture
 def teams(db, allowed_registry):
-    """Team A owns localhost:5000/team-a/, team B localhost:5000/team-b/ (tests/test_teams.py)."""
+    """Team A owns localhost:5000/team-a/, team B localhost:5000/team-b/ (tests/teams/test_teams.py)."""
     from teams.models import Namespace, Team
 
     a = Team.objects.create(slug="team-a", name="Team A")

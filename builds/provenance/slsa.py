@@ -1,6 +1,6 @@
 """SLSA provenance v1 of a pushed image, as an in-toto Statement v1: built
 from the job's facts, which the worker gathers (builds/worker/attestations.py). Pure:
-no Django, no I/O, so every field is pinned by tests/test_provenance.py.
+no Django, no I/O, so every field is pinned by tests/builds/provenance/test_slsa.py.
 
 The build type, BUILD_TYPE, is documented in docs/provenance.md: what
 externalParameters and internalParameters hold, and how the base images in

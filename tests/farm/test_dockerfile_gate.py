@@ -22,9 +22,9 @@ from builds.dockerfiles.text import directives
 from builds.engine.buildkit import BuildKitRequest, BuildKitSession, DaemonAddress, find_client
 from builds.engine.docker import BuildFailed
 from builds.models import BuildJob, Repository
+from tests.builds.dockerfiles.test_gate import tar_of
 from tests.farm.conftest import engine, follow
 from tests.gitrepos import Repo
-from tests.test_dockerfile_gate import tar_of
 
 pytestmark = pytest.mark.farm
 
