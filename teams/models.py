@@ -1,6 +1,6 @@
 """Teams (organisations), their members, and the image namespaces they own.
 
-A team owns repositories and builds (builds/models.py points here); this module
+A team owns repositories and builds (builds/models/ points here); this module
 knows no jobs. An image belongs to the team whose namespace is the longest
 prefix of it, at a path boundary: `localhost:5000/` may be one team's while
 `localhost:5000/team-a/` is another's, and `localhost:5000/team-a/app` then
