@@ -24,7 +24,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from lib.login_throttle import client_address
+from lib.client_address import client_address
 
 current_request: contextvars.ContextVar = contextvars.ContextVar("audit_request", default=None)
 

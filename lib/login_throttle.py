@@ -28,6 +28,7 @@ from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 
+from lib.client_address import client_address
 from lib.http_errors import error_response
 
 logger = logging.getLogger(__name__)
@@ -39,10 +40,6 @@ KEY_PREFIX = "generator:login-failures:"
 @lru_cache(maxsize=4)
 def _redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-
-
-def client_address(request: HttpRequest) -> str:
-    return request.META.get("REMOTE_ADDR") or "unknown"
 
 
 def throttle_key(username: str, address: str) -> str:

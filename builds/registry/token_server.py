@@ -32,6 +32,7 @@ from audit.log import record
 from builds.registry.accounts import farm_signer
 from builds.worker.docker_config import account_for_build_password, is_build_password
 from lib import login_throttle
+from lib.client_address import client_address
 from teams import tokens as team_tokens
 from teams.access import user_for_key
 from teams.registry_access import ANONYMOUS, Account, BadScope, account_for_user, granted, parse_scopes
@@ -60,7 +61,7 @@ def token(request: HttpRequest) -> HttpResponse:
         account = ANONYMOUS
     else:
         username, password = _credentials(header)
-        key = login_throttle.throttle_key(THROTTLE_PREFIX + username, login_throttle.client_address(request))
+        key = login_throttle.throttle_key(THROTTLE_PREFIX + username, client_address(request))
         if locked := login_throttle.lockout(key):
             minutes = -(-locked.retry_after // 60)
             message = f"too many failed logins: try again in {minutes} minute{'s' * (minutes != 1)}"
