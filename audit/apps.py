@@ -16,7 +16,7 @@ class AuditConfig(AppConfig):
 
 
 def _token_saved(sender, instance, created, **kwargs) -> None:
-    from .log import record
+    from audit.log import record
 
     # The key is the token's pk and its str: never kept, only whose token it is.
     who = instance.user.get_username()
@@ -24,7 +24,7 @@ def _token_saved(sender, instance, created, **kwargs) -> None:
 
 
 def _token_deleted(sender, instance, **kwargs) -> None:
-    from .log import record
+    from audit.log import record
 
     who = instance.user.get_username()
     record("delete", "token", None, label=f"API token of {who}", details={"user": who})

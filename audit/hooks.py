@@ -8,7 +8,7 @@ their values; `secret_fields` are written as their own events ("secret",
 
 from __future__ import annotations
 
-from .log import record
+from audit.log import record
 
 # Fields whose change is an event of its own kind: a repository's secrets and deploy key.
 SECRET_KINDS = {"secrets": "secret", "deploy_key": "deploy key", "new_deploy_key": "deploy key",

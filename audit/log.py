@@ -23,9 +23,8 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from generator_site.login_throttle import client_address
-
-from .models import AuditEvent
+from audit.models import AuditEvent
+from lib.client_address import client_address
 
 current_request: contextvars.ContextVar = contextvars.ContextVar("audit_request", default=None)
 

@@ -3,7 +3,7 @@ layer, admin hooks and API views need not pass it down."""
 
 from __future__ import annotations
 
-from .log import current_request
+from audit.log import current_request
 
 
 class AuditRequestMiddleware:

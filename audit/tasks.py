@@ -2,9 +2,8 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from generator_site.control_tasks import control_task
-
-from . import log
+from audit import log
+from lib.control_tasks import control_task
 
 
 @control_task("audit.prune", seconds=settings.GENERATOR_HOUSEKEEPING_TASK_SECONDS)

@@ -11,17 +11,17 @@ build at a time, `--tries` times, each after the previous ended. Printed: how
 long each small build waited, from its submit to its worker's claim (the
 job's created_at and started_at, the farm's own clock), their median, p95 and
 maximum, and how many times the flood's builds were put back in the queue by
-the fair share (builds/preemption.py). The flood is cancelled at the end.
+the fair share (builds/jobs/preemption.py). The flood is cancelled at the end.
 
 Team A submits `--builds` builds, then team B submits one. How many of A's
 builds start after B's was submitted and before B's starts? Under the fair
-share (builds/dispatch.py) the answer should be 0: B's build takes the next
+share (builds/jobs/dispatch.py) the answer should be 0: B's build takes the next
 free slot. Under the old oldest-first policy it was every A build still waiting
 when B's came (printed for comparison: that figure is counted, not run).
 
 What runs is the farm's own code: every build is submitted through
 builds/services.submit (ownership, the team limits, the audit log) by a user of
-each team, and dispatched by the real dispatcher (builds/dispatch.py) on a real
+each team, and dispatched by the real dispatcher (builds/jobs/dispatch.py) on a real
 database: a fresh SQLite file by default, or `--database` (a PostgreSQL URL: its
 advisory lock and Redis ask counter then take part; give REDIS_URL too). There
 are no Docker daemons and no workers: one pool row with `--slots` slots, and
@@ -150,10 +150,10 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Permission
 
-    from builds import dispatch as dispatcher
-    from builds import transitions
+    from builds.jobs import dispatch as dispatcher
+    from builds.jobs import transitions
+    from builds.jobs.services import BuildRequest, submit
     from builds.models import BuildJob, Registry
-    from builds.services import BuildRequest, submit
     from pool.models import DockerDaemon
     from teams.models import Membership, Namespace, Team
 

@@ -1,10 +1,10 @@
 """A simulated pool for bench/scale.py: one process, many Docker Engine API ports.
 
 Each port is one "daemon" that answers what the farm asks of dockerd 20.10
-(builds/engine.py, pool/health.py) at once, with nothing built:
+(builds/engine/docker.py, pool/health.py) at once, with nothing built:
 
 - `GET /_ping`, `GET /version`: the health check;
-- `GET /info`: a daemon without user namespaces (a BuildKit build asks, builds/cache_scope.py);
+- `GET /info`: a daemon without user namespaces (a BuildKit build asks, builds/worker/cache_scope.py);
 - `POST /build`: a chunked stream of `stream` lines, then `aux.ID` and
   "Successfully built/tagged", as dockerd streams a classic build;
 - `POST /images/NAME/tag`: 201;

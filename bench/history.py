@@ -164,12 +164,12 @@ def kind_of(sql: str) -> str:
 PHASES = {
     "token": ("builds.seed_api", "user_for_token_header"),
     "permission": ("builds.seed_api", "can_submit"),
-    "registry allowed": ("builds.services", "check_registry_allowed"),
-    "team (ownership)": ("builds.ownership", "team_for_build"),
-    "quotas": ("builds.quotas", "check_submit"),
-    "pool exists": ("builds.services", "ensure_pool_exists_or_raise"),
-    "audit event": ("builds.services", "audit"),
-    "dispatch pass": ("builds.dispatch_soon", "dispatch"),
+    "registry allowed": ("builds.jobs.services", "check_registry_allowed"),
+    "team (ownership)": ("builds.jobs.ownership", "team_for_build"),
+    "quotas": ("builds.jobs.quotas", "check_submit"),
+    "pool exists": ("builds.jobs.services", "ensure_pool_exists_or_raise"),
+    "audit event": ("builds.jobs.services", "audit"),
+    "dispatch pass": ("builds.jobs.dispatch_soon", "dispatch"),
 }
 
 

@@ -3,7 +3,7 @@
 Fills a new database with finished jobs whose lines are BuildKit output as the
 farm stores it (the lines of tests/logs/*.log, with their step numbers, timings
 and digests varied per job), measures it, runs the archive
-(builds/log_archive.py, every job due) and measures again: the database, the
+(builds/logs/archive.py, every job due) and measures again: the database, the
 log store's objects, the time to archive and to read an archived log back.
 
     .venv/bin/python bench/log_archive.py [--lines 1000000] [--postgres postgres://postgres@127.0.0.1:5432]
@@ -81,8 +81,8 @@ def run(args: argparse.Namespace, root: Path) -> None:
     from django.db import connection, transaction
     from django.utils import timezone
 
-    from builds import log_archive
-    from builds.logs import _insert_lines, read_lines
+    from builds.logs import archive as log_archive
+    from builds.logs.writer import _insert_lines, read_lines
     from builds.models import BuildJob
 
     call_command("migrate", verbosity=0)

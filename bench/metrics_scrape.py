@@ -13,7 +13,7 @@ for a farm's older jobs (builds/migrations/0015), itself timed.
 Then, in this process, through the view itself (no HTTP):
 - before: /metrics as main had it (the commit this branch left main at, read
   from git), which reads every finished job's timestamps on each scrape;
-- after: /metrics now (builds/metrics.py);
+- after: /metrics now (builds/metrics/figures.py);
 - what ending a job costs now (the transition, its figures included).
 Prints the medians; docs/benchmarks.md keeps the figures.
 """
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from bench import rig  # noqa: E402
 from scripts import localfarm as lf  # noqa: E402
 
-# The commit of main this branch began from: its builds/ops.py is "before".
+# The commit of main this branch began from: its ops.py (then in builds/, now in builds/metrics/) is "before".
 BEFORE_COMMIT = "c43bd5f"
 
 
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> None:
 
     from django.test import RequestFactory
 
-    from builds import ops
+    from builds.metrics import ops
 
     request = RequestFactory().get("/metrics")
     after = timed(lambda: ops.metrics(request), args.scrapes)
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> None:
         before = timed(lambda: before_view(request), 3)
         print(f"before: /metrics median {ms(before)} (min {min(before) * 1000:.1f} ms, 3 scrapes)")
     print(f"ending a job (transitions.fail, figures included): median {ms(end_jobs(200))} over 200 jobs")
-    from builds.logs import _background_publisher
+    from builds.logs.writer import _background_publisher
 
     _background_publisher().drain(timeout=30)  # the status events of those jobs, before Redis stops
 
@@ -198,7 +198,7 @@ def main_metrics_view():
 
 
 def end_jobs(count: int) -> list[float]:
-    from builds import transitions
+    from builds.jobs import transitions
     from builds.models import BuildJob
     from pool.models import DockerDaemon
 

@@ -11,7 +11,7 @@ latency: submit request to the first log line, on an idle pool.
 With `--sleep S` the build's RUN step waits S seconds: a build with some work
 in it, where the farm's fixed cost per build weighs less. With `--builder
 buildkit` both sides use BuildKit: the baseline is the same docker CLI the farm
-drives (builds/buildkit.py) building on the same daemon, then the same push; the
+drives (builds/engine/buildkit.py) building on the same daemon, then the same push; the
 farm needs GENERATOR_BUILDERS to include buildkit (`GENERATOR_BUILDERS=classic,buildkit make up`).
 """
 
@@ -42,7 +42,7 @@ from rest_framework.authtoken.models import Token  # noqa: E402
 from rig import small_build_context  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
-from builds.buildkit import find_client  # noqa: E402
+from builds.engine.buildkit import find_client  # noqa: E402
 from builds.models import BuildJob  # noqa: E402
 from pool.models import DockerDaemon  # noqa: E402
 

@@ -50,8 +50,8 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
-from builds.cgroups import daemon_cgroup  # noqa: E402
-from generator_site import registry_keys  # noqa: E402
+from builds.engine.cgroups import daemon_cgroup  # noqa: E402
+from lib import registry_keys  # noqa: E402
 from scripts import localfarm as lf  # noqa: E402
 from scripts import sandbox  # noqa: E402
 

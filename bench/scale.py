@@ -304,9 +304,9 @@ def backlog_phase(stack: Stack, size: int, backlog: int, lines: int, timeout: fl
     from django.db.models import Max
     from django.utils import timezone
 
-    from builds.dispatch import dispatch
+    from builds.jobs.dispatch import dispatch
+    from builds.jobs.services import BuildRequest, submit
     from builds.models import BuildJob
-    from builds.services import BuildRequest, submit
 
     run = f"b{size}-l{lines}"
     open_pool(stack, size, draining=True)
@@ -457,8 +457,8 @@ def long_builds_phase(stack: Stack, args: argparse.Namespace) -> dict:
     fit this machine."""
     from django.db.models import Max, Min
 
+    from builds.jobs.services import BuildRequest, submit
     from builds.models import BuildJob
-    from builds.services import BuildRequest, submit
 
     size, seconds = args.long_daemons, args.long_seconds
     builds = size * 2

@@ -4,12 +4,10 @@ from django.contrib import admin
 from django.utils.html import format_html
 
 from audit.hooks import AuditedAdmin
-
-from . import deploy_keys
-from . import secrets as build_secrets
-from .limits import caps_help
-from .logs import read_lines
-from .models import (
+from builds.jobs.limits import caps_help
+from builds.jobs.services import SubmissionError, cancel_build, retry_build
+from builds.logs.writer import read_lines
+from builds.models import (
     REGISTRY_HELP,
     BaseImage,
     BuildJob,
@@ -19,7 +17,9 @@ from .models import (
     Repository,
     WebhookDelivery,
 )
-from .services import SubmissionError, cancel_build, retry_build
+from builds.sources import deploy_keys
+from lib import crypto, secret_values
+from lib.admin_widgets import SecretInput, SecretTextarea, keep_or_encrypt, keep_stored_secrets
 
 
 @admin.register(BuildJob)
@@ -57,20 +57,6 @@ class BuildJobAdmin(admin.ModelAdmin):
     def cancel(self, request, queryset):
         outcomes = [f"{job.id[:8]}: {cancel_build(job, request.user)}" for job in queryset]
         self.message_user(request, "; ".join(outcomes))
-
-
-class SecretInput(forms.PasswordInput):
-    """Write-only: the page never shows a stored secret; left empty, it is kept."""
-
-    def __init__(self):
-        super().__init__(render_value=False, attrs={"autocomplete": "new-password"})
-
-
-class SecretTextarea(forms.Textarea):
-    """A multi-line secret (a private key): the page never shows what is stored."""
-
-    def format_value(self, value):
-        return None
 
 
 class RepositoryForm(forms.ModelForm):
@@ -116,26 +102,6 @@ class RepositoryForm(forms.ModelForm):
         return super().save(commit)
 
 
-def keep_stored_secrets(form: forms.ModelForm, data: dict, names: tuple[str, ...]) -> dict:
-    """A secret left empty on an existing row keeps its stored value."""
-    if form.instance.pk:
-        stored = type(form.instance).objects.get(pk=form.instance.pk)
-        for name in names:
-            if not data.get(name):
-                data[name] = getattr(stored, name)
-    return data
-
-
-def keep_or_encrypt(form: forms.ModelForm, data: dict, name: str) -> dict:
-    """A secret typed in is stored encrypted (builds/secrets.py); left empty on an
-    existing row, the stored one is kept."""
-    typed = data.get(name)
-    data = keep_stored_secrets(form, data, (name,))
-    if typed:
-        data[name] = build_secrets.encrypt(typed)
-    return data
-
-
 class BuildRuleInline(admin.TabularInline):
     model = BuildRule
     extra = 1
@@ -160,8 +126,8 @@ class BuildSecretForm(forms.ModelForm):
         if not data.get("value") and not self.instance.pk and data.get("name"):
             raise forms.ValidationError({"value": "a new secret needs a value"})
         try:
-            build_secrets.check({data["name"]: data.get("value") or "kept"} if data.get("name") else {})
-        except build_secrets.SecretError as exc:
+            secret_values.check({data["name"]: data.get("value") or "kept"} if data.get("name") else {})
+        except secret_values.SecretError as exc:
             raise forms.ValidationError(str(exc)) from None
         return data
 
@@ -169,7 +135,7 @@ class BuildSecretForm(forms.ModelForm):
         value = self.cleaned_data.get("value")
         secret = super().save(commit=False)
         if value:
-            secret.value = build_secrets.encrypt(value)
+            secret.value = crypto.encrypt(value)
         elif secret.pk:
             secret.value = BuildSecret.objects.get(pk=secret.pk).value
         if commit:
@@ -215,7 +181,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
 @admin.register(BaseImage)
 class BaseImageAdmin(admin.ModelAdmin):
-    """What the base-image check knows (builds/base_images.py): read-only, written by builds and checks."""
+    """What the base-image check knows (builds/triggers/base_images.py): read-only, written by builds and checks."""
 
     list_display = ["repository", "reference", "built_digest", "current_digest", "checked_at", "check_error", "rebuild"]
     list_filter = ["repository"]

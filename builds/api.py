@@ -18,14 +18,15 @@ from rest_framework.parsers import FileUploadParser, FormParser, MultiPartParser
 from rest_framework.response import Response
 
 from audit.hooks import AuditedViewSet
-from generator_site.api_parsers import BoundedJSONParser
-
-from . import ownership
-from .cosign_layout import KINDS as ATTESTATION_KINDS
-from .logs import read_lines
-from .models import Attestation, Registry
-from .serializers import BuildCreateSerializer, BuildJobSerializer, RegistrySerializer, RepositorySerializer
-from .services import BuildRequest, SubmissionError, TooLarge, cancel_build, retry_build, submit
+from audit.log import record
+from builds.jobs import ownership
+from builds.jobs.services import BuildRequest, SubmissionError, TooLarge, cancel_build, retry_build, submit
+from builds.logs.writer import read_lines
+from builds.models import Attestation, Registry, SigningKey
+from builds.provenance import signing
+from builds.provenance.cosign_layout import KINDS as ATTESTATION_KINDS
+from builds.serializers import BuildCreateSerializer, BuildJobSerializer, RegistrySerializer, RepositorySerializer
+from lib.api_parsers import BoundedJSONParser
 
 
 class Refused(APIException):
@@ -89,7 +90,7 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return super().initialize_request(request, *args, **kwargs)
 
     def get_queryset(self):
-        # Another team's build is a 404, as an id that does not exist (builds/ownership.py).
+        # Another team's build is a 404, as an id that does not exist (builds/jobs/ownership.py).
         jobs = ownership.readable_jobs(self.request.user).select_related("repository", "daemon", "cancelled_by", "team")
         signed = Attestation.objects.only("job_id", "digest", "predicate_type", "key_id")  # never the envelopes
         jobs = jobs.prefetch_related(Prefetch("attestations", signed))
@@ -275,11 +276,79 @@ class RegistryViewSet(AuditedViewSet, viewsets.ModelViewSet):
 def signing_key(request):
     """The farm's public signing key (PEM) that verifies every image's signature
     and attestations; `?all=1` adds the retired ones, for images signed before a rotation."""
-    from .models import SigningKey
-    from .signing import active_key
+    from builds.models import SigningKey
+    from builds.provenance.signing import active_key
 
     keys = [active_key().public_key]
     if request.query_params.get("all") in ("1", "true"):
         retired = SigningKey.objects.filter(scope="farm", retired_at__isnull=False).order_by("-retired_at")
         keys += list(retired.values_list("public_key", flat=True))
     return HttpResponse("".join(keys), content_type="application/x-pem-file")
+
+
+class TeamSigningKeySerializer(serializers.Serializer):
+    private_key = serializers.CharField(
+        write_only=True, trim_whitespace=False, max_length=10_000,
+        help_text="An unencrypted PEM ECDSA P-256 private key; never answered.",
+    )  # fmt: skip
+    public_key = serializers.CharField(read_only=True)
+    key_id = serializers.CharField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+
+    def validate_private_key(self, value: str) -> str:
+        try:
+            signing.brought_key(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return value
+
+
+class TeamSigningKeyActions:
+    """A team's own signing key, at /api/v1/teams/<slug>/signing-key/: an action of
+    teams' TeamViewSet, joined to it where the API is composed (generator_site/api_urls.py),
+    since teams knows no builds."""
+
+    @extend_schema(
+        methods=["GET"],
+        responses={200: TeamSigningKeySerializer},
+        description="The key the team brought to sign its builds' images (public half): the team's admins or "
+        "staff; 404 while the farm's key signs them.",
+    )
+    @extend_schema(
+        methods=["PUT"],
+        request=TeamSigningKeySerializer,
+        responses={201: TeamSigningKeySerializer},
+        description="Bring the team's own signing key (ECDSA P-256, unencrypted PEM): its builds' images, "
+        "provenance and SBOMs are signed with it from then on. Stored encrypted, never answered; the team's "
+        "previous key is retired. The team's admins or staff.",
+    )
+    @extend_schema(
+        methods=["DELETE"],
+        request=None,
+        responses={204: None},
+        description="Retire the team's own key: the farm's key signs its builds again.",
+    )
+    @action(
+        detail=True,
+        methods=["get", "put", "delete"],
+        url_path="signing-key",
+        serializer_class=TeamSigningKeySerializer,
+        pagination_class=None,
+    )
+    def signing_key(self, request, slug=None):
+        team = self._administered()
+        scope = signing.team_scope(team.pk)
+        if request.method == "PUT":
+            form = TeamSigningKeySerializer(data=request.data)
+            form.is_valid(raise_exception=True)
+            key = signing.bring(scope, form.validated_data["private_key"])
+            record("create", "signing key", key, team=team, details={"fields": ["private_key"]})
+            return Response(TeamSigningKeySerializer(key).data, status=status.HTTP_201_CREATED)
+        key = SigningKey.objects.filter(scope=scope, retired_at__isnull=True).first()
+        if key is None:
+            return Response({"detail": f"team {slug} has no signing key of its own: the farm's signs"}, status=404)
+        if request.method == "GET":
+            return Response(TeamSigningKeySerializer(key).data)
+        signing.retire(scope)
+        record("delete", "signing key", key, team=team)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,7 +1,7 @@
 """Status badges (SVG) for README files: the outcome of the latest finished build
 of a repository or an image. A public repository's are anyone's, like Docker
 Hub's and Read the Docs'; otherwise only the builds the viewer may read count
-(builds/ownership.py), so another team's badge is "unknown", as for a name
+(builds/jobs/ownership.py), so another team's badge is "unknown", as for a name
 nobody registered."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
-from .models import BuildJob
-from .ownership import readable_jobs
+from builds.jobs.ownership import readable_jobs
+from builds.models import BuildJob
 
 _LOOK = {
     "succeeded": ("passing", "#2da44e"),

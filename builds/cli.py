@@ -198,11 +198,11 @@ def platforms_of(values: list[str]) -> list[str]:
 
 
 def verify(args, out) -> int:
-    """Checks IMAGE's signature and provenance (builds/image_verification.py) and prints the provenance."""
-    from . import image_verification as check
-    from .dsse import load_public_key
-    from .references import InvalidReference, parse_reference
-    from .registry_api import RegistryAPI, RegistryError, repository_path
+    """Checks IMAGE's signature and provenance (builds/provenance/verification.py) and prints the provenance."""
+    from builds.provenance import verification as check
+    from builds.provenance.dsse import load_public_key
+    from builds.registry.client import RegistryAPI, RegistryError, repository_path
+    from lib.references import InvalidReference, parse_reference
 
     try:
         reference = parse_reference(args.image)
@@ -218,7 +218,7 @@ def verify(args, out) -> int:
     if username:
         login = {"username": username, "password": os.environ.get("GENERATOR_REGISTRY_PASSWORD", "")}
     elif args.token:  # the farm's own registry: a pull token from its token server, as the API token's account
-        from .cli_pull import registry_token
+        from builds.cli_pull import registry_token
 
         login = {"token_source": lambda scope: registry_token(args.server, args.token, name)}
     else:

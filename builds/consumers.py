@@ -2,17 +2,17 @@
 
 Frames are JSON:
   {"type": "log", "lines": [{"seq": 1, "text": "..."}, ...]}
-      (a multi-platform parent's lines also have "platform": "linux/arm64", builds/frames.py)
+      (a multi-platform parent's lines also have "platform": "linux/arm64", builds/live/frames.py)
   {"type": "status", "status": "pushing"}
   {"type": "end", "status": "succeeded", "error": "", "image_id": "...", "digest": "...", "lines": 42}
   {"type": "error", "message": "..."}   (then the server closes with a 44xx code)
 After "end" the server closes with 1000. `?after=N` resumes after line N.
 
-A log frame holds at most GENERATOR_LOG_FRAME_BYTES of JSON (builds/frames.py).
+A log frame holds at most GENERATOR_LOG_FRAME_BYTES of JSON (builds/live/frames.py).
 
 A client that leaves GENERATOR_WS_SEND_BUFFER_BYTES unread is sent nothing more
 until it reads; one that does not read for GENERATOR_WS_SLOW_CLIENT_SECONDS is
-closed with 4408 (builds/backpressure.py). It may reconnect with `?after=N`.
+closed with 4408 (builds/live/backpressure.py). It may reconnect with `?after=N`.
 """
 
 from __future__ import annotations
@@ -26,14 +26,13 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from generator_site.access import can_read_logs
-
-from . import live
-from .backpressure import ClientTooSlow, SendBuffer, give_back_memory_soon
-from .frames import NO_PLATFORMS, Batch, batch_frames, log_frames
-from .logs import read_lines
-from .models import BuildJob
-from .ownership import readable_jobs
+from builds.jobs.ownership import readable_jobs
+from builds.live import subscriptions as live
+from builds.live.backpressure import ClientTooSlow, SendBuffer, give_back_memory_soon
+from builds.live.frames import NO_PLATFORMS, Batch, batch_frames, log_frames
+from builds.logs.writer import read_lines
+from builds.models import BuildJob
+from teams.access import can_read_logs
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ CLOSE_TOO_SLOW = 4408
 
 class BuildLogConsumer(AsyncJsonWebsocketConsumer):
     # No channel per consumer: live events come through this process's one
-    # subscription to the job (builds/live.py).
+    # subscription to the job (builds/live/subscriptions.py).
     channel_layer_alias = None
 
     # While no event arrives for this long, the database is read again: an event
@@ -78,7 +77,7 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
         after = parse_qs(self.scope.get("query_string", b"").decode()).get("after", ["0"])[0]
         platforms = await readable_platforms(user, self.job_id)
         if platforms is None:
-            # Another team's build reads as one that does not exist (builds/ownership.py).
+            # Another team's build reads as one that does not exist (builds/jobs/ownership.py).
             if not can_read_logs(user):
                 return await self.refuse(CLOSE_UNAUTHORIZED, "authentication required to read build logs")
             return await self.refuse(CLOSE_NOT_FOUND, f"no build job with id {self.job_id!r}")
@@ -87,7 +86,7 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
         self.sent = int(after)
         self.platforms = platforms
         # Watch before reading the backlog: a line stored after the read is
-        # published after the watch began, so it reaches this viewer (builds/logs.py).
+        # published after the watch began, so it reaches this viewer (builds/logs/writer.py).
         self.viewer = await live.watch(self.job_id)
         self.stream = asyncio.create_task(self.follow(), name=f"log-stream-{self.job_id}")
 

@@ -2,7 +2,7 @@
 with a little plain JavaScript (builds/static/builds/). They need a login unless
 an operator makes logs public (GENERATOR_PUBLIC_LOGS); a public repository's
 build pages are anyone's. Each person sees the builds of their teams
-(builds/ownership.py): another team's build is a 404."""
+(builds/jobs/ownership.py): another team's build is a 404."""
 
 from __future__ import annotations
 
@@ -15,15 +15,14 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.template.defaultfilters import pluralize
 
-from generator_site.access import can_read_logs
-from generator_site.errors import error_response
+from builds.jobs.dispatch import slots_in_use
+from builds.jobs.limits import builds_at_once, needs_whole_daemon
+from builds.jobs.ownership import readable_jobs
+from builds.models import BuildJob
+from builds.provenance.cosign_layout import KINDS as ATTESTATION_KINDS
+from lib.http_errors import error_response
 from pool.models import DockerDaemon
-
-from .cosign_layout import KINDS as ATTESTATION_KINDS
-from .dispatch import slots_in_use
-from .limits import builds_at_once, needs_whole_daemon
-from .models import BuildJob
-from .ownership import readable_jobs
+from teams.access import can_read_logs
 
 LIST_SIZE = 100
 

@@ -6,12 +6,11 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from generator_site.access import TOKEN_HINT, Identity, can_read_logs, can_submit, user_for_token_header
-
-from .encoding import decode_base64_text
-from .logs import read_lines
-from .ownership import readable_jobs
-from .services import SubmissionError, submit_build
+from builds.jobs.ownership import readable_jobs
+from builds.jobs.services import SubmissionError, submit_build
+from builds.logs.writer import read_lines
+from lib.encoding import decode_base64_text
+from teams.access import TOKEN_HINT, Identity, can_read_logs, can_submit, user_for_token_header
 
 
 def plain(text: str, status: int = 200, **headers: str) -> HttpResponse:
@@ -31,7 +30,7 @@ def _refusal(identity: Identity, allowed: bool, action: str) -> HttpResponse | N
     return plain(f"user {identity.user.get_username()!r} may not {action}", 403)
 
 
-@csrf_exempt  # token-authenticated only: no cookie is trusted here (generator_site/access.py)
+@csrf_exempt  # token-authenticated only: no cookie is trusted here (teams/access.py)
 @require_http_methods(["GET", "POST"])
 def build(request: HttpRequest) -> HttpResponse:
     """`/b1/build?imagename=REF&dockerfile=BASE64`, or `mode=dockerfile&context=BASE64`.
@@ -39,7 +38,7 @@ def build(request: HttpRequest) -> HttpResponse:
     POST with the same fields as a form takes Dockerfiles too long for a URL.
     Answers the 32-hex job id. `team=SLUG`, which the seed did not have, says
     which of the user's teams the build is for; without it, the team that owns
-    the image's namespace (builds/ownership.py).
+    the image's namespace (builds/jobs/ownership.py).
     """
     identity = user_for_token_header(request.headers.get("Authorization", ""))
     if refusal := _refusal(identity, can_submit(identity.user), "submit builds"):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
+from builds.jobs import build_secrets, ownership
+from builds.models import REGISTRY_HELP, BuildJob, BuildRule, Registry, Repository
+from builds.sources import deploy_keys
+from lib import crypto, secret_values
 from teams.models import Team
-
-from . import deploy_keys, ownership
-from . import secrets as build_secrets
-from .models import REGISTRY_HELP, BuildJob, BuildRule, Registry, Repository
 
 
 class ReadableRepositoryField(serializers.SlugRelatedField):
@@ -98,9 +98,9 @@ class BuildJobSerializer(serializers.ModelSerializer):
         found = [a for a in job.attestations.all() if a.digest == job.digest]
         if not job.digest or not found:
             return None
-        from .cosign_layout import CYCLONEDX as SBOM
-        from .cosign_layout import attestation_tag, signature_tag
-        from .models import SigningKey
+        from builds.models import SigningKey
+        from builds.provenance.cosign_layout import CYCLONEDX as SBOM
+        from builds.provenance.cosign_layout import attestation_tag, signature_tag
 
         site, repository = settings.GENERATOR_SITE_URL, job.image_repository
         return {
@@ -227,7 +227,8 @@ class RepositorySerializer(serializers.ModelSerializer):
         return [secret.name for secret in repository.secrets.all()]
 
     def get_base_images(self, repository: Repository) -> list[dict]:
-        """The images its default branch was last built FROM and what their registries said (builds/base_images.py)."""
+        """The images its default branch was last built FROM and what their
+        registries said (builds/triggers/base_images.py)."""
         fields = ("reference", "built_digest", "current_digest", "checked_at", "check_error", "rebuild_id")
         return list(repository.base_images.values(*fields))
 
@@ -273,8 +274,8 @@ class RepositorySerializer(serializers.ModelSerializer):
     def validate(self, data):
         candidate = Repository(**{k: v for k, v in data.items() if k not in ("rules", "secrets", "deploy_key")})
         try:
-            build_secrets.check({k: v for k, v in data.get("secrets", {}).items() if v})
-        except build_secrets.SecretError as exc:
+            secret_values.check({k: v for k, v in data.get("secrets", {}).items() if v})
+        except secret_values.SecretError as exc:
             raise serializers.ValidationError({"secrets": str(exc)}) from None
         if data.get("deploy_key"):
             try:
@@ -356,5 +357,5 @@ class RegistrySerializer(serializers.ModelSerializer):
         candidate.clean()  # the host as Docker writes it; both credentials or neither
         if Registry.objects.filter(host=candidate.host).exclude(pk=stored.pk if stored else None).exists():
             raise serializers.ValidationError({"host": f"{candidate.host} is already listed"})
-        data.update(host=candidate.host, password=build_secrets.encrypt(typed) if typed else password)
+        data.update(host=candidate.host, password=crypto.encrypt(typed) if typed else password)
         return data

@@ -7,7 +7,7 @@ import logging
 from django.db import transaction
 from django.dispatch import Signal
 
-from .models import BuildJob
+from builds.models import BuildJob
 
 logger = logging.getLogger(__name__)
 
@@ -33,5 +33,23 @@ def announce(job_id: str, event: str) -> None:
         for _receiver, result in job_event.send_robust(sender=BuildJob, job_id=job_id, event=event):
             if isinstance(result, Exception):
                 logger.warning("a listener of job %s's %s event failed: %r", job_id, event, result)
+
+    transaction.on_commit(send)
+
+
+# Sent after commit with parent_id when a child of a multi-platform build moved:
+# its parent follows (builds/jobs/multiplatform.py listens, connected in apps.py,
+# since the parent writes through transitions, which sends this).
+child_moved = Signal()
+
+
+def child_moves(parent_id: str) -> None:
+    """Tells the parent's listeners once the current transaction commits."""
+
+    def send() -> None:
+        for _receiver, result in child_moved.send_robust(sender=BuildJob, parent_id=parent_id):
+            if isinstance(result, Exception):
+                # The next child's move, or the reaper's pass, settles it again.
+                logger.error("could not settle multi-platform build %s", parent_id, exc_info=result)
 
     transaction.on_commit(send)

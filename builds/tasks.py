@@ -3,7 +3,7 @@
 `builds.run_build` goes to the queue of the job's daemon (sent by name from
 dispatch.py); the `farm.*` tasks run from beat on the "farm" queue, each with
 time limits and, on PostgreSQL, lock and statement timeouts
-(generator_site/control_tasks.py): quick ones GENERATOR_CONTROL_TASK_SECONDS,
+(lib/control_tasks.py): quick ones GENERATOR_CONTROL_TASK_SECONDS,
 housekeeping GENERATOR_HOUSEKEEPING_TASK_SECONDS.
 """
 
@@ -12,30 +12,20 @@ from __future__ import annotations
 from celery import shared_task, signals
 from django.conf import settings
 
-from generator_site.control_tasks import control_task
-from generator_site.structured_logs import log_fields
-from pool import disks, health, workers
+from builds.github import check_runs, statuses
+from builds.jobs import build_secrets as secrets
+from builds.jobs import dispatch, multiplatform, preemption, reaper
+from builds.jobs import retention as job_retention
+from builds.logs import archive as log_archive
+from builds.registry import usage as registry_usage
+from builds.triggers import base_images, schedule_firing
+from builds.uploads import store as context_store
+from builds.worker import builders, runner
+from lib import db_sessions
+from lib.control_tasks import control_task
+from lib.structured_logs import log_fields
+from pool import disk_prune, disks, health, workers
 from pool.models import DockerDaemon, queue_for
-
-from . import (
-    base_images,
-    builders,
-    check_runs,
-    context_store,
-    db_sessions,
-    dispatch,
-    housekeeping,
-    job_retention,
-    log_archive,
-    multiplatform,
-    preemption,
-    reaper,
-    registry_usage,
-    runner,
-    schedules,
-    secrets,
-    statuses,
-)
 
 QUEUE_PREFIX = queue_for("")  # "build.": a daemon's queue is its name after it
 QUICK = settings.GENERATOR_CONTROL_TASK_SECONDS
@@ -67,13 +57,13 @@ def dispatch_waiting() -> None:
 
 @control_task("farm.fire_schedules", seconds=QUICK)
 def fire_schedules() -> None:
-    # Rules whose cron tick has come build their branch (builds/schedules.py).
-    schedules.fire_due()
+    # Rules whose cron tick has come build their branch (builds/triggers/schedules.py).
+    schedule_firing.fire_due()
 
 
 @control_task("farm.check_base_images", seconds=QUICK)
 def check_base_images() -> None:
-    # Repositories rebuilt when an image they build FROM changes (builds/base_images.py).
+    # Repositories rebuilt when an image they build FROM changes (builds/triggers/base_images.py).
     base_images.check_due()
 
 
@@ -102,7 +92,7 @@ def prune_daemons(daemon_ids: list[int] | None = None) -> None:
     # Each daemon's images and build cache down to its disk policy (or only those
     # named: a worker whose daemon's disk filled asks for it at once); a daemon
     # that was full and is under it now takes builds again.
-    housekeeping.prune_daemons(None if daemon_ids is None else DockerDaemon.objects.filter(pk__in=daemon_ids))
+    disk_prune.prune_daemons(None if daemon_ids is None else DockerDaemon.objects.filter(pk__in=daemon_ids))
     dispatch.dispatch()
 
 

@@ -1,6 +1,10 @@
 from django.urls import path
 
-from . import badges, insights, ops, pages, registry_token, seed_api, webhooks
+from builds import badges, pages, seed_api
+from builds.github import webhooks
+from builds.insights import pages as insights
+from builds.metrics import ops
+from builds.registry import token_server as registry_token
 
 urlpatterns = [
     path("b1/build", seed_api.build, name="b1-build"),

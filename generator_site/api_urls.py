@@ -4,11 +4,16 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from builds.api import BuildViewSet, RegistryViewSet, RepositoryViewSet, signing_key
-from builds.registry_listing import registry_repositories
+from builds.api import BuildViewSet, RegistryViewSet, RepositoryViewSet, TeamSigningKeyActions, signing_key
+from builds.registry.listing import registry_repositories
 from notifications.api import EndpointViewSet
 from pool.api import DaemonViewSet
-from teams.api import NamespaceViewSet, TeamViewSet
+from teams import api as teams_api
+
+
+class TeamViewSet(TeamSigningKeyActions, teams_api.TeamViewSet):
+    """Teams' API with the team's own signing key (builds') joined in."""
+
 
 router = DefaultRouter()
 router.register("builds", BuildViewSet, basename="build")
@@ -16,7 +21,7 @@ router.register("daemons", DaemonViewSet, basename="daemon")
 router.register("repositories", RepositoryViewSet, basename="repository")
 router.register("registries", RegistryViewSet, basename="registry")
 router.register("teams", TeamViewSet, basename="team")
-router.register("namespaces", NamespaceViewSet, basename="namespace")
+router.register("namespaces", teams_api.NamespaceViewSet, basename="namespace")
 router.register("notification-endpoints", EndpointViewSet, basename="notification-endpoint")
 
 urlpatterns = [

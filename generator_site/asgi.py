@@ -16,15 +16,14 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set u
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
-from builds.dispatch_soon import DISPATCH_IN_BACKGROUND, in_background  # noqa: E402
+from builds.jobs.dispatch_soon import DISPATCH_IN_BACKGROUND, in_background  # noqa: E402
 from builds.routing import websocket_urlpatterns  # noqa: E402
-
-from .request_limits import RequestHeadLimits  # noqa: E402
-from .websocket_auth import TokenAuthMiddleware, browser_origin_validator  # noqa: E402
-from .websocket_errors import NoSuchPath  # noqa: E402
+from generator_site.request_limits import RequestHeadLimits  # noqa: E402
+from generator_site.websocket_auth import TokenAuthMiddleware, browser_origin_validator  # noqa: E402
+from generator_site.websocket_errors import NoSuchPath  # noqa: E402
 
 # In daphne started by serve.py, a submit's dispatch pass runs in a thread of the
-# process after the answer (builds/dispatch_soon.py); where this module is only
+# process after the answer (builds/jobs/dispatch_soon.py); where this module is only
 # imported (the tests' WebSocket communicator), passes run where they are asked for.
 if os.environ.get(DISPATCH_IN_BACKGROUND) == "true":
     in_background()

@@ -81,7 +81,7 @@ def install() -> None:
     from daphne import http_protocol, server
     from django.conf import settings
 
-    from .request_limits import HEAD_SLACK
+    from generator_site.request_limits import HEAD_SLACK
 
     url_limit, header_limit = settings.GENERATOR_MAX_URL_BYTES, settings.GENERATOR_MAX_HEADER_BYTES
     BoundedHTTPChannel.MAX_LENGTH = HEAD_SLACK * max(url_limit, header_limit)

@@ -18,7 +18,7 @@ So every connection asks for:
 
 No `statement_timeout` for every session: a worker's statements are small,
 and what one can wait on is a lock held by a session that (1) ends, or by a
-control task's, which has its own limits (generator_site/control_tasks.py).
+control task's, which has its own limits (lib/control_tasks.py).
 A worker held up that way for up to the idle timeout still renews its lease
 in time, as the timeout is at most lease minus heartbeat (settings.py).
 """

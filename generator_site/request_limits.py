@@ -6,7 +6,7 @@ them it dropped the connection without a word (a request line over 16 KiB) or
 answered a bare 400 (16 KiB of head in all). `generator_site/daphne_process.py`
 raises twisted's limits to HEAD_SLACK times ours and makes it answer 414/431
 itself past them; between ours and that, the request reaches this ASGI middleware
-whole, which answers in the endpoint's format (generator_site/errors.py) on an
+whole, which answers in the endpoint's format (lib/http_errors.py) on an
 ordinary, still-open connection.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from .errors import error_body
+from lib.http_errors import error_body
 
 # Twisted's own ceilings, as multiples of the farm's limits (daphne_process.py).
 HEAD_SLACK = 4

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     os.set_inheritable(fd, True)
 
     def start() -> subprocess.Popen:
-        # A submit's dispatch pass after its answer, in a thread of each process (builds/dispatch_soon.py).
+        # A submit's dispatch pass after its answer, in a thread of each process (builds/jobs/dispatch_soon.py).
         env = {**os.environ, "GENERATOR_DISPATCH_IN_BACKGROUND": "true"}
         return subprocess.Popen(daphne_argv(fd, args.daphne_args), pass_fds=[fd], env=env)
 

@@ -14,9 +14,9 @@ import dj_database_url
 import redis.exceptions
 from django.core.exceptions import ImproperlyConfigured
 
-from .env import env_bool, env_choice, env_float, env_int, env_json_object, env_list, env_str
-from .postgres import session_options
-from .runtime_conf import load_runtime_conf
+from generator_site.env import env_bool, env_choice, env_float, env_int, env_json_object, env_list, env_str
+from generator_site.postgres import session_options
+from generator_site.runtime_conf import load_runtime_conf
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("GENERATOR_VAR_DIR", str(BASE_DIR / "var")))
@@ -72,14 +72,14 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "generator_site.login_throttle.LoginThrottleMiddleware",
+    "lib.login_throttle.LoginThrottleMiddleware",
     "audit.middleware.AuditRequestMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "generator_site.urls"
-CSRF_FAILURE_VIEW = "generator_site.errors.csrf_failure"
+CSRF_FAILURE_VIEW = "lib.http_errors.csrf_failure"
 ASGI_APPLICATION = "generator_site.asgi.application"
 
 TEMPLATES = [
@@ -178,7 +178,7 @@ CELERY_TASK_ROUTES = {
     "audit.*": {"queue": "farm"},
     "notify.*": {"queue": GENERATOR_NOTIFY_QUEUE},
 }
-# No control task can hold the control worker (generator_site/control_tasks.py):
+# No control task can hold the control worker (lib/control_tasks.py):
 # Celery's soft time limit for dispatch, the reaper, health checks and status
 # reports, and for housekeeping (pruning, archiving), the hard one 30 s later;
 # on PostgreSQL their statements give up a lock wait after the lock timeout.
@@ -191,7 +191,7 @@ CHANNEL_LAYERS = {
         # channels-redis's layer with a pool that waits for a free connection
         # rather than failing past redis-py's 100 (generator_site/channel_layer.py).
         # A daphne process joins each followed job's group once, for all its
-        # viewers (builds/live.py).
+        # viewers (builds/live/subscriptions.py).
         "BACKEND": "generator_site.channel_layer.PooledRedisChannelLayer",
         "CONFIG": {
             # redis-py 8 reads with a 5 s socket timeout by default, the same 5 s
@@ -237,16 +237,16 @@ if GENERATOR_WS_SEND_BUFFER_BYTES < 64 * 1024 or GENERATOR_WS_SLOW_CLIENT_SECOND
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "generator_site.access.TokenAuthentication",
+        "teams.access.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    # JSON bounded in depth as in size (generator_site/api_parsers.py).
+    # JSON bounded in depth as in size (lib/api_parsers.py).
     "DEFAULT_PARSER_CLASSES": [
-        "generator_site.api_parsers.BoundedJSONParser",
+        "lib.api_parsers.BoundedJSONParser",
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
@@ -279,15 +279,15 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = GENERATOR_MAX_DOCKERFILE_BYTES * 4 // 3 + 64 * 102
 # asking for a version the pool's daemons refuse.
 GENERATOR_DOCKER_API_VERSION = env_str("GENERATOR_DOCKER_API_VERSION", "1.41")
 GENERATOR_DOCKER_TIMEOUT = env_int("GENERATOR_DOCKER_TIMEOUT", 300)
-# Builders: BuildKit (through the docker CLI, builds/buildkit.py), the default,
+# Builders: BuildKit (through the docker CLI, builds/engine/buildkit.py), the default,
 # and classic (the Engine API's own build), for Dockerfiles that depend on it.
 GENERATOR_BUILDERS = env_list("GENERATOR_BUILDERS", ["buildkit", "classic"])
 GENERATOR_DEFAULT_BUILDER = env_choice("GENERATOR_DEFAULT_BUILDER", "buildkit", ("buildkit", "classic"))
 if not set(GENERATOR_BUILDERS) <= {"classic", "buildkit"} or GENERATOR_DEFAULT_BUILDER not in GENERATOR_BUILDERS:
     raise ImproperlyConfigured("GENERATOR_BUILDERS lists classic and/or buildkit, and holds GENERATOR_DEFAULT_BUILDER")
-# The docker CLI that drives BuildKit; empty: found at worker start (builds/buildkit.py).
+# The docker CLI that drives BuildKit; empty: found at worker start (builds/engine/buildkit.py).
 GENERATOR_DOCKER_CLI = env_str("GENERATOR_DOCKER_CLI", "")
-# Fernet keys for build secrets at rest, newest first (builds/secrets.py); empty:
+# Fernet keys for build secrets at rest, newest first (lib/crypto.py); empty:
 # one derived from GENERATOR_SECRET_KEY.
 GENERATOR_SECRETS_KEYS = env_list("GENERATOR_SECRETS_KEYS", [])
 # Plain TCP to a daemon is refused everywhere (pool/tls.py); bench/scale.py's
@@ -295,9 +295,9 @@ GENERATOR_SECRETS_KEYS = env_list("GENERATOR_SECRETS_KEYS", [])
 GENERATOR_INSECURE_LOOPBACK_ENGINES = env_bool("GENERATOR_INSECURE_LOOPBACK_ENGINES", False)
 GENERATOR_BUILD_TIMEOUT = env_int("GENERATOR_BUILD_TIMEOUT", 3600)
 
-# What one build may use (builds/limits.py): each daemon has defaults, a repository
+# What one build may use (builds/jobs/limits.py): each daemon has defaults, a repository
 # may ask for other figures up to these caps. The kernel holds a build to them through
-# a cgroup the worker makes per build (builds/cgroups.py), so a worker runs as root on
+# a cgroup the worker makes per build (builds/engine/cgroups.py), so a worker runs as root on
 # its daemon's host with cgroup v1; without that a build fails, unless cgroups are
 # turned off (then only the daemon's per-container memory and CPU limits apply).
 GENERATOR_BUILD_MEMORY_MAX_MB = env_int("GENERATOR_BUILD_MEMORY_MAX_MB", 8192)
@@ -308,7 +308,7 @@ GENERATOR_CGROUP_ROOT = Path(env_str("GENERATOR_CGROUP_ROOT", "/sys/fs/cgroup"))
 # On: up to `capacity` BuildKit builds share a daemon, each held to its own limits
 # (its RUN steps start in the build's own cgroup: the daemon runs the farm's runc,
 # scripts/buildkit-runc/runc, first on its PATH, as make up's do). Off: a BuildKit
-# build has its daemon to itself, for daemons without that runc (builds/limits.py).
+# build has its daemon to itself, for daemons without that runc (builds/jobs/limits.py).
 GENERATOR_BUILDKIT_SHARED_DAEMONS = env_bool("GENERATOR_BUILDKIT_SHARED_DAEMONS", True)
 
 # The pool under load and failure (docs/architecture.md, "Failures").
@@ -318,7 +318,7 @@ GENERATOR_LEASE_SECONDS = env_float("GENERATOR_LEASE_SECONDS", 60)
 GENERATOR_HEARTBEAT_SECONDS = env_float("GENERATOR_HEARTBEAT_SECONDS", 10)
 # A running build lets its database session go after this many idle seconds and
 # opens one for its next write; a write that finds no session (too many
-# connections) is tried again for this long (builds/db_sessions.py).
+# connections) is tried again for this long (lib/db_sessions.py).
 GENERATOR_DB_IDLE_SECONDS = env_float("GENERATOR_DB_IDLE_SECONDS", 0.25)
 GENERATOR_DB_RETRY_SECONDS = env_float("GENERATOR_DB_RETRY_SECONDS", 120)
 # A build host that vanishes mid-transaction must not hold its locks past its
@@ -361,7 +361,7 @@ GENERATOR_WEBHOOK_MAX_BYTES = env_int("GENERATOR_WEBHOOK_MAX_BYTES", 25 * 1024 *
 GENERATOR_WEBHOOK_DEDUPE_SECONDS = env_int("GENERATOR_WEBHOOK_DEDUPE_SECONDS", 24 * 3600)
 GENERATOR_GITHUB_API_URL = env_str("GENERATOR_GITHUB_API_URL", "https://api.github.com").rstrip("/")
 GENERATOR_SITE_URL = env_str("GENERATOR_SITE_URL", "http://localhost:8080").rstrip("/")
-# A GitHub App (builds/github_app.py): check runs instead of commit statuses on the
+# A GitHub App (builds/github/app.py): check runs instead of commit statuses on the
 # repositories it is installed on. Its private key stays in a file (0600) read at use,
 # never in the database; its webhook secret signs the App's deliveries (check_run,
 # check_suite, installation). Unset: commit statuses only.
@@ -388,13 +388,13 @@ GENERATOR_MAX_CONTEXT_BYTES = env_int("GENERATOR_MAX_CONTEXT_BYTES", 512 * 1024 
 GENERATOR_MAX_UPLOAD_BYTES = env_int("GENERATOR_MAX_UPLOAD_BYTES", 100 * 1024 * 1024)
 GENERATOR_MAX_CONTEXT_FILES = env_int("GENERATOR_MAX_CONTEXT_FILES", 100_000)
 # Checked contexts wait for their build in a file store that web, workers and beat
-# all reach (builds/context_store.py): a folder on one machine; on several hosts,
+# all reach (builds/uploads/store.py): a folder on one machine; on several hosts,
 # another Django storage backend, e.g. storages.backends.s3.S3Storage with its
 # options as JSON (docs/deploy.md). Kept this long after the job ends, for retries.
 GENERATOR_CONTEXT_DIR = Path(env_str("GENERATOR_CONTEXT_DIR", str(VAR_DIR / "contexts")))
 GENERATOR_CONTEXT_RETENTION_HOURS = env_float("GENERATOR_CONTEXT_RETENTION_HOURS", 24)
 
-# Each daemon's disk policy (pool/housekeeping.py), unless its row says otherwise:
+# Each daemon's disk policy (pool/disk_prune.py), unless its row says otherwise:
 # the images the farm built and BuildKit's build cache are pruned, least recently
 # used first, down to these sizes every GENERATOR_DISK_PRUNE_INTERVAL seconds.
 GENERATOR_DISK_IMAGES_LIMIT_MB = env_int("GENERATOR_DISK_IMAGES_LIMIT_MB", 20480)
@@ -414,7 +414,7 @@ GENERATOR_LOG_ORPHAN_GRACE_HOURS = env_float("GENERATOR_LOG_ORPHAN_GRACE_HOURS",
 if GENERATOR_LOG_ORPHAN_GRACE_HOURS < 0.25:  # shorter could delete an object a slow run is still naming
     raise ImproperlyConfigured("GENERATOR_LOG_ORPHAN_GRACE_HOURS must be at least 0.25 (15 minutes)")
 # Finished jobs that ended more than this many days ago are deleted, with their
-# log lines and archived logs (builds/job_retention.py), at most
+# log lines and archived logs (builds/jobs/retention.py), at most
 # GENERATOR_JOB_PRUNE_BATCH_JOBS a run. 0: kept forever.
 GENERATOR_JOB_RETENTION_DAYS = env_float("GENERATOR_JOB_RETENTION_DAYS", 0)
 if GENERATOR_JOB_RETENTION_DAYS < 0:
@@ -427,14 +427,14 @@ STORAGES = {
         "BACKEND": env_str("GENERATOR_CONTEXT_STORAGE", "django.core.files.storage.FileSystemStorage"),
         "OPTIONS": env_json_object("GENERATOR_CONTEXT_STORAGE_OPTIONS", {"location": str(GENERATOR_CONTEXT_DIR)}),
     },
-    # Archived logs (builds/log_archive.py): read by the web tier, written by beat.
+    # Archived logs (builds/logs/archive.py): read by the web tier, written by beat.
     "logs": {
         "BACKEND": env_str("GENERATOR_LOG_STORAGE", "django.core.files.storage.FileSystemStorage"),
         "OPTIONS": env_json_object("GENERATOR_LOG_STORAGE_OPTIONS", {"location": str(GENERATOR_LOG_ARCHIVE_DIR)}),
     },
 }
 # file:// clone URLs, and clone URLs and a GitHub API base on local addresses
-# (builds/outbound.py): for tests and single-machine setups only; off by default.
+# (lib/outbound.py): for tests and single-machine setups only; off by default.
 GENERATOR_ALLOW_LOCAL_REPOSITORIES = env_bool("GENERATOR_ALLOW_LOCAL_REPOSITORIES", False)
 
 # Notifications of build events (notifications/): webhooks, Slack, e-mail. Each
@@ -470,12 +470,12 @@ GENERATOR_MAX_URL_BYTES = env_int("GENERATOR_MAX_URL_BYTES", 16 * 1024)
 GENERATOR_MAX_HEADER_BYTES = env_int("GENERATOR_MAX_HEADER_BYTES", 32 * 1024)
 # JSON bodies of the REST API nested deeper than this are a 400, not a RecursionError.
 GENERATOR_MAX_JSON_DEPTH = env_int("GENERATOR_MAX_JSON_DEPTH", 64)
-# Login throttling (generator_site/login_throttle.py): this many failures for one
+# Login throttling (lib/login_throttle.py): this many failures for one
 # username from one address lock that pair out for the rest of the window.
 GENERATOR_LOGIN_FAILURES = env_int("GENERATOR_LOGIN_FAILURES", 5)
 GENERATOR_LOGIN_WINDOW_SECONDS = env_int("GENERATOR_LOGIN_WINDOW_SECONDS", 15 * 60)
 
-# The farm as its registry's token server (issue 23; builds/registry_token.py):
+# The farm as its registry's token server (issue 23; builds/registry/token_server.py):
 # GET /v2/token signs, with the ES256 key `make up` made in var/, tokens for the
 # registry at GENERATOR_REGISTRY_TOKEN_HOST (as images name it; "": the token
 # server is off), whose `auth.token` names this service and issuer.
@@ -503,9 +503,9 @@ if GENERATOR_HTTPS:
 # users of the host name out of plain HTTP for that long.
 SECURE_HSTS_SECONDS = env_int("GENERATOR_HSTS_SECONDS", 0)
 
-# Seconds between beat's recounts of teams' registry use (builds/registry_usage.py).
+# Seconds between beat's recounts of teams' registry use (builds/registry/usage.py).
 GENERATOR_REGISTRY_USAGE_INTERVAL = env_int("GENERATOR_REGISTRY_USAGE_INTERVAL", 3600)
-# Base-image updates (builds/base_images.py): beat asks the registries of the
+# Base-image updates (builds/triggers/base_images.py): beat asks the registries of the
 # repositories' base images for their digests every INTERVAL seconds, at most
 # HEADS manifest HEADs and TICK_SECONDS per look (the least recently checked
 # first), each HEAD given up after TIMEOUT seconds.
@@ -590,14 +590,14 @@ CELERY_BEAT_SCHEDULE = {
 GENERATOR_LOG_BATCH_LINES = env_int("GENERATOR_LOG_BATCH_LINES", 500)
 GENERATOR_LOG_FLUSH_SECONDS = env_int("GENERATOR_LOG_FLUSH_MS", 100) / 1000
 GENERATOR_MAX_LOG_LINES = env_int("GENERATOR_MAX_LOG_LINES", 200_000)
-# Tests only: the log writer holds its transaction open forever on a line holding this text (builds/logs.py).
+# Tests only: the log writer holds its transaction open forever on a line holding this text (builds/logs/writer.py).
 GENERATOR_TEST_HOLD_LOG_TRANSACTION = env_str("GENERATOR_TEST_HOLD_LOG_TRANSACTION", "")
 
 # A team over its concurrency or hourly limit (teams/models.py): its submit gets
 # 429 with Retry-After ("reject"), or is taken and waits its turn ("queue").
 # A team may choose for itself.
 GENERATOR_TEAM_OVER_LIMIT = env_choice("GENERATOR_TEAM_OVER_LIMIT", "reject", ("reject", "queue"))
-# The fair share (builds/preemption.py), on out of the box: while another team
+# The fair share (builds/jobs/preemption.py), on out of the box: while another team
 # waits, a team that has held more than its even share of a daemon group's slots
 # for this many seconds gets its longest-running excess build put back in the
 # queue. 0: never (a team's builds then hold their slots until they end).
@@ -609,27 +609,27 @@ GENERATOR_TEAM_RETRY_AFTER_SECONDS = env_int("GENERATOR_TEAM_RETRY_AFTER_SECONDS
 GENERATOR_TEAM_REGISTRY_QUOTA_BYTES = env_int("GENERATOR_TEAM_REGISTRY_QUOTA_BYTES", 10 << 30)
 if GENERATOR_TEAM_REGISTRY_QUOTA_BYTES < 0:
     raise ImproperlyConfigured("GENERATOR_TEAM_REGISTRY_QUOTA_BYTES must be 0 (no quota) or more bytes")
-# Beat's recount of teams' registry use from the registry itself (builds/registry_usage.py),
+# Beat's recount of teams' registry use from the registry itself (builds/registry/usage.py),
 # so the figure heals when tags go without the farm (deleted, garbage-collected):
 # at most this many manifests read per team in one pass.
 GENERATOR_REGISTRY_USAGE_MAX_MANIFESTS = env_int("GENERATOR_REGISTRY_USAGE_MAX_MANIFESTS", 5000)
 # The audit log (audit/) keeps events this many days; beat prunes older ones.
 GENERATOR_AUDIT_RETENTION_DAYS = env_int("GENERATOR_AUDIT_RETENTION_DAYS", 365)
 
-# One line per record, with fields (generator_site/structured_logs.py): logfmt by
+# One line per record, with fields (lib/structured_logs.py): logfmt by
 # default, JSON lines for a log collector. Celery workers and beat use this too.
 GENERATOR_LOG_FORMAT = env_choice("GENERATOR_LOG_FORMAT", "logfmt", ("logfmt", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
-        "error_id": {"()": "generator_site.errors.ErrorIdFilter"},
+        "error_id": {"()": "lib.http_errors.ErrorIdFilter"},
         "context": {
-            "()": "generator_site.structured_logs.ContextFilter",
+            "()": "lib.structured_logs.ContextFilter",
             "role": env_str("GENERATOR_PROCESS_ROLE", ""),
         },
     },
-    "formatters": {"line": {"()": "generator_site.structured_logs.LineFormatter", "style": GENERATOR_LOG_FORMAT}},
+    "formatters": {"line": {"()": "lib.structured_logs.LineFormatter", "style": GENERATOR_LOG_FORMAT}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "line", "filters": ["context"]}},
     # A 500's record (with its traceback) carries the error id the client was given.
     "loggers": {"django.request": {"filters": ["error_id"]}},

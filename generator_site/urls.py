@@ -10,8 +10,8 @@ urlpatterns = [
     path("", include("generator_site.api_urls")),
 ]
 
-# Error answers in each endpoint's own format, never Django's defaults (generator_site/errors.py).
-handler400 = "generator_site.errors.bad_request"
-handler403 = "generator_site.errors.permission_denied"
-handler404 = "generator_site.errors.page_not_found"
-handler500 = "generator_site.errors.server_error"
+# Error answers in each endpoint's own format, never Django's defaults (lib/http_errors.py).
+handler400 = "lib.http_errors.bad_request"
+handler403 = "lib.http_errors.permission_denied"
+handler404 = "lib.http_errors.page_not_found"
+handler500 = "lib.http_errors.server_error"

@@ -6,11 +6,10 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 
-from builds import secrets
-from builds.admin import SecretInput
-
-from . import sending
-from .models import Attempt, Delivery, Endpoint
+from lib import crypto
+from lib.admin_widgets import SecretInput
+from notifications import sending
+from notifications.models import Attempt, Delivery, Endpoint
 
 
 class EndpointForm(forms.ModelForm):
@@ -30,7 +29,7 @@ class EndpointForm(forms.ModelForm):
 
     def save(self, commit=True):
         if self.cleaned_data.get("new_secret"):
-            self.instance.secret = secrets.encrypt(self.cleaned_data["new_secret"])
+            self.instance.secret = crypto.encrypt(self.cleaned_data["new_secret"])
         elif self.cleaned_data.get("remove_secret"):
             self.instance.secret = ""
         return super().save(commit)

@@ -10,11 +10,10 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
-from builds import ownership
-
-from . import sending
-from .models import Delivery, Endpoint
-from .serializers import DeliverySerializer, EndpointSerializer
+from builds.jobs import ownership
+from notifications import sending
+from notifications.models import Delivery, Endpoint
+from notifications.serializers import DeliverySerializer, EndpointSerializer
 
 
 class EndpointViewSet(viewsets.ModelViewSet):

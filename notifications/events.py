@@ -1,7 +1,7 @@
 """From a build's event to deliveries: cheap where the build runs, the rest on
 the notify worker.
 
-builds/transitions.py sends `job_event` after the status change committed. Here,
+builds/jobs/transitions.py sends `job_event` after the status change committed. Here,
 in whatever process made the change (a build worker, daphne, the reaper), one
 query asks whether any endpoint wants the event, and if so one task message
 goes to the notify queue (GENERATOR_NOTIFY_QUEUE, "notify" by default). Nothing
@@ -19,9 +19,8 @@ from django.db import transaction
 from django.db.models import Q
 
 from builds.models import BuildJob
-
-from .models import EVENTS, Delivery, Endpoint
-from .payloads import email_subject, email_text, slack_body, webhook_body
+from notifications.models import EVENTS, Delivery, Endpoint
+from notifications.payloads import email_subject, email_text, slack_body, webhook_body
 
 logger = logging.getLogger(__name__)
 

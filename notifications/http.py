@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .receivers import Receiver
+from notifications.receivers import Receiver
 
 
 class SendError(Exception):

@@ -38,7 +38,7 @@ class Endpoint(models.Model):
     )
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.WEBHOOK)
     url = models.URLField(max_length=500, blank=True, help_text="The receiver (webhook and Slack).")
-    # Encrypted like build secrets (builds/secrets.py); never shown or answered.
+    # Encrypted like build secrets (lib/crypto.py); never shown or answered.
     secret = models.CharField(max_length=500, blank=True, help_text="Signs webhook bodies (HMAC-SHA256). Write-only.")
     email_to = models.TextField(blank=True, help_text="E-mail addresses, one a line or comma-separated.")
     email_pusher = models.BooleanField(
@@ -64,9 +64,8 @@ class Endpoint(models.Model):
         """A receiver the farm may send to, or someone to mail; checked again at each send."""
         from django.core.validators import validate_email
 
-        from builds.outbound import RefusedURL
-
-        from .receivers import check
+        from lib.outbound import RefusedURL
+        from notifications.receivers import check
 
         if not self.events:
             raise ValidationError("choose at least one event to notify of")

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from builds.models import BuildJob
-from builds.references import InvalidReference, parse_build_target
+from lib.references import InvalidReference, parse_build_target
 
 _TERMINAL = {"succeeded", "failed", "cancelled"}
 _VERB = {

@@ -6,9 +6,9 @@ or the farm's own Redis would let a team read cloud metadata or talk to the
 farm's services. So, at save time and again at each send (DNS may have changed):
 
 - the URL is http(s) with a host, and what its text shows is checked as clone
-  URLs are (builds/outbound.py: IP literals in any spelling, localhost);
+  URLs are (lib/outbound.py: IP literals in any spelling, localhost);
 - its host is resolved, and every address is held to the egress rules
-  (pool/egress.py: loopback, link-local, private ranges refused);
+  (lib/egress.py: loopback, link-local, private ranges refused);
 - the send connects to an address checked here, never resolving again;
 - the farm's own Redis and database (host and port) are refused even when
   GENERATOR_ALLOW_LOCAL_REPOSITORIES allows local addresses (tests, one machine).
@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from builds.outbound import RefusedURL, check_url
-from pool.egress import refusal_reason
+from lib.egress import refusal_reason
+from lib.outbound import RefusedURL, check_url
 
 Resolver = Callable[[str, int], list[str]]
 

@@ -28,12 +28,11 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from builds import secrets
-from builds.outbound import RefusedURL
-
-from . import http, receivers, signing
-from .events import send_now
-from .models import Attempt, Delivery, Endpoint
+from lib import crypto
+from lib.outbound import RefusedURL
+from notifications import http, receivers, signing
+from notifications.events import send_now
+from notifications.models import Attempt, Delivery, Endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +142,7 @@ def headers_for(delivery: Delivery, body: bytes) -> dict[str, str]:
         headers["X-Generator-Event"] = delivery.event
         headers["X-Generator-Delivery"] = str(delivery.pk)
         if endpoint.secret:
-            headers[signing.HEADER] = signing.signature(secrets.decrypt(endpoint.secret), body)
+            headers[signing.HEADER] = signing.signature(crypto.decrypt(endpoint.secret), body)
     return headers
 
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from builds import ownership, secrets
+from builds.jobs import ownership
 from builds.models import Repository
-
-from .models import EVENTS, Attempt, Delivery, Endpoint
+from lib import crypto
+from notifications.models import EVENTS, Attempt, Delivery, Endpoint
 
 
 class TeamRepositoryField(serializers.SlugRelatedField):
@@ -73,7 +73,7 @@ class EndpointSerializer(serializers.ModelSerializer):
             for event in EVENTS:
                 setattr(endpoint, f"on_{event}", event in data["events"])
         if "secret" in data:
-            endpoint.secret = secrets.encrypt(data["secret"]) if data["secret"] else ""
+            endpoint.secret = crypto.encrypt(data["secret"]) if data["secret"] else ""
         for name, value in data.items():
             if name not in ("events", "secret"):
                 setattr(endpoint, name, value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from . import events, sending
+from notifications import events, sending
 
 
 @shared_task(name=events.FAN_OUT_TASK, ignore_result=True)

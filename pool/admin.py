@@ -4,9 +4,8 @@ from django.db.models import Count, Q
 from django.template.defaultfilters import filesizeformat
 
 from audit.hooks import AuditedAdmin, record_change
-
-from . import health
-from .models import DISK_FIELDS, HEALTH_FIELDS, DockerDaemon
+from pool import disk_prune, health
+from pool.models import DISK_FIELDS, HEALTH_FIELDS, DockerDaemon
 
 
 class DockerDaemonForm(forms.ModelForm):
@@ -108,10 +107,7 @@ class DockerDaemonAdmin(AuditedAdmin, admin.ModelAdmin):
 
     @admin.action(description="Prune disk now (images and build cache down to the daemon's limits)")
     def prune_now(self, request, queryset):
-        # Admin is an entry point above both apps: the builds layer says what running builds use.
-        from builds.housekeeping import prune_daemons
-
-        for name, result in prune_daemons(queryset).items():
+        for name, result in disk_prune.prune_daemons(queryset).items():
             if result.error:
                 self.message_user(request, f"{name}: {result.error}", level=messages.WARNING)
             else:

@@ -8,10 +8,9 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from audit.hooks import AuditedViewSet, record_change
-
-from . import health
-from .models import DISK_FIELDS, HEALTH_FIELDS, DockerDaemon
-from .tls import TLS_FIELDS
+from pool import disk_prune, health
+from pool.models import DISK_FIELDS, HEALTH_FIELDS, DockerDaemon
+from pool.tls import TLS_FIELDS
 
 
 class DaemonSerializer(serializers.ModelSerializer):
@@ -80,11 +79,8 @@ class DaemonViewSet(AuditedViewSet, viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     def prune(self, request, pk=None):
         """Prunes the daemon's images and build cache to its limits now, as beat does."""
-        # An entry point, above both apps (as admin is): the builds layer says what running builds use.
-        from builds.housekeeping import prune_daemons
-
         daemon = self.get_object()
-        result = prune_daemons(DockerDaemon.objects.filter(pk=daemon.pk))[daemon.name]
+        result = disk_prune.prune_daemons(DockerDaemon.objects.filter(pk=daemon.pk))[daemon.name]
         daemon.refresh_from_db()  # like check: the outcome is on the row (disk_error when it failed)
         outcome = f"failed: {result.error}" if result.error else result.summary()
         return Response({**DaemonSerializer(daemon).data, "prune": outcome})

@@ -4,7 +4,7 @@
 operator sets (scripts/localfarm.py, mount_data_disk), so a build that writes
 without end fills that, not the disk the database, the registry and the logs
 are on. A daemon's worker runs on the daemon's host (it makes its builds'
-cgroups there, builds/cgroups.py), so it can look at the data root the daemon
+cgroups there, builds/engine/cgroups.py), so it can look at the data root the daemon
 names (`DockerRootDir` of `GET /info`; under --userns-remap a folder below
 --data-root, on the same filesystem) with statvfs. Where it cannot (the path is
 not there, e.g. a compose worker without the daemon's data volume) nothing is
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import docker
 
-from .models import DockerDaemon
-from .tls import client_settings
+from pool.models import DockerDaemon
+from pool.tls import client_settings
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from .models import DockerDaemon, queue_for
-from .platforms import from_engine
-from .tls import client_settings
+from pool.models import DockerDaemon, queue_for
+from pool.platforms import from_engine
+from pool.tls import client_settings
 
 QUEUE_PREFIX = queue_for("")
 

@@ -9,8 +9,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
-from . import platforms
-from .tls import TLS_FIELDS, check_engine_access
+from pool import platforms
+from pool.tls import TLS_FIELDS, check_engine_access
 
 _TCP_URL = re.compile(r"^tcp://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>[0-9]{1,5})$")
 _UNIX_URL = re.compile(r"^unix:///\S+$")
@@ -74,7 +74,7 @@ class DockerDaemon(models.Model):
     )
     build_cpus = models.FloatField("CPUs per build", default=1.0, validators=[MinValueValidator(0.01)])
     build_pids = models.PositiveIntegerField("processes per build", default=1024, validators=[MinValueValidator(16)])
-    # Disk policy (pool/housekeeping.py): what the farm leaves on the daemon between
+    # Disk policy (pool/disk_prune.py): what the farm leaves on the daemon between
     # builds. Empty: the farm-wide default (GENERATOR_DISK_*_LIMIT_MB).
     images_limit_mb = models.PositiveIntegerField(
         "images kept (MiB)",
@@ -99,7 +99,7 @@ class DockerDaemon(models.Model):
     last_error = models.TextField(blank=True)
     # Whether a live Celery worker consumes this daemon's queue (seen by the health check).
     worker_online = models.BooleanField(default=True)
-    # The docker CLI its worker found for BuildKit builds at start (builds/builders.py).
+    # The docker CLI its worker found for BuildKit builds at start (builds/worker/builders.py).
     buildkit_client = models.CharField("BuildKit client", max_length=255, blank=True)
     # The platform its engine runs images of, as it reports it (health check): linux/amd64.
     native_platform = models.CharField(max_length=64, blank=True)
@@ -113,7 +113,7 @@ class DockerDaemon(models.Model):
         "empty: those its worker detects (QEMU binfmt on its host); 'none' for no emulation.",
     )
 
-    # Written by housekeeping (pool/housekeeping.py): the daemon's disk as `docker
+    # Written by housekeeping (pool/disk_prune.py): the daemon's disk as `docker
     # system df` sees it, in bytes, and when the farm last pruned it.
     disk_images_bytes = models.BigIntegerField(null=True, blank=True)
     disk_farm_images_bytes = models.BigIntegerField(null=True, blank=True)
@@ -208,7 +208,7 @@ HEALTH_FIELDS = (
     "detected_emulation",
 )
 
-# What housekeeping writes (pool/housekeeping.py): shown everywhere, edited nowhere.
+# What housekeeping writes (pool/disk_prune.py): shown everywhere, edited nowhere.
 DISK_FIELDS = (
     "disk_images_bytes",
     "disk_farm_images_bytes",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from .models import DockerDaemon
+from pool.models import DockerDaemon
 
 
 def choose_daemon(

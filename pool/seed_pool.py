@@ -5,7 +5,7 @@ url/port, `engine`: a full engine URL such as unix:///run/dind/docker.sock; and
 `emulated_platforms`: the platforms it builds under QEMU (["linux/arm64"], or "none"; without the key
 its worker detects them); `tls`: {"ca": PATH, "cert": PATH, "key": PATH}, PEM files (relative to the pool
 file) for a daemon started with --tlsverify; and `disk`: {"images_mb": N,
-"build_cache_mb": N}, the daemon's disk policy (pool/housekeeping.py), a key left
+"build_cache_mb": N}, the daemon's disk policy (pool/disk_prune.py), a key left
 out meaning the farm's default (an entry without "disk" keeps what admin set);
 `data_disk_gb`: for a daemon `make up` starts, the size of the filesystem of its
 own its data root lives on (scripts/farm.py; 0: the host's, as before).

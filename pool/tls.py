@@ -6,7 +6,7 @@ redirect makes the daemon itself call any TCP port it can reach.
 A daemon's API is root on its host, so whoever can open it owns the machine.
 `check_engine_access` is the rule the pool entry must pass; `client_settings`
 is the one place that turns a pool entry into docker-py's client arguments, for
-the build workers (builds/runner.py) and the health checks (pool/health.py) alike.
+the build workers (builds/worker/runner.py) and the health checks (pool/health.py) alike.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -25,8 +25,17 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from docker.tls import TLSConfig
 
-if TYPE_CHECKING:
-    from .models import DockerDaemon
+
+class EngineAccess(Protocol):
+    """What this module reads of a daemon (pool/models.py's DockerDaemon), named here
+    so that the model imports this module and not the other way round."""
+
+    pk: int | None
+    url: str
+    tls_ca: str
+    tls_cert: str
+    tls_key: str
+
 
 TLS_FIELDS = {"tls_ca": "the CA certificate", "tls_cert": "the client certificate", "tls_key": "the client key"}
 
@@ -123,7 +132,7 @@ def _public_der(public_key) -> bytes:
     return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def client_settings(daemon: DockerDaemon) -> dict[str, Any]:
+def client_settings(daemon: EngineAccess) -> dict[str, Any]:
     """docker-py's `base_url` and `tls` for this daemon, for `docker.APIClient(**...)`.
 
     docker-py (through requests and ssl) reads certificates from files only, so

@@ -23,8 +23,8 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from .models import DockerDaemon, queue_for
-from .platforms import BINFMT_DIR, detect_emulation
+from pool.models import DockerDaemon, queue_for
+from pool.platforms import BINFMT_DIR, detect_emulation
 
 logger = logging.getLogger(__name__)
 

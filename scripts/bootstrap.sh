@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 requirements="${1:-requirements/base.txt}"
 # busybox-static, not busybox: the base image needs a statically linked binary.
 # nftables, socat, iproute2: each daemon's sandbox (scripts/sandbox.py).
-# openssh-client: ssh clone URLs with deploy keys (builds/sources.py).
+# openssh-client: ssh clone URLs with deploy keys (builds/sources/git.py).
 # qemu-user-static, binfmt-support: RUN steps of other platforms (multi-platform builds) under QEMU.
 packages=(docker.io docker-registry redis-server busybox-static docker-compose git nftables socat iproute2 openssh-client
   qemu-user-static binfmt-support)

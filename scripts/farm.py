@@ -18,9 +18,9 @@ from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from builds.buildkit import NoBuildKitClient, find_client  # noqa: E402
-from builds.cgroups import daemon_cgroup  # noqa: E402
-from generator_site import registry_keys  # noqa: E402
+from builds.engine.buildkit import NoBuildKitClient, find_client  # noqa: E402
+from builds.engine.cgroups import daemon_cgroup  # noqa: E402
+from lib import registry_keys  # noqa: E402
 from pool.seed_pool import local_socket  # noqa: E402
 from scripts import localfarm as lf  # noqa: E402
 from scripts import sandbox  # noqa: E402
@@ -37,7 +37,7 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # `data_disk_gb`; 0: on the host's filesystem, as before.
 DEFAULT_DATA_DISK_GB = float(os.environ.get("GENERATOR_DAEMON_DISK_GB", "20"))
 REGISTRY = f"localhost:{REGISTRY_PORT}"
-# The registry's token signer (generator_site/registry_keys.py): settings' default paths under var/.
+# The registry's token signer (lib/registry_keys.py): settings' default paths under var/.
 TOKEN_KEY, TOKEN_CERT = VAR / "registry-token.key", VAR / "registry-token.crt"
 
 

@@ -204,7 +204,7 @@ def start_redis(
 class TokenAuth:
     """distribution's `auth.token`: the registry sends clients to `realm` (the
     farm's GET /v2/token) and trusts tokens signed by a key whose certificate is
-    in `rootcertbundle` (generator_site/registry_keys.py)."""
+    in `rootcertbundle` (lib/registry_keys.py)."""
 
     realm: str
     rootcertbundle: Path
@@ -299,7 +299,7 @@ def dockerd_argv(
     `bridge` gives RUN steps a network (the daemon's own docker0, NATed out of
     its namespace: only inside a sandbox, scripts/sandbox.py); without it they
     have none. `cgroup_parent` is where containers and BuildKit's RUN steps go
-    that name no cgroup of their own (builds/cgroups.py, daemon_cgroup): the
+    that name no cgroup of their own (builds/engine/cgroups.py, daemon_cgroup): the
     worker limits BuildKit's there."""
     if tcp and tls is None:
         raise StartError(f"refusing to open a Docker API on tcp://{tcp} without TLS client authentication")
@@ -573,12 +573,12 @@ def publish_busybox_index(registry: str, token_source: Callable[[str], str] | No
     owners, and `docker import --platform` (which records amd64 whatever it is
     told) is avoided. Does nothing if the registry has it. Answers its digest.
     `token_source`: the farm's own tokens, for a registry under token auth
-    (generator_site/registry_keys.py, Signer.farm_token)."""
+    (lib/registry_keys.py, Signer.farm_token)."""
     import gzip
     import hashlib
     import json
 
-    from builds.registry_api import DOCKER_LIST, DOCKER_MANIFEST, IndexEntry, RegistryAPI
+    from builds.registry.client import DOCKER_LIST, DOCKER_MANIFEST, IndexEntry, RegistryAPI
 
     name = "library/busybox"
     with RegistryAPI(registry, token_source=token_source) as api:
@@ -652,7 +652,7 @@ def start_worker(
 
 # Two processes: a control task that runs to its time limit (a reap waiting on a
 # lost host's locks, a long prune) holds one, and dispatch goes on in the other
-# (generator_site/control_tasks.py). Each pass is safe beside another (advisory
+# (lib/control_tasks.py). Each pass is safe beside another (advisory
 # lock, compare-and-swap transitions).
 CONTROL_CONCURRENCY = 2
 

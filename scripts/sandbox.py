@@ -10,7 +10,7 @@ web, the other daemons). Here each daemon gets a namespace of its own:
     veth <prefix><n>  10.215.X.(4k+1)  <-> uplink 10.215.X.(4k+2), default route
     nftables table <table>: input and   | dockerd: unix socket only, its own
       forward from <prefix>* refused     |   docker0 bridge for RUN steps (NAT)
-      by pool/egress.py's policy         | 127.0.0.1:<port>: relays to allowed
+      by lib/egress.py's policy         | 127.0.0.1:<port>: relays to allowed
     socat UNIX-LISTEN -> 127.0.0.1:port <-   loopback destinations (the registry)
 
 The worker reaches the daemon through its unix socket, which no build can
@@ -29,7 +29,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pool.egress import REFUSED_V4, REFUSED_V6, Destination, Network, parse_destinations, parse_networks
+from lib.egress import REFUSED_V4, REFUSED_V6, Destination, Network, parse_destinations, parse_networks
 
 SANDBOX_NETWORK = ipaddress.ip_network("10.215.0.0/16")
 

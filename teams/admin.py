@@ -6,11 +6,10 @@ from django.contrib import admin
 from django.template.response import TemplateResponse
 
 from audit.hooks import AuditedAdmin
-from builds.admin import SecretInput, keep_or_encrypt
-
-from . import tokens
-from .models import Membership, Namespace, RegistryCredential, Team, TeamToken
-from .registry_quota import describe_use
+from lib.admin_widgets import SecretInput, keep_or_encrypt
+from teams import tokens
+from teams.models import Membership, Namespace, RegistryCredential, Team, TeamToken
+from teams.registry_quota import describe_use
 
 
 class MembershipInline(admin.TabularInline):

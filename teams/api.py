@@ -23,12 +23,10 @@ from rest_framework.response import Response
 
 from audit.hooks import AuditedViewSet
 from audit.log import record
-from builds import secrets, signing
-from builds.models import SigningKey
-
-from . import tokens as team_tokens
-from .models import Membership, Namespace, RegistryCredential, Team, TeamToken, taken_ignoring_case
-from .registry_quota import over_quota
+from lib import crypto
+from teams import tokens as team_tokens
+from teams.models import Membership, Namespace, RegistryCredential, Team, TeamToken, taken_ignoring_case
+from teams.registry_quota import over_quota
 
 LIMIT_FIELDS = ["max_concurrent_builds", "max_builds_per_hour", "max_log_lines", "over_limit", "registry_quota_bytes"]
 
@@ -139,7 +137,7 @@ class NewTeamTokenSerializer(TeamTokenSerializer):
 
 class RegistryCredentialSerializer(serializers.ModelSerializer):
     """Sent again for the same host, it replaces the stored one. The password is
-    write-only: kept encrypted (builds/secrets.py), never answered."""
+    write-only: kept encrypted (lib/crypto.py), never answered."""
 
     class Meta:
         model = RegistryCredential
@@ -157,24 +155,7 @@ class RegistryCredentialSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError(exc.message_dict) from None
         if not data.get("password"):
             raise serializers.ValidationError({"password": "give the registry account's password (or token)"})
-        return {**data, "host": candidate.host, "password": secrets.encrypt(data["password"])}
-
-
-class TeamSigningKeySerializer(serializers.Serializer):
-    private_key = serializers.CharField(
-        write_only=True, trim_whitespace=False, max_length=10_000,
-        help_text="An unencrypted PEM ECDSA P-256 private key; never answered.",
-    )  # fmt: skip
-    public_key = serializers.CharField(read_only=True)
-    key_id = serializers.CharField(read_only=True)
-    created_at = serializers.DateTimeField(read_only=True)
-
-    def validate_private_key(self, value: str) -> str:
-        try:
-            signing.brought_key(value)
-        except ValueError as exc:
-            raise serializers.ValidationError(str(exc)) from None
-        return value
+        return {**data, "host": candidate.host, "password": crypto.encrypt(data["password"])}
 
 
 class TeamAccess(permissions.BasePermission):
@@ -356,51 +337,6 @@ class TeamViewSet(AuditedViewSet, viewsets.ModelViewSet):
         record("create" if created else "change", "registry credential", credential, team=team, details=details)
         answer = RegistryCredentialSerializer(credential).data
         return Response(answer, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
-
-    @extend_schema(
-        methods=["GET"],
-        responses={200: TeamSigningKeySerializer},
-        description="The key the team brought to sign its builds' images (public half): the team's admins or "
-        "staff; 404 while the farm's key signs them.",
-    )
-    @extend_schema(
-        methods=["PUT"],
-        request=TeamSigningKeySerializer,
-        responses={201: TeamSigningKeySerializer},
-        description="Bring the team's own signing key (ECDSA P-256, unencrypted PEM): its builds' images, "
-        "provenance and SBOMs are signed with it from then on. Stored encrypted, never answered; the team's "
-        "previous key is retired. The team's admins or staff.",
-    )
-    @extend_schema(
-        methods=["DELETE"],
-        request=None,
-        responses={204: None},
-        description="Retire the team's own key: the farm's key signs its builds again.",
-    )
-    @action(
-        detail=True,
-        methods=["get", "put", "delete"],
-        url_path="signing-key",
-        serializer_class=TeamSigningKeySerializer,
-        pagination_class=None,
-    )
-    def signing_key(self, request, slug=None):
-        team = self._administered()
-        scope = signing.team_scope(team.pk)
-        if request.method == "PUT":
-            form = TeamSigningKeySerializer(data=request.data)
-            form.is_valid(raise_exception=True)
-            key = signing.bring(scope, form.validated_data["private_key"])
-            record("create", "signing key", key, team=team, details={"fields": ["private_key"]})
-            return Response(TeamSigningKeySerializer(key).data, status=status.HTTP_201_CREATED)
-        key = SigningKey.objects.filter(scope=scope, retired_at__isnull=True).first()
-        if key is None:
-            return Response({"detail": f"team {slug} has no signing key of its own: the farm's signs"}, status=404)
-        if request.method == "GET":
-            return Response(TeamSigningKeySerializer(key).data)
-        signing.retire(scope)
-        record("delete", "signing key", key, team=team)
-        return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(request=None, responses={204: None}, description="Remove one: the team's admins or staff.")
     @action(detail=True, methods=["delete"], url_path=r"registry-credentials/(?P<credential_id>[0-9]+)")

@@ -1,6 +1,6 @@
 """Teams (organisations), their members, and the image namespaces they own.
 
-A team owns repositories and builds (builds/models.py points here); this module
+A team owns repositories and builds (builds/models/ points here); this module
 knows no jobs. An image belongs to the team whose namespace is the longest
 prefix of it, at a path boundary: `localhost:5000/` may be one team's while
 `localhost:5000/team-a/` is another's, and `localhost:5000/team-a/app` then
@@ -17,7 +17,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models.functions import Lower
 
-from builds.references import DOCKER_HUB, DOCKER_HUB_SPELLINGS, InvalidReference, parse_registry_host, registry_host
+from lib.references import DOCKER_HUB, DOCKER_HUB_SPELLINGS, InvalidReference, parse_registry_host, registry_host
 
 _PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
 
@@ -35,8 +35,8 @@ class TeamQuerySet(models.QuerySet):
 
 class Team(models.Model):
     """A team, and its fair share of the farm: limits an operator sets (empty: none).
-    builds/quotas.py enforces them at submit, builds/dispatch.py in the queue and
-    builds/logs.py in the log writer; its registry quota, teams/registry_quota.py."""
+    builds/jobs/quotas.py enforces them at submit, builds/jobs/dispatch.py in the queue and
+    builds/logs/writer.py in the log writer; its registry quota, teams/registry_quota.py."""
 
     class OverLimit(models.TextChoices):
         FARM = "", "the farm's setting (GENERATOR_TEAM_OVER_LIMIT)"
@@ -270,7 +270,7 @@ class TeamToken(models.Model):
 
 class RegistryCredential(models.Model):
     """A team's account on a registry: its builds push to `host` with it, over the
-    farm's own (builds.Registry). The password is encrypted (builds/secrets.py)
+    farm's own (builds.Registry). The password is encrypted (lib/crypto.py)
     and write-only: admin and the API take it and never show it."""
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="registry_credentials")

@@ -13,7 +13,7 @@ the registry then answers 401 `insufficient_scope` itself.
   its catalog (`/v2/_catalog` lists every repository or none), so nobody else
   gets it; GET /api/v1/registry/repositories/ lists what the caller may read.
 - delete: never, through this server (the farm signs its own tokens, with
-  exactly what each of its writes needs: builds/registry_accounts.py).
+  exactly what each of its writes needs: builds/registry/accounts.py).
 - no push, for anyone, into a namespace whose team is at or over its registry
   quota (teams/registry_quota.py): the registry itself then refuses the write.
 """
@@ -23,10 +23,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from builds.references import InvalidReference, parse_reference
-
-from .models import Namespace, Team
-from .registry_quota import over_quota
+from lib.references import InvalidReference, parse_reference
+from teams.models import Namespace, Team
+from teams.registry_quota import over_quota
 
 PULL, PUSH = "pull", "push"
 CATALOG = ("registry", "catalog")

@@ -2,7 +2,7 @@
 
 The farm records, per tag of the registry (its path and tag), every blob the
 tag names with its size (RegistryBlob): the manifest, or the index and each
-manifest it lists, and their configs and layers. builds/registry_usage.py reads
+manifest it lists, and their configs and layers. builds/registry/usage.py reads
 them from the registry after each of the farm's writes and recounts whole
 teams from the registry now and then. A team's use is the sum of its distinct
 blobs: a layer that two of its tags (or two of its repositories) name counts
@@ -12,7 +12,7 @@ other team's pushes or deletions move it, and neither team learns from its
 figure what the other holds.
 
 Enforcement is the token server's (teams/registry_access.py, and the farm's
-own push tokens in builds/registry_accounts.py): a team at or over its quota
+own push tokens in builds/registry/accounts.py): a team at or over its quota
 gets no `push`, so the registry itself refuses its writes, whoever asks.
 This module knows no registry: digests and sizes in, figures out.
 """
@@ -25,7 +25,7 @@ from django.db import transaction
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
-from .models import RegistryBlob, Team
+from teams.models import RegistryBlob, Team
 
 Blob = tuple[str, int]  # (digest, size)
 

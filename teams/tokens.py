@@ -7,7 +7,7 @@ tokens apart. The key is shown once, when made.
 
 A team token acts as its team's token user: a user made with the team's first
 token, with no password, member (never admin) of that team alone and allowed to
-build. So builds/ownership.py needs no rule of its own for tokens: the token
+build. So builds/jobs/ownership.py needs no rule of its own for tokens: the token
 submits, reads and cancels as a member of its team would, and its builds'
 submitter is that user. The API refuses to add the token user to a team or to
 change its role (teams/api.py).
@@ -25,8 +25,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.log import record
-
-from .models import Membership, Team, TeamToken
+from teams.models import Membership, Team, TeamToken
 
 PREFIX = "gtt_"
 SHOWN = 8  # characters of the random part kept in clear, after the prefix

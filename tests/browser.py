@@ -1,5 +1,5 @@
 """Debian's Chromium driven by Playwright, for the browser tests (tests/farm/test_browser.py
-against the farm, tests/test_page_layout.py against the live server); screenshots
+against the farm, tests/builds/test_page_layout.py against the live server); screenshots
 of the pages they see go to var/test-output/screenshots/."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Every relative link of README.md and docs/*.md leads somewhere: the file exists
 and, for `file.md#anchor` or `#anchor`, that file has a heading whose GitHub slug
 is the anchor (or an explicit `<a id="anchor">`). And every file of the repository
-a page names (`builds/dispatch.py`) is there, so a move shows where the docs lag."""
+a page names (`builds/jobs/dispatch.py`) is there, so a move shows where the docs lag."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 CODE_SPAN = re.compile(r"(`+)(?!`).*?(?<!`)\1", re.DOTALL)
 HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 EXPLICIT_ANCHOR = re.compile(r"<a\s+(?:id|name)=\"([^\"]+)\"")
-# A file of this repository named in prose or code: `builds/dispatch.py`, scripts/farm.py.
+# A file of this repository named in prose or code: `builds/jobs/dispatch.py`, scripts/farm.py.
 REPOSITORY_FILE = re.compile(
     r"(?<![\w/.-])((?:audit|bench|builds|conf|docs|generator_site|notifications|pool|requirements|scripts|teams|tests)"
     r"/[\w/.-]*\.(?:py|sh|json|yml|md|txt))(?![\w/-])"
@@ -105,8 +105,8 @@ def test_a_broken_link_is_found(tmp_path: Path):
 
 
 def test_a_file_that_moved_is_found(tmp_path: Path):
-    (tmp_path / "builds").mkdir()
-    (tmp_path / "builds" / "dispatch.py").write_text("")
+    (tmp_path / "builds" / "jobs").mkdir(parents=True)
+    (tmp_path / "builds" / "jobs" / "dispatch.py").write_text("")
     page = tmp_path / "README.md"
-    page.write_text("`builds/dispatch.py`, builds/gone.py, `/api/v1/builds/ID/log/`, shared/docs/machines.md\n")
+    page.write_text("`builds/jobs/dispatch.py`, builds/gone.py, `/api/v1/builds/ID/log/`, shared/docs/machines.md\n")
     assert missing_files(page, root=tmp_path) == ["builds/gone.py"]

@@ -27,5 +27,5 @@ def test_no_test_under_tests_farm_is_left_for_the_not_farm_pass():
 
 
 def test_tests_outside_tests_farm_are_not_marked_farm():
-    result = collect("-m", "farm", "tests/test_farm_marks.py", "tests/test_settings.py")
+    result = collect("-m", "farm", "tests/test_farm_marks.py", "tests/generator_site/test_settings.py")
     assert result.returncode == 5, result.stdout + result.stderr

@@ -12,7 +12,7 @@ import redis
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from generator_site.login_throttle import KEY_PREFIX
+from lib.login_throttle import KEY_PREFIX
 from scripts import localfarm as lf
 
 PASSWORD = "a long enough password 1"

@@ -1,6 +1,6 @@
 """The REST API under hostile input: JSON answers only, a 4xx for bad input
 (oversized bodies 413, deep nesting 400), and a 500 with an error id that finds
-the traceback in the log. (Bad tokens were 401s already: tests/test_api.py.)"""
+the traceback in the log. (Bad tokens were 401s already: tests/builds/test_api.py.)"""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 line and a 4xx for bad input, a 500 with an id that finds the traceback in the log.
 
 The head limits (a 20 KB URL is a 414) need daphne itself: tests/test_hostile_web.py.
-Bad base64, bad image names and the like were 400s already: tests/test_seed_api.py.
+Bad base64, bad image names and the like were 400s already: tests/builds/test_seed_api.py.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from django.test import Client
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from generator_site.errors import error_body
+from lib.http_errors import error_body
 from scripts import localfarm as lf
 from tests.conftest import ROOT
 

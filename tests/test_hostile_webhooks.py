@@ -18,13 +18,12 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from builds import statuses, webhooks
+from builds.github import statuses, webhooks
+from builds.github.webhook_json import MAX_CONTAINERS, MAX_DEPTH, brackets_close_within
 from builds.models import BuildJob, BuildRule, Repository, WebhookDelivery, validate_clone_url
-from builds.outbound import RefusedURL
-from builds.payloads import MAX_CONTAINERS, MAX_DEPTH, brackets_close_within
-from builds.rules import PushedRef, match, tags_for
-from tests.fake_github import FakeGitHub
-from tests.test_webhooks import (
+from builds.triggers.rules import PushedRef, match, tags_for
+from lib.outbound import RefusedURL
+from tests.builds.github.test_webhooks import (
     BAD_SIGNATURE,
     EXAMPLES,
     deliver,
@@ -33,6 +32,7 @@ from tests.test_webhooks import (
     push_to_existing_branch,
     register,
 )
+from tests.fake_github import FakeGitHub
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 # Uploaded build contexts move from a database BLOB to files in the context
-# store (STORAGES["contexts"], builds/context_store.py): each existing BLOB is
+# store (STORAGES["contexts"], builds/uploads/store.py): each existing BLOB is
 # written to `<job id>.tar` there, one row at a time, and the column dropped.
 
 import django.utils.timezone

@@ -1,4 +1,4 @@
-"""The figures (builds/metrics.py) of the jobs that ended before they were kept:
+"""The figures (builds/metrics/figures.py) of the jobs that ended before they were kept:
 read once here, so that counters and histograms go on from where /metrics was."""
 
 import bisect
@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from django.db import migrations
 
-BOUNDS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)  # builds/metrics.py DURATION_BUCKETS, as of this migration
+BOUNDS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)  # builds/metrics/figures.py DURATION_BUCKETS, as of this migration
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 

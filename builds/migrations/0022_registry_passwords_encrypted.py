@@ -1,10 +1,10 @@
-"""Registry passwords were stored in clear: encrypted now, as build secrets are (builds/secrets.py)."""
+"""Registry passwords were stored in clear: encrypted now, as build secrets are (lib/crypto.py)."""
 
 from django.db import migrations, models
 
 
 def encrypt_passwords(apps, schema_editor):
-    from builds.secrets import encrypt
+    from lib.crypto import encrypt
 
     Registry = apps.get_model("builds", "Registry")
     for registry in Registry.objects.exclude(password="").only("pk", "password"):
@@ -12,7 +12,7 @@ def encrypt_passwords(apps, schema_editor):
 
 
 def decrypt_passwords(apps, schema_editor):
-    from builds.secrets import decrypt
+    from lib.crypto import decrypt
 
     Registry = apps.get_model("builds", "Registry")
     for registry in Registry.objects.exclude(password="").only("pk", "password"):

@@ -1,7 +1,7 @@
 """Indexes for what every submit and dispatch pass asks of the history (issue 26),
 and the untagged image of every job there is (the warm daemon's lookup)."""
 
-import builds.untagged_image
+import builds.models.untagged_image
 from django.conf import settings
 from django.db import migrations, models
 
@@ -11,7 +11,7 @@ def fill_untagged_images(apps, schema_editor):
     jobs = BuildJob.objects.filter(untagged_image="").order_by().values_list("pk", "image")
     batch = []
     for pk, image in jobs.iterator(chunk_size=2000):
-        batch.append(BuildJob(pk=pk, untagged_image=builds.untagged_image.untagged(image)))
+        batch.append(BuildJob(pk=pk, untagged_image=builds.models.untagged_image.untagged(image)))
         if len(batch) == 2000:
             BuildJob.objects.bulk_update(batch, ["untagged_image"])
             batch = []
@@ -30,7 +30,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="buildjob",
             name="untagged_image",
-            field=builds.untagged_image.UntaggedImageField(blank=True, editable=False, max_length=512),
+            field=builds.models.untagged_image.UntaggedImageField(blank=True, editable=False, max_length=512),
         ),
         migrations.RunPython(fill_untagged_images, migrations.RunPython.noop, elidable=True),
         migrations.AddIndex(

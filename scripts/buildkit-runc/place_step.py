@@ -12,7 +12,7 @@ first process is already held to its build's limits, and what it forks is born
 there too. Nothing races a fork loop.
 
 Which build a step is: the worker passes its build a marker in NO_PROXY
-(builds/cgroups.py, step_marker), which BuildKit adds to every RUN step's
+(builds/engine/cgroups.py, step_marker), which BuildKit adds to every RUN step's
 environment after the Dockerfile's own ENV (so the last NO_PROXY/no_proxy entry
 is the worker's; a Dockerfile cannot put one after it) and leaves out of its
 cache keys. The marker names the build's cgroup; a step whose marker names no

@@ -23,10 +23,10 @@ from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from builds.cgroups import daemon_cgroup
+from builds.engine.cgroups import daemon_cgroup
 from builds.models import Registry
-from generator_site import registry_keys
-from pool.egress import parse_destinations
+from lib import registry_keys
+from lib.egress import parse_destinations
 from pool.models import DockerDaemon, queue_for
 from scripts import localfarm as lf
 from scripts import sandbox
@@ -219,7 +219,7 @@ def farm(supervisor, services_dir, redis_url, django_db_setup, fake_github, clea
         # Long enough that a build waiting behind a hung notification would show
         # (test_notifications.py); a send never waits on it otherwise.
         "GENERATOR_NOTIFY_TIMEOUT": "15",
-        # The farm is its registry's token server, as make up's (builds/registry_token.py).
+        # The farm is its registry's token server, as make up's (builds/registry/token_server.py).
         "GENERATOR_REGISTRY_TOKEN_HOST": f"localhost:{registry_port}",
     }
     tag = secrets.token_hex(2)
@@ -357,7 +357,7 @@ def printed(lines: list[str]) -> list[str]:
 
 def build_processes(daemon_name: str) -> list[str]:
     """The command lines of the processes running in a daemon's builds: RUN steps
-    of either builder run below the daemon's cgroup (builds/cgroups.py), and
+    of either builder run below the daemon's cgroup (builds/engine/cgroups.py), and
     BuildKit's show in no `docker ps`."""
     commands = []
     for procs in Path("/sys/fs/cgroup/pids", daemon_cgroup(daemon_name).lstrip("/")).rglob("cgroup.procs"):

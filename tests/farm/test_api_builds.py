@@ -11,9 +11,8 @@ import urllib.request
 import pytest
 
 from builds.models import BuildJob, Repository
+from tests.farm.conftest import engine, follow, registry_digest
 from tests.gitrepos import Repo
-
-from .conftest import engine, follow, registry_digest
 
 pytestmark = pytest.mark.farm
 

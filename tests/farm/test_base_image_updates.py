@@ -16,11 +16,10 @@ import uuid
 import pytest
 
 from builds.models import BaseImage, BuildJob
-from builds.registry_api import DOCKER_MANIFEST, RegistryAPI
-
-from .conftest import BUSYBOX_ROOTFS, engine, follow, http_get, wait_for
-from .test_github_builds import _token, post_webhook, push_payload
-from .test_triggers import repository  # noqa: F401  (a fixture: the farm's repository with a git source)
+from builds.registry.client import DOCKER_MANIFEST, RegistryAPI
+from tests.farm.conftest import BUSYBOX_ROOTFS, engine, follow, http_get, wait_for
+from tests.farm.test_github_builds import _token, post_webhook, push_payload
+from tests.farm.test_triggers import repository  # noqa: F401  (a fixture: the farm's repository with a git source)
 
 pytestmark = pytest.mark.farm
 

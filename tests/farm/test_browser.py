@@ -16,8 +16,7 @@ from playwright.sync_api import expect
 from builds.models import BuildJob, BuildLogLine
 from teams.models import Membership, Team
 from tests.browser import chromium, shot
-
-from .conftest import api_build, follow, printed, submit
+from tests.farm.conftest import api_build, follow, printed, submit
 
 pytestmark = pytest.mark.farm
 
@@ -71,7 +70,7 @@ def test_a_running_build_streams_into_the_page_and_turns_succeeded(page, farm, t
     expect(page.locator("#log details.step-running[open]")).to_contain_text("line 3", timeout=60_000)
     shot(page, "job-running")
     job = wait_for_end(page, job_id)
-    # FROM, the team's ARG (builds/cache_scope.py), RUN and the farm's LABEL
+    # FROM, the team's ARG (builds/worker/cache_scope.py), RUN and the farm's LABEL
     assert page.locator("#log details.step-group").count() == 4
     assert page.locator("#log details.step-group[open]").count() == 0  # finished steps fold
     assert page.text_content("#line-count") == str(job.log_line_count)
@@ -215,7 +214,7 @@ def test_classic_builds_are_grouped_by_their_step_lines(page, farm, token):
     page.goto(f"/builds/{job_id}/")
     wait_for_end(page, job_id, status="failed")
     titles = page.eval_on_selector_all("#log summary .line", "lines => lines.map(l => l.textContent)")
-    # Step 2 is the team's ARG after FROM (builds/cache_scope.py); the farm's LABEL would be the 5th.
+    # Step 2 is the team's ARG after FROM (builds/worker/cache_scope.py); the farm's LABEL would be the 5th.
     assert [t.split(" : ")[0] for t in titles] == ["Step 1/5", "Step 2/5", "Step 3/5", "Step 4/5"]
     assert titles[1].startswith("Step 2/5 : ARG GENERATOR_TEAM_")
     failing = group(page, "Step 4/5")

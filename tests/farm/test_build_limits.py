@@ -14,9 +14,8 @@ import pytest
 
 from builds.models import BuildJob, Repository
 from pool.models import DockerDaemon
+from tests.farm.conftest import api_build, engine, follow, printed
 from tests.gitrepos import Repo
-
-from .conftest import api_build, engine, follow, printed
 
 pytestmark = pytest.mark.farm
 
@@ -92,7 +91,7 @@ def test_a_memory_hog_and_a_fork_loop_fail_naming_their_limit_and_the_classic_bu
 
 def test_buildkit_builds_sharing_a_daemon_are_each_held_to_their_own_limits(farm, token, one_daemon_with_low_limits):
     # BuildKit runs every RUN step of a daemon below one cgroup; the daemon's runc
-    # starts each step of a build in the build's own cgroup (builds/limits.py,
+    # starts each step of a build in the build's own cgroup (builds/jobs/limits.py,
     # scripts/buildkit-runc/runc), so builds on one daemon keep their own limits.
     daemon = one_daemon_with_low_limits
     dockerfiles = {"hog": HOG, "forks": FORKS, "next": normal("bk")}

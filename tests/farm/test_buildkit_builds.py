@@ -1,4 +1,4 @@
-"""BuildKit on the test farm's sandboxed daemons: builds/buildkit.py directly
+"""BuildKit on the test farm's sandboxed daemons: builds/engine/buildkit.py directly
 (the Dockerfile features teams use today, failures said plainly), and builds
 that ask for `builder: buildkit` through the REST API. BuildKit is the farm's
 default builder; classic is there on request: see docs/security.md."""
@@ -14,12 +14,11 @@ import uuid
 
 import pytest
 
-from builds.buildkit import BuildKitSession, BuildRequest, DaemonAddress, find_client
-from builds.engine import BuildFailed, DaemonUnavailable
+from builds.engine.buildkit import BuildKitRequest, BuildKitSession, DaemonAddress, find_client
+from builds.engine.docker import BuildFailed, DaemonUnavailable
 from builds.models import BuildJob, BuildLogLine, BuildSecret
 from pool.models import DockerDaemon
-
-from .conftest import api_build, engine, follow, registry_digest, steps_running, wait_for
+from tests.farm.conftest import api_build, engine, follow, registry_digest, steps_running, wait_for
 
 pytestmark = pytest.mark.farm
 
@@ -42,7 +41,7 @@ def session_for(farm):
     return lambda: BuildKitSession(client, DaemonAddress(farm.daemons[0][1]))
 
 
-def build(session_for, files: dict[str, str], request: BuildRequest) -> tuple[str, list[str]]:
+def build(session_for, files: dict[str, str], request: BuildKitRequest) -> tuple[str, list[str]]:
     lines: list[str] = []
     image_id = session_for().build(context(files), request, on_line=lines.append)
     return image_id, lines
@@ -68,7 +67,7 @@ def test_modern_dockerfile_features_build(session_for, tmp_path):
         "RUN false\n"
     )
     files = {"build/Dockerfile": dockerfile, "app/hello.txt": "hello\n", ".dockerignore": "secret-file\n"}
-    request = BuildRequest(tag="localhost/buildkit/features", dockerfile="build/Dockerfile", target="release")
+    request = BuildKitRequest(tag="localhost/buildkit/features", dockerfile="build/Dockerfile", target="release")
     request.secrets = {"token": str(secret)}
     request.buildargs = {"UNUSED": "1"}
     request.labels = {"team": "a"}
@@ -83,13 +82,15 @@ def test_modern_dockerfile_features_build(session_for, tmp_path):
 
 def test_a_failing_step_fails_with_the_daemons_words(session_for):
     with pytest.raises(BuildFailed, match=r"exit code: 3"):
-        build(session_for, {"Dockerfile": "FROM busybox\nRUN exit 3\n"}, BuildRequest(tag="localhost/buildkit/fails"))
+        build(
+            session_for, {"Dockerfile": "FROM busybox\nRUN exit 3\n"}, BuildKitRequest(tag="localhost/buildkit/fails")
+        )
 
 
 def test_an_unreachable_daemon_is_the_daemons_fault_not_the_builds(tmp_path):
     session = BuildKitSession(find_client(), DaemonAddress(f"unix://{tmp_path}/none.sock"))
     with pytest.raises(DaemonUnavailable, match="(?i)cannot connect"):
-        session.build(context({"Dockerfile": "FROM busybox\n"}), BuildRequest(tag="x/y"), on_line=lambda _: None)
+        session.build(context({"Dockerfile": "FROM busybox\n"}), BuildKitRequest(tag="x/y"), on_line=lambda _: None)
 
 
 def test_a_rest_build_with_buildkit_builds_its_target_and_pushes(farm, token):

@@ -5,7 +5,7 @@ RUN steps (NO_PROXY, out of BuildKit's cache keys) and the daemon's runc
 the build's own cgroup; the daemon's shared BuildKit cgroup (2 x the limits)
 holds whatever is unmarked.
 
-First driven from this process with the worker's own pieces (limits.contained,
+First driven from this process with the worker's own pieces (containment.contained,
 the BuildKit session), on a farm daemon; then through the farm itself
 (GENERATOR_BUILDKIT_SHARED_DAEMONS, on by default: without it the dispatcher
 gives a BuildKit build its daemon to itself)."""
@@ -20,17 +20,17 @@ import uuid
 
 import pytest
 
-from builds.builders import buildkit_client, daemon_address
-from builds.buildkit import BuildKitSession, BuildRequest
-from builds.cgroups import daemon_cgroup
-from builds.engine import BuildFailed, dockerfile_context
-from builds.limits import BuildLimits, contained
+from builds.engine.buildkit import BuildKitRequest, BuildKitSession
+from builds.engine.cgroups import daemon_cgroup
+from builds.engine.docker import BuildFailed, dockerfile_context
+from builds.jobs.limits import BuildLimits
 from builds.models import BuildJob
+from builds.worker.builders import buildkit_client, daemon_address
+from builds.worker.containment import contained
 from pool.models import DockerDaemon
 from pool.tls import client_settings
-
-from .conftest import api_build, follow
-from .test_build_limits import FORKS, HOG
+from tests.farm.conftest import api_build, follow
+from tests.farm.test_build_limits import FORKS, HOG
 
 pytestmark = pytest.mark.farm
 
@@ -50,7 +50,7 @@ def buildkit_build(farm, daemon, name: str, dockerfile: str, outcome: dict) -> N
         with contained(daemon.name, job_id, 1, LIMITS, builder="buildkit", share=2) as containment:
             assert containment.step_marker and "started in the build's own cgroup" in containment.summary
             session = BuildKitSession(buildkit_client(), daemon_address(client_settings(daemon)))
-            request = BuildRequest(tag=f"{farm.registry}/limits/two-{name}", step_marker=containment.step_marker)
+            request = BuildKitRequest(tag=f"{farm.registry}/limits/two-{name}", step_marker=containment.step_marker)
             image = session.build(io.BytesIO(dockerfile_context(dockerfile)), request, on_line=lines.append)
         outcome[name] = ("built", image, started, time.monotonic(), lines)
     except BuildFailed as exc:

@@ -13,8 +13,7 @@ from builds.models import BuildJob
 from teams import tokens
 from teams.models import Namespace
 from tests.conftest import ROOT
-
-from .conftest import engine, registry_digest
+from tests.farm.conftest import engine, registry_digest
 
 pytestmark = pytest.mark.farm
 
@@ -44,7 +43,7 @@ def test_submit_a_directory_streams_the_log_and_exits_0(farm, token, tmp_path):
     job = BuildJob.objects.get(image=image)
     assert registry_digest(farm, "cli/dir", "latest") == job.digest == registry_digest(farm, "cli/dir", "1")
     # The COPY'd files are in the image's layers, owned by root: BuildKit left them out of the layers it
-    # exports (a save, a push) while it unpacked tar contexts with unremapped owners (builds/cache_scope.py).
+    # exports (a save, a push) while it unpacked tar contexts with unremapped owners (builds/worker/cache_scope.py).
     saved = b"".join(engine(dict(farm.daemons)[job.daemon.name]).images.get(job.image_id).save())
     assert ("app/keep.txt", 0) in layer_members(saved)
 

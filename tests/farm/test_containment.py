@@ -25,8 +25,7 @@ import pytest
 
 from builds.models import BuildJob, BuildLogLine, Registry
 from pool.models import DockerDaemon
-
-from .conftest import api_build, follow, submit
+from tests.farm.conftest import api_build, follow, submit
 
 pytestmark = pytest.mark.farm
 

@@ -14,8 +14,7 @@ import pytest
 
 from builds.models import BuildJob, BuildLogLine
 from pool.models import DockerDaemon
-
-from .conftest import api_build, engine, follow, registry_digest, wait_for
+from tests.farm.conftest import api_build, engine, follow, registry_digest, wait_for
 
 pytestmark = pytest.mark.farm
 

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from builds import deploy_keys
-from builds.buildkit import BuildKitSession, BuildRequest, DaemonAddress, find_client
+from builds.engine.buildkit import BuildKitRequest, BuildKitSession, DaemonAddress, find_client
 from builds.models import BuildJob
+from builds.sources import deploy_keys
+from tests.farm.conftest import api_build, follow, http_get
+from tests.farm.test_buildkit_builds import context
 from tests.gitrepos import Repo
 from tests.ssh_server import SshServer, keygen
-
-from .conftest import api_build, follow, http_get
-from .test_buildkit_builds import context
 
 pytestmark = pytest.mark.farm
 
@@ -157,7 +156,7 @@ def test_buildkit_alone_skips_an_ssh_mount_it_has_no_agent_for(farm):
     lines: list[str] = []
     step = 'RUN --mount=type=ssh echo "agent=$SSH_AUTH_SOCK" && if test -S "$SSH_AUTH_SOCK"; then echo has-a-socket; fi'
     dockerfile = f"FROM busybox\n{step} # {uuid.uuid4().hex}\n"
-    request = BuildRequest(tag="localhost/deploykeys/noagent")
+    request = BuildKitRequest(tag="localhost/deploykeys/noagent")
     session.build(context({"Dockerfile": dockerfile}), request, on_line=lines.append)
     assert any(line.endswith("agent=/run/buildkit/ssh_agent.0") for line in lines), lines
     assert not any(line.endswith(" has-a-socket") for line in lines), lines

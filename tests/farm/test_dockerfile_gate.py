@@ -17,15 +17,14 @@ import uuid
 
 import pytest
 
-from builds.buildkit import BuildKitSession, BuildRequest, DaemonAddress, find_client
-from builds.dockerfile_in_context import UnreadableDockerfile, read_dockerfile
-from builds.dockerfile_text import directives
-from builds.engine import BuildFailed
+from builds.dockerfiles.in_context import UnreadableDockerfile, read_dockerfile
+from builds.dockerfiles.text import directives
+from builds.engine.buildkit import BuildKitRequest, BuildKitSession, DaemonAddress, find_client
+from builds.engine.docker import BuildFailed
 from builds.models import BuildJob, Repository
+from tests.builds.dockerfiles.test_gate import tar_of
+from tests.farm.conftest import engine, follow
 from tests.gitrepos import Repo
-from tests.test_dockerfile_gate import tar_of
-
-from .conftest import engine, follow
 
 pytestmark = pytest.mark.farm
 
@@ -150,7 +149,7 @@ def test_an_escape_directive_and_a_symlinked_dockerfile_still_build(farm, token)
     done = follow(farm, job_id, token)
     assert done.end["status"] == "succeeded", BuildJob.objects.get(pk=job_id).error
     assert any(line.endswith(marker) for _, line in done.lines), done.lines[-20:]
-    # The team's ARG (builds/cache_scope.py) is in the file the engine read, through the link.
+    # The team's ARG (builds/worker/cache_scope.py) is in the file the engine read, through the link.
     job = BuildJob.objects.get(pk=job_id)
     history = engine(dict(farm.daemons)[job.daemon.name]).api.history(job.image_id)
     assert any("GENERATOR_TEAM_" in layer["CreatedBy"] and marker in layer["CreatedBy"] for layer in history)
@@ -206,7 +205,7 @@ def test_the_farm_reads_what_buildkit_reads(farm, case):
     lines: list[str] = []
     session = BuildKitSession(find_client(), DaemonAddress(farm.daemons[0][1]))
     try:
-        session.build(context, BuildRequest(tag=f"localhost/gate/{case}", dockerfile=path), on_line=lines.append)
+        session.build(context, BuildKitRequest(tag=f"localhost/gate/{case}", dockerfile=path), on_line=lines.append)
         outcome = "built"
     except BuildFailed as exc:
         outcome = str(exc)

@@ -10,8 +10,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from builds.models import BuildJob, BuildLogLine
-
-from .conftest import engine, follow, http_get, printed, registry_digest, submit
+from tests.farm.conftest import engine, follow, http_get, printed, registry_digest, submit
 
 pytestmark = pytest.mark.farm
 
@@ -181,8 +180,7 @@ def test_the_websocket_refuses_unknown_jobs_and_strangers(farm, token):
 
 def test_the_health_check_records_each_daemon(farm, farm_pool):
     from pool.models import DockerDaemon
-
-    from .conftest import wait_for
+    from tests.farm.conftest import wait_for
 
     for daemon in farm_pool:
         seen = wait_for(

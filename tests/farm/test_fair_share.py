@@ -1,7 +1,7 @@
 """Issue 24, part 2, played as the flooding team: one team fills the farm with long
 BuildKit builds (two to a daemon, every slot) and queues more; another
 team's small build still starts within seconds, since the flood's longest-running
-build beyond its share goes back to the queue (builds/preemption.py), stopped in
+build beyond its share goes back to the queue (builds/jobs/preemption.py), stopped in
 its daemon by its worker, with a reason naming the policy."""
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import uuid
 import pytest
 from django.contrib.auth import get_user_model
 
+from builds.jobs.services import cancel_build
 from builds.models import BuildJob, BuildLogLine
-from builds.services import cancel_build
-
-from .conftest import api_build, follow, steps_running, team_token, wait_for
+from tests.farm.conftest import api_build, follow, steps_running, team_token, wait_for
 
 pytestmark = pytest.mark.farm
 

@@ -9,13 +9,12 @@ import urllib.request
 
 import pytest
 
+from builds.github.webhooks import signature_of
 from builds.models import BuildJob, BuildRule, Repository
-from builds.webhooks import signature_of
 from teams.models import Membership, Team
 from tests.conftest import SHARED
+from tests.farm.conftest import engine, follow, registry_digest, wait_for
 from tests.gitrepos import Repo
-
-from .conftest import engine, follow, registry_digest, wait_for
 
 pytestmark = pytest.mark.farm
 

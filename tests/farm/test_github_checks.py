@@ -14,10 +14,9 @@ import pytest
 from builds.models import BuildJob, BuildRule, Repository
 from pool.models import DockerDaemon
 from tests.conftest import SHARED
+from tests.farm.conftest import GITHUB_APP_WEBHOOK_SECRET, follow, wait_for
+from tests.farm.test_github_builds import SECRET, _team, _token, post_webhook, push_payload
 from tests.gitrepos import Repo
-
-from .conftest import GITHUB_APP_WEBHOOK_SECRET, follow, wait_for
-from .test_github_builds import SECRET, _team, _token, post_webhook, push_payload
 
 pytestmark = pytest.mark.farm
 

@@ -9,12 +9,11 @@ import uuid
 import docker
 import pytest
 
-from builds import housekeeping as farm_housekeeping
 from builds.models import BuildJob, BuildLogLine
-from pool.housekeeping import FARM_LABEL, disk_use, mark_disk_full
+from pool import disk_prune
+from pool.disk_prune import FARM_LABEL, disk_use, mark_disk_full
 from pool.models import DockerDaemon
-
-from .conftest import api_build, engine, follow, registry_digest, wait_for
+from tests.farm.conftest import api_build, engine, follow, registry_digest, wait_for
 
 pytestmark = pytest.mark.farm
 
@@ -59,7 +58,7 @@ def test_a_daemon_over_its_limits_is_pruned_under_them_while_its_running_build_g
     mark_disk_full(one_daemon.pk, "a build said: no space left on device")
     assert not DockerDaemon.objects.get(pk=one_daemon.pk).takes_builds
 
-    result = farm_housekeeping.prune_daemons(DockerDaemon.objects.filter(pk=one_daemon.pk))[one_daemon.name]
+    result = disk_prune.prune_daemons(DockerDaemon.objects.filter(pk=one_daemon.pk))[one_daemon.name]
 
     assert not result.error, result.error
     assert BuildJob.objects.get(pk=job_id).status == "building"  # the prune did not wait for it, nor stop it
@@ -88,7 +87,7 @@ def test_an_unreachable_daemon_keeps_its_figures_and_says_why(farm, farm_pool):
         name=f"gone-{uuid.uuid4().hex[:6]}", url="unix:///nonexistent/docker.sock", enabled=False
     )
     try:
-        result = farm_housekeeping.prune_daemons(DockerDaemon.objects.filter(pk=lost.pk))[lost.name]
+        result = disk_prune.prune_daemons(DockerDaemon.objects.filter(pk=lost.pk))[lost.name]
         lost.refresh_from_db()
         assert result.error and lost.disk_error.startswith("prune failed: ")
         assert lost.last_pruned_at is None and lost.disk_measured_at is None
@@ -104,7 +103,7 @@ def test_a_limit_of_nothing_removes_every_farm_image_and_no_other(farm, one_daem
     client.images.get("busybox:latest").tag("someone/else", "kept")  # not the farm's: no label
     DockerDaemon.objects.filter(pk=one_daemon.pk).update(images_limit_mb=0)
 
-    farm_housekeeping.prune_daemons(DockerDaemon.objects.filter(pk=one_daemon.pk))
+    disk_prune.prune_daemons(DockerDaemon.objects.filter(pk=one_daemon.pk))
 
     assert client.images.get("someone/else:kept") and client.images.get("busybox:latest")
     with pytest.raises(docker.errors.ImageNotFound):

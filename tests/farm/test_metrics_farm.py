@@ -9,8 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from builds.models import BuildJob, StepStats
-
-from .conftest import api_build, follow
+from tests.farm.conftest import api_build, follow
 
 pytestmark = pytest.mark.farm
 

@@ -12,15 +12,15 @@ import uuid
 
 import pytest
 
-from builds import cosign_layout, image_verification, signing
-from builds.dsse import load_public_key
 from builds.models import BuildJob, BuildLogLine
-from builds.registry_api import RegistryAPI
+from builds.provenance import cosign_layout, signing
+from builds.provenance import verification as image_verification
+from builds.provenance.dsse import load_public_key
+from builds.registry.client import RegistryAPI
 from pool.models import DockerDaemon
 from scripts import localfarm as lf
 from teams.models import RegistryBlob
-
-from .conftest import api_build, engine, follow, registry_digest, steps_running, wait_for
+from tests.farm.conftest import api_build, engine, follow, registry_digest, steps_running, wait_for
 
 pytestmark = pytest.mark.farm
 

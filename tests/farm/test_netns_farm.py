@@ -33,14 +33,13 @@ import psycopg
 import pytest
 from django.conf import settings
 
-from builds.cgroups import daemon_cgroup
-from pool.egress import parse_destinations
+from builds.engine.cgroups import daemon_cgroup
+from lib.egress import parse_destinations
 from scripts import localfarm as lf
 from scripts import sandbox
+from tests.farm.conftest import BUSYBOX_ROOTFS, FAST_TIMINGS, http_get, registry_digest, submit
 from tests.netns import Network, TcpRelay, private_network
 from tests.tls_certs import tls_set
-
-from .conftest import BUSYBOX_ROOTFS, FAST_TIMINGS, http_get, registry_digest, submit
 
 pytestmark = pytest.mark.farm
 
@@ -49,7 +48,7 @@ DOCKERD_PORT = 2376  # each build host has its own network: the same port on bot
 QUICK = "FROM busybox\nRUN echo {nonce} > /nonce\n"
 SLOW = "FROM busybox\nRUN echo {nonce} && sleep 3\n"
 # The build hosts' log writers hold their transaction open after the INSERT of a
-# line holding this, in a job's first attempt (builds/logs.py): a cut lands there.
+# line holding this, in a job's first attempt (builds/logs/writer.py): a cut lands there.
 HOLD = "hold-the-log-transaction"
 HELD = "FROM busybox\nRUN echo " + HOLD + " {nonce} && sleep 1\n"
 

@@ -16,9 +16,8 @@ from builds.models import BuildJob
 from notifications import signing
 from notifications.models import Delivery, Endpoint
 from pool.models import DockerDaemon
+from tests.farm.conftest import follow, submit, wait_for
 from tests.receivers import Behaviour, Receiver
-
-from .conftest import follow, submit, wait_for
 
 pytestmark = pytest.mark.farm
 

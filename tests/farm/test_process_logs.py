@@ -6,8 +6,7 @@ from __future__ import annotations
 import re
 
 from builds.models import BuildJob
-
-from .conftest import follow, submit
+from tests.farm.conftest import follow, submit
 
 _RECORD = re.compile(r"^time=\S+ level=\w+ logger=\S+ role=(\w+) pid=\d+ ")
 
@@ -23,9 +22,11 @@ def test_a_builds_records_in_its_workers_log_name_the_job_daemon_and_attempt(far
     mine = [line for line in records(farm, farm.worker_of(job.daemon.name)) if f" job={job_id} " in line]
     fields = f"role=worker pid=\\d+ job={job_id} daemon={re.escape(job.daemon.name)} attempt=1 "
     assert any(
-        re.search(f'logger=builds.runner {fields}msg="job {job_id} attempt 1 claimed by ', line) for line in mine
+        re.search(f'logger=builds.worker.runner {fields}msg="job {job_id} attempt 1 claimed by ', line) for line in mine
     )
-    assert any(re.search(f'logger=builds.runner {fields}msg="job {job_id} attempt 1: Pushed ', line) for line in mine)
+    assert any(
+        re.search(f'logger=builds.worker.runner {fields}msg="job {job_id} attempt 1: Pushed ', line) for line in mine
+    )
     # The other processes say who they are.
     assert any("role=beat" in line and "ready." in line for line in records(farm, "control"))
     assert any("role=web" in line and "Listening on TCP address" in line for line in records(farm, "web"))

@@ -15,15 +15,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from builds import cli, cosign_layout, image_verification
-from builds.dsse import load_public_key
+from builds import cli
 from builds.models import BuildJob, Repository
-from builds.registry_api import OCI_MANIFEST, RegistryAPI
+from builds.provenance import cosign_layout
+from builds.provenance import verification as image_verification
+from builds.provenance.dsse import load_public_key
+from builds.registry.client import OCI_MANIFEST, RegistryAPI
 from scripts import localfarm as lf
 from teams.models import Team
+from tests.farm.conftest import api_build, follow, http_get
 from tests.gitrepos import Repo
-
-from .conftest import api_build, follow, http_get
 
 pytestmark = pytest.mark.farm
 

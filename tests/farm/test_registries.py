@@ -13,8 +13,7 @@ import pytest
 
 from builds.models import BuildJob, Registry
 from scripts import localfarm as lf
-
-from .conftest import follow, submit
+from tests.farm.conftest import follow, submit
 
 pytestmark = pytest.mark.farm
 

@@ -20,12 +20,11 @@ import pytest
 from django.contrib.auth.models import Permission
 
 from builds.models import BuildJob
-from generator_site import registry_keys
+from lib import registry_keys
 from scripts import localfarm as lf
 from teams.models import Membership, Namespace, RegistryCredential, Team
 from tests.conftest import _user
-
-from .conftest import BUSYBOX_ROOTFS, api_build, engine, follow, http_get
+from tests.farm.conftest import BUSYBOX_ROOTFS, api_build, engine, follow, http_get
 
 pytestmark = pytest.mark.farm
 

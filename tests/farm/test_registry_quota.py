@@ -23,9 +23,8 @@ from builds.models import BuildJob
 from scripts import localfarm as lf
 from teams.models import Membership, Namespace, Team
 from tests.conftest import _user
-
-from .conftest import api_build, follow, http_get
-from .test_registry_auth import docker, login, user_daemon  # noqa: F401  (a fixture)
+from tests.farm.conftest import api_build, follow, http_get
+from tests.farm.test_registry_auth import docker, login, user_daemon  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.farm
 

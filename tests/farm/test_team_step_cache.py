@@ -1,5 +1,5 @@
 """Issue 22, part 1, played as the attacker: one team's build never uses another
-team's step results, on either daemon (builds/cache_scope.py).
+team's step results, on either daemon (builds/worker/cache_scope.py).
 
 Before the farm keyed steps to teams, team B submitting team A's lines got A's
 step result from the daemon's cache: A's secret printed in B's log (theft), or
@@ -13,8 +13,7 @@ import pytest
 
 from builds.models import BuildJob
 from pool.models import DockerDaemon
-
-from .conftest import api_build, follow, team_token
+from tests.farm.conftest import api_build, follow, team_token
 
 pytestmark = pytest.mark.farm
 

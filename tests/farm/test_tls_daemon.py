@@ -10,14 +10,13 @@ import pytest
 import requests
 from django.conf import settings
 
-from builds.engine import EngineSession, dockerfile_context
+from builds.engine.docker import EngineSession, dockerfile_context
 from pool import health
 from pool.models import DockerDaemon
 from pool.tls import ClientTLS, client_settings
 from scripts import localfarm as lf
+from tests.farm.conftest import BUSYBOX_ROOTFS
 from tests.tls_certs import tls_set
-
-from .conftest import BUSYBOX_ROOTFS
 
 pytestmark = pytest.mark.farm
 

@@ -14,13 +14,12 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 
-from builds import secrets as build_secrets
+from builds.jobs import build_secrets
 from builds.models import BuildJob, Repository
 from tests.conftest import SHARED
+from tests.farm.conftest import follow, registry_digest, wait_for
+from tests.farm.test_github_builds import SECRET, _team, _token, post_webhook, push_payload
 from tests.gitrepos import Repo, git
-
-from .conftest import follow, registry_digest, wait_for
-from .test_github_builds import SECRET, _team, _token, post_webhook, push_payload
 
 pytestmark = pytest.mark.farm
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 from django.template.defaultfilters import filesizeformat
 
-from builds.registry_usage import recount
+from builds.registry.usage import recount
 from teams.models import Team
 
 

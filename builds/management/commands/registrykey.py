@@ -9,7 +9,7 @@ from cryptography import x509
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from generator_site.registry_keys import ensure_key, libtrust_kid
+from lib.registry_keys import ensure_key, libtrust_kid
 
 
 class Command(BaseCommand):

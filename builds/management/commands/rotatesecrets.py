@@ -11,8 +11,8 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from builds import secrets
 from builds.models import BuildSecret, Registry, Repository, SigningKey
+from lib import crypto
 from teams.models import RegistryCredential
 
 # (model, encrypted field, rows that have one, what the report calls them)
@@ -34,7 +34,7 @@ class Command(BaseCommand):
             for model, field, empty, what in STORED:
                 count = 0
                 for row in model.objects.select_for_update().exclude(**empty).only("pk", field):
-                    model.objects.filter(pk=row.pk).update(**{field: secrets.rotate(getattr(row, field))})
+                    model.objects.filter(pk=row.pk).update(**{field: crypto.rotate(getattr(row, field))})
                     count += 1
                 counts.append(f"{count} {what}")
         self.stdout.write(f"re-encrypted {', '.join(counts)} with the first key")

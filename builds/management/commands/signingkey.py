@@ -7,8 +7,8 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand
 
 from audit.log import command_actor, record
-from builds import signing
 from builds.models import SigningKey
+from builds.provenance import signing
 
 
 class Command(BaseCommand):

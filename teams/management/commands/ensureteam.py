@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from audit.log import command_actor, record
-from builds.references import InvalidReference
+from lib.references import InvalidReference
 from teams.models import Membership, Namespace, Team, parse_namespace, taken_ignoring_case
 
 

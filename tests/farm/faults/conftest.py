@@ -9,8 +9,7 @@ import re
 import pytest
 
 from builds.models import BuildJob, BuildLogLine
-
-from ..conftest import wait_for  # noqa: F401  (the fault tests import it from here)
+from tests.farm.conftest import wait_for  # noqa: F401  (the fault tests import it from here)
 
 
 @pytest.fixture

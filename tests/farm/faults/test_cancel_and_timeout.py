@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ..conftest import build_processes, engine, follow, submit
-from .conftest import assert_gapless_log, job, log_texts, wait_for, wait_until_printed
+from tests.farm.conftest import build_processes, engine, follow, submit
+from tests.farm.faults.conftest import assert_gapless_log, job, log_texts, wait_for, wait_until_printed
 
 pytestmark = pytest.mark.farm
 

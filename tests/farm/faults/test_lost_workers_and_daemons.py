@@ -6,9 +6,15 @@ from __future__ import annotations
 import pytest
 
 from pool.models import DockerDaemon
-
-from ..conftest import build_processes, engine, follow, registry_digest, submit
-from .conftest import assert_gapless_log, job, log_texts, wait_for, wait_until_printed, wait_until_status
+from tests.farm.conftest import build_processes, engine, follow, registry_digest, submit
+from tests.farm.faults.conftest import (
+    assert_gapless_log,
+    job,
+    log_texts,
+    wait_for,
+    wait_until_printed,
+    wait_until_status,
+)
 
 pytestmark = pytest.mark.farm
 

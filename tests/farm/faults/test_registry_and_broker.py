@@ -6,9 +6,15 @@ import pytest
 
 from builds.models import BuildJob
 from scripts import localfarm as lf
-
-from ..conftest import engine, follow, registry_digest, submit
-from .conftest import assert_gapless_log, job, log_texts, wait_for, wait_until_logged, wait_until_status
+from tests.farm.conftest import engine, follow, registry_digest, submit
+from tests.farm.faults.conftest import (
+    assert_gapless_log,
+    job,
+    log_texts,
+    wait_for,
+    wait_until_logged,
+    wait_until_status,
+)
 
 pytestmark = pytest.mark.farm
 

@@ -1,0 +1,1 @@
+"""GitHub: webhooks, pull requests, commit statuses."""

@@ -1,0 +1,1 @@
+"""The insights page and its charts."""

@@ -1,0 +1,68 @@
+"""A team's fair share of the farm at submit: its concurrency and hourly limits.
+
+In "reject" mode (the team's `over_limit`, else GENERATOR_TEAM_OVER_LIMIT) a
+submit over a limit is refused with 429 and Retry-After:
+- concurrent builds: the team's builds not yet ended (waiting ones too, or
+  "reject" would just queue them) against `max_concurrent_builds`; Retry-After
+  is a guess (GENERATOR_TEAM_RETRY_AFTER_SECONDS): nobody knows when a build ends.
+- builds per hour: the team's submissions in the sliding hour before now against
+  `max_builds_per_hour`; Retry-After is when the oldest of them leaves the hour.
+
+In "queue" mode a submit is taken and the dispatcher holds the team's builds
+back instead (builds/jobs/dispatch.py): no more running than the concurrency limit,
+and no more started in a sliding hour than the hourly limit.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from builds.models import BuildJob
+from lib.errors import TooManyBuilds
+from teams.models import Team
+
+HOUR = timedelta(hours=1)
+
+
+def check_submit(team: Team | None) -> None:
+    """Raises TooManyBuilds if `team` may not submit one more build now.
+
+    Called once early (a refused submit stores nothing) and again inside the
+    transaction that creates the job, where it first locks the team's row: two
+    submits at once then count one after the other, so neither passes on a count
+    that the other is about to change. (SQLite's IMMEDIATE transactions are
+    serial anyway; PostgreSQL needs the row lock.)"""
+    if team is None or team.over_limit_mode != Team.OverLimit.REJECT:
+        return
+    if not (team.max_concurrent_builds or team.max_builds_per_hour):
+        return
+    if transaction.get_connection().in_atomic_block:
+        Team.objects.select_for_update().filter(pk=team.pk).values_list("pk", flat=True).first()
+    jobs = BuildJob.objects.filter(team=team)
+    if limit := team.max_concurrent_builds:
+        active = jobs.filter(status__in=BuildJob.ACTIVE).count()
+        if active >= limit:
+            raise TooManyBuilds(
+                f"team {team.slug} has {active} builds waiting or running; its limit is {limit} concurrent builds"
+                " (max_concurrent_builds): try again when one has ended",
+                settings.GENERATOR_TEAM_RETRY_AFTER_SECONDS,
+            )
+    if limit := team.max_builds_per_hour:
+        now = timezone.now()
+        # The limit-th newest submission of the hour, if there is one: the team is at
+        # its limit, and that one leaves the sliding hour first. One row comes back,
+        # however many the team submitted (down the (team, created_at) index).
+        in_the_hour = jobs.filter(created_at__gt=now - HOUR).order_by("-created_at")
+        oldest_counted = in_the_hour.values_list("created_at", flat=True)[limit - 1 : limit].first()
+        if oldest_counted is not None:
+            wait = (oldest_counted + HOUR - now).total_seconds()
+            raise TooManyBuilds(
+                f"team {team.slug} submitted {limit} builds in the last hour; its limit is {limit} builds per hour"
+                f" (max_builds_per_hour): the next may be submitted in {math.ceil(wait)} s",
+                math.ceil(wait),
+            )

@@ -1,0 +1,1 @@
+"""A build's log: written in batches and published, read back, archived."""

@@ -1,0 +1,1 @@
+"""Figures kept as jobs end, and /metrics."""

@@ -1,0 +1,1 @@
+"""Where a repository's build context comes from: git mirrors, deploy keys, a push's changed files."""

@@ -1,0 +1,1 @@
+"""What starts a build of a repository: rules, path filters, cron schedules."""

@@ -1,0 +1,109 @@
+"""The SBOM of an image's filesystem (builds/provenance/sbom.py): tiny Debian-like and
+Alpine-like root filesystems made by hand (no Docker Hub here), read as the
+tar stream `docker export` gives, written as CycloneDX and checked against
+CycloneDX's own JSON schema."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+
+from builds.provenance import sbom
+
+DPKG_STATUS = """Package: libc6
+Status: install ok installed
+Priority: optional
+Architecture: amd64
+Version: 2.36-9+deb12u4
+Description: GNU C Library
+ a continuation line: Package: not-a-package
+
+Package: removed-one
+Status: deinstall ok config-files
+Version: 1.0
+
+Package: bash
+Status: install ok installed
+Architecture: amd64
+Version: 5.2.15-2+b2
+"""
+
+APK_INSTALLED = """C:Q1abc=
+P:musl
+V:1.2.4-r2
+A:x86_64
+L:MIT
+o:musl
+
+C:Q1def=
+P:busybox
+V:1.36.1-r5
+A:x86_64
+L:GPL-2.0-only
+"""
+
+METADATA = "Metadata-Version: 2.1\nName: requests\nVersion: 2.32.3\nLicense-Expression: Apache-2.0\n\nbody\n"
+
+
+def rootfs(files: dict[str, str], padding: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+        if padding:
+            member = tarfile.TarInfo("usr/share/big")
+            member.size = padding
+            tar.addfile(member, io.BytesIO(b"\0" * padding))
+    return buffer.getvalue()
+
+
+def read(data: bytes, max_bytes: int = 1 << 30) -> sbom.Contents:
+    return sbom.read_image(sbom.Budget(io.BytesIO(data), max_bytes, 60))
+
+
+def components(contents: sbom.Contents) -> dict[str, dict]:
+    document = sbom.bom_json(contents, "localhost:5000/team/app", "sha256:" + "a" * 64)
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(document) is None
+    return {c["name"]: c for c in json.loads(document)["components"]}
+
+
+def test_a_debian_image_lists_its_installed_dpkg_packages_and_python_distributions():
+    contents = read(
+        rootfs(
+            {
+                "etc/os-release": 'ID=debian\nVERSION_ID="12"\n',
+                "var/lib/dpkg/status": DPKG_STATUS,
+                "usr/lib/python3/dist-packages/requests-2.32.3.dist-info/METADATA": METADATA,
+            }
+        )
+    )
+    assert contents.complete and contents.distro == "debian"
+    found = components(contents)
+    assert set(found) == {"libc6", "bash", "requests"}  # not the removed one, nor a description's words
+    assert found["libc6"]["purl"] == "pkg:deb/debian/libc6@2.36-9%2Bdeb12u4?arch=amd64&distro=debian-12"
+    assert found["requests"]["purl"] == "pkg:pypi/requests@2.32.3"
+
+
+def test_an_alpine_image_lists_its_apk_packages():
+    contents = read(rootfs({"etc/os-release": "ID=alpine\nVERSION_ID=3.19.1\n", "lib/apk/db/installed": APK_INSTALLED}))
+    found = components(contents)
+    assert set(found) == {"musl", "busybox"}
+    assert found["busybox"]["purl"] == "pkg:apk/alpine/busybox@1.36.1-r5?arch=x86_64&distro=alpine-3.19.1"
+
+
+def test_a_read_cut_short_says_the_sbom_is_incomplete():
+    data = rootfs({"lib/apk/db/installed": APK_INSTALLED}, padding=1 << 20)
+    contents = read(data, max_bytes=64 * 1024)
+    assert not contents.complete and "larger than" in contents.why_incomplete
+    document = json.loads(sbom.bom_json(contents, "i", "sha256:" + "b" * 64))
+    properties = {p["name"]: p["value"] for p in document["metadata"]["properties"]}
+    assert properties["generator:sbom:complete"] == "false"
+    assert {c["name"] for c in document["components"]} == {"musl", "busybox"}  # read before the cut
+    assert read(data).complete
