@@ -19,8 +19,10 @@ GENERATOR_FAIR_SHARE_INTERVAL seconds (beat, `farm.fair_share`):
    than GENERATOR_FAIR_SHARE_SECONDS ago (it has held more than its share that
    long) while another team waits for the group has its longest-running excess
    build that is still building asked to give its slot back
-   (transitions.request_preempt): one per team a pass, the next pass sees the
-   freed slot taken. A build that is pushing, or being cancelled, is left alone.
+   (transitions.request_preempt): one per team at a time, until that build has
+   given its slot back (its worker hears the ask at its next heartbeat), so the
+   next pass sees the freed slot taken, not a build still on its way out. A
+   build that is pushing, or being cancelled, is left alone.
 3. The build's worker sees the ask at its next heartbeat, stops the build in the
    daemon and puts the job back in the farm's queue as its next attempt
    (transitions.requeue), with the reason, which names the policy.
@@ -63,6 +65,7 @@ class Running:
     slots: int  # what it takes of its daemon's capacity
     started_at: datetime
     stoppable: bool  # building, not being cancelled or asked already
+    asked: bool = False  # asked back already: its worker gives the slot back at its next heartbeat
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,10 @@ def plan(
             others = len(waiting.get(group, set()) - {team})
             if not others:
                 continue
-            beyond = excess([build for build in here if build.team == team], share[team])
+            mine = [build for build in here if build.team == team]
+            if any(build.asked for build in mine):
+                continue  # one at a time: its slot is on its way to the teams waiting
+            beyond = excess(mine, share[team])
             if not beyond or now - beyond[0].started_at <= hold:
                 continue
             chosen = next((build for build in beyond if build.stoppable), None)
@@ -182,6 +188,7 @@ def preempt() -> list[Preemption]:
                 job.status == BuildJob.Status.BUILDING
                 and job.cancel_requested_at is None
                 and job.preempt_requested_at is None,
+                asked=job.preempt_requested_at is not None,
             )
         )
     asks = plan(running, waiting_teams(running), slots, timezone.now(), timedelta(seconds=seconds))

@@ -19,8 +19,10 @@ T0 = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
 HOLD = timedelta(seconds=10)
 
 
-def build(job_id: str, team: int, started: int, *, slots: int = 1, group: str = "", stoppable: bool = True) -> Running:
-    return Running(job_id, 1, team, group, slots, T0 + timedelta(seconds=started), stoppable)
+def build(
+    job_id: str, team: int, started: int, *, slots: int = 1, group: str = "", stoppable: bool = True, asked=False
+) -> Running:
+    return Running(job_id, 1, team, group, slots, T0 + timedelta(seconds=started), stoppable and not asked, asked)
 
 
 def test_a_pool_is_shared_evenly_and_what_is_left_goes_to_the_teams_using_most():
@@ -81,6 +83,22 @@ def test_a_pushing_build_is_left_to_finish_and_the_next_excess_one_goes():
     [ask] = plan(running, {"": {2}}, {"": 4}, T0 + timedelta(minutes=1), HOLD)
     assert ask.job_id == "a4"
     assert ask.seconds == 58  # the team has held more than its share since a3 started
+
+
+def test_a_team_gives_back_one_build_at_a_time_until_its_slot_is_free():
+    """Four of four slots, a share of 2: one ask, and none more while that build is
+    still on its way out (its worker hears it at its next heartbeat); a second pass
+    that asked again would stop two builds for the one that waits."""
+    later = T0 + timedelta(minutes=1)
+    flood = [build("a1", 1, 0), build("a2", 1, 1), build("a3", 1, 2), build("a4", 1, 3)]
+    [ask] = plan(flood, {"": {1, 2}}, {"": 4}, later, HOLD)
+    assert ask.job_id == "a3"
+    flood[2] = build("a3", 1, 2, asked=True)
+    assert plan(flood, {"": {1, 2}}, {"": 4}, later, HOLD) == []
+    # Gone: the other team's build took its slot; the flood still holds 3 of 4 while a third team waits.
+    flood = [build("a1", 1, 0), build("a2", 1, 1), build("a4", 1, 3), build("b1", 2, 50)]
+    [ask] = plan(flood, {"": {1, 3}}, {"": 4}, later, HOLD)
+    assert ask.job_id == "a4"
 
 
 # --- on the database ---------------------------------------------------------------------
