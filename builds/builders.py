@@ -16,7 +16,7 @@ from pool.housekeeping import FARM_LABEL, FARM_LABEL_VALUE
 from pool.models import DockerDaemon
 from teams.registry_access import read_refusal
 
-from . import cache_scope, deploy_keys, registry_accounts
+from . import cache_scope, deploy_keys, phase_times, registry_accounts
 from . import secrets as build_secrets
 from .buildkit import BuildKitSession, BuildRequest, DaemonAddress, NoBuildKitClient, find_client, unsupported_features
 from .docker_config import classic_registry_config, docker_config
@@ -91,6 +91,7 @@ def build(
     if job.builder != "buildkit":
         if secrets:
             log.write(f"[generator] Secrets ({', '.join(sorted(secrets))}) are mounted by BuildKit only: not passed")
+        phase_times.mark("build_started")
         return log.pump(
             lambda emit: engine.build(
                 context,
@@ -133,6 +134,7 @@ def build(
             fingerprint = job.repository.deploy_key_fingerprint
             log.write(f"[generator] RUN --mount=type=ssh gets an SSH agent with the deploy key ({fingerprint})")
         try:
+            phase_times.mark("build_started")
             return log.pump(
                 lambda emit: session.build(context, request, on_line=emit), tick=watch.tick, abort=session.abort
             )

@@ -18,7 +18,7 @@ from django.utils import timezone
 from pool import disks, egress, health, housekeeping
 from pool.tls import InsecureEngineAddress, client_settings
 
-from . import attestations, builders, context_store, db_sessions, metrics, transitions
+from . import attestations, builders, context_store, db_sessions, metrics, phase_times, transitions
 from . import housekeeping as farm_housekeeping
 from .changed_files import git_source
 from .dispatch import dispatch
@@ -132,6 +132,7 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
     if not db_sessions.retrying(claim, f"claim job {job_id}"):
         logger.info("job %s attempt %s is not queued for daemon %s any more; nothing to do", job_id, attempt, daemon_id)
         return
+    phase_times.mark("claimed")
     logger.info("job %s attempt %s claimed by %s", job_id, attempt, worker)
     job = BuildJob.objects.select_related("daemon", "cancelled_by", "repository", "team").get(pk=job_id)
     daemon_name = job.daemon.name if job.daemon else ""
@@ -162,6 +163,7 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
             dispatch()  # a slot is free: start the next waiting job now, not at the next beat
         except Exception:
             logger.warning("could not dispatch after job %s", job.id, exc_info=True)
+        phase_times.mark("dispatched")
 
 
 def _record(job: BuildJob, log: LogWriter, froms: FromLines) -> None:
@@ -270,10 +272,13 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
             ) as containment,
         ):
             log.write(f"[generator] {containment.summary}")
+            phase_times.mark("contained")
             ran_with = dict(buildargs)  # the build args as given, before the farm adds its own
             image_id = builders.build(
                 job, session, access, context, dockerfile, buildargs, containment, log, watch, str(target)
             )
+            phase_times.mark("build_done")
+        phase_times.mark("uncontained")
         log.write(f"[generator] Built {image_id}")
         if job.not_pushed:
             return Unpushed(image_id)
@@ -282,13 +287,16 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
         log.flush()
         if not transitions.start_push(job.id, job.attempt, image_id):
             watch.stop()
+        phase_times.mark("push_started")
         # Every tag of the build; they share one manifest, so one digest.
         pushed = [
             _push(session, replace(target, tag=tag), log, watch, daemon.name, job.team_id)
             for tag in [target.tag, *job.extra_tags]
         ]
+        phase_times.mark("pushed")
         if settings.GENERATOR_ATTESTATIONS:
             _attest(job, session, image_id, pushed[0].digest, froms, ran_with, log, watch)
+            phase_times.mark("attested")
         return pushed[0]
 
 
@@ -449,5 +457,6 @@ def _end(job: BuildJob, log: LogWriter, last_line: str, transition) -> None:
         logger.exception("could not store the last log lines of job %s", job.id)
     # Retried while no session can be had: a build that ran must not be built again for it.
     db_sessions.retrying(partial(transition, job.id, job.attempt), f"record the outcome of job {job.id}")
+    phase_times.mark("ended")
     # A build's own secrets live only while it may still run (a requeued attempt keeps them).
     BuildSecret.objects.filter(job_id=job.id, job__status__in=BuildJob.TERMINAL).delete()

@@ -26,6 +26,7 @@ from . import (
     job_retention,
     log_archive,
     multiplatform,
+    phase_times,
     preemption,
     reaper,
     runner,
@@ -51,7 +52,7 @@ def run_build(job_id: str, attempt: int, daemon_id: int) -> None:
     # Every record logged during this run names the job, the attempt and the daemon.
     name = DockerDaemon.objects.filter(pk=daemon_id).values_list("name", flat=True).first
     daemon = db_sessions.retrying(name, f"read daemon {daemon_id}") or daemon_id
-    with log_fields(job=job_id, daemon=daemon, attempt=attempt):
+    with log_fields(job=job_id, daemon=daemon, attempt=attempt), phase_times.timed(job_id):
         runner.run_build(job_id, attempt, daemon_id, worker=run_build.request.hostname or "")
 
 
