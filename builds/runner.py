@@ -18,7 +18,7 @@ from django.utils import timezone
 from pool import disks, egress, health, housekeeping
 from pool.tls import InsecureEngineAddress, client_settings
 
-from . import attestations, builders, context_store, db_sessions, metrics, phase_times, transitions
+from . import attestation_reads, attestations, builders, context_store, db_sessions, metrics, phase_times, transitions
 from . import housekeeping as farm_housekeeping
 from .changed_files import git_source
 from .dispatch import dispatch
@@ -245,11 +245,7 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
         access = client_settings(daemon)
     except InsecureEngineAddress as exc:  # a row older than the rule: the daemon's fault, not the build's
         raise DaemonUnavailable(str(exc)) from exc
-    session = EngineSession(
-        **access,
-        api_version=settings.GENERATOR_DOCKER_API_VERSION,
-        timeout=settings.GENERATOR_DOCKER_TIMEOUT,
-    )
+    session = _engine_session(access)
     if disk := _data_disk(job):
         if disk.size != daemon.data_disk_bytes:
             disks.record_size(daemon.pk, disk)
@@ -288,24 +284,43 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
         if not transitions.start_push(job.id, job.attempt, image_id):
             watch.stop()
         phase_times.mark("push_started")
-        # Every tag of the build; they share one manifest, so one digest.
-        pushed = [
-            _push(session, replace(target, tag=tag), log, watch, daemon.name, job.team_id)
-            for tag in [target.tag, *job.extra_tags]
-        ]
-        phase_times.mark("pushed")
-        if settings.GENERATOR_ATTESTATIONS:
-            _attest(job, session, image_id, pushed[0].digest, froms, ran_with, log, watch)
-            phase_times.mark("attested")
+        # What the attestations read from the daemon, read while the image is pushed.
+        reading = _start_reading(access, image_id, froms, job.builder) if settings.GENERATOR_ATTESTATIONS else None
+        try:
+            # Every tag of the build; they share one manifest, so one digest.
+            pushed = [
+                _push(session, replace(target, tag=tag), log, watch, daemon.name, job.team_id)
+                for tag in [target.tag, *job.extra_tags]
+            ]
+            phase_times.mark("pushed")
+            if reading is not None:
+                _attest(job, session, image_id, pushed[0].digest, froms, ran_with, log, watch, reading)
+                phase_times.mark("attested")
+        finally:
+            if reading is not None:
+                reading.stop()  # a failed push or a cancel: the read stops too
         return pushed[0]
 
 
-def _attest(job: BuildJob, session: EngineSession, image_id: str, digest: str, froms, build_args, log, watch) -> None:
+def _engine_session(access: dict) -> EngineSession:
+    return EngineSession(
+        **access, api_version=settings.GENERATOR_DOCKER_API_VERSION, timeout=settings.GENERATOR_DOCKER_TIMEOUT
+    )
+
+
+def _start_reading(access: dict, image_id: str, froms: FromLines, builder: str) -> attestation_reads.Reading:
+    """The build's lines are all stored (and fed to `froms`) before its push starts."""
+    return attestation_reads.Reading(partial(_engine_session, access), image_id, list(froms.images.values()), builder)
+
+
+def _attest(job: BuildJob, session: EngineSession, image_id: str, digest: str, froms, build_args, log, watch, reading):
     """Signed provenance, SBOM and signature next to the pushed image (builds/attestations.py)."""
     log.write(f"[generator] Signing {job.image_repository}@{digest}: provenance and SBOM")
     log.flush()
     db_sessions.release()  # reading the image may take a while
-    attached = attestations.attest_image(job, session, image_id, digest, froms, build_args, tick=watch.tick)
+    attached = attestations.attest_image(
+        job, session, image_id, digest, froms, build_args, tick=watch.tick, reading=reading
+    )
     log.write(
         f"[generator] Signed: {attached.signature_tag}, provenance and SBOM ({attached.packages} packages) in "
         f"{attached.attestation_tag}"
