@@ -86,6 +86,7 @@ TIMELINE = [
     ("answered", "submit answered"),
     ("claimed", "claimed by the worker (started_at)"),
     ("contained", "worker: source and cgroup ready"),
+    ("frame_first_line", "frame: the first log line received"),
     ("build_started", "worker: build (CLI) started"),
     ("frame_builder", "frame: the builder's first line received"),
     ("build_done", "worker: build (CLI) done"),
