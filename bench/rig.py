@@ -67,6 +67,8 @@ class Farm:
     processes: dict[str, int] = field(default_factory=dict)
     # The farm's own registry tokens (its signing key), for what the bench writes there itself.
     token_source: Callable[[str], str] | None = None
+    # A private farm's process logs (NAME.log: worker-0.log, web.log...); None for --web.
+    logs: Path | None = None
 
     @property
     def ws(self) -> str:
@@ -275,7 +277,15 @@ def _start(
         processes["postgres"] = postmaster_pid(database_url)
     say(f"private farm up: web http://127.0.0.1:{web_port}, registry localhost:{registry_port}")
     signer = registry_keys.Signer(key, issuer=token_auth.issuer, service=token_auth.service)
-    return Farm(f"http://127.0.0.1:{web_port}", token, registry, pids, processes, token_source=signer.farm_token)
+    return Farm(
+        f"http://127.0.0.1:{web_port}",
+        token,
+        registry,
+        pids,
+        processes,
+        token_source=signer.farm_token,
+        logs=sup.run_dir,
+    )
 
 
 def manage(env: dict[str, str], *args: str) -> str:

@@ -20,7 +20,7 @@ from builds.logs import archive as log_archive
 from builds.registry import usage as registry_usage
 from builds.triggers import base_images, schedule_firing
 from builds.uploads import store as context_store
-from builds.worker import builders, runner
+from builds.worker import builders, phase_times, runner
 from lib import db_sessions
 from lib.control_tasks import control_task
 from lib.structured_logs import log_fields
@@ -44,7 +44,7 @@ def run_build(job_id: str, attempt: int, daemon_id: int) -> None:
     # Every record logged during this run names the job, the attempt and the daemon.
     name = DockerDaemon.objects.filter(pk=daemon_id).values_list("name", flat=True).first
     daemon = db_sessions.retrying(name, f"read daemon {daemon_id}") or daemon_id
-    with log_fields(job=job_id, daemon=daemon, attempt=attempt):
+    with log_fields(job=job_id, daemon=daemon, attempt=attempt), phase_times.timed(job_id):
         runner.run_build(job_id, attempt, daemon_id, worker=run_build.request.hostname or "")
 
 

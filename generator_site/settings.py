@@ -588,7 +588,7 @@ CELERY_BEAT_SCHEDULE = {
 # Log lines are stored and published in batches: each channel-layer message costs
 # about 1.8 ms whatever its size (docs/architecture.md).
 GENERATOR_LOG_BATCH_LINES = env_int("GENERATOR_LOG_BATCH_LINES", 500)
-GENERATOR_LOG_FLUSH_SECONDS = env_int("GENERATOR_LOG_FLUSH_MS", 100) / 1000
+GENERATOR_LOG_FLUSH_SECONDS = env_int("GENERATOR_LOG_FLUSH_MS", 50) / 1000
 GENERATOR_MAX_LOG_LINES = env_int("GENERATOR_MAX_LOG_LINES", 200_000)
 # Tests only: the log writer holds its transaction open forever on a line holding this text (builds/logs/writer.py).
 GENERATOR_TEST_HOLD_LOG_TRANSACTION = env_str("GENERATOR_TEST_HOLD_LOG_TRANSACTION", "")

@@ -120,7 +120,7 @@ class DaemonAddress:
 @dataclass
 class BuildKitRequest:
     tag: str
-    dockerfile: str = "Dockerfile"
+    dockerfile: str = "Dockerfile"  # its path in the tar context; "": the stream is the Dockerfile, no context
     buildargs: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     nocache: bool = False
@@ -217,7 +217,7 @@ class BuildKitSession:
             iidfile = Path(scratch) / "iid"
             argv = self._argv(request, iidfile)
             tail: list[str] = []
-            if _starts_with_extension_header(context):
+            if request.dockerfile and _starts_with_extension_header(context):  # "": a Dockerfile, not a tar
                 context = _Gzipped(context)
             if _has_fileno(context):
                 # The CLI reads the descriptor, whose offset is not a buffered reader's position
@@ -270,7 +270,9 @@ class BuildKitSession:
     def _argv(self, request: BuildKitRequest, iidfile: Path) -> list[str]:
         client = self.client.build_argv()
         argv = [client[0], *self.daemon.argv(), *client[1:]]
-        argv += ["--progress=plain", "--iidfile", str(iidfile), "--tag", request.tag, "--file", request.dockerfile]
+        argv += ["--progress=plain", "--iidfile", str(iidfile), "--tag", request.tag]
+        if request.dockerfile:  # "": stdin is the Dockerfile itself, and the build has no context
+            argv += ["--file", request.dockerfile]
         for name, value in request.buildargs.items():
             argv += ["--build-arg", f"{name}={value}"]
         for name, value in request.labels.items():

@@ -33,11 +33,22 @@ MISSED = {"type": "missed"}  # stands for events a viewer had no room for: read 
 # viewers, so this bounds what a lagging one keeps alive, not a copy per viewer.
 VIEWER_ROOM_BYTES = 2 * 1024 * 1024
 VIEWER_ROOM_EVENTS = 1000
-# Events go to the viewers at most this often; those that came meanwhile go
-# together, and each viewer sends them in one frame. A frame costs daphne about
-# as much whatever its size (autobahn, Twisted and a send per connection): 1,000
-# viewers of a build publishing 20 batches a second were 20,000 frames a second.
-DELIVERY_INTERVAL = 0.25
+# Lines go to a job's viewers at most every `delivery_interval`; those that came
+# meanwhile go together, and each viewer sends them in one frame. A frame costs
+# daphne about as much whatever its size (autobahn, Twisted and a send per
+# connection): 1,000 viewers of a build publishing 20 batches a second were
+# 20,000 frames a second. So the pause grows with the viewers, keeping a job's
+# frames under FRAMES_PER_SECOND per process (1,000 viewers: four a second each),
+# while the few viewers of most builds see a line within DELIVERY_INTERVAL_MIN.
+DELIVERY_INTERVAL_MIN = 0.05
+DELIVERY_INTERVAL_MAX = 0.25
+FRAMES_PER_SECOND = 4000
+
+
+def delivery_interval(viewers: int) -> float:
+    return min(DELIVERY_INTERVAL_MAX, max(DELIVERY_INTERVAL_MIN, viewers / FRAMES_PER_SECOND))
+
+
 RETRY_SECONDS = 1.0
 
 
@@ -127,11 +138,18 @@ class Subscription:
             self._deliver(event)
 
     def _deliver(self, event: dict) -> None:
-        """Hands the event on now, or with the others at the next delivery."""
+        """Hands the event on now, or with the others at the next delivery. A
+        change of status (a few per job: pushing, the end) goes at once, with
+        the lines before it: the end frame never waits for the timer."""
         self._waiting.append(event)
+        if event.get("type") == "job.status":
+            if self._delivery is not None:
+                self._delivery.cancel()
+            self._hand_on()
+            return
         if self._delivery is None:
             loop = asyncio.get_running_loop()
-            pause = self._delivered_at + DELIVERY_INTERVAL - loop.time()
+            pause = self._delivered_at + delivery_interval(len(self.viewers)) - loop.time()
             if pause <= 0:
                 self._hand_on()
             else:

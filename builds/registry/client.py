@@ -28,6 +28,7 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 SINGLE = (DOCKER_MANIFEST, OCI_MANIFEST)
 ANY = (*SINGLE, DOCKER_LIST, OCI_INDEX)
 
+SMALL_BLOB = 256 * 1024
 _LOOPBACK = re.compile(r"^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$")
 
 
@@ -212,9 +213,12 @@ class RegistryAPI:
         return digest
 
     def push_blob(self, name: str, data: bytes) -> str:
-        """Uploads a blob (monolithic: one POST, one PUT); answers its digest."""
+        """Uploads a blob (monolithic: one POST, one PUT); answers its digest.
+        A large one is looked for first; a small one (a signature, an
+        attestation, a config: new every time) is just sent, the look-up
+        costing as much as the upload."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        if self._request("HEAD", name, f"blobs/{digest}").status_code == 200:
+        if len(data) > SMALL_BLOB and self._request("HEAD", name, f"blobs/{digest}").status_code == 200:
             return digest
         started = self._request("POST", name, "blobs/uploads/")
         self._check(started, f"start a blob upload to {name}")
@@ -242,6 +246,9 @@ class RegistryAPI:
     def _request(self, method: str, name: str, path: str, **kwargs) -> requests.Response:
         url = f"{self.base}/{name}/{path}"
         headers = kwargs.pop("headers", {})
+        if not self._token and self.token_source is not None:
+            # The farm signs its own tokens: ask for one now rather than after a 401, a round trip saved.
+            self._token = self.token_source(f"repository:{name}:pull,push,delete")
         for _ in range(2):
             auth_headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
             try:

@@ -5,7 +5,7 @@ builds/jobs/multiplatform.py for an index), and stored as cosign stores them.
 For an image: the facts of the build (the job's row, the build args it ran
 with, the base images BuildKit's log named, the daemon's versions), the
 provenance statement made from them (builds/provenance/slsa.py, pure), the SBOM
-read from the image on its daemon (builds/provenance/sbom.py), each in a DSSE envelope
+read from the image as its daemon saves it (builds/provenance/sbom.py), each in a DSSE envelope
 signed with the farm's key (builds/provenance/signing.py), and a cosign "simple
 signing" signature of the digest. Written to the registry next to the image
 (`sha256-<hex>.sig`, `sha256-<hex>.att`: builds/provenance/cosign_layout.py) through
@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass
-from functools import cache
+from functools import partial
 
 from django.conf import settings
 from django.utils import timezone
@@ -30,10 +29,13 @@ from builds.jobs.build_secrets import models_q_for
 from builds.models import Attestation, BuildContext, BuildJob, BuildSecret
 from builds.provenance import cosign_layout, dsse, sbom, signing
 from builds.provenance import slsa as provenance
-from builds.provenance.slsa import BaseImage, BuildFacts, Child, FromLines, Source
+from builds.provenance.slsa import BuildFacts, Child, FromLines, Source
+from builds.registry import parallel as registry_parallel
 from builds.registry.accounts import registry_login
 from builds.registry.client import RegistryAPI, RegistryError, repository_path
 from builds.uploads import store as context_store
+from builds.worker import attestation_reads
+from builds.worker.attestation_reads import farm_version
 from lib.references import parse_reference
 
 
@@ -60,16 +62,19 @@ def attest_image(
     froms: FromLines,
     build_args: dict[str, str],
     tick=None,
+    reading: attestation_reads.Reading | None = None,
 ) -> Attached:
-    """Provenance, SBOM and signature of the image `job` just pushed as `digest`."""
+    """Provenance, SBOM and signature of the image `job` just pushed as `digest`;
+    what they need from the daemon from `reading` if the worker started it
+    during the push, else read now."""
     try:
-        bases = _resolved(engine, froms)
-        versions = _versions(engine, job.builder)
-        facts = _facts(job, digest, build_args, versions, bases)
-        secret_values = _secret_values(job)
-        statement = provenance.statement(facts, secret_values)
-        contents = _contents(engine, image_id, job.platform, tick)
-        bom = json.loads(sbom.bom_json(contents, job.image_repository, digest))
+        if reading is not None:
+            daemon = reading.result(tick)
+        else:
+            daemon = attestation_reads.read(engine, image_id, froms.images.values(), job.builder, tick)
+        facts = _facts(job, digest, build_args, daemon.versions, daemon.bases)
+        statement = provenance.statement(facts, _secret_values(job))
+        bom = json.loads(sbom.bom_json(daemon.contents, job.image_repository, digest))
         sbom_statement = _statement(job.image_repository, digest, sbom.PREDICATE_TYPE, bom)
         return _attach(job, digest, [statement, sbom_statement], packages=len(bom.get("components", [])))
     except (RegistryError, EngineError, OSError, ValueError) as exc:
@@ -152,51 +157,6 @@ def _secret_values(job: BuildJob) -> list[str]:
     return [crypto.decrypt(value) for value in stored]
 
 
-def _resolved(engine: EngineSession, froms: FromLines) -> list[BaseImage]:
-    """The base images as BuildKit's log named them; those it named without a
-    digest (the daemon had the image and asked no registry; every FROM of the
-    classic builder) by what the daemon holds under that name."""
-    bases = []
-    for base in froms.images.values():
-        if base.digest:
-            bases.append(base)
-            continue
-        try:
-            digest, image_id = engine.image_digest(base.reference)
-        except EngineError:
-            bases.append(base)
-            continue
-        if digest:
-            bases.append(BaseImage(base.reference, digest, "daemon-repo-digest"))
-        else:  # an image never pulled or pushed (docker import): only its id names it
-            bases.append(BaseImage(base.reference, image_id, "daemon-image-id"))
-    return bases
-
-
-def _versions(engine: EngineSession, builder: str) -> dict[str, str]:
-    engine_version = str(engine.version().get("Version", ""))
-    versions = {"generator": farm_version(), "docker-engine": engine_version}
-    if builder == "buildkit":
-        from builds.worker.builders import buildkit_client
-
-        # Engine 20.10 reports no BuildKit version: its BuildKit is the one vendored into that Engine.
-        versions["buildkit"] = f"built into Docker Engine {engine_version}"
-        versions["docker-cli"] = buildkit_client().version
-    return versions
-
-
-@cache
-def farm_version() -> str:
-    with open(settings.BASE_DIR / "pyproject.toml", "rb") as file:
-        return tomllib.load(file)["project"]["version"]
-
-
-def _contents(engine: EngineSession, image_id: str, platform: str, tick) -> sbom.Contents:
-    with engine.exported(image_id, platform) as stream:
-        budget = sbom.Budget(stream, settings.GENERATOR_SBOM_MAX_BYTES, settings.GENERATOR_SBOM_SECONDS, tick)
-        return sbom.read_image(budget)
-
-
 def _statement(name: str, digest: str, predicate_type: str, predicate: dict) -> dict:
     return {
         "_type": provenance.STATEMENT_TYPE,
@@ -229,11 +189,21 @@ def _attach(job: BuildJob, digest: str, statements: list[dict], *, packages: int
 
 
 def _write(job: BuildJob, reference, images: dict[str, cosign_layout.Image]) -> None:
-    """The `.sig` and `.att` images, blobs first, with the farm's writes' credentials."""
+    """The `.sig` and `.att` images with the farm's writes' credentials: every
+    blob at once, then the manifests (builds/registry/parallel.py)."""
     host = reference.registry
     name = repository_path(reference.repository, host)
-    with RegistryAPI(host, **registry_login(host, job.team_id)) as api:
-        for tag, image in images.items():
-            for blob in image.blobs:
-                api.push_blob(name, blob)
-            api.put_manifest(name, tag, cosign_layout.OCI_MANIFEST, image.manifest)
+    login = registry_login(host, job.team_id)
+    blobs = list(dict.fromkeys(blob for image in images.values() for blob in image.blobs))
+    manifests = [(tag, image.manifest) for tag, image in images.items()]
+    with registry_parallel.AtOnce(lambda: RegistryAPI(host, **login)) as registry:
+        registry.each([partial(_push_blob, name, blob) for blob in blobs])
+        registry.each([partial(_put, name, *manifest) for manifest in manifests])
+
+
+def _push_blob(name: str, blob: bytes, api: RegistryAPI) -> str:
+    return api.push_blob(name, blob)
+
+
+def _put(name: str, tag: str, manifest: bytes, api: RegistryAPI) -> None:
+    api.put_manifest(name, tag, cosign_layout.OCI_MANIFEST, manifest)

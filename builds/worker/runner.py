@@ -40,7 +40,7 @@ from builds.sources.changed_files import git_source
 from builds.sources.git import SourceError
 from builds.triggers import base_images
 from builds.uploads import store as context_store
-from builds.worker import attestations, builders
+from builds.worker import attestation_reads, attestations, builders, phase_times
 from builds.worker.containment import contained
 from lib import db_sessions, egress
 from lib.references import parse_build_target
@@ -146,6 +146,7 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
     if not db_sessions.retrying(claim, f"claim job {job_id}"):
         logger.info("job %s attempt %s is not queued for daemon %s any more; nothing to do", job_id, attempt, daemon_id)
         return
+    phase_times.mark("claimed")
     logger.info("job %s attempt %s claimed by %s", job_id, attempt, worker)
     job = BuildJob.objects.select_related("daemon", "cancelled_by", "repository", "team").get(pk=job_id)
     daemon_name = job.daemon.name if job.daemon else ""
@@ -176,6 +177,7 @@ def run_build(job_id: str, attempt: int, daemon_id: int, worker: str) -> None:
             dispatch()  # a slot is free: start the next waiting job now, not at the next beat
         except Exception:
             logger.warning("could not dispatch after job %s", job.id, exc_info=True)
+        phase_times.mark("dispatched")
 
 
 def _record(job: BuildJob, log: LogWriter, froms: FromLines) -> None:
@@ -266,11 +268,7 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
         access = client_settings(daemon)
     except InsecureEngineAddress as exc:  # a row older than the rule: the daemon's fault, not the build's
         raise DaemonUnavailable(str(exc)) from exc
-    session = EngineSession(
-        **access,
-        api_version=settings.GENERATOR_DOCKER_API_VERSION,
-        timeout=settings.GENERATOR_DOCKER_TIMEOUT,
-    )
+    session = _engine_session(access)
     if disk := _data_disk(job):
         if disk.size != daemon.data_disk_bytes:
             disks.record_size(daemon.pk, disk)
@@ -293,10 +291,13 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
             ) as containment,
         ):
             log.write(f"[generator] {containment.summary}")
+            phase_times.mark("contained")
             ran_with = dict(buildargs)  # the build args as given, before the farm adds its own
             image_id = builders.build(
                 job, session, access, context, dockerfile, buildargs, containment, log, watch, str(target), froms
             )
+            phase_times.mark("build_done")
+        phase_times.mark("uncontained")
         log.write(f"[generator] Built {image_id}")
         log.flush()  # every FROM line stored, so read into `froms`, before the daemon is asked about them
         base_images.resolve_on_daemon(job, session, froms)
@@ -307,24 +308,46 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
         log.flush()
         if not transitions.start_push(job.id, job.attempt, image_id):
             watch.stop()
-        # Every tag of the build; they share one manifest, so one digest.
-        pushed = [
-            _push(session, replace(target, tag=tag), log, watch, daemon.name, job.team_id)
-            for tag in [target.tag, *job.extra_tags]
-        ]
-        if settings.GENERATOR_ATTESTATIONS:
-            _attest(job, session, image_id, pushed[0].digest, froms, ran_with, log, watch)
+        phase_times.mark("push_started")
+        # What the attestations read from the daemon, read while the image is pushed.
+        reading = _start_reading(access, image_id, froms, job.builder) if settings.GENERATOR_ATTESTATIONS else None
+        try:
+            # Every tag of the build; they share one manifest, so one digest.
+            pushed = [
+                _push(session, replace(target, tag=tag), log, watch, daemon.name, job.team_id)
+                for tag in [target.tag, *job.extra_tags]
+            ]
+            phase_times.mark("pushed")
+            if reading is not None:
+                _attest(job, session, image_id, pushed[0].digest, froms, ran_with, log, watch, reading)
+                phase_times.mark("attested")
+        finally:
+            if reading is not None:
+                reading.stop()  # a failed push or a cancel: the read stops too
         # What the team's tags take in the farm's registry now (its quota: builds/registry/usage.py).
         registry_usage.record_push(job.team_id, job.image_repository, job.tags, pushed[0].digest)
         return pushed[0]
 
 
-def _attest(job: BuildJob, session: EngineSession, image_id: str, digest: str, froms, build_args, log, watch) -> None:
+def _engine_session(access: dict) -> EngineSession:
+    return EngineSession(
+        **access, api_version=settings.GENERATOR_DOCKER_API_VERSION, timeout=settings.GENERATOR_DOCKER_TIMEOUT
+    )
+
+
+def _start_reading(access: dict, image_id: str, froms: FromLines, builder: str) -> attestation_reads.Reading:
+    """The build's lines are all stored (and fed to `froms`) before its push starts."""
+    return attestation_reads.Reading(partial(_engine_session, access), image_id, list(froms.images.values()), builder)
+
+
+def _attest(job: BuildJob, session: EngineSession, image_id: str, digest: str, froms, build_args, log, watch, reading):
     """Signed provenance, SBOM and signature next to the pushed image (builds/worker/attestations.py)."""
     log.write(f"[generator] Signing {job.image_repository}@{digest}: provenance and SBOM")
     log.flush()
     db_sessions.release()  # reading the image may take a while
-    attached = attestations.attest_image(job, session, image_id, digest, froms, build_args, tick=watch.tick)
+    attached = attestations.attest_image(
+        job, session, image_id, digest, froms, build_args, tick=watch.tick, reading=reading
+    )
     log.write(
         f"[generator] Signed: {attached.signature_tag}, provenance and SBOM ({attached.packages} packages) in "
         f"{attached.attestation_tag}"
@@ -479,5 +502,6 @@ def _end(job: BuildJob, log: LogWriter, last_line: str, transition) -> None:
         logger.exception("could not store the last log lines of job %s", job.id)
     # Retried while no session can be had: a build that ran must not be built again for it.
     db_sessions.retrying(partial(transition, job.id, job.attempt), f"record the outcome of job {job.id}")
+    phase_times.mark("ended")
     # A build's own secrets live only while it may still run (a requeued attempt keeps them).
     BuildSecret.objects.filter(job_id=job.id, job__status__in=BuildJob.TERMINAL).delete()

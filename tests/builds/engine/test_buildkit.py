@@ -40,6 +40,12 @@ def test_a_configured_path_that_is_no_docker_cli_is_refused(tmp_path):
         find_client(str(tmp_path / "nothing"))
 
 
+def test_a_dockerfile_on_stdin_is_given_no_file_option():
+    session = BuildKitSession(BuildKitClient(DEBIAN_CLI, "embedded", "20.10.24"), DaemonAddress("unix:///d.sock"))
+    argv = session._argv(BuildKitRequest(tag="localhost:5000/team/app:1", dockerfile=""), Path("/tmp/iid"))
+    assert "--file" not in argv and argv[-1] == "-"  # the CLI takes stdin for the Dockerfile, with no context
+
+
 def test_the_cli_is_given_the_daemon_the_options_and_no_environment_of_the_worker(monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "tcp://attacker.example:2375")
     session = BuildKitSession(

@@ -107,3 +107,60 @@ def test_a_read_cut_short_says_the_sbom_is_incomplete():
     assert properties["generator:sbom:complete"] == "false"
     assert {c["name"] for c in document["components"]} == {"musl", "busybox"}  # read before the cut
     assert read(data).complete
+
+
+def saved_image(layers: list[dict[str, str]], *, manifest: bool = True) -> bytes:
+    """An image as `docker save` streams it: each layer's tar in a folder, then manifest.json naming them in order."""
+    buffer = io.BytesIO()
+    names = [f"{index:064x}/layer.tar" for index in range(len(layers))]
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, files in zip(names, layers, strict=True):
+            data = rootfs(files)
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+        if manifest:
+            data = json.dumps([{"Config": "c.json", "RepoTags": None, "Layers": names}]).encode()
+            member = tarfile.TarInfo("manifest.json")
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def read_saved(data: bytes) -> sbom.Contents:
+    return sbom.read_saved_image(sbom.Budget(io.BytesIO(data), 1 << 30, 60))
+
+
+def test_a_saved_image_is_read_as_its_layers_lie_over_each_other():
+    base = {"etc/os-release": "ID=alpine\nVERSION_ID=3.19.1\n", "lib/apk/db/installed": APK_INSTALLED}
+    upper = {
+        # apk upgraded musl: the upper layer's database replaces the base's
+        "lib/apk/db/installed": APK_INSTALLED.replace("1.2.4-r2", "1.2.5-r0"),
+        "usr/lib/python3/site-packages/requests-2.32.3.dist-info/METADATA": METADATA,
+    }
+    contents = read_saved(saved_image([base, upper]))
+    assert contents.complete and contents.distro == "alpine"
+    found = components(contents)
+    assert set(found) == {"musl", "busybox", "requests"}
+    assert found["musl"]["version"] == "1.2.5-r0"
+
+
+def test_a_saved_images_whiteouts_remove_what_lower_layers_installed():
+    base = {
+        "etc/os-release": "ID=debian\nVERSION_ID=12\n",
+        "var/lib/dpkg/status": DPKG_STATUS,
+        "usr/lib/python3/dist-packages/requests-2.32.3.dist-info/METADATA": METADATA,
+        "opt/venv/lib/six-1.16.0.dist-info/METADATA": "Name: six\nVersion: 1.16.0\n",
+    }
+    upper = {
+        "usr/lib/python3/dist-packages/.wh.requests-2.32.3.dist-info": "",  # pip uninstall requests
+        "opt/venv/.wh..wh..opq": "",  # the venv made again, empty
+    }
+    assert set(components(read_saved(saved_image([base, upper])))) == {"libc6", "bash"}
+    assert set(components(read_saved(saved_image([upper, base])))) == {"libc6", "bash", "requests", "six"}
+
+
+def test_a_saved_image_without_its_manifest_is_marked_incomplete():
+    contents = read_saved(saved_image([{"lib/apk/db/installed": APK_INSTALLED}], manifest=False))
+    assert not contents.complete and "manifest.json" in contents.why_incomplete
+    assert {p.name for p in contents.packages} == {"musl", "busybox"}

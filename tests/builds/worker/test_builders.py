@@ -91,3 +91,19 @@ def test_a_worker_says_which_buildkit_client_it_found_on_its_daemons_rows(db, se
     finally:
         builders.buildkit_client.cache_clear()
     assert DockerDaemon.objects.get(name="d2").buildkit_client.startswith("none: no docker CLI")
+
+
+def test_a_dockerfile_given_as_text_goes_to_buildkit_alone_unless_it_copies(operator, daemon, settings):
+    from builds.dockerfiles.in_context import FoundDockerfile
+    from builds.worker.builders import _context_free_dockerfile
+
+    settings.GENERATOR_BUILDERS = ["classic", "buildkit"]
+    job = submit(BuildRequest(image=IMAGE, dockerfile=DOCKERFILE, builder="buildkit"), submitted_by=operator)
+    alone = _context_free_dockerfile(job, FoundDockerfile("Dockerfile", DOCKERFILE.encode()))
+    # Scoped to the team as the tar's Dockerfile is (builds/worker/cache_scope.py).
+    assert alone is not None and alone.startswith(b"FROM busybox\nARG GENERATOR_TEAM_")
+    assert alone.endswith(b"RUN true\n")
+    copying = b"FROM busybox\nCOPY Dockerfile /\n"
+    assert _context_free_dockerfile(job, FoundDockerfile("Dockerfile", copying)) is None  # the tar has what it names
+    job.ref = "refs/heads/main"
+    assert _context_free_dockerfile(job, FoundDockerfile("Dockerfile", DOCKERFILE.encode())) is None
