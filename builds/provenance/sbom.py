@@ -1,10 +1,10 @@
-"""A CycloneDX SBOM of what an image holds, read from its layers as `docker
-save` streams them (`read_saved_image`; `read_image` reads one filesystem tar):
+"""A CycloneDX SBOM of what an image holds, read from its filesystem as `docker
+export` streams it (`read_image`):
 Debian's dpkg status (and distroless' status.d), Alpine's apk installed
 database, and Python distributions' metadata (*.dist-info/METADATA,
 *.egg-info/PKG-INFO). Made with cyclonedx-python-lib, not by hand.
 
-No Django and no Docker here: builds/worker/attestations.py streams the saved image in,
+No Django and no Docker here: builds/worker/attestation_reads.py streams the export in,
 with its bounds (bytes read, seconds), and a stream cut short makes an SBOM
 marked incomplete (`generator:sbom:complete` false), never a wrong "nothing".
 """
@@ -12,7 +12,6 @@ marked incomplete (`generator:sbom:complete` false), never a wrong "nothing".
 from __future__ import annotations
 
 import email.parser
-import json
 import re
 import tarfile
 import time
@@ -96,87 +95,6 @@ def read_image(stream: Budget) -> Contents:
     if stream.exceeded:
         contents.complete, contents.why_incomplete = False, stream.exceeded
     return contents
-
-
-def read_saved_image(stream: Budget) -> Contents:
-    """The packages of the image `stream` holds as `docker save` writes it: its
-    layers' tars and a manifest.json naming them, lowest first. Each layer's
-    package databases are kept (a few KiB), then laid over each other in that
-    order, whiteouts included, as the image's filesystem would show them.
-
-    Reading the saved image asks the daemon for no container: `docker export`
-    needed one created and removed around it, ten times the daemon's time of
-    the read itself for a small image (docs/benchmarks.md, issue 26)."""
-    contents = Contents()
-    layers: dict[str, _Layer] = {}
-    order: list[str] | None = None
-    try:
-        with tarfile.open(fileobj=stream, mode="r|") as saved:
-            for member in saved:
-                if not member.isfile():
-                    continue
-                if member.name == "manifest.json":
-                    order = json.loads(_text(saved, member))[0]["Layers"]
-                elif _is_layer(member.name) and (layer := _read_layer(saved.extractfile(member))) is not None:
-                    layers[member.name] = layer
-    except (tarfile.TarError, EOFError, ValueError, KeyError, IndexError) as exc:
-        if not stream.exceeded:
-            contents.complete, contents.why_incomplete = False, f"the image's files could not be read: {exc}"
-    if stream.exceeded:
-        contents.complete, contents.why_incomplete = False, stream.exceeded
-    if order is None:
-        if contents.complete:
-            contents.complete, contents.why_incomplete = False, "the saved image has no manifest.json"
-        order = list(layers)  # what was read, in the order it came: better than nothing, and marked so
-    files: dict[str, str] = {}
-    for name in order:
-        if (layer := layers.get(name)) is not None:
-            layer.lay_over(files)
-        elif contents.complete:
-            contents.complete, contents.why_incomplete = False, f"the saved image lacks its layer {name}"
-    for name, text in files.items():
-        _take(name, text, contents)
-    return contents
-
-
-@dataclass
-class _Layer:
-    files: dict[str, str] = field(default_factory=dict)  # the package databases it adds or changes
-    removed: list[str] = field(default_factory=list)  # whiteouts: these paths of lower layers are gone
-    emptied: list[str] = field(default_factory=list)  # opaque folders: nothing of lower layers below them
-
-    def lay_over(self, files: dict[str, str]) -> None:
-        for path in list(files):
-            if any(path == gone or path.startswith(gone + "/") for gone in self.removed) or any(
-                path.startswith(folder + "/") for folder in self.emptied
-            ):
-                del files[path]
-        files.update(self.files)
-
-
-def _is_layer(name: str) -> bool:
-    """Docker 20.10 saves a layer as <id>/layer.tar; later releases as an OCI layout's blobs/sha256/<digest>."""
-    return name.endswith("/layer.tar") or name.startswith("blobs/")
-
-
-def _read_layer(raw) -> _Layer | None:
-    """A layer's package databases and whiteouts; None for a blob that is no tar (an OCI layout's JSON)."""
-    layer = _Layer()
-    try:
-        tar = tarfile.open(fileobj=raw, mode="r|*")  # noqa: SIM115 (closed below: the open is what may fail)
-    except tarfile.ReadError:
-        return None
-    with tar:
-        for member in tar:
-            name = member.name.removeprefix("./").lstrip("/")
-            folder, _, base = name.rpartition("/")
-            if base == ".wh..wh..opq":
-                layer.emptied.append(folder)
-            elif base.startswith(".wh."):
-                layer.removed.append(f"{folder}/{base[4:]}" if folder else base[4:])
-            elif member.isfile() and member.size <= MAX_DATABASE_BYTES and _wanted(name):
-                layer.files[name] = _text(tar, member)
-    return layer
 
 
 def _wanted(name: str) -> bool:

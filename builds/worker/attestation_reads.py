@@ -30,8 +30,10 @@ class DaemonFacts:
     contents: sbom.Contents
 
 
-def read(engine: EngineSession, image_id: str, bases: Iterable[BaseImage], builder: str, tick=None) -> DaemonFacts:
-    return DaemonFacts(resolved(engine, bases), versions(engine, builder), contents(engine, image_id, tick))
+def read(
+    engine: EngineSession, image_id: str, bases: Iterable[BaseImage], builder: str, platform: str = "", tick=None
+) -> DaemonFacts:
+    return DaemonFacts(resolved(engine, bases), versions(engine, builder), contents(engine, image_id, platform, tick))
 
 
 class Stopped(Exception):
@@ -42,18 +44,23 @@ class Reading:
     """`read` in a thread of its own, started now; `result()` waits for it."""
 
     def __init__(
-        self, open_engine: Callable[[], EngineSession], image_id: str, bases: list[BaseImage], builder: str
+        self,
+        open_engine: Callable[[], EngineSession],
+        image_id: str,
+        bases: list[BaseImage],
+        builder: str,
+        platform: str = "",
     ) -> None:
         self._stop, self._done = threading.Event(), threading.Event()
         self._facts: DaemonFacts | None = None
         self._error: BaseException | None = None
-        args = (open_engine, image_id, bases, builder)
+        args = (open_engine, image_id, bases, builder, platform)
         threading.Thread(target=self._run, args=args, name="attestation-read", daemon=True).start()
 
-    def _run(self, open_engine, image_id: str, bases: list[BaseImage], builder: str) -> None:
+    def _run(self, open_engine, image_id: str, bases: list[BaseImage], builder: str, platform: str) -> None:
         try:
             with open_engine() as engine:
-                self._facts = read(engine, image_id, bases, builder, tick=self._check)
+                self._facts = read(engine, image_id, bases, builder, platform, tick=self._check)
         except BaseException as exc:  # handed to the thread that waits for the result
             self._error = exc
         finally:
@@ -117,7 +124,9 @@ def farm_version() -> str:
         return tomllib.load(file)["project"]["version"]
 
 
-def contents(engine: EngineSession, image_id: str, tick=None) -> sbom.Contents:
-    with engine.saved(image_id) as stream:
+def contents(engine: EngineSession, image_id: str, platform: str = "", tick=None) -> sbom.Contents:
+    """The SBOM's packages, from the image's filesystem as the daemon exports it
+    (streamed: `docker save` would stage the whole image in the daemon's data root first)."""
+    with engine.exported(image_id, platform) as stream:
         budget = sbom.Budget(stream, settings.GENERATOR_SBOM_MAX_BYTES, settings.GENERATOR_SBOM_SECONDS, tick)
-        return sbom.read_saved_image(budget)
+        return sbom.read_image(budget)

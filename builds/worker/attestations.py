@@ -71,7 +71,7 @@ def attest_image(
         if reading is not None:
             daemon = reading.result(tick)
         else:
-            daemon = attestation_reads.read(engine, image_id, froms.images.values(), job.builder, tick)
+            daemon = attestation_reads.read(engine, image_id, froms.images.values(), job.builder, job.platform, tick)
         facts = _facts(job, digest, build_args, daemon.versions, daemon.bases)
         statement = provenance.statement(facts, _secret_values(job))
         bom = json.loads(sbom.bom_json(daemon.contents, job.image_repository, digest))

@@ -310,7 +310,7 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
             watch.stop()
         phase_times.mark("push_started")
         # What the attestations read from the daemon, read while the image is pushed.
-        reading = _start_reading(access, image_id, froms, job.builder) if settings.GENERATOR_ATTESTATIONS else None
+        reading = _start_reading(access, image_id, froms, job) if settings.GENERATOR_ATTESTATIONS else None
         try:
             # Every tag of the build; they share one manifest, so one digest.
             pushed = [
@@ -335,9 +335,10 @@ def _engine_session(access: dict) -> EngineSession:
     )
 
 
-def _start_reading(access: dict, image_id: str, froms: FromLines, builder: str) -> attestation_reads.Reading:
+def _start_reading(access: dict, image_id: str, froms: FromLines, job: BuildJob) -> attestation_reads.Reading:
     """The build's lines are all stored (and fed to `froms`) before its push starts."""
-    return attestation_reads.Reading(partial(_engine_session, access), image_id, list(froms.images.values()), builder)
+    bases = list(froms.images.values())
+    return attestation_reads.Reading(partial(_engine_session, access), image_id, bases, job.builder, job.platform)
 
 
 def _attest(job: BuildJob, session: EngineSession, image_id: str, digest: str, froms, build_args, log, watch, reading):
