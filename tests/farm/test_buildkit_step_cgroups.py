@@ -87,6 +87,7 @@ def test_two_buildkit_builds_on_one_daemon_are_each_held_to_their_own_limits(far
     # Held at its own limit: the daemon's runc (scripts/buildkit-runc/runc) starts each of its steps in
     # the build's own cgroup, so no fork loop or allocation outruns a move to it.
     assert kind == "failed" and message.startswith(reason), message
+    assert "shared with" not in message  # its own cgroup's figure, not the daemon's
     kind, image, b_start, b_end, lines = outcome["beside"]
     assert kind == "built" and image.startswith("sha256:"), image
     # The step's very first process was already there, in each hierarchy (without the daemon's
