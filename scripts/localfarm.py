@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -277,7 +278,12 @@ BUILDKIT_RUNC_DIR = ROOT / "scripts" / "buildkit-runc"
 
 
 def dockerd_env() -> dict[str, str]:
-    return {**DOCKERD_ENV, "PATH": f"{BUILDKIT_RUNC_DIR}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
+    return {
+        **DOCKERD_ENV,
+        "PATH": f"{BUILDKIT_RUNC_DIR}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
+        # The farm's own interpreter, resolved: never a wrapper such as pyenv's shim, run once for every RUN step.
+        "GENERATOR_RUNC_PYTHON": os.path.realpath(sys.executable),
+    }
 
 
 def dockerd_argv(

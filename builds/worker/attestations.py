@@ -34,7 +34,7 @@ from builds.registry import parallel as registry_parallel
 from builds.registry.accounts import registry_login
 from builds.registry.client import RegistryAPI, RegistryError, repository_path
 from builds.uploads import store as context_store
-from builds.worker import attestation_reads
+from builds.worker import attestation_reads, phase_times
 from builds.worker.attestation_reads import farm_version
 from lib.references import parse_reference
 
@@ -70,12 +70,14 @@ def attest_image(
     try:
         if reading is not None:
             daemon = reading.result(tick)
+            phase_times.mark("read_taken")
         else:
             daemon = attestation_reads.read(engine, image_id, froms.images.values(), job.builder, job.platform, tick)
         facts = _facts(job, digest, build_args, daemon.versions, daemon.bases)
         statement = provenance.statement(facts, _secret_values(job))
         bom = json.loads(sbom.bom_json(daemon.contents, job.image_repository, digest))
         sbom_statement = _statement(job.image_repository, digest, sbom.PREDICATE_TYPE, bom)
+        phase_times.mark("statements_made")
         return _attach(job, digest, [statement, sbom_statement], packages=len(bom.get("components", [])))
     except (RegistryError, EngineError, OSError, ValueError) as exc:
         if isinstance(exc, AttestationFailed):
@@ -178,7 +180,9 @@ def _attach(job: BuildJob, digest: str, statements: list[dict], *, packages: int
         [cosign_layout.attestation_layer(e, s["predicateType"]) for e, s in zip(envelopes, statements, strict=True)]
     )
     sig_tag, att_tag = cosign_layout.signature_tag(digest), cosign_layout.attestation_tag(digest)
+    phase_times.mark("signed")
     _write(job, reference, {sig_tag: signature_image, att_tag: attestation_image})
+    phase_times.mark("written")
     Attestation.objects.filter(job=job, digest=digest).delete()
     kid = key.key_id
     Attestation.objects.bulk_create(

@@ -221,6 +221,10 @@ def _record(job: BuildJob, log: LogWriter, froms: FromLines) -> None:
             _end(job, log, f"Built {job.image}, not pushed: {job.not_pushed}", ended)
             return
         _end(job, log, f"Pushed {job.image}@{pushed.digest}", lambda i, a: transitions.succeed(i, a, pushed.digest))
+        # What the team's tags take in the farm's registry now (its quota: builds/registry/usage.py), read
+        # back after the job's end, which need not wait for it: a miss is healed by the next recount.
+        registry_usage.record_push(job.team_id, job.image_repository, job.tags, pushed.digest)
+        phase_times.mark("usage_recorded")
         _record_base_images(job, froms)
 
 
@@ -269,10 +273,12 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
     except InsecureEngineAddress as exc:  # a row older than the rule: the daemon's fault, not the build's
         raise DaemonUnavailable(str(exc)) from exc
     session = _engine_session(access)
+    phase_times.mark("engine_ready")
     if disk := _data_disk(job):
         if disk.size != daemon.data_disk_bytes:
             disks.record_size(daemon.pk, disk)
         watch.disk = disks.FullestWatch(disk)
+    phase_times.mark("disk_measured")
     with session:
         platform = f" for {job.platform}" if job.platform else ""
         log.write(f"[generator] Building {target}{platform} on {daemon.name} (attempt {job.attempt})")
@@ -301,6 +307,7 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
         log.write(f"[generator] Built {image_id}")
         log.flush()  # every FROM line stored, so read into `froms`, before the daemon is asked about them
         base_images.resolve_on_daemon(job, session, froms)
+        phase_times.mark("bases_resolved")
         if job.not_pushed:
             return Unpushed(image_id)
         for tag in job.extra_tags:
@@ -324,8 +331,6 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
         finally:
             if reading is not None:
                 reading.stop()  # a failed push or a cancel: the read stops too
-        # What the team's tags take in the farm's registry now (its quota: builds/registry/usage.py).
-        registry_usage.record_push(job.team_id, job.image_repository, job.tags, pushed[0].digest)
         return pushed[0]
 
 

@@ -23,7 +23,7 @@ from builds.models import BuildJob
 from scripts import localfarm as lf
 from teams.models import Membership, Namespace, Team
 from tests.conftest import _user
-from tests.farm.conftest import api_build, follow, http_get
+from tests.farm.conftest import api_build, follow, http_get, wait_for
 from tests.farm.test_registry_auth import docker, login, user_daemon  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.farm
@@ -87,8 +87,10 @@ def test_a_team_over_its_registry_quota_is_refused_by_the_registry_itself(
 
     first = build(farm, person, f"{registry}/qa-small/app:{tag}", "FROM busybox\nRUN echo one > /one\n")
     assert first.status == "succeeded", first.error
-    small.refresh_from_db()
-    assert small.registry_used_bytes > 1  # its image, signature and attestation, as the worker read them back
+    # Its image, signature and attestation, as the worker reads them back just after the job's end.
+    wait_for(
+        lambda: Team.objects.get(pk=small.pk).registry_used_bytes > 1, "the team's registry use recorded", timeout=30
+    )
 
     # The team's own credentials: its token carries no push any more...
     assert token_actions(farm, person, "qa-small/app") == ["pull"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,25 @@ def test_dockerd_finds_it_first_on_its_path_and_it_finds_the_real_runc_after_it(
         [str(SHIM), "--version"], env={"PATH": os.pathsep.join(path)}, capture_output=True, text=True, timeout=30
     )
     assert answer.returncode == 0 and answer.stdout.startswith("runc version"), answer
+
+
+def test_it_places_steps_with_the_interpreter_it_is_given_not_a_wrapper_on_path(tmp_path, cgroups, real_runc):
+    """Every RUN step pays for the interpreter's start: pyenv's `python3` shim
+    (a shell script first on PATH here) cost each ~60 ms; dockerd is told the real one."""
+    given = tmp_path / "given-python"
+    given.write_text(f'#!/bin/sh\ntouch "$0.ran"\nexec {os.path.realpath(sys.executable)} "$@"\n')
+    given.chmod(0o755)
+    marker = step_marker(JOB, 2)
+    folder = bundle(tmp_path, [f"NO_PROXY={marker}"])
+    env = {"PATH": os.environ["PATH"], "GENERATOR_REAL_RUNC": str(real_runc), "GENERATOR_CGROUP_ROOT": str(cgroups)}
+    subprocess.run(
+        [str(SHIM), "run", "--bundle", str(folder), "k3u1"],
+        env={**env, "GENERATOR_RUNC_PYTHON": str(given)},
+        timeout=30,
+    )
+    assert Path(f"{given}.ran").exists()
+    assert json.loads(Path(f"{real_runc}.config").read_text())["linux"]["cgroupsPath"].startswith(
+        cgroup_name("farm-0", JOB, 2)
+    )
+    interpreter = dockerd_env()["GENERATOR_RUNC_PYTHON"]
+    assert Path(interpreter).read_bytes()[:4] == b"\x7fELF"  # a binary, not a shim
