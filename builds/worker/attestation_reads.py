@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import threading
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -31,9 +32,22 @@ class DaemonFacts:
 
 
 def read(
-    engine: EngineSession, image_id: str, bases: Iterable[BaseImage], builder: str, platform: str = "", tick=None
+    engine: EngineSession,
+    image_id: str,
+    bases: Iterable[BaseImage],
+    builder: str,
+    platform: str = "",
+    tick=None,
+    ready: Callable[[DaemonFacts], None] | None = None,
 ) -> DaemonFacts:
-    return DaemonFacts(resolved(engine, bases), versions(engine, builder), contents(engine, image_id, platform, tick))
+    """The facts; handed to `ready` as soon as they are known, before the
+    exported container is removed (nothing waits for that)."""
+    found_bases, found_versions = resolved(engine, bases), versions(engine, builder)
+    with exported(engine, image_id, platform, tick) as stream:
+        facts = DaemonFacts(found_bases, found_versions, sbom.read_image(stream))
+        if ready is not None:
+            ready(facts)
+    return facts
 
 
 class Stopped(Exception):
@@ -60,11 +74,16 @@ class Reading:
     def _run(self, open_engine, image_id: str, bases: list[BaseImage], builder: str, platform: str) -> None:
         try:
             with open_engine() as engine:
-                self._facts = read(engine, image_id, bases, builder, platform, tick=self._check)
+                read(engine, image_id, bases, builder, platform, tick=self._check, ready=self._ready)
         except BaseException as exc:  # handed to the thread that waits for the result
-            self._error = exc
+            if not self._done.is_set():
+                self._error = exc
         finally:
             self._done.set()
+
+    def _ready(self, facts: DaemonFacts) -> None:
+        self._facts = facts
+        self._done.set()
 
     def _check(self) -> None:
         if self._stop.is_set():
@@ -124,9 +143,9 @@ def farm_version() -> str:
         return tomllib.load(file)["project"]["version"]
 
 
-def contents(engine: EngineSession, image_id: str, platform: str = "", tick=None) -> sbom.Contents:
-    """The SBOM's packages, from the image's filesystem as the daemon exports it
+@contextmanager
+def exported(engine: EngineSession, image_id: str, platform: str = "", tick=None) -> Iterator[sbom.Budget]:
+    """The image's filesystem as the daemon exports it, within the SBOM's bounds
     (streamed: `docker save` would stage the whole image in the daemon's data root first)."""
     with engine.exported(image_id, platform) as stream:
-        budget = sbom.Budget(stream, settings.GENERATOR_SBOM_MAX_BYTES, settings.GENERATOR_SBOM_SECONDS, tick)
-        return sbom.read_image(budget)
+        yield sbom.Budget(stream, settings.GENERATOR_SBOM_MAX_BYTES, settings.GENERATOR_SBOM_SECONDS, tick)
