@@ -53,12 +53,18 @@ def measure(daemon: DockerDaemon, *, api_version: str, timeout: float) -> DataDi
     try:
         api = docker.APIClient(**client_settings(daemon), version=api_version, timeout=timeout)
         try:
-            root = api.info().get("DockerRootDir") or ""
+            info = api.info()
         finally:
             api.close()
     except Exception as exc:  # never the build's failure: the caller goes on without a measure
         logger.info("could not ask daemon %s for its data root: %s", daemon.name, exc)
         return None
+    return of_info(info)
+
+
+def of_info(info: dict) -> DataDisk | None:
+    """The data root filesystem named by a daemon's `GET /info`, if this host sees it."""
+    root = info.get("DockerRootDir") or ""
     return statvfs(root) if root else None
 
 
