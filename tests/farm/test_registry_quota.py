@@ -20,8 +20,9 @@ import pytest
 from django.contrib.auth.models import Permission
 
 from builds.models import BuildJob
+from builds.provenance import cosign_layout
 from scripts import localfarm as lf
-from teams.models import Membership, Namespace, Team
+from teams.models import Membership, Namespace, RegistryBlob, Team
 from tests.conftest import _user
 from tests.farm.conftest import api_build, follow, http_get, wait_for
 from tests.farm.test_registry_auth import docker, login, user_daemon  # noqa: F401  (a fixture)
@@ -45,9 +46,14 @@ def quota_teams(farm_pool, farm):
 
 
 def build(farm, person, image: str, dockerfile: str) -> BuildJob:
+    """The build, ended; once pushed, counted too (the worker reads its use back just after the job's end)."""
     job_id = api_build(farm, person.api_token, {"image": image, "dockerfile": dockerfile})
     follow(farm, job_id, person.api_token)
-    return BuildJob.objects.get(pk=job_id)
+    job = BuildJob.objects.get(pk=job_id)
+    if job.digest:  # its attestation tag is the last the worker counts
+        counted = RegistryBlob.objects.filter(tag=cosign_layout.attestation_tag(job.digest))
+        wait_for(counted.exists, f"the registry use of {job.image} counted", timeout=30)
+    return job
 
 
 def submit_status(farm, person, image: str) -> tuple[int, dict, dict]:
@@ -87,10 +93,8 @@ def test_a_team_over_its_registry_quota_is_refused_by_the_registry_itself(
 
     first = build(farm, person, f"{registry}/qa-small/app:{tag}", "FROM busybox\nRUN echo one > /one\n")
     assert first.status == "succeeded", first.error
-    # Its image, signature and attestation, as the worker reads them back just after the job's end.
-    wait_for(
-        lambda: Team.objects.get(pk=small.pk).registry_used_bytes > 1, "the team's registry use recorded", timeout=30
-    )
+    small.refresh_from_db()
+    assert small.registry_used_bytes > 1  # its image, signature and attestation, as the worker read them back
 
     # The team's own credentials: its token carries no push any more...
     assert token_actions(farm, person, "qa-small/app") == ["pull"]
