@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import re
 import statistics
-import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -46,8 +44,6 @@ from pathlib import Path
 import rig
 from websockets.sync.client import connect
 
-from builds.engine.buildkit import find_client
-
 
 def six_instructions(nonce: str) -> str:
     return (
@@ -58,16 +54,6 @@ def six_instructions(nonce: str) -> str:
         "EXPOSE 8080\n"
         'CMD ["sh"]\n'
     )
-
-
-@dataclass
-class Plain:
-    build: float
-    push: float
-
-    @property
-    def total(self) -> float:
-        return self.build + self.push
 
 
 @dataclass
@@ -100,43 +86,6 @@ TIMELINE = [
     ("frame_end", "frame: end received"),
     ("dispatched", "worker: dispatch after the build"),
 ]
-
-
-class PlainCLI:
-    """The docker CLI against the daemon's socket. Its pushes carry a registry
-    token for the repository, as the farm's worker gives its daemon one
-    (builds/registry/accounts.py: a sandboxed daemon cannot reach the token
-    server); without the farm's signing key, a login with the API token."""
-
-    def __init__(self, farm: rig.Farm, engine: str, user: str, builder: str, folder: Path) -> None:
-        self.cli = find_client().path
-        self.farm, self.engine, self.builder, self.folder = farm, engine, builder, folder
-        self.login = base64.b64encode(f"{user}:{farm.token}".encode()).decode()
-        buildkit = "1" if builder == "buildkit" else "0"
-        self.env = {**os.environ, "DOCKER_CONFIG": str(folder), "DOCKER_BUILDKIT": buildkit}
-
-    def run(self, image: str, stdin: bytes) -> Plain:
-        started = time.perf_counter()
-        progress = ["--progress=plain"] if self.builder == "buildkit" else []
-        self._cli(["build", *progress, "--tag", image, "-"], stdin)
-        built = time.perf_counter()
-        self._authorize(image)
-        self._cli(["push", image], b"")
-        return Plain(build=built - started, push=time.perf_counter() - built)
-
-    def _authorize(self, image: str) -> None:
-        registry, _, path = image.rsplit(":", 1)[0].partition("/")
-        if self.farm.token_source:
-            entry = {"registrytoken": self.farm.token_source(f"repository:{path}:pull,push")}
-        else:
-            entry = {"auth": self.login}
-        (self.folder / "config.json").write_text(json.dumps({"auths": {registry: entry}}))
-
-    def _cli(self, args: list[str], stdin: bytes) -> None:
-        argv = [self.cli, "--host", self.engine, *args]
-        result = subprocess.run(argv, input=stdin, capture_output=True, env=self.env)
-        if result.returncode != 0:
-            raise SystemExit(f"docker {args[0]}: {(result.stderr or result.stdout).decode()[-2000:]}")
 
 
 def submit(farm: rig.Farm, kind: str, image: str, data: bytes, builder: str) -> str:
@@ -224,7 +173,7 @@ def main() -> None:
     if not set(kinds) <= {"six", "small"}:
         raise SystemExit("--dockerfile takes six, small or six,small")
     plain_builder = "classic" if args.builder == "classic" else "buildkit"
-    plains: dict[str, list[Plain]] = {kind: [] for kind in kinds}
+    plains: dict[str, list[rig.Plain]] = {kind: [] for kind in kinds}
     farms: dict[str, list[tuple[str, Farm]]] = {kind: [] for kind in kinds}
     with rig.farm_from(args) as farm, farm.pool_restored() as daemons, tempfile.TemporaryDirectory() as folder:
         # One daemon for both sides: the others are disabled for the run.
@@ -232,7 +181,7 @@ def main() -> None:
         for other in daemons:
             if other is not target:
                 farm.set_daemon(other, enabled=False, draining=other["draining"])
-        plain = PlainCLI(farm, target["url"], args.user, plain_builder, Path(folder))
+        plain = rig.PlainCLI(farm, target["url"], args.user, plain_builder, Path(folder))
         machine = rig.machine_note()
         for run in range(args.runs):
             for kind in kinds:
@@ -256,7 +205,7 @@ def main() -> None:
         report(kind, plains[kind], farms[kind], phases, args.builder)
 
 
-def report(kind: str, plains: list[Plain], farms: list[tuple[str, Farm]], phases, builder: str) -> None:
+def report(kind: str, plains: list[rig.Plain], farms: list[tuple[str, Farm]], phases, builder: str) -> None:
     runs = [run for _, run in farms]
     for job_id, run in farms:
         add_worker_moments(run, phases.get(job_id, {}))

@@ -15,16 +15,24 @@ keeps its capacity, so 2 daemons offer twice the slots of 1.
 When both daemons share the machine's few cores with the farm, a CPU-bound
 build cannot go faster on two: `--sleep 2` makes each build wait instead, and
 then the ratio shows how the farm itself (dispatch, workers, database) scales.
+
+`--plain` adds the same builds made by hand on the same daemons, each case
+with as many `docker build` + `docker push` pipelines at once as the farm has
+slots (bench/rig.py's PlainCLI): the most these daemons and cores give, the
+figure the farm's is read against.
 """
 
 from __future__ import annotations
 
 import argparse
+import queue
 import statistics
+import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 
 import rig
 
@@ -86,6 +94,40 @@ def one_case(farm: rig.Farm, daemons: list[dict], builds: int, timeout: float, s
     }
 
 
+def plain_case(farm: rig.Farm, daemons: list[dict], builds: int, sleep: float, folder: Path) -> dict:
+    """The case's builds by hand: a pipeline per slot (capacity of each daemon), each
+    building and pushing one after another until none is left."""
+    run = uuid.uuid4().hex[:8]
+    left = queue.SimpleQueue()
+    for index in range(builds):
+        left.put(index)
+    slots = [daemon for daemon in daemons for _ in range(daemon["capacity"])]
+
+    def pipeline(number: int, daemon: dict) -> list[rig.Plain]:
+        config = folder / f"{run}-{number}"
+        config.mkdir()
+        cli, done = rig.PlainCLI(farm, daemon["url"], "admin", "buildkit", config), []
+        while True:
+            try:
+                index = left.get_nowait()
+            except queue.Empty:
+                return done
+            image = f"{farm.registry}/bench/throughput-plain:{run}-{index}"
+            done.append(cli.run(image, rig.small_build_context(f"plain-{run}-{index}", sleep)))
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(slots)) as pool:
+        made = [plain for each in pool.map(pipeline, range(len(slots)), slots) for plain in each]
+    span = time.monotonic() - started
+    return {
+        "daemons": len(daemons),
+        "slots": len(slots),
+        "span": span,
+        "per_minute": len(made) / span * 60,
+        "run_median": statistics.median(p.total for p in made),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--builds", type=int, default=200)
@@ -97,10 +139,11 @@ def main() -> None:
         help="seconds each build's RUN sleeps first: builds that wait, not compute, so that the figure is the"
         " farm's scaling rather than the machine's cores (default 0)",
     )
+    parser.add_argument("--plain", action="store_true", help="also the same builds by hand on the same daemons")
     rig.add_arguments(parser, daemons=2)
     args = parser.parse_args()
-    results = []
-    with rig.farm_from(args) as farm, farm.pool_restored() as pool:
+    results, plains = [], []
+    with rig.farm_from(args) as farm, farm.pool_restored() as pool, tempfile.TemporaryDirectory() as folder:
         if len(pool) < 2:
             raise SystemExit("needs a farm with two daemons")
         for count in (1, 2):
@@ -111,6 +154,9 @@ def main() -> None:
                 farm.set_daemon(daemon, enabled=False, draining=daemon["draining"])
             results.append(one_case(farm, used, args.builds, args.timeout, args.sleep))
             rig.say(f"{count} daemon(s): {results[-1]['per_minute']:.1f} builds/min, {results[-1]['failed']} failed")
+            if args.plain:
+                plains.append(plain_case(farm, used, args.builds, args.sleep, Path(folder)))
+                rig.say(f"{count} daemon(s) by hand: {plains[-1]['per_minute']:.1f} builds/min")
 
     what = f"builds whose RUN sleeps {args.sleep:g} s" if args.sleep else "builds"
     print(f"\n{args.builds} {what} submitted at once; span = first job created to last job finished")
@@ -127,6 +173,16 @@ def main() -> None:
     print(f"| 2 / 1 | | | | | {results[1]['per_minute'] / results[0]['per_minute']:.2f}x | | | |")
     for r in results:
         print(f"{r['daemons']} daemon(s): {r['machine']}")
+    if plains:
+        print("\nThe same builds by hand (docker build + docker push), a pipeline per slot, on the same daemons")
+        print("| daemons | pipelines | span s | builds/min | build+push s (median) | farm / by hand |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for r, farm_result in zip(plains, results, strict=True):
+            print(
+                f"| {r['daemons']} | {r['slots']} | {r['span']:.1f} | {r['per_minute']:.1f} | {r['run_median']:.2f}"
+                f" | {farm_result['per_minute'] / r['per_minute']:.2f} |"
+            )
+        print(f"| 2 / 1 | | | {plains[1]['per_minute'] / plains[0]['per_minute']:.2f}x | | |")
     if farm.processes:
         print("\nCPU during each case: the machine's cores busy, the share of them that went to anything but")
         print("this farm and this client (containers, other work on the machine), and CPU ms per build by process")

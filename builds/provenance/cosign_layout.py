@@ -117,6 +117,10 @@ class Image:
     def blobs(self) -> list[bytes]:
         return [self.config, *(layer.data for layer in self.layers)]
 
+    def stored_sizes(self) -> dict[str, int]:
+        """{digest: size} of what its tag names once written: the manifest and its blobs."""
+        return {sha256(data): len(data) for data in [self.manifest, *self.blobs]}
+
 
 def image_of(layers: list[Layer]) -> Image:
     """As go-containerregistry's mutate.Append on an empty OCI image makes it:

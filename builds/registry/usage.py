@@ -2,7 +2,8 @@
 
 After each of the farm's writes there (a build's push, a multi-platform index,
 the `.sig` and `.att` images beside them) the farm reads what the tags it wrote
-now name and records it (`record_tags`); now and then, and on demand
+now name and records it (`record_tags`; the `.sig` and `.att` of an image, whose
+every byte the worker sent, as it sent them); now and then, and on demand
 (`manage.py registry_usage`), it recounts whole teams from the registry's
 catalog and tags (`recount`), so the figure heals when tags go without the
 farm: deleted with another tool, or garbage-collected.
@@ -117,10 +118,25 @@ def record_tags(team_id: int | None, image_repository: str, tags: Iterable[str])
         logger.warning("could not count the registry use of %s for team %s", image_repository, team_id, exc_info=True)
 
 
-def record_push(team_id: int | None, image_repository: str, tags: Iterable[str], digest: str) -> None:
-    """A push's tags and, beside its digest, the signature and attestation tags the farm writes."""
+def record_push(
+    team_id: int | None,
+    image_repository: str,
+    tags: Iterable[str],
+    digest: str,
+    written: dict[str, dict[str, int]] | None = None,
+) -> None:
+    """A push's tags and, beside its digest, the signature and attestation tags the farm writes.
+    Those the farm wrote itself (`written`: {tag: {digest: size}}, the blobs as sent, which the
+    registry took by their digests) are recorded as they are; the others are read back."""
+    written = written or {}
     signed = [cosign_layout.signature_tag(digest), cosign_layout.attestation_tag(digest)]
-    record_tags(team_id, image_repository, [*tags, *signed])
+    record_tags(team_id, image_repository, [tag for tag in [*tags, *signed] if tag not in written])
+    if team_id is None or not written or not in_farm_registry(image_repository):
+        return
+    reference = parse_reference(image_repository)
+    name = repository_path(reference.repository, reference.registry)
+    for tag, blobs in written.items():
+        registry_quota.record_tag(team_id, name, tag, blobs.items())
 
 
 @dataclass(frozen=True)

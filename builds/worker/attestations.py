@@ -52,6 +52,7 @@ class Attached:
     signature_tag: str
     attestation_tag: str
     packages: int | None  # None: no SBOM (an index)
+    written: dict[str, dict[str, int]]  # {tag: {digest: size}}: what the two tags name, for the registry quota
 
 
 def attest_image(
@@ -181,7 +182,8 @@ def _attach(job: BuildJob, digest: str, statements: list[dict], *, packages: int
     )
     sig_tag, att_tag = cosign_layout.signature_tag(digest), cosign_layout.attestation_tag(digest)
     phase_times.mark("signed")
-    _write(job, reference, {sig_tag: signature_image, att_tag: attestation_image})
+    images = {sig_tag: signature_image, att_tag: attestation_image}
+    _write(job, reference, images)
     phase_times.mark("written")
     Attestation.objects.filter(job=job, digest=digest).delete()
     kid = key.key_id
@@ -189,7 +191,7 @@ def _attach(job: BuildJob, digest: str, statements: list[dict], *, packages: int
         Attestation(job=job, digest=digest, predicate_type=s["predicateType"], envelope=json.dumps(e), key_id=kid)
         for e, s in zip(envelopes, statements, strict=True)
     )
-    return Attached(digest, sig_tag, att_tag, packages)
+    return Attached(digest, sig_tag, att_tag, packages, {tag: image.stored_sizes() for tag, image in images.items()})
 
 
 def _write(job: BuildJob, reference, images: dict[str, cosign_layout.Image]) -> None:

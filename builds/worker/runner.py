@@ -223,9 +223,15 @@ def _record(job: BuildJob, log: LogWriter, froms: FromLines) -> None:
         _end(job, log, f"Pushed {job.image}@{pushed.digest}", lambda i, a: transitions.succeed(i, a, pushed.digest))
         # What the team's tags take in the farm's registry now (its quota: builds/registry/usage.py), read
         # back after the job's end, which need not wait for it: a miss is healed by the next recount.
-        registry_usage.record_push(job.team_id, job.image_repository, job.tags, pushed.digest)
+        registry_usage.record_push(job.team_id, job.image_repository, job.tags, pushed.digest, pushed.signed)
         phase_times.mark("usage_recorded")
         _record_base_images(job, froms)
+
+
+@dataclass(frozen=True)
+class Pushed:
+    digest: str
+    signed: dict[str, dict[str, int]]  # the `.sig` and `.att` tags the worker wrote: {tag: {digest: size}}
 
 
 @dataclass(frozen=True)
@@ -263,7 +269,7 @@ def _record_steps(job: BuildJob, steps: StepTimes) -> None:
         logger.warning("could not record the step timings of job %s", job.id, exc_info=True)
 
 
-def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLines) -> PushResult | Unpushed:
+def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLines) -> Pushed | Unpushed:
     daemon = job.daemon
     if daemon is None:
         raise EngineError("the Docker daemon this job was assigned to has been removed from the pool")
@@ -325,13 +331,14 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
                 for tag in [target.tag, *job.extra_tags]
             ]
             phase_times.mark("pushed")
+            signed = {}
             if reading is not None:
-                _attest(job, session, image_id, pushed[0].digest, froms, ran_with, log, watch, reading)
+                signed = _attest(job, session, image_id, pushed[0].digest, froms, ran_with, log, watch, reading)
                 phase_times.mark("attested")
         finally:
             if reading is not None:
                 reading.stop()  # a failed push or a cancel: the read stops too
-        return pushed[0]
+        return Pushed(pushed[0].digest, signed)
 
 
 def _engine_session(access: dict) -> EngineSession:
@@ -347,7 +354,8 @@ def _start_reading(access: dict, image_id: str, froms: FromLines, job: BuildJob)
 
 
 def _attest(job: BuildJob, session: EngineSession, image_id: str, digest: str, froms, build_args, log, watch, reading):
-    """Signed provenance, SBOM and signature next to the pushed image (builds/worker/attestations.py)."""
+    """Signed provenance, SBOM and signature next to the pushed image (builds/worker/attestations.py);
+    answers what the `.sig` and `.att` tags it wrote name."""
     log.write(f"[generator] Signing {job.image_repository}@{digest}: provenance and SBOM")
     log.flush()
     db_sessions.release()  # reading the image may take a while
@@ -358,6 +366,7 @@ def _attest(job: BuildJob, session: EngineSession, image_id: str, digest: str, f
         f"[generator] Signed: {attached.signature_tag}, provenance and SBOM ({attached.packages} packages) in "
         f"{attached.attestation_tag}"
     )
+    return attached.written
 
 
 @contextmanager

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from builds.provenance import cosign_layout
 from builds.registry.client import DOCKER_LIST, DOCKER_MANIFEST
-from builds.registry.usage import Reader, farm_registry_api, record_tags, recount
+from builds.registry.usage import Reader, farm_registry_api, record_push, record_tags, recount
 from lib.registry_keys import ensure_key
 from scripts import localfarm as lf
 from teams import registry_quota
@@ -172,3 +173,29 @@ def test_a_recount_past_its_bound_keeps_the_figure_rather_than_undercount(two_te
     a.refresh_from_db()
     assert "GENERATOR_REGISTRY_USAGE_MAX_MANIFESTS" in result.error
     assert a.registry_used_bytes == 777
+
+
+def test_the_signed_tags_a_worker_wrote_count_as_sent_and_as_the_registry_would_say(two_teams, farm_registry):
+    """The `.sig` and `.att` of a push are counted from what the worker sent, no read
+    back: the same rows as reading them from the registry gives."""
+    a, _ = two_teams
+    name = "use-a/signed"
+    image_digest, *_ = push_image(name, "1", [blob(300)])
+    signature = cosign_layout.image_of([cosign_layout.signature_layer(b"payload", b"sig")])
+    attestation = cosign_layout.image_of([cosign_layout.attestation_layer({"payload": "x"}, "https://slsa.dev/p")])
+    images = {
+        cosign_layout.signature_tag(image_digest): signature,
+        cosign_layout.attestation_tag(image_digest): attestation,
+    }
+    with farm_registry_api() as api:
+        for tag, image in images.items():
+            for data in image.blobs:
+                api.push_blob(name, data)
+            api.put_manifest(name, tag, cosign_layout.OCI_MANIFEST, image.manifest)
+    written = {tag: image.stored_sizes() for tag, image in images.items()}
+
+    record_push(a.pk, f"{farm_registry}/{name}", ["1"], image_digest, written)
+    as_sent = set(RegistryBlob.objects.filter(team=a).values_list("tag", "digest", "size"))
+    record_tags(a.pk, f"{farm_registry}/{name}", list(images))  # the same tags, read back from the registry
+    assert set(RegistryBlob.objects.filter(team=a).values_list("tag", "digest", "size")) == as_sent
+    assert {tag for tag, _, _ in as_sent} == {"1", *images}
