@@ -42,17 +42,55 @@ def referenced_images(text: str | bytes, buildargs: dict[str, str] | None = None
                 stages.add(words[2].lower())
             stages.add(str(seen_from))
             seen_from += 1
-        elif instruction.keyword in ("COPY", "ADD"):
-            for flag in instruction.flags:
-                if flag.lower().startswith("--from="):
-                    _add(images, _expand(flag.split("=", 1)[1], values), stages)
-        elif instruction.keyword == "RUN":
-            for flag in instruction.flags:
-                if flag.lower().startswith("--mount="):
-                    options = dict(o.partition("=")[::2] for o in flag.split("=", 1)[1].split(","))
-                    if options.get("from"):
-                        _add(images, _expand(options["from"], values), stages)
+        elif instruction.keyword == "ONBUILD":
+            # A trigger runs in every build FROM this image, with that build's access: read it now too.
+            for reference in trigger_images([instruction.args], values):
+                _add(images, reference, stages)
+        else:
+            for word in _images_read_by(instruction):
+                _add(images, _expand(word, values), stages)
     return images
+
+
+def meta_args(text: str | bytes, buildargs: dict[str, str] | None = None) -> dict[str, str]:
+    """The ARGs before the first FROM, the build's args over their defaults: what
+    BuildKit fills an image reference with."""
+    buildargs, values = buildargs or {}, {}
+    for instruction in instructions(text):
+        if instruction.keyword == "FROM":
+            break
+        if instruction.keyword == "ARG":
+            for word in instruction.args.split():
+                name, has_default, default = word.partition("=")
+                values[name] = buildargs.get(name, default.strip("\"'") if has_default else "")
+    return values
+
+
+def trigger_images(triggers: list[str], values: dict[str, str]) -> list[str]:
+    """The images ONBUILD triggers read (`COPY --from=`, `RUN --mount=...,from=`) when a
+    build runs them, `values` its meta_args: those of a base image's config
+    (`OnBuild`), or of an ONBUILD line. Read as BuildKit parses a trigger: as a
+    Dockerfile line of its own."""
+    found: list[str] = []
+    for trigger in triggers:
+        for instruction in instructions(trigger):
+            for word in _images_read_by(instruction):
+                _add(found, _expand(word, values), set())
+    return found
+
+
+def _images_read_by(instruction) -> list[str]:
+    """The unexpanded image words of one COPY, ADD or RUN instruction's flags."""
+    words = []
+    if instruction.keyword in ("COPY", "ADD"):
+        words += [flag.split("=", 1)[1] for flag in instruction.flags if flag.lower().startswith("--from=")]
+    elif instruction.keyword == "RUN":
+        for flag in instruction.flags:
+            if flag.lower().startswith("--mount="):
+                options = dict(o.partition("=")[::2] for o in flag.split("=", 1)[1].split(","))
+                if options.get("from"):
+                    words.append(options["from"])
+    return words
 
 
 def _expand(word: str, values: dict[str, str]) -> str:

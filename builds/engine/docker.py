@@ -292,6 +292,16 @@ class EngineSession:
         with self._translated_errors(EngineError, "version check"):
             return self._api.version()
 
+    def onbuild(self, reference: str) -> list[str] | None:
+        """The ONBUILD triggers of the image the daemon holds under `reference`; None if it holds none."""
+        try:
+            found = self._api.inspect_image(reference)
+        except docker.errors.ImageNotFound:
+            return None
+        except DockerException as exc:
+            raise EngineError(f"could not look up {reference} on the Docker daemon at {self.url}: {exc}") from exc
+        return list((found.get("Config") or {}).get("OnBuild") or [])
+
     def image_digest(self, reference: str) -> tuple[str, str]:
         """What the daemon holds under `reference`: a registry digest it knows
         the image by (RepoDigests of that repository, else any), or "", and its image id."""

@@ -14,7 +14,7 @@ from typing import BinaryIO
 from django.conf import settings
 
 from builds.dockerfiles import text as dockerfile_text
-from builds.dockerfiles.images import referenced_images
+from builds.dockerfiles.images import meta_args, referenced_images, trigger_images
 from builds.dockerfiles.in_context import FoundDockerfile, UnreadableDockerfile, read_dockerfile
 from builds.dockerfiles.text import DockerfileError
 from builds.engine.buildkit import (
@@ -33,7 +33,7 @@ from builds.registry import accounts as registry_accounts
 from builds.registry.accounts import is_farm_registry
 from builds.registry.client import RegistryAPI, RegistryError, repository_path
 from builds.sources import deploy_keys
-from builds.worker import cache_scope, phase_times
+from builds.worker import base_triggers, cache_scope, phase_times
 from builds.worker.containment import Containment
 from builds.worker.docker_config import classic_registry_config, docker_config
 from lib import secret_values
@@ -98,6 +98,8 @@ def build(
     for image in images:
         if refusal := read_refusal(job.team, image):
             raise BuildFailed(refusal)
+    if refusal := _trigger_refusal(job, engine, text, buildargs, images):
+        raise BuildFailed(refusal)
     if froms is not None:
         froms.dockerfile_images = images  # what builds/triggers/base_images.py watches
     if job.pull:
@@ -212,6 +214,17 @@ def refused_pull(job, image: str, message: str) -> str:
     if is_farm_registry(host):
         return f"{image}: {who} may not read it (the farm's registry refused the pull: {message})"
     return f"{image}: {who} may not read it with its account at {host or 'its registry'}, if any ({message})"
+
+
+def _trigger_refusal(job, engine: EngineSession, text, buildargs: dict[str, str], images: list[str]) -> str:
+    """Why a base image's ONBUILD triggers may not run in this build (they read
+    an image its team may not read: builds/worker/base_triggers.py), or ''."""
+    values = meta_args(text, buildargs)
+    for image in images:
+        for reference in trigger_images(base_triggers.triggers_of(engine, image, job.team_id), values):
+            if refusal := read_refusal(job.team, reference):
+                return f"{image} has an ONBUILD trigger that reads {reference}, which this build may not: {refusal}"
+    return ""
 
 
 def _request(job, tag, dockerfile, buildargs, containment, secret_files) -> BuildKitRequest:

@@ -281,3 +281,33 @@ def test_the_registry_refuses_an_expired_token_and_one_of_another_key(farm, team
         except urllib.error.HTTPError as exc:
             answers[name] = exc.code
     assert answers == {"fresh": 200, "expired": 401, "another key": 401}
+
+
+def test_an_onbuild_trigger_may_not_read_another_teams_image(farm, user_daemon, two_teams, team_a_image, tmp_path):
+    """A base's ONBUILD runs in the build FROM it, with that build's access to the
+    daemon, where team A's image may be held: team B's trigger naming it is refused,
+    whether its Dockerfile holds the line or its base was pushed by hand."""
+    alice, bob = two_teams
+    trigger = f"ONBUILD COPY --from={team_a_image} /secret /stolen\n"
+    in_dockerfile = build(farm, bob, f"{farm.registry}/reg-b/base", f"FROM busybox\n{trigger}")
+    assert in_dockerfile.status == "failed" and "team reg-b may not read it" in in_dockerfile.error, in_dockerfile.error
+
+    # By hand, outside the farm: a base whose config holds the trigger, pushed to team B's namespace.
+    base, as_bob = f"{farm.registry}/reg-b/base:{uuid.uuid4().hex[:8]}", tmp_path / "bob"
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM busybox\n{trigger}")
+    assert docker(user_daemon, as_bob, "build", "-t", base, str(context)).returncode == 0
+    assert login(user_daemon, as_bob, farm.registry, bob).returncode == 0
+    assert docker(user_daemon, as_bob, "push", base).returncode == 0
+    for builder in ("buildkit", "classic"):
+        job_id = api_build(
+            farm, bob.api_token,
+            {"image": f"{farm.registry}/reg-b/thief", "dockerfile": f"FROM {base}\nRUN cat /stolen\n",
+             "builder": builder},
+        )  # fmt: skip
+        follow(farm, job_id, bob.api_token)
+        job = BuildJob.objects.get(pk=job_id)
+        assert job.status == "failed", (builder, job.error)
+        assert f"{base} has an ONBUILD trigger that reads {team_a_image}" in job.error, (builder, job.error)
+        assert "team reg-b may not read it" in job.error, (builder, job.error)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from builds.dockerfiles.images import referenced_images
+from builds.dockerfiles.images import meta_args, referenced_images, trigger_images
 
 DOCKERFILE = """\
 # a comment naming FROM evil/image
@@ -39,6 +39,26 @@ def test_the_escape_directive_and_go_line_breaks_hide_no_image():
     # no line break to the engine. Both once read as something else here (issue 23).
     hidden = "# escape=`\nFROM `\n  r.io/team-a/app\nCOPY --from=r.io/team-a/x\x1cy /a /a\n"
     assert referenced_images(hidden) == ["r.io/team-a/app", "r.io/team-a/x\x1cy"]
+
+
+def test_an_onbuild_trigger_reads_its_images_too():
+    """A trigger runs in every build FROM the image (with that build's access): the
+    image it names is read by the Dockerfile that holds it as much as by those."""
+    text = (
+        "ARG SECRET=r.io/team-c/secret\nFROM busybox\n"
+        "ONBUILD COPY --from=${SECRET} /etc/secret /loot\n"
+        "onbuild RUN --mount=type=bind,from=r.io/team-c/keys,target=/k cat /k/*\n"
+        "ONBUILD COPY --from=0 /a /a\n"
+    )
+    assert referenced_images(text) == ["busybox", "r.io/team-c/secret", "r.io/team-c/keys"]
+
+
+def test_a_base_images_triggers_are_read_with_the_building_dockerfiles_args():
+    dockerfile = "ARG SRC=r.io/team-c/secret\nARG UNUSED\nFROM r.io/team-a/base\nARG LATE=r.io/team-c/late\n"
+    values = meta_args(dockerfile, {"UNUSED": "x"})
+    assert values == {"SRC": "r.io/team-c/secret", "UNUSED": "x"}  # not LATE: declared after the FROM
+    triggers = ["COPY --from=$SRC / /loot", "RUN --mount=from=r.io/team-c/keys,target=/k true", "RUN echo hi"]
+    assert trigger_images(triggers, values) == ["r.io/team-c/secret", "r.io/team-c/keys"]
 
 
 def test_an_image_named_by_its_id_is_refused(database, team):
