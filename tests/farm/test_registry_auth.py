@@ -311,3 +311,10 @@ def test_an_onbuild_trigger_may_not_read_another_teams_image(farm, user_daemon, 
         assert job.status == "failed", (builder, job.error)
         assert f"{base} has an ONBUILD trigger that reads {team_a_image}" in job.error, (builder, job.error)
         assert "team reg-b may not read it" in job.error, (builder, job.error)
+
+    # A base only the daemons hold (no such tag in the registry): its triggers are read from their copy.
+    held = f"{farm.registry}/reg-b/held:{uuid.uuid4().hex[:8]}"
+    for _, url in farm.daemons:
+        engine(url).images.build(path=str(context), tag=held)
+    job = build(farm, bob, f"{farm.registry}/reg-b/thief", f"FROM {held}\nRUN cat /stolen\n")
+    assert job.status == "failed" and f"{held} has an ONBUILD trigger that reads {team_a_image}" in job.error, job.error
