@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import socket
 import tarfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import BinaryIO
 import docker
 import requests
 import urllib3
-from docker.errors import APIError, DockerException
+from docker.errors import APIError, DockerException, NotFound
 
 LineSink = Callable[[str], None]
 
@@ -79,6 +80,18 @@ def push_failure(message: str) -> PushFailed:
 class PushResult:
     digest: str
     size: int | None
+
+
+class PullStopped(EngineError):
+    """A pull given up on the caller's word (`keep_going`): the daemon was told."""
+
+
+@dataclass(frozen=True)
+class PullResult:
+    bytes: int  # compressed bytes of the layers fetched from the registry
+    seconds: float
+    layers: int  # layers fetched
+    held: int  # layers the daemon already had (no bytes)
 
 
 def dockerfile_context(dockerfile: str) -> bytes:
@@ -281,6 +294,45 @@ class EngineSession:
         if result is None:
             raise PushFailed(f"pushing {repository}:{tag} ended without a digest from the registry", transient=True)
         return result
+
+    def holds(self, reference: str) -> bool:
+        """Whether the daemon has the image `reference` (e.g. repository@sha256:...)."""
+        with self._translated_errors(EngineError, "image look-up"):
+            try:
+                self._api.inspect_image(reference)
+            except NotFound:
+                return False
+        return True
+
+    def pull(
+        self,
+        repository: str,
+        digest: str,
+        *,
+        credentials: dict[str, str] | None = None,
+        keep_going: Callable[[], bool] = lambda: True,
+    ) -> PullResult:
+        """Pulls repository@digest into the daemon's image store. `keep_going` is
+        asked at each progress line: False cuts the stream (the daemon stops a
+        pull whose client is gone) and raises PullStopped."""
+        started = time.perf_counter()
+        sizes: dict[str, int] = {}
+        held = 0
+        with self._translated_errors(EngineError, "pull"):
+            chunks = self._api.pull(repository, tag=digest, stream=True, decode=True, auth_config=credentials)
+            for chunk in chunks:
+                if message := _error_message(chunk):
+                    raise EngineError(f"pulling {repository}@{digest} failed: {message}")
+                status, layer = chunk.get("status", ""), chunk.get("id", "")
+                if status == "Downloading" and layer:
+                    total = int((chunk.get("progressDetail") or {}).get("total") or 0)
+                    sizes[layer] = max(sizes.get(layer, 0), total)
+                elif status == "Already exists":
+                    held += 1
+                if not keep_going():
+                    self.abort()
+                    raise PullStopped(f"pulling {repository}@{digest} was given up")
+        return PullResult(sum(sizes.values()), time.perf_counter() - started, len(sizes), held)
 
     def version(self) -> dict:
         """The daemon's `GET /version`: its Engine version, API and components."""
