@@ -88,10 +88,10 @@ class PullStopped(EngineError):
 
 @dataclass(frozen=True)
 class PullResult:
-    bytes: int  # compressed bytes of the layers fetched from the registry
+    fetched: tuple[str, ...]  # the layers fetched from the registry, as the daemon names them (12 hex digits)
+    reported_bytes: int  # their compressed bytes as its progress said (a layer of a few bytes may say none)
     seconds: float
-    layers: int  # layers fetched
-    held: int  # layers the daemon already had (no bytes)
+    held: int  # layers the daemon had already
 
 
 def dockerfile_context(dockerfile: str) -> bytes:
@@ -324,15 +324,16 @@ class EngineSession:
                 if message := _error_message(chunk):
                     raise EngineError(f"pulling {repository}@{digest} failed: {message}")
                 status, layer = chunk.get("status", ""), chunk.get("id", "")
-                if status == "Downloading" and layer:
-                    total = int((chunk.get("progressDetail") or {}).get("total") or 0)
-                    sizes[layer] = max(sizes.get(layer, 0), total)
+                if status == "Pulling fs layer":
+                    sizes.setdefault(layer, 0)
+                elif status in ("Downloading", "Extracting") and layer in sizes:
+                    sizes[layer] = max(sizes[layer], int((chunk.get("progressDetail") or {}).get("total") or 0))
                 elif status == "Already exists":
                     held += 1
                 if not keep_going():
                     self.abort()
                     raise PullStopped(f"pulling {repository}@{digest} was given up")
-        return PullResult(sum(sizes.values()), time.perf_counter() - started, len(sizes), held)
+        return PullResult(tuple(sizes), sum(sizes.values()), time.perf_counter() - started, held)
 
     def version(self) -> dict:
         """The daemon's `GET /version`: its Engine version, API and components."""

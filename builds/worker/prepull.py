@@ -34,6 +34,7 @@ in its own store (docs/operating-the-pool.md, "Warm daemons").
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import threading
@@ -47,8 +48,8 @@ from django.db import close_old_connections, connection
 from builds.engine.docker import EngineError, EngineSession, PullResult
 from builds.metrics import figures as metrics
 from builds.models import BuildJob
-from builds.registry.accounts import pull_auth
-from builds.registry.client import repository_path
+from builds.registry.accounts import pull_auth, registry_login
+from builds.registry.client import RegistryAPI, RegistryError, repository_path
 from lib.redis_clients import farm_redis
 from lib.references import parse_reference
 from pool import disks
@@ -61,6 +62,7 @@ logger = logging.getLogger(__name__)
 PREPULL_TASK = "builds.prepull"
 PRIORITY = 9  # the lowest of kombu's Redis priority steps (0, 3, 6, 9); builds' messages have none: 0
 POLL_SECONDS = 0.2
+MANIFEST_SECONDS = 10
 RETRY_SECONDS = 15
 TRIES = 20
 ASKED_SECONDS = 3600  # a (daemon, digest) asked is not asked again for this long, unless its warm ended
@@ -146,7 +148,8 @@ def _pull(daemon: DockerDaemon, repository: str, digest: str, team_id: int | Non
     if refusal := policy.disk_refusal(disk, settings.GENERATOR_PREPULL_MAX_DISK_FRACTION):
         return _done(daemon.pk, digest, f"{reference} not pulled on {daemon.name}: {refusal}")
     host = parse_reference(repository).registry
-    credentials = pull_auth(host, team_id, repository_path(parse_reference(repository).repository, host))
+    path = repository_path(parse_reference(repository).repository, host)
+    credentials = pull_auth(host, team_id, path)
     session = EngineSession(**access, api_version=settings.GENERATOR_DOCKER_API_VERSION, timeout=timeout)
     with session:
         try:
@@ -162,13 +165,28 @@ def _pull(daemon: DockerDaemon, repository: str, digest: str, team_id: int | Non
                 return _again(daemon, repository, digest, team_id, tries, "a build came while it pulled")
         except EngineError as exc:
             return _done(daemon.pk, digest, f"{reference} not pulled on {daemon.name}: {exc}", warning=True)
-    _count(daemon.name, pulled)
+    fetched = _fetched_bytes(pulled, host, team_id, path, digest)
+    _count(daemon.name, fetched, pulled.seconds)
     return _done(
         daemon.pk,
         digest,
-        f"{reference} pulled on {daemon.name}: {pulled.bytes} bytes in {pulled.seconds:.3f} s"
-        f" ({pulled.layers} layer(s) fetched, {pulled.held} held already)",
+        f"{reference} pulled on {daemon.name}: {fetched} bytes in {pulled.seconds:.3f} s"
+        f" ({len(pulled.fetched)} layer(s) fetched, {pulled.held} held already)",
     )
+
+
+def _fetched_bytes(pulled: PullResult, host: str, team_id: int | None, path: str, digest: str) -> int:
+    """The compressed size of the layers the pull fetched, from the image's
+    manifest (the daemon's progress says nothing of a layer of a few bytes);
+    what the progress said where the manifest cannot be read."""
+    try:
+        with RegistryAPI(host, **registry_login(host, team_id), timeout=MANIFEST_SECONDS) as api:
+            stored = api.stored(path, digest)
+        layers = json.loads(stored[1])["layers"] if stored else []
+        sizes = {layer["digest"].removeprefix("sha256:")[:12]: int(layer["size"]) for layer in layers}
+        return sum(sizes[layer] for layer in pulled.fetched)
+    except (RegistryError, ValueError, KeyError, TypeError):
+        return pulled.reported_bytes
 
 
 class _BuildWatch:
@@ -237,10 +255,10 @@ def _done(daemon_id: int, digest: str, message: str, *, warning: bool = False) -
     return message
 
 
-def _count(daemon_name: str, pulled: PullResult) -> None:
+def _count(daemon_name: str, fetched: int, seconds: float) -> None:
     metrics.count_worker(PULLS, daemon_name)
-    metrics.count_worker(BYTES, daemon_name, pulled.bytes)
-    metrics.count_worker(MILLISECONDS, daemon_name, round(pulled.seconds * 1000))
+    metrics.count_worker(BYTES, daemon_name, fetched)
+    metrics.count_worker(MILLISECONDS, daemon_name, round(seconds * 1000))
 
 
 def _asked_key(daemon_id: int, digest: str) -> str:

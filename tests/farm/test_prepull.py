@@ -9,9 +9,12 @@ import uuid
 
 import docker
 import pytest
+import redis
 from django.conf import settings
 
+from builds.metrics import figures as metrics
 from builds.models import BuildJob
+from builds.worker import prepull
 from pool import disk_prune
 from pool.models import DockerDaemon
 from tests.farm.conftest import follow, submit, wait_for
@@ -29,16 +32,25 @@ def held(url: str, reference: str) -> dict | None:
         api.close()
 
 
+def prepull_bytes(farm, daemon_name: str) -> int:
+    broker = redis.Redis(port=farm.redis_port)
+    return int(broker.hget(metrics.REDIS_PREFIX + prepull.BYTES, daemon_name) or 0)
+
+
 def test_a_push_warms_the_other_daemon_whose_rebuild_then_fetches_no_layer(farm, farm_pool, token):
     image = f"{farm.registry}/prepull/app:v1"
     dockerfile = f"FROM busybox\nRUN echo {uuid.uuid4().hex} > /made\nRUN echo second > /second\n"
+    bytes_before = {d.name: prepull_bytes(farm, d.name) for d in farm_pool}
     job_id = submit(farm, token, image, dockerfile)
     assert follow(farm, job_id, token).end["status"] == "succeeded"
     job = BuildJob.objects.get(pk=job_id)
     other = next(d for d in farm_pool if d.pk != job.daemon_id)
+    bytes_before = bytes_before[other.name]
     reference = f"{job.image_repository}@{job.digest}"
 
     pulled = wait_for(lambda: held(other.url, reference), f"the warm of {other.name}", timeout=60)
+    # Its cost, counted for /metrics: the bytes of the layers it fetched, from the image's manifest.
+    wait_for(lambda: prepull_bytes(farm, other.name) > bytes_before, "the warm's count", timeout=10)
     assert pulled["Config"]["Labels"][disk_prune.FARM_LABEL] == disk_prune.FARM_LABEL_VALUE  # the prune's to remove
 
     DockerDaemon.objects.filter(pk=job.daemon_id).update(enabled=False)
