@@ -82,10 +82,6 @@ class PushResult:
     size: int | None
 
 
-class PullStopped(EngineError):
-    """A pull given up on the caller's word (`keep_going`): the daemon was told."""
-
-
 @dataclass(frozen=True)
 class PullResult:
     fetched: tuple[str, ...]  # the layers fetched from the registry, as the daemon names them (12 hex digits)
@@ -195,7 +191,7 @@ class EngineSession:
             return False
 
     def abort(self) -> None:
-        """Stops the build or push in progress, from another thread.
+        """Stops the build, push or pull in progress, from another thread.
 
         Shutting the socket of the streaming response wakes the thread blocked
         reading it, and the daemon, seeing its client gone, stops the build and
@@ -304,17 +300,9 @@ class EngineSession:
                 return False
         return True
 
-    def pull(
-        self,
-        repository: str,
-        digest: str,
-        *,
-        credentials: dict[str, str] | None = None,
-        keep_going: Callable[[], bool] = lambda: True,
-    ) -> PullResult:
-        """Pulls repository@digest into the daemon's image store. `keep_going` is
-        asked at each progress line: False cuts the stream (the daemon stops a
-        pull whose client is gone) and raises PullStopped."""
+    def pull(self, repository: str, digest: str, *, credentials: dict[str, str] | None = None) -> PullResult:
+        """Pulls repository@digest into the daemon's image store; `abort` (from
+        another thread) cuts it, and the daemon stops a pull whose client is gone."""
         started = time.perf_counter()
         sizes: dict[str, int] = {}
         held = 0
@@ -330,9 +318,6 @@ class EngineSession:
                     sizes[layer] = max(sizes[layer], int((chunk.get("progressDetail") or {}).get("total") or 0))
                 elif status == "Already exists":
                     held += 1
-                if not keep_going():
-                    self.abort()
-                    raise PullStopped(f"pulling {repository}@{digest} was given up")
         return PullResult(tuple(sizes), sum(sizes.values()), time.perf_counter() - started, held)
 
     def version(self) -> dict:

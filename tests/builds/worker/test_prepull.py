@@ -7,6 +7,7 @@ tests/farm/test_prepull.py."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
@@ -100,3 +101,28 @@ def test_one_warm_at_a_time_per_daemon_and_none_on_a_daemon_that_takes_no_builds
     broker.set(f"{prepull.PREFIX}daemon:{peer.pk}", "another warm's")
     assert "another warm runs there" in prepull.warm(peer.pk, IMAGE, DIGEST, None)
     assert "it takes no builds" in prepull.warm(off.pk, IMAGE, DIGEST, None)
+
+
+class Session:
+    """Stands for the pull's engine session: only its `abort` is watched here."""
+
+    def __init__(self) -> None:
+        self.aborts = 0
+
+    def abort(self) -> None:
+        self.aborts += 1
+
+
+def test_a_build_given_to_the_daemon_during_a_pull_cuts_it_within_a_poll(broker):
+    peer = daemon("peer")
+    session = Session()
+    with prepull._BuildWatch(peer.pk, session) as watch:
+        time.sleep(prepull.POLL_SECONDS * 2)
+        assert session.aborts == 0 and not watch.build_came  # no build: the pull goes on
+        BuildJob.objects.create(image=f"{IMAGE}:v3", dockerfile="FROM busybox\n", daemon=peer)
+        deadline = time.monotonic() + 5
+        while not session.aborts and time.monotonic() < deadline:
+            time.sleep(0.02)
+        waited = 5 - (deadline - time.monotonic())
+    assert watch.build_came and session.aborts >= 1
+    assert waited < prepull.POLL_SECONDS * 3, waited
