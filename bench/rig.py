@@ -160,8 +160,8 @@ def farm_from(args: argparse.Namespace) -> Iterator[Farm]:
             raise SystemExit("--web needs --token (an operator's API token)")
         pids = {role: pid for role, pid in (("daphne", args.web_pid), ("worker", args.worker_pid)) if pid}
         key = Path(args.token_key)
-        source = registry_keys.Signer(key, issuer="generator", service="generator-registry").farm_token
-        yield Farm(args.web.rstrip("/"), args.token, args.registry, pids, token_source=source if key.exists() else None)
+        signer = registry_keys.Signer(key, issuer="generator", service="generator-registry") if key.exists() else None
+        yield Farm(args.web.rstrip("/"), args.token, args.registry, pids, token_source=signer and signer.farm_token)
         return
     with private_farm(args.daemons, args.capacity, args.postgres) as farm:
         yield farm

@@ -1,22 +1,26 @@
-"""What the warm-cache preference buys: a rebuild on the daemon that built the
-image last (its layer cache holds every step) against the same rebuild on a
-daemon that never saw it.
+"""What a warm daemon buys: a rebuild on the daemon that built the image last
+(its layer cache holds every step), on a cold daemon that never saw it, and on
+a daemon the farm warmed after the push (builds/worker/prepull.py), with what
+the warm cost.
 
-Needs the farm of `make up` running (it reads the admin's token and flips the
-pool's daemons through the same database):
+By default a private farm of two daemons (bench/rig.py); `--web URL --token T`
+uses one that runs (make up's), whose pool it changes and puts back:
 
     .venv/bin/python bench/warm_rebuild.py [--runs 3] [--steps 5]
 
-Each run uses a Dockerfile no daemon has seen: a first (cold) build, then the
-same Dockerfile again twice: once as the dispatcher chooses (it prefers the warm
-daemon), once with that daemon disabled so that another, cold one must build it.
-Times are the job's own, from submit (created_at) to pushed (finished_at).
+Each run builds two Dockerfiles no daemon has seen (`FROM busybox`, a unique
+`RUN echo`, then `--steps` `RUN sleep 1 && ...`), through `GET /b1/build`; times
+are the job's own, submit (created_at) to pushed (finished_at).
 
-Before the cold rebuild, the image is pulled by hand (`docker pull`, the SDK)
-on the cold daemon and removed again: the time the engine itself takes to fetch
-and unpack those layers, the floor under any rebuild that reuses the pool's
-layers on a daemon that does not hold them (Docker 20.10's BuildKit must unpack
-every layer into the daemon's image store).
+- Cold: the first build with the other daemon disabled (so nothing warms it),
+  the same Dockerfile again where the dispatcher sends it (the warm daemon),
+  then with that daemon disabled, so that the cold one rebuilds it: every step
+  CACHED from the registry (`--cache-from`, inline cache), each layer fetched.
+- Pre-pulled: the first build with both daemons taking builds; the farm warms
+  the other one after the push. Once the other daemon holds the image, the
+  warm rebuild, then with the first daemon disabled the rebuild on the other.
+  The warm's pull (bytes fetched, seconds) comes from the farm's own counters
+  (`generator_worker_prepull_*` on /metrics).
 """
 
 from __future__ import annotations
@@ -24,29 +28,16 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import re
 import statistics
-import sys
 import time
 import urllib.parse
 import urllib.request
 import uuid
-from pathlib import Path
+from datetime import datetime
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "generator_site.settings")
-
-import django  # noqa: E402
-
-django.setup()
-
-import docker  # noqa: E402
-from rest_framework.authtoken.models import Token  # noqa: E402
-
-from builds.models import BuildJob  # noqa: E402
-from pool.models import DockerDaemon  # noqa: E402
-
-WEB = os.environ.get("GENERATOR_BENCH_WEB", "http://localhost:8080")
-REGISTRY = os.environ.get("GENERATOR_BENCH_REGISTRY", "localhost:5000")
+import docker
+import rig
 
 
 def dockerfile(nonce: str, steps: int) -> str:
@@ -55,85 +46,131 @@ def dockerfile(nonce: str, steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build(token: str, image: str, text: str) -> BuildJob:
+def build(farm: rig.Farm, image: str, text: str) -> dict:
     query = urllib.parse.urlencode({"imagename": image, "dockerfile": base64.b64encode(text.encode()).decode()})
-    request = urllib.request.Request(f"{WEB}/b1/build?{query}", headers={"Authorization": f"Token {token}"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        job_id = response.read().decode()
+    job_id = farm.ok("GET", f"/b1/build?{query}")
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        job = BuildJob.objects.select_related("daemon").get(pk=job_id)
-        if job.is_terminal:
-            if job.status != "succeeded":
-                raise SystemExit(f"job {job.id} {job.status}: {job.error}")
+        job = farm.ok("GET", f"/api/v1/builds/{job_id}/")
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            if job["status"] != "succeeded":
+                raise SystemExit(f"job {job_id} {job['status']}: {job['error']}")
             return job
         time.sleep(0.05)
     raise SystemExit(f"job {job_id} did not finish within 10 minutes")
 
 
-def pull_and_remove(daemon: DockerDaemon, image: str) -> float:
-    """Seconds for the daemon to pull `image` by hand; then it is removed, so the
-    daemon is as cold as before for the farm's rebuild."""
-    api = docker.APIClient(base_url=daemon.url, version="1.41")
-    repository, tag = image.rsplit(":", 1)
-    started = time.perf_counter()
-    for chunk in api.pull(repository, tag=tag, stream=True, decode=True):
-        if "error" in chunk:
-            raise SystemExit(chunk["error"])
-    took = time.perf_counter() - started
-    api.remove_image(image)
-    return took
+def seconds(job: dict) -> float:
+    return (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["created_at"])).total_seconds()
 
 
-def seconds(job: BuildJob) -> float:
-    return (job.finished_at - job.created_at).total_seconds()
+def cached_steps(farm: rig.Farm, job: dict) -> int:
+    return farm.ok("GET", f"/api/v1/builds/{job['id']}/log/").count(" CACHED")
+
+
+def only(farm: rig.Farm, daemons: list[dict], names: set[str]) -> None:
+    for daemon in daemons:
+        farm.set_daemon(daemon, enabled=daemon["name"] in names, draining=False)
+
+
+def prepull_counters(farm: rig.Farm, daemon: str) -> tuple[int, int, int]:
+    """(pulls, bytes, milliseconds) of the daemon's warms so far, from /metrics."""
+    with urllib.request.urlopen(f"{farm.web}/metrics", timeout=30) as response:
+        text = response.read().decode()
+
+    def value(name: str) -> int:
+        found = re.search(rf'^{name}{{daemon="{re.escape(daemon)}"}} ([0-9.e+]+)$', text, re.MULTILINE)
+        return int(float(found.group(1))) if found else 0
+
+    return tuple(value(f"generator_worker_prepull{kind}_total") for kind in ("s", "_bytes", "_milliseconds"))
+
+
+def wait_until_held(daemon: dict, reference: str, seconds_at_most: float = 120) -> float:
+    """Seconds until the daemon holds `reference` (the farm's warm pulled it)."""
+    api = docker.APIClient(base_url=daemon["url"], version="1.41")
+    started = time.monotonic()
+    while time.monotonic() - started < seconds_at_most:
+        try:
+            api.inspect_image(reference)
+            return time.monotonic() - started
+        except docker.errors.NotFound:
+            time.sleep(0.05)
+    raise SystemExit(f"{daemon['name']} did not get {reference} within {seconds_at_most:.0f} s: is the warm off?")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
+    rig.add_arguments(parser, daemons=2)
     args = parser.parse_args()
+    rows: dict[str, list[float]] = {k: [] for k in ("first", "warm", "cold", "warm2", "prepulled", "pull_s", "bytes")}
+    loads = []
+    with rig.farm_from(args) as farm, farm.pool_restored() as pool:
+        enabled = [d for d in pool if d["enabled"]]
+        if len(enabled) < 2:
+            raise SystemExit("needs two enabled daemons")
+        a, b = enabled[:2]
+        print(rig.machine_note())
+        for run in range(args.runs):
+            # Cold: nothing warms b (disabled while a pushes).
+            text = dockerfile(uuid.uuid4().hex, args.steps)
+            image = f"{farm.registry}/bench/warm-rebuild:cold{run}"
+            only(farm, pool, {a["name"]})
+            first = build(farm, image, text)
+            warm = build(farm, image, text)
+            only(farm, pool, {b["name"]})
+            cold = build(farm, image, text)
+            only(farm, pool, {a["name"], b["name"]})
+            assert {first["daemon"], warm["daemon"], cold["daemon"]} == {a["name"], b["name"]}, "not where asked"
 
-    token = Token.objects.get(user__username="admin").key
-    if DockerDaemon.objects.filter(enabled=True).count() < 2:
-        raise SystemExit("needs two enabled daemons (make up)")
-    first, warm, cold, pulls = [], [], [], []
-    for run in range(args.runs):
-        text = dockerfile(uuid.uuid4().hex, args.steps)
-        image = f"{REGISTRY}/bench/warm-rebuild:run{run}"
-        built = build(token, image, text)
-        again = build(token, image, text)
-        assert again.daemon == built.daemon, "the dispatcher did not prefer the warm daemon"
-        DockerDaemon.objects.filter(pk=built.daemon.pk).update(enabled=False)
-        try:
-            cold_daemon = DockerDaemon.objects.filter(enabled=True).order_by("name").first()
-            pulls.append(pull_and_remove(cold_daemon, image))
-            elsewhere = build(token, image, text)
-        finally:
-            DockerDaemon.objects.filter(pk=built.daemon.pk).update(enabled=True)
-        assert elsewhere.daemon != built.daemon
-        first.append(seconds(built))
-        warm.append(seconds(again))
-        cold.append(seconds(elsewhere))
-        print(
-            f"run {run + 1}: first {first[-1]:.2f} s, warm rebuild {warm[-1]:.2f} s, "
-            f"cold rebuild {cold[-1]:.2f} s, docker pull there {pulls[-1]:.2f} s"
-        )
+            # Pre-pulled: both take builds when the first pushes; the other is warmed.
+            text = dockerfile(uuid.uuid4().hex, args.steps)
+            image = f"{farm.registry}/bench/warm-rebuild:prepulled{run}"
+            first2 = build(farm, image, text)
+            source = a if first2["daemon"] == a["name"] else b
+            other = b if source is a else a
+            before = prepull_counters(farm, other["name"])
+            wait_until_held(other, f"{image.rsplit(':', 1)[0]}@{first2['digest']}")
+            after = prepull_counters(farm, other["name"])
+            warm2 = build(farm, image, text)
+            assert warm2["daemon"] == source["name"], "the dispatcher did not prefer the warm daemon"
+            only(farm, pool, {other["name"]})
+            prepulled = build(farm, image, text)
+            only(farm, pool, {a["name"], b["name"]})
+            pulls = after[0] - before[0]
+            loads.append(os.getloadavg()[0])
+            rows["first"].append(seconds(first))
+            rows["warm"].append(seconds(warm))
+            rows["cold"].append(seconds(cold))
+            rows["warm2"].append(seconds(warm2))
+            rows["prepulled"].append(seconds(prepulled))
+            rows["pull_s"].append((after[2] - before[2]) / 1000)
+            rows["bytes"].append(after[1] - before[1])
+            print(
+                f"run {run + 1}: first {seconds(first):.2f} s; warm {seconds(warm):.2f} s, cold {seconds(cold):.2f} s"
+                f" ({cached_steps(farm, cold)} CACHED); warm {seconds(warm2):.2f} s, pre-pulled"
+                f" {seconds(prepulled):.2f} s ({cached_steps(farm, prepulled)} CACHED); the warm: {pulls} pull(s),"
+                f" {after[1] - before[1]} bytes in {(after[2] - before[2]) / 1000:.2f} s; load {loads[-1]:.1f}",
+                flush=True,
+            )
 
-    def median(values):
-        return statistics.median(values)
+    def median(name: str) -> float:
+        return statistics.median(rows[name])
 
     print()
-    print(f"{args.runs} runs; the Dockerfile has {args.steps} RUN steps that sleep 1 s each when not cached")
-    print("| build | median s |")
+    print(f"{args.runs} runs; {args.steps} RUN steps that sleep 1 s each when not cached; load average {loads}")
+    print("| build | median |")
     print("| --- | --- |")
-    print(f"| first build (cold) | {median(first):.2f} |")
-    print(f"| rebuild on the warm daemon (what the dispatcher chooses) | {median(warm):.2f} |")
-    print(f"| rebuild on a cold daemon | {median(cold):.2f} |")
-    print(f"| cold / warm | {median(cold) / median(warm):.1f}x |")
-    print(f"| docker pull of the image on the cold daemon (the engine's floor) | {median(pulls):.2f} |")
-    print(f"| (cold - pull) / warm | {(median(cold) - median(pulls)) / median(warm):.1f}x |")
+    print(f"| first build (cold) | {median('first'):.2f} s |")
+    print(f"| rebuild on the warm daemon (what the dispatcher chooses) | {median('warm'):.2f} s |")
+    print(f"| rebuild on a cold daemon (layers from the registry) | {median('cold'):.2f} s |")
+    print(f"| cold / warm | {median('cold') / median('warm'):.2f}x |")
+    print(f"| rebuild on the warm daemon (second image) | {median('warm2'):.2f} s |")
+    print(f"| rebuild on the other daemon, warmed after the push | {median('prepulled'):.2f} s |")
+    print(f"| pre-pulled / warm | **{median('prepulled') / median('warm2'):.2f}x** (target <= 1.2x) |")
+    print(f"| the warm's pull: bytes fetched | {median('bytes'):.0f} |")
+    print(f"| the warm's pull: time | {median('pull_s'):.2f} s |")
 
 
 if __name__ == "__main__":

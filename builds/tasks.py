@@ -20,7 +20,7 @@ from builds.logs import archive as log_archive
 from builds.registry import usage as registry_usage
 from builds.triggers import base_images, schedule_firing
 from builds.uploads import store as context_store
-from builds.worker import builders, phase_times, runner
+from builds.worker import builders, phase_times, prepull, runner
 from lib import db_sessions
 from lib.control_tasks import control_task
 from lib.structured_logs import log_fields
@@ -46,6 +46,13 @@ def run_build(job_id: str, attempt: int, daemon_id: int) -> None:
     daemon = db_sessions.retrying(name, f"read daemon {daemon_id}") or daemon_id
     with log_fields(job=job_id, daemon=daemon, attempt=attempt), phase_times.timed(job_id):
         runner.run_build(job_id, attempt, daemon_id, worker=run_build.request.hostname or "")
+
+
+@shared_task(name=prepull.PREPULL_TASK, acks_late=True, ignore_result=True, soft_time_limit=1800, time_limit=1830)
+def prepull_image(daemon_id: int, repository: str, digest: str, team_id: int | None, tries: int = 0) -> None:
+    # A warm of a daemon after a push elsewhere, on that daemon's queue at a low priority (builds/worker/prepull.py).
+    with log_fields(daemon=daemon_id):
+        prepull.warm(daemon_id, repository, digest, team_id, tries)
 
 
 @control_task("farm.dispatch", seconds=QUICK)

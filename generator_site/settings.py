@@ -400,6 +400,15 @@ GENERATOR_CONTEXT_RETENTION_HOURS = env_float("GENERATOR_CONTEXT_RETENTION_HOURS
 GENERATOR_DISK_IMAGES_LIMIT_MB = env_int("GENERATOR_DISK_IMAGES_LIMIT_MB", 20480)
 GENERATOR_DISK_BUILD_CACHE_LIMIT_MB = env_int("GENERATOR_DISK_BUILD_CACHE_LIMIT_MB", 10240)
 
+# Warm daemons (builds/worker/prepull.py): after a push, the other daemons that may
+# build the image pull it, one at a time, only while they run no build, and not
+# where their data disk is this much used or more (0-1; by default the three
+# quarters of the disk that the disk policy's limits stay within).
+GENERATOR_PREPULL_ENABLED = env_bool("GENERATOR_PREPULL_ENABLED", True)
+GENERATOR_PREPULL_MAX_DISK_FRACTION = env_float("GENERATOR_PREPULL_MAX_DISK_FRACTION", 0.75)
+if not 0 < GENERATOR_PREPULL_MAX_DISK_FRACTION <= 1:
+    raise ImproperlyConfigured("GENERATOR_PREPULL_MAX_DISK_FRACTION must be above 0 and at most 1")
+
 # Logs of jobs that ended more than this many days ago leave the per-line table
 # for one gzipped object per job in the log store (STORAGES["logs"]: a folder by
 # default, any Django storage that web and beat both reach), a batch at a time.

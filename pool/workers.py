@@ -23,6 +23,7 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
 
+from lib.redis_clients import farm_redis
 from pool.models import DockerDaemon, queue_for
 from pool.platforms import BINFMT_DIR, detect_emulation
 
@@ -30,14 +31,7 @@ logger = logging.getLogger(__name__)
 
 KEY = "generator:worker-queues"
 
-_clients: dict[str, redis.Redis] = {}
-
-
-def _redis() -> redis.Redis:
-    url = settings.REDIS_URL
-    if url not in _clients:
-        _clients[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    return _clients[url]
+_redis = farm_redis
 
 
 def _members(queues: Iterable[str], worker: str) -> list[str]:

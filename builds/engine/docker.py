@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import socket
 import tarfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import BinaryIO
 import docker
 import requests
 import urllib3
-from docker.errors import APIError, DockerException
+from docker.errors import APIError, DockerException, NotFound
 
 LineSink = Callable[[str], None]
 
@@ -79,6 +80,14 @@ def push_failure(message: str) -> PushFailed:
 class PushResult:
     digest: str
     size: int | None
+
+
+@dataclass(frozen=True)
+class PullResult:
+    fetched: tuple[str, ...]  # the layers fetched from the registry, as the daemon names them (12 hex digits)
+    reported_bytes: int  # their compressed bytes as its progress said (a layer of a few bytes may say none)
+    seconds: float
+    held: int  # layers the daemon had already
 
 
 def dockerfile_context(dockerfile: str) -> bytes:
@@ -187,7 +196,7 @@ class EngineSession:
             return False
 
     def abort(self) -> None:
-        """Stops the build or push in progress, from another thread.
+        """Stops the build, push or pull in progress, from another thread.
 
         Shutting the socket of the streaming response wakes the thread blocked
         reading it, and the daemon, seeing its client gone, stops the build and
@@ -286,6 +295,35 @@ class EngineSession:
         if result is None:
             raise PushFailed(f"pushing {repository}:{tag} ended without a digest from the registry", transient=True)
         return result
+
+    def holds(self, reference: str) -> bool:
+        """Whether the daemon has the image `reference` (e.g. repository@sha256:...)."""
+        with self._translated_errors(EngineError, "image look-up"):
+            try:
+                self._api.inspect_image(reference)
+            except NotFound:
+                return False
+        return True
+
+    def pull(self, repository: str, digest: str, *, credentials: dict[str, str] | None = None) -> PullResult:
+        """Pulls repository@digest into the daemon's image store; `abort` (from
+        another thread) cuts it, and the daemon stops a pull whose client is gone."""
+        started = time.perf_counter()
+        sizes: dict[str, int] = {}
+        held = 0
+        with self._translated_errors(EngineError, "pull"):
+            chunks = self._api.pull(repository, tag=digest, stream=True, decode=True, auth_config=credentials)
+            for chunk in chunks:
+                if message := _error_message(chunk):
+                    raise EngineError(f"pulling {repository}@{digest} failed: {message}")
+                status, layer = chunk.get("status", ""), chunk.get("id", "")
+                if status == "Pulling fs layer":
+                    sizes.setdefault(layer, 0)
+                elif status in ("Downloading", "Extracting") and layer in sizes:
+                    sizes[layer] = max(sizes[layer], int((chunk.get("progressDetail") or {}).get("total") or 0))
+                elif status == "Already exists":
+                    held += 1
+        return PullResult(tuple(sizes), sum(sizes.values()), time.perf_counter() - started, held)
 
     def version(self) -> dict:
         """The daemon's `GET /version`: its Engine version, API and components."""

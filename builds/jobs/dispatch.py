@@ -47,6 +47,7 @@ from builds.jobs.active_load import active_load
 from builds.jobs.fair_share import FairQueue
 from builds.jobs.limits import needs_whole_daemon
 from builds.models import WAITING, BuildJob, last_starts, started_this_hour
+from lib.redis_clients import farm_redis
 from pool.models import DockerDaemon
 from pool.scheduler import Lookahead, choose_daemon, groups_with_room, platform_daemons
 from teams.models import Team
@@ -197,14 +198,7 @@ def dispatch() -> int:
         return _pass(wait=True)
 
 
-_redis_clients: dict[str, redis.Redis] = {}
-
-
-def _asks() -> redis.Redis:
-    url = settings.REDIS_URL
-    if url not in _redis_clients:
-        _redis_clients[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    return _redis_clients[url]
+_asks = farm_redis
 
 
 def _pass(*, wait: bool) -> int | None:

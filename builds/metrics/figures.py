@@ -66,6 +66,9 @@ COUNTER_HELP = {
 WORKER_COUNTERS = {
     "generator_worker_log_lines_written_total": "Log lines the workers stored, by daemon.",
     "generator_worker_push_retries_total": "Pushes tried again after a registry's transient error, by daemon.",
+    "generator_worker_prepulls_total": "Images pulled onto a daemon to warm it after a push elsewhere, by daemon.",
+    "generator_worker_prepull_bytes_total": "Compressed bytes those pulls fetched from the registry, by daemon.",
+    "generator_worker_prepull_milliseconds_total": "Milliseconds those pulls took, by daemon.",
 }
 REDIS_PREFIX = "generator:metrics:"
 

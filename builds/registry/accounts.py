@@ -82,6 +82,18 @@ def push_auth(host: str, team_id: int | None, repository: str) -> dict[str, str]
     return account.auth_config() if account else None
 
 
+def pull_auth(host: str, team_id: int | None, repository: str) -> dict[str, str] | None:
+    """Docker's auth config for the farm's own pull of `repository` (its path in
+    the registry) onto a daemon (a pre-pull: builds/worker/prepull.py): in the
+    farm's registry a token to pull that repository alone, sent as it is, as a
+    push's; elsewhere the account the team's image was pushed with."""
+    if is_farm_registry(host):
+        access = [repository_access(repository, ["pull"])]
+        return {"registrytoken": farm_signer().sign("generator", access, FARM_TOKEN_SECONDS)["token"]}
+    account = push_account(host, team_id)
+    return account.auth_config() if account else None
+
+
 def registry_login(host: str, team_id: int | None) -> dict:
     """RegistryAPI's credentials for the farm's writes to `host` (an image index,
     signatures and attestations)."""
