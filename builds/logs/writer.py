@@ -34,7 +34,7 @@ from typing import NoReturn, TypeVar
 from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import F
 
 from builds.logs import archive as log_archive
@@ -366,6 +366,8 @@ class LogWriter:
             except BaseException as exc:  # handed over to the caller's thread
                 outcome["error"] = exc
             finally:
+                # A session the producer opened is this thread's alone, and nothing else would close it.
+                connections.close_all()
                 lines.put(done)
 
         # In the caller's context, so the producer's own log records name the job too.

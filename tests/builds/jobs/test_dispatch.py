@@ -10,6 +10,7 @@ import redis
 from django.test import override_settings
 from django.utils import timezone
 
+from builds.jobs import dispatch as dispatch_module
 from builds.jobs import transitions
 from builds.jobs.dispatch import dispatch, rescue_stranded
 from builds.jobs.reaper import reap
@@ -113,6 +114,34 @@ def test_one_busy_image_cannot_take_the_whole_pool():
     other = waiting(1, image="localhost:5000/other:latest")
     assert dispatch() == 3
     assert [j.daemon is not None for j in refreshed(busy + other)] == [True, True, False, False, True]
+
+
+@override_settings(GENERATOR_MAX_BUILDS_PER_IMAGE=1)
+def test_a_build_passed_over_in_the_few_read_does_not_hold_those_behind_it():
+    # Three free slots: the pass reads the first three; two of them are the busy image's, passed
+    # over, and the builds behind them (beyond the three) may still go.
+    daemon("one", capacity=3)
+    busy = waiting(3, image="localhost:5000/busy:latest")
+    other = waiting(2, image="localhost:5000/other:latest")
+    assert dispatch() == 2
+    assert [j.daemon is not None for j in refreshed(busy + other)] == [True, False, False, True, False]
+
+
+@override_settings(GENERATOR_MAX_BUILDS_PER_IMAGE=0)
+def test_a_freed_slot_reads_no_more_of_each_teams_queue_than_there_are_free_slots(monkeypatch):
+    one = daemon("one", capacity=2)
+    jobs = waiting(30, image="localhost:5000/a:1")
+    read = []
+    fair_queue = dispatch_module.FairQueue
+    monkeypatch.setattr(
+        dispatch_module, "FairQueue", lambda batch, *a: read.append(len(batch)) or fair_queue(batch, *a)
+    )
+    assert dispatch() == 2
+    transitions.claim(jobs[0].id, 1, one.pk, "w", 60)
+    transitions.fail(jobs[0].id, 1, "done")
+    assert dispatch() == 1
+    assert read == [2, 1]  # not 30 each time
+    assert [j.daemon_id for j in refreshed(jobs[:4])] == [one.pk, one.pk, one.pk, None]  # in order
 
 
 def test_jobs_of_a_daemon_that_stopped_taking_builds_go_back_to_the_queue():
