@@ -274,7 +274,7 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
         raise DaemonUnavailable(str(exc)) from exc
     session = _engine_session(access)
     phase_times.mark("engine_ready")
-    if disk := _data_disk(job):
+    if disk := disks.measure_by(session.info, daemon.name):
         if disk.size != daemon.data_disk_bytes:
             disks.record_size(daemon.pk, disk)
         watch.disk = disks.FullestWatch(disk)
@@ -442,12 +442,6 @@ def _disk_full(job: BuildJob, log: LogWriter, exc: EngineError) -> None:
     reason = f"the Docker daemon {job.daemon.name} ran out of disk space ({exc})"
     housekeeping.mark_disk_full(job.daemon_id, reason)
     _retry_elsewhere(job, log, EngineError(reason, transient=True))
-
-
-def _data_disk(job: BuildJob) -> disks.DataDisk | None:
-    return disks.measure(
-        job.daemon, api_version=settings.GENERATOR_DOCKER_API_VERSION, timeout=settings.GENERATOR_DOCKER_TIMEOUT
-    )
 
 
 def _full_data_disk(job: BuildJob, exc: EngineError, watch: Watch) -> disks.DataDisk | None:
