@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 RUN_BUILD_TASK = "builds.run_build"
 DISPATCH_BATCH = 200
 # What a pass reads of each daemon (pool/scheduler.py's choices, the queue's name): not its TLS keys, errors
-# and disk figures, read for every daemon on every pass (most of a pass over 128 daemons: docs/benchmarks.md).
+# and disk figures, read for every daemon on every pass (a third of the daemons' read at 128: docs/benchmarks.md).
 DAEMON_FIELDS = (
     "name",
     "capacity",
@@ -69,6 +69,21 @@ DAEMON_FIELDS = (
     "native_platform",
     "emulated_platforms",
     "detected_emulation",
+)
+# And of each waiting job in its batch, with its repository and team (the limits, the group, the fair share).
+JOB_FIELDS = (
+    "image",
+    "attempt",
+    "builder",
+    "platform",
+    "created_at",
+    "repository",
+    "repository__daemon_group",
+    "repository__max_concurrent_builds",
+    "team",
+    "team__max_concurrent_builds",
+    "team__max_builds_per_hour",
+    "team__over_limit",
 )
 
 
@@ -276,6 +291,7 @@ def _fill(*, few: bool) -> tuple[list[tuple], bool]:
         BuildJob.objects.filter(WAITING)
         .filter(_pinned_to(open_groups))
         .select_related("repository", "team")
+        .only(*JOB_FIELDS)
         .annotate(team_rank=Window(RowNumber(), partition_by=[F("team_id")], order_by=[F("created_at"), F("id")]))
         .order_by("team_rank", "created_at", "id")
     )

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 import redis
+from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
@@ -244,6 +245,32 @@ def test_a_pass_asks_for_warm_daemons_once_per_image_and_only_when_there_is_a_ch
     # bookkeeping: 19 at most (a warm lookup per job made 22 on SQLite).
     with django_assert_max_num_queries(19):
         assert dispatch() == 6
+
+
+@override_settings(GENERATOR_MAX_BUILDS_PER_IMAGE=0)
+def test_a_pass_reads_no_field_of_a_job_or_daemon_one_by_one(teams, django_assert_max_num_queries):
+    # The pass reads only some fields (dispatch.JOB_FIELDS, DAEMON_FIELDS): one it uses and did not read
+    # would cost a query per job or daemon (20 in all as it is, and PostgreSQL's lock).
+    from builds.models import Repository
+
+    a, b = teams
+    a.max_concurrent_builds, b.max_builds_per_hour, b.over_limit = 3, 5, "queue"
+    a.save()
+    b.save()
+    repository = Repository.objects.create(
+        full_name="team-a/app", clone_url="https://github.com/team-a/app.git", webhook_secret="hook",
+        image="localhost:5000/team-a/app", team=a, max_concurrent_builds=2,
+    )  # fmt: skip
+    for index in range(10):
+        daemon(f"d{index}", capacity=2)
+    for index in range(10):
+        BuildJob.objects.create(image=f"localhost:5000/team-a/app:{index}", dockerfile="FROM busybox\n", team=a)
+        BuildJob.objects.create(
+            image=f"localhost:5000/team-a/app:r{index}", dockerfile="FROM busybox\n", team=a, repository=repository
+        )
+        BuildJob.objects.create(image=f"localhost:5000/team-b/app:{index}", dockerfile="FROM busybox\n", team=b)
+    with django_assert_max_num_queries(20 + (connection.vendor == "postgresql")):
+        assert dispatch() == 8  # team A's 3, team B's hourly 5
 
 
 def test_a_pass_with_nothing_waiting_takes_no_lock(django_assert_num_queries):
