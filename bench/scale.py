@@ -318,6 +318,7 @@ def backlog_phase(stack: Stack, size: int, backlog: int, lines: int, timeout: fl
     jobs = BuildJob.objects.filter(image__contains=f":{run}-")
     say(f"{backlog} jobs waiting; opening {size} daemons")
     cpu_before, since, opened = cpu_seconds(stack), datetime.now(UTC), time.perf_counter()
+    database_before = database_counters()
     opened_at = timezone.now()
     open_pool(stack, size, draining=False)
     passes = []  # (waiting before the pass, jobs it assigned, seconds)
@@ -331,6 +332,7 @@ def backlog_phase(stack: Stack, size: int, backlog: int, lines: int, timeout: fl
         time.sleep(0.5)
     elapsed = time.perf_counter() - opened
     cpu_used = {name: after - cpu_before[name] for name, after in cpu_seconds(stack).items()}
+    database_used = {name: after - database_before[name] for name, after in database_counters().items()}
     until = datetime.now(UTC)
     span = (jobs.aggregate(last=Max("finished_at"))["last"] - opened_at).total_seconds()
     say(f"{size} daemons, {lines} lines: {done} of {backlog} builds in {span:.1f} s")
@@ -348,8 +350,37 @@ def backlog_phase(stack: Stack, size: int, backlog: int, lines: int, timeout: fl
         "cpu": {name: 100 * used / elapsed for name, used in cpu_used.items()},
         "cpu_ms_per_build": {name: 1000 * used / max(done, 1) for name, used in cpu_used.items()},
         "failed": jobs.exclude(status="succeeded").exclude(finished_at=None).count(),
+        "why_not": why_not_succeeded(jobs),
+        "database_per_build": {name: used / max(done, 1) for name, used in database_used.items()},
         "sessions": sessions,
     }
+
+
+def database_counters() -> dict[str, int]:
+    """The bench database's own counters (pg_stat_database: every session on it,
+    not the rest of the shared server): sessions opened, transactions, rows."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # counters as of now, not of this transaction's start
+        cursor.execute(
+            "SELECT sessions, xact_commit + xact_rollback, tup_returned + tup_fetched,"
+            " tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datname = current_database()"
+        )
+        values = cursor.fetchone()
+    return dict(zip(DATABASE_COUNTERS, values, strict=True))
+
+
+DATABASE_COUNTERS = ["sessions", "transactions", "rows read", "rows written"]
+
+
+def why_not_succeeded(jobs) -> dict[str, int]:
+    """The reasons of the builds that ended otherwise, their numbers cut out, and how many gave each."""
+    reasons: dict[str, int] = {}
+    for error in jobs.exclude(status="succeeded").exclude(finished_at=None).values_list("error", flat=True):
+        reason = re.sub(r"[0-9a-f]{12,}|\d+", "N", error)[:160]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return reasons
 
 
 def connections_by_group(stack: Stack) -> dict[str, int]:
@@ -621,6 +652,18 @@ def report(
         ],
     )
 
+    print("The bench database's counters per build (pg_stat_database; the CPU above is the whole server's):\n")
+    table(
+        ["daemons", "lines", *DATABASE_COUNTERS],
+        [
+            [r["daemons"], r["lines"], *(f"{r['database_per_build'][k]:.1f}" for k in DATABASE_COUNTERS)]
+            for r in backlogs
+        ],
+    )
+    for r in backlogs:
+        for reason, number in sorted(r["why_not"].items(), key=lambda item: -item[1]):
+            print(f"- {r['daemons']} daemons: {number} not succeeded: {reason}")
+    print()
     print("PostgreSQL sessions of the farm during the backlog, sampled every half second:\n")
     table(
         ["daemons", "lines", "sessions mean", "max", "waiting for a lock: mean", "max"],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import docker
@@ -50,21 +51,25 @@ class DataDisk:
 def measure(daemon: DockerDaemon, *, api_version: str, timeout: float) -> DataDisk | None:
     """The daemon's data root filesystem as this host sees it, or None where it
     cannot be seen (unreachable daemon, path not on this host)."""
-    try:
+
+    def info() -> dict:
         api = docker.APIClient(**client_settings(daemon), version=api_version, timeout=timeout)
         try:
-            info = api.info()
+            return api.info()
         finally:
             api.close()
+
+    return measure_by(info, daemon.name)
+
+
+def measure_by(info: Callable[[], dict], name: str) -> DataDisk | None:
+    """As `measure`, asking `info` (an engine session's `GET /info`: a build's own, which saves it
+    a client and a connection of their own)."""
+    try:
+        root = info().get("DockerRootDir") or ""
     except Exception as exc:  # never the build's failure: the caller goes on without a measure
-        logger.info("could not ask daemon %s for its data root: %s", daemon.name, exc)
+        logger.info("could not ask daemon %s for its data root: %s", name, exc)
         return None
-    return of_info(info)
-
-
-def of_info(info: dict) -> DataDisk | None:
-    """The data root filesystem named by a daemon's `GET /info`, if this host sees it."""
-    root = info.get("DockerRootDir") or ""
     return statvfs(root) if root else None
 
 

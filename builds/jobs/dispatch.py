@@ -56,6 +56,36 @@ logger = logging.getLogger(__name__)
 
 RUN_BUILD_TASK = "builds.run_build"
 DISPATCH_BATCH = 200
+# What a pass reads of each daemon (pool/scheduler.py's choices, the queue's name): not its TLS keys, errors
+# and disk figures, read for every daemon on every pass (a third of the daemons' read at 128: docs/benchmarks.md).
+DAEMON_FIELDS = (
+    "name",
+    "capacity",
+    "group",
+    "enabled",
+    "draining",
+    "healthy",
+    "worker_online",
+    "disk_full",
+    "native_platform",
+    "emulated_platforms",
+    "detected_emulation",
+)
+# And of each waiting job in its batch, with its repository and team (the limits, the group, the fair share).
+JOB_FIELDS = (
+    "image",
+    "attempt",
+    "builder",
+    "platform",
+    "created_at",
+    "repository",
+    "repository__daemon_group",
+    "repository__max_concurrent_builds",
+    "team",
+    "team__max_concurrent_builds",
+    "team__max_builds_per_hour",
+    "team__over_limit",
+)
 
 
 class NoDaemonAvailable(Exception):
@@ -216,77 +246,110 @@ def _pass(*, wait: bool) -> int | None:
                     cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [DISPATCH_LOCK])
                     if not cursor.fetchone()[0]:
                         return None
-        daemons = list(DockerDaemon.objects.filter(enabled=True, draining=False, healthy=True))
-        if not daemons:
-            return 0
-        active = active_load(daemons)  # one query for the four loads (builds/jobs/active_load.py)
-        load = active.slots
-        open_groups = groups_with_room(daemons, load)
-        if not open_groups:
-            return 0  # the pool is full
-        per_image, per_repository, running = active.per_image, active.per_repository, active.running
-        # Only jobs some daemon could take now: a long queue of a full group must
-        # not fill the batch ahead of jobs the rest of the pool could build. Each
-        # team's oldest come first (ranked inside their team), so every team with
-        # jobs waiting is in the batch however long another team's queue is.
-        waiting = (
-            BuildJob.objects.filter(WAITING)
-            .filter(_pinned_to(open_groups))
-            .select_related("repository", "team")
-            .annotate(team_rank=Window(RowNumber(), partition_by=[F("team_id")], order_by=[F("created_at"), F("id")]))
-            .order_by("team_rank", "created_at", "id")
-        )
-        batch = list(waiting[:DISPATCH_BATCH])
-        limits = _team_limits(batch)
-        # The sliding hour's starts, of the teams in the batch only (builds/models/jobs.py, last_starts).
-        started = {team: started_this_hour(team, hourly) for team, (_, hourly) in limits.items() if hourly}
-        last_start = last_starts({job.team_id or 0 for job in batch})
-        warm: dict[str, int | None] = {}
-        # Only multi-platform children wait for a platform, and they are BuildKit builds.
-        lookahead = Lookahead(daemons, load, whole=needs_whole_daemon("buildkit"))
-        tags_in_use = helper_tags_in_use()
-        for job in batch:
-            lookahead.add(job.daemon_group, job.platform)
-        queue = FairQueue(batch, running, last_start)
-        for job in queue:
-            group = job.daemon_group
-            if group not in open_groups:
-                continue  # its group filled up during this pass
-            concurrent, per_hour = limits.get(job.team_id, (None, None))
-            if (concurrent and running.get(job.team_id or 0, 0) >= concurrent) or (
-                per_hour and started.get(job.team_id or 0, 0) >= per_hour
-            ):
-                queue.hold_team()  # the team has its share: its jobs wait, others' may go
-                continue
-            if _over_limit(job, per_image, per_repository):
-                continue  # it has its share of the pool; later jobs of others may go
-            prefer = _preferred_daemon(job, group, daemons, load, warm)
-            whole = needs_whole_daemon(job.builder)
-            elsewhere = [d for d in daemons if d.pk not in tags_in_use.get(job.image, ())] if job.platform else daemons
-            able = platform_daemons(elsewhere, job.platform, load, whole=whole)  # a multi-platform child's
-            spare = lookahead.without(group, job.platform)
-            daemon = choose_daemon(able, load, prefer=prefer, group=group, whole=whole, spare=spare)
-            if daemon is None:
-                # A build that needs a whole daemon, or one of its platform, may wait while others fit.
-                if not whole and not job.platform:
-                    open_groups.discard(group)
-                if not open_groups:
-                    break  # the pool is full
-                continue
-            if transitions.assign(job.id, daemon.pk):
-                queue.started()
-                load[daemon.pk] = load.get(daemon.pk, 0) + (daemon.capacity if whole else 1)
-                per_image[job.image] = per_image.get(job.image, 0) + 1
-                if job.repository_id:
-                    per_repository[job.repository_id] = per_repository.get(job.repository_id, 0) + 1
-                started[job.team_id or 0] = started.get(job.team_id or 0, 0) + 1
-                lookahead.add(group, job.platform, -1)
-                if job.platform and not whole:
-                    tags_in_use.setdefault(job.image, set()).add(daemon.pk)
-                sends.append((job.id, job.attempt, daemon.pk, daemon.queue))
+        sends, passed_over = _fill(few=True)
+        if passed_over:
+            # A build of the few read was passed over (its image or repository at its limit, its group full, no
+            # daemon for it) and the pool has room: the builds behind it may go, as far as a whole batch reads.
+            sends += _fill(few=False)[0]
         for send in sends:
             transaction.on_commit(lambda send=send: send_build_task(*send))
     return len(sends)
+
+
+def _fill(*, few: bool) -> tuple[list[tuple], bool]:
+    """Gives waiting jobs to daemons with room, inside the pass's transaction:
+    the sends to make once it commits, and whether a job read was passed over
+    while the pool still had room.
+
+    `few`: read no more of each team's queue than there are free slots (the
+    first `free` of each, in the order a whole batch starts with), when that
+    is fewer than a batch: a build's end frees one slot, and a pass that read
+    200 jobs to start one was most of a build's cost in its worker (docs/benchmarks.md).
+    Not while a multi-platform child waits: the lookahead counts the children
+    of the whole batch."""
+    sends: list[tuple] = []
+    daemons = list(DockerDaemon.objects.filter(enabled=True, draining=False, healthy=True).only(*DAEMON_FIELDS))
+    if not daemons:
+        return sends, False
+    active = active_load(daemons)  # one query for the four loads (builds/jobs/active_load.py)
+    load = active.slots
+    open_groups = groups_with_room(daemons, load)
+    if not open_groups:
+        return sends, False  # the pool is full
+    per_image, per_repository, running = active.per_image, active.per_repository, active.running
+    # Only jobs some daemon could take now: a long queue of a full group must
+    # not fill the batch ahead of jobs the rest of the pool could build. Each
+    # team's oldest come first (ranked inside their team), so every team with
+    # jobs waiting is in the batch however long another team's queue is.
+    waiting = (
+        BuildJob.objects.filter(WAITING)
+        .filter(_pinned_to(open_groups))
+        .select_related("repository", "team")
+        .only(*JOB_FIELDS)
+        .annotate(team_rank=Window(RowNumber(), partition_by=[F("team_id")], order_by=[F("created_at"), F("id")]))
+        .order_by("team_rank", "created_at", "id")
+    )
+    free = sum(max(d.capacity - load.get(d.pk, 0), 0) for d in daemons)
+    if few and free < DISPATCH_BATCH and not BuildJob.objects.filter(WAITING).exclude(platform="").exists():
+        waiting = waiting.filter(team_rank__lte=free)
+    else:
+        few = False
+    batch = list(waiting[:DISPATCH_BATCH])
+    limits = _team_limits(batch)
+    # The sliding hour's starts, of the teams in the batch only (builds/models/jobs.py, last_starts).
+    started = {team: started_this_hour(team, hourly) for team, (_, hourly) in limits.items() if hourly}
+    last_start = last_starts({job.team_id or 0 for job in batch})
+    warm: dict[str, int | None] = {}
+    # Only multi-platform children wait for a platform, and they are BuildKit builds.
+    lookahead = Lookahead(daemons, load, whole=needs_whole_daemon("buildkit"))
+    tags_in_use = helper_tags_in_use()
+    for job in batch:
+        lookahead.add(job.daemon_group, job.platform)
+    queue = FairQueue(batch, running, last_start)
+    passed_over = False
+    for job in queue:
+        group = job.daemon_group
+        if group not in open_groups:
+            passed_over = True
+            continue  # its group filled up during this pass
+        concurrent, per_hour = limits.get(job.team_id, (None, None))
+        if (concurrent and running.get(job.team_id or 0, 0) >= concurrent) or (
+            per_hour and started.get(job.team_id or 0, 0) >= per_hour
+        ):
+            # The team has its share: its jobs wait (the rest of its queue too), others' may go.
+            queue.hold_team()
+            continue
+        if _over_limit(job, per_image, per_repository):
+            passed_over = True
+            continue  # it has its share of the pool; later jobs of others may go
+        prefer = _preferred_daemon(job, group, daemons, load, warm)
+        whole = needs_whole_daemon(job.builder)
+        elsewhere = [d for d in daemons if d.pk not in tags_in_use.get(job.image, ())] if job.platform else daemons
+        able = platform_daemons(elsewhere, job.platform, load, whole=whole)  # a multi-platform child's
+        spare = lookahead.without(group, job.platform)
+        daemon = choose_daemon(able, load, prefer=prefer, group=group, whole=whole, spare=spare)
+        if daemon is None:
+            # A build that needs a whole daemon, or one of its platform, may wait while others fit.
+            if not whole and not job.platform:
+                open_groups.discard(group)
+            if not open_groups:
+                break  # the pool is full
+            passed_over = True
+            continue
+        if transitions.assign(job.id, daemon.pk):
+            queue.started()
+            load[daemon.pk] = load.get(daemon.pk, 0) + (daemon.capacity if whole else 1)
+            per_image[job.image] = per_image.get(job.image, 0) + 1
+            if job.repository_id:
+                per_repository[job.repository_id] = per_repository.get(job.repository_id, 0) + 1
+            started[job.team_id or 0] = started.get(job.team_id or 0, 0) + 1
+            lookahead.add(group, job.platform, -1)
+            if job.platform and not whole:
+                tags_in_use.setdefault(job.image, set()).add(daemon.pk)
+            sends.append((job.id, job.attempt, daemon.pk, daemon.queue))
+        else:
+            passed_over = True
+    return sends, few and passed_over and bool(open_groups)
 
 
 def _pinned_to(groups: set[str]) -> Q:

@@ -9,6 +9,7 @@ to the job's watchers once the transaction commits.
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import nullcontext
 from datetime import timedelta
@@ -47,9 +48,16 @@ def _swap(filters: dict, to_status: str | None = None, **fields) -> bool:
             transaction.on_commit(lambda: report_on_github(job_id))
         if event := signals.EVENTS.get(to_status):
             signals.announce(job_id, event)
-        if parent_id := BuildJob.objects.filter(pk=job_id).values_list("parent_id", flat=True).first():
+        if parent_id := _parent_of(job_id):
             signals.child_moves(parent_id)
     return bool(changed)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parent_of(job_id: str) -> str | None:
+    """A job's multi-platform build, if it is a platform's part: set when the job is made, never changed,
+    so read once per job and process (a worker's claim, push and end each asked the database)."""
+    return BuildJob.objects.filter(pk=job_id).values_list("parent_id", flat=True).first()
 
 
 def report_on_github(job_id: str) -> None:

@@ -34,7 +34,7 @@ from typing import NoReturn, TypeVar
 from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import F
 
 from builds.logs import archive as log_archive
@@ -216,6 +216,35 @@ def _insert_lines(job_id: str, batch: list[tuple[int, str]]) -> None:
             cursor.execute(_insert_lines_head() + values, [v for seq, text in rows for v in (job_id, seq, text)])
 
 
+def _in_one_statement(batch: list[tuple[int, str]]) -> bool:
+    """On PostgreSQL a batch and the job's line count go in one statement (`_insert_counted_lines`): one
+    round trip where a transaction took four (BEGIN, the INSERT, the count's UPDATE, COMMIT), several
+    times per build (bench/scale.py, docs/benchmarks.md)."""
+    return (
+        connection.vendor == "postgresql"
+        and len(batch) <= INSERT_ROWS
+        and not settings.GENERATOR_TEST_HOLD_LOG_TRANSACTION
+    )
+
+
+@functools.cache
+def _count_lines_tail() -> str:
+    job, quote = BuildJob._meta, connection.ops.quote_name
+    column = quote(job.get_field("log_line_count").column)
+    return f") UPDATE {quote(job.db_table)} SET {column} = %s WHERE {quote(job.pk.column)} = %s"
+
+
+def _insert_counted_lines(job_id: str, batch: list[tuple[int, str]]) -> None:
+    """The lines and the job's count of them, both or neither: PostgreSQL runs a statement in a WITH
+    as part of the one statement (and its transaction)."""
+    values = ", ".join(["(%s, %s, %s)"] * len(batch))
+    params = [v for seq, text in batch for v in (job_id, seq, text)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH stored AS ({_insert_lines_head()}{values}{_count_lines_tail()}", [*params, batch[-1][0], job_id]
+        )
+
+
 def _held_for_test(job_id: str, batch: list[tuple[int, str]]) -> bool:
     """For tests only: in a job's first attempt, a batch with a line containing
     GENERATOR_TEST_HOLD_LOG_TRANSACTION is held (`_hold`) after its INSERT, not
@@ -324,6 +353,12 @@ class LogWriter:
         self.sessions.used()
 
     def _store_batch(self, batch: list[tuple[int, str]]) -> None:
+        if _in_one_statement(batch) and self.mirror is None:
+            _insert_counted_lines(self.job_id, batch)
+            transaction.on_commit(partial(publish, self.job_id, {"type": "log.lines", "lines": batch}))
+            if self.on_stored:
+                self.on_stored(batch)
+            return
         with transaction.atomic():
             held = _held_for_test(self.job_id, batch)
             _insert_lines(self.job_id, batch)
@@ -366,6 +401,8 @@ class LogWriter:
             except BaseException as exc:  # handed over to the caller's thread
                 outcome["error"] = exc
             finally:
+                # A session the producer opened is this thread's alone, and nothing else would close it.
+                connections.close_all()
                 lines.put(done)
 
         # In the caller's context, so the producer's own log records name the job too.

@@ -110,6 +110,9 @@ def build(
     if job.builder != "buildkit":
         if secrets:
             log.write(f"[generator] Secrets ({', '.join(sorted(secrets))}) are mounted by BuildKit only: not passed")
+        # Read here, not in the pump's thread: a query there opened a PostgreSQL session of that thread's own,
+        # which nothing closed (one more session per build; "too many connections" in bench/scale.py).
+        labels, registry_config = farm_labels(job), classic_registry_config(job, images)
         phase_times.mark("build_started")
         return log.pump(
             lambda emit: engine.build(
@@ -117,12 +120,12 @@ def build(
                 tag=tag,
                 dockerfile=dockerfile,
                 buildargs=buildargs,
-                labels=farm_labels(job),
+                labels=labels,
                 nocache=job.no_cache,
                 pull=job.pull,
                 target=job.target or None,
                 on_line=emit,
-                registry_config=classic_registry_config(job, images),
+                registry_config=registry_config,
                 **containment.engine_options,
             ),
             tick=watch.tick,

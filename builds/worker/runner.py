@@ -280,7 +280,7 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
         raise DaemonUnavailable(str(exc)) from exc
     session = _engine_session(access)
     phase_times.mark("engine_ready")
-    if disk := _data_disk(job, session):
+    if disk := disks.measure_by(session.info, daemon.name):
         if disk.size != daemon.data_disk_bytes:
             disks.record_size(daemon.pk, disk)
         watch.disk = disks.FullestWatch(disk)
@@ -451,16 +451,6 @@ def _disk_full(job: BuildJob, log: LogWriter, exc: EngineError) -> None:
     reason = f"the Docker daemon {job.daemon.name} ran out of disk space ({exc})"
     housekeeping.mark_disk_full(job.daemon_id, reason)
     _retry_elsewhere(job, log, EngineError(reason, transient=True))
-
-
-def _data_disk(job: BuildJob, session: EngineSession) -> disks.DataDisk | None:
-    """The daemon's data root filesystem as this host sees it; None where it cannot
-    be seen (never the build's failure: an unreachable daemon fails it next, as such)."""
-    try:
-        return disks.of_info(session.info())
-    except EngineError as exc:
-        logger.info("could not ask daemon %s for its data root: %s", job.daemon.name, exc)
-        return None
 
 
 def _full_data_disk(job: BuildJob, exc: EngineError, watch: Watch) -> disks.DataDisk | None:

@@ -7,9 +7,11 @@ from datetime import timedelta
 
 import pytest
 import redis
+from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
+from builds.jobs import dispatch as dispatch_module
 from builds.jobs import transitions
 from builds.jobs.dispatch import dispatch, rescue_stranded
 from builds.jobs.reaper import reap
@@ -115,6 +117,34 @@ def test_one_busy_image_cannot_take_the_whole_pool():
     assert [j.daemon is not None for j in refreshed(busy + other)] == [True, True, False, False, True]
 
 
+@override_settings(GENERATOR_MAX_BUILDS_PER_IMAGE=1)
+def test_a_build_passed_over_in_the_few_read_does_not_hold_those_behind_it():
+    # Three free slots: the pass reads the first three; two of them are the busy image's, passed
+    # over, and the builds behind them (beyond the three) may still go.
+    daemon("one", capacity=3)
+    busy = waiting(3, image="localhost:5000/busy:latest")
+    other = waiting(2, image="localhost:5000/other:latest")
+    assert dispatch() == 2
+    assert [j.daemon is not None for j in refreshed(busy + other)] == [True, False, False, True, False]
+
+
+@override_settings(GENERATOR_MAX_BUILDS_PER_IMAGE=0)
+def test_a_freed_slot_reads_no_more_of_each_teams_queue_than_there_are_free_slots(monkeypatch):
+    one = daemon("one", capacity=2)
+    jobs = waiting(30, image="localhost:5000/a:1")
+    read = []
+    fair_queue = dispatch_module.FairQueue
+    monkeypatch.setattr(
+        dispatch_module, "FairQueue", lambda batch, *a: read.append(len(batch)) or fair_queue(batch, *a)
+    )
+    assert dispatch() == 2
+    transitions.claim(jobs[0].id, 1, one.pk, "w", 60)
+    transitions.fail(jobs[0].id, 1, "done")
+    assert dispatch() == 1
+    assert read == [2, 1]  # not 30 each time
+    assert [j.daemon_id for j in refreshed(jobs[:4])] == [one.pk, one.pk, one.pk, None]  # in order
+
+
 def test_jobs_of_a_daemon_that_stopped_taking_builds_go_back_to_the_queue():
     sick = daemon("sick")
     [job] = waiting(1)
@@ -215,6 +245,32 @@ def test_a_pass_asks_for_warm_daemons_once_per_image_and_only_when_there_is_a_ch
     # bookkeeping: 19 at most (a warm lookup per job made 22 on SQLite).
     with django_assert_max_num_queries(19):
         assert dispatch() == 6
+
+
+@override_settings(GENERATOR_MAX_BUILDS_PER_IMAGE=0)
+def test_a_pass_reads_no_field_of_a_job_or_daemon_one_by_one(teams, django_assert_max_num_queries):
+    # The pass reads only some fields (dispatch.JOB_FIELDS, DAEMON_FIELDS): one it uses and did not read
+    # would cost a query per job or daemon (20 in all as it is, and PostgreSQL's lock).
+    from builds.models import Repository
+
+    a, b = teams
+    a.max_concurrent_builds, b.max_builds_per_hour, b.over_limit = 3, 5, "queue"
+    a.save()
+    b.save()
+    repository = Repository.objects.create(
+        full_name="team-a/app", clone_url="https://github.com/team-a/app.git", webhook_secret="hook",
+        image="localhost:5000/team-a/app", team=a, max_concurrent_builds=2,
+    )  # fmt: skip
+    for index in range(10):
+        daemon(f"d{index}", capacity=2)
+    for index in range(10):
+        BuildJob.objects.create(image=f"localhost:5000/team-a/app:{index}", dockerfile="FROM busybox\n", team=a)
+        BuildJob.objects.create(
+            image=f"localhost:5000/team-a/app:r{index}", dockerfile="FROM busybox\n", team=a, repository=repository
+        )
+        BuildJob.objects.create(image=f"localhost:5000/team-b/app:{index}", dockerfile="FROM busybox\n", team=b)
+    with django_assert_max_num_queries(20 + (connection.vendor == "postgresql")):
+        assert dispatch() == 8  # team A's 3, team B's hourly 5
 
 
 def test_a_pass_with_nothing_waiting_takes_no_lock(django_assert_num_queries):

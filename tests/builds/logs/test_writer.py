@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
 from builds.logs.writer import LogWriter
 from builds.models import BuildJob, BuildLogLine
@@ -56,6 +56,23 @@ def test_pump_flushes_a_half_batch_when_the_build_goes_quiet(job):
     assert writer.pump(produce) == "image-id"
     assert seen_during_the_quiet == [1]
     assert stored(job) == [(1, "RUN sleep 60"), (2, "done")]
+
+
+def test_a_session_the_producer_opened_is_closed_when_it_ends(job):
+    # Nothing else would close it: a build's producer that read the database left a PostgreSQL session
+    # open per build (bench/scale.py's workers ran out of connections).
+    held = []
+
+    def produce(emit):
+        emit(f"{BuildJob.objects.filter(pk=job.pk).count()} job")
+        held.append(connections["default"])
+        return "image-id"
+
+    LogWriter(job.id, last_seq=0, batch_lines=100, flush_seconds=60).pump(produce)
+    (producers,) = held
+    assert producers is not connections["default"]  # the producer's thread had its own
+    assert producers.connection is None  # and it is closed
+    assert stored(job) == [(1, "1 job")]
 
 
 def test_pump_stores_what_came_before_an_error_and_raises_it(job):
