@@ -20,6 +20,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count, OuterRef, Subquery
 from django.utils import timezone
 
 from builds.models import BuildJob
@@ -42,27 +43,40 @@ def check_submit(team: Team | None) -> None:
     if not (team.max_concurrent_builds or team.max_builds_per_hour):
         return
     if transaction.get_connection().in_atomic_block:
+        # Its own statement: in READ COMMITTED a statement that waited for the lock
+        # still reads the other tables as they were when it began, so counts read in
+        # the same statement would miss the job the lock's last holder just committed.
         Team.objects.select_for_update().filter(pk=team.pk).values_list("pk", flat=True).first()
-    jobs = BuildJob.objects.filter(team=team)
-    if limit := team.max_concurrent_builds:
-        active = jobs.filter(status__in=BuildJob.ACTIVE).count()
-        if active >= limit:
-            raise TooManyBuilds(
-                f"team {team.slug} has {active} builds waiting or running; its limit is {limit} concurrent builds"
-                " (max_concurrent_builds): try again when one has ended",
-                settings.GENERATOR_TEAM_RETRY_AFTER_SECONDS,
-            )
+    now = timezone.now()
+    active, oldest_counted = _counts(team, now)
+    if (limit := team.max_concurrent_builds) and active >= limit:
+        raise TooManyBuilds(
+            f"team {team.slug} has {active} builds waiting or running; its limit is {limit} concurrent builds"
+            " (max_concurrent_builds): try again when one has ended",
+            settings.GENERATOR_TEAM_RETRY_AFTER_SECONDS,
+        )
+    if (limit := team.max_builds_per_hour) and oldest_counted is not None:
+        wait = (oldest_counted + HOUR - now).total_seconds()
+        raise TooManyBuilds(
+            f"team {team.slug} submitted {limit} builds in the last hour; its limit is {limit} builds per hour"
+            f" (max_builds_per_hour): the next may be submitted in {math.ceil(wait)} s",
+            math.ceil(wait),
+        )
+
+
+def _counts(team: Team, now) -> tuple[int, object]:
+    """(the team's builds not yet ended, the limit-th newest of its submissions in
+    the sliding hour or None), in one query, each part asked only if its limit is on.
+    The second is one row, however many the team submitted (down the (team,
+    created_at) index): if there is one, the team is at its hourly limit, and that
+    one leaves the hour first."""
+    jobs = BuildJob.objects.filter(team=OuterRef("pk")).order_by()
+    parts = {}
+    if team.max_concurrent_builds:
+        active = jobs.filter(status__in=BuildJob.ACTIVE).values("team").annotate(n=Count("pk")).values("n")
+        parts["active"] = Subquery(active)
     if limit := team.max_builds_per_hour:
-        now = timezone.now()
-        # The limit-th newest submission of the hour, if there is one: the team is at
-        # its limit, and that one leaves the sliding hour first. One row comes back,
-        # however many the team submitted (down the (team, created_at) index).
-        in_the_hour = jobs.filter(created_at__gt=now - HOUR).order_by("-created_at")
-        oldest_counted = in_the_hour.values_list("created_at", flat=True)[limit - 1 : limit].first()
-        if oldest_counted is not None:
-            wait = (oldest_counted + HOUR - now).total_seconds()
-            raise TooManyBuilds(
-                f"team {team.slug} submitted {limit} builds in the last hour; its limit is {limit} builds per hour"
-                f" (max_builds_per_hour): the next may be submitted in {math.ceil(wait)} s",
-                math.ceil(wait),
-            )
+        in_the_hour = jobs.filter(created_at__gt=now - HOUR).order_by("-created_at").values("created_at")
+        parts["oldest_counted"] = Subquery(in_the_hour[limit - 1 : limit])
+    row = Team.objects.filter(pk=team.pk).values(**parts).first() or {}
+    return row.get("active") or 0, row.get("oldest_counted")
