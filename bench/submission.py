@@ -1,6 +1,7 @@
 """Submission under load: the answer times of the ways in, at 32 concurrent clients.
 
-    .venv/bin/python bench/submission.py [--clients 32] [--requests 2000]
+    .venv/bin/python bench/submission.py [--clients 32] [--requests 2000] [--endpoints floor,b1,rest,webhook]
+        [--postgres postgres://postgres@127.0.0.1:5432]
 
 Three endpoints, one after the other, each hit by `--clients` threads that keep
 one HTTP/1.1 connection each and send the next request as soon as the last is
@@ -10,6 +11,17 @@ is to its own branch, which a rule matches, so each one creates a job). Every
 request is made before the clock starts (bodies, signatures), so the client
 spends its time sending and reading. The first `--warmup` requests of each
 endpoint are not counted.
+
+`--endpoints floor` adds `GET /healthz`: daphne and Django's middleware around a
+view that asks nothing of the database, the floor under every answer.
+
+Printed per endpoint: answers/s and latencies, then the CPU ms per answer of each
+farm process (daphne; `postgres`, the server's whole process tree, other databases
+on it included; `farm db`, the CPU of this farm's own database backends only), and
+at the end one submit in-process by phase (`bench/history.py --jobs 0 --drained` on
+a fresh database of the same kind): queries and CPU ms of the token, the
+permission, the team, the quotas, the audit event, the dispatch pass and the rest,
+so a change that adds a query or a millisecond shows in its phase.
 
 What is measured is the web tier's answer, not the builds: every daemon is set
 draining for the run (still enabled, so the farm accepts builds, but dispatch
