@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import os
 import re
 import secrets
@@ -174,12 +175,13 @@ PHASES = {
 
 
 class PhaseTimer:
-    """Wall time and queries of each phase, summed over the submits."""
+    """Wall time, this thread's CPU time (what a busy machine inflates least) and
+    queries of each phase, summed over the submits."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
         self.queries: dict[str, int] = defaultdict(int)
-        self.active: list[str] = []
 
     def install(self) -> None:
         import importlib
@@ -192,17 +194,18 @@ class PhaseTimer:
 
     def _timed(self, phase: str, function, connection):
         def timed(*args, **kwargs):
-            queries, started = len(connection.queries_log), time.perf_counter()
+            queries, started, cpu = len(connection.queries_log), time.perf_counter(), time.thread_time()
             try:
                 return function(*args, **kwargs)
             finally:
                 self.seconds[phase] += time.perf_counter() - started
+                self.cpu[phase] += time.thread_time() - cpu
                 self.queries[phase] += len(connection.queries_log) - queries
 
         return timed
 
 
-def submit_many(token: str, count: int) -> tuple[list[float], int, dict[str, float]]:
+def submit_many(token: str, count: int, *, drained: bool = False, phases: PhaseTimer | None = None) -> Submits:
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
@@ -213,22 +216,35 @@ def submit_many(token: str, count: int) -> tuple[list[float], int, dict[str, flo
     headers = {"Authorization": f"Token {token}"}
     dockerfile = base64.b64encode(b"FROM busybox\nRUN echo submitted\n").decode()
     run = secrets.token_hex(3)
-    times, per_kind, queries = [], defaultdict(float), 0
+    done = Submits()
     for n in range(count):
         params = {"imagename": f"{REGISTRY}/history/app-{n % IMAGES}:{run}-{n}", "dockerfile": dockerfile}
+        passes = phases.seconds["dispatch pass"] if phases else 0.0
         with CaptureQueriesContext(connection) as captured:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             response = client.get("/b1/build", params, headers=headers)
-            times.append(time.perf_counter() - started)
+            done.times.append(time.perf_counter() - started)
+            done.cpu += time.thread_time() - cpu
+        if phases:  # in daphne the pass runs after the answer (builds/jobs/dispatch_soon.py)
+            done.answers.append(done.times[-1] - (phases.seconds["dispatch pass"] - passes))
         if response.status_code != 200:
             raise SystemExit(f"submit {n}: {response.status_code} {response.content[:300]!r}")
-        queries += len(captured.captured_queries)
+        done.queries += len(captured.captured_queries)
         for query in captured.captured_queries:
-            per_kind[kind_of(query["sql"])] += float(query["time"])
+            done.per_kind[kind_of(query["sql"])] += float(query["time"])
     given = BuildJob.objects.filter(image__contains=f":{run}-", daemon__isnull=False).count()
-    if given != count:
-        raise SystemExit(f"only {given} of the {count} submitted builds were given a daemon")
-    return times, queries // count, per_kind
+    if given != (0 if drained else count):
+        raise SystemExit(f"{given} of the {count} submitted builds were given a daemon")
+    return done
+
+
+@dataclasses.dataclass
+class Submits:
+    times: list[float] = dataclasses.field(default_factory=list)  # wall seconds of each
+    answers: list[float] = dataclasses.field(default_factory=list)  # the same without the dispatch pass
+    cpu: float = 0.0  # this thread's CPU seconds, all of them
+    queries: int = 0  # all of them
+    per_kind: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))  # database seconds
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -242,6 +258,11 @@ def main() -> None:
     parser.add_argument("--recent", type=int, default=100_000, help="of --jobs, given a daemon in the last hour")
     parser.add_argument("--submits", type=int, default=200)
     parser.add_argument("--postgres", metavar="URL", default="", help="a PostgreSQL server, e.g. postgres://...:5432")
+    parser.add_argument(
+        "--drained",
+        action="store_true",
+        help="both daemons draining, as bench/submission.py sets them: the pass after a submit gives no build a daemon",
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="history-"))
     supervisor = lf.Supervisor(folder / "run")
@@ -258,13 +279,15 @@ def main() -> None:
             f"redis://127.0.0.1:{port}/0",
         )
         daemons, teams, user, token = the_farm()
+        if args.drained:
+            type(daemons[0]).objects.update(draining=True)
         started = time.perf_counter()
         fill(args.jobs, args.recent, daemons, teams, user)
         filled = time.perf_counter() - started
-        submit_many(token, 5)  # connections, caches, the first queries' plans
+        submit_many(token, 5, drained=args.drained)  # connections, caches, the first queries' plans
         phases = PhaseTimer()
         phases.install()
-        times, queries, per_kind = submit_many(token, args.submits)
+        done = submit_many(token, args.submits, drained=args.drained, phases=phases)
     finally:
         from django.db import connections
 
@@ -276,21 +299,34 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     database = "PostgreSQL" if server else "SQLite"
     print(f"\n{database}, {args.jobs:,} jobs ({args.recent:,} in the last hour), filled in {filled:.0f} s")
-    ms = [t * 1000 for t in times]
-    print(f"{args.submits} submits (GET /b1/build and the dispatch pass after it), {queries} queries each:")
+    each = args.submits
+    ms = [t * 1000 for t in done.times]
+    room = "no daemon with room (--drained)" if args.drained else "two daemons with room"
+    queries = done.queries / each
+    print(f"{each} submits (GET /b1/build and the dispatch pass after it, {room}), {queries:.1f} queries each:")
     p50, p95 = percentile(ms, 0.5), percentile(ms, 0.95)
     print(f"  p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {max(ms):.1f} ms, mean {statistics.mean(ms):.1f} ms")
-    database_ms = sum(per_kind.values()) * 1000 / args.submits
+    answers = [t * 1000 for t in done.answers]
+    p50, p95 = percentile(answers, 0.5), percentile(answers, 0.95)
+    print(f"  the answer alone (in daphne the dispatch pass runs after it): p50 {p50:.1f} ms, p95 {p95:.1f} ms")
+    database_ms = sum(done.per_kind.values()) * 1000 / each
     print(f"  of which waiting for the database {database_ms:.1f} ms per submit (mean); the rest is Python")
+    print(f"  CPU of this process per submit: {done.cpu * 1000 / each:.2f} ms")
     print("per phase (quotas run twice: before the job's transaction and in it, with the team's row locked):")
-    print("| phase | ms per submit | queries per submit |")
-    print("| --- | --- | --- |")
+    print("| phase | queries per submit | CPU ms per submit | wall ms per submit |")
+    print("| --- | --- | --- | --- |")
     for phase in PHASES:
-        ms_each, queries_each = phases.seconds[phase] * 1000 / args.submits, phases.queries[phase] / args.submits
-        print(f"| {phase} | {ms_each:.2f} | {queries_each:.1f} |")
+        cpu, wall, queries = (phases.cpu[phase], phases.seconds[phase], phases.queries[phase])
+        print(f"| {phase} | {queries / each:.1f} | {cpu * 1000 / each:.2f} | {wall * 1000 / each:.2f} |")
+    rest_cpu, rest_wall = done.cpu - sum(phases.cpu.values()), sum(done.times) - sum(phases.seconds.values())
+    rest_queries = done.queries - sum(phases.queries.values())
+    print(
+        f"| the rest (Django's request and middleware, the checks, the job's INSERT, the commit)"
+        f" | {rest_queries / each:.1f} | {rest_cpu * 1000 / each:.2f} | {rest_wall * 1000 / each:.2f} |"
+    )
     print("the queries that took longest, summed over the submits (ms per submit):")
-    for kind, seconds in sorted(per_kind.items(), key=lambda item: -item[1])[:6]:
-        print(f"  {seconds * 1000 / args.submits:7.2f}  {kind}")
+    for kind, seconds in sorted(done.per_kind.items(), key=lambda item: -item[1])[:6]:
+        print(f"  {seconds * 1000 / each:7.2f}  {kind}")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,8 @@ class Farm:
     token_source: Callable[[str], str] | None = None
     # A private farm's process logs (NAME.log: worker-0.log, web.log...); None for --web.
     logs: Path | None = None
+    # A private farm's PostgreSQL database (postgres://.../name); empty on SQLite and for --web.
+    database_url: str = ""
 
     @property
     def ws(self) -> str:
@@ -287,6 +289,7 @@ def _start(
         processes,
         token_source=signer.farm_token,
         logs=sup.run_dir,
+        database_url=database_url if database_url.startswith("postgres") else "",
     )
 
 
@@ -421,16 +424,36 @@ def own_cpu_seconds() -> float:
     return times.user + times.system
 
 
+def backend_cpu_seconds(database_url: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to this one database
+    (the farm's pooled connections live through a benchmark's run), by pid. Unlike
+    the postmaster's tree, no other database on the server counts."""
+    server, _, name = database_url.rstrip("/").rpartition("/")
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
+        rows = connection.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,)).fetchall()
+    seconds = {}
+    for (pid,) in rows:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            seconds[pid] = sum(int(value) for value in fields[11:13]) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return seconds
+
+
 class CpuMeter:
     """CPU seconds each farm process tree, this benchmark's own process (the
     client), and the whole machine spent between enter and exit: where the time
     goes, and how much went to anything else (the builds' containers, and
-    whatever else runs on the machine)."""
+    whatever else runs on the machine). With `database_url`, also the CPU of that
+    database's own backends (`database_seconds`): a backend that ends during the
+    run loses what it spent, one that starts counts whole."""
 
-    def __init__(self, processes: dict[str, int]) -> None:
+    def __init__(self, processes: dict[str, int], database_url: str = "") -> None:
         self.processes = processes
+        self.database_url = database_url
+        self.database_seconds: float | None = None
 
     def __enter__(self) -> CpuMeter:
+        self._backends = backend_cpu_seconds(self.database_url) if self.database_url else {}
         self._start = {name: cpu_seconds(pid) for name, pid in self.processes.items()}
         self._start["client"] = own_cpu_seconds()
         self._machine = machine_busy_seconds()
@@ -439,6 +462,9 @@ class CpuMeter:
     def __exit__(self, *exc) -> None:
         self.spent = {name: cpu_seconds(pid) - self._start[name] for name, pid in self.processes.items()}
         self.spent["client"] = own_cpu_seconds() - self._start["client"]
+        if self.database_url:
+            after = backend_cpu_seconds(self.database_url)
+            self.database_seconds = sum(seconds - self._backends.get(pid, 0.0) for pid, seconds in after.items())
         busy, total = machine_busy_seconds()
         capacity = total - self._machine[1]
         self.machine_busy = busy - self._machine[0]

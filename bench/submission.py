@@ -1,6 +1,7 @@
 """Submission under load: the answer times of the ways in, at 32 concurrent clients.
 
-    .venv/bin/python bench/submission.py [--clients 32] [--requests 2000]
+    .venv/bin/python bench/submission.py [--clients 32] [--requests 2000] [--endpoints floor,b1,rest,webhook]
+        [--postgres postgres://postgres@127.0.0.1:5432]
 
 Three endpoints, one after the other, each hit by `--clients` threads that keep
 one HTTP/1.1 connection each and send the next request as soon as the last is
@@ -10,6 +11,17 @@ is to its own branch, which a rule matches, so each one creates a job). Every
 request is made before the clock starts (bodies, signatures), so the client
 spends its time sending and reading. The first `--warmup` requests of each
 endpoint are not counted.
+
+`--endpoints floor` adds `GET /healthz`: daphne and Django's middleware around a
+view that asks nothing of the database, the floor under every answer.
+
+Printed per endpoint: answers/s and latencies, then the CPU ms per answer of each
+farm process (daphne; `postgres`, the server's whole process tree, other databases
+on it included; `farm db`, the CPU of this farm's own database backends only), and
+at the end one submit in-process by phase (`bench/history.py --jobs 0 --drained` on
+a fresh database of the same kind): queries and CPU ms of the token, the
+permission, the team, the quotas, the audit event, the dispatch pass and the rest,
+so a change that adds a query or a millisecond shows in its phase.
 
 What is measured is the web tier's answer, not the builds: every daemon is set
 draining for the run (still enabled, so the farm accepts builds, but dispatch
@@ -28,6 +40,8 @@ import http.client
 import json
 import secrets
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -35,6 +49,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import rig
 
@@ -46,7 +61,7 @@ class Request:
     body: bytes | None
     headers: dict[str, str]
     expect: int
-    job_of: Callable[[bytes], str]  # the created job's id, from the answer's body
+    job_of: Callable[[bytes], str] | None  # the created job's id, from the answer's body (None: no job)
 
 
 @dataclass
@@ -69,6 +84,12 @@ def seed_requests(farm: rig.Farm, run: str, count: int) -> list[Request]:
         )
         requests.append(Request("GET", f"/b1/build?{query}", None, headers, 200, lambda body: body.decode()))
     return requests
+
+
+def floor_requests(count: int) -> list[Request]:
+    """`GET /healthz`: daphne and Django's middleware around a view that asks nothing
+    of the database, the floor under any answer of this web tier."""
+    return [Request("GET", "/healthz", None, {}, 200, None) for _ in range(count)]
 
 
 def rest_requests(farm: rig.Farm, run: str, count: int) -> list[Request]:
@@ -140,14 +161,14 @@ def hammer(farm: rig.Farm, requests: list[Request], clients: int) -> Outcome:
             with lock:
                 outcome.latencies.append(elapsed)
                 outcome.answered_at.append(started + elapsed)
-                if response.status == request.expect:
-                    outcome.jobs.append(request.job_of(body))
-                else:
+                if response.status != request.expect:
                     outcome.errors.append(f"{response.status}: {body[:200]!r}")
+                elif request.job_of is not None:
+                    outcome.jobs.append(request.job_of(body))
         connection.close()
 
     started = time.perf_counter()
-    with rig.CpuMeter(farm.processes) as outcome.cpu, ThreadPoolExecutor(clients) as pool:
+    with rig.CpuMeter(farm.processes, farm.database_url) as outcome.cpu, ThreadPoolExecutor(clients) as pool:
         for future in [pool.submit(client) for _ in range(clients)]:
             future.result()
     outcome.seconds = time.perf_counter() - started
@@ -171,7 +192,17 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=2000, help="counted requests per endpoint")
     parser.add_argument("--warmup", type=int, default=64, help="requests per endpoint sent first, not counted")
-    parser.add_argument("--endpoints", default="b1,rest,webhook", help="which, comma-separated (default: all three)")
+    parser.add_argument(
+        "--endpoints",
+        default="b1,rest,webhook",
+        help="which, comma-separated: b1, rest, webhook (default: those three), floor (GET /healthz)",
+    )
+    parser.add_argument(
+        "--phase-submits",
+        type=int,
+        default=200,
+        help="submits of the in-process phase table afterwards (bench/history.py --jobs 0 --drained; 0: none)",
+    )
     rig.add_arguments(parser, daemons=1)
     args = parser.parse_args()
     run = uuid.uuid4().hex[:8]
@@ -198,6 +229,7 @@ def main() -> None:
         endpoints = {
             name: make()
             for key, name, make in (
+                ("floor", "GET /healthz (floor)", lambda: floor_requests(total)),
                 ("b1", "GET /b1/build", lambda: seed_requests(farm, run, total)),
                 ("rest", "POST /api/v1/builds/", lambda: rest_requests(farm, run, total)),
                 (
@@ -242,13 +274,32 @@ def main() -> None:
     if farm.processes:
         print("\nCPU while each endpoint was hammered: the machine's cores busy, the share of them that went to")
         print("anything but this farm and this client (other work on the machine), and CPU ms per answer by process")
+        print("(postgres: the server's whole tree, other databases on it included; farm db: this farm's backends)")
         kinds = list(next(iter(results.values())).cpu.grouped())
-        print(f"| endpoint | machine busy | not this farm | {' | '.join(kinds)} |")
-        print("| --- | --- | --- |" + " --- |" * len(kinds))
+        database = farm.database_url != ""
+        print(f"| endpoint | machine busy | not this farm | {' | '.join(kinds)} |{' farm db |' if database else ''}")
+        print("| --- | --- | --- |" + " --- |" * (len(kinds) + database))
         for name, outcome in results.items():
             cpu = outcome.cpu
             cells = " | ".join(f"{cpu.grouped().get(kind, 0) / args.requests * 1000:.1f}" for kind in kinds)
-            print(f"| {name} | {cpu.machine_share:.0%} | {cpu.other_share:.0%} | {cells} |")
+            own = f" {cpu.database_seconds / args.requests * 1000:.1f} |" if database else ""
+            print(f"| {name} | {cpu.machine_share:.0%} | {cpu.other_share:.0%} | {cells} |{own}")
+    if args.phase_submits and not args.web:
+        phase_table(args.postgres, args.phase_submits)
+
+
+def phase_table(postgres: str, submits: int) -> None:
+    """What one `/b1` submit spends by phase (CPU, queries), measured in-process on a
+    fresh database of the same kind: a feature that adds a query shows here."""
+    command = [sys.executable, str(Path(__file__).with_name("history.py")), "--jobs", "0", "--recent", "0"]
+    command += ["--submits", str(submits), "--drained", *(["--postgres", postgres] if postgres else [])]
+    rig.say(f"in-process phases: {' '.join(command[1:])}")
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        rig.say(f"the phase table failed:\n{result.stderr[-2000:]}")
+        return
+    print("\nOne submit in-process, by phase (Django's test client, no daphne; daemons draining as above):")
+    print(result.stdout.split("filled in", 1)[-1].split("\n", 1)[-1].rstrip())
 
 
 if __name__ == "__main__":

@@ -78,6 +78,11 @@ class BoundedHTTPChannel(http.HTTPChannel):
 def install() -> None:
     """Makes daphne build BoundedHTTPChannel, with ceilings from the settings."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "generator_site.settings")
+    # As asgi.py says, and before the settings are read here (they are read once,
+    # so asgi.py's own default came too late in this process): every request runs
+    # on a thread of its own, and without the pool each opened a new PostgreSQL
+    # connection, a backend forked per submit.
+    os.environ.setdefault("GENERATOR_DB_POOL", "true")
     from daphne import http_protocol, server
     from django.conf import settings
 

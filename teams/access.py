@@ -11,16 +11,21 @@ start a build on a logged-in operator's behalf.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser, Permission
+from django.contrib.contenttypes.models import ContentType
+from django.db import connection
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.authtoken.models import Token
 
 from teams import tokens as team_tokens
 
+MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 TOKEN_HINT = "send 'Authorization: Token <key>' (manage.py drf_create_token USER prints a key)"
 
 
@@ -64,7 +69,49 @@ class TokenAuthentication(authentication.TokenAuthentication):
 def can_submit(user) -> bool:
     if settings.GENERATOR_ANONYMOUS_BUILDS:
         return True
-    return bool(user.is_authenticated and user.has_perm("builds.add_buildjob"))
+    return bool(user.is_authenticated and has_permission(user, "builds", "add_buildjob"))
+
+
+def has_permission(user, app_label: str, codename: str) -> bool:
+    """`user.has_perm("app_label.codename")` with Django's ModelBackend, read in one
+    query instead of two (the user's permissions, then their groups'), and nothing
+    kept: a permission or membership taken away counts from the next request on.
+    Plain SQL: the ORM took ~1.4 ms of CPU to build the same two EXISTS, the
+    database ~0.2 ms to answer them (docs/benchmarks.md, "What one submit costs").
+    With other backends configured it asks them, as has_perm does."""
+    if settings.AUTHENTICATION_BACKENDS != [MODEL_BACKEND]:
+        return user.has_perm(f"{app_label}.{codename}")
+    if not user.is_active:
+        return False
+    if user.is_superuser:
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute(_permission_sql(), [app_label, codename, user.pk, user.pk])
+        return bool(cursor.fetchone()[0])
+
+
+@functools.cache
+def _permission_sql() -> str:
+    user_model = get_user_model()
+    tables = {
+        "permission": Permission._meta.db_table,
+        "content_type": ContentType._meta.db_table,
+        "user_permission": user_model.user_permissions.through._meta.db_table,
+        "group_permission": Permission.group_set.through._meta.db_table,
+        "user_group": user_model.groups.through._meta.db_table,
+    }
+    return """
+        SELECT EXISTS (
+            SELECT 1 FROM {permission} p JOIN {content_type} c ON c.id = p.content_type_id
+            WHERE c.app_label = %s AND p.codename = %s AND (
+                EXISTS (SELECT 1 FROM {user_permission} up WHERE up.permission_id = p.id AND up.user_id = %s)
+                OR EXISTS (
+                    SELECT 1 FROM {group_permission} gp JOIN {user_group} ug ON ug.group_id = gp.group_id
+                    WHERE gp.permission_id = p.id AND ug.user_id = %s
+                )
+            )
+        )
+    """.format(**{name: connection.ops.quote_name(table) for name, table in tables.items()})
 
 
 def can_read_logs(user) -> bool:

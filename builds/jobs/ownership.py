@@ -19,11 +19,11 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from builds.models import BuildJob, Repository
 from lib.errors import Forbidden
-from teams.models import Namespace, Team, namespace_refusal, owner_refusal
+from teams.models import Membership, Namespace, Team, namespace_refusal, owner_refusal
 
 
 def is_staff(user) -> bool:
@@ -65,10 +65,13 @@ def may_cancel(user, job: BuildJob) -> bool:
 def team_for_build(user, requested: str, image_repository: str, repository: Repository | None) -> Team | None:
     """The team a build is for, after checking that it may push `image_repository`
     and build `repository`. Raises Forbidden with the reason."""
-    owner = Namespace.objects.owning(image_repository)
     if user is None or not user.is_authenticated:
+        owner = Namespace.objects.owning(image_repository)
         return owner.team if owner else None  # GENERATOR_ANONYMOUS_BUILDS: the seed's open farm
     staff = is_staff(user)
+    # Whether the user is in the owner's team comes with the owner: one query, not two.
+    member = Exists(Membership.objects.filter(team=OuterRef("team_id"), user=user))
+    owner = Namespace.objects.annotate(submitter_is_member=member).owning(image_repository)
     mine = Team.objects.all() if staff else Team.objects.of(user)
     if requested:
         team = mine.filter(slug=requested).first()
@@ -76,7 +79,7 @@ def team_for_build(user, requested: str, image_repository: str, repository: Repo
             raise Forbidden(f"you are not a member of a team named {requested!r}")
     elif repository is not None and (staff or mine.filter(pk=repository.team_id).exists()):
         team = repository.team
-    elif owner is not None and mine.filter(pk=owner.team_id).exists():
+    elif owner is not None and (staff or owner.submitter_is_member):
         team = owner.team
     elif staff:
         team = None

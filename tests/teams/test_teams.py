@@ -421,3 +421,30 @@ def test_the_schema_says_who_may_call_what(db):
     create = schema["paths"]["/api/v1/builds/"]["post"]["description"]
     cancel = schema["paths"]["/api/v1/builds/{id}/cancel/"]["post"]["description"]
     assert "namespaces" in create and "an admin of its team" in cancel
+
+
+def test_the_right_to_submit_is_read_afresh_on_every_request_from_the_user_or_a_group(teams):
+    """can_submit reads the permission in one query (teams/access.py); it must say
+    what has_perm says, and a right taken away must count from the next request."""
+    from django.contrib.auth.models import Group
+
+    from teams.access import can_submit
+
+    user = member_of(teams[0], _user("erin"))
+    group = Group.objects.create(name="builders")
+    answers = [can_submit(user)]
+    user.groups.add(group)
+    group.permissions.add(Permission.objects.get(codename="add_buildjob"))
+    answers.append(can_submit(user))
+    user.groups.remove(group)
+    answers.append(can_submit(user))
+    user.user_permissions.add(Permission.objects.get(codename="add_buildjob"))
+    answers.append(can_submit(user))
+    user.is_active = False
+    answers.append(can_submit(user))
+    user.is_active, user.is_superuser = True, True
+    user.user_permissions.clear()
+    answers.append(can_submit(user))
+    assert answers == [False, True, False, True, False, True]
+    user.save()
+    assert can_submit(type(user).objects.get(pk=user.pk))
