@@ -3,20 +3,38 @@ functions over the pool: no jobs, no I/O (builds/worker/prepull.py pulls)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 
 from pool.disks import DataDisk
 from pool.models import DockerDaemon
 
 
-def targets(daemons: Iterable[DockerDaemon], source: DockerDaemon, group: str) -> list[DockerDaemon]:
-    """The daemons to warm after `source` pushed an image of a build of daemon
-    group `group` ('' : the shared pool): those that may build it (its group
-    only: a daemon of another group may be another team's) and take builds now
-    (enabled, not draining, healthy, a worker online, disk not full), that run
-    the same platform natively where both are known (another platform's layers
-    are no cache for it), and whose farm images are under their limit as last
-    measured (a pull would only make the next prune drop another image)."""
+def targets(
+    daemons: Iterable[DockerDaemon], source: DockerDaemon, group: str, repository: str, most: int
+) -> list[DockerDaemon]:
+    """The daemons to warm after `source` pushed an image of `repository` from a
+    build of daemon group `group` ('' : the shared pool): those that may build
+    it (its group only: a daemon of another group may be another team's) and
+    take builds now (enabled, not draining, healthy, a worker online, disk not
+    full), that run the same platform natively where both are known (another
+    platform's layers are no cache for it), and whose farm images are under
+    their limit as last measured (a pull would only make the next prune drop
+    another image). At most `most` of them (0: every one), the same ones for
+    every push of a repository while the pool stays as it is (the highest
+    hashes of repository and daemon name): a pool of 128 daemons pulls each
+    image onto a few, not all, and a repository's rebuilds find it warm there."""
+    eligible = _eligible(daemons, source, group)
+    if most:
+        eligible = sorted(eligible, key=lambda daemon: _rank(repository, daemon.name))[:most]
+    return eligible
+
+
+def _rank(repository: str, daemon_name: str) -> str:
+    return hashlib.sha256(f"{repository}\0{daemon_name}".encode()).hexdigest()
+
+
+def _eligible(daemons: Iterable[DockerDaemon], source: DockerDaemon, group: str) -> list[DockerDaemon]:
     chosen = []
     for daemon in daemons:
         if daemon.pk == source.pk or daemon.group != group or not daemon.takes_builds:

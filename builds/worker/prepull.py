@@ -83,7 +83,8 @@ def on_job_event(sender, job_id: str, event: str, **kwargs) -> None:
     if job is None or not pushed_image(job):
         return
     group = job.daemon_group
-    for daemon in policy.targets(DockerDaemon.objects.filter(group=group), job.daemon, group):
+    daemons = DockerDaemon.objects.filter(group=group)
+    for daemon in policy.targets(daemons, job.daemon, group, job.image_repository, settings.GENERATOR_PREPULL_DAEMONS):
         ask(daemon, job.image_repository, job.digest, job.team_id)
 
 
