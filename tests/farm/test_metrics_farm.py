@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from builds.models import BuildJob, StepStats
-from tests.farm.conftest import api_build, follow
+from tests.farm.conftest import api_build, follow, wait_for
 
 pytestmark = pytest.mark.farm
 
@@ -48,5 +48,7 @@ def test_a_finished_build_is_counted_timed_and_its_steps_kept(farm, token):
     assert grew("generator_job_push_seconds_count", repository="") == 1
     assert grew("generator_job_build_seconds_bucket", repository="", le="1") == 0  # the RUN alone took 1.2 s
     assert grew("generator_worker_log_lines_written_total", daemon=job.daemon.name) >= job.log_line_count > 0
-    step = StepStats.objects.get(repository="", step__contains="RUN echo metrics-step")
+    # The step timings are recorded just after the job's end (builds/worker/runner.py, never before it).
+    steps = StepStats.objects.filter(repository="", step__contains="RUN echo metrics-step")
+    step = wait_for(steps.first, "the build's step timings recorded", timeout=30)
     assert step.count >= 1 and step.max_seconds >= 1.2
