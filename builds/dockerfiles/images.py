@@ -32,9 +32,7 @@ def referenced_images(text: str | bytes, buildargs: dict[str, str] | None = None
     for instruction in instructions(text):
         words = instruction.args.split()
         if instruction.keyword == "ARG" and not seen_from:
-            for word in words:
-                name, has_default, default = word.partition("=")
-                values[name] = buildargs.get(name, default.strip("\"'") if has_default else "")
+            _take_args(instruction, buildargs, values)
         elif instruction.keyword == "FROM":
             if words:
                 _add(images, _expand(words[0], values), stages)
@@ -60,10 +58,15 @@ def meta_args(text: str | bytes, buildargs: dict[str, str] | None = None) -> dic
         if instruction.keyword == "FROM":
             break
         if instruction.keyword == "ARG":
-            for word in instruction.args.split():
-                name, has_default, default = word.partition("=")
-                values[name] = buildargs.get(name, default.strip("\"'") if has_default else "")
+            _take_args(instruction, buildargs, values)
     return values
+
+
+def _take_args(instruction, buildargs: dict[str, str], values: dict[str, str]) -> None:
+    """An ARG line's names into `values`: the build's arg, else the line's default."""
+    for word in instruction.args.split():
+        name, has_default, default = word.partition("=")
+        values[name] = buildargs.get(name, default.strip("\"'") if has_default else "")
 
 
 def trigger_images(triggers: list[str], values: dict[str, str]) -> list[str]:

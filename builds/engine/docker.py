@@ -332,12 +332,11 @@ class EngineSession:
 
     def onbuild(self, reference: str) -> list[str] | None:
         """The ONBUILD triggers of the image the daemon holds under `reference`; None if it holds none."""
-        try:
-            found = self._api.inspect_image(reference)
-        except docker.errors.ImageNotFound:
-            return None
-        except DockerException as exc:
-            raise EngineError(f"could not look up {reference} on the Docker daemon at {self.url}: {exc}") from exc
+        with self._translated_errors(EngineError, "image look-up"):
+            try:
+                found = self._api.inspect_image(reference)
+            except NotFound:
+                return None
         return list((found.get("Config") or {}).get("OnBuild") or [])
 
     def image_digest(self, reference: str) -> tuple[str, str]:

@@ -133,10 +133,13 @@ def record_push(
     record_tags(team_id, image_repository, [tag for tag in [*tags, *signed] if tag not in written])
     if team_id is None or not written or not in_farm_registry(image_repository):
         return
-    reference = parse_reference(image_repository)
-    name = repository_path(reference.repository, reference.registry)
-    for tag, blobs in written.items():
-        registry_quota.record_tag(team_id, name, tag, blobs.items())
+    try:  # never raises, as record_tags: the next recount heals a miss
+        reference = parse_reference(image_repository)
+        name = repository_path(reference.repository, reference.registry)
+        for tag, blobs in written.items():
+            registry_quota.record_tag(team_id, name, tag, blobs.items())
+    except Exception:
+        logger.warning("could not count the registry use of %s for team %s", image_repository, team_id, exc_info=True)
 
 
 @dataclass(frozen=True)

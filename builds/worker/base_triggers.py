@@ -25,10 +25,16 @@ from lib.references import InvalidReference, parse_reference
 
 LOOKUP_SECONDS = 5
 MAX_CONFIG_BYTES = 4 << 20
+MAX_INDEX_ENTRIES = 64  # an index is read whole (the build may take any of its platforms): a few, not thousands
+
+
+class Unreadable(Exception):
+    """The base's triggers cannot be read within the bounds: the build may not run them unseen."""
 
 
 def triggers_of(engine: EngineSession, image: str, team_id: int | None) -> list[str]:
-    """The triggers BuildKit would run from `image` for this build."""
+    """The triggers BuildKit would run from `image` for this build; Unreadable
+    where the farm's registry holds more than it reads."""
     try:
         held = engine.onbuild(image)
     except EngineError:
@@ -59,6 +65,8 @@ def _stored_triggers(api: RegistryAPI, name: str, reference: str, depth: int = 0
     if media_type in (DOCKER_LIST, OCI_INDEX) or "manifests" in document:  # every platform's: the build may take any
         if depth:
             return []
+        if len(document["manifests"]) > MAX_INDEX_ENTRIES:
+            raise Unreadable(f"its index lists more than {MAX_INDEX_ENTRIES} manifests")
         found = [t for entry in document["manifests"] for t in _stored_triggers(api, name, entry["digest"], 1)]
         return list(dict.fromkeys(found))
     config = json.loads(api.blob(name, document["config"]["digest"], max_bytes=MAX_CONFIG_BYTES))

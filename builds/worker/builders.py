@@ -224,7 +224,11 @@ def _trigger_refusal(job, engine: EngineSession, text, buildargs: dict[str, str]
     an image its team may not read: builds/worker/base_triggers.py), or ''."""
     values = meta_args(text, buildargs)
     for image in images:
-        for reference in trigger_images(base_triggers.triggers_of(engine, image, job.team_id), values):
+        try:
+            triggers = base_triggers.triggers_of(engine, image, job.team_id)
+        except base_triggers.Unreadable as exc:
+            return f"{image}'s ONBUILD triggers cannot be checked: {exc}"
+        for reference in trigger_images(triggers, values):
             if refusal := read_refusal(job.team, reference):
                 return f"{image} has an ONBUILD trigger that reads {reference}, which this build may not: {refusal}"
     return ""

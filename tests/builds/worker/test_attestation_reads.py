@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 import threading
 from contextlib import contextmanager
 
@@ -11,17 +9,7 @@ import pytest
 
 from builds.engine.docker import EngineError
 from builds.worker.attestation_reads import Reading
-
-
-def filesystem(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
+from tests.builds.worker.test_cache_scope import tar_of
 
 APK = b"P:musl\nV:1.2.4-r2\nA:x86_64\nL:MIT\n\n"
 
@@ -48,7 +36,7 @@ class Daemon:
         if self.fail:
             raise EngineError("export failed: no such image")
         try:
-            yield io.BytesIO(filesystem({"lib/apk/db/installed": APK}))
+            yield tar_of({"lib/apk/db/installed": APK})
         finally:
             self.removing.set()
             self.let_remove.wait(10)
