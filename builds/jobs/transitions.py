@@ -21,7 +21,7 @@ from django.utils import timezone
 from builds import signals
 from builds.logs.writer import publish
 from builds.metrics import figures as metrics
-from builds.models import BuildJob
+from builds.models import BuildJob, BuildSecret
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ def _swap(filters: dict, to_status: str | None = None, **fields) -> bool:
         changed = BuildJob.objects.filter(**filters).update(**fields)
         if changed and ends:
             metrics.record_end(filters["pk"])
+            # A build's own secrets live only while it may still run: gone before anyone hears it ended.
+            BuildSecret.objects.filter(job_id=filters["pk"]).delete()
     if changed and to_status is not None:
         job_id = filters["pk"]
         transaction.on_commit(lambda: publish(job_id, {"type": "job.status", "status": to_status}))

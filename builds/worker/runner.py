@@ -31,7 +31,7 @@ from builds.jobs.multiplatform import mirror_into_parent
 from builds.logs.steps import StepTimes
 from builds.logs.writer import LogLimitExceeded, LogWriter
 from builds.metrics import figures as metrics
-from builds.models import BuildContext, BuildJob, BuildSecret
+from builds.models import BuildContext, BuildJob
 from builds.provenance.slsa import FromLines
 from builds.registry import usage as registry_usage
 from builds.registry.accounts import push_auth
@@ -512,5 +512,3 @@ def _end(job: BuildJob, log: LogWriter, last_line: str, transition) -> None:
     # Retried while no session can be had: a build that ran must not be built again for it.
     db_sessions.retrying(partial(transition, job.id, job.attempt), f"record the outcome of job {job.id}")
     phase_times.mark("ended")
-    # A build's own secrets live only while it may still run (a requeued attempt keeps them).
-    BuildSecret.objects.filter(job_id=job.id, job__status__in=BuildJob.TERMINAL).delete()
