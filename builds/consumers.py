@@ -29,7 +29,7 @@ from django.conf import settings
 from builds.jobs.ownership import readable_jobs
 from builds.live import subscriptions as live
 from builds.live.backpressure import ClientTooSlow, SendBuffer, give_back_memory_soon
-from builds.live.frames import NO_PLATFORMS, Batch, batch_frames, log_frames
+from builds.live.frames import END_FIELDS, NO_PLATFORMS, Batch, batch_frames, end_of, log_frames
 from builds.logs.writer import read_lines
 from builds.models import BuildJob
 from teams.access import can_read_logs
@@ -138,7 +138,7 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
             if event is live.MISSED:
                 await self.catch_up()
             elif event["type"] == "job.status":
-                await self.live_status(event["status"])
+                await self.live_status(event)
             if self.ended:
                 return
         if lines:
@@ -157,12 +157,12 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
             page = settings.GENERATOR_LOG_FRAME_BYTES // 2
             job, lines, more = await state_and_lines(self.job_id, self.sent, page)
             await self.send_lines(lines)
-        if job.is_terminal:
-            await self.send_end(job)
+        if job["status"] in BuildJob.TERMINAL:
+            await self.send_end(end_of(job))
         elif self.status is None:
-            self.status = job.status  # as of the connection: no frame for it
+            self.status = job["status"]  # as of the connection: no frame for it
         else:
-            await self.send_status(job.status)  # its event may have been missed
+            await self.send_status(job["status"])  # its event may have been missed
 
     async def live_lines(self, events: list[dict]) -> None:
         batches: list[Batch] = []
@@ -183,11 +183,14 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
             await self.send_frames(batch_frames(batches, settings.GENERATOR_LOG_FRAME_BYTES))
             self.sent = last
 
-    async def live_status(self, status: str) -> None:
-        if status in BuildJob.TERMINAL:
-            await self.catch_up()
-        else:
+    async def live_status(self, event: dict) -> None:
+        status, end = event["status"], event.get("end")
+        if status not in BuildJob.TERMINAL:
             await self.send_status(status)
+        elif end is not None and self.sent >= end["lines"]:
+            await self.send_end(end)  # every line sent already: nothing to read
+        else:
+            await self.catch_up()
 
     async def send_lines(self, lines) -> None:
         if lines:
@@ -204,18 +207,9 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
             self.status = status
             await self.send_json({"type": "status", "status": status})
 
-    async def send_end(self, job: BuildJob) -> None:
+    async def send_end(self, end: dict) -> None:
         self.ended = True
-        await self.send_json(
-            {
-                "type": "end",
-                "status": job.status,
-                "error": job.error,
-                "image_id": job.image_id,
-                "digest": job.digest,
-                "lines": job.log_line_count,
-            }
-        )
+        await self.send_json({"type": "end", **end})
         await self.close(code=1000)
 
 
@@ -231,10 +225,10 @@ def readable_platforms(user, job_id: str) -> frozenset[str] | None:
 
 
 @database_sync_to_async
-def state_and_lines(job_id: str, after: int, max_bytes: int) -> tuple[BuildJob, list[tuple[int, str]], bool]:
-    """The job's state, then its stored lines after `after` (a page: and whether
-    more may follow). Status first: if the job had ended, all its lines were
-    stored before."""
-    job = BuildJob.objects.only("status", "error", "image_id", "digest", "log_line_count").get(pk=job_id)
+def state_and_lines(job_id: str, after: int, max_bytes: int) -> tuple[dict, list[tuple[int, str]], bool]:
+    """The job's state (its END_FIELDS), then its stored lines after `after` (a page:
+    and whether more may follow). Status first: if the job had ended, all its lines
+    were stored before."""
+    job = BuildJob.objects.filter(pk=job_id).values(*END_FIELDS.values()).get()
     lines, more = read_lines(job_id, after, max_lines=BACKLOG_BATCH, max_bytes=max_bytes)
     return job, lines, more

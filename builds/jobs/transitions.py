@@ -19,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from builds import signals
+from builds.live.frames import END_FIELDS, end_of
 from builds.logs.writer import publish
 from builds.metrics import figures as metrics
 from builds.models import BuildJob, BuildSecret
@@ -36,20 +37,24 @@ def _swap(filters: dict, to_status: str | None = None, **fields) -> bool:
     if to_status is not None:
         fields["status"] = to_status
     ends = to_status in BuildJob.TERMINAL
+    event = {"type": "job.status", "status": to_status}
     # An ending job is counted (builds/metrics/figures.py) in the transaction that ends it.
     with transaction.atomic() if ends else nullcontext():
         changed = BuildJob.objects.filter(**filters).update(**fields)
         if changed and ends:
-            metrics.record_end(filters["pk"])
+            ended = BuildJob.objects.filter(pk=filters["pk"]).values(*metrics.ENDED_FIELDS, *END_FIELDS.values()).get()
+            metrics.record_end(ended)
             # A build's own secrets live only while it may still run: gone before anyone hears it ended.
             BuildSecret.objects.filter(job_id=filters["pk"]).delete()
+            # The end frame's fields go with the event: a viewer that has every line sends it without a read.
+            event["end"] = end_of(ended)
     if changed and to_status is not None:
         job_id = filters["pk"]
-        transaction.on_commit(lambda: publish(job_id, {"type": "job.status", "status": to_status}))
+        transaction.on_commit(lambda: publish(job_id, event))
         if to_status in BuildJob.TERMINAL or to_status == Status.BUILDING:  # a check run's in_progress
             transaction.on_commit(lambda: report_on_github(job_id))
-        if event := signals.EVENTS.get(to_status):
-            signals.announce(job_id, event)
+        if event_name := signals.EVENTS.get(to_status):
+            signals.announce(job_id, event_name)
         if parent_id := _parent_of(job_id):
             signals.child_moves(parent_id)
     return bool(changed)

@@ -103,3 +103,18 @@ def batch_frames(batches: list[Batch], max_bytes: int) -> Iterator[str]:
         size += len(batch.joined) + 2
     if joined:
         yield _FRAME_HEAD + ", ".join(joined) + _FRAME_TAIL
+
+
+# The `end` frame's fields, each with the BuildJob field it shows.
+END_FIELDS = {
+    "status": "status",
+    "error": "error",
+    "image_id": "image_id",
+    "digest": "digest",
+    "lines": "log_line_count",
+}
+
+
+def end_of(row: dict) -> dict:
+    """The `end` frame's fields of a job's row (with every END_FIELDS column read)."""
+    return {name: row[field] for name, field in END_FIELDS.items()}

@@ -140,10 +140,6 @@ def _background_publisher() -> Publisher:
         return publisher
 
 
-def publish_status(job: BuildJob) -> None:
-    publish(job.id, {"type": "job.status", "status": job.status})
-
-
 def read_lines(job_id: str, after: int, *, max_lines: int, max_bytes: int) -> tuple[list[tuple[int, str]], bool]:
     """The lines after `after`, up to `max_lines` lines or about `max_bytes` of
     text (always at least one line), and whether more may follow. Every reader

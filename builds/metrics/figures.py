@@ -6,8 +6,8 @@ A Prometheus scrape (builds/metrics/ops.py) and the insights page never read per
   (builds/jobs/transitions.py), to the counters of finished jobs per repository and
   status, to histograms of its wait, run, build and push seconds per repository
   (one row per bucket), and to the day's figures per repository and daemon
-  (DailyJobStats, DailyDaemonStats: for /insights/). One read of the job and
-  four upserts.
+  (DailyJobStats, DailyDaemonStats: for /insights/). Four upserts, from the
+  job's row as the ending transaction read it.
 - Jobs not yet ended are counted by status with one GROUP BY over the status
   index, restricted to the active states: a bounded number of rows.
 - The workers' own figures (log lines written, push retries) are counted in
@@ -80,26 +80,17 @@ def _labels(**labels: str) -> str:
 # --- kept as jobs end ---------------------------------------------------------------
 
 
-def record_end(job_id: str) -> None:
-    """Adds a job that has just ended to the figures. Call inside the transaction
-    that ended it, so that the figures and the job's status commit together."""
-    row = (
-        BuildJob.objects.filter(pk=job_id)
-        .values_list(
-            "status",
-            "repository__full_name",
-            "daemon__name",
-            "created_at",
-            "started_at",
-            "push_started_at",
-            "finished_at",
-        )
-        .first()
-    )
-    if row is None:
-        return
-    status, repository, daemon, created, started, push_started, finished = row
-    repository, daemon = repository or "", daemon or ""
+# What `record_end` reads of the job that ended (builds/jobs/transitions.py reads it, in that transaction).
+ENDED_FIELDS = ("status", "repository__full_name", "daemon__name", "created_at", "started_at", "push_started_at",
+                "finished_at")  # fmt: skip
+
+
+def record_end(ended: dict) -> None:
+    """Adds a job that has just ended (its ENDED_FIELDS) to the figures. Call inside the
+    transaction that ended it, so that the figures and the job's status commit together."""
+    status, created, started = ended["status"], ended["created_at"], ended["started_at"]
+    push_started, finished = ended["push_started_at"], ended["finished_at"]
+    repository, daemon = ended["repository__full_name"] or "", ended["daemon__name"] or ""
     labels = {name: _labels(**({"repository": repository} if names else {})) for name, (_, names) in HISTOGRAMS.items()}
     observed: dict[str, float] = {}
     if started and finished:

@@ -203,6 +203,43 @@ async def test_a_lost_end_event_still_ends_the_stream(daemon, reader, monkeypatc
     assert (end["type"], end["status"], end["lines"]) == ("end", "succeeded", 2)
 
 
+async def test_a_viewer_with_every_line_gets_the_end_from_the_event_without_a_read(daemon, reader, monkeypatch):
+    from builds import consumers
+
+    reads = []
+    real = consumers.state_and_lines
+    monkeypatch.setattr(consumers, "state_and_lines", lambda *args: reads.append(args) or real(*args))
+    job = await database_sync_to_async(make_job)(daemon, lines=2)
+    ws = communicator(job.id, reader.api_token)
+    await ws.connect()
+    assert await receive_lines(ws, 2) == [(1, "backlog 1"), (2, "backlog 2")]
+    assert len(reads) == 1  # the backlog's
+
+    await database_sync_to_async(transitions.fail)(job.id, 1, "the daemon went away")
+    end = await ws.receive_json_from()
+    assert end == {"type": "end", "status": "failed", "error": "the daemon went away", "image_id": "", "digest": "",
+                   "lines": 2}  # fmt: skip
+    assert len(reads) == 1
+
+
+async def test_an_end_event_past_the_lines_a_viewer_saw_sends_the_rest_first(daemon, reader):
+    job = await database_sync_to_async(make_job)(daemon, lines=1)
+    ws = communicator(job.id, reader.api_token)
+    await ws.connect()
+    assert await receive_lines(ws, 1) == [(1, "backlog 1")]
+
+    def store_unpublished_then_fail():
+        # Line 2's message is lost (say, the layer was full); the end's says there were 2.
+        BuildLogLine.objects.create(job=job, seq=2, text="lost 2")
+        BuildJob.objects.filter(pk=job.pk).update(log_line_count=2)
+        transitions.fail(job.id, 1, "broken")
+
+    await database_sync_to_async(store_unpublished_then_fail)()
+    assert await receive_lines(ws, 1) == [(2, "lost 2")]
+    end = await ws.receive_json_from()
+    assert (end["type"], end["status"], end["lines"]) == ("end", "failed", 2)
+
+
 async def receive_frames_until_end(ws, timeout: float = 20) -> tuple[list[str], dict]:
     """Every frame as sent (text), up to and including the end frame."""
     frames = []
