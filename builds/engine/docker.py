@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import socket
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -162,6 +163,7 @@ class EngineSession:
         """`base_url` and `tls` as pool/tls.py's `client_settings` gives them."""
         self.url = base_url
         self._info: dict | None = None
+        self._info_asked: threading.Thread | None = None
         try:
             self._api = _StreamTrackingClient(base_url=base_url, version=api_version, timeout=timeout, tls=tls)
         except DockerException as exc:
@@ -180,13 +182,28 @@ class EngineSession:
     def info(self) -> dict:
         """The daemon's `GET /info`, asked once a session: what an attempt reads of it
         (the data root, the remapped root) does not change while it runs, and the
-        daemon takes 5-30 ms to answer it."""
+        daemon takes 5-30 ms to answer it (it runs runc and docker-init to say
+        their versions). Waits for `ask_info_now`'s answer if it is on its way."""
+        if self._info_asked is not None:
+            self._info_asked.join()
+            self._info_asked = None
         if self._info is None:
             try:
                 self._info = self._api.info()
-            except DockerException as exc:
+            except (DockerException, requests.RequestException) as exc:
                 raise DaemonUnavailable(f"cannot ask the Docker daemon at {self.url} about itself: {exc}") from exc
         return self._info
+
+    def ask_info_now(self) -> None:
+        """Asks `GET /info` in the background: the caller's next steps overlap the
+        daemon's answer, which `info()` then takes (or asks again if it failed)."""
+        if self._info is None and self._info_asked is None:
+            self._info_asked = threading.Thread(target=self._take_info, name="engine-info", daemon=True)
+            self._info_asked.start()
+
+    def _take_info(self) -> None:
+        with suppress(Exception):  # whatever went wrong, info() asks again and says it
+            self._info = self._api.info()
 
     def answers(self, timeout: float = 5.0) -> bool:
         """Whether the daemon answers a ping now (a failure may be the daemon's)."""

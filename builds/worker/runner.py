@@ -279,12 +279,8 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
     except InsecureEngineAddress as exc:  # a row older than the rule: the daemon's fault, not the build's
         raise DaemonUnavailable(str(exc)) from exc
     session = _engine_session(access)
+    session.ask_info_now()  # the data root and remapped root, asked while the source and cgroup are made
     phase_times.mark("engine_ready")
-    if disk := disks.measure_by(session.info, daemon.name):
-        if disk.size != daemon.data_disk_bytes:
-            disks.record_size(daemon.pk, disk)
-        watch.disk = disks.FullestWatch(disk)
-    phase_times.mark("disk_measured")
     with session:
         platform = f" for {job.platform}" if job.platform else ""
         log.write(f"[generator] Building {target}{platform} on {daemon.name} (attempt {job.attempt})")
@@ -304,6 +300,8 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
         ):
             log.write(f"[generator] {containment.summary}")
             phase_times.mark("contained")
+            _measure_data_disk(session, daemon, watch)
+            phase_times.mark("disk_measured")
             ran_with = dict(buildargs)  # the build args as given, before the farm adds its own
             image_id = builders.build(
                 job, session, access, context, dockerfile, buildargs, containment, log, watch, str(target), froms
@@ -339,6 +337,14 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
             if reading is not None:
                 reading.stop()  # a failed push or a cancel: the read stops too
         return Pushed(pushed[0].digest, signed)
+
+
+def _measure_data_disk(session: EngineSession, daemon, watch: Watch) -> None:
+    """The data root's disk, as the build starts: watched while it runs (a step that fills it)."""
+    if disk := disks.measure_by(session.info, daemon.name):
+        if disk.size != daemon.data_disk_bytes:
+            disks.record_size(daemon.pk, disk)
+        watch.disk = disks.FullestWatch(disk)
 
 
 def _engine_session(access: dict) -> EngineSession:
