@@ -24,7 +24,7 @@ from __future__ import annotations
 import posixpath
 import tarfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import BinaryIO
 
 from builds.provenance import sbom
@@ -37,6 +37,8 @@ TAR_MODES = {
     "application/vnd.docker.image.rootfs.diff.tar.gzip": "r|gz",
 }
 WHITEOUT, OPAQUE = ".wh.", ".wh..wh..opq"
+# Removals kept of one layer: a real one holds hundreds; a million would hold the worker's memory.
+MAX_REMOVED = 100_000
 
 
 def _parents(path: str):
@@ -57,7 +59,7 @@ class Contribution:
 
 def read_layer(stream: BinaryIO, mode: str) -> Contribution:
     """One layer's contribution; `mode` from TAR_MODES. Raises tarfile.TarError
-    (or EOFError) on a tar it cannot read."""
+    (or EOFError) on a tar it cannot read, or one removing more than MAX_REMOVED paths."""
     files: dict[str, sbom.Found] = {}
     removed: set[str] = set()
     size = 0
@@ -72,13 +74,15 @@ def read_layer(stream: BinaryIO, mode: str) -> Contribution:
             elif base.startswith(WHITEOUT):
                 removed.add(posixpath.join(directory, base.removeprefix(WHITEOUT)))
             elif member.isfile() and member.size <= sbom.MAX_DATABASE_BYTES and sbom.wanted(name):
-                text = _text(tar, member)
-                files[name], size = sbom.read_file(name, text), size + len(text)
+                files[name] = found = sbom.read_file(name, _text(tar, member))
+                size += sum(len(field) for package in found.packages for field in astuple(package))
             elif (member.isdir() and sbom.wanted(name)) or (not member.isdir() and _on_the_way(name)):
                 removed.add(name)  # (a directory over a lower directory merges with it: only one over a file replaces)
             else:
                 continue
             size += len(name)
+            if len(removed) > MAX_REMOVED:
+                raise tarfile.ReadError(f"it removes more than {MAX_REMOVED} paths")
     return Contribution(files, frozenset(removed), size)
 
 

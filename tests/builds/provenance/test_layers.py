@@ -91,6 +91,13 @@ def test_files_no_sbom_reads_are_not_kept():
     assert not busy.files and busy.removed == {"var/lib/apt/lists/x"}  # whiteouts are kept: any may matter
 
 
+def test_a_layer_removing_too_many_paths_is_not_read(monkeypatch):
+    monkeypatch.setattr(layers, "MAX_REMOVED", 10)
+    assert len(layer({f"srv/.wh.{n}": "" for n in range(10)}).removed) == 10
+    with pytest.raises(tarfile.ReadError, match="removes more than 10 paths"):
+        layer({f"srv/.wh.{n}": "" for n in range(11)})
+
+
 def test_a_gzip_layer_reads_as_its_tar():
     assert packages(layer({"./var/lib/dpkg/status": STATUS}, mode="r|gz")) == {"libc6", "curl"}
 
