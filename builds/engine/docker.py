@@ -367,28 +367,6 @@ class EngineSession:
         chosen = (own or digests or [""])[0]
         return chosen.split("@", 1)[1] if "@" in chosen else "", found.get("Id", "")
 
-    @contextmanager
-    def exported(self, image: str, platform: str = "") -> Iterator[BinaryIO]:
-        """The image's filesystem as a tar stream: `docker export` of a container
-        created from it and never started (removed on leaving, whatever happens).
-        Not `docker save`: Docker 20.10 writes the whole saved image into the data
-        root's tmp/ before it sends a byte, so an image the size of the disk's
-        free space could not be read (tests/farm/test_data_disk.py)."""
-        with self._translated_errors(EngineError, "export"):
-            created = self._api.create_container(
-                image, command=["/generator-never-runs"], network_disabled=True, platform=platform or None
-            )
-        try:
-            with self._translated_errors(EngineError, "export"):
-                response = self._api._get(self._api._url("/containers/{0}/export", created["Id"]), stream=True)
-                self._api._raise_for_status(response)
-            with response:
-                response.raw.decode_content = True
-                yield response.raw
-        finally:
-            with suppress(Exception):
-                self._api.remove_container(created["Id"], force=True)
-
     def _translated_errors(self, failure: type[EngineError], action: str):
         return _translated_errors(self.url, failure, action)
 

@@ -1,19 +1,21 @@
-"""A CycloneDX SBOM of what an image holds, read from its filesystem as `docker
-export` streams it (`read_image`):
-Debian's dpkg status (and distroless' status.d), Alpine's apk installed
-database, and Python distributions' metadata (*.dist-info/METADATA,
+"""A CycloneDX SBOM of what an image holds, from the package databases in its
+files: Debian's dpkg status (and distroless' status.d), Alpine's apk installed
+database, os-release, and Python distributions' metadata (*.dist-info/METADATA,
 *.egg-info/PKG-INFO). Made with cyclonedx-python-lib, not by hand.
 
-No Django and no Docker here: builds/worker/attestation_reads.py streams the export in,
-with its bounds (bytes read, seconds), and a stream cut short makes an SBOM
-marked incomplete (`generator:sbom:complete` false), never a wrong "nothing".
+What each wanted file says (`read_file`) is kept by path; builds/provenance/layers.py
+gathers them from an image's layers, overlay by overlay, and `contents_of` makes
+the image's Contents from the files that are left, in the order `docker export`
+would give them. No Django and no Docker here: builds/worker/layer_reads.py
+streams the layers in, with their bounds (`Budget`: bytes read, seconds), and a
+read cut short makes an SBOM marked incomplete (`generator:sbom:complete`
+false), never a wrong "nothing".
 """
 
 from __future__ import annotations
 
 import email.parser
 import re
-import tarfile
 import time
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -52,13 +54,19 @@ class Contents:
 
 
 class Budget:
-    """A stream that stops giving bytes past `max_bytes` or `seconds`: the read
-    of a huge image ends, and says so, rather than holding the worker."""
+    """A stream that stops giving bytes past `max_bytes` or `seconds`, over all
+    the streams it reads in turn (`over`: an image's layers, one after the
+    other): the read of a huge image ends, and says so, rather than holding the worker."""
 
-    def __init__(self, raw: BinaryIO, max_bytes: int, seconds: float, tick=None) -> None:
+    def __init__(self, raw: BinaryIO | None, max_bytes: int, seconds: float, tick=None) -> None:
         self.raw, self.left, self.deadline = raw, max_bytes, time.monotonic() + seconds
         self.tick = tick  # the build's heartbeat: a long read keeps its lease and sees a cancel
         self.exceeded = ""
+
+    def over(self, raw: BinaryIO) -> Budget:
+        """The same budget, now reading `raw`."""
+        self.raw = raw
+        return self
 
     def read(self, size: int = -1) -> bytes:
         if self.exceeded:
@@ -77,56 +85,50 @@ class Budget:
         return data
 
 
-_DATABASES = ("var/lib/dpkg/status", "lib/apk/db/installed", "etc/os-release", "usr/lib/os-release")
+DATABASES = ("var/lib/dpkg/status", "lib/apk/db/installed", "etc/os-release", "usr/lib/os-release")
+_OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
 
 
-def read_image(stream: Budget) -> Contents:
-    """The packages of the image whose filesystem `stream` holds as a tar (`docker export`)."""
-    contents = Contents()
-    try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                name = member.name.lstrip("./")
-                if member.isfile() and member.size <= MAX_DATABASE_BYTES and _wanted(name):
-                    _take(name, _text(tar, member), contents)
-    except (tarfile.TarError, EOFError) as exc:
-        if not stream.exceeded:
-            contents.complete, contents.why_incomplete = False, f"the image's files could not be read: {exc}"
-    if stream.exceeded:
-        contents.complete, contents.why_incomplete = False, stream.exceeded
-    return contents
+@dataclass(frozen=True)
+class Found:
+    """What one wanted file says: its packages, or for an os-release file its ID and VERSION_ID."""
+
+    packages: tuple[Package, ...] = ()
+    os_release: tuple[str, str] | None = None
 
 
-def _wanted(name: str) -> bool:
+def wanted(name: str) -> bool:
+    """Whether the file at `name` (relative to the image's root) is one the SBOM reads."""
     return (
-        name in _DATABASES
+        name in DATABASES
         or (name.startswith("var/lib/dpkg/status.d/") and not name.endswith(".md5sums"))
         or bool(_DIST_INFO.search(name))
     )
 
 
-def _take(name: str, text: str, contents: Contents) -> None:
-    if name in _DATABASES:
-        _read_database(name, text, contents)
-    elif name.startswith("var/lib/dpkg/status.d/"):
-        contents.packages += dpkg_packages(text, name)
-    elif package := python_package(text, name):
-        contents.packages.append(package)
-
-
-def _read_database(name: str, text: str, contents: Contents) -> None:
-    if name == "var/lib/dpkg/status":
-        contents.packages += dpkg_packages(text, name)
-    elif name == "lib/apk/db/installed":
-        contents.packages += apk_packages(text, name)
-    elif not contents.distro or name == "etc/os-release":
+def read_file(name: str, text: str) -> Found:
+    if name in _OS_RELEASE:
         fields = dict(re.findall(r'^([A-Z_]+)="?([^"\n]*)"?$', text, re.MULTILINE))
-        contents.distro, contents.distro_version = fields.get("ID", ""), fields.get("VERSION_ID", "")
+        return Found(os_release=(fields.get("ID", ""), fields.get("VERSION_ID", "")))
+    if name == "lib/apk/db/installed":
+        return Found(tuple(apk_packages(text, name)))
+    if name == "var/lib/dpkg/status" or name.startswith("var/lib/dpkg/status.d/"):
+        return Found(tuple(dpkg_packages(text, name)))
+    package = python_package(text, name)
+    return Found((package,) if package else ())
 
 
-def _text(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
-    file = tar.extractfile(member)
-    return file.read().decode("utf-8", errors="replace") if file else ""
+def contents_of(files: dict[str, Found]) -> Contents:
+    """The image's Contents from its wanted files, taken in `docker export`'s
+    order (a directory's entries sorted by name, depth first): the first path
+    naming a package is the one the SBOM records."""
+    contents = Contents()
+    for name in sorted(files, key=lambda path: path.split("/")):
+        found = files[name]
+        contents.packages += found.packages
+        if found.os_release is not None and (not contents.distro or name == "etc/os-release"):
+            contents.distro, contents.distro_version = found.os_release
+    return contents
 
 
 def dpkg_packages(text: str, path: str = "") -> list[Package]:

@@ -16,10 +16,12 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import requests
+import urllib3
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -192,6 +194,19 @@ class RegistryAPI:
             raise RegistryError(f"the blob {digest} of {name} does not have that digest: it was changed")
         return data
 
+    @contextmanager
+    def blob_stream(self, name: str, digest: str) -> Iterator[DigestChecked]:
+        """A blob's bytes as a stream, hashed as they are read: nothing read
+        from it is to be trusted before its `verify` after the last byte."""
+        checked = DigestChecked(digest)  # refuses a digest it cannot check before any request
+        response = self._request("GET", name, f"blobs/{digest}", stream=True)
+        with response:
+            if response.status_code == 404:
+                raise RegistryError(f"{self.host}/{name} has no blob {digest}")
+            self._check(response, f"read the blob {digest} of {name}")
+            response.raw.decode_content = True
+            yield checked.reading(response.raw)
+
     def delete_tag(self, name: str, tag: str) -> bool:
         """Removes `tag` where the registry deletes by tag; False where it cannot
         (distribution 2.x deletes only by digest, and that is never asked here:
@@ -295,6 +310,33 @@ class RegistryAPI:
             f"could not {doing} on {self.host}: HTTP {response.status_code} {errors}".strip(),
             transient=response.status_code >= 500,
         )
+
+
+class DigestChecked:
+    """A stream that hashes what it gives (sha256, the registries' digests)."""
+
+    def __init__(self, digest: str) -> None:
+        algorithm, _, self.expected = digest.partition(":")
+        if algorithm != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", self.expected):
+            raise RegistryError(f"cannot check the blob digest {digest!r}: not a sha256 one")
+        self.digest, self.hash, self.raw = digest, hashlib.sha256(), None
+
+    def reading(self, raw) -> DigestChecked:
+        self.raw = raw
+        return self
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self.raw.read(size)
+        except (urllib3.exceptions.HTTPError, requests.RequestException) as exc:
+            raise RegistryError(f"the blob {self.digest} was cut short: {exc}", transient=True) from None
+        self.hash.update(data)
+        return data
+
+    def verify(self) -> None:
+        """Raises unless the bytes read, read to their end, have the digest."""
+        if self.hash.hexdigest() != self.expected:
+            raise RegistryError(f"the blob {self.digest} does not have that digest: it was changed")
 
 
 def repository_path(repository: str, host: str) -> str:

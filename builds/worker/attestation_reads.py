@@ -1,26 +1,25 @@
 """What an image's attestations read from its build daemon: its base images by
-digest, the daemon's versions and the SBOM's contents (builds/worker/attestations.py
-makes the statements from them, after the push, with the digest).
+digest and the daemon's versions (builds/worker/attestations.py makes the
+statements from them, after the push, with the digest; the SBOM is read from
+the pushed image's layers in the registry: builds/worker/layer_reads.py).
 
 None of it needs the digest, so the worker starts the read as the push starts
 (`Reading`, a thread with a daemon connection of its own) and takes it after:
-reading the image and pushing it overlap rather than follow each other (issue
-26). Nothing here touches the database.
+the read and the push overlap rather than follow each other (issue 26).
+Nothing here touches the database.
 """
 
 from __future__ import annotations
 
 import threading
 import tomllib
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 
 from django.conf import settings
 
 from builds.engine.docker import EngineError, EngineSession
-from builds.provenance import sbom
 from builds.provenance.slsa import BaseImage
 
 
@@ -28,66 +27,30 @@ from builds.provenance.slsa import BaseImage
 class DaemonFacts:
     bases: list[BaseImage]
     versions: dict[str, str]
-    contents: sbom.Contents
 
 
-def read(
-    engine: EngineSession,
-    image_id: str,
-    bases: Iterable[BaseImage],
-    builder: str,
-    platform: str = "",
-    tick=None,
-    ready: Callable[[DaemonFacts], None] | None = None,
-) -> DaemonFacts:
-    """The facts; handed to `ready` as soon as they are known, before the
-    exported container is removed (nothing waits for that)."""
-    found_bases, found_versions = resolved(engine, bases), versions(engine, builder)
-    with exported(engine, image_id, platform, tick) as stream:
-        facts = DaemonFacts(found_bases, found_versions, sbom.read_image(stream))
-        if ready is not None:
-            ready(facts)
-    return facts
-
-
-class Stopped(Exception):
-    """The read was stopped: its build is stopping (a failed push, a cancel)."""
+def read(engine: EngineSession, bases: Iterable[BaseImage], builder: str) -> DaemonFacts:
+    return DaemonFacts(resolved(engine, bases), versions(engine, builder))
 
 
 class Reading:
     """`read` in a thread of its own, started now; `result()` waits for it."""
 
-    def __init__(
-        self,
-        open_engine: Callable[[], EngineSession],
-        image_id: str,
-        bases: list[BaseImage],
-        builder: str,
-        platform: str = "",
-    ) -> None:
-        self._stop, self._done = threading.Event(), threading.Event()
+    def __init__(self, open_engine: Callable[[], EngineSession], bases: list[BaseImage], builder: str) -> None:
+        self._done = threading.Event()
         self._facts: DaemonFacts | None = None
         self._error: BaseException | None = None
-        args = (open_engine, image_id, bases, builder, platform)
+        args = (open_engine, bases, builder)
         threading.Thread(target=self._run, args=args, name="attestation-read", daemon=True).start()
 
-    def _run(self, open_engine, image_id: str, bases: list[BaseImage], builder: str, platform: str) -> None:
+    def _run(self, open_engine, bases: list[BaseImage], builder: str) -> None:
         try:
             with open_engine() as engine:
-                read(engine, image_id, bases, builder, platform, tick=self._check, ready=self._ready)
+                self._facts = read(engine, bases, builder)
         except BaseException as exc:  # handed to the thread that waits for the result
-            if not self._done.is_set():
-                self._error = exc
+            self._error = exc
         finally:
             self._done.set()
-
-    def _ready(self, facts: DaemonFacts) -> None:
-        self._facts = facts
-        self._done.set()
-
-    def _check(self) -> None:
-        if self._stop.is_set():
-            raise Stopped()
 
     def result(self, tick: Callable[[], None] | None = None) -> DaemonFacts:
         """The facts, once read (`tick`, the build's heartbeat, called meanwhile); raises what the read raised."""
@@ -98,10 +61,6 @@ class Reading:
             raise self._error
         assert self._facts is not None
         return self._facts
-
-    def stop(self) -> None:
-        """Ends a read still going at its next chunk (nothing if it is done)."""
-        self._stop.set()
 
 
 def resolved(engine: EngineSession, bases: Iterable[BaseImage]) -> list[BaseImage]:
@@ -141,11 +100,3 @@ def versions(engine: EngineSession, builder: str) -> dict[str, str]:
 def farm_version() -> str:
     with open(settings.BASE_DIR / "pyproject.toml", "rb") as file:
         return tomllib.load(file)["project"]["version"]
-
-
-@contextmanager
-def exported(engine: EngineSession, image_id: str, platform: str = "", tick=None) -> Iterator[sbom.Budget]:
-    """The image's filesystem as the daemon exports it, within the SBOM's bounds
-    (streamed: `docker save` would stage the whole image in the daemon's data root first)."""
-    with engine.exported(image_id, platform) as stream:
-        yield sbom.Budget(stream, settings.GENERATOR_SBOM_MAX_BYTES, settings.GENERATOR_SBOM_SECONDS, tick)

@@ -34,7 +34,7 @@ from builds.registry import parallel as registry_parallel
 from builds.registry.accounts import registry_login
 from builds.registry.client import RegistryAPI, RegistryError, repository_path
 from builds.uploads import store as context_store
-from builds.worker import attestation_reads, phase_times
+from builds.worker import attestation_reads, layer_reads, phase_times
 from builds.worker.attestation_reads import farm_version
 from lib.references import parse_reference
 
@@ -58,7 +58,6 @@ class Attached:
 def attest_image(
     job: BuildJob,
     engine: EngineSession,
-    image_id: str,
     digest: str,
     froms: FromLines,
     build_args: dict[str, str],
@@ -67,16 +66,18 @@ def attest_image(
 ) -> Attached:
     """Provenance, SBOM and signature of the image `job` just pushed as `digest`;
     what they need from the daemon from `reading` if the worker started it
-    during the push, else read now."""
+    during the push, else read now; the SBOM from the pushed image's layers."""
     try:
         if reading is not None:
             daemon = reading.result(tick)
             phase_times.mark("read_taken")
         else:
-            daemon = attestation_reads.read(engine, image_id, froms.images.values(), job.builder, job.platform, tick)
+            daemon = attestation_reads.read(engine, froms.images.values(), job.builder)
+        contents = layer_reads.read_contents(job.image_repository, digest, job.platform, job.team_id, tick)
+        phase_times.mark("layers_read")
         facts = _facts(job, digest, build_args, daemon.versions, daemon.bases)
         statement = provenance.statement(facts, _secret_values(job))
-        bom = json.loads(sbom.bom_json(daemon.contents, job.image_repository, digest))
+        bom = json.loads(sbom.bom_json(contents, job.image_repository, digest))
         sbom_statement = _statement(job.image_repository, digest, sbom.PREDICATE_TYPE, bom)
         phase_times.mark("statements_made")
         return _attach(job, digest, [statement, sbom_statement], packages=len(bom.get("components", [])))

@@ -321,21 +321,17 @@ def _build_and_push(job: BuildJob, log: LogWriter, watch: Watch, froms: FromLine
             watch.stop()
         phase_times.mark("push_started")
         # What the attestations read from the daemon, read while the image is pushed.
-        reading = _start_reading(access, image_id, froms, job) if settings.GENERATOR_ATTESTATIONS else None
-        try:
-            # Every tag of the build; they share one manifest, so one digest.
-            pushed = [
-                _push(session, replace(target, tag=tag), log, watch, daemon.name, job.team_id)
-                for tag in [target.tag, *job.extra_tags]
-            ]
-            phase_times.mark("pushed")
-            signed = {}
-            if reading is not None:
-                signed = _attest(job, session, image_id, pushed[0].digest, froms, ran_with, log, watch, reading)
-                phase_times.mark("attested")
-        finally:
-            if reading is not None:
-                reading.stop()  # a failed push or a cancel: the read stops too
+        reading = _start_reading(access, froms, job) if settings.GENERATOR_ATTESTATIONS else None
+        # Every tag of the build; they share one manifest, so one digest.
+        pushed = [
+            _push(session, replace(target, tag=tag), log, watch, daemon.name, job.team_id)
+            for tag in [target.tag, *job.extra_tags]
+        ]
+        phase_times.mark("pushed")
+        signed = {}
+        if reading is not None:
+            signed = _attest(job, session, pushed[0].digest, froms, ran_with, log, watch, reading)
+            phase_times.mark("attested")
         return Pushed(pushed[0].digest, signed)
 
 
@@ -353,21 +349,19 @@ def _engine_session(access: dict) -> EngineSession:
     )
 
 
-def _start_reading(access: dict, image_id: str, froms: FromLines, job: BuildJob) -> attestation_reads.Reading:
+def _start_reading(access: dict, froms: FromLines, job: BuildJob) -> attestation_reads.Reading:
     """The build's lines are all stored (and fed to `froms`) before its push starts."""
     bases = list(froms.images.values())
-    return attestation_reads.Reading(partial(_engine_session, access), image_id, bases, job.builder, job.platform)
+    return attestation_reads.Reading(partial(_engine_session, access), bases, job.builder)
 
 
-def _attest(job: BuildJob, session: EngineSession, image_id: str, digest: str, froms, build_args, log, watch, reading):
+def _attest(job: BuildJob, session: EngineSession, digest: str, froms, build_args, log, watch, reading):
     """Signed provenance, SBOM and signature next to the pushed image (builds/worker/attestations.py);
     answers what the `.sig` and `.att` tags it wrote name."""
     log.write(f"[generator] Signing {job.image_repository}@{digest}: provenance and SBOM")
     log.flush()
-    db_sessions.release()  # reading the image may take a while
-    attached = attestations.attest_image(
-        job, session, image_id, digest, froms, build_args, tick=watch.tick, reading=reading
-    )
+    db_sessions.release()  # reading the image's layers may take a while
+    attached = attestations.attest_image(job, session, digest, froms, build_args, tick=watch.tick, reading=reading)
     log.write(
         f"[generator] Signed: {attached.signature_tag}, provenance and SBOM ({attached.packages} packages) in "
         f"{attached.attestation_tag}"
