@@ -342,11 +342,6 @@ class EngineSession:
                     held += 1
         return PullResult(tuple(sizes), sum(sizes.values()), time.perf_counter() - started, held)
 
-    def version(self) -> dict:
-        """The daemon's `GET /version`: its Engine version, API and components."""
-        with self._translated_errors(EngineError, "version check"):
-            return self._api.version()
-
     def onbuild(self, reference: str) -> list[str] | None:
         """The ONBUILD triggers of the image the daemon holds under `reference`; None if it holds none."""
         with self._translated_errors(EngineError, "image look-up"):

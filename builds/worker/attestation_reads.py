@@ -3,10 +3,11 @@ digest and the daemon's versions (builds/worker/attestations.py makes the
 statements from them, after the push, with the digest; the SBOM is read from
 the pushed image's layers in the registry: builds/worker/layer_reads.py).
 
-None of it needs the digest, so the worker starts the read as the push starts
-(`Reading`, a thread with a daemon connection of its own) and takes it after:
-the read and the push overlap rather than follow each other (issue 26).
-Nothing here touches the database.
+The versions are the build session's `GET /info` (asked as the build began).
+A base named without a digest needs the daemon, but not the image's digest, so
+the worker starts that look-up as the push starts (`Reading`, a thread with a
+daemon connection of its own) and takes it after: the two overlap rather than
+follow each other (issue 26). Nothing here touches the database.
 """
 
 from __future__ import annotations
@@ -34,33 +35,38 @@ def read(engine: EngineSession, bases: Iterable[BaseImage], builder: str) -> Dae
 
 
 class Reading:
-    """`read` in a thread of its own, started now; `result()` waits for it."""
+    """`resolved` in a thread of its own, started now, for bases BuildKit's log
+    named without a digest; `result()` waits for it. Bases all named by digest
+    (most BuildKit builds) need no daemon: nothing is started."""
 
-    def __init__(self, open_engine: Callable[[], EngineSession], bases: list[BaseImage], builder: str) -> None:
+    def __init__(self, open_engine: Callable[[], EngineSession], bases: list[BaseImage]) -> None:
         self._done = threading.Event()
-        self._facts: DaemonFacts | None = None
+        self._bases: list[BaseImage] | None = None
         self._error: BaseException | None = None
-        args = (open_engine, bases, builder)
-        threading.Thread(target=self._run, args=args, name="attestation-read", daemon=True).start()
+        if all(base.digest for base in bases):
+            self._bases = list(bases)
+            self._done.set()
+            return
+        threading.Thread(target=self._run, args=(open_engine, bases), name="attestation-read", daemon=True).start()
 
-    def _run(self, open_engine, bases: list[BaseImage], builder: str) -> None:
+    def _run(self, open_engine, bases: list[BaseImage]) -> None:
         try:
             with open_engine() as engine:
-                self._facts = read(engine, bases, builder)
+                self._bases = resolved(engine, bases)
         except BaseException as exc:  # handed to the thread that waits for the result
             self._error = exc
         finally:
             self._done.set()
 
-    def result(self, tick: Callable[[], None] | None = None) -> DaemonFacts:
-        """The facts, once read (`tick`, the build's heartbeat, called meanwhile); raises what the read raised."""
+    def result(self, tick: Callable[[], None] | None = None) -> list[BaseImage]:
+        """The bases, once resolved (`tick`, the build's heartbeat, called meanwhile); raises what the read raised."""
         while not self._done.wait(0.2):
             if tick:
                 tick()
         if self._error is not None:
             raise self._error
-        assert self._facts is not None
-        return self._facts
+        assert self._bases is not None
+        return self._bases
 
 
 def resolved(engine: EngineSession, bases: Iterable[BaseImage]) -> list[BaseImage]:
@@ -85,7 +91,8 @@ def resolved(engine: EngineSession, bases: Iterable[BaseImage]) -> list[BaseImag
 
 
 def versions(engine: EngineSession, builder: str) -> dict[str, str]:
-    engine_version = str(engine.version().get("Version", ""))
+    # The build's session has asked GET /info already; GET /version would run runc and docker-init again.
+    engine_version = str(engine.info().get("ServerVersion", ""))
     found = {"generator": farm_version(), "docker-engine": engine_version}
     if builder == "buildkit":
         from builds.worker.builders import buildkit_client

@@ -69,7 +69,8 @@ def attest_image(
     during the push, else read now; the SBOM from the pushed image's layers."""
     try:
         if reading is not None:
-            daemon = reading.result(tick)
+            bases = reading.result(tick)
+            daemon = attestation_reads.DaemonFacts(bases, attestation_reads.versions(engine, job.builder))
             phase_times.mark("read_taken")
         else:
             daemon = attestation_reads.read(engine, froms.images.values(), job.builder)

@@ -352,7 +352,7 @@ def _engine_session(access: dict) -> EngineSession:
 def _start_reading(access: dict, froms: FromLines, job: BuildJob) -> attestation_reads.Reading:
     """The build's lines are all stored (and fed to `froms`) before its push starts."""
     bases = list(froms.images.values())
-    return attestation_reads.Reading(partial(_engine_session, access), bases, job.builder)
+    return attestation_reads.Reading(partial(_engine_session, access), bases)
 
 
 def _attest(job: BuildJob, session: EngineSession, digest: str, froms, build_args, log, watch, reading):
