@@ -195,7 +195,8 @@ _redis_down_until = 0.0
 
 def count_worker(name: str, daemon: str, amount: int = 1) -> None:
     """A worker's counter (WORKER_COUNTERS): never fails a build, and slows it
-    at most once per pause while Redis does not answer (each log batch counts)."""
+    at most once per pause while Redis does not answer (a job's log lines are
+    counted once it has ended, builds/worker/runner.py)."""
     global _redis_down_until
     if time.monotonic() < _redis_down_until:
         return

@@ -206,6 +206,7 @@ def _write(job: BuildJob, reference, images: dict[str, cosign_layout.Image]) -> 
     manifests = [(tag, image.manifest) for tag, image in images.items()]
     with registry_parallel.AtOnce(lambda: RegistryAPI(host, **login)) as registry:
         registry.each([partial(_push_blob, name, blob) for blob in blobs])
+        phase_times.mark("blobs_written")
         registry.each([partial(_put, name, *manifest) for manifest in manifests])
 
 

@@ -47,8 +47,13 @@ def test_a_finished_build_is_counted_timed_and_its_steps_kept(farm, token):
     assert grew("generator_job_build_seconds_count", repository="") == 1
     assert grew("generator_job_push_seconds_count", repository="") == 1
     assert grew("generator_job_build_seconds_bucket", repository="", le="1") == 0  # the RUN alone took 1.2 s
-    assert grew("generator_worker_log_lines_written_total", daemon=job.daemon.name) >= job.log_line_count > 0
-    # The step timings are recorded just after the job's end (builds/worker/runner.py, never before it).
+    # The worker's line count and step timings are recorded just after the job's end (builds/worker/runner.py).
+    lines_key = ("generator_worker_log_lines_written_total", frozenset({"daemon": job.daemon.name}.items()))
+
+    def lines_counted() -> bool:
+        return scrape(farm).get(lines_key, 0) - before.get(lines_key, 0) >= job.log_line_count > 0
+
+    wait_for(lines_counted, "the build's log lines counted", timeout=30)
     steps = StepStats.objects.filter(repository="", step__contains="RUN echo metrics-step")
     step = wait_for(steps.first, "the build's step timings recorded", timeout=30)
     assert step.count >= 1 and step.max_seconds >= 1.2
