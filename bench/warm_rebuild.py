@@ -20,7 +20,8 @@ are the job's own, submit (created_at) to pushed (finished_at).
   the other one after the push. Once the other daemon holds the image, the
   warm rebuild, then with the first daemon disabled the rebuild on the other.
   The warm's pull (bytes fetched, seconds) comes from the farm's own counters
-  (`generator_worker_prepull_*` on /metrics).
+  (`generator_worker_prepull_*` on /metrics); whether the rebuild there made
+  the warm rebuild's image (the same digest: its push sent nothing new).
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     rig.add_arguments(parser, daemons=2)
     args = parser.parse_args()
-    rows: dict[str, list[float]] = {k: [] for k in ("first", "warm", "cold", "warm2", "prepulled", "pull_s", "bytes")}
+    kinds = ("first", "warm", "cold", "warm2", "prepulled", "pull_s", "bytes", "same")
+    rows: dict[str, list[float]] = {k: [] for k in kinds}
     loads = []
     with rig.farm_from(args) as farm, farm.pool_restored() as pool:
         enabled = [d for d in pool if d["enabled"]]
@@ -147,10 +149,12 @@ def main() -> None:
             rows["prepulled"].append(seconds(prepulled))
             rows["pull_s"].append((after[2] - before[2]) / 1000)
             rows["bytes"].append(after[1] - before[1])
+            rows["same"].append(prepulled["digest"] == warm2["digest"])
             print(
                 f"run {run + 1}: first {seconds(first):.2f} s; warm {seconds(warm):.2f} s, cold {seconds(cold):.2f} s"
                 f" ({cached_steps(farm, cold)} CACHED); warm {seconds(warm2):.2f} s, pre-pulled"
-                f" {seconds(prepulled):.2f} s ({cached_steps(farm, prepulled)} CACHED); the warm: {pulls} pull(s),"
+                f" {seconds(prepulled):.2f} s ({cached_steps(farm, prepulled)} CACHED,"
+                f" {'the same image' if rows['same'][-1] else 'a new image'}); the warm: {pulls} pull(s),"
                 f" {after[1] - before[1]} bytes in {(after[2] - before[2]) / 1000:.2f} s; load {loads[-1]:.1f}",
                 flush=True,
             )
@@ -169,6 +173,7 @@ def main() -> None:
     print(f"| rebuild on the warm daemon (second image) | {median('warm2'):.2f} s |")
     print(f"| rebuild on the other daemon, warmed after the push | {median('prepulled'):.2f} s |")
     print(f"| pre-pulled / warm | **{median('prepulled') / median('warm2'):.2f}x** (target <= 1.2x) |")
+    print(f"| pre-pulled rebuilds that made the warm one's image (digest) | {sum(rows['same'])} of {args.runs} |")
     print(f"| the warm's pull: bytes fetched | {median('bytes'):.0f} |")
     print(f"| the warm's pull: time | {median('pull_s'):.2f} s |")
 
