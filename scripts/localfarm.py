@@ -513,7 +513,7 @@ def unmount_below(root: Path) -> None:
 def busybox_rootfs(binary: str | Path | None = None) -> bytes:
     """A root file system of Debian's static busybox and its applet links.
 
-    Docker Hub is out of reach here; `docker import` of this gives `FROM busybox`.
+    Docker Hub is out of reach here; `docker load` of busybox_archive(this) gives `FROM busybox`.
     `binary`: another architecture's static busybox (of the same Debian release,
     so the host's lists its applets).
     """
