@@ -195,7 +195,9 @@ def _pull(daemon: DockerDaemon, repository: str, digest: str, team_id: int | Non
 def _current_tags(host: str, team_id: int | None, path: str, digest: str, tags: list[str]) -> list[str]:
     """The pushed tags the registry still gives `digest` (one HEAD each): a warm
     that comes after a later push of the same tag leaves that tag where it is.
-    none where the registry cannot say: the layers are warm all the same."""
+    No tag where the registry cannot say: the layers are warm all the same."""
+    if not tags:
+        return []
     try:
         with RegistryAPI(host, **registry_login(host, team_id), timeout=MANIFEST_SECONDS) as api:
             return [tag for tag in tags if _digest_of(api, path, tag) == digest]
