@@ -2,7 +2,7 @@
 
 By default a private farm on free ports, started with scripts/localfarm.py as
 `make up` and the end-to-end tests start theirs: Redis, a registry, N dockerd
-with busybox imported, a SQLite database in a temporary folder (or, with
+with the same busybox loaded, a SQLite database in a temporary folder (or, with
 `--postgres URL`, a new database on that server), daphne, one
 Celery worker per daemon, the control worker with beat and the notify worker. Everything stops
 and the folder goes when the benchmark ends, so a benchmark never touches the

@@ -49,10 +49,12 @@ def run_build(job_id: str, attempt: int, daemon_id: int) -> None:
 
 
 @shared_task(name=prepull.PREPULL_TASK, acks_late=True, ignore_result=True, soft_time_limit=1800, time_limit=1830)
-def prepull_image(daemon_id: int, repository: str, digest: str, team_id: int | None, tries: int = 0) -> None:
+def prepull_image(
+    daemon_id: int, repository: str, digest: str, team_id: int | None, tries: int = 0, tags: list[str] | None = None
+) -> None:
     # A warm of a daemon after a push elsewhere, on that daemon's queue at a low priority (builds/worker/prepull.py).
     with log_fields(daemon=daemon_id):
-        prepull.warm(daemon_id, repository, digest, team_id, tries)
+        prepull.warm(daemon_id, repository, digest, team_id, tries, tags)
 
 
 @control_task("farm.dispatch", seconds=QUICK)

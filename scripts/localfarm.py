@@ -513,7 +513,7 @@ def unmount_below(root: Path) -> None:
 def busybox_rootfs(binary: str | Path | None = None) -> bytes:
     """A root file system of Debian's static busybox and its applet links.
 
-    Docker Hub is out of reach here; `docker import` of this gives `FROM busybox`.
+    Docker Hub is out of reach here; `docker load` of busybox_archive(this) gives `FROM busybox`.
     `binary`: another architecture's static busybox (of the same Debian release,
     so the host's lists its applets).
     """
@@ -542,15 +542,46 @@ def busybox_rootfs(binary: str | Path | None = None) -> bytes:
 
 
 def ensure_busybox_image(engine_url: str, rootfs: bytes | None = None, *, tls=None) -> None:
+    """`busybox:latest` on the daemon, the same image (id, config) on every daemon
+    as a base pulled from a registry would be: loaded from busybox_archive, not
+    `docker import`ed (which dates each daemon's copy, so each daemon built a
+    different image FROM it: docs/benchmarks.md, issue 26)."""
     api = docker.APIClient(base_url=engine_url, version=DOCKER_API_VERSION, timeout=60, tls=tls or False)
     try:
         if api.images(name="busybox:latest"):
             return
-        api.import_image_from_data(
-            rootfs or busybox_rootfs(), repository="busybox", tag="latest", changes=['CMD ["sh"]']
-        )
+        for _ in api.load_image(busybox_archive(rootfs or busybox_rootfs())):
+            pass  # its progress; an error raises
     finally:
         api.close()
+
+
+BUSYBOX_CREATED = "2024-01-01T00:00:00Z"  # fixed: the same image wherever and whenever it is loaded
+
+
+def busybox_archive(rootfs: bytes) -> bytes:
+    """`rootfs` as `docker save` writes an image (busybox:latest, one layer, CMD sh),
+    for `docker load`: nothing in it depends on when or where it is made."""
+    import hashlib
+    import json
+
+    diff_id = "sha256:" + hashlib.sha256(rootfs).hexdigest()
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    config = json.dumps({
+        "architecture": arch, "os": "linux", "created": BUSYBOX_CREATED,
+        "config": {"Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created": BUSYBOX_CREATED, "created_by": "generator: Debian's busybox-static"}],
+    }, sort_keys=True).encode()  # fmt: skip
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": ["busybox:latest"], "Layers": ["layer.tar"]}])
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in [(config_name, config), ("layer.tar", rootfs), ("manifest.json", manifest.encode())]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 # Where scripts/bootstrap.sh puts Debian's busybox-static:arm64 (apt-get download).

@@ -25,10 +25,18 @@ in its own store (docs/operating-the-pool.md, "Warm daemons").
    taking builds, or whose data disk is GENERATOR_PREPULL_MAX_DISK_FRACTION
    used or more.
 4. What it leaves. The image the farm built carries its label
-   (pool/disk_prune.py FARM_LABEL), pulled by digest and tagged nothing: the
-   prune removes it like any of the farm's images, least recently made first.
-   Its base images need no pull of their own: their layers are the image's
-   lowest ones. What each warm cost is counted per daemon
+   (pool/disk_prune.py FARM_LABEL), pulled by digest, and tagged as the push
+   tagged it where the registry still gives that tag this digest (a late warm
+   moves no tag back to an older image): the next build's `--cache-from` of
+   the tag then reads the inline cache from the daemon's own store, as on the
+   daemon that built it (Docker 20.10's local importer, builder-next
+   localinlinecache), not from the registry (a token, the manifest and the
+   config: ~0.1 s of the build step, docs/benchmarks.md). A build that names
+   the tag is checked against its team's read access before it runs
+   (builds/worker/builders.py), as on the daemon that built it. The prune
+   removes the image like any of the farm's, least recently tagged first. Its
+   base images need no pull of their own: their layers are the image's lowest
+   ones. What each warm cost is counted per daemon
    (`generator_worker_prepull_*` on /metrics).
 """
 
@@ -49,7 +57,7 @@ from builds.engine.docker import EngineError, EngineSession, PullResult
 from builds.metrics import figures as metrics
 from builds.models import BuildJob
 from builds.registry.accounts import pull_auth, registry_login
-from builds.registry.client import RegistryAPI, RegistryError, repository_path
+from builds.registry.client import ANY, RegistryAPI, RegistryError, repository_path
 from lib.redis_clients import farm_redis
 from lib.references import parse_reference
 from pool import disks
@@ -85,7 +93,7 @@ def on_job_event(sender, job_id: str, event: str, **kwargs) -> None:
     group = job.daemon_group
     daemons = DockerDaemon.objects.filter(group=group)
     for daemon in policy.targets(daemons, job.daemon, group, job.image_repository, settings.GENERATOR_PREPULL_DAEMONS):
-        ask(daemon, job.image_repository, job.digest, job.team_id)
+        ask(daemon, job.image_repository, job.digest, job.team_id, job.tags)
 
 
 def pushed_image(job: BuildJob) -> bool:
@@ -102,13 +110,16 @@ def pushed_image(job: BuildJob) -> bool:
     )
 
 
-def ask(daemon: DockerDaemon, repository: str, digest: str, team_id: int | None) -> bool:
-    """Sends the daemon's warm for repository@digest, unless one is asked already. True if sent."""
+def ask(daemon: DockerDaemon, repository: str, digest: str, team_id: int | None, tags: list[str]) -> bool:
+    """Sends the daemon's warm for repository@digest (pushed as `tags`), unless one is asked already. True if sent."""
     try:
         if not farm_redis().set(_asked_key(daemon.pk, digest), "1", nx=True, ex=ASKED_SECONDS):
             return False
         current_app.send_task(
-            PREPULL_TASK, args=[daemon.pk, repository, digest, team_id], queue=daemon.queue, priority=PRIORITY
+            PREPULL_TASK,
+            args=[daemon.pk, repository, digest, team_id, 0, tags],
+            queue=daemon.queue,
+            priority=PRIORITY,
         )
     except Exception:  # a warm is worth no failure: the next push asks again
         logger.warning("could not ask daemon %s to pull %s@%s", daemon.name, repository, digest, exc_info=True)
@@ -116,10 +127,13 @@ def ask(daemon: DockerDaemon, repository: str, digest: str, team_id: int | None)
     return True
 
 
-def warm(daemon_id: int, repository: str, digest: str, team_id: int | None, tries: int = 0) -> str:
+def warm(
+    daemon_id: int, repository: str, digest: str, team_id: int | None, tries: int = 0, tags: list[str] | None = None
+) -> str:
     """The task's work, on the daemon's worker: pulls repository@digest onto the
-    daemon unless a bound says no (see the module's doc). Answers what it did, in
-    words, as its log line says it."""
+    daemon unless a bound says no, and tags it as pushed (`tags`: see the
+    module's doc). Answers what it did, in words, as its log line says it."""
+    tags = tags or []
     daemon = DockerDaemon.objects.filter(pk=daemon_id).first()
     reference = f"{repository}@{digest}"
     if daemon is None:
@@ -129,16 +143,16 @@ def warm(daemon_id: int, repository: str, digest: str, team_id: int | None, trie
     lock = secrets.token_hex(8)
     lock_key = f"{PREFIX}daemon:{daemon_id}"
     if not farm_redis().set(lock_key, lock, nx=True, ex=LOCK_SECONDS):
-        return _again(daemon, repository, digest, team_id, tries, "another warm runs there")
+        return _again(daemon, repository, digest, team_id, tries, tags, "another warm runs there")
     try:
         if _build_given(daemon_id):
-            return _again(daemon, repository, digest, team_id, tries, "a build runs there")
-        return _pull(daemon, repository, digest, team_id, tries)
+            return _again(daemon, repository, digest, team_id, tries, tags, "a build runs there")
+        return _pull(daemon, repository, digest, team_id, tries, tags)
     finally:
         _release(lock_key, lock)
 
 
-def _pull(daemon: DockerDaemon, repository: str, digest: str, team_id: int | None, tries: int) -> str:
+def _pull(daemon: DockerDaemon, repository: str, digest: str, team_id: int | None, tries: int, tags: list[str]) -> str:
     reference = f"{repository}@{digest}"
     try:
         access = client_settings(daemon)
@@ -155,7 +169,8 @@ def _pull(daemon: DockerDaemon, repository: str, digest: str, team_id: int | Non
     with session:
         try:
             if session.holds(reference):
-                return _done(daemon.pk, digest, f"{reference} is on {daemon.name} already")
+                tagged = _tag_as_pushed(session, repository, digest, _current_tags(host, team_id, path, digest, tags))
+                return _done(daemon.pk, digest, f"{reference} is on {daemon.name} already{tagged}")
             with _BuildWatch(daemon.pk, session) as watch:
                 try:
                     pulled = session.pull(repository, digest, credentials=credentials)
@@ -163,7 +178,8 @@ def _pull(daemon: DockerDaemon, repository: str, digest: str, team_id: int | Non
                     if not watch.build_came:
                         raise
             if watch.build_came:
-                return _again(daemon, repository, digest, team_id, tries, "a build came while it pulled")
+                return _again(daemon, repository, digest, team_id, tries, tags, "a build came while it pulled")
+            tagged = _tag_as_pushed(session, repository, digest, _current_tags(host, team_id, path, digest, tags))
         except EngineError as exc:
             return _done(daemon.pk, digest, f"{reference} not pulled on {daemon.name}: {exc}", warning=True)
     fetched = _fetched_bytes(pulled, host, team_id, path, digest)
@@ -172,8 +188,38 @@ def _pull(daemon: DockerDaemon, repository: str, digest: str, team_id: int | Non
         daemon.pk,
         digest,
         f"{reference} pulled on {daemon.name}: {fetched} bytes in {pulled.seconds:.3f} s"
-        f" ({len(pulled.fetched)} layer(s) fetched, {pulled.held} held already)",
+        f" ({len(pulled.fetched)} layer(s) fetched, {pulled.held} held already){tagged}",
     )
+
+
+def _current_tags(host: str, team_id: int | None, path: str, digest: str, tags: list[str]) -> list[str]:
+    """The pushed tags the registry still gives `digest` (one HEAD each): a warm
+    that comes after a later push of the same tag leaves that tag where it is.
+    No tag where the registry cannot say: the layers are warm all the same."""
+    if not tags:
+        return []
+    try:
+        with RegistryAPI(host, **registry_login(host, team_id), timeout=MANIFEST_SECONDS) as api:
+            return [tag for tag in tags if _digest_of(api, path, tag) == digest]
+    except RegistryError:
+        return []
+
+
+def _digest_of(api: RegistryAPI, path: str, tag: str) -> str:
+    response = api.head_manifest(path, tag, ", ".join(ANY))
+    return response.headers.get("Docker-Content-Digest", "") if response.status_code == 200 else ""
+
+
+def _tag_as_pushed(session: EngineSession, repository: str, digest: str, tags: list[str]) -> str:
+    """Tags the daemon's repository@digest as `tags`, so that the next build's
+    `--cache-from` of them reads the inline cache from the daemon's own store
+    (the module's doc, 4). Answers what it tagged, in words."""
+    try:
+        for tag in tags:
+            session.tag(f"{repository}@{digest}", repository, tag)
+    except EngineError as exc:  # the layers are warm all the same
+        return f"; not tagged: {exc}"
+    return f"; tagged {', '.join(tags)}" if tags else ""
 
 
 def _fetched_bytes(pulled: PullResult, host: str, team_id: int | None, path: str, digest: str) -> int:
@@ -228,7 +274,9 @@ def _build_given(daemon_id: int) -> bool:
     return BuildJob.objects.filter(daemon_id=daemon_id, status__in=BuildJob.ACTIVE).exists()
 
 
-def _again(daemon: DockerDaemon, repository: str, digest: str, team_id: int | None, tries: int, why: str) -> str:
+def _again(
+    daemon: DockerDaemon, repository: str, digest: str, team_id: int | None, tries: int, tags: list[str], why: str
+) -> str:
     """Tried again later (a new message, as low as the first), or given up after TRIES."""
     reference = f"{repository}@{digest}"
     if tries + 1 >= TRIES:
@@ -236,7 +284,7 @@ def _again(daemon: DockerDaemon, repository: str, digest: str, team_id: int | No
     try:
         current_app.send_task(
             PREPULL_TASK,
-            args=[daemon.pk, repository, digest, team_id, tries + 1],
+            args=[daemon.pk, repository, digest, team_id, tries + 1, tags],
             queue=daemon.queue,
             priority=PRIORITY,
             countdown=RETRY_SECONDS,

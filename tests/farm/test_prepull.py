@@ -1,7 +1,8 @@
 """A push warms the other daemon (builds/worker/prepull.py), on real daemons and
 the farm's registry: the image is pulled there by digest with the farm's read
-token, the next build there takes every step from the cache without fetching a
-layer, and the pulled image is the disk prune's to remove like any the farm built."""
+token and tagged as pushed, the next build there takes every step from the cache
+without fetching a layer or reading the cache from the registry, and the pulled
+image is the disk prune's to remove like any the farm built."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def test_a_push_warms_the_other_daemon_whose_rebuild_then_fetches_no_layer(farm,
     # Its cost, counted for /metrics: the bytes of the layers it fetched, from the image's manifest.
     wait_for(lambda: prepull_bytes(farm, other.name) > bytes_before, "the warm's count", timeout=10)
     assert pulled["Config"]["Labels"][disk_prune.FARM_LABEL] == disk_prune.FARM_LABEL_VALUE  # the prune's to remove
+    # Tagged as pushed, so the next build's --cache-from of the tag reads the daemon's own store.
+    wait_for(lambda: (held(other.url, image) or {}).get("Id") == pulled["Id"], "the warm's tag", timeout=10)
 
     DockerDaemon.objects.filter(pk=job.daemon_id).update(enabled=False)
     try:
@@ -63,8 +66,10 @@ def test_a_push_warms_the_other_daemon_whose_rebuild_then_fetches_no_layer(farm,
     log = "\n".join(lines)
     assert log.count(" CACHED") >= 2, log  # both RUN steps
     assert "pulling sha256:" not in log, log  # every layer was in the daemon's own store
+    # The inline cache read from the daemon's own store (moby's local importer): no registry token asked for it.
+    assert "importing cache manifest from" in log and "[auth]" not in log, log
 
-    # The housekeeping prunes it as any image the farm built, untagged as it is.
+    # The housekeeping prunes it as any image the farm built.
     other.images_limit_mb = 0
     result = disk_prune.prune(
         other,

@@ -14,9 +14,11 @@ import redis
 from django.test import override_settings
 
 from builds.jobs import transitions
-from builds.models import BuildJob
+from builds.models import BuildJob, Registry
 from builds.worker import prepull
 from pool.models import DockerDaemon
+from scripts import localfarm as lf
+from tests.builds.triggers.test_base_images import push
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,7 +60,7 @@ def test_a_push_asks_each_other_daemon_of_its_group_once_at_the_lowest_priority(
     for queue in (peer.queue, other.queue, source.queue):
         broker.delete(low(queue), queue)
     pushed(source)
-    assert warms(broker, peer.queue) == [repr([peer.pk, IMAGE, DIGEST, None])]
+    assert warms(broker, peer.queue) == [repr([peer.pk, IMAGE, DIGEST, None, 0, ["v1"]])]  # tagged as pushed
     assert broker.llen(peer.queue) == 0  # not among the builds' messages (priority 0)
     assert warms(broker, other.queue) == [] and warms(broker, source.queue) == []
     pushed(source)  # the same digest again while its warm is asked: not asked twice
@@ -89,7 +91,7 @@ def test_a_warm_waits_while_a_build_is_given_to_its_daemon(broker):
     [message] = broker.lrange(low(peer.queue), 0, -1)
     message = json.loads(message)
     assert message["headers"]["eta"]  # later, not now
-    assert message["headers"]["argsrepr"] == repr([peer.pk, IMAGE, DIGEST, None, 1])
+    assert message["headers"]["argsrepr"] == repr([peer.pk, IMAGE, DIGEST, None, 1, []])
     # After TRIES it gives up, and the digest may be asked again.
     assert f"{prepull.TRIES} times" in prepull.warm(peer.pk, IMAGE, DIGEST, None, prepull.TRIES - 1)
     assert not broker.exists(prepull._asked_key(peer.pk, DIGEST))
@@ -126,3 +128,23 @@ def test_a_build_given_to_the_daemon_during_a_pull_cuts_it_within_a_poll(broker)
         waited = 5 - (deadline - time.monotonic())
     assert watch.build_came and session.aborts >= 1
     assert waited < prepull.POLL_SECONDS * 3, waited
+
+
+@pytest.fixture(scope="module")
+def registry(supervisor, services_dir) -> str:
+    port = lf.free_port()
+    lf.start_registry(supervisor, port, services_dir / "prepull-registry", "prepull-registry")
+    yield f"localhost:{port}"
+    supervisor.stop("prepull-registry")
+
+
+def test_a_warm_tags_only_what_the_registry_still_gives_its_digest(registry):
+    """A warm that runs after a later push of the same tag leaves that tag where the later one put it."""
+    Registry.objects.get_or_create(host=registry)  # on the allow-list: the outbound rules let the warm ask it
+    older = push(registry, "team/app", "v1", "older")
+    newer = push(registry, "team/app", "v1", "newer")
+    push(registry, "team/app", "v2", "older")
+    assert older != newer
+    assert prepull._current_tags(registry, None, "team/app", older, ["v1", "v2", "never-pushed"]) == ["v2"]
+    assert prepull._current_tags(registry, None, "team/app", newer, ["v1", "v2"]) == ["v1"]
+    assert prepull._current_tags(f"localhost:{lf.free_port()}", None, "team/app", newer, ["v1"]) == []  # no registry
