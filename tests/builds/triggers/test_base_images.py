@@ -21,6 +21,7 @@ from lib import outbound_http
 from scripts import localfarm as lf
 from tests import tls_certs
 from tests.builds.github.test_webhooks import register
+from tests.registries import plain_registry
 
 A, B, C = ("sha256:" + c * 64 for c in "abc")
 
@@ -138,10 +139,8 @@ def test_the_check_connects_to_the_address_it_checked_naming_the_host(monkeypatc
 
 @pytest.fixture(scope="module")
 def registry(supervisor, services_dir) -> str:
-    port = lf.free_port()
-    lf.start_registry(supervisor, port, services_dir / "base-image-registry", "base-image-registry")
-    yield f"localhost:{port}"
-    supervisor.stop("base-image-registry")
+    with plain_registry(supervisor, services_dir, "base-image-registry") as (host, _):
+        yield host
 
 
 def push(registry: str, name: str, tag: str, content: str) -> str:

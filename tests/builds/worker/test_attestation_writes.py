@@ -14,7 +14,7 @@ from builds.models import Attestation, BuildJob
 from builds.provenance import cosign_layout
 from builds.registry.client import RegistryAPI
 from builds.worker.attestation_writes import Writes
-from scripts import localfarm as lf
+from tests.registries import plain_registry
 
 pytestmark = pytest.mark.django_db
 DIGEST = "sha256:" + "e" * 64
@@ -22,10 +22,8 @@ DIGEST = "sha256:" + "e" * 64
 
 @pytest.fixture(scope="module")
 def registry(supervisor, services_dir) -> tuple[str, Path]:
-    port, storage = lf.free_port(), services_dir / "attestation-write-registry"
-    lf.start_registry(supervisor, port, storage, "attestation-write-registry")
-    yield f"localhost:{port}", storage
-    supervisor.stop("attestation-write-registry")
+    with plain_registry(supervisor, services_dir, "attestation-write-registry") as found:
+        yield found
 
 
 def statement(kind: str) -> dict:

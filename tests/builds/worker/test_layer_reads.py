@@ -17,8 +17,8 @@ from django.test import override_settings
 from builds.provenance.cosign_layout import Layer, image_of
 from builds.registry.client import DOCKER_MANIFEST, OCI_MANIFEST, IndexEntry, RegistryAPI, RegistryError
 from builds.worker import layer_cache, layer_reads
-from scripts import localfarm as lf
 from tests.builds.provenance.tars import tar_bytes
+from tests.registries import plain_registry
 
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 BASE = {
@@ -35,10 +35,8 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(scope="module")
 def registry(supervisor, services_dir) -> tuple[str, Path]:
-    port, storage = lf.free_port(), services_dir / "layer-read-registry"
-    lf.start_registry(supervisor, port, storage, "layer-read-registry")
-    yield f"localhost:{port}", storage
-    supervisor.stop("layer-read-registry")
+    with plain_registry(supervisor, services_dir, "layer-read-registry") as found:
+        yield found
 
 
 def gzip_layer(files: dict, padding: int = 0) -> Layer:
