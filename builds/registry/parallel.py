@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from builds.registry.client import RegistryAPI
@@ -43,11 +43,7 @@ class AtOnce:
 
     def each(self, calls: list[Callable[[RegistryAPI], T]]) -> list[T]:
         """The calls' answers, in order, once all are made; the first one's error if any failed."""
-        return [sent.result() for sent in self.soon(calls)]
-
-    def soon(self, calls: list[Callable[[RegistryAPI], T]]) -> list[Future[T]]:
-        """The calls, started now: the caller goes on and takes their answers (or errors) later."""
-        return [self._pool.submit(self._run, call) for call in calls]
+        return list(self._pool.map(self._run, calls))
 
     def _run(self, call: Callable[[RegistryAPI], T]) -> T:
         api = getattr(self._local, "api", None)

@@ -5,36 +5,38 @@ builds/jobs/multiplatform.py for an index), and stored as cosign stores them.
 For an image: the facts of the build (the job's row, the build args it ran
 with, the base images BuildKit's log named, the daemon's versions), the
 provenance statement made from them (builds/provenance/slsa.py, pure), the SBOM
-read from the pushed image's layers (builds/worker/layer_reads.py,
-builds/provenance/sbom.py), each in a DSSE envelope signed with the farm's key
-(builds/provenance/signing.py), and a cosign "simple signing" signature of the
-digest. Written to the registry next to the image (`sha256-<hex>.sig`,
-`sha256-<hex>.att`: builds/provenance/cosign_layout.py) as their parts are
-ready (builds/worker/attestation_writes.py), through RegistryAPI as the farm
-writes there (registry_accounts.registry_login: in the farm's own registry a
-token the farm signs; elsewhere the build's account), and kept on the job
-(Attestation rows: the API and the page show them).
+read from the image as its daemon saves it (builds/provenance/sbom.py), each in a DSSE envelope
+signed with the farm's key (builds/provenance/signing.py), and a cosign "simple
+signing" signature of the digest. Written to the registry next to the image
+(`sha256-<hex>.sig`, `sha256-<hex>.att`: builds/provenance/cosign_layout.py) through
+RegistryAPI as the farm writes there (registry_accounts.registry_login: in
+the farm's own registry a token the farm signs; elsewhere the build's account),
+and kept on the job (Attestation rows: the API and the page show them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
+from functools import partial
 
 from django.conf import settings
 from django.utils import timezone
 
 from builds.engine.docker import EngineError, EngineSession
 from builds.jobs.build_secrets import models_q_for
-from builds.models import BuildContext, BuildJob, BuildSecret
-from builds.provenance import sbom
+from builds.models import Attestation, BuildContext, BuildJob, BuildSecret
+from builds.provenance import cosign_layout, dsse, sbom, signing
 from builds.provenance import slsa as provenance
 from builds.provenance.slsa import BuildFacts, Child, FromLines, Source
-from builds.registry.client import RegistryError
+from builds.registry import parallel as registry_parallel
+from builds.registry.accounts import registry_login
+from builds.registry.client import RegistryAPI, RegistryError, repository_path
 from builds.uploads import store as context_store
 from builds.worker import attestation_reads, layer_reads, phase_times
 from builds.worker.attestation_reads import farm_version
-from builds.worker.attestation_writes import Attached, Writes
+from lib.references import parse_reference
 
 
 class AttestationFailed(EngineError):
@@ -42,6 +44,15 @@ class AttestationFailed(EngineError):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"the image was pushed but its provenance could not be attached: {message}", transient=False)
+
+
+@dataclass(frozen=True)
+class Attached:
+    digest: str
+    signature_tag: str
+    attestation_tag: str
+    packages: int | None  # None: no SBOM (an index)
+    written: dict[str, dict[str, int]]  # {tag: {digest: size}}: what the two tags name, for the registry quota
 
 
 def attest_image(
@@ -63,15 +74,14 @@ def attest_image(
             phase_times.mark("read_taken")
         else:
             daemon = attestation_reads.read(engine, froms.images.values(), job.builder)
-        with Writes(job, digest) as writes:  # the signature sent now, beside what follows
-            facts = _facts(job, digest, build_args, daemon.versions, daemon.bases)
-            writes.add(provenance.statement(facts, _secret_values(job)), send_now=True)
-            contents = layer_reads.read_contents(job.image_repository, digest, job.platform, job.team_id, tick)
-            phase_times.mark("layers_read")
-            bom = json.loads(sbom.bom_json(contents, job.image_repository, digest))
-            writes.add(_statement(job.image_repository, digest, sbom.PREDICATE_TYPE, bom))
-            phase_times.mark("statements_made")
-            return writes.finish(packages=len(bom.get("components", [])))
+        contents = layer_reads.read_contents(job.image_repository, digest, job.platform, job.team_id, tick)
+        phase_times.mark("layers_read")
+        facts = _facts(job, digest, build_args, daemon.versions, daemon.bases)
+        statement = provenance.statement(facts, _secret_values(job))
+        bom = json.loads(sbom.bom_json(contents, job.image_repository, digest))
+        sbom_statement = _statement(job.image_repository, digest, sbom.PREDICATE_TYPE, bom)
+        phase_times.mark("statements_made")
+        return _attach(job, digest, [statement, sbom_statement], packages=len(bom.get("components", [])))
     except (RegistryError, EngineError, OSError, ValueError) as exc:
         if isinstance(exc, AttestationFailed):
             raise
@@ -90,9 +100,7 @@ def attest_index(parent: BuildJob, children: list[BuildJob], digest: str) -> Att
         children=[Child(c.platform, c.digest, c.id) for c in by_platform],
     )
     try:
-        with Writes(parent, digest) as writes:
-            writes.add(provenance.statement(facts, _secret_values(parent)))
-            return writes.finish(packages=None)
+        return _attach(parent, digest, [provenance.statement(facts, _secret_values(parent))], packages=None)
     except (RegistryError, OSError, ValueError) as exc:
         raise AttestationFailed(str(exc)) from exc
 
@@ -161,3 +169,50 @@ def _statement(name: str, digest: str, predicate_type: str, predicate: dict) -> 
         "predicateType": predicate_type,
         "predicate": predicate,
     }
+
+
+def _attach(job: BuildJob, digest: str, statements: list[dict], *, packages: int | None) -> Attached:
+    key = signing.key_for(job.team_id)  # the team's own key if it brought one
+    private = signing.private_key(key)
+    envelopes = [dsse.sign(provenance.payload(s), private) for s in statements]
+    reference = parse_reference(job.image_repository)
+    payload = cosign_layout.simple_signing_payload(reference.repository, digest)
+    signature = private.sign(payload, signing.ECDSA_SHA256)
+    signature_image = cosign_layout.image_of([cosign_layout.signature_layer(payload, signature)])
+    attestation_image = cosign_layout.image_of(
+        [cosign_layout.attestation_layer(e, s["predicateType"]) for e, s in zip(envelopes, statements, strict=True)]
+    )
+    sig_tag, att_tag = cosign_layout.signature_tag(digest), cosign_layout.attestation_tag(digest)
+    phase_times.mark("signed")
+    images = {sig_tag: signature_image, att_tag: attestation_image}
+    _write(job, reference, images)
+    phase_times.mark("written")
+    Attestation.objects.filter(job=job, digest=digest).delete()
+    kid = key.key_id
+    Attestation.objects.bulk_create(
+        Attestation(job=job, digest=digest, predicate_type=s["predicateType"], envelope=json.dumps(e), key_id=kid)
+        for e, s in zip(envelopes, statements, strict=True)
+    )
+    return Attached(digest, sig_tag, att_tag, packages, {tag: image.stored_sizes() for tag, image in images.items()})
+
+
+def _write(job: BuildJob, reference, images: dict[str, cosign_layout.Image]) -> None:
+    """The `.sig` and `.att` images with the farm's writes' credentials: every
+    blob at once, then the manifests (builds/registry/parallel.py)."""
+    host = reference.registry
+    name = repository_path(reference.repository, host)
+    login = registry_login(host, job.team_id)
+    blobs = list(dict.fromkeys(blob for image in images.values() for blob in image.blobs))
+    manifests = [(tag, image.manifest) for tag, image in images.items()]
+    with registry_parallel.AtOnce(lambda: RegistryAPI(host, **login)) as registry:
+        registry.each([partial(_push_blob, name, blob) for blob in blobs])
+        phase_times.mark("blobs_written")
+        registry.each([partial(_put, name, *manifest) for manifest in manifests])
+
+
+def _push_blob(name: str, blob: bytes, api: RegistryAPI) -> str:
+    return api.push_blob(name, blob)
+
+
+def _put(name: str, tag: str, manifest: bytes, api: RegistryAPI) -> None:
+    api.put_manifest(name, tag, cosign_layout.OCI_MANIFEST, manifest)
