@@ -27,6 +27,7 @@ import tarfile
 import tempfile
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -36,6 +37,7 @@ from builds.engine.docker import BuildFailed, DaemonUnavailable, LineSink
 
 DEBIAN_CLI = "/usr/bin/docker"
 PR_SET_PDEATHSIG = 1
+SETPRIV = "/usr/bin/setpriv"  # util-linux, Essential on Debian: the CLI's death signal without a preexec_fn
 
 
 class NoBuildKitClient(RuntimeError):
@@ -223,16 +225,17 @@ class BuildKitSession:
                 # The CLI reads the descriptor, whose offset is not a buffered reader's position
                 # (a seek inside its buffer moves no offset): set it where the reader stands.
                 os.lseek(context.fileno(), context.tell(), os.SEEK_SET)
+            launch, preexec = dying_with_parent(argv)
             with self._lock:
                 if self._aborted:
                     raise BuildFailed("the build was stopped before it started")
                 self._process = subprocess.Popen(
-                    argv,
+                    launch,
                     stdin=context if _has_fileno(context) else subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     env=self._env(request.docker_config),
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=preexec,
                 )
             if self._process.stdin is not None:  # not a file: fed in chunks from a thread
                 threading.Thread(target=_feed, args=(context, self._process.stdin), daemon=True).start()
@@ -362,9 +365,20 @@ def _feed(source: BinaryIO, sink) -> None:
             sink.close()
 
 
+def dying_with_parent(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """The argv and preexec_fn that start `argv` so that it gets SIGKILL when the
+    thread that started it ends (the worker's build thread, alive for the whole
+    build, or the worker). util-linux's setpriv sets the death signal and execs
+    the command, which keeps it: Python then starts it with vfork, ~0.4 ms, where
+    a preexec_fn forces a fork of the whole worker, ~14 ms for its 160 MB (issue
+    26, docs/benchmarks.md). Without setpriv, the preexec_fn."""
+    if os.access(SETPRIV, os.X_OK):
+        return [SETPRIV, "--pdeathsig", "KILL", "--", *argv], None
+    return argv, _die_with_parent
+
+
 def _die_with_parent() -> None:
-    """In the CLI, before exec: SIGKILL when the thread that started it ends
-    (the worker's build thread, alive for the whole build, or the worker)."""
+    """In the child, before exec: SIGKILL when the thread that started it ends."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 

@@ -161,7 +161,9 @@ def build(
         try:
             phase_times.mark("build_started")
             return log.pump(
-                lambda emit: session.build(context, request, on_line=emit), tick=watch.tick, abort=session.abort
+                lambda emit: _timed_cli(lambda: session.build(context, request, on_line=_first_marked(emit))),
+                tick=watch.tick,
+                abort=session.abort,
             )
         except BuildFailed as exc:  # an error line may quote a secret, like any other line
             message = secret_values.masked(str(exc), secret_values.mask_forms(list(secrets.values())))
@@ -170,6 +172,28 @@ def build(
             if not engine.answers():  # the CLI's last words when its daemon dies vary: ask the daemon
                 raise DaemonUnavailable(f"lost the Docker daemon at {engine.url} during the build: {message}") from None
             raise BuildFailed(message, exit_code=exc.exit_code) from None
+
+
+def _first_marked(emit):
+    """`emit`, marking the CLI's first line (`cli_first_line`): the CLI started and its daemon answered."""
+    seen = []
+
+    def marked(line: str) -> None:
+        if not seen:
+            seen.append(True)
+            phase_times.mark("cli_first_line")
+        emit(line)
+
+    return marked
+
+
+def _timed_cli(build):
+    """The CLI's build, marking when it returned (`cli_returned`): what follows up
+    to build_done is the log's last store and the pump's thread ending."""
+    try:
+        return build()
+    finally:
+        phase_times.mark("cli_returned")
 
 
 def _team_scoped(job, context: BinaryIO, found: FoundDockerfile, buildargs: dict[str, str], owners=(0, 0)):

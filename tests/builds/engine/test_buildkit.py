@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,7 @@ from builds.engine.buildkit import (
     NoBuildKitClient,
     _Gzipped,
     _starts_with_extension_header,
+    dying_with_parent,
     find_client,
     unsupported_features,
 )
@@ -203,3 +208,61 @@ def test_the_step_marker_goes_last_in_no_proxy_after_the_builds_own(theirs, sent
     no_proxy = [argv[i + 1] for i, part in enumerate(argv) if part == "--build-arg" and "PROXY=" in argv[i + 1]]
     assert no_proxy[-1] == sent  # the last of a name wins
     assert not any("generator-" in part for part in session._argv(BuildKitRequest(tag="t"), Path("/tmp/iid")))
+
+
+# A "worker" that starts `sleep` as the CLI is started, from a thread that then ends; it says the pid,
+# and lives on until told.
+_WORKER = """
+import os, subprocess, sys, threading, time
+import builds.engine.buildkit as buildkit
+buildkit.SETPRIV = sys.argv[1]
+def start():
+    argv, preexec = buildkit.dying_with_parent(["sleep", "60"])
+    pid = subprocess.Popen(argv, preexec_fn=preexec).pid
+    # As a build's thread does, reading the CLI's output: it ends after the CLI runs (setpriv is done then).
+    while not open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"sleep"):
+        time.sleep(0.01)
+    print(pid, flush=True)
+thread = threading.Thread(target=start)
+thread.start()
+thread.join()
+sys.stdin.readline()
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("setpriv", ["/usr/bin/setpriv", "/nonexistent/setpriv"], ids=["setpriv", "preexec_fn"])
+def test_the_cli_is_killed_when_the_thread_that_started_it_ends(setpriv):
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, setpriv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    pid = int(worker.stdout.readline())
+    try:
+        # The thread that started it has ended already: the signal came then (the parent is gone or reaping).
+        assert _gone_within(pid, 5), "the CLI outlived the thread that started it"
+    finally:
+        worker.communicate("\n", timeout=10)
+
+
+def test_setpriv_starts_the_cli_without_a_preexec_fn():
+    argv, preexec = dying_with_parent(["/usr/bin/docker", "build", "-"])
+    assert argv == ["/usr/bin/setpriv", "--pdeathsig", "KILL", "--", "/usr/bin/docker", "build", "-"]
+    assert preexec is None  # so Python starts it with vfork, not a fork of the whole worker
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":  # killed, waiting for its parent to reap it
+            return True
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    return False

@@ -156,3 +156,39 @@ def test_it_places_steps_with_the_interpreter_it_is_given_not_a_wrapper_on_path(
     )
     interpreter = dockerd_env()["GENERATOR_RUNC_PYTHON"]
     assert Path(interpreter).read_bytes()[:4] == b"\x7fELF"  # a binary, not a shim
+
+
+def test_a_step_no_build_marked_starts_no_interpreter(tmp_path, cgroups, real_runc):
+    """Python's start costs every RUN step ~23 ms (issue 26): a step whose config
+    carries no build's marker (a daemon of capacity 1, a build by hand) is passed on
+    after a grep, as place_step.py would have left it."""
+    given = recording_python(tmp_path)
+    folder = bundle(tmp_path, ["NO_PROXY=corp.example,generator-not-a-marker.invalid"])
+    spec = run_with(given, real_runc, cgroups, "run", "--bundle", str(folder), "k3u1")
+    assert not Path(f"{given}.ran").exists()
+    assert spec["linux"]["cgroupsPath"] == SHARED_STEP
+
+
+@pytest.mark.parametrize("spelling", [["-b", "{}"], ["--bundle={}"]], ids=["-b", "--bundle="])
+def test_a_bundle_spelled_otherwise_is_left_to_place_step(tmp_path, cgroups, real_runc, spelling):
+    given = recording_python(tmp_path)
+    folder = bundle(tmp_path, [f"NO_PROXY={step_marker(JOB, 2)}"])
+    args = [part.format(folder) for part in spelling]
+    # The shim looks at calls naming ` --bundle ` and BuildKit's executor: a later --bundle makes this one such.
+    spec = run_with(given, real_runc, cgroups, "run", *args, "--bundle", str(folder), "k3u1")
+    assert Path(f"{given}.ran").exists()
+    assert spec["linux"]["cgroupsPath"].startswith(cgroup_name("farm-0", JOB, 2))
+
+
+def recording_python(tmp_path) -> Path:
+    """An interpreter that notes it ran, then runs place_step.py as the real one does."""
+    given = tmp_path / "given-python"
+    given.write_text(f'#!/bin/sh\ntouch "$0.ran"\nexec {os.path.realpath(sys.executable)} "$@"\n')
+    given.chmod(0o755)
+    return given
+
+
+def run_with(python: Path, real_runc: Path, cgroups: Path, *args: str) -> dict:
+    env = {"PATH": os.environ["PATH"], "GENERATOR_REAL_RUNC": str(real_runc), "GENERATOR_CGROUP_ROOT": str(cgroups)}
+    subprocess.run([str(SHIM), *args], env={**env, "GENERATOR_RUNC_PYTHON": str(python)}, check=True, timeout=30)
+    return json.loads(Path(f"{real_runc}.config").read_text())
