@@ -185,6 +185,8 @@ class BuildLogConsumer(AsyncJsonWebsocketConsumer):
 
     async def live_status(self, event: dict) -> None:
         status, end = event["status"], event.get("end")
+        if self.ended:
+            return  # the lines before it read the database, which had the end already
         if status not in BuildJob.TERMINAL:
             await self.send_status(status)
         elif end is not None and self.sent >= end["lines"]:

@@ -240,6 +240,32 @@ async def test_an_end_event_past_the_lines_a_viewer_saw_sends_the_rest_first(dae
     assert (end["type"], end["status"], end["lines"]) == ("end", "failed", 2)
 
 
+async def test_an_end_read_from_the_database_for_a_gap_is_not_sent_again_for_the_end_event(daemon, reader):
+    job = await database_sync_to_async(make_job)(daemon, lines=1)
+    ws = communicator(job.id, reader.api_token)
+    await ws.connect()
+    assert await receive_lines(ws, 1) == [(1, "backlog 1")]
+
+    def gap_then_end():
+        # Line 2 goes out at once; line 4's message comes within the delivery pause, so with the end's, and
+        # its gap (line 3's message was lost) sends the viewer to the database, which has the end too.
+        writer = LogWriter(job.id, last_seq=1, batch_lines=10, flush_seconds=60)
+        writer.write("live 2")
+        writer.flush()
+        BuildLogLine.objects.create(job=job, seq=3, text="lost 3")
+        writer.last_seq = 3
+        writer.write("live 4")
+        writer.flush()
+        transitions.fail(job.id, 1, "broken")
+
+    await database_sync_to_async(gap_then_end)()
+    assert await receive_lines(ws, 3) == [(2, "live 2"), (3, "lost 3"), (4, "live 4")]
+    end = await ws.receive_json_from()
+    assert (end["type"], end["lines"]) == ("end", 4)
+    assert (await ws.receive_output())["type"] == "websocket.close"  # one end frame, then the close
+    assert await ws.receive_nothing()
+
+
 async def receive_frames_until_end(ws, timeout: float = 20) -> tuple[list[str], dict]:
     """Every frame as sent (text), up to and including the end frame."""
     frames = []

@@ -54,6 +54,8 @@ def wait_for_end(page, job_id: str, timeout_ms: int = 120_000, status: str = "su
     expect(page.locator("#status")).to_have_text(status, timeout=timeout_ms)
     job = BuildJob.objects.get(pk=job_id)
     page.wait_for_function(f"window.generatorLog.count === {job.log_line_count}", timeout=timeout_ms)
+    # The page draws what it received at its next animation frame, where the count on the page is set too.
+    expect(page.locator("#line-count")).to_have_text(str(job.log_line_count), timeout=timeout_ms)
     return job
 
 

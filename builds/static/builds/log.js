@@ -178,8 +178,10 @@
       state.lastSeq = line.seq;
       state.count += 1;
       // A StepParser reads no platform; PlatformSections also answers the section and the text without its prefix.
-      const { step, role, section = null, text: shown = line.text } = state.parser.line(line.seq, line.text, line.platform);
+      const parsed = state.parser.line(line.seq, line.text, line.platform);
+      const { step, role, section = null, text: shown = line.text, settled = [] } = parsed;
       if (step) state.touched.add(step);
+      for (const other of settled) state.touched.add(other); // drawn running, maybe in an earlier frame
       const failure = state.parser.failure;
       if (failure && failure.seq === line.seq) {
         state.failureText = shown.replace(/^(\[generator\] |#\d+ )/, "");

@@ -33,9 +33,18 @@
       this._numbered = new Map(); // BuildKit's #N -> step, for this attempt
       this._classic = null; // the classic step that the next lines belong to
       this._previous = null; // the BuildKit step of the line before
+      this._settled = null; // the steps the line being read finished (line())
     }
 
+    // Also says, as `settled`, the steps other than its own that this line
+    // finished (a classic step ends at the next step's head or at the build's
+    // outcome): a page that drew them running draws them again.
     line(seq, text) {
+      this._settled = [];
+      return { ...this._line(seq, text), settled: this._settled };
+    }
+
+    _line(seq, text) {
       if (text.startsWith(FARM)) return this._farm(seq, text);
       const numbered = BUILDKIT.exec(text);
       if (numbered) return this._buildkit(seq, numbered[1], numbered[2] || "");
@@ -98,7 +107,7 @@
         else if (this.failure.seq === null) this.failure.seq = seq;
         this._classic = null;
       } else if (text.startsWith(FARM + "Cancelled")) {
-        for (const step of this.steps) if (!step.finished) Object.assign(step, { stopped: true, finished: true });
+        for (const step of this.steps) if (!step.finished) this._settle(Object.assign(step, { stopped: true, finished: true }));
         this._classic = null;
       }
       this._previous = null;
@@ -116,8 +125,12 @@
     }
 
     _finishClassic() {
-      if (this._classic) this._classic.finished = true;
+      if (this._classic) this._settle(Object.assign(this._classic, { finished: true }));
       this._classic = null;
+    }
+
+    _settle(step) {
+      if (this._settled) this._settled.push(step);
     }
 
     _fail(seq, step) {

@@ -16,12 +16,14 @@ NODE = "/usr/bin/node"
 HARNESS = """
 const { StepParser } = require(process.argv[1]);
 const parser = new StepParser();
+const settled = {};
 const placed = JSON.parse(require("fs").readFileSync(0, "utf8")).map(([seq, text]) => {
-  const { step, role } = parser.line(seq, text);
+  const { step, role, settled: others } = parser.line(seq, text);
+  if (others.length) settled[seq] = others.map((other) => other.id);
   return [seq, step ? step.id : null, role];
 });
 const failure = parser.failure && { seq: parser.failure.seq, step: parser.failure.step && parser.failure.step.id };
-console.log(JSON.stringify({ steps: parser.steps, placed, failure }));
+console.log(JSON.stringify({ steps: parser.steps, placed, failure, settled }));
 """
 
 
@@ -31,6 +33,7 @@ class Parsed:
     steps: list[dict]
     placed: list[tuple[int, int | None, str]]
     failure: dict | None
+    settled: dict[int, list[int]]  # seq -> the ids of the other steps that line finished
 
     def step(self, prefix: str) -> dict:
         (step,) = [s for s in self.steps if s["title"].startswith(prefix + " ")]
@@ -60,7 +63,8 @@ def parse(lines: list[tuple[int, str]]) -> Parsed:
     )
     out = json.loads(result.stdout)
     assert [seq for seq, *_ in out["placed"]] == [seq for seq, _ in lines]
-    return Parsed(dict(lines), out["steps"], [tuple(p) for p in out["placed"]], out["failure"])
+    settled = {int(seq): ids for seq, ids in out["settled"].items()}
+    return Parsed(dict(lines), out["steps"], [tuple(p) for p in out["placed"]], out["failure"], settled)
 
 
 def test_buildkit_steps_have_their_duration_cached_and_the_failing_one():
@@ -162,6 +166,23 @@ def test_the_classic_builders_outcome_and_the_push_stay_outside_the_last_step():
     assert log.texts("Step 2/2")[-1] == " ---> ae08df57542c"
     assert log.outside() == [1, 2, *range(10, 19)]
     assert log.failure is None and all(s["finished"] for s in log.steps)
+
+
+def test_a_classic_step_is_said_settled_by_the_line_that_finishes_it_for_the_page_to_draw_it_again():
+    # The page draws a step when a line of its own arrives; the line that ends a classic step (the next head,
+    # the build's outcome) may come in a later frame, and the step must not stay drawn as running.
+    log = parse(captured("classic-succeeded.log"))
+    first, last = log.step("Step 1/2"), log.step("Step 2/2")
+    assert log.settled == {5: [first["id"]], 10: [last["id"]]}  # "Step 2/2 : ...", "Successfully built ..."
+    assert log.lines[5].startswith("Step 2/2") and log.lines[10].startswith("Successfully built")
+
+
+def test_a_cancel_settles_every_step_still_running():
+    lines = [(1, "Step 1/2 : FROM busybox"), (2, " ---> f7bd09384956"), (3, "Step 2/2 : RUN sleep 60"),
+             (4, " ---> Running in d37e68e59ff8"), (5, "[generator] Cancelled by an operator")]  # fmt: skip
+    log = parse(lines)
+    assert log.settled == {3: [log.step("Step 1/2")["id"]], 5: [log.step("Step 2/2")["id"]]}
+    assert log.step("Step 2/2")["stopped"]
 
 
 def test_a_second_attempt_numbers_its_steps_afresh():
