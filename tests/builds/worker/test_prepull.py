@@ -19,6 +19,7 @@ from builds.worker import prepull
 from pool.models import DockerDaemon
 from scripts import localfarm as lf
 from tests.builds.triggers.test_base_images import push
+from tests.registries import plain_registry
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -132,10 +133,8 @@ def test_a_build_given_to_the_daemon_during_a_pull_cuts_it_within_a_poll(broker)
 
 @pytest.fixture(scope="module")
 def registry(supervisor, services_dir) -> str:
-    port = lf.free_port()
-    lf.start_registry(supervisor, port, services_dir / "prepull-registry", "prepull-registry")
-    yield f"localhost:{port}"
-    supervisor.stop("prepull-registry")
+    with plain_registry(supervisor, services_dir, "prepull-registry") as (host, _):
+        yield host
 
 
 def test_a_warm_tags_only_what_the_registry_still_gives_its_digest(registry):
